@@ -1,0 +1,19 @@
+//! podswitch: a userspace packet switch for Kubernetes-style pod networking.
+//!
+//! Layers, from the wire up (see DESIGN.md and the README's architecture sketch):
+//! - [`wire`]: checked, zero-copy header views; never panics on any input.
+//! - [`table`]: forwarding state (MAC table, topology), read lock-free on every frame.
+//! - [`pipeline`]: the sans-IO forwarding decision, `(ingress, frame) -> Action`.
+//! - [`port`]: I/O adapters behind one trait; only this layer touches file descriptors.
+//! - [`switch`]: the runtime that moves batches between ports through the pipeline, and the
+//!   control handle to add and remove ports.
+
+#![warn(missing_docs)]
+
+pub mod pipeline;
+pub mod port;
+pub mod switch;
+pub mod table;
+#[doc(hidden)]
+pub mod testutil;
+pub mod wire;

@@ -1,0 +1,276 @@
+//! Counters: why frames were dropped, and what happened to the rest.
+//!
+//! Accounting invariant, over any interval in which the switch is quiescent at both ends:
+//! `rx = forwarded + delivered_locally + sum(dropped[reason])`. A frame flooded to N ports is one
+//! forwarded frame; a frame answered by the switch (ARP, ping of the gateway) is delivered
+//! locally; a frame refused with an ICMP error is a drop (the error is a new frame).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! drop_reasons {
+    ($($(#[doc = $doc:literal])* $name:ident => $label:literal,)*) => {
+        /// Why a frame was dropped. The doc comment of each variant is its meaning; `label()`
+        /// is the stable name used in metrics output.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum DropReason {
+            $($(#[doc = $doc])* $name,)*
+        }
+
+        impl DropReason {
+            /// Every reason, in index order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$name,)*];
+            /// Number of reasons.
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// Stable snake_case name.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $(DropReason::$name => $label,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Shorter than an Ethernet header, or a header that lies about its length.
+    Malformed => "malformed",
+    /// Longer than the pod MTU allows and not a GSO superframe.
+    Oversize => "oversize",
+    /// An IPv4 header that fails validation (version, lengths, checksum).
+    BadIpv4 => "bad_ipv4",
+    /// An ARP packet that is not Ethernet/IPv4 or is truncated.
+    BadArp => "bad_arp",
+    /// A pod sent a frame with a source MAC that is not its own.
+    SpoofedMac => "spoofed_mac",
+    /// A pod sent an IPv4 packet or ARP with a sender address that is not its own.
+    SpoofedIp => "spoofed_ip",
+    /// The ingress port is not attached (it was removed while the frame was in flight).
+    UnknownPort => "unknown_port",
+    /// Unicast to a MAC that lives behind the ingress port itself.
+    SameSegment => "same_segment",
+    /// A routed packet whose TTL ran out (an ICMP time-exceeded is sent back).
+    TtlExceeded => "ttl_exceeded",
+    /// A routed packet for a pod IP of this node that no pod has (ICMP host unreachable).
+    NoSuchPod => "no_such_pod",
+    /// A routed packet for an address no node owns (ICMP net unreachable).
+    NoRoute => "no_route",
+    /// A routed packet too big for the tunnel (ICMP fragmentation needed).
+    TooBigForTunnel => "too_big_for_tunnel",
+    /// Sent to the router MAC but not IPv4 or ARP.
+    NotRoutable => "not_routable",
+    /// Addressed to the gateway IP but not a ping the gateway answers.
+    GatewayUnsupported => "gateway_unsupported",
+    /// A frame for a peer node while no tunnel port is attached.
+    NoTunnel => "no_tunnel",
+    /// A VXLAN datagram that is truncated or lacks the I flag.
+    VxlanMalformed => "vxlan_malformed",
+    /// A VXLAN datagram from an address that is not a known peer.
+    VxlanUnknownPeer => "vxlan_unknown_peer",
+    /// A VXLAN datagram with a VNI that is not ours.
+    VxlanBadVni => "vxlan_bad_vni",
+    /// A decapsulated frame that is not IPv4 for a pod of this node.
+    VxlanNotForPod => "vxlan_not_for_pod",
+    /// The egress port's queue was full (the receiver is not keeping up).
+    EgressFull => "egress_full",
+    /// The egress port failed or went away while the frame was queued.
+    EgressError => "egress_error",
+}
+
+/// Frame counts kept by one data-plane thread, flushed to [`Metrics`] once per batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Counts {
+    /// Frames received from any port.
+    pub rx: u64,
+    /// Frames sent on (forwarded, flooded or encapsulated).
+    pub forwarded: u64,
+    /// Frames the switch consumed and answered itself.
+    pub delivered_locally: u64,
+    /// Drops by reason (indexed by `DropReason as usize`).
+    pub dropped: [u64; DropReason::COUNT],
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Self {
+            rx: 0,
+            forwarded: 0,
+            delivered_locally: 0,
+            dropped: [0; DropReason::COUNT],
+        }
+    }
+}
+
+impl Counts {
+    /// Total drops.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+
+    /// Drops for one reason.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize]
+    }
+}
+
+/// Switch-wide counters, readable from any thread.
+#[derive(Debug)]
+pub struct Metrics {
+    rx: AtomicU64,
+    forwarded: AtomicU64,
+    delivered_locally: AtomicU64,
+    dropped: [AtomicU64; DropReason::COUNT],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            rx: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+            delivered_locally: AtomicU64::new(0),
+            dropped: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Metrics {
+    /// Adds `c` and resets it.
+    pub fn flush(&self, c: &mut Counts) {
+        let add = |a: &AtomicU64, v: u64| {
+            if v != 0 {
+                a.fetch_add(v, Ordering::Relaxed);
+            }
+        };
+        add(&self.rx, c.rx);
+        add(&self.forwarded, c.forwarded);
+        add(&self.delivered_locally, c.delivered_locally);
+        for (a, v) in self.dropped.iter().zip(c.dropped) {
+            add(a, v);
+        }
+        *c = Counts::default();
+    }
+
+    /// Counts one drop that happened outside the pipeline (egress failures).
+    pub fn count_drop(&self, reason: DropReason, n: u64) {
+        self.dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Moves `n` frames from forwarded to dropped for `reason` (an egress queue refused them
+    /// after the pipeline had decided to forward).
+    pub fn forward_failed(&self, reason: DropReason, n: u64) {
+        self.forwarded.fetch_sub(n, Ordering::Relaxed);
+        self.count_drop(reason, n);
+    }
+
+    /// A consistent-enough copy (each counter read once, relaxed).
+    pub fn snapshot(&self) -> Counts {
+        Counts {
+            rx: self.rx.load(Ordering::Relaxed),
+            forwarded: self.forwarded.load(Ordering::Relaxed),
+            delivered_locally: self.delivered_locally.load(Ordering::Relaxed),
+            dropped: std::array::from_fn(|i| self.dropped[i].load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// Per-port counters, readable from any thread; written by the data plane once per batch.
+#[derive(Debug, Default)]
+pub struct PortMetrics {
+    /// Frames received.
+    pub rx_frames: AtomicU64,
+    /// Bytes received.
+    pub rx_bytes: AtomicU64,
+    /// Received frames dropped by the pipeline.
+    pub rx_dropped: AtomicU64,
+    /// Frames sent.
+    pub tx_frames: AtomicU64,
+    /// Bytes sent.
+    pub tx_bytes: AtomicU64,
+    /// Frames for this port dropped at egress.
+    pub tx_dropped: AtomicU64,
+}
+
+/// A plain copy of [`PortMetrics`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PortCounts {
+    /// Frames received.
+    pub rx_frames: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Received frames dropped by the pipeline.
+    pub rx_dropped: u64,
+    /// Frames sent.
+    pub tx_frames: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Frames for this port dropped at egress.
+    pub tx_dropped: u64,
+}
+
+impl PortMetrics {
+    /// Adds `c` and resets it.
+    pub fn flush(&self, c: &mut PortCounts) {
+        let pairs = [
+            (&self.rx_frames, c.rx_frames),
+            (&self.rx_bytes, c.rx_bytes),
+            (&self.rx_dropped, c.rx_dropped),
+            (&self.tx_frames, c.tx_frames),
+            (&self.tx_bytes, c.tx_bytes),
+            (&self.tx_dropped, c.tx_dropped),
+        ];
+        for (a, v) in pairs {
+            if v != 0 {
+                a.fetch_add(v, Ordering::Relaxed);
+            }
+        }
+        *c = PortCounts::default();
+    }
+
+    /// A copy of the counters.
+    pub fn snapshot(&self) -> PortCounts {
+        PortCounts {
+            rx_frames: self.rx_frames.load(Ordering::Relaxed),
+            rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
+            rx_dropped: self.rx_dropped.load(Ordering::Relaxed),
+            tx_frames: self.tx_frames.load(Ordering::Relaxed),
+            tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
+            tx_dropped: self.tx_dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_unique() {
+        let mut labels: Vec<_> = DropReason::ALL.iter().map(|r| r.label()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), DropReason::COUNT);
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+
+    #[test]
+    fn flush_accumulates_and_resets() {
+        let m = Metrics::default();
+        let mut c = Counts {
+            rx: 3,
+            forwarded: 1,
+            delivered_locally: 1,
+            ..Counts::default()
+        };
+        c.dropped[DropReason::SpoofedMac as usize] = 1;
+        m.flush(&mut c);
+        assert_eq!(c.rx, 0);
+        m.forward_failed(DropReason::EgressFull, 1);
+        let s = m.snapshot();
+        assert_eq!((s.rx, s.forwarded, s.delivered_locally), (3, 0, 1));
+        assert_eq!(s.dropped(DropReason::SpoofedMac), 1);
+        assert_eq!(s.dropped(DropReason::EgressFull), 1);
+        assert_eq!(s.rx, s.forwarded + s.delivered_locally + s.dropped_total());
+    }
+}

@@ -1,0 +1,495 @@
+//! Pipeline unit tests: byte fixtures in, actions and rewritten bytes out.
+
+use super::*;
+use crate::table::{MacTableConfig, Peer, PortInfo};
+use crate::testutil::*;
+
+const R: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
+const PEER_VTEP: [u8; 6] = [0x02, 0xee, 0, 0, 0, 2];
+
+struct Node {
+    p: Pipeline,
+}
+
+impl Node {
+    fn new() -> Self {
+        let cidr: Ipv4Net = "10.244.1.0/24".parse().expect("cidr");
+        let cfg = NodeConfig::new(cidr, EthernetAddress(R));
+        let tables = Arc::new(Tables::new(
+            Topology::new(cidr, cfg.gateway),
+            MacTableConfig::default(),
+        ));
+        for (port, last) in [(0u16, 10u8), (1, 11), (2, 12)] {
+            tables
+                .update_topology(|t| {
+                    t.add_port(
+                        port,
+                        PortInfo {
+                            name: format!("pod{last}"),
+                            kind: PortKind::Pod {
+                                mac: EthernetAddress(pod_mac(last)),
+                                ip: pod_ip(last),
+                            },
+                        },
+                    )
+                })
+                .expect("pod");
+        }
+        tables
+            .update_topology(|t| {
+                t.add_port(
+                    3,
+                    PortInfo {
+                        name: "trunk".into(),
+                        kind: PortKind::Trunk,
+                    },
+                )
+            })
+            .expect("trunk");
+        tables
+            .update_topology(|t| {
+                t.add_peer(Peer {
+                    name: "node-b".into(),
+                    underlay: "192.168.77.2:8472".parse().expect("addr"),
+                    pod_cidr: "10.244.2.0/24".parse().expect("cidr"),
+                    vtep_mac: EthernetAddress(PEER_VTEP),
+                })
+            })
+            .expect("peer");
+        let mut p = Pipeline::new(cfg, tables);
+        p.begin_batch();
+        Node { p }
+    }
+
+    fn run(&mut self, port: PortId, frame: &mut [u8]) -> Action {
+        self.p.begin_batch();
+        let a = self.p.process(port, frame, false);
+        self.p.end_batch();
+        a
+    }
+}
+
+fn pod_mac(last: u8) -> [u8; 6] {
+    [0x02, 0x42, 10, 244, 1, last]
+}
+
+fn pod_ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 1, last)
+}
+
+fn gw() -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 1, 1)
+}
+
+#[test]
+fn l2_unicast_learning_and_flood() {
+    let mut n = Node::new();
+    let mut f = eth(
+        pod_mac(11),
+        pod_mac(10),
+        0x0800,
+        &ipv4(pod_ip(10), pod_ip(11), 17, 64, &udp(1, 2, b"hi")),
+    );
+    assert_eq!(n.run(0, &mut f), Action::Flood, "b not learned yet");
+    let mut back = eth(
+        pod_mac(10),
+        pod_mac(11),
+        0x0800,
+        &ipv4(pod_ip(11), pod_ip(10), 17, 64, &udp(2, 1, b"yo")),
+    );
+    assert_eq!(
+        n.run(1, &mut back),
+        Action::Forward(0),
+        "a was learned from its first frame"
+    );
+    assert_eq!(n.run(0, &mut f), Action::Forward(1));
+    let table = n.p.tables().mac.load();
+    assert_eq!(table.get(mac_key(&pod_mac(10))).map(|e| e.port), Some(0));
+    // A MAC learned on the trunk that shows up again on the trunk as a destination.
+    let host = [0x02, 0x99, 0, 0, 0, 1];
+    let mut from_trunk = eth([0xff; 6], host, 0x88b5, b"x");
+    assert_eq!(n.run(3, &mut from_trunk), Action::Flood);
+    let mut to_host = eth(host, [0x02, 0x99, 0, 0, 0, 2], 0x88b5, b"x");
+    assert_eq!(
+        n.run(3, &mut to_host),
+        Action::Drop(DropReason::SameSegment)
+    );
+    assert_eq!(n.p.counts().forwarded, 4);
+}
+
+#[test]
+fn answers_arp_for_gateway_and_floods_other_arp() {
+    let mut n = Node::new();
+    let mut req = eth(
+        [0xff; 6],
+        pod_mac(10),
+        0x0806,
+        &arp(1, pod_mac(10), pod_ip(10), [0; 6], gw()),
+    );
+    assert_eq!(n.run(0, &mut req), Action::Reply);
+    let want = eth(
+        pod_mac(10),
+        R,
+        0x0806,
+        &arp(2, R, gw(), pod_mac(10), pod_ip(10)),
+    );
+    assert_eq!(req, want);
+    let mut other = eth(
+        [0xff; 6],
+        pod_mac(10),
+        0x0806,
+        &arp(1, pod_mac(10), pod_ip(10), [0; 6], pod_ip(11)),
+    );
+    assert_eq!(n.run(0, &mut other), Action::Flood);
+    // Unicast ARP refresh to the router MAC is answered too.
+    let mut uni = eth(
+        R,
+        pod_mac(10),
+        0x0806,
+        &arp(1, pod_mac(10), pod_ip(10), R, gw()),
+    );
+    assert_eq!(n.run(0, &mut uni), Action::Reply);
+    assert_eq!(n.p.counts().delivered_locally, 2);
+}
+
+#[test]
+fn gateway_answers_ping() {
+    let mut n = Node::new();
+    let mut f = eth(
+        R,
+        pod_mac(10),
+        0x0800,
+        &ipv4(
+            pod_ip(10),
+            gw(),
+            1,
+            64,
+            &icmp_echo(8, 0x1234, 7, b"abcdefgh"),
+        ),
+    );
+    assert_eq!(n.run(0, &mut f), Action::Reply);
+    let want = eth(
+        pod_mac(10),
+        R,
+        0x0800,
+        &ipv4(
+            gw(),
+            pod_ip(10),
+            1,
+            64,
+            &icmp_echo(0, 0x1234, 7, b"abcdefgh"),
+        ),
+    );
+    assert_eq!(f, want);
+    // UDP to the gateway is not something it serves.
+    let mut u = eth(
+        R,
+        pod_mac(10),
+        0x0800,
+        &ipv4(pod_ip(10), gw(), 17, 64, &udp(5, 53, b"q")),
+    );
+    assert_eq!(
+        n.run(0, &mut u),
+        Action::Drop(DropReason::GatewayUnsupported)
+    );
+}
+
+#[test]
+fn routes_to_local_pod_with_mac_rewrite_and_ttl() {
+    let mut n = Node::new();
+    let payload = udp(1000, 2000, b"routed");
+    let mut f = eth(
+        R,
+        pod_mac(10),
+        0x0800,
+        &ipv4(pod_ip(10), pod_ip(12), 17, 64, &payload),
+    );
+    assert_eq!(n.run(0, &mut f), Action::Forward(2));
+    assert_eq!(
+        f,
+        eth(
+            pod_mac(12),
+            R,
+            0x0800,
+            &ipv4(pod_ip(10), pod_ip(12), 17, 63, &payload)
+        )
+    );
+}
+
+#[test]
+fn routes_to_peer_cidr_as_encap() {
+    let mut n = Node::new();
+    let dst = Ipv4Addr::new(10, 244, 2, 5);
+    let payload = udp(1000, 2000, b"remote");
+    let mut f = eth(
+        R,
+        pod_mac(10),
+        0x0800,
+        &ipv4(pod_ip(10), dst, 17, 64, &payload),
+    );
+    assert_eq!(n.run(0, &mut f), Action::Encap(0));
+    assert_eq!(
+        f,
+        eth(
+            PEER_VTEP,
+            R,
+            0x0800,
+            &ipv4(pod_ip(10), dst, 17, 63, &payload)
+        )
+    );
+}
+
+#[test]
+fn icmp_errors_for_unroutable_packets() {
+    let mut n = Node::new();
+    let payload = udp(1000, 2000, b"nowhere");
+    let cases = [
+        (
+            Ipv4Addr::new(10, 245, 0, 1),
+            64,
+            DropReason::NoRoute,
+            (3, 0),
+        ),
+        (pod_ip(99), 64, DropReason::NoSuchPod, (3, 1)),
+        (pod_ip(12), 1, DropReason::TtlExceeded, (11, 0)),
+    ];
+    for (dst, ttl, reason, (ty, code)) in cases {
+        let original = ipv4(pod_ip(10), dst, 17, ttl, &payload);
+        let mut f = eth(R, pod_mac(10), 0x0800, &original);
+        let Action::Reject(r, len) = n.run(0, &mut f) else {
+            panic!("expected a reject for {dst}")
+        };
+        assert_eq!(r, reason);
+        let mut quoted = original[..28].to_vec();
+        quoted.truncate(28);
+        let want = eth(
+            pod_mac(10),
+            R,
+            0x0800,
+            &ipv4_tos(
+                gw(),
+                pod_ip(10),
+                1,
+                64,
+                0xc0,
+                false,
+                &icmp_error_bytes(ty, code, 0, &quoted),
+            ),
+        );
+        assert_eq!(
+            &n.p.scratch()[..usize::from(len)],
+            &want[..],
+            "ICMP error for {dst}"
+        );
+    }
+}
+
+#[test]
+fn fragmentation_needed_for_tunnel() {
+    let mut n = Node::new();
+    n.p.cfg.tunnel_mtu = 1000;
+    let dst = Ipv4Addr::new(10, 244, 2, 5);
+    let big = ipv4_tos(pod_ip(10), dst, 17, 64, 0, true, &udp(1, 2, &[0u8; 1200]));
+    let mut f = eth(R, pod_mac(10), 0x0800, &big);
+    let Action::Reject(DropReason::TooBigForTunnel, len) = n.run(0, &mut f) else {
+        panic!("expected frag needed")
+    };
+    let icmp = &n.p.scratch()[34..usize::from(len)];
+    assert_eq!((icmp[0], icmp[1]), (3, 4));
+    assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1000);
+    // Without DF the packet goes on (the underlay may fragment it).
+    let small_df = ipv4_tos(pod_ip(10), dst, 17, 64, 0, false, &udp(1, 2, &[0u8; 1200]));
+    assert_eq!(
+        n.run(0, &mut eth(R, pod_mac(10), 0x0800, &small_df)),
+        Action::Encap(0)
+    );
+}
+
+#[test]
+fn anti_spoofing() {
+    let mut n = Node::new();
+    let p = ipv4(pod_ip(10), pod_ip(11), 17, 64, &udp(1, 2, b"x"));
+    assert_eq!(
+        n.run(0, &mut eth(pod_mac(11), pod_mac(12), 0x0800, &p)),
+        Action::Drop(DropReason::SpoofedMac)
+    );
+    let spoofed_ip = ipv4(pod_ip(12), pod_ip(11), 17, 64, &udp(1, 2, b"x"));
+    assert_eq!(
+        n.run(0, &mut eth(pod_mac(11), pod_mac(10), 0x0800, &spoofed_ip)),
+        Action::Drop(DropReason::SpoofedIp)
+    );
+    let arp_spoof = arp(2, pod_mac(10), pod_ip(11), pod_mac(12), pod_ip(12));
+    assert_eq!(
+        n.run(0, &mut eth([0xff; 6], pod_mac(10), 0x0806, &arp_spoof)),
+        Action::Drop(DropReason::SpoofedIp)
+    );
+    let arp_sha = arp(1, pod_mac(11), pod_ip(10), [0; 6], gw());
+    assert_eq!(
+        n.run(0, &mut eth([0xff; 6], pod_mac(10), 0x0806, &arp_sha)),
+        Action::Drop(DropReason::SpoofedMac)
+    );
+    let probe = arp(1, pod_mac(10), Ipv4Addr::UNSPECIFIED, [0; 6], pod_ip(10));
+    assert_eq!(
+        n.run(0, &mut eth([0xff; 6], pod_mac(10), 0x0806, &probe)),
+        Action::Flood,
+        "RFC 5227 probe allowed"
+    );
+    let c = n.p.counts();
+    assert_eq!(c.dropped(DropReason::SpoofedMac), 2);
+    assert_eq!(c.dropped(DropReason::SpoofedIp), 2);
+    assert!(
+        n.p.tables().mac.load().get(mac_key(&pod_mac(12))).is_none(),
+        "spoofed source not learned"
+    );
+}
+
+#[test]
+fn size_limits_and_gso() {
+    let mut n = Node::new();
+    let p = ipv4(
+        pod_ip(10),
+        pod_ip(11),
+        17,
+        64,
+        &udp(1, 2, &[0u8; 1450 - 28]),
+    );
+    let mut ok = eth(pod_mac(11), pod_mac(10), 0x0800, &p);
+    assert_eq!(ok.len(), 1464);
+    assert_eq!(n.run(0, &mut ok), Action::Flood);
+    let big = ipv4(
+        pod_ip(10),
+        pod_ip(11),
+        17,
+        64,
+        &udp(1, 2, &[0u8; 1451 - 28]),
+    );
+    let mut too_big = eth(pod_mac(11), pod_mac(10), 0x0800, &big);
+    assert_eq!(n.run(0, &mut too_big), Action::Drop(DropReason::Oversize));
+    n.p.begin_batch();
+    assert_eq!(
+        n.p.process(0, &mut too_big, true),
+        Action::Flood,
+        "a GSO superframe may exceed the MTU"
+    );
+}
+
+#[test]
+fn tunnel_decapsulation_rules() {
+    let mut n = Node::new();
+    let peer: SocketAddrV4 = "192.168.77.2:40000".parse().expect("addr");
+    let inner_ip = ipv4(Ipv4Addr::new(10, 244, 2, 5), pod_ip(11), 6, 64, &[0u8; 20]);
+    let inner = eth(R, PEER_VTEP, 0x0800, &inner_ip);
+    let mut dgram = vxlan_wrap(1, &inner);
+    n.p.begin_batch();
+    assert_eq!(n.p.process_tunnel(peer, &mut dgram), Action::Forward(1));
+    let delivered = &dgram[vxlan::HEADER_LEN..];
+    assert_eq!(
+        delivered,
+        &eth(
+            pod_mac(11),
+            R,
+            0x0800,
+            &ipv4(Ipv4Addr::new(10, 244, 2, 5), pod_ip(11), 6, 63, &[0u8; 20])
+        )[..]
+    );
+
+    let stranger: SocketAddrV4 = "192.168.77.9:40000".parse().expect("addr");
+    assert_eq!(
+        n.p.process_tunnel(stranger, &mut vxlan_wrap(1, &inner)),
+        Action::Drop(DropReason::VxlanUnknownPeer)
+    );
+    assert_eq!(
+        n.p.process_tunnel(peer, &mut vxlan_wrap(2, &inner)),
+        Action::Drop(DropReason::VxlanBadVni)
+    );
+    let mut no_flag = vxlan_wrap(1, &inner);
+    no_flag[0] = 0;
+    assert_eq!(
+        n.p.process_tunnel(peer, &mut no_flag),
+        Action::Drop(DropReason::VxlanMalformed)
+    );
+    let to_nobody = eth(
+        R,
+        PEER_VTEP,
+        0x0800,
+        &ipv4(Ipv4Addr::new(10, 244, 2, 5), pod_ip(77), 6, 64, &[0u8; 20]),
+    );
+    assert_eq!(
+        n.p.process_tunnel(peer, &mut vxlan_wrap(1, &to_nobody)),
+        Action::Drop(DropReason::VxlanNotForPod)
+    );
+    let arp_inner = eth(
+        [0xff; 6],
+        PEER_VTEP,
+        0x0806,
+        &arp(
+            1,
+            PEER_VTEP,
+            Ipv4Addr::new(10, 244, 2, 0),
+            [0; 6],
+            pod_ip(11),
+        ),
+    );
+    assert_eq!(
+        n.p.process_tunnel(peer, &mut vxlan_wrap(1, &arp_inner)),
+        Action::Drop(DropReason::VxlanNotForPod)
+    );
+    assert_eq!(
+        n.p.process_tunnel(peer, &mut [0x08, 0, 0, 0, 0, 0, 1, 0]),
+        Action::Drop(DropReason::VxlanMalformed)
+    );
+}
+
+#[test]
+fn malformed_frames_are_counted_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let mut n = Node::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let good = eth(
+        R,
+        pod_mac(10),
+        0x0800,
+        &ipv4(pod_ip(10), pod_ip(12), 17, 64, &udp(1, 2, b"data")),
+    );
+    for i in 0..50_000u32 {
+        let mut f: Vec<u8> = match i % 4 {
+            // Random bytes.
+            0 => (0..rng.random_range(0..200))
+                .map(|_| rng.random())
+                .collect(),
+            // A good frame, truncated.
+            1 => good[..rng.random_range(0..good.len())].to_vec(),
+            // A good frame with random bytes flipped (lengths, IHL, checksum...).
+            2 => {
+                let mut f = good.clone();
+                for _ in 0..rng.random_range(1..4) {
+                    let at = rng.random_range(0..f.len());
+                    f[at] = rng.random();
+                }
+                f
+            }
+            // A good header claiming more bytes than it has.
+            _ => {
+                let mut f = good.clone();
+                f[16..18].copy_from_slice(&rng.random::<u16>().to_be_bytes());
+                f
+            }
+        };
+        let port = rng.random_range(0..6);
+        n.p.begin_batch();
+        let _ = n.p.process(port, &mut f, rng.random_bool(0.1));
+        let mut d = f.clone();
+        let _ =
+            n.p.process_tunnel("192.168.77.2:1".parse().expect("addr"), &mut d);
+        n.p.end_batch();
+    }
+    let c = n.p.counts();
+    assert_eq!(c.rx, 100_000);
+    assert_eq!(c.rx, c.forwarded + c.delivered_locally + c.dropped_total());
+    assert!(c.dropped(DropReason::Malformed) > 0);
+    assert!(c.dropped(DropReason::BadIpv4) > 0);
+    assert!(c.dropped(DropReason::UnknownPort) > 0);
+    // Truncated Ethernet headers are "malformed", never forwarded.
+    let mut short = good[..13].to_vec();
+    assert_eq!(n.run(0, &mut short), Action::Drop(DropReason::Malformed));
+}

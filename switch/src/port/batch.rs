@@ -1,0 +1,177 @@
+//! A batch of frames in one contiguous buffer: the unit the data plane moves.
+//!
+//! Frames are appended by copying into `data` (which keeps its capacity across `clear`), so a
+//! batch in steady state allocates nothing. Each frame carries its virtio-net header, which is
+//! all-zero for plain frames.
+
+use crate::wire::virtio::VnetHdr;
+
+/// Default number of frames per batch.
+pub const DEFAULT_BATCH: usize = 64;
+
+#[derive(Debug, Clone, Copy)]
+struct Desc {
+    off: u32,
+    len: u32,
+    vnet: VnetHdr,
+}
+
+/// Frames, back to back, with their descriptors.
+#[derive(Debug, Default)]
+pub struct Batch {
+    data: Vec<u8>,
+    descs: Vec<Desc>,
+}
+
+impl Batch {
+    /// An empty batch sized for `frames` frames of about `frame_size` bytes.
+    pub fn with_capacity(frames: usize, frame_size: usize) -> Self {
+        Self {
+            data: Vec::with_capacity(frames * frame_size),
+            descs: Vec::with_capacity(frames),
+        }
+    }
+
+    /// Number of frames.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.descs.len()
+    }
+
+    /// True if the batch holds no frame.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.descs.is_empty()
+    }
+
+    /// Total bytes of all frames.
+    #[inline]
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Removes all frames, keeping the memory.
+    #[inline]
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.descs.clear();
+    }
+
+    /// Appends a plain frame.
+    #[inline]
+    pub fn push(&mut self, frame: &[u8]) {
+        self.push_with(VnetHdr::default(), &[], frame);
+    }
+
+    /// Appends `prefix` + `frame` as one frame with virtio-net header `vnet`.
+    #[inline]
+    pub fn push_with(&mut self, vnet: VnetHdr, prefix: &[u8], frame: &[u8]) {
+        let off = self.data.len() as u32;
+        self.data.extend_from_slice(prefix);
+        self.data.extend_from_slice(frame);
+        self.descs.push(Desc {
+            off,
+            len: (prefix.len() + frame.len()) as u32,
+            vnet,
+        });
+    }
+
+    /// Appends a frame written in place by `fill`, which gets `max` bytes of space and returns
+    /// how many it used (`None`: nothing appended). For readers that fill buffers (TAP `read`).
+    pub fn push_from<E>(
+        &mut self,
+        max: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<Option<(usize, VnetHdr)>, E>,
+    ) -> Result<bool, E> {
+        let off = self.data.len();
+        self.data.resize(off + max, 0);
+        match fill(&mut self.data[off..]) {
+            Ok(Some((n, vnet))) => {
+                let n = n.min(max);
+                self.data.truncate(off + n);
+                self.descs.push(Desc {
+                    off: off as u32,
+                    len: n as u32,
+                    vnet,
+                });
+                Ok(true)
+            }
+            Ok(None) => {
+                self.data.truncate(off);
+                Ok(false)
+            }
+            Err(e) => {
+                self.data.truncate(off);
+                Err(e)
+            }
+        }
+    }
+
+    /// Frame `i` and its virtio-net header.
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<(&[u8], VnetHdr)> {
+        let d = self.descs.get(i)?;
+        let (off, len) = (d.off as usize, d.len as usize);
+        Some((&self.data[off..off + len], d.vnet))
+    }
+
+    /// Frame `i`, mutable, and its virtio-net header.
+    #[inline]
+    pub fn get_mut(&mut self, i: usize) -> Option<(&mut [u8], VnetHdr)> {
+        let d = self.descs.get(i)?;
+        let (off, len) = (d.off as usize, d.len as usize);
+        Some((&mut self.data[off..off + len], d.vnet))
+    }
+
+    /// All frames, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], VnetHdr)> {
+        self.descs
+            .iter()
+            .map(|d| (&self.data[d.off as usize..(d.off + d.len) as usize], d.vnet))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_get_clear() {
+        let mut b = Batch::with_capacity(4, 64);
+        b.push(b"abc");
+        let v = VnetHdr {
+            gso_size: 1400,
+            ..VnetHdr::default()
+        };
+        b.push_with(v, b"hdr", b"frame");
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.get(0), Some((&b"abc"[..], VnetHdr::default())));
+        assert_eq!(b.get(1), Some((&b"hdrframe"[..], v)));
+        assert_eq!(b.get(2), None);
+        if let Some((f, _)) = b.get_mut(0) {
+            f[0] = b'x';
+        }
+        assert_eq!(
+            b.iter().map(|(f, _)| f.to_vec()).collect::<Vec<_>>(),
+            vec![b"xbc".to_vec(), b"hdrframe".to_vec()]
+        );
+        let cap = b.data.capacity();
+        b.clear();
+        assert!(b.is_empty() && b.bytes() == 0);
+        assert_eq!(b.data.capacity(), cap);
+    }
+
+    #[test]
+    fn push_from_commits_only_what_was_filled() {
+        let mut b = Batch::default();
+        let r: Result<bool, ()> = b.push_from(100, |buf| {
+            buf[..3].copy_from_slice(b"xyz");
+            Ok(Some((3, VnetHdr::default())))
+        });
+        assert_eq!(r, Ok(true));
+        assert_eq!(b.push_from::<()>(100, |_| Ok(None)), Ok(false));
+        assert_eq!(b.push_from(100, |_| Err("boom")), Err("boom"));
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.bytes(), 3);
+    }
+}

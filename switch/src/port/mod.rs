@@ -1,0 +1,54 @@
+//! Port adapters: where frames enter and leave the switch. Only this layer does I/O.
+//!
+//! A [`Port`] moves whole [`Batch`]es. The runtime calls `recv` with an empty batch and `send`
+//! with the frames for that port; neither blocks. Ports backed by a file descriptor expose it
+//! for `poll(2)`; in-memory ports wake the runtime through its [`Waker`].
+
+pub mod batch;
+pub mod mem;
+pub mod waker;
+
+use std::os::fd::BorrowedFd;
+
+pub use batch::{Batch, DEFAULT_BATCH};
+pub use mem::{mem_port, MemEndpoint, MemPort};
+pub use waker::Waker;
+
+/// Why a port failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// The other end is gone (pod removed, namespace deleted, peer dropped).
+    #[error("port closed by its other end")]
+    Closed,
+    /// An I/O error from the device.
+    #[error("port I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a `send` did with the frames it was given.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// Frames handed to the other end.
+    pub sent: usize,
+    /// Bytes handed to the other end.
+    pub bytes: usize,
+    /// Frames dropped because the other end's queue was full.
+    pub dropped: usize,
+}
+
+/// A switch port.
+pub trait Port: Send {
+    /// Appends up to `max` waiting frames to `batch` (empty on entry) without blocking. `Ok(0)`
+    /// when nothing is waiting.
+    fn recv(&mut self, batch: &mut Batch, max: usize) -> Result<usize, PortError>;
+
+    /// Sends every frame of `batch` without blocking and leaves `batch` empty (possibly a
+    /// different, recycled buffer). Frames the other end cannot take now are dropped and
+    /// reported in the outcome.
+    fn send(&mut self, batch: &mut Batch) -> Result<SendOutcome, PortError>;
+
+    /// A file descriptor that becomes readable when frames wait, if the port has one.
+    fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+}

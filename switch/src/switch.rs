@@ -1,0 +1,584 @@
+//! The runtime: a data-plane loop that moves batches between ports through the pipeline, and
+//! the [`Switch`] handle the control plane uses to attach and detach ports.
+//!
+//! One round ([`Dataplane::poll_once`]): for each port, take one batch of received frames, run
+//! each frame through the pipeline, copy it into the transmit batch of its destination port(s);
+//! then send every non-empty transmit batch. Table snapshots are loaded once per round and
+//! counters published once per round, so the per-frame cost is the pipeline decision plus one
+//! copy.
+//!
+//! Invariants: a port id is in the topology only while the data plane holds the port (attach
+//! adds the port before publishing it; detach unpublishes first); a port whose other end closed
+//! is removed from the data plane, the topology and the MAC table by the data plane itself.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+
+use crate::pipeline::{Action, DropReason, Metrics, NodeConfig, Pipeline, PortCounts, PortMetrics};
+use crate::port::{mem_port, Batch, MemEndpoint, Port, Waker, DEFAULT_BATCH};
+use crate::table::{MacTableConfig, PortId, PortInfo, PortKind, Tables, Topology, TopologyError};
+use crate::wire::mac_key;
+
+/// Idle rounds spent spinning before the data plane sleeps.
+const SPIN_ROUNDS: u32 = 64;
+/// Longest sleep; bounds how late ageing runs on an idle switch.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+struct Slot {
+    port: Box<dyn Port>,
+    metrics: Arc<PortMetrics>,
+    counts: PortCounts,
+    tx: Batch,
+}
+
+/// The data-plane state: ports, pipeline, buffers. Driven by [`Dataplane::poll_once`], either
+/// from the thread [`Switch::start`] spawns or directly (benchmarks, deterministic tests).
+pub struct Dataplane {
+    pipeline: Pipeline,
+    metrics: Arc<Metrics>,
+    slots: Vec<Option<Slot>>,
+    rx: Batch,
+    closed: Vec<PortId>,
+    batch: usize,
+}
+
+impl Dataplane {
+    /// A data plane for `pipeline`, publishing switch-wide counters to `metrics`.
+    pub fn new(pipeline: Pipeline, metrics: Arc<Metrics>) -> Self {
+        Self {
+            pipeline,
+            metrics,
+            slots: Vec::new(),
+            rx: Batch::with_capacity(DEFAULT_BATCH, 2048),
+            closed: Vec::new(),
+            batch: DEFAULT_BATCH,
+        }
+    }
+
+    /// Holds `port` under `id`. The caller publishes it in the topology afterwards.
+    pub fn add_port(&mut self, id: PortId, port: Box<dyn Port>, metrics: Arc<PortMetrics>) {
+        let idx = usize::from(id);
+        if self.slots.len() <= idx {
+            self.slots.resize_with(idx + 1, || None);
+        }
+        self.slots[idx] = Some(Slot {
+            port,
+            metrics,
+            counts: PortCounts::default(),
+            tx: Batch::with_capacity(DEFAULT_BATCH, 2048),
+        });
+    }
+
+    /// Releases the port `id`, returning it.
+    pub fn remove_port(&mut self, id: PortId) -> Option<Box<dyn Port>> {
+        self.slots
+            .get_mut(usize::from(id))
+            .and_then(Option::take)
+            .map(|s| s.port)
+    }
+
+    /// Ports whose other end closed since the last call (already released).
+    pub fn take_closed(&mut self) -> Vec<PortId> {
+        std::mem::take(&mut self.closed)
+    }
+
+    /// The pipeline (tables, config, counters).
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// One round over every port. Returns the number of frames received.
+    pub fn poll_once(&mut self) -> usize {
+        let Self {
+            pipeline,
+            metrics,
+            slots,
+            rx,
+            closed,
+            batch,
+        } = self;
+        pipeline.begin_batch();
+        let topo = Arc::clone(pipeline.tables()).topology();
+        let mut total = 0;
+        for ingress in 0..slots.len() {
+            let Some(slot) = slots[ingress].as_mut() else {
+                continue;
+            };
+            rx.clear();
+            let n = match slot.port.recv(rx, *batch) {
+                Ok(n) => n,
+                Err(e) => {
+                    log::warn!("port {ingress}: {e}; removing it");
+                    closed.push(ingress as PortId);
+                    continue;
+                }
+            };
+            if n == 0 {
+                continue;
+            }
+            total += n;
+            slot.counts.rx_frames += n as u64;
+            slot.counts.rx_bytes += rx.bytes() as u64;
+            let ingress = ingress as PortId;
+            for i in 0..rx.len() {
+                let Some((frame, vnet)) = rx.get_mut(i) else {
+                    break;
+                };
+                match pipeline.process(ingress, frame, vnet.is_gso()) {
+                    Action::Forward(to) => {
+                        match slots.get_mut(usize::from(to)).and_then(Option::as_mut) {
+                            Some(out) => out.tx.push_with(vnet, &[], frame),
+                            None => pipeline.count_egress_drop(DropReason::EgressError, 1),
+                        }
+                    }
+                    Action::Flood => {
+                        for &to in topo.flood_ports() {
+                            if to == ingress {
+                                continue;
+                            }
+                            if let Some(out) =
+                                slots.get_mut(usize::from(to)).and_then(Option::as_mut)
+                            {
+                                out.tx.push_with(vnet, &[], frame);
+                            }
+                        }
+                    }
+                    Action::Reply => push_to(slots, ingress, frame),
+                    Action::Reject(_, len) => {
+                        let reply = &pipeline.scratch()[..usize::from(len)];
+                        push_to(slots, ingress, reply);
+                        count_rx_drop(slots, ingress);
+                    }
+                    Action::Encap(_) => {
+                        // No tunnel port in this build of the runtime yet: count, don't lose.
+                        pipeline.count_egress_drop(DropReason::NoTunnel, 1);
+                        count_rx_drop(slots, ingress);
+                    }
+                    Action::Drop(_) => count_rx_drop(slots, ingress),
+                }
+            }
+        }
+        for (id, slot) in slots.iter_mut().enumerate() {
+            let Some(slot) = slot.as_mut() else { continue };
+            if !slot.tx.is_empty() {
+                match slot.port.send(&mut slot.tx) {
+                    Ok(out) => {
+                        slot.counts.tx_frames += out.sent as u64;
+                        slot.counts.tx_bytes += out.bytes as u64;
+                        slot.counts.tx_dropped += out.dropped as u64;
+                        if out.dropped > 0 {
+                            metrics.count_drop(DropReason::EgressFull, out.dropped as u64);
+                        }
+                    }
+                    Err(e) => {
+                        let n = slot.tx.len() as u64;
+                        slot.tx.clear();
+                        slot.counts.tx_dropped += n;
+                        metrics.count_drop(DropReason::EgressError, n);
+                        if !closed.contains(&(id as PortId)) {
+                            log::warn!("port {id}: {e}; removing it");
+                            closed.push(id as PortId);
+                        }
+                    }
+                }
+            }
+            slot.metrics.flush(&mut slot.counts);
+        }
+        for &id in closed.iter() {
+            if let Some(s) = slots.get_mut(usize::from(id)).and_then(Option::take) {
+                let mut c = s.counts;
+                s.metrics.flush(&mut c);
+            }
+        }
+        pipeline.end_batch();
+        let mut c = pipeline.take_counts();
+        metrics.flush(&mut c);
+        total
+    }
+}
+
+#[inline]
+fn push_to(slots: &mut [Option<Slot>], to: PortId, frame: &[u8]) {
+    if let Some(out) = slots.get_mut(usize::from(to)).and_then(Option::as_mut) {
+        out.tx.push(frame);
+    }
+}
+
+#[inline]
+fn count_rx_drop(slots: &mut [Option<Slot>], port: PortId) {
+    if let Some(s) = slots.get_mut(usize::from(port)).and_then(Option::as_mut) {
+        s.counts.rx_dropped += 1;
+    }
+}
+
+/// Settings of a switch.
+#[derive(Debug, Clone)]
+pub struct SwitchConfig {
+    /// The node.
+    pub node: NodeConfig,
+    /// MAC table size and ageing.
+    pub mac: MacTableConfig,
+}
+
+/// Why the switch refused a control request.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    /// The topology refused the change.
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    /// A port with that name exists.
+    #[error("a port named {0:?} already exists")]
+    DuplicateName(String),
+    /// No port with that name.
+    #[error("no port named {0:?}")]
+    NoSuchPort(String),
+    /// Every port id is in use.
+    #[error("no free port id (limit {0})")]
+    TooManyPorts(usize),
+    /// The data-plane thread is gone.
+    #[error("the data plane is not running")]
+    NotRunning,
+    /// The system refused a resource (eventfd, thread).
+    #[error("system error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+enum Command {
+    Attach(PortId, Box<dyn Port>, Arc<PortMetrics>, Sender<()>),
+    Detach(PortId, Sender<Option<Box<dyn Port>>>),
+}
+
+/// A port as the control plane sees it.
+#[derive(Debug, Clone)]
+pub struct PortRecord {
+    /// Port id.
+    pub id: PortId,
+    /// Name and identity.
+    pub info: PortInfo,
+    /// Live counters.
+    pub metrics: Arc<PortMetrics>,
+}
+
+struct Shared {
+    tables: Arc<Tables>,
+    metrics: Arc<Metrics>,
+    waker: Arc<Waker>,
+    registry: Mutex<BTreeMap<PortId, PortRecord>>,
+    commands: Sender<Command>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn registry(&self) -> MutexGuard<'_, BTreeMap<PortId, PortRecord>> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes a port from topology, MAC table and registry (its data-plane slot is gone).
+    fn forget(&self, id: PortId) -> Option<PortRecord> {
+        let _ = self.tables.update_topology(|t| t.remove_port(id));
+        self.tables.mac.flush_port(id);
+        self.registry().remove(&id)
+    }
+}
+
+/// Most ports a switch holds.
+pub const MAX_PORTS: usize = 4096;
+
+/// A running switch: the control handle. Dropping it stops the data plane.
+pub struct Switch {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Switch {
+    /// Starts a switch with its data plane on a dedicated thread.
+    pub fn start(cfg: SwitchConfig) -> Result<Self, SwitchError> {
+        let topology = Topology::new(cfg.node.cidr, cfg.node.gateway);
+        let tables = Arc::new(Tables::new(topology, cfg.mac));
+        let metrics = Arc::new(Metrics::default());
+        let waker = Arc::new(Waker::new()?);
+        let (commands, command_rx) = unbounded();
+        let shared = Arc::new(Shared {
+            tables: Arc::clone(&tables),
+            metrics: Arc::clone(&metrics),
+            waker,
+            registry: Mutex::new(BTreeMap::new()),
+            commands,
+            stop: AtomicBool::new(false),
+        });
+        let dataplane = Dataplane::new(Pipeline::new(cfg.node, tables), metrics);
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("podswitch-dp".into())
+            .spawn(move || run(dataplane, &thread_shared, command_rx))?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The forwarding tables.
+    pub fn tables(&self) -> &Arc<Tables> {
+        &self.shared.tables
+    }
+
+    /// Switch-wide counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// The runtime's waker (in-memory port endpoints ring it).
+    pub fn waker(&self) -> &Arc<Waker> {
+        &self.shared.waker
+    }
+
+    /// Attaches `port` with identity `info`. For a pod, the topology checks its addresses and a
+    /// static MAC entry is installed. Returns the port id.
+    pub fn attach(&self, info: PortInfo, port: Box<dyn Port>) -> Result<PortId, SwitchError> {
+        let id = {
+            let reg = self.shared.registry();
+            if reg.values().any(|r| r.info.name == info.name) {
+                return Err(SwitchError::DuplicateName(info.name));
+            }
+            if let PortKind::Pod { ip, mac } = info.kind {
+                self.shared.tables.topology().check_pod(ip, mac)?;
+            }
+            (0..MAX_PORTS as PortId)
+                .find(|id| !reg.contains_key(id))
+                .ok_or(SwitchError::TooManyPorts(MAX_PORTS))?
+        };
+        let metrics = Arc::new(PortMetrics::default());
+        let (ack, acked) = crossbeam_channel::bounded(1);
+        self.shared
+            .commands
+            .send(Command::Attach(id, port, Arc::clone(&metrics), ack))
+            .map_err(|_| SwitchError::NotRunning)?;
+        self.shared.waker.kick();
+        acked.recv().map_err(|_| SwitchError::NotRunning)?;
+        let record = PortRecord {
+            id,
+            info: info.clone(),
+            metrics,
+        };
+        {
+            let mut reg = self.shared.registry();
+            if let Err(e) = self
+                .shared
+                .tables
+                .update_topology(|t| t.add_port(id, info.clone()))
+            {
+                drop(reg);
+                self.detach_id(id);
+                return Err(e.into());
+            }
+            if let PortKind::Pod { mac, .. } = info.kind {
+                self.shared.tables.mac.insert_static(mac_key(&mac.0), id);
+            }
+            reg.insert(id, record);
+        }
+        Ok(id)
+    }
+
+    /// Attaches an in-memory pod port and returns its endpoint (for a smoltcp pod or a test).
+    pub fn attach_mem_pod(&self, info: PortInfo) -> Result<(PortId, MemEndpoint), SwitchError> {
+        let (port, endpoint) = mem_port(Arc::clone(&self.shared.waker));
+        let id = self.attach(info, Box::new(port))?;
+        Ok((id, endpoint))
+    }
+
+    /// Detaches the port named `name`; traffic between other ports is not disturbed.
+    pub fn detach(&self, name: &str) -> Result<PortRecord, SwitchError> {
+        let id = self
+            .shared
+            .registry()
+            .values()
+            .find(|r| r.info.name == name)
+            .map(|r| r.id)
+            .ok_or_else(|| SwitchError::NoSuchPort(name.into()))?;
+        self.shared
+            .forget(id)
+            .ok_or_else(|| SwitchError::NoSuchPort(name.into()))
+            .inspect(|_| {
+                self.detach_id(id);
+            })
+    }
+
+    fn detach_id(&self, id: PortId) {
+        let (ack, acked) = crossbeam_channel::bounded(1);
+        if self.shared.commands.send(Command::Detach(id, ack)).is_ok() {
+            self.shared.waker.kick();
+            let _ = acked.recv();
+        }
+    }
+
+    /// Every attached port.
+    pub fn ports(&self) -> Vec<PortRecord> {
+        self.shared.registry().values().cloned().collect()
+    }
+
+    /// The port named `name`.
+    pub fn port(&self, name: &str) -> Option<PortRecord> {
+        self.shared
+            .registry()
+            .values()
+            .find(|r| r.info.name == name)
+            .cloned()
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.waker.kick();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(mut dp: Dataplane, shared: &Shared, commands: Receiver<Command>) {
+    let mut idle = 0u32;
+    let mut next_ageing = Instant::now() + Duration::from_secs(1);
+    loop {
+        while let Ok(cmd) = commands.try_recv() {
+            match cmd {
+                Command::Attach(id, port, metrics, ack) => {
+                    dp.add_port(id, port, metrics);
+                    let _ = ack.send(());
+                }
+                Command::Detach(id, ack) => {
+                    let _ = ack.send(dp.remove_port(id));
+                }
+            }
+        }
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let n = dp.poll_once();
+        for id in dp.take_closed() {
+            if let Some(r) = shared.forget(id) {
+                log::warn!(
+                    "port {id} ({}) closed by its other end; removed",
+                    r.info.name
+                );
+            }
+        }
+        let now = Instant::now();
+        if now >= next_ageing {
+            let aged = shared.tables.mac.age(shared.tables.mac.clock(now));
+            if aged > 0 {
+                log::debug!("aged out {aged} MAC entries");
+            }
+            next_ageing = now + Duration::from_secs(1);
+        }
+        if n > 0 {
+            idle = 0;
+            continue;
+        }
+        idle += 1;
+        if idle < SPIN_ROUNDS {
+            std::hint::spin_loop();
+            continue;
+        }
+        shared.waker.prepare_sleep();
+        if dp.poll_once() > 0 || !commands.is_empty() {
+            shared.waker.awake();
+            idle = 0;
+            continue;
+        }
+        sleep(
+            &dp,
+            &shared.waker,
+            next_ageing
+                .saturating_duration_since(Instant::now())
+                .min(MAX_SLEEP),
+        );
+        shared.waker.awake();
+    }
+}
+
+fn sleep(dp: &Dataplane, waker: &Waker, timeout: Duration) {
+    let mut fds = Vec::with_capacity(dp.slots.len() + 1);
+    fds.push(PollFd::new(waker.fd(), PollFlags::POLLIN));
+    for s in dp.slots.iter().flatten() {
+        if let Some(fd) = s.port.poll_fd() {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+    }
+    let ms = PollTimeout::from(timeout.as_millis().min(u128::from(u16::MAX)) as u16);
+    // EINTR or any other error: return and let the loop look again.
+    let _ = nix::poll::poll(&mut fds, ms);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::EthernetAddress;
+    use std::net::Ipv4Addr;
+
+    fn switch() -> Switch {
+        let cidr = "10.244.1.0/24".parse().expect("cidr");
+        Switch::start(SwitchConfig {
+            node: NodeConfig::new(cidr, EthernetAddress([2, 0xee, 0, 0, 0, 1])),
+            mac: MacTableConfig::default(),
+        })
+        .expect("switch")
+    }
+
+    fn pod(name: &str, last: u8) -> PortInfo {
+        PortInfo {
+            name: name.into(),
+            kind: PortKind::Pod {
+                mac: EthernetAddress([2, 0x42, 10, 244, 1, last]),
+                ip: Ipv4Addr::new(10, 244, 1, last),
+            },
+        }
+    }
+
+    #[test]
+    fn attach_detach_and_closed_ports_are_forgotten() {
+        let sw = switch();
+        let (a, _ea) = sw.attach_mem_pod(pod("a", 10)).expect("a");
+        let (b, eb) = sw.attach_mem_pod(pod("b", 11)).expect("b");
+        assert_ne!(a, b);
+        assert!(matches!(
+            sw.attach_mem_pod(pod("a", 12)),
+            Err(SwitchError::DuplicateName(_))
+        ));
+        assert!(matches!(
+            sw.attach_mem_pod(pod("c", 10)),
+            Err(SwitchError::Topology(TopologyError::DuplicateIp { .. }))
+        ));
+        assert_eq!(
+            sw.tables()
+                .mac
+                .load()
+                .get(mac_key(&[2, 0x42, 10, 244, 1, 11]))
+                .map(|e| e.port),
+            Some(b)
+        );
+        drop(eb);
+        // The data plane notices the closed endpoint on its next round and forgets the port.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sw.port("b").is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(sw.port("b").is_none(), "closed port still registered");
+        assert!(sw.tables().topology().port(b).is_none());
+        assert!(sw
+            .tables()
+            .mac
+            .load()
+            .get(mac_key(&[2, 0x42, 10, 244, 1, 11]))
+            .is_none());
+        sw.detach("a").expect("detach");
+        assert!(sw.ports().is_empty());
+        assert!(matches!(sw.detach("a"), Err(SwitchError::NoSuchPort(_))));
+    }
+}

@@ -1,0 +1,455 @@
+//! What the node looks like: ports, pods (neighbour table) and peer nodes (routes).
+//!
+//! Invariants, checked by every constructor method (a refused change leaves the topology as it
+//! was):
+//! - a pod IP lies in the node's pod CIDR, is not the gateway or the network/broadcast address,
+//!   and belongs to at most one port;
+//! - peer pod CIDRs overlap neither the node's CIDR nor each other, so every pod IP of the
+//!   cluster has exactly one owner;
+//! - `flood` lists exactly the attached ports, in id order.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use ipnet::Ipv4Net;
+
+use super::PortId;
+use crate::wire::{mac_key, EthernetAddress};
+
+/// Index of a peer node.
+pub type PeerId = u16;
+
+/// What is behind a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortKind {
+    /// A pod: exactly one MAC and one IPv4 address may appear as source (anti-spoofing).
+    Pod {
+        /// The pod's `eth0` MAC.
+        mac: EthernetAddress,
+        /// The pod IP.
+        ip: Ipv4Addr,
+    },
+    /// A segment of many hosts (another bridge, a VM): sources are learned, not checked.
+    Trunk,
+}
+
+/// A port and its identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortInfo {
+    /// Human name (the pod name).
+    pub name: String,
+    /// What is behind the port.
+    pub kind: PortKind,
+}
+
+/// A pod's entry in the neighbour table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neighbour {
+    /// MAC key of the pod (see [`mac_key`]).
+    pub mac: u64,
+    /// Port the pod is attached to.
+    pub port: PortId,
+}
+
+/// A node that owns a remote pod CIDR, reached through a VXLAN tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Node name.
+    pub name: String,
+    /// Tunnel endpoint (underlay address and VXLAN UDP port).
+    pub underlay: SocketAddrV4,
+    /// The pod CIDR the node owns.
+    pub pod_cidr: Ipv4Net,
+    /// The peer's VTEP (router) MAC: destination MAC of the inner frames we send it.
+    pub vtep_mac: EthernetAddress,
+}
+
+/// A route: destinations in `cidr` go to `peer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Destination prefix.
+    pub cidr: Ipv4Net,
+    /// Next hop.
+    pub peer: PeerId,
+}
+
+/// Why a topology change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopologyError {
+    /// The port id is already attached.
+    #[error("port {0} is already in use")]
+    PortInUse(PortId),
+    /// No port with that id.
+    #[error("no port {0}")]
+    NoSuchPort(PortId),
+    /// The pod IP is already used by another pod.
+    #[error("pod IP {ip} is already used by pod {owner:?}")]
+    DuplicateIp {
+        /// The address.
+        ip: Ipv4Addr,
+        /// The pod that has it.
+        owner: String,
+    },
+    /// The pod MAC is already used by another pod.
+    #[error("pod MAC {mac} is already used by pod {owner:?}")]
+    DuplicateMac {
+        /// The address.
+        mac: EthernetAddress,
+        /// The pod that has it.
+        owner: String,
+    },
+    /// The pod IP is outside the node's CIDR or reserved (network, gateway, broadcast).
+    #[error("pod IP {ip} is not a usable address of the node's pod CIDR {cidr}")]
+    IpNotInCidr {
+        /// The address.
+        ip: Ipv4Addr,
+        /// The node's pod CIDR.
+        cidr: Ipv4Net,
+    },
+    /// The pod MAC is a group (multicast/broadcast) or all-zero address.
+    #[error("pod MAC {0} is not a unicast address")]
+    BadMac(EthernetAddress),
+    /// A peer's CIDR overlaps ours or another peer's.
+    #[error("peer {peer:?}: pod CIDR {cidr} overlaps {other} ({owner})")]
+    OverlappingCidr {
+        /// The peer being added.
+        peer: String,
+        /// Its CIDR.
+        cidr: Ipv4Net,
+        /// The CIDR it overlaps.
+        other: Ipv4Net,
+        /// Who owns that CIDR ("this node" or a peer name).
+        owner: String,
+    },
+    /// A peer with that name or underlay address exists.
+    #[error("peer {0:?} already exists (same name or underlay address)")]
+    DuplicatePeer(String),
+    /// No peer with that name.
+    #[error("no peer named {0:?}")]
+    NoSuchPeer(String),
+}
+
+/// Ports, neighbours and routes of one node. Immutable once published; changes build a new one.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    cidr: Ipv4Net,
+    gateway: Ipv4Addr,
+    ports: Vec<Option<PortInfo>>,
+    flood: Vec<PortId>,
+    neighbours: HashMap<u32, Neighbour>,
+    peers: Vec<Option<Peer>>,
+    routes: Vec<Route>,
+    peer_by_underlay: HashMap<Ipv4Addr, PeerId>,
+}
+
+impl Topology {
+    /// An empty node with pod CIDR `cidr` and gateway `gateway`.
+    pub fn new(cidr: Ipv4Net, gateway: Ipv4Addr) -> Self {
+        Self {
+            cidr,
+            gateway,
+            ports: Vec::new(),
+            flood: Vec::new(),
+            neighbours: HashMap::new(),
+            peers: Vec::new(),
+            routes: Vec::new(),
+            peer_by_underlay: HashMap::new(),
+        }
+    }
+
+    /// The node's pod CIDR.
+    pub fn cidr(&self) -> Ipv4Net {
+        self.cidr
+    }
+
+    /// What is attached at `port`.
+    #[inline]
+    pub fn port(&self, port: PortId) -> Option<&PortInfo> {
+        self.ports.get(usize::from(port)).and_then(Option::as_ref)
+    }
+
+    /// All attached ports as `(id, info)`.
+    pub fn ports(&self) -> impl Iterator<Item = (PortId, &PortInfo)> {
+        self.flood
+            .iter()
+            .filter_map(|&id| self.port(id).map(|p| (id, p)))
+    }
+
+    /// Ports that receive flooded frames (every attached port; the caller skips the ingress).
+    #[inline]
+    pub fn flood_ports(&self) -> &[PortId] {
+        &self.flood
+    }
+
+    /// The pod that owns `ip`, if it is on this node.
+    #[inline]
+    pub fn neighbour(&self, ip: Ipv4Addr) -> Option<Neighbour> {
+        self.neighbours.get(&u32::from(ip)).copied()
+    }
+
+    /// The peer whose CIDR holds `ip` (longest prefix wins).
+    #[inline]
+    pub fn route(&self, ip: Ipv4Addr) -> Option<PeerId> {
+        self.routes
+            .iter()
+            .find(|r| r.cidr.contains(&ip))
+            .map(|r| r.peer)
+    }
+
+    /// Peer by id.
+    #[inline]
+    pub fn peer(&self, id: PeerId) -> Option<&Peer> {
+        self.peers.get(usize::from(id)).and_then(Option::as_ref)
+    }
+
+    /// Peer by underlay IP (the outer source of a received VXLAN datagram).
+    #[inline]
+    pub fn peer_by_underlay(&self, ip: Ipv4Addr) -> Option<PeerId> {
+        self.peer_by_underlay.get(&ip).copied()
+    }
+
+    /// All peers as `(id, peer)`.
+    pub fn peers(&self) -> impl Iterator<Item = (PeerId, &Peer)> {
+        self.peers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((i as PeerId, p.as_ref()?)))
+    }
+
+    /// Checks that a pod with `ip`/`mac` could be attached (see the module invariants).
+    pub fn check_pod(&self, ip: Ipv4Addr, mac: EthernetAddress) -> Result<(), TopologyError> {
+        let usable = self.cidr.contains(&ip)
+            && ip != self.cidr.network()
+            && ip != self.cidr.broadcast()
+            && ip != self.gateway;
+        if !usable {
+            return Err(TopologyError::IpNotInCidr {
+                ip,
+                cidr: self.cidr,
+            });
+        }
+        if !mac.is_unicast() {
+            return Err(TopologyError::BadMac(mac));
+        }
+        for (_, p) in self.ports() {
+            if let PortKind::Pod { mac: m, ip: i } = p.kind {
+                if i == ip {
+                    return Err(TopologyError::DuplicateIp {
+                        ip,
+                        owner: p.name.clone(),
+                    });
+                }
+                if m == mac {
+                    return Err(TopologyError::DuplicateMac {
+                        mac,
+                        owner: p.name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches `info` at `port`.
+    pub fn add_port(&mut self, port: PortId, info: PortInfo) -> Result<(), TopologyError> {
+        if self.port(port).is_some() {
+            return Err(TopologyError::PortInUse(port));
+        }
+        if let PortKind::Pod { mac, ip } = info.kind {
+            self.check_pod(ip, mac)?;
+            self.neighbours.insert(
+                u32::from(ip),
+                Neighbour {
+                    mac: mac_key(&mac.0),
+                    port,
+                },
+            );
+        }
+        let idx = usize::from(port);
+        if self.ports.len() <= idx {
+            self.ports.resize(idx + 1, None);
+        }
+        self.ports[idx] = Some(info);
+        self.flood.push(port);
+        self.flood.sort_unstable();
+        Ok(())
+    }
+
+    /// Detaches `port`, returning what was there.
+    pub fn remove_port(&mut self, port: PortId) -> Result<PortInfo, TopologyError> {
+        let info = self
+            .ports
+            .get_mut(usize::from(port))
+            .and_then(Option::take)
+            .ok_or(TopologyError::NoSuchPort(port))?;
+        if let PortKind::Pod { ip, .. } = info.kind {
+            self.neighbours.remove(&u32::from(ip));
+        }
+        self.flood.retain(|&p| p != port);
+        Ok(info)
+    }
+
+    /// Adds a peer node and its route. Returns its id.
+    pub fn add_peer(&mut self, peer: Peer) -> Result<PeerId, TopologyError> {
+        let overlap =
+            |a: &Ipv4Net, b: &Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
+        if overlap(&peer.pod_cidr, &self.cidr) {
+            return Err(TopologyError::OverlappingCidr {
+                peer: peer.name.clone(),
+                cidr: peer.pod_cidr,
+                other: self.cidr,
+                owner: "this node".into(),
+            });
+        }
+        for (_, p) in self.peers() {
+            if p.name == peer.name || p.underlay.ip() == peer.underlay.ip() {
+                return Err(TopologyError::DuplicatePeer(peer.name.clone()));
+            }
+            if overlap(&peer.pod_cidr, &p.pod_cidr) {
+                return Err(TopologyError::OverlappingCidr {
+                    peer: peer.name.clone(),
+                    cidr: peer.pod_cidr,
+                    other: p.pod_cidr,
+                    owner: p.name.clone(),
+                });
+            }
+        }
+        let id = match self.peers.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                self.peers.push(None);
+                self.peers.len() - 1
+            }
+        } as PeerId;
+        self.peer_by_underlay.insert(*peer.underlay.ip(), id);
+        self.routes.push(Route {
+            cidr: peer.pod_cidr,
+            peer: id,
+        });
+        self.routes.sort_by_key(|r| std::cmp::Reverse(r.cidr.prefix_len()));
+        self.peers[usize::from(id)] = Some(peer);
+        Ok(id)
+    }
+
+    /// Removes the peer named `name` and its route.
+    pub fn remove_peer(&mut self, name: &str) -> Result<Peer, TopologyError> {
+        let (id, _) = self
+            .peers()
+            .find(|(_, p)| p.name == name)
+            .ok_or_else(|| TopologyError::NoSuchPeer(name.into()))?;
+        let peer = self.peers[usize::from(id)]
+            .take()
+            .ok_or_else(|| TopologyError::NoSuchPeer(name.into()))?;
+        self.routes.retain(|r| r.peer != id);
+        self.peer_by_underlay.remove(peer.underlay.ip());
+        Ok(peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> Topology {
+        Topology::new(
+            "10.244.1.0/24".parse().expect("cidr"),
+            Ipv4Addr::new(10, 244, 1, 1),
+        )
+    }
+
+    fn pod(name: &str, last: u8) -> PortInfo {
+        PortInfo {
+            name: name.into(),
+            kind: PortKind::Pod {
+                mac: EthernetAddress([2, 0, 0, 0, 0, last]),
+                ip: Ipv4Addr::new(10, 244, 1, last),
+            },
+        }
+    }
+
+    fn peer(name: &str, n: u8, cidr: &str) -> Peer {
+        Peer {
+            name: name.into(),
+            underlay: SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, n), 8472),
+            pod_cidr: cidr.parse().expect("cidr"),
+            vtep_mac: EthernetAddress([2, 0xee, 0, 0, 0, n]),
+        }
+    }
+
+    #[test]
+    fn pods_and_neighbours() {
+        let mut t = node();
+        t.add_port(0, pod("a", 10)).expect("a");
+        t.add_port(3, pod("b", 11)).expect("b");
+        assert_eq!(t.flood_ports(), &[0, 3]);
+        assert_eq!(
+            t.neighbour(Ipv4Addr::new(10, 244, 1, 11)).map(|n| n.port),
+            Some(3)
+        );
+        assert_eq!(
+            t.add_port(
+                0,
+                PortInfo {
+                    name: "x".into(),
+                    kind: PortKind::Trunk
+                }
+            ),
+            Err(TopologyError::PortInUse(0))
+        );
+        let mut dup = pod("c", 10);
+        if let PortKind::Pod { mac, .. } = &mut dup.kind {
+            mac.0[5] = 99;
+        }
+        assert!(
+            matches!(t.add_port(4, dup), Err(TopologyError::DuplicateIp { owner, .. }) if owner == "a")
+        );
+        assert!(matches!(
+            t.add_port(4, pod("gw", 1)),
+            Err(TopologyError::IpNotInCidr { .. })
+        ));
+        assert!(matches!(
+            t.add_port(4, pod("bcast", 255)),
+            Err(TopologyError::IpNotInCidr { .. })
+        ));
+        t.remove_port(0).expect("remove");
+        assert_eq!(t.neighbour(Ipv4Addr::new(10, 244, 1, 10)), None);
+        assert_eq!(t.flood_ports(), &[3]);
+        assert_eq!(t.remove_port(0), Err(TopologyError::NoSuchPort(0)));
+        t.add_port(0, pod("a2", 10))
+            .expect("IP reusable after removal");
+    }
+
+    #[test]
+    fn peers_routes_and_overlaps() {
+        let mut t = node();
+        let b = t.add_peer(peer("b", 2, "10.244.2.0/24")).expect("b");
+        let c = t.add_peer(peer("c", 3, "10.244.3.0/24")).expect("c");
+        assert_eq!(t.route(Ipv4Addr::new(10, 244, 2, 7)), Some(b));
+        assert_eq!(t.route(Ipv4Addr::new(10, 244, 3, 7)), Some(c));
+        assert_eq!(t.route(Ipv4Addr::new(10, 244, 4, 7)), None);
+        assert_eq!(t.peer_by_underlay(Ipv4Addr::new(192, 168, 77, 3)), Some(c));
+        assert!(
+            matches!(t.add_peer(peer("x", 9, "10.244.0.0/16")), Err(TopologyError::OverlappingCidr { owner, .. }) if owner == "this node")
+        );
+        assert!(
+            matches!(t.add_peer(peer("x", 9, "10.244.2.128/25")), Err(TopologyError::OverlappingCidr { owner, .. }) if owner == "b")
+        );
+        assert!(matches!(
+            t.add_peer(peer("b", 9, "10.244.9.0/24")),
+            Err(TopologyError::DuplicatePeer(_))
+        ));
+        t.remove_peer("b").expect("remove b");
+        assert_eq!(t.route(Ipv4Addr::new(10, 244, 2, 7)), None);
+        assert_eq!(t.peer_by_underlay(Ipv4Addr::new(192, 168, 77, 2)), None);
+        assert_eq!(
+            t.route(Ipv4Addr::new(10, 244, 3, 7)),
+            Some(c),
+            "other peers undisturbed"
+        );
+        assert_eq!(
+            t.add_peer(peer("d", 4, "10.244.2.0/24")),
+            Ok(b),
+            "freed id reused"
+        );
+    }
+}

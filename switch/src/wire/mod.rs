@@ -1,0 +1,156 @@
+//! Zero-copy, checked views of the headers the switch reads and writes.
+//!
+//! Ethernet, ARP, IPv4, ICMPv4, UDP and TCP come from `smoltcp::wire` (re-exported here so the
+//! rest of the crate names one module). VXLAN (RFC 7348) and the virtio-net header that travels
+//! with every frame on a TAP opened with `IFF_VNET_HDR` are small and written here.
+//!
+//! Invariant: no function in this module panics on any input. Every view has a `new_checked`
+//! constructor that validates lengths before any accessor is used; helpers that take raw byte
+//! slices return `None`/`Err` on short input.
+
+pub mod virtio;
+pub mod vxlan;
+
+pub use smoltcp::wire::{
+    ArpOperation, ArpPacket, EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet,
+    IpProtocol, Ipv4Address, Ipv4Packet, TcpPacket, UdpPacket,
+};
+
+/// Length of an Ethernet II header (no VLAN tag).
+pub const ETHERNET_HEADER_LEN: usize = 14;
+/// Length of an IPv4 header without options.
+pub const IPV4_HEADER_LEN: usize = 20;
+/// Length of an ARP packet for Ethernet/IPv4.
+pub const ARP_IPV4_LEN: usize = 28;
+/// Offset of the EtherType in an Ethernet II frame.
+const ETHERTYPE_OFFSET: usize = 12;
+
+/// A MAC address as a `u64` (the six bytes, big-endian, in the low 48 bits): the key of the
+/// forwarding tables, cheap to hash and compare.
+#[inline]
+pub fn mac_key(mac: &[u8; 6]) -> u64 {
+    u64::from_be_bytes([0, 0, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]])
+}
+
+/// The inverse of [`mac_key`].
+#[inline]
+pub fn mac_from_key(key: u64) -> EthernetAddress {
+    let b = key.to_be_bytes();
+    EthernetAddress([b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+/// Destination and source MAC keys and the EtherType of a frame, or `None` if the frame is
+/// shorter than an Ethernet header. This is the only parsing the L2 fast path does.
+#[inline]
+pub fn ethernet_fast(frame: &[u8]) -> Option<(u64, u64, u16)> {
+    let hdr: &[u8; ETHERNET_HEADER_LEN] = frame.get(..ETHERNET_HEADER_LEN)?.try_into().ok()?;
+    let dst = u64::from_be_bytes([0, 0, hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], hdr[5]]);
+    let src = u64::from_be_bytes([0, 0, hdr[6], hdr[7], hdr[8], hdr[9], hdr[10], hdr[11]]);
+    let ethertype = u16::from_be_bytes([hdr[ETHERTYPE_OFFSET], hdr[ETHERTYPE_OFFSET + 1]]);
+    Some((dst, src, ethertype))
+}
+
+/// True for broadcast and multicast MAC keys (the group bit of the first octet).
+#[inline]
+pub fn is_group_mac(key: u64) -> bool {
+    key & (1 << 40) != 0
+}
+
+/// The Internet checksum (RFC 1071) of `data`, folded, not complemented.
+pub fn checksum_sum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(u16::from_be_bytes([*last, 0]));
+    }
+    fold(sum)
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Decrements the TTL of the IPv4 header at the start of `ip` and patches its checksum
+/// incrementally (RFC 1624). Returns the TTL before the decrement, or `None` if `ip` is shorter
+/// than an IPv4 header. The caller has validated the header.
+#[inline]
+pub fn ipv4_decrement_ttl(ip: &mut [u8]) -> Option<u8> {
+    let hdr = ip.get_mut(..IPV4_HEADER_LEN)?;
+    let ttl = hdr[8];
+    if ttl == 0 {
+        return Some(0);
+    }
+    hdr[8] = ttl - 1;
+    // The TTL is the high byte of the 16-bit word at offset 8: it went down by 0x0100, so the
+    // one's complement checksum goes up by 0x0100 (HC' = HC + 0x0100, with end-around carry).
+    let csum = u16::from_be_bytes([hdr[10], hdr[11]]);
+    let new = fold(u32::from(csum) + 0x0100);
+    hdr[10..12].copy_from_slice(&new.to_be_bytes());
+    Some(ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_key_roundtrip_and_group_bit() {
+        let mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+        let key = mac_key(&mac);
+        assert_eq!(key, 0x0211_2233_4455);
+        assert_eq!(mac_from_key(key).0, mac);
+        assert!(!is_group_mac(key));
+        assert!(is_group_mac(mac_key(&[0xff; 6])));
+        assert!(is_group_mac(mac_key(&[0x01, 0x00, 0x5e, 0, 0, 1])));
+        assert!(is_group_mac(mac_key(&[0x33, 0x33, 0, 0, 0, 1])));
+    }
+
+    #[test]
+    fn ethernet_fast_rejects_short_frames() {
+        assert_eq!(ethernet_fast(&[0u8; 13]), None);
+        let mut f = [0u8; 14];
+        f[..6].copy_from_slice(&[0xff; 6]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(
+            ethernet_fast(&f),
+            Some((0xffff_ffff_ffff, 0x0200_0000_0001, 0x0806))
+        );
+    }
+
+    #[test]
+    fn ttl_decrement_keeps_checksum_valid() {
+        // A real IPv4 header (ping 10.244.1.10 -> 10.244.1.11, TTL 64).
+        let mut hdr: [u8; 20] = [
+            0x45, 0x00, 0x00, 0x54, 0x12, 0x34, 0x40, 0x00, 0x40, 0x01, 0x00, 0x00, 10, 244, 1, 10,
+            10, 244, 1, 11,
+        ];
+        let c = !checksum_sum(&hdr);
+        hdr[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(checksum_sum(&hdr), 0xffff);
+        for expected in (1..=64u8).rev() {
+            assert_eq!(ipv4_decrement_ttl(&mut hdr), Some(expected));
+            assert_eq!(
+                checksum_sum(&hdr),
+                0xffff,
+                "checksum broken at ttl {}",
+                hdr[8]
+            );
+        }
+        assert_eq!(ipv4_decrement_ttl(&mut hdr), Some(0));
+        assert_eq!(hdr[8], 0);
+        assert_eq!(ipv4_decrement_ttl(&mut [0u8; 19]), None);
+    }
+
+    #[test]
+    fn checksum_odd_length() {
+        assert_eq!(checksum_sum(&[0x01]), 0x0100);
+        assert_eq!(checksum_sum(&[0xff, 0xff, 0x00, 0x01]), 0x0001);
+    }
+}
