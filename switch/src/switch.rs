@@ -134,7 +134,7 @@ impl Dataplane {
                     Action::Forward(to) => {
                         match slots.get_mut(usize::from(to)).and_then(Option::as_mut) {
                             Some(out) => out.tx.push_with(vnet, &[], frame),
-                            None => pipeline.count_egress_drop(DropReason::EgressError, 1),
+                            None => pipeline.count_egress_drop(DropReason::PortGone, 1),
                         }
                     }
                     Action::Flood => {
@@ -173,14 +173,14 @@ impl Dataplane {
                         slot.counts.tx_bytes += out.bytes as u64;
                         slot.counts.tx_dropped += out.dropped as u64;
                         if out.dropped > 0 {
-                            metrics.count_drop(DropReason::EgressFull, out.dropped as u64);
+                            metrics.count_tx_dropped(out.dropped as u64);
                         }
                     }
                     Err(e) => {
                         let n = slot.tx.len() as u64;
                         slot.tx.clear();
                         slot.counts.tx_dropped += n;
-                        metrics.count_drop(DropReason::EgressError, n);
+                        metrics.count_tx_dropped(n);
                         if !closed.contains(&(id as PortId)) {
                             log::warn!("port {id}: {e}; removing it");
                             closed.push(id as PortId);
@@ -266,6 +266,7 @@ pub struct PortRecord {
 }
 
 struct Shared {
+    node: NodeConfig,
     tables: Arc<Tables>,
     metrics: Arc<Metrics>,
     waker: Arc<Waker>,
@@ -305,6 +306,7 @@ impl Switch {
         let waker = Arc::new(Waker::new()?);
         let (commands, command_rx) = unbounded();
         let shared = Arc::new(Shared {
+            node: cfg.node.clone(),
             tables: Arc::clone(&tables),
             metrics: Arc::clone(&metrics),
             waker,
@@ -326,6 +328,11 @@ impl Switch {
     /// The forwarding tables.
     pub fn tables(&self) -> &Arc<Tables> {
         &self.shared.tables
+    }
+
+    /// The node settings (CIDR, gateway, router MAC, MTU).
+    pub fn node(&self) -> &NodeConfig {
+        &self.shared.node
     }
 
     /// Switch-wide counters.

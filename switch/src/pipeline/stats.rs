@@ -4,6 +4,9 @@
 //! `rx = forwarded + delivered_locally + sum(dropped[reason])`. A frame flooded to N ports is one
 //! forwarded frame; a frame answered by the switch (ARP, ping of the gateway) is delivered
 //! locally; a frame refused with an ICMP error is a drop (the error is a new frame).
+//!
+//! Egress failures are counted per copy, apart from that sum: a flooded frame is one rx frame
+//! but N transmit copies, any of which a full receiver may refuse (`tx_dropped`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -71,10 +74,8 @@ drop_reasons! {
     VxlanBadVni => "vxlan_bad_vni",
     /// A decapsulated frame that is not IPv4 for a pod of this node.
     VxlanNotForPod => "vxlan_not_for_pod",
-    /// The egress port's queue was full (the receiver is not keeping up).
-    EgressFull => "egress_full",
-    /// The egress port failed or went away while the frame was queued.
-    EgressError => "egress_error",
+    /// The destination port was removed while the frame was in flight.
+    PortGone => "port_gone",
 }
 
 /// Frame counts kept by one data-plane thread, flushed to [`Metrics`] once per batch.
@@ -88,6 +89,8 @@ pub struct Counts {
     pub delivered_locally: u64,
     /// Drops by reason (indexed by `DropReason as usize`).
     pub dropped: [u64; DropReason::COUNT],
+    /// Transmit copies refused by a full or failed egress port (not part of the rx sum).
+    pub tx_dropped: u64,
 }
 
 impl Default for Counts {
@@ -97,6 +100,7 @@ impl Default for Counts {
             forwarded: 0,
             delivered_locally: 0,
             dropped: [0; DropReason::COUNT],
+            tx_dropped: 0,
         }
     }
 }
@@ -120,6 +124,7 @@ pub struct Metrics {
     forwarded: AtomicU64,
     delivered_locally: AtomicU64,
     dropped: [AtomicU64; DropReason::COUNT],
+    tx_dropped: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -129,6 +134,7 @@ impl Default for Metrics {
             forwarded: AtomicU64::new(0),
             delivered_locally: AtomicU64::new(0),
             dropped: std::array::from_fn(|_| AtomicU64::new(0)),
+            tx_dropped: AtomicU64::new(0),
         }
     }
 }
@@ -147,19 +153,13 @@ impl Metrics {
         for (a, v) in self.dropped.iter().zip(c.dropped) {
             add(a, v);
         }
+        add(&self.tx_dropped, c.tx_dropped);
         *c = Counts::default();
     }
 
-    /// Counts one drop that happened outside the pipeline (egress failures).
-    pub fn count_drop(&self, reason: DropReason, n: u64) {
-        self.dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Moves `n` frames from forwarded to dropped for `reason` (an egress queue refused them
-    /// after the pipeline had decided to forward).
-    pub fn forward_failed(&self, reason: DropReason, n: u64) {
-        self.forwarded.fetch_sub(n, Ordering::Relaxed);
-        self.count_drop(reason, n);
+    /// Counts transmit copies an egress port refused.
+    pub fn count_tx_dropped(&self, n: u64) {
+        self.tx_dropped.fetch_add(n, Ordering::Relaxed);
     }
 
     /// A consistent-enough copy (each counter read once, relaxed).
@@ -169,6 +169,7 @@ impl Metrics {
             forwarded: self.forwarded.load(Ordering::Relaxed),
             delivered_locally: self.delivered_locally.load(Ordering::Relaxed),
             dropped: std::array::from_fn(|i| self.dropped[i].load(Ordering::Relaxed)),
+            tx_dropped: self.tx_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -266,11 +267,11 @@ mod tests {
         c.dropped[DropReason::SpoofedMac as usize] = 1;
         m.flush(&mut c);
         assert_eq!(c.rx, 0);
-        m.forward_failed(DropReason::EgressFull, 1);
+        m.count_tx_dropped(4);
         let s = m.snapshot();
-        assert_eq!((s.rx, s.forwarded, s.delivered_locally), (3, 0, 1));
+        assert_eq!((s.rx, s.forwarded, s.delivered_locally), (3, 1, 1));
         assert_eq!(s.dropped(DropReason::SpoofedMac), 1);
-        assert_eq!(s.dropped(DropReason::EgressFull), 1);
+        assert_eq!(s.tx_dropped, 4);
         assert_eq!(s.rx, s.forwarded + s.delivered_locally + s.dropped_total());
     }
 }

@@ -11,7 +11,7 @@ pub mod waker;
 use std::os::fd::BorrowedFd;
 
 pub use batch::{Batch, DEFAULT_BATCH};
-pub use mem::{mem_port, MemEndpoint, MemPort};
+pub use mem::{mem_port, EndpointError, MemEndpoint, MemPort};
 pub use waker::Waker;
 
 /// Why a port failed.

@@ -326,7 +326,8 @@ impl Topology {
             cidr: peer.pod_cidr,
             peer: id,
         });
-        self.routes.sort_by_key(|r| std::cmp::Reverse(r.cidr.prefix_len()));
+        self.routes
+            .sort_by_key(|r| std::cmp::Reverse(r.cidr.prefix_len()));
         self.peers[usize::from(id)] = Some(peer);
         Ok(id)
     }
