@@ -1,0 +1,150 @@
+//! VXLAN encapsulation and decapsulation, frames/s, for 64- and 1500-byte inner frames.
+//!
+//! One iteration handles one batch of 64 frames, each in its own slot of a contiguous buffer (as
+//! the runtime's batches hold them):
+//!
+//! - `encap`: [`vxlan::encapsulate`] only: the 8-byte VXLAN header plus a copy of the inner
+//!   frame into the output slot. The outer IPv4/UDP headers are the kernel's (UDP socket) and
+//!   are not included.
+//! - `encap_routed`: what a frame from a pod to a remote pod costs before the UDP send: the
+//!   pipeline's decision ([`Pipeline::process`]: validation, learning, route lookup, MAC rewrite,
+//!   TTL decrement) and then [`vxlan::encapsulate`] into the output slot. Because the pipeline
+//!   rewrites the frame in place, the 16 bytes it changes (both MACs, TTL, checksum) are restored
+//!   from the template before each frame; that restore is included.
+//! - `decap`: [`Pipeline::process_tunnel`]: peer check, VXLAN header check, inner IPv4
+//!   validation (checksum), neighbour lookup, in-place MAC rewrite and TTL decrement. The TTL and
+//!   checksum bytes (4 bytes) are restored from the template before each datagram (the MAC
+//!   rewrite is idempotent); that restore is included. The copy of the inner frame into the
+//!   pod's transmit batch is not (the forwarding benchmark measures that copy).
+//!
+//! `begin_batch`/`end_batch` run once per batch of 64, as in the runtime.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use podswitch::pipeline::{Action, Pipeline};
+use podswitch::testutil::vxlan_wrap;
+use podswitch::wire::vxlan;
+use podswitch_bench::{
+    node_config, node_tables, pod_ip, pod_mac, remote_ip, routed, udp_frame, BATCH, MEASUREMENT,
+    PEER_UNDERLAY, PEER_VTEP_MAC, ROUTER_MAC, SAMPLES, WARM_UP,
+};
+
+const VNI: u32 = 1;
+/// Offset of the TTL in an Ethernet/IPv4 frame; TTL, protocol, checksum follow.
+const TTL_AT: usize = 14 + 8;
+
+fn pipeline() -> Pipeline {
+    let cfg = node_config();
+    let tables = node_tables(&cfg, 1);
+    let mut p = Pipeline::new(cfg, tables);
+    p.begin_batch();
+    p
+}
+
+fn encap(c: &mut Criterion) {
+    let mut group = c.benchmark_group("vxlan");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for len in [64usize, 1500] {
+        // An inner frame as the router emits it towards the peer's VTEP.
+        let inner = udp_frame(PEER_VTEP_MAC, ROUTER_MAC, pod_ip(0), remote_ip(), len);
+        let slot = vxlan::HEADER_LEN + len;
+        let mut out = vec![0u8; BATCH * slot];
+        let run = |out: &mut [u8]| {
+            for o in out.chunks_exact_mut(slot) {
+                black_box(vxlan::encapsulate(black_box(VNI), black_box(&inner), o));
+            }
+        };
+        run(&mut out);
+        for o in out.chunks_exact(slot) {
+            assert_eq!(vxlan::decapsulate(o), Ok((VNI, &inner[..])));
+        }
+        group.bench_function(BenchmarkId::new("encap", len), |b| b.iter(|| run(&mut out)));
+    }
+    group.finish();
+}
+
+fn encap_routed(c: &mut Criterion) {
+    let mut group = c.benchmark_group("vxlan");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for len in [64usize, 1500] {
+        let mut p = pipeline();
+        let template = udp_frame(ROUTER_MAC, pod_mac(0), pod_ip(0), remote_ip(), len);
+        let expected = routed(&template, PEER_VTEP_MAC);
+        let mut frames = template.repeat(BATCH);
+        let slot = vxlan::HEADER_LEN + len;
+        let mut out = vec![0u8; BATCH * slot];
+        let mut not_encap = 0u64;
+        let mut run = |p: &mut Pipeline, frames: &mut [u8], out: &mut [u8]| {
+            p.begin_batch();
+            for (f, o) in frames.chunks_exact_mut(len).zip(out.chunks_exact_mut(slot)) {
+                f[..12].copy_from_slice(&template[..12]);
+                f[TTL_AT..TTL_AT + 4].copy_from_slice(&template[TTL_AT..TTL_AT + 4]);
+                match p.process(0, f, false) {
+                    Action::Encap(_) => {
+                        black_box(vxlan::encapsulate(VNI, f, o));
+                    }
+                    _ => not_encap += 1,
+                }
+            }
+            p.end_batch();
+        };
+        run(&mut p, &mut frames, &mut out);
+        for o in out.chunks_exact(slot) {
+            assert_eq!(vxlan::decapsulate(o), Ok((VNI, &expected[..])));
+        }
+        group.bench_function(BenchmarkId::new("encap_routed", len), |b| {
+            b.iter(|| run(&mut p, &mut frames, &mut out))
+        });
+        assert_eq!(not_encap, 0, "every frame was encapsulated");
+        assert_eq!(p.counts().dropped_total(), 0, "{:?}", p.counts());
+        assert_eq!(p.counts().rx, p.counts().forwarded);
+    }
+    group.finish();
+}
+
+fn decap(c: &mut Criterion) {
+    let mut group = c.benchmark_group("vxlan");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for len in [64usize, 1500] {
+        let mut p = pipeline();
+        let inner = udp_frame(ROUTER_MAC, PEER_VTEP_MAC, remote_ip(), pod_ip(0), len);
+        let expected = routed(&inner, pod_mac(0));
+        let template = vxlan_wrap(VNI, &inner);
+        let slot = template.len();
+        let mut datagrams = template.repeat(BATCH);
+        let ttl_at = vxlan::HEADER_LEN + TTL_AT;
+        let mut not_forwarded = 0u64;
+        let mut run = |p: &mut Pipeline, datagrams: &mut [u8]| {
+            p.begin_batch();
+            for d in datagrams.chunks_exact_mut(slot) {
+                d[ttl_at..ttl_at + 4].copy_from_slice(&template[ttl_at..ttl_at + 4]);
+                if p.process_tunnel(PEER_UNDERLAY, d) != Action::Forward(0) {
+                    not_forwarded += 1;
+                }
+            }
+            p.end_batch();
+        };
+        run(&mut p, &mut datagrams);
+        for d in datagrams.chunks_exact(slot) {
+            assert_eq!(&d[vxlan::HEADER_LEN..], &expected[..]);
+        }
+        group.bench_function(BenchmarkId::new("decap", len), |b| {
+            b.iter(|| run(&mut p, &mut datagrams))
+        });
+        assert_eq!(not_forwarded, 0, "every datagram was delivered");
+        assert_eq!(p.counts().dropped_total(), 0, "{:?}", p.counts());
+        assert_eq!(p.counts().rx, p.counts().forwarded);
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(WARM_UP)
+        .measurement_time(MEASUREMENT)
+        .sample_size(SAMPLES);
+    targets = encap, encap_routed, decap
+}
+criterion_main!(benches);
