@@ -104,7 +104,8 @@ impl Dataplane {
             batch,
         } = self;
         pipeline.begin_batch();
-        let topo = Arc::clone(pipeline.tables()).topology();
+        // The flood set comes from the same snapshot the pipeline decides with.
+        let topo = Arc::clone(pipeline.topology());
         let mut total = 0;
         for ingress in 0..slots.len() {
             let Some(slot) = slots[ingress].as_mut() else {

@@ -91,11 +91,17 @@ pub enum Action {
 /// The decision engine of one data-plane thread. Owns its counters and learning queue; shares the
 /// tables.
 pub struct Pipeline {
-    cfg: NodeConfig,
-    router_key: u64,
     tables: Arc<Tables>,
     mac: Arc<MacSnapshot>,
     topo: Arc<Topology>,
+    core: Core,
+}
+
+/// The per-thread state the decision mutates. Kept apart from the snapshots so the hot path
+/// borrows them (no reference-count traffic per frame).
+struct Core {
+    cfg: NodeConfig,
+    router_key: u64,
     now: u32,
     learned: Vec<(u64, PortId)>,
     last_learned: Option<(u64, PortId)>,
@@ -106,25 +112,21 @@ pub struct Pipeline {
 impl Pipeline {
     /// A pipeline for node `cfg` over `tables`.
     pub fn new(cfg: NodeConfig, tables: Arc<Tables>) -> Self {
-        let mac = tables.mac.load();
-        let topo = tables.topology();
-        Self {
+        let core = Core {
             router_key: mac_key(&cfg.router_mac.0),
             cfg,
-            mac,
-            topo,
             now: tables.mac.now(),
-            tables,
             learned: Vec::with_capacity(64),
             last_learned: None,
             counts: Counts::default(),
             scratch: [0; ICMP_ERROR_MAX],
-        }
+        };
+        Self { mac: tables.mac.load(), topo: tables.topology(), tables, core }
     }
 
     /// The node settings.
     pub fn config(&self) -> &NodeConfig {
-        &self.cfg
+        &self.core.cfg
     }
 
     /// The shared tables.
@@ -133,29 +135,31 @@ impl Pipeline {
     }
 
     /// The topology snapshot of the current batch.
-    pub fn topology(&self) -> &Topology {
+    pub fn topology(&self) -> &Arc<Topology> {
         &self.topo
     }
 
     /// The ICMP error of the last [`Action::Reject`].
     pub fn scratch(&self) -> &[u8] {
-        &self.scratch
+        &self.core.scratch
     }
 
     /// Counts since the last [`Pipeline::take_counts`].
     pub fn counts(&self) -> &Counts {
-        &self.counts
+        &self.core.counts
     }
 
     /// Returns the counts and resets them.
     pub fn take_counts(&mut self) -> Counts {
-        std::mem::take(&mut self.counts)
+        std::mem::take(&mut self.core.counts)
     }
 
-    /// Counts an egress failure of a frame this pipeline had counted as forwarded.
+    /// Turns one frame counted as forwarded into a drop for `reason` (the runtime could not
+    /// carry out the forward).
     pub fn count_egress_drop(&mut self, reason: DropReason, frames: u64) {
-        self.counts.forwarded -= frames.min(self.counts.forwarded);
-        self.counts.dropped[reason as usize] += frames;
+        let c = &mut self.core.counts;
+        c.forwarded -= frames.min(c.forwarded);
+        c.dropped[reason as usize] += frames;
     }
 
     /// Loads the table snapshots for the next batch of frames.
@@ -163,19 +167,40 @@ impl Pipeline {
     pub fn begin_batch(&mut self) {
         self.mac = self.tables.mac.load();
         self.topo = self.tables.topology();
-        self.now = self.tables.mac.now();
-        self.last_learned = None;
+        self.core.now = self.tables.mac.now();
+        self.core.last_learned = None;
     }
 
     /// Applies what the batch learned (one table write for the whole batch, if anything is new).
     #[inline]
     pub fn end_batch(&mut self) {
-        if !self.learned.is_empty() {
-            self.tables.mac.learn(&self.learned, self.now);
-            self.learned.clear();
+        if !self.core.learned.is_empty() {
+            self.tables.mac.learn(&self.core.learned, self.core.now);
+            self.core.learned.clear();
         }
     }
 
+    /// Decides what to do with `frame`, received on `ingress`. `gso` says the frame is a
+    /// superframe described by a virtio-net header (exempt from the MTU check).
+    #[inline]
+    pub fn process(&mut self, ingress: PortId, frame: &mut [u8], gso: bool) -> Action {
+        self.core.process(&self.topo, &self.mac, ingress, frame, gso)
+    }
+
+    /// Decides what to do with a VXLAN datagram received from `source` on the underlay. On
+    /// [`Action::Forward`], the frame to deliver is `datagram[vxlan::HEADER_LEN..]`, already
+    /// rewritten (MACs, TTL).
+    pub fn process_tunnel(&mut self, source: SocketAddrV4, datagram: &mut [u8]) -> Action {
+        self.core.process_tunnel(&self.topo, source, datagram)
+    }
+
+    #[cfg(test)]
+    fn set_tunnel_mtu(&mut self, mtu: u16) {
+        self.core.cfg.tunnel_mtu = mtu;
+    }
+}
+
+impl Core {
     #[inline]
     fn drop(&mut self, reason: DropReason) -> Action {
         self.counts.dropped[reason as usize] += 1;
@@ -208,21 +233,26 @@ impl Pipeline {
     }
 
     #[inline]
-    fn learn(&mut self, src: u64, ingress: PortId) {
+    fn learn(&mut self, mac: &MacSnapshot, src: u64, ingress: PortId) {
         if self.last_learned == Some((src, ingress)) {
             return;
         }
         self.last_learned = Some((src, ingress));
-        match self.mac.get(src) {
+        match mac.get(src) {
             Some(e) if e.port == ingress || e.is_static => e.touch(self.now),
             _ => self.learned.push((src, ingress)),
         }
     }
 
-    /// Decides what to do with `frame`, received on `ingress`. `gso` says the frame is a
-    /// superframe described by a virtio-net header (exempt from the MTU check).
     #[inline]
-    pub fn process(&mut self, ingress: PortId, frame: &mut [u8], gso: bool) -> Action {
+    fn process(
+        &mut self,
+        topo: &Topology,
+        mac: &MacSnapshot,
+        ingress: PortId,
+        frame: &mut [u8],
+        gso: bool,
+    ) -> Action {
         self.counts.rx += 1;
         let Some((dst, src, ethertype)) = ethernet_fast(frame) else {
             return self.drop(DropReason::Malformed);
@@ -230,12 +260,11 @@ impl Pipeline {
         if frame.len() > usize::from(self.cfg.mtu) + ETH && !gso {
             return self.drop(DropReason::Oversize);
         }
-        let topo = Arc::clone(&self.topo);
         let Some(port) = topo.port(ingress) else {
             return self.drop(DropReason::UnknownPort);
         };
-        if let PortKind::Pod { mac, ip } = port.kind {
-            if src != mac_key(&mac.0) {
+        if let PortKind::Pod { mac: own_mac, ip } = port.kind {
+            if src != mac_key(&own_mac.0) {
                 return self.drop(DropReason::SpoofedMac);
             }
             if let Err(r) = check_source_ip(frame, ethertype, ip) {
@@ -244,10 +273,10 @@ impl Pipeline {
         } else if is_group_mac(src) {
             return self.drop(DropReason::SpoofedMac);
         }
-        self.learn(src, ingress);
+        self.learn(mac, src, ingress);
 
         if dst == self.router_key {
-            return self.route(&topo, frame, ethertype, gso);
+            return self.route(topo, frame, ethertype, gso);
         }
         if is_group_mac(dst) {
             if ethertype == ETHERTYPE_ARP && self.is_arp_request_for_gateway(frame) {
@@ -256,21 +285,16 @@ impl Pipeline {
             }
             return self.forwarded(Action::Flood);
         }
-        match self.mac.get(dst) {
+        match mac.get(dst) {
             Some(e) if e.port == ingress => self.drop(DropReason::SameSegment),
-            Some(e) => {
-                let port = e.port;
-                self.forwarded(Action::Forward(port))
-            }
+            Some(e) => self.forwarded(Action::Forward(e.port)),
             None => self.forwarded(Action::Flood),
         }
     }
 
     fn is_arp_request_for_gateway(&self, frame: &[u8]) -> bool {
         // Validated by check_source_ip for pod ports; trunk ports are checked here.
-        let Some(arp) = frame.get(ETH..ETH + wire::ARP_IPV4_LEN) else {
-            return false;
-        };
+        let Some(arp) = frame.get(ETH..ETH + wire::ARP_IPV4_LEN) else { return false };
         arp[..8] == [0, 1, 8, 0, 6, 4, 0, 1] && arp[24..28] == self.cfg.gateway.octets()
     }
 
@@ -291,52 +315,23 @@ impl Pipeline {
         };
         if ip.dst == self.cfg.gateway {
             if ip.is_echo_request(&frame[ETH..]) {
-                reply::echo_reply_in_place(
-                    frame,
-                    ip.ihl,
-                    ip.total,
-                    self.cfg.router_mac,
-                    self.cfg.gateway,
-                );
+                reply::echo_reply_in_place(frame, ip.ihl, ip.total, self.cfg.router_mac, self.cfg.gateway);
                 return self.local();
             }
             return self.drop(DropReason::GatewayUnsupported);
         }
         if ip.ttl <= 1 {
-            return self.reject(
-                DropReason::TtlExceeded,
-                frame,
-                ip.ihl,
-                IcmpError::TtlExceeded,
-            );
+            return self.reject(DropReason::TtlExceeded, frame, ip.ihl, IcmpError::TtlExceeded);
         }
         if self.cfg.cidr.contains(&ip.dst) {
             let Some(n) = topo.neighbour(ip.dst) else {
-                return self.reject(
-                    DropReason::NoSuchPod,
-                    frame,
-                    ip.ihl,
-                    IcmpError::HostUnreachable,
-                );
+                return self.reject(DropReason::NoSuchPod, frame, ip.ihl, IcmpError::HostUnreachable);
             };
             rewrite_routed(frame, self.router_key, n.mac);
             return self.forwarded(Action::Forward(n.port));
         }
-        let Some(peer_id) = topo.route(ip.dst) else {
-            return self.reject(
-                DropReason::NoRoute,
-                frame,
-                ip.ihl,
-                IcmpError::NetUnreachable,
-            );
-        };
-        let Some(peer) = topo.peer(peer_id) else {
-            return self.reject(
-                DropReason::NoRoute,
-                frame,
-                ip.ihl,
-                IcmpError::NetUnreachable,
-            );
+        let Some((peer_id, peer)) = topo.route(ip.dst).and_then(|id| Some((id, topo.peer(id)?))) else {
+            return self.reject(DropReason::NoRoute, frame, ip.ihl, IcmpError::NetUnreachable);
         };
         if !gso && ip.total > usize::from(self.cfg.tunnel_mtu) && ip.dont_fragment {
             let mtu = self.cfg.tunnel_mtu;
@@ -351,12 +346,8 @@ impl Pipeline {
         self.forwarded(Action::Encap(peer_id))
     }
 
-    /// Decides what to do with a VXLAN datagram received from `source` on the underlay. On
-    /// [`Action::Forward`], the frame to deliver is `datagram[vxlan::HEADER_LEN..]`, already
-    /// rewritten (MACs, TTL).
-    pub fn process_tunnel(&mut self, source: SocketAddrV4, datagram: &mut [u8]) -> Action {
+    fn process_tunnel(&mut self, topo: &Topology, source: SocketAddrV4, datagram: &mut [u8]) -> Action {
         self.counts.rx += 1;
-        let topo = Arc::clone(&self.topo);
         if topo.peer_by_underlay(*source.ip()).is_none() {
             return self.drop(DropReason::VxlanUnknownPeer);
         }

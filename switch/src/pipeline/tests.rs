@@ -287,7 +287,7 @@ fn icmp_errors_for_unroutable_packets() {
 #[test]
 fn fragmentation_needed_for_tunnel() {
     let mut n = Node::new();
-    n.p.cfg.tunnel_mtu = 1000;
+    n.p.set_tunnel_mtu(1000);
     let dst = Ipv4Addr::new(10, 244, 2, 5);
     let big = ipv4_tos(pod_ip(10), dst, 17, 64, 0, true, &udp(1, 2, &[0u8; 1200]));
     let mut f = eth(R, pod_mac(10), 0x0800, &big);

@@ -4,18 +4,18 @@
 //! - A published [`MacSnapshot`] is never mutated except for entry timestamps (atomics).
 //! - Dynamic entries never exceed `capacity`; a learn that would exceed it is refused and
 //!   counted in [`MacTable::full_events`]. Static entries are always accepted.
-//! - Entries are shared (`Arc`) between successive snapshots, so a timestamp refreshed through an
-//!   old snapshot is seen by the new one.
+//! - Entries are stored inline; a writer copying a shard copies the timestamps as they are. A
+//!   refresh that lands on a snapshot just replaced is lost, which at worst ages an active MAC
+//!   one refresh (one second) early in a 300 s window; in exchange, dropping an old shard frees
+//!   one allocation instead of touching a reference count per entry.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use super::PortId;
+use super::{mix, FastMap, PortId};
 
 /// Shards per snapshot: a writer copies one shard (1/64 of the table) per change.
 const SHARDS: usize = 64;
@@ -49,6 +49,12 @@ pub struct MacEntry {
     last_seen: AtomicU32,
 }
 
+impl Clone for MacEntry {
+    fn clone(&self) -> Self {
+        entry(self.port, self.is_static, self.last_seen())
+    }
+}
+
 impl MacEntry {
     /// Seconds (table clock) the MAC was last seen.
     pub fn last_seen(&self) -> u32 {
@@ -65,40 +71,12 @@ impl MacEntry {
     }
 }
 
-/// A hasher for 48-bit MAC keys: one folded multiply (the keys are not attacker-chosen in a way
-/// that matters: the table is bounded and pod ports are anti-spoofed).
-#[derive(Default, Clone, Copy)]
-pub struct MacHasher(u64);
-
-impl Hasher for MacHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = mix(self.0 ^ u64::from(b));
-        }
-    }
-    #[inline]
-    fn write_u64(&mut self, k: u64) {
-        self.0 = mix(k);
-    }
-}
-
-#[inline]
-fn mix(k: u64) -> u64 {
-    let m = u128::from(k ^ 0x9e37_79b9_7f4a_7c15) * 0xbf58_476d_1ce4_e5b9;
-    (m as u64) ^ ((m >> 64) as u64)
-}
-
 #[inline]
 fn shard_of(key: u64) -> usize {
     (mix(key) >> 32) as usize & (SHARDS - 1)
 }
 
-type Shard = HashMap<u64, Arc<MacEntry>, BuildHasherDefault<MacHasher>>;
+type Shard = FastMap<u64, MacEntry>;
 
 /// An immutable view of the MAC table.
 #[derive(Debug, Clone)]
@@ -120,7 +98,7 @@ impl MacSnapshot {
     /// The entry for a MAC key (see [`crate::wire::mac_key`]).
     #[inline]
     pub fn get(&self, key: u64) -> Option<&MacEntry> {
-        self.shards[shard_of(key)].get(&key).map(|e| &**e)
+        self.shards[shard_of(key)].get(&key)
     }
 
     /// Number of entries, static and learned.
@@ -137,7 +115,7 @@ impl MacSnapshot {
     pub fn iter(&self) -> impl Iterator<Item = (u64, &MacEntry)> {
         self.shards
             .iter()
-            .flat_map(|s| s.iter().map(|(k, e)| (*k, &**e)))
+            .flat_map(|s| s.iter().map(|(k, e)| (*k, e)))
     }
 }
 
@@ -304,12 +282,8 @@ impl MacTable {
     }
 }
 
-fn entry(port: PortId, is_static: bool, now: u32) -> Arc<MacEntry> {
-    Arc::new(MacEntry {
-        port,
-        is_static,
-        last_seen: AtomicU32::new(now),
-    })
+fn entry(port: PortId, is_static: bool, now: u32) -> MacEntry {
+    MacEntry { port, is_static, last_seen: AtomicU32::new(now) }
 }
 
 #[cfg(test)]

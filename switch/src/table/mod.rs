@@ -21,6 +21,42 @@ pub use topology::{Neighbour, Peer, PeerId, PortInfo, PortKind, Route, Topology,
 /// Index of a switch port. Small and dense so per-port state lives in vectors.
 pub type PortId = u16;
 
+/// A `HashMap` with [`FastHasher`], for the small integer keys of the forwarding tables.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+
+/// A hasher for integer keys (MACs as `u64`, IPv4 addresses as `u32`): one folded multiply.
+/// Not DoS-resistant by design: the tables are bounded, pod ports are anti-spoofed, and the
+/// data path cannot afford SipHash (measured: 30% of VXLAN decap time).
+#[derive(Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = mix(self.0 ^ u64::from(b));
+        }
+    }
+    #[inline]
+    fn write_u32(&mut self, k: u32) {
+        self.0 = mix(u64::from(k));
+    }
+    #[inline]
+    fn write_u64(&mut self, k: u64) {
+        self.0 = mix(k);
+    }
+}
+
+#[inline]
+pub(crate) fn mix(k: u64) -> u64 {
+    let m = u128::from(k ^ 0x9e37_79b9_7f4a_7c15) * 0xbf58_476d_1ce4_e5b9;
+    (m as u64) ^ ((m >> 64) as u64)
+}
+
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;

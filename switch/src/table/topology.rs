@@ -8,12 +8,11 @@
 //!   cluster has exactly one owner;
 //! - `flood` lists exactly the attached ports, in id order.
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ipnet::Ipv4Net;
 
-use super::PortId;
+use super::{FastMap, PortId};
 use crate::wire::{mac_key, EthernetAddress};
 
 /// Index of a peer node.
@@ -136,10 +135,10 @@ pub struct Topology {
     gateway: Ipv4Addr,
     ports: Vec<Option<PortInfo>>,
     flood: Vec<PortId>,
-    neighbours: HashMap<u32, Neighbour>,
+    neighbours: FastMap<u32, Neighbour>,
     peers: Vec<Option<Peer>>,
     routes: Vec<Route>,
-    peer_by_underlay: HashMap<Ipv4Addr, PeerId>,
+    peer_by_underlay: FastMap<u32, PeerId>,
 }
 
 impl Topology {
@@ -150,10 +149,10 @@ impl Topology {
             gateway,
             ports: Vec::new(),
             flood: Vec::new(),
-            neighbours: HashMap::new(),
+            neighbours: FastMap::default(),
             peers: Vec::new(),
             routes: Vec::new(),
-            peer_by_underlay: HashMap::new(),
+            peer_by_underlay: FastMap::default(),
         }
     }
 
@@ -205,7 +204,7 @@ impl Topology {
     /// Peer by underlay IP (the outer source of a received VXLAN datagram).
     #[inline]
     pub fn peer_by_underlay(&self, ip: Ipv4Addr) -> Option<PeerId> {
-        self.peer_by_underlay.get(&ip).copied()
+        self.peer_by_underlay.get(&u32::from(ip)).copied()
     }
 
     /// All peers as `(id, peer)`.
@@ -321,7 +320,7 @@ impl Topology {
                 self.peers.len() - 1
             }
         } as PeerId;
-        self.peer_by_underlay.insert(*peer.underlay.ip(), id);
+        self.peer_by_underlay.insert(u32::from(*peer.underlay.ip()), id);
         self.routes.push(Route {
             cidr: peer.pod_cidr,
             peer: id,
@@ -342,7 +341,7 @@ impl Topology {
             .take()
             .ok_or_else(|| TopologyError::NoSuchPeer(name.into()))?;
         self.routes.retain(|r| r.peer != id);
-        self.peer_by_underlay.remove(peer.underlay.ip());
+        self.peer_by_underlay.remove(&u32::from(*peer.underlay.ip()));
         Ok(peer)
     }
 }
