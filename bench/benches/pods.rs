@@ -17,18 +17,26 @@ const CHUNK: usize = 8 << 20;
 
 fn tcp_between_pods(c: &mut Criterion) {
     let node = podswitch_bench::node_config();
-    let sw = Switch::start(SwitchConfig { node, mac: MacTableConfig::default() }).expect("switch");
+    let sw = Switch::start(SwitchConfig {
+        node,
+        mac: MacTableConfig::default(),
+    })
+    .expect("switch");
     let a = Pod::attach(&sw, "a", Ipv4Addr::new(10, 244, 1, 10)).expect("pod a");
     let b = Pod::attach(&sw, "b", Ipv4Addr::new(10, 244, 1, 11)).expect("pod b");
     let (client_c, server_c) = (a.container("client"), b.container("server"));
     let mut listener = server_c.tcp_listen(5201).expect("listen");
     let accept = std::thread::spawn(move || listener.accept().expect("accept"));
-    let client = client_c.tcp_connect(SocketAddrV4::new(b.ip(), 5201)).expect("connect");
+    let client = client_c
+        .tcp_connect(SocketAddrV4::new(b.ip(), 5201))
+        .expect("connect");
     let server = accept.join().expect("accept thread");
     let data = vec![0xa5u8; CHUNK];
 
     let mut g = c.benchmark_group("pods");
-    g.warm_up_time(WARM_UP).measurement_time(MEASUREMENT).sample_size(SAMPLES);
+    g.warm_up_time(WARM_UP)
+        .measurement_time(MEASUREMENT)
+        .sample_size(SAMPLES);
     g.throughput(Throughput::Bytes(CHUNK as u64));
     g.bench_function("tcp_smoltcp_to_smoltcp", |bench| {
         bench.iter(|| {
@@ -49,7 +57,11 @@ fn tcp_between_pods(c: &mut Criterion) {
     });
     g.finish();
     let m = sw.metrics().snapshot();
-    assert_eq!(m.dropped_total(), 0, "the switch dropped frames during the benchmark: {m:?}");
+    assert_eq!(
+        m.dropped_total(),
+        0,
+        "the switch dropped frames during the benchmark: {m:?}"
+    );
 }
 
 criterion_group!(benches, tcp_between_pods);

@@ -121,7 +121,12 @@ impl Pipeline {
             counts: Counts::default(),
             scratch: [0; ICMP_ERROR_MAX],
         };
-        Self { mac: tables.mac.load(), topo: tables.topology(), tables, core }
+        Self {
+            mac: tables.mac.load(),
+            topo: tables.topology(),
+            tables,
+            core,
+        }
     }
 
     /// The node settings.
@@ -184,7 +189,8 @@ impl Pipeline {
     /// superframe described by a virtio-net header (exempt from the MTU check).
     #[inline]
     pub fn process(&mut self, ingress: PortId, frame: &mut [u8], gso: bool) -> Action {
-        self.core.process(&self.topo, &self.mac, ingress, frame, gso)
+        self.core
+            .process(&self.topo, &self.mac, ingress, frame, gso)
     }
 
     /// Decides what to do with a VXLAN datagram received from `source` on the underlay. On
@@ -294,7 +300,9 @@ impl Core {
 
     fn is_arp_request_for_gateway(&self, frame: &[u8]) -> bool {
         // Validated by check_source_ip for pod ports; trunk ports are checked here.
-        let Some(arp) = frame.get(ETH..ETH + wire::ARP_IPV4_LEN) else { return false };
+        let Some(arp) = frame.get(ETH..ETH + wire::ARP_IPV4_LEN) else {
+            return false;
+        };
         arp[..8] == [0, 1, 8, 0, 6, 4, 0, 1] && arp[24..28] == self.cfg.gateway.octets()
     }
 
@@ -315,23 +323,45 @@ impl Core {
         };
         if ip.dst == self.cfg.gateway {
             if ip.is_echo_request(&frame[ETH..]) {
-                reply::echo_reply_in_place(frame, ip.ihl, ip.total, self.cfg.router_mac, self.cfg.gateway);
+                reply::echo_reply_in_place(
+                    frame,
+                    ip.ihl,
+                    ip.total,
+                    self.cfg.router_mac,
+                    self.cfg.gateway,
+                );
                 return self.local();
             }
             return self.drop(DropReason::GatewayUnsupported);
         }
         if ip.ttl <= 1 {
-            return self.reject(DropReason::TtlExceeded, frame, ip.ihl, IcmpError::TtlExceeded);
+            return self.reject(
+                DropReason::TtlExceeded,
+                frame,
+                ip.ihl,
+                IcmpError::TtlExceeded,
+            );
         }
         if self.cfg.cidr.contains(&ip.dst) {
             let Some(n) = topo.neighbour(ip.dst) else {
-                return self.reject(DropReason::NoSuchPod, frame, ip.ihl, IcmpError::HostUnreachable);
+                return self.reject(
+                    DropReason::NoSuchPod,
+                    frame,
+                    ip.ihl,
+                    IcmpError::HostUnreachable,
+                );
             };
             rewrite_routed(frame, self.router_key, n.mac);
             return self.forwarded(Action::Forward(n.port));
         }
-        let Some((peer_id, peer)) = topo.route(ip.dst).and_then(|id| Some((id, topo.peer(id)?))) else {
-            return self.reject(DropReason::NoRoute, frame, ip.ihl, IcmpError::NetUnreachable);
+        let Some((peer_id, peer)) = topo.route(ip.dst).and_then(|id| Some((id, topo.peer(id)?)))
+        else {
+            return self.reject(
+                DropReason::NoRoute,
+                frame,
+                ip.ihl,
+                IcmpError::NetUnreachable,
+            );
         };
         if !gso && ip.total > usize::from(self.cfg.tunnel_mtu) && ip.dont_fragment {
             let mtu = self.cfg.tunnel_mtu;
@@ -346,7 +376,12 @@ impl Core {
         self.forwarded(Action::Encap(peer_id))
     }
 
-    fn process_tunnel(&mut self, topo: &Topology, source: SocketAddrV4, datagram: &mut [u8]) -> Action {
+    fn process_tunnel(
+        &mut self,
+        topo: &Topology,
+        source: SocketAddrV4,
+        datagram: &mut [u8],
+    ) -> Action {
         self.counts.rx += 1;
         if topo.peer_by_underlay(*source.ip()).is_none() {
             return self.drop(DropReason::VxlanUnknownPeer);

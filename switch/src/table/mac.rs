@@ -283,7 +283,11 @@ impl MacTable {
 }
 
 fn entry(port: PortId, is_static: bool, now: u32) -> MacEntry {
-    MacEntry { port, is_static, last_seen: AtomicU32::new(now) }
+    MacEntry {
+        port,
+        is_static,
+        last_seen: AtomicU32::new(now),
+    }
 }
 
 #[cfg(test)]

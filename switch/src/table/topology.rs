@@ -320,7 +320,8 @@ impl Topology {
                 self.peers.len() - 1
             }
         } as PeerId;
-        self.peer_by_underlay.insert(u32::from(*peer.underlay.ip()), id);
+        self.peer_by_underlay
+            .insert(u32::from(*peer.underlay.ip()), id);
         self.routes.push(Route {
             cidr: peer.pod_cidr,
             peer: id,
@@ -341,7 +342,8 @@ impl Topology {
             .take()
             .ok_or_else(|| TopologyError::NoSuchPeer(name.into()))?;
         self.routes.retain(|r| r.peer != id);
-        self.peer_by_underlay.remove(&u32::from(*peer.underlay.ip()));
+        self.peer_by_underlay
+            .remove(&u32::from(*peer.underlay.ip()));
         Ok(peer)
     }
 }
