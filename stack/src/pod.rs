@@ -326,7 +326,7 @@ impl Pod {
             .spawn(move || drive(&driver_shared, receiver, kicked))
             .ok();
         if driver.is_none() {
-            log::error!("pod {}: could not start its driver thread", shared.cfg.name);
+            tracing::error!("pod {}: could not start its driver thread", shared.cfg.name);
             shared.lock().alive = false;
         }
         Pod {

@@ -10,6 +10,10 @@
 
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod control;
+pub mod netns;
+pub mod node;
 pub mod pipeline;
 pub mod port;
 pub mod switch;

@@ -115,7 +115,7 @@ impl Dataplane {
             let n = match slot.port.recv(rx, *batch) {
                 Ok(n) => n,
                 Err(e) => {
-                    log::warn!("port {ingress}: {e}; removing it");
+                    tracing::warn!("port {ingress}: {e}; removing it");
                     closed.push(ingress as PortId);
                     continue;
                 }
@@ -183,7 +183,7 @@ impl Dataplane {
                         slot.counts.tx_dropped += n;
                         metrics.count_tx_dropped(n);
                         if !closed.contains(&(id as PortId)) {
-                            log::warn!("port {id}: {e}; removing it");
+                            tracing::warn!("port {id}: {e}; removing it");
                             closed.push(id as PortId);
                         }
                     }
@@ -471,7 +471,7 @@ fn run(mut dp: Dataplane, shared: &Shared, commands: Receiver<Command>) {
         let n = dp.poll_once();
         for id in dp.take_closed() {
             if let Some(r) = shared.forget(id) {
-                log::warn!(
+                tracing::warn!(
                     "port {id} ({}) closed by its other end; removed",
                     r.info.name
                 );
@@ -481,7 +481,7 @@ fn run(mut dp: Dataplane, shared: &Shared, commands: Receiver<Command>) {
         if now >= next_ageing {
             let aged = shared.tables.mac.age(shared.tables.mac.clock(now));
             if aged > 0 {
-                log::debug!("aged out {aged} MAC entries");
+                tracing::debug!("aged out {aged} MAC entries");
             }
             next_ageing = now + Duration::from_secs(1);
         }

@@ -1,0 +1,1 @@
+//! Runtime control API on a Unix socket. (Being written.)
