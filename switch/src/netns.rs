@@ -1,1 +1,260 @@
-//! Network namespaces. (Being written.)
+//! Named network namespaces, compatible with `ip netns` (`/run/netns/<name>`).
+//!
+//! A namespace is created the way iproute2 does it, without forking: `/run/netns` is made a
+//! shared mount point, an empty file is created, and a short-lived thread `unshare`s a new
+//! network namespace and bind-mounts its `/proc/thread-self/ns/net` onto the file. (rtnetlink's
+//! `NetworkNamespace::add` forks the process instead, which is unsafe in a multi-threaded
+//! daemon.) Work inside a namespace runs on a dedicated thread that `setns`es into it; sockets
+//! and TAP devices opened there stay bound to that namespace after the thread exits.
+//!
+//! Invariant: this module never keeps a namespace file descriptor open beyond a call, so a
+//! namespace deleted from outside (`ip netns del`) really goes away and takes its devices with
+//! it; the switch notices through its TAP file descriptors.
+
+use std::fs::OpenOptions;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+/// Where named namespaces live.
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// Why a namespace operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// The name cannot be a file in /run/netns.
+    #[error("invalid network namespace name {0:?}")]
+    BadName(String),
+    /// A namespace with that name exists (when creating).
+    #[error("network namespace {0:?} already exists")]
+    Exists(String),
+    /// No namespace with that name (when opening).
+    #[error("network namespace {0:?} does not exist")]
+    Missing(String),
+    /// The system refused (with the step that failed).
+    #[error("network namespace {name:?}: {step}: {source}")]
+    Sys {
+        /// Namespace name.
+        name: String,
+        /// What was being done.
+        step: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The worker thread could not run or panicked.
+    #[error("network namespace {0:?}: worker thread failed")]
+    Thread(String),
+}
+
+fn sys<'a>(name: &'a str, step: &'static str) -> impl FnOnce(nix::Error) -> NetnsError + 'a {
+    move |e| NetnsError::Sys {
+        name: name.into(),
+        step,
+        source: std::io::Error::from(e),
+    }
+}
+
+fn io<'a>(name: &'a str, step: &'static str) -> impl FnOnce(std::io::Error) -> NetnsError + 'a {
+    move |source| NetnsError::Sys {
+        name: name.into(),
+        step,
+        source,
+    }
+}
+
+/// A named network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetNs {
+    name: String,
+    path: PathBuf,
+}
+
+/// Checks that `name` can be a file name in /run/netns.
+pub fn check_name(name: &str) -> Result<(), NetnsError> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0');
+    if ok {
+        Ok(())
+    } else {
+        Err(NetnsError::BadName(name.into()))
+    }
+}
+
+impl NetNs {
+    /// The namespace called `name`, whether or not it exists.
+    pub fn named(name: &str) -> Result<Self, NetnsError> {
+        check_name(name)?;
+        Ok(Self {
+            name: name.into(),
+            path: Path::new(NETNS_RUN_DIR).join(name),
+        })
+    }
+
+    /// Name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/<name>`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True if the namespace exists (its file is a mounted namespace, not a leftover file).
+    pub fn exists(&self) -> bool {
+        let Ok(f) = std::fs::File::open(&self.path) else {
+            return false;
+        };
+        // NSFS_MAGIC: the file is a namespace bind mount.
+        nix::sys::statfs::fstatfs(&f)
+            .map(|s| s.filesystem_type().0 == 0x6e73_6673)
+            .unwrap_or(false)
+    }
+
+    /// Creates the namespace; fails with [`NetnsError::Exists`] if it is there.
+    pub fn create(name: &str) -> Result<Self, NetnsError> {
+        let ns = Self::named(name)?;
+        ensure_run_dir(name)?;
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&ns.path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(NetnsError::Exists(name.into()));
+            }
+            Err(e) => return Err(io(name, "create /run/netns entry")(e)),
+        }
+        let path = ns.path.clone();
+        let made = std::thread::scope(|s| {
+            s.spawn(|| -> Result<(), NetnsError> {
+                unshare(CloneFlags::CLONE_NEWNET).map_err(sys(name, "unshare"))?;
+                mount(
+                    Some("/proc/thread-self/ns/net"),
+                    &path,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(sys(name, "bind-mount"))
+            })
+            .join()
+            .map_err(|_| NetnsError::Thread(name.into()))?
+        });
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&ns.path);
+            return Err(e);
+        }
+        Ok(ns)
+    }
+
+    /// The existing namespace called `name`.
+    pub fn open(name: &str) -> Result<Self, NetnsError> {
+        let ns = Self::named(name)?;
+        if ns.exists() {
+            Ok(ns)
+        } else {
+            Err(NetnsError::Missing(name.into()))
+        }
+    }
+
+    /// Opens the namespace if it exists, else creates it. Returns it and whether it was created.
+    pub fn open_or_create(name: &str) -> Result<(Self, bool), NetnsError> {
+        match Self::open(name) {
+            Ok(ns) => Ok((ns, false)),
+            Err(NetnsError::Missing(_)) => Self::create(name).map(|ns| (ns, true)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the namespace (like `ip netns del`): its devices go away once nothing else holds
+    /// it.
+    pub fn delete(&self) -> Result<(), NetnsError> {
+        match umount2(&self.path, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+            Err(e) => return Err(sys(&self.name, "unmount")(e)),
+        }
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&self.name, "remove /run/netns entry")(e)),
+        }
+    }
+
+    /// Runs `f` on a thread inside the namespace and returns its result.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+        let file = std::fs::File::open(&self.path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                NetnsError::Missing(self.name.clone())
+            } else {
+                io(&self.name, "open")(e)
+            }
+        })?;
+        std::thread::scope(|s| {
+            s.spawn(move || -> Result<T, NetnsError> {
+                setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(sys(&self.name, "setns"))?;
+                drop(file);
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| NetnsError::Thread(self.name.clone()))?
+        })
+    }
+}
+
+/// Makes /run/netns exist and be a shared mount point, as iproute2 does, so namespace mounts
+/// propagate to other mount namespaces (e.g. `ip netns exec` run from a container runtime).
+fn ensure_run_dir(name: &str) -> Result<(), NetnsError> {
+    std::fs::create_dir_all(NETNS_RUN_DIR).map_err(io(name, "create /run/netns"))?;
+    let shared = || {
+        mount(
+            None::<&str>,
+            NETNS_RUN_DIR,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
+    match shared() {
+        Ok(()) => Ok(()),
+        Err(nix::Error::EINVAL) => {
+            // Not a mount point yet: bind it onto itself, then share it.
+            mount(
+                Some(NETNS_RUN_DIR),
+                NETNS_RUN_DIR,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(sys(name, "bind /run/netns"))?;
+            shared().map_err(sys(name, "share /run/netns"))
+        }
+        Err(e) => Err(sys(name, "share /run/netns")(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        for bad in ["", ".", "..", "a/b", "x\0y"] {
+            assert!(
+                matches!(NetNs::named(bad), Err(NetnsError::BadName(_))),
+                "{bad:?} accepted"
+            );
+        }
+        assert_eq!(
+            NetNs::named("web-1").map(|n| n.path().to_path_buf()).ok(),
+            Some(PathBuf::from("/run/netns/web-1"))
+        );
+    }
+}

@@ -1,8 +1,10 @@
 //! A batch of frames in one contiguous buffer: the unit the data plane moves.
 //!
-//! Frames are appended by copying into `data` (which keeps its capacity across `clear`), so a
-//! batch in steady state allocates nothing. Each frame carries its virtio-net header, which is
-//! all-zero for plain frames.
+//! Frames are appended by copying into `data`, so a batch in steady state allocates nothing:
+//! `data` only grows, and `clear` just rewinds `used` (bytes past it are stale, never read).
+//! Readers that fill buffers in place (TAP `read`) get a slice of already initialised memory,
+//! so a 64 KiB superframe read costs no memset. Each frame carries its virtio-net header, which
+//! is all-zero for plain frames.
 
 use crate::wire::virtio::VnetHdr;
 
@@ -20,6 +22,7 @@ struct Desc {
 #[derive(Debug, Default)]
 pub struct Batch {
     data: Vec<u8>,
+    used: usize,
     descs: Vec<Desc>,
 }
 
@@ -28,6 +31,7 @@ impl Batch {
     pub fn with_capacity(frames: usize, frame_size: usize) -> Self {
         Self {
             data: Vec::with_capacity(frames * frame_size),
+            used: 0,
             descs: Vec::with_capacity(frames),
         }
     }
@@ -47,14 +51,24 @@ impl Batch {
     /// Total bytes of all frames.
     #[inline]
     pub fn bytes(&self) -> usize {
-        self.data.len()
+        self.used
     }
 
     /// Removes all frames, keeping the memory.
     #[inline]
     pub fn clear(&mut self) {
-        self.data.clear();
+        self.used = 0;
         self.descs.clear();
+    }
+
+    /// `len` writable bytes at the end of the used region (grows `data` if needed).
+    #[inline]
+    fn tail(&mut self, len: usize) -> &mut [u8] {
+        let end = self.used + len;
+        if self.data.len() < end {
+            self.data.resize(end, 0);
+        }
+        &mut self.data[self.used..end]
     }
 
     /// Appends a plain frame.
@@ -83,12 +97,11 @@ impl Batch {
         max: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<Option<(usize, VnetHdr)>, E>,
     ) -> Result<bool, E> {
-        let off = self.data.len();
-        self.data.resize(off + max, 0);
-        match fill(&mut self.data[off..]) {
-            Ok(Some((n, vnet))) => {
+        let off = self.used;
+        match fill(self.tail(max))? {
+            Some((n, vnet)) => {
                 let n = n.min(max);
-                self.data.truncate(off + n);
+                self.used += n;
                 self.descs.push(Desc {
                     off: off as u32,
                     len: n as u32,
@@ -96,14 +109,32 @@ impl Batch {
                 });
                 Ok(true)
             }
-            Ok(None) => {
-                self.data.truncate(off);
-                Ok(false)
+            None => Ok(false),
+        }
+    }
+
+    /// Appends a frame written in place by `fill` into `max` bytes, of which the first `skip`
+    /// are a header the filler consumes (the virtio-net header of a TAP read): `fill` returns
+    /// the total length read and the parsed header; the frame is what follows `skip`.
+    pub fn push_from_skipping<E>(
+        &mut self,
+        max: usize,
+        skip: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<Option<(usize, VnetHdr)>, E>,
+    ) -> Result<bool, E> {
+        let off = self.used;
+        match fill(self.tail(max))? {
+            Some((n, vnet)) if n >= skip => {
+                let n = n.min(max);
+                self.used += n;
+                self.descs.push(Desc {
+                    off: (off + skip) as u32,
+                    len: (n - skip) as u32,
+                    vnet,
+                });
+                Ok(true)
             }
-            Err(e) => {
-                self.data.truncate(off);
-                Err(e)
-            }
+            _ => Ok(false),
         }
     }
 
@@ -159,6 +190,8 @@ mod tests {
         b.clear();
         assert!(b.is_empty() && b.bytes() == 0);
         assert_eq!(b.data.capacity(), cap);
+        b.push(b"new");
+        assert_eq!(b.get(0).map(|(f, _)| f.to_vec()), Some(b"new".to_vec()));
     }
 
     #[test]
@@ -173,5 +206,18 @@ mod tests {
         assert_eq!(b.push_from(100, |_| Err("boom")), Err("boom"));
         assert_eq!(b.len(), 1);
         assert_eq!(b.bytes(), 3);
+        let r: Result<bool, ()> = b.push_from_skipping(100, 2, |buf| {
+            buf[..5].copy_from_slice(b"HHabc");
+            Ok(Some((5, VnetHdr::default())))
+        });
+        assert_eq!(r, Ok(true));
+        assert_eq!(b.get(1).map(|(f, _)| f.to_vec()), Some(b"abc".to_vec()));
+        let short: Result<bool, ()> =
+            b.push_from_skipping(100, 10, |_| Ok(Some((4, VnetHdr::default()))));
+        assert_eq!(
+            short,
+            Ok(false),
+            "a read shorter than the header is not a frame"
+        );
     }
 }

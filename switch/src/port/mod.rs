@@ -6,12 +6,14 @@
 
 pub mod batch;
 pub mod mem;
+pub mod tap;
 pub mod waker;
 
 use std::os::fd::BorrowedFd;
 
 pub use batch::{Batch, DEFAULT_BATCH};
 pub use mem::{mem_port, EndpointError, MemEndpoint, MemPort};
+pub use tap::TapPort;
 pub use waker::Waker;
 
 /// Why a port failed.
