@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
 use std::sync::{Mutex, MutexGuard};
 
 use futures::TryStreamExt;
@@ -308,7 +309,13 @@ impl Node {
             .ok_or(NodeError::NoSuchPod(plan.name.clone()))
     }
 
-    /// Creates and configures the pod's TAP inside its namespace.
+    /// Creates the pod's TAP and configures it inside the pod's namespace.
+    ///
+    /// The TAP is created in the switch's own namespace under a temporary name, then moved into
+    /// the pod's namespace and renamed `eth0` in one netlink request. Opened this way, the TAP's
+    /// file descriptor holds a reference to the switch's namespace, not the pod's: deleting the
+    /// pod's namespace from outside really destroys it, which unregisters the TAP and tells the
+    /// switch (`EBADFD`). Opened inside the pod's namespace, the fd would keep it alive.
     fn plumb(&self, plan: &PodPlan, netns: &NetNs) -> Result<TapPort, NodeError> {
         let cfg = self.switch.node();
         let net = PodNet {
@@ -320,25 +327,44 @@ impl Node {
         };
         let pod = plan.name.as_str();
         let ns = plan.netns.as_str();
+        let netlink_err = |(what, message): (&'static str, String)| NodeError::Netlink {
+            pod: pod.into(),
+            netns: ns.into(),
+            what,
+            message,
+        };
+        let tmp = temporary_ifname();
+        let tap = TapPort::create(&tmp).map_err(|source| NodeError::Tap {
+            pod: pod.into(),
+            netns: ns.into(),
+            source,
+        })?;
+        let ns_file = std::fs::File::open(netns.path())
+            .map_err(|e| netlink_err(("open namespace", e.to_string())))?;
+        with_netlink(|handle| async move {
+            let idx = link_index(&handle, &tmp)
+                .await
+                .map_err(|e| ("new TAP", e))?;
+            let msg = LinkUnspec::new_with_index(idx)
+                .setns_by_fd(ns_file.as_raw_fd())
+                .name("eth0")
+                .build();
+            handle
+                .link()
+                .set(msg)
+                .execute()
+                .await
+                .map_err(|e| ("moving the TAP in as eth0", e.to_string()))
+        })
+        .map_err(netlink_err)?;
         netns
-            .run(|| {
-                let tap = TapPort::create("eth0").map_err(|source| NodeError::Tap {
-                    pod: pod.into(),
-                    netns: ns.into(),
-                    source,
-                })?;
-                configure_pod_interfaces(&net).map_err(|(what, message)| NodeError::Netlink {
-                    pod: pod.into(),
-                    netns: ns.into(),
-                    what,
-                    message,
-                })?;
-                Ok(tap)
-            })
+            .run(|| configure_pod_interfaces(&net))
             .map_err(|source| NodeError::Netns {
                 pod: pod.into(),
                 source,
             })?
+            .map_err(netlink_err)?;
+        Ok(tap)
     }
 
     /// Removes a pod (CNI DEL): detaches its TAP (the device goes away with the fd) and deletes
@@ -480,6 +506,55 @@ fn configure_pod_interfaces(net: &PodNet) -> Result<(), (&'static str, String)> 
     for conf in ["all", "default", "eth0"] {
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1");
     }
+    with_netlink(|handle| async move {
+        let lo = link_index(&handle, "lo").await.map_err(|e| ("lo", e))?;
+        let eth0 = link_index(&handle, "eth0").await.map_err(|e| ("eth0", e))?;
+        let set = |msg| async {
+            handle
+                .link()
+                .set(msg)
+                .execute()
+                .await
+                .map_err(|e| e.to_string())
+        };
+        set(LinkUnspec::new_with_index(lo).up().build())
+            .await
+            .map_err(|e| ("lo up", e))?;
+        set(LinkUnspec::new_with_index(eth0)
+            .address(net.mac.0.to_vec())
+            .mtu(u32::from(net.mtu))
+            .build())
+        .await
+        .map_err(|e| ("eth0 MAC and MTU", e))?;
+        set(LinkUnspec::new_with_index(eth0).up().build())
+            .await
+            .map_err(|e| ("eth0 up", e))?;
+        handle
+            .address()
+            .add(eth0, IpAddr::V4(net.ip), net.prefix_len)
+            .execute()
+            .await
+            .map_err(|e| ("eth0 address", e.to_string()))?;
+        let default = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(net.gateway)
+            .output_interface(eth0)
+            .build();
+        handle
+            .route()
+            .add(default)
+            .execute()
+            .await
+            .map_err(|e| ("default route", e.to_string()))
+    })
+}
+
+/// Runs `f` with an rtnetlink handle whose socket lives in the calling thread's namespace, on
+/// a single-threaded runtime (the socket is opened here, so the namespace is the thread's).
+fn with_netlink<F, Fut>(f: F) -> Result<(), (&'static str, String)>
+where
+    F: FnOnce(rtnetlink::Handle) -> Fut,
+    Fut: std::future::Future<Output = Result<(), (&'static str, String)>>,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -488,51 +563,17 @@ fn configure_pod_interfaces(net: &PodNet) -> Result<(), (&'static str, String)> 
         let (conn, handle, _) =
             rtnetlink::new_connection().map_err(|e| ("netlink socket", e.to_string()))?;
         let conn = tokio::spawn(conn);
-        let r = async {
-            let lo = link_index(&handle, "lo").await.map_err(|e| ("lo", e))?;
-            let eth0 = link_index(&handle, "eth0").await.map_err(|e| ("eth0", e))?;
-            let set = |msg| async {
-                handle
-                    .link()
-                    .set(msg)
-                    .execute()
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            set(LinkUnspec::new_with_index(lo).up().build())
-                .await
-                .map_err(|e| ("lo up", e))?;
-            set(LinkUnspec::new_with_index(eth0)
-                .address(net.mac.0.to_vec())
-                .mtu(u32::from(net.mtu))
-                .build())
-            .await
-            .map_err(|e| ("eth0 MAC and MTU", e))?;
-            set(LinkUnspec::new_with_index(eth0).up().build())
-                .await
-                .map_err(|e| ("eth0 up", e))?;
-            handle
-                .address()
-                .add(eth0, IpAddr::V4(net.ip), net.prefix_len)
-                .execute()
-                .await
-                .map_err(|e| ("eth0 address", e.to_string()))?;
-            let default = RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(net.gateway)
-                .output_interface(eth0)
-                .build();
-            handle
-                .route()
-                .add(default)
-                .execute()
-                .await
-                .map_err(|e| ("default route", e.to_string()))?;
-            Ok(())
-        }
-        .await;
+        let r = f(handle).await;
         conn.abort();
         r
     })
+}
+
+/// A name for a TAP before it moves into its pod: unique per process and call, ≤ 15 bytes.
+fn temporary_ifname() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("pst{:x}.{:x}", std::process::id() & 0xfffff, n & 0xffff)
 }
 
 async fn link_index(handle: &rtnetlink::Handle, name: &str) -> Result<u32, String> {

@@ -92,3 +92,273 @@ fn ping_and_tcp_between_real_pods() {
         "namespaces left behind: {left:?}"
     );
 }
+
+/// Spawns `python3 -c script` inside namespace `ns`, with stdout piped.
+fn spawn_py(ns: &str, script: &str) -> std::process::Child {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-u", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn python3 in the pod")
+}
+
+const SERVER_PY: &str = r#"
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 8080))
+s.listen()
+print("listening", flush=True)
+c, peer = s.accept()
+data = c.recv(100)
+c.sendall(b"pong:" + data)
+c.close()
+print("peer", peer[0], flush=True)
+"#;
+
+const CLIENT_PY: &str = r#"
+import socket
+c = socket.create_connection(("127.0.0.1", 8080), timeout=10)
+c.sendall(b"ping")
+print(c.recv(100).decode(), flush=True)
+"#;
+
+const BIND_PY: &str = r#"
+import socket, errno
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", 8080))
+    s.listen()
+    print("bound", flush=True)
+except OSError as e:
+    print(errno.errorcode[e.errno], flush=True)
+"#;
+
+fn stdout_of(out: std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn processes_of_one_pod_share_localhost_and_ports() {
+    if !root_or_skip("processes_of_one_pod_share_localhost_and_ports") {
+        return;
+    }
+    let (na, nb) = (unique("psl"), unique("psm"));
+    let node = start(&[plan(&na, 10), plan(&nb, 11)]);
+    let before = node.pod("pod10").expect("pod").counters;
+
+    let mut server = spawn_py(&na, SERVER_PY);
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let stdout = server.stdout.as_mut().expect("server stdout");
+        let mut reader = std::io::BufReader::new(stdout);
+        reader.read_line(&mut line).expect("server output");
+    }
+    assert_eq!(line.trim(), "listening");
+    // A second process of the same pod cannot take the port; a process of another pod can.
+    assert_eq!(
+        stdout_of(in_ns(&na, &["python3", "-c", BIND_PY])),
+        "EADDRINUSE"
+    );
+    assert_eq!(stdout_of(in_ns(&nb, &["python3", "-c", BIND_PY])), "bound");
+    // The client process reaches the server on 127.0.0.1.
+    assert_eq!(
+        stdout_of(in_ns(&na, &["python3", "-c", CLIENT_PY])),
+        "pong:ping"
+    );
+    let out = server.wait_with_output().expect("server exits");
+    assert!(
+        out.status.success(),
+        "server failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout_of(out),
+        "peer 127.0.0.1",
+        "the server sees the client as 127.0.0.1"
+    );
+
+    let after = node.pod("pod10").expect("pod").counters;
+    assert_eq!(after, before, "localhost traffic reached the switch");
+    drop(node);
+    assert!(!netns_list().contains(&na));
+}
+
+/// A stream of numbered 64 KiB chunks: the receiver checks every byte and the order.
+fn chunk(seq: u64) -> Vec<u8> {
+    let mut c = vec![(seq % 251) as u8; 64 * 1024];
+    c[..8].copy_from_slice(&seq.to_be_bytes());
+    c
+}
+
+#[test]
+fn pods_added_and_removed_while_others_transfer() {
+    if !root_or_skip("pods_added_and_removed_while_others_transfer") {
+        return;
+    }
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let (na, nb, nc, nd) = (unique("psa"), unique("psb"), unique("psc"), unique("psd"));
+    let node = start(&[plan(&na, 10), plan(&nb, 11), plan(&nd, 13)]);
+    let listener = NetNs::open(&nb)
+        .expect("b")
+        .run(|| TcpListener::bind(SocketAddrV4::new(ip(11), 5202)))
+        .expect("ns")
+        .expect("bind");
+    let received = Arc::new(AtomicU64::new(0));
+    let server = {
+        let received = Arc::clone(&received);
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut seq = 0u64;
+            loop {
+                match conn.read_exact(&mut buf) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return seq,
+                    Err(e) => panic!("transfer broken after {seq} chunks: {e}"),
+                }
+                assert!(buf == chunk(seq), "chunk {seq} corrupted or out of order");
+                seq += 1;
+                received.store(seq, Ordering::Relaxed);
+            }
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut conn = NetNs::open(&na)
+        .expect("a")
+        .run(|| TcpStream::connect(SocketAddrV4::new(ip(11), 5202)))
+        .expect("ns")
+        .expect("connect");
+    let client = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                conn.write_all(&chunk(seq)).expect("send chunk");
+                seq += 1;
+            }
+            conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            seq
+        })
+    };
+    wait_for("transfer under way", || {
+        received.load(Ordering::Relaxed) > 20
+    });
+    let at_change = received.load(Ordering::Relaxed);
+    node.add_pod(&plan(&nc, 12)).expect("add pod c at runtime");
+    node.del_pod("pod13").expect("remove pod d at runtime");
+    assert!(ping(&nc, "10.244.1.10", 2), "the new pod is reachable");
+    wait_for("transfer continues after the changes", || {
+        received.load(Ordering::Relaxed) > at_change + 50
+    });
+    stop.store(true, Ordering::Relaxed);
+    let sent = client.join().expect("client");
+    let got = server.join().expect("server");
+    assert_eq!(got, sent, "every chunk sent arrived, intact and in order");
+    assert!(
+        !netns_list().contains(&nd),
+        "the removed pod's namespace is gone"
+    );
+    drop(node);
+    let left = netns_list();
+    for ns in [&na, &nb, &nc, &nd] {
+        assert!(!left.contains(ns), "{ns} left behind");
+    }
+}
+
+#[test]
+fn namespace_deleted_from_outside_removes_only_that_pod() {
+    if !root_or_skip("namespace_deleted_from_outside_removes_only_that_pod") {
+        return;
+    }
+    let (na, nb, nc) = (unique("psa"), unique("psb"), unique("psc"));
+    let node = start(&[plan(&na, 10), plan(&nb, 11), plan(&nc, 12)]);
+    assert!(ping(&na, "10.244.1.12", 1));
+    let out = run(&["ip", "netns", "del", &nc]);
+    assert!(
+        out.status.success(),
+        "ip netns del: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut reaped = Vec::new();
+    wait_for("the switch notices the vanished pod", || {
+        reaped.extend(node.reap_vanished());
+        !reaped.is_empty()
+    });
+    assert_eq!(reaped, vec!["pod12".to_string()]);
+    assert!(node.pod("pod12").is_none());
+    assert_eq!(node.pods().len(), 2);
+    assert!(ping(&na, "10.244.1.11", 2), "other pods keep working");
+    assert!(
+        !ping(&na, "10.244.1.12", 1),
+        "the deleted pod is unreachable"
+    );
+    drop(node);
+    assert!(netns_list()
+        .iter()
+        .all(|n| n != &na && n != &nb && n != &nc));
+}
+
+#[test]
+fn adopted_namespace_is_left_as_found() {
+    if !root_or_skip("adopted_namespace_is_left_as_found") {
+        return;
+    }
+    let (na, nb) = (unique("psa"), unique("psb"));
+    let _guard = NsGuard(vec![na.clone()]);
+    assert!(run(&["ip", "netns", "add", &na]).status.success());
+    let node = start(&[plan(&na, 10), plan(&nb, 11)]);
+    let a = node.pod("pod10").expect("pod");
+    assert!(!a.created_netns, "an existing namespace is adopted");
+    assert!(ping(&na, "10.244.1.11", 1));
+    drop(node);
+    let left = netns_list();
+    assert!(left.contains(&na), "the adopted namespace must stay");
+    assert!(!left.contains(&nb), "the created namespace must go");
+    let links = stdout_of(run(&["ip", "-n", &na, "-o", "link"]));
+    assert!(
+        !links.contains("eth0"),
+        "the TAP must go with the switch: {links}"
+    );
+}
+
+#[test]
+fn failed_pod_setup_leaves_nothing_behind() {
+    if !root_or_skip("failed_pod_setup_leaves_nothing_behind") {
+        return;
+    }
+    let (na, nb, nc) = (unique("psa"), unique("psb"), unique("psc"));
+    let _guard = NsGuard(vec![nb.clone()]);
+    let node = start(&[plan(&na, 10)]);
+    // An adopted namespace that already has an eth0: the TAP cannot be created there.
+    assert!(run(&["ip", "netns", "add", &nb]).status.success());
+    assert!(
+        run(&["ip", "-n", &nb, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"])
+            .status
+            .success()
+    );
+    let err = node.add_pod(&plan(&nb, 11)).expect_err("eth0 exists");
+    assert!(
+        err.to_string().contains("eth0"),
+        "the error names the step: {err}"
+    );
+    assert!(node.pod("pod11").is_none());
+    let links = stdout_of(run(&["ip", "-n", &nb, "-o", "link"]));
+    assert!(
+        links.contains("eth0@eth1"),
+        "the adopted namespace is untouched: {links}"
+    );
+    // A pod the switch refuses (duplicate IP) creates no namespace at all.
+    let mut dup = plan(&nc, 10);
+    dup.name = "dup".into();
+    dup.mac = EthernetAddress([0x02, 0x42, 1, 2, 3, 4]);
+    let err = node.add_pod(&dup).expect_err("duplicate IP");
+    assert!(err.to_string().contains("10.244.1.10"), "{err}");
+    assert!(
+        !netns_list().contains(&nc),
+        "a refused pod created a namespace"
+    );
+    assert!(ping(&na, "10.244.1.1", 1), "the node still works");
+}

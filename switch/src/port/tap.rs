@@ -38,8 +38,8 @@ impl std::fmt::Debug for TapPort {
 }
 
 impl TapPort {
-    /// Creates the TAP `ifname` in the calling thread's network namespace (run it inside
-    /// [`crate::netns::NetNs::run`]). The device starts down and unconfigured.
+    /// Creates the TAP `ifname` in the calling thread's network namespace. The device starts
+    /// down and unconfigured. The fd holds a reference to that namespace for its lifetime.
     pub fn create(ifname: &str) -> std::io::Result<Self> {
         let dev = DeviceBuilder::new()
             .name(ifname)
