@@ -1,13 +1,374 @@
-//! The `podswitch` command. Order 1 ships the library; the daemon (`podswitch run`) arrives with
-//! TAP ports in Order 2.
+//! The `podswitch` command: the node daemon (`run`) and the clients of its control socket.
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("--version") | Some("-V") => println!("podswitch {}", env!("CARGO_PKG_VERSION")),
-        _ => {
-            eprintln!("usage: podswitch --version\n(the `run` daemon comes with TAP ports)");
-            std::process::exit(2);
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use podswitch::config::{self, Config, PodSpec};
+use podswitch::control::{self, ControlHandler, ControlSocket, Request, Response};
+use podswitch::node::{Node, NodeSettings, PodPlan, PodStatus};
+
+/// A userspace packet switch for Kubernetes-style pod networking.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: create its pods and switch their traffic until SIGINT/SIGTERM.
+    Run {
+        /// Node config (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Add, remove or list pods of a running node.
+    Pod {
+        #[command(subcommand)]
+        op: PodOp,
+        /// Control socket of the node (default: the only one in /run/podswitch).
+        #[arg(long, env = "PODSWITCH_CONTROL", global = true)]
+        control: Option<PathBuf>,
+    },
+    /// Show the MAC table of a running node.
+    Fdb {
+        /// Control socket of the node.
+        #[arg(long, env = "PODSWITCH_CONTROL")]
+        control: Option<PathBuf>,
+    },
+    /// Show a running node's counters.
+    Status {
+        /// Control socket of the node.
+        #[arg(long, env = "PODSWITCH_CONTROL")]
+        control: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PodOp {
+    /// Add a pod (like CNI ADD): namespace created if absent, adopted if present.
+    Add {
+        /// Pod name.
+        #[arg(long)]
+        name: String,
+        /// Network namespace (/run/netns/NAME).
+        #[arg(long)]
+        netns: String,
+        /// Pod IP, inside the node's pod CIDR.
+        #[arg(long)]
+        ip: Ipv4Addr,
+        /// Pod MAC (default: 02:42 + the IP's octets).
+        #[arg(long)]
+        mac: Option<String>,
+    },
+    /// Remove a pod (like CNI DEL).
+    Del {
+        /// Pod name.
+        #[arg(long)]
+        name: String,
+    },
+    /// List pods with their counters.
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Pod { op, control } => {
+            let req = match op {
+                PodOp::Add {
+                    name,
+                    netns,
+                    ip,
+                    mac,
+                } => Request::PodAdd {
+                    name,
+                    netns,
+                    ip,
+                    mac,
+                },
+                PodOp::Del { name } => Request::PodDel { name },
+                PodOp::List => Request::PodList,
+            };
+            client(control, &req)
         }
+        Command::Fdb { control } => client(control, &Request::Fdb),
+        Command::Status { control } => client(control, &Request::Status),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podswitch: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// `podswitch run`: the node daemon.
+fn run(config_path: &Path) -> Result<(), String> {
+    // A bad config is reported before anything is created.
+    let cfg = Config::from_file(config_path).map_err(|e| e.to_string())?;
+    let settings = NodeSettings {
+        name: cfg.node.name.clone(),
+        node: cfg.node.node_config(),
+        mac_table: cfg.node.mac_table_config(),
+    };
+    let plans: Vec<PodPlan> = cfg.pods.iter().map(plan_of).collect();
+    let control_path = cfg.node.control_path();
+    // Claim the control socket first: a second daemon for the same node stops here, before it
+    // touches any namespace.
+    let socket = ControlSocket::bind(&control_path)
+        .map_err(|e| format!("control socket {}: {e}", control_path.display()))?;
+    let node = Arc::new(Node::start(settings, &plans).map_err(|e| e.to_string())?);
+    let gw = node.switch().node().gateway;
+    tracing::info!(node = %node.name(), pods = plans.len(), control = %control_path.display(), "node up");
+    for p in &plans {
+        println!(
+            "pod {:<12} netns {:<12} ip {:<15} e.g. `ip netns exec {} ping {gw}`",
+            p.name, p.netns, p.ip, p.netns
+        );
+    }
+    let handler = Arc::new(Handler {
+        node: Arc::clone(&node),
+        cfg: cfg.clone(),
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let served = rt.block_on(async {
+        let reaper_node = Arc::clone(&node);
+        let reaper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let n = Arc::clone(&reaper_node);
+                let _ = tokio::task::spawn_blocking(move || n.reap_vanished()).await;
+            }
+        });
+        let r = socket.serve(handler, shutdown_signal()).await;
+        reaper.abort();
+        r
+    });
+    tracing::info!("shutting down: removing pods");
+    node.shutdown();
+    served.map_err(|e| format!("control socket {}: {e}", control_path.display()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with the control socket gone");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => tracing::info!("SIGINT"),
+        _ = term.recv() => tracing::info!("SIGTERM"),
+    }
+}
+
+fn plan_of(p: &PodSpec) -> PodPlan {
+    PodPlan {
+        name: p.name.clone(),
+        netns: p.netns.clone(),
+        ip: p.ip,
+        mac: p.mac(),
+    }
+}
+
+/// Serves control requests against the running node.
+struct Handler {
+    node: Arc<Node>,
+    cfg: Config,
+}
+
+impl ControlHandler for Handler {
+    fn handle(&self, req: Request) -> Response {
+        let err = |message: String| Response::Error { message };
+        match req {
+            Request::PodAdd {
+                name,
+                netns,
+                ip,
+                mac,
+            } => {
+                let mac = match mac.as_deref().map(config::parse_mac).transpose() {
+                    Ok(m) => m,
+                    Err(e) => return err(format!("pod.mac: {e}")),
+                };
+                let spec = PodSpec {
+                    name,
+                    netns,
+                    ip,
+                    mac,
+                };
+                let others: Vec<PodSpec> = self.node.pods().iter().map(spec_of).collect();
+                if let Err(e) = config::validate_pod(&self.cfg.node, &spec, &others) {
+                    return err(e.to_string());
+                }
+                match self.node.add_pod(&plan_of(&spec)) {
+                    Ok(status) => Response::Pod(status),
+                    Err(e) => err(e.to_string()),
+                }
+            }
+            Request::PodDel { name } => match self.node.del_pod(&name) {
+                Ok(()) => Response::Ok,
+                Err(e) => err(e.to_string()),
+            },
+            Request::PodList => Response::Pods(self.node.pods()),
+            Request::Fdb => Response::Fdb(self.node.fdb()),
+            Request::Status => {
+                let (rx, forwarded, delivered_locally, dropped) = self.node.totals();
+                Response::Status {
+                    node: self.node.name().into(),
+                    pods: self.node.pods().len(),
+                    rx,
+                    forwarded,
+                    delivered_locally,
+                    dropped,
+                }
+            }
+        }
+    }
+}
+
+fn spec_of(p: &PodStatus) -> PodSpec {
+    PodSpec {
+        name: p.name.clone(),
+        netns: p.netns.clone(),
+        ip: p.ip,
+        mac: config::parse_mac(&p.mac).ok(),
+    }
+}
+
+/// Finds the control socket: the flag, else the only socket in /run/podswitch.
+fn control_path(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let dir = Path::new("/run/podswitch");
+    let socks: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                .collect()
+        })
+        .unwrap_or_default();
+    match socks.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(format!(
+            "no control socket in {}: is `podswitch run` running? (or pass --control)",
+            dir.display()
+        )),
+        many => Err(format!(
+            "{} nodes run here ({}); pass --control",
+            many.len(),
+            many.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+fn client(control: Option<PathBuf>, req: &Request) -> Result<(), String> {
+    let path = control_path(control)?;
+    let resp = control::call(&path, req, Duration::from_secs(30)).map_err(|e| e.to_string())?;
+    print_response(resp)
+}
+
+fn print_response(resp: Response) -> Result<(), String> {
+    match resp {
+        Response::Ok => println!("ok"),
+        Response::Pod(p) => print_pods(&[p]),
+        Response::Pods(ps) => print_pods(&ps),
+        Response::Fdb(entries) => {
+            println!(
+                "{:<17}  {:>4}  {:<16} {:<7} {:>5}",
+                "MAC", "PORT", "POD", "TYPE", "AGE"
+            );
+            for e in entries {
+                println!(
+                    "{:<17}  {:>4}  {:<16} {:<7} {:>5}",
+                    e.mac,
+                    e.port,
+                    e.port_name.as_deref().unwrap_or("-"),
+                    if e.is_static { "static" } else { "learned" },
+                    e.age_secs
+                );
+            }
+        }
+        Response::Status {
+            node,
+            pods,
+            rx,
+            forwarded,
+            delivered_locally,
+            dropped,
+        } => {
+            println!("node {node}: {pods} pods; frames rx {rx} forwarded {forwarded} local {delivered_locally} dropped {dropped}");
+        }
+        Response::Error { message } => return Err(message),
+    }
+    Ok(())
+}
+
+fn print_pods(pods: &[PodStatus]) {
+    println!(
+        "{:<14} {:<14} {:<18} {:<17} {:>4} {:>10} {:>12} {:>10} {:>12} {:>8}",
+        "NAME",
+        "NETNS",
+        "IP",
+        "MAC",
+        "PORT",
+        "RX_FRAMES",
+        "RX_BYTES",
+        "TX_FRAMES",
+        "TX_BYTES",
+        "DROPPED"
+    );
+    for p in pods {
+        let c = &p.counters;
+        println!(
+            "{:<14} {:<14} {:<18} {:<17} {:>4} {:>10} {:>12} {:>10} {:>12} {:>8}",
+            p.name,
+            p.netns,
+            format!("{}/{}", p.ip, p.prefix_len),
+            p.mac,
+            p.port,
+            c.rx_frames,
+            c.rx_bytes,
+            c.tx_frames,
+            c.tx_bytes,
+            c.rx_dropped + c.tx_dropped
+        );
     }
 }

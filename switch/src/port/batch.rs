@@ -80,12 +80,15 @@ impl Batch {
     /// Appends `prefix` + `frame` as one frame with virtio-net header `vnet`.
     #[inline]
     pub fn push_with(&mut self, vnet: VnetHdr, prefix: &[u8], frame: &[u8]) {
-        let off = self.data.len() as u32;
-        self.data.extend_from_slice(prefix);
-        self.data.extend_from_slice(frame);
+        let len = prefix.len() + frame.len();
+        let off = self.used;
+        let tail = self.tail(len);
+        tail[..prefix.len()].copy_from_slice(prefix);
+        tail[prefix.len()..].copy_from_slice(frame);
+        self.used += len;
         self.descs.push(Desc {
-            off,
-            len: (prefix.len() + frame.len()) as u32,
+            off: off as u32,
+            len: len as u32,
             vnet,
         });
     }
@@ -192,6 +195,8 @@ mod tests {
         assert_eq!(b.data.capacity(), cap);
         b.push(b"new");
         assert_eq!(b.get(0).map(|(f, _)| f.to_vec()), Some(b"new".to_vec()));
+        assert_eq!(b.bytes(), 3);
+        assert_eq!(b.data.capacity(), cap, "a reused batch does not grow");
     }
 
     #[test]
