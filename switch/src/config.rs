@@ -52,7 +52,12 @@ use crate::table::MacTableConfig;
 use crate::wire::EthernetAddress;
 
 /// Default pod MTU: a 1500-byte underlay minus VXLAN's 50 bytes.
-pub const DEFAULT_MTU: u16 = 1450;
+pub const DEFAULT_MTU: u16 = DEFAULT_UNDERLAY_MTU - VXLAN_OVERHEAD;
+/// Default underlay MTU.
+pub const DEFAULT_UNDERLAY_MTU: u16 = 1500;
+/// What VXLAN over IPv4 adds to an inner IP packet on the underlay: the inner Ethernet header,
+/// VXLAN, UDP and outer IPv4 headers (14 + 8 + 8 + 20).
+pub const VXLAN_OVERHEAD: u16 = 50;
 /// Smallest MTU IPv4 allows (RFC 791).
 pub const MIN_MTU: u16 = 68;
 /// Largest pod MTU accepted.
@@ -229,9 +234,17 @@ pub struct NodeSection {
     /// Pods' default gateway; see [`NodeSection::gateway`].
     #[serde(default, with = "opt_text", skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Ipv4Addr>,
-    /// Pod MTU.
-    #[serde(default = "default_mtu")]
-    pub mtu: u16,
+    /// Pod MTU; see [`NodeSection::pod_mtu`] (default: `underlay_mtu` minus VXLAN's 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// MTU of the underlay network the tunnel crosses.
+    #[serde(default = "default_underlay_mtu")]
+    pub underlay_mtu: u16,
+    /// Network namespace the switch itself runs in (its "host" namespace: where the underlay
+    /// address lives and the TAPs are made before they move into pods). Default: the one it is
+    /// started in. `podswitch lab` uses this to run several nodes on one machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
     /// Control socket path; see [`NodeSection::control_path`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<PathBuf>,
@@ -292,8 +305,8 @@ pub struct PeerSpec {
     pub vtep_mac: Option<EthernetAddress>,
 }
 
-fn default_mtu() -> u16 {
-    DEFAULT_MTU
+fn default_underlay_mtu() -> u16 {
+    DEFAULT_UNDERLAY_MTU
 }
 fn default_mac_table_size() -> usize {
     MacTableConfig::default().capacity
@@ -376,9 +389,20 @@ impl NodeSection {
             gateway: self.gateway(),
             router_mac: self.router_mac(),
             vni: self.vni,
-            mtu: self.mtu,
-            tunnel_mtu: self.mtu,
+            mtu: self.pod_mtu(),
+            tunnel_mtu: self.tunnel_mtu(),
         }
+    }
+
+    /// Pod MTU: explicit, or the underlay MTU minus VXLAN's overhead, so that every pod packet
+    /// fits the tunnel.
+    pub fn pod_mtu(&self) -> u16 {
+        self.mtu.unwrap_or_else(|| self.tunnel_mtu())
+    }
+
+    /// Largest inner IPv4 packet the tunnel carries without fragmenting the underlay.
+    pub fn tunnel_mtu(&self) -> u16 {
+        self.underlay_mtu.saturating_sub(VXLAN_OVERHEAD)
     }
 
     /// The MAC table settings.
@@ -424,17 +448,35 @@ impl NodeSection {
                 ));
             }
         }
-        if self.mtu < MIN_MTU {
+        if self.underlay_mtu < MIN_MTU + VXLAN_OVERHEAD {
             return Err(ConfigError::field(
-                "node.mtu",
-                format!("{} is below the IPv4 minimum {MIN_MTU}", self.mtu),
+                "node.underlay_mtu",
+                format!(
+                    "{} leaves less than the IPv4 minimum {MIN_MTU} for pods after VXLAN's {VXLAN_OVERHEAD} bytes",
+                    self.underlay_mtu
+                ),
             ));
         }
-        if self.mtu > MAX_MTU {
+        let mtu = self.pod_mtu();
+        if mtu < MIN_MTU {
             return Err(ConfigError::field(
                 "node.mtu",
-                format!("{} is above the maximum {MAX_MTU}", self.mtu),
+                format!("{mtu} is below the IPv4 minimum {MIN_MTU}"),
             ));
+        }
+        if mtu > MAX_MTU {
+            return Err(ConfigError::field(
+                "node.mtu",
+                format!("{mtu} is above the maximum {MAX_MTU}"),
+            ));
+        }
+        if let Some(ns) = &self.netns {
+            if crate::netns::check_name(ns).is_err() {
+                return Err(ConfigError::field(
+                    "node.netns",
+                    format!("{ns:?} is not a usable namespace name"),
+                ));
+            }
         }
         let control = self.control_path();
         let len = control.as_os_str().len();
@@ -1072,7 +1114,7 @@ pod_cidr = "10.244.1.0/24"
         assert_eq!(c.node.name, "node-a");
         assert_eq!(c.node.pod_cidr, "10.244.1.0/24".parse::<Ipv4Net>().unwrap());
         assert_eq!(c.node.gateway(), Ipv4Addr::new(10, 244, 1, 1));
-        assert_eq!(c.node.mtu, 1400);
+        assert_eq!(c.node.mtu, Some(1400));
         assert_eq!(
             c.node.control_path(),
             PathBuf::from("/tmp/podswitch-test/node-a.sock")
@@ -1100,7 +1142,7 @@ pod_cidr = "10.244.1.0/24"
         assert_eq!(nc.cidr, c.node.pod_cidr);
         assert_eq!(nc.gateway, Ipv4Addr::new(10, 244, 1, 1));
         assert_eq!(nc.router_mac, derived_router_mac("node-a"));
-        assert_eq!((nc.vni, nc.mtu, nc.tunnel_mtu), (42, 1400, 1400));
+        assert_eq!((nc.vni, nc.mtu, nc.tunnel_mtu), (42, 1400, 1450));
         let mt = c.node.mac_table_config();
         assert_eq!((mt.capacity, mt.ageing), (1024, Duration::from_secs(60)));
     }
@@ -1121,7 +1163,7 @@ pod_cidr = "10.244.1.0/24"
         assert!(c.pods.is_empty() && c.peers.is_empty());
         let n = &c.node;
         assert_eq!(n.gateway(), Ipv4Addr::new(10, 244, 1, 1));
-        assert_eq!(n.mtu, 1450);
+        assert_eq!(n.pod_mtu(), 1450);
         assert_eq!(
             n.control_path(),
             PathBuf::from("/run/podswitch/node-a.sock")
@@ -1131,6 +1173,17 @@ pod_cidr = "10.244.1.0/24"
         assert_eq!((n.vxlan_port, n.vni, n.underlay), (8472, 1, None));
         let nc = n.node_config();
         assert_eq!(nc, NodeConfig::new(n.pod_cidr, n.router_mac()));
+    }
+
+    #[test]
+    fn pod_mtu_follows_the_underlay() {
+        let c = Config::from_toml_str(&node_with("underlay_mtu = 9000")).expect("valid");
+        assert_eq!((c.node.pod_mtu(), c.node.tunnel_mtu()), (8950, 8950));
+        let c =
+            Config::from_toml_str(&node_with("underlay_mtu = 9000\nmtu = 1500")).expect("valid");
+        assert_eq!((c.node.pod_mtu(), c.node.tunnel_mtu()), (1500, 8950));
+        let e = Config::from_toml_str(&node_with("underlay_mtu = 100")).expect_err("too small");
+        assert!(e.to_string().contains("node.underlay_mtu"), "{e}");
     }
 
     #[test]

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use crate::node::{FdbEntry, PodStatus};
+use crate::node::{FdbEntry, PeerStatus, PodStatus};
 
 /// Longest request line the server reads, in bytes without the newline.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -72,6 +72,25 @@ pub enum Request {
     Fdb,
     /// Node-wide counters.
     Status,
+    /// Add a peer node (its pod CIDR becomes reachable through the tunnel).
+    PeerAdd {
+        /// Peer node name.
+        name: String,
+        /// Its underlay address.
+        underlay: Ipv4Addr,
+        /// The pod CIDR it owns, `a.b.c.d/len`.
+        pod_cidr: String,
+        /// Its VTEP MAC; derived from the name when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vtep_mac: Option<String>,
+    },
+    /// Remove a peer node.
+    PeerDel {
+        /// Peer node name.
+        name: String,
+    },
+    /// List the peer nodes.
+    PeerList,
 }
 
 /// The node's answer to a [`Request`].
@@ -86,6 +105,8 @@ pub enum Response {
     Pods(Vec<PodStatus>),
     /// The MAC table.
     Fdb(Vec<FdbEntry>),
+    /// The peer nodes.
+    Peers(Vec<PeerStatus>),
     /// Node-wide counters: `rx = forwarded + delivered_locally + dropped`.
     Status {
         /// Node name.
@@ -563,6 +584,8 @@ mod tests {
                 Request::PodDel { name } if name == "panic" => panic!("fake handler panic"),
                 Request::PodDel { .. } => Response::Ok,
                 Request::PodList => Response::Pods(vec![sample_pod("a"), sample_pod("b")]),
+                Request::PeerAdd { .. } | Request::PeerDel { .. } => Response::Ok,
+                Request::PeerList => Response::Peers(Vec::new()),
                 Request::Fdb => Response::Fdb(vec![FdbEntry {
                     mac: "02:42:0a:f4:01:0a".into(),
                     port: 1,

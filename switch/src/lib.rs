@@ -12,8 +12,10 @@
 
 pub mod config;
 pub mod control;
+pub mod lab;
 pub mod netns;
 pub mod node;
+pub mod offload;
 pub mod pipeline;
 pub mod port;
 pub mod switch;

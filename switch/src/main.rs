@@ -1,15 +1,17 @@
 //! The `podswitch` command: the node daemon (`run`) and the clients of its control socket.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use podswitch::config::{self, Config, PodSpec};
+use podswitch::config::{self, Config, PeerSpec, PodSpec};
 use podswitch::control::{self, ControlHandler, ControlSocket, Request, Response};
+use podswitch::netns::NetNs;
 use podswitch::node::{Node, NodeSettings, PodPlan, PodStatus};
+use podswitch::table::Peer;
 
 /// A userspace packet switch for Kubernetes-style pod networking.
 #[derive(Parser)]
@@ -44,12 +46,75 @@ enum Command {
         #[arg(long, env = "PODSWITCH_CONTROL")]
         control: Option<PathBuf>,
     },
+    /// Add, remove or list peer nodes (remote pod CIDRs) of a running node.
+    Peer {
+        #[command(subcommand)]
+        op: PeerOp,
+        /// Control socket of the node (default: the only one in /run/podswitch).
+        #[arg(long, env = "PODSWITCH_CONTROL", global = true)]
+        control: Option<PathBuf>,
+    },
+    /// A whole cluster on this machine: nodes in namespaces on a bridged underlay, a podswitch
+    /// per node, pods per node.
+    Lab {
+        #[command(subcommand)]
+        op: LabOp,
+    },
     /// Show a running node's counters.
     Status {
         /// Control socket of the node.
         #[arg(long, env = "PODSWITCH_CONTROL")]
         control: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum LabOp {
+    /// Build the lab and start its nodes; prints how to reach each pod.
+    Up {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// Pods per node.
+        #[arg(long, default_value_t = 2)]
+        pods_per_node: usize,
+        /// Lab name: prefix of its namespaces.
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+    /// Stop the lab's nodes and remove everything it made.
+    Down {
+        /// Lab name.
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeerOp {
+    /// Add a peer node: its pod CIDR becomes reachable through the VXLAN tunnel.
+    Add {
+        /// Peer node name.
+        #[arg(long)]
+        name: String,
+        /// Its underlay (tunnel endpoint) address.
+        #[arg(long)]
+        underlay: Ipv4Addr,
+        /// The pod CIDR it owns.
+        #[arg(long)]
+        pod_cidr: String,
+        /// Its VTEP MAC (default: derived from its name, as a podswitch node does).
+        #[arg(long)]
+        vtep_mac: Option<String>,
+    },
+    /// Remove a peer node.
+    Del {
+        /// Peer node name.
+        #[arg(long)]
+        name: String,
+    },
+    /// List peer nodes.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +167,25 @@ fn main() -> ExitCode {
             };
             client(control, &req)
         }
+        Command::Peer { op, control } => {
+            let req = match op {
+                PeerOp::Add {
+                    name,
+                    underlay,
+                    pod_cidr,
+                    vtep_mac,
+                } => Request::PeerAdd {
+                    name,
+                    underlay,
+                    pod_cidr,
+                    vtep_mac,
+                },
+                PeerOp::Del { name } => Request::PeerDel { name },
+                PeerOp::List => Request::PeerList,
+            };
+            client(control, &req)
+        }
+        Command::Lab { op } => lab(op),
         Command::Fdb { control } => client(control, &Request::Fdb),
         Command::Status { control } => client(control, &Request::Status),
     };
@@ -132,10 +216,24 @@ fn init_logging(verbose: u8) {
 fn run(config_path: &Path) -> Result<(), String> {
     // A bad config is reported before anything is created.
     let cfg = Config::from_file(config_path).map_err(|e| e.to_string())?;
+    // Enter the node's host namespace first (before any thread exists, so every thread the
+    // daemon starts lives there too).
+    if let Some(ns) = &cfg.node.netns {
+        enter_netns(ns)?;
+    }
     let settings = NodeSettings {
         name: cfg.node.name.clone(),
         node: cfg.node.node_config(),
         mac_table: cfg.node.mac_table_config(),
+        underlay: cfg
+            .node
+            .underlay
+            .map(|ip| SocketAddrV4::new(ip, cfg.node.vxlan_port)),
+        peers: cfg
+            .peers
+            .iter()
+            .map(|p| peer_of(p, cfg.node.vxlan_port))
+            .collect(),
     };
     let plans: Vec<PodPlan> = cfg.pods.iter().map(plan_of).collect();
     let control_path = cfg.node.control_path();
@@ -194,6 +292,41 @@ async fn shutdown_signal() {
     }
 }
 
+fn lab(op: LabOp) -> Result<(), String> {
+    let out = match op {
+        LabOp::Up {
+            nodes,
+            pods_per_node,
+            name,
+        } => {
+            let exe = std::env::current_exe()
+                .map_err(|e| format!("finding the podswitch binary: {e}"))?;
+            podswitch::lab::Lab::new(&name, nodes, pods_per_node)
+                .and_then(|lab| lab.up(&exe))
+                .map_err(|e| e.to_string())?
+        }
+        LabOp::Down { name } => podswitch::lab::down(&name).map_err(|e| e.to_string())?,
+    };
+    println!("{out}");
+    Ok(())
+}
+
+fn enter_netns(name: &str) -> Result<(), String> {
+    let ns = NetNs::open(name).map_err(|e| format!("node.netns: {e}"))?;
+    let file = std::fs::File::open(ns.path()).map_err(|e| format!("node.netns {name:?}: {e}"))?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("node.netns {name:?}: setns: {e}"))
+}
+
+fn peer_of(p: &PeerSpec, port: u16) -> Peer {
+    Peer {
+        name: p.name.clone(),
+        underlay: SocketAddrV4::new(p.underlay, port),
+        pod_cidr: p.pod_cidr,
+        vtep_mac: p.vtep_mac(),
+    }
+}
+
 fn plan_of(p: &PodSpec) -> PodPlan {
     PodPlan {
         name: p.name.clone(),
@@ -243,6 +376,42 @@ impl ControlHandler for Handler {
                 Err(e) => err(e.to_string()),
             },
             Request::PodList => Response::Pods(self.node.pods()),
+            Request::PeerAdd {
+                name,
+                underlay,
+                pod_cidr,
+                vtep_mac,
+            } => {
+                let pod_cidr = match pod_cidr.parse::<ipnet::Ipv4Net>() {
+                    Ok(c) if c == c.trunc() => c,
+                    Ok(c) => {
+                        return err(format!(
+                            "peer.pod_cidr: {c} has host bits set (did you mean {})?",
+                            c.trunc()
+                        ))
+                    }
+                    Err(e) => return err(format!("peer.pod_cidr: {pod_cidr:?}: {e}")),
+                };
+                let vtep_mac = match vtep_mac.as_deref().map(config::parse_mac).transpose() {
+                    Ok(m) => m,
+                    Err(e) => return err(format!("peer.vtep_mac: {e}")),
+                };
+                let spec = PeerSpec {
+                    name,
+                    underlay,
+                    pod_cidr,
+                    vtep_mac,
+                };
+                match self.node.add_peer(peer_of(&spec, self.cfg.node.vxlan_port)) {
+                    Ok(()) => Response::Ok,
+                    Err(e) => err(e.to_string()),
+                }
+            }
+            Request::PeerDel { name } => match self.node.del_peer(&name) {
+                Ok(()) => Response::Ok,
+                Err(e) => err(e.to_string()),
+            },
+            Request::PeerList => Response::Peers(self.node.peers()),
             Request::Fdb => Response::Fdb(self.node.fdb()),
             Request::Status => {
                 let (rx, forwarded, delivered_locally, dropped) = self.node.totals();
@@ -323,6 +492,19 @@ fn print_response(resp: Response) -> Result<(), String> {
                     e.port_name.as_deref().unwrap_or("-"),
                     if e.is_static { "static" } else { "learned" },
                     e.age_secs
+                );
+            }
+        }
+        Response::Peers(peers) => {
+            println!(
+                "{:<16} {:<22} {:<18} {:<17}",
+                "NAME", "UNDERLAY", "POD_CIDR", "VTEP_MAC"
+            );
+            for p in peers {
+                let underlay = p.underlay.to_string();
+                println!(
+                    "{:<16} {:<22} {:<18} {:<17}",
+                    p.name, underlay, p.pod_cidr, p.vtep_mac
                 );
             }
         }

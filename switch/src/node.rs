@@ -12,7 +12,7 @@
 //! across an add or delete so concurrent control requests cannot interleave them.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::sync::{Mutex, MutexGuard};
 
@@ -21,9 +21,9 @@ use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
 use crate::netns::{NetNs, NetnsError};
 use crate::pipeline::{DropReason, NodeConfig, PortCounts};
-use crate::port::TapPort;
+use crate::port::{TapPort, UdpTunnel};
 use crate::switch::{Switch, SwitchConfig, SwitchError};
-use crate::table::{MacTableConfig, PortId, PortInfo, PortKind};
+use crate::table::{MacTableConfig, Peer, PortId, PortInfo, PortKind};
 use crate::wire::{mac_from_key, EthernetAddress};
 
 /// A pod as `podswitch pod list` shows it.
@@ -75,6 +75,19 @@ impl From<PortCounts> for Counters {
             tx_dropped: c.tx_dropped,
         }
     }
+}
+
+/// A peer node as `podswitch peer list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerStatus {
+    /// Node name.
+    pub name: String,
+    /// Tunnel endpoint.
+    pub underlay: SocketAddrV4,
+    /// Pod CIDR it owns.
+    pub pod_cidr: String,
+    /// VTEP MAC.
+    pub vtep_mac: String,
 }
 
 /// One MAC table entry as `podswitch fdb` shows it.
@@ -174,6 +187,22 @@ pub enum NodeError {
     /// The switch could not start.
     #[error("starting the switch: {0}")]
     Start(SwitchError),
+    /// The tunnel socket could not be bound.
+    #[error("binding the VXLAN tunnel to {addr}: {source}")]
+    Tunnel {
+        /// The address.
+        addr: SocketAddrV4,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A peer was refused (overlapping CIDR, duplicate) or is unknown.
+    #[error("peer {peer:?}: {source}")]
+    Peer {
+        /// Peer name.
+        peer: String,
+        /// The refusal.
+        source: SwitchError,
+    },
 }
 
 struct PodRecord {
@@ -190,7 +219,7 @@ pub struct Node {
     pods: Mutex<BTreeMap<String, PodRecord>>,
 }
 
-/// Settings of a node (from the config's `[node]`).
+/// Settings of a node (from the config's `[node]` and `[[peers]]`).
 #[derive(Debug, Clone)]
 pub struct NodeSettings {
     /// Node name.
@@ -199,17 +228,40 @@ pub struct NodeSettings {
     pub node: NodeConfig,
     /// MAC table settings.
     pub mac_table: MacTableConfig,
+    /// Where the VXLAN tunnel listens (`underlay:vxlan_port`); `None`: a node without peers.
+    pub underlay: Option<SocketAddrV4>,
+    /// Peer nodes at start.
+    pub peers: Vec<Peer>,
 }
 
 impl Node {
     /// Starts the switch and adds `pods` in order. If one fails, the ones added are removed
     /// again and the error is returned: the node starts whole or not at all.
+    ///
+    /// The tunnel socket is bound, and the TAPs are created, in the calling thread's network
+    /// namespace (the node's "host" namespace).
     pub fn start(settings: NodeSettings, pods: &[PodPlan]) -> Result<Node, NodeError> {
-        let switch = Switch::start(SwitchConfig {
-            node: settings.node,
-            mac: settings.mac_table,
-        })
+        let tunnel = match settings.underlay {
+            Some(addr) => Some(
+                UdpTunnel::bind(*addr.ip(), addr.port())
+                    .map_err(|source| NodeError::Tunnel { addr, source })?,
+            ),
+            None => None,
+        };
+        let switch = Switch::start_with_tunnel(
+            SwitchConfig {
+                node: settings.node,
+                mac: settings.mac_table,
+            },
+            tunnel,
+        )
         .map_err(NodeError::Start)?;
+        for peer in settings.peers {
+            let name = peer.name.clone();
+            switch
+                .add_peer(peer)
+                .map_err(|source| NodeError::Peer { peer: name, source })?;
+        }
         let node = Node {
             name: settings.name,
             switch,
@@ -455,6 +507,45 @@ impl Node {
         out
     }
 
+    /// Adds a peer node at runtime; flows to other peers and between local pods go on.
+    pub fn add_peer(&self, peer: Peer) -> Result<(), NodeError> {
+        let name = peer.name.clone();
+        self.switch
+            .add_peer(peer)
+            .map_err(|source| NodeError::Peer {
+                peer: name.clone(),
+                source,
+            })?;
+        tracing::info!(peer = %name, "peer added");
+        Ok(())
+    }
+
+    /// Removes a peer node and its route.
+    pub fn del_peer(&self, name: &str) -> Result<(), NodeError> {
+        self.switch
+            .remove_peer(name)
+            .map_err(|source| NodeError::Peer {
+                peer: name.into(),
+                source,
+            })?;
+        tracing::info!(peer = %name, "peer removed");
+        Ok(())
+    }
+
+    /// Every peer, as `podswitch peer list` shows them.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.switch
+            .peers()
+            .into_iter()
+            .map(|p| PeerStatus {
+                name: p.name,
+                underlay: p.underlay,
+                pod_cidr: p.pod_cidr.to_string(),
+                vtep_mac: format_mac(p.vtep_mac),
+            })
+            .collect()
+    }
+
     /// Switch-wide counters: `(rx, forwarded, delivered locally, dropped)`.
     pub fn totals(&self) -> (u64, u64, u64, u64) {
         let m = self.switch.metrics().snapshot();
@@ -550,7 +641,7 @@ fn configure_pod_interfaces(net: &PodNet) -> Result<(), (&'static str, String)> 
 
 /// Runs `f` with an rtnetlink handle whose socket lives in the calling thread's namespace, on
 /// a single-threaded runtime (the socket is opened here, so the namespace is the thread's).
-fn with_netlink<F, Fut>(f: F) -> Result<(), (&'static str, String)>
+pub(crate) fn with_netlink<F, Fut>(f: F) -> Result<(), (&'static str, String)>
 where
     F: FnOnce(rtnetlink::Handle) -> Fut,
     Fut: std::future::Future<Output = Result<(), (&'static str, String)>>,
@@ -576,7 +667,7 @@ fn temporary_ifname() -> String {
     format!("pst{:x}.{:x}", std::process::id() & 0xfffff, n & 0xffff)
 }
 
-async fn link_index(handle: &rtnetlink::Handle, name: &str) -> Result<u32, String> {
+pub(crate) async fn link_index(handle: &rtnetlink::Handle, name: &str) -> Result<u32, String> {
     let mut links = handle.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
         Ok(Some(msg)) => Ok(msg.header.index),

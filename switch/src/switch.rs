@@ -12,6 +12,7 @@
 //! is removed from the data plane, the topology and the MAC table by the data plane itself.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -20,10 +21,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
+use crate::offload::{self, Segmenter};
 use crate::pipeline::{Action, DropReason, Metrics, NodeConfig, Pipeline, PortCounts, PortMetrics};
-use crate::port::{mem_port, Batch, MemEndpoint, Port, Waker, DEFAULT_BATCH};
-use crate::table::{MacTableConfig, PortId, PortInfo, PortKind, Tables, Topology, TopologyError};
-use crate::wire::mac_key;
+use crate::port::{mem_port, Batch, MemEndpoint, Port, UdpTunnel, Waker, DEFAULT_BATCH};
+use crate::table::{
+    MacTableConfig, Peer, PeerId, PortId, PortInfo, PortKind, Tables, Topology, TopologyError,
+};
+use crate::wire::virtio::VnetHdr;
+use crate::wire::{self, mac_key, vxlan};
 
 /// Idle rounds spent spinning before the data plane sleeps.
 const SPIN_ROUNDS: u32 = 64;
@@ -46,6 +51,75 @@ pub struct Dataplane {
     rx: Batch,
     closed: Vec<PortId>,
     batch: usize,
+    tunnel: Option<TunnelSlot>,
+}
+
+/// The VXLAN tunnel and its buffers. Frames for peers are encapsulated into `tx` (the VXLAN
+/// header, then the inner frame; superframes segmented and checksums completed first) with
+/// their destinations in `dests`; received datagrams land in `rx`, their sources in `sources`.
+struct TunnelSlot {
+    tunnel: UdpTunnel,
+    header: [u8; vxlan::HEADER_LEN],
+    tx: Batch,
+    dests: Vec<(SocketAddrV4, u32)>,
+    rx: Batch,
+    sources: Vec<SocketAddrV4>,
+    metrics: Arc<PortMetrics>,
+    counts: PortCounts,
+    segmenter: Segmenter,
+    /// Largest inner IPv4 packet the tunnel carries (segments are cut to fit).
+    tunnel_mtu: usize,
+}
+
+impl TunnelSlot {
+    /// Encapsulates one inner frame for `to`. A GSO superframe is cut into segments that fit
+    /// the tunnel MTU; a frame with a partial checksum gets it completed (the far end is a plain
+    /// kernel that verifies it). Returns false if the frame could not be made wire-ready.
+    fn encap(&mut self, to: SocketAddrV4, frame: &mut [u8], vnet: VnetHdr) -> bool {
+        let hash = vxlan::flow_hash(frame);
+        if !vnet.is_gso() {
+            if vnet.needs_csum() && offload::complete_checksum(frame, &vnet).is_err() {
+                return false;
+            }
+            self.tx.push_with(VnetHdr::default(), &self.header, frame);
+            self.dests.push((to, hash));
+            return true;
+        }
+        let Self {
+            segmenter,
+            tx,
+            dests,
+            header,
+            tunnel_mtu,
+            ..
+        } = self;
+        // Segments must fit the tunnel with this flow's own IP and L4 headers (options too).
+        let max_payload = tunnel_mtu.saturating_sub(ip_and_l4_header_len(frame));
+        segmenter
+            .segment(frame, &vnet, max_payload, |seg: &[u8]| {
+                tx.push_with(VnetHdr::default(), header, seg);
+                dests.push((to, hash));
+            })
+            .is_ok()
+    }
+}
+
+/// IPv4 header + TCP header (with options) or UDP header length of an Ethernet frame; a
+/// conservative 60 + 60 when the headers cannot be read (the segmenter then refuses the frame).
+fn ip_and_l4_header_len(frame: &[u8]) -> usize {
+    const ETH: usize = wire::ETHERNET_HEADER_LEN;
+    let Some(&vihl) = frame.get(ETH) else {
+        return 120;
+    };
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    let l4 = match frame.get(ETH + 9) {
+        Some(6) => frame
+            .get(ETH + ihl + 12)
+            .map_or(60, |off| usize::from(off >> 4) * 4),
+        Some(17) => 8,
+        _ => 60,
+    };
+    ihl + l4
 }
 
 impl Dataplane {
@@ -58,7 +132,25 @@ impl Dataplane {
             rx: Batch::with_capacity(DEFAULT_BATCH, 2048),
             closed: Vec::new(),
             batch: DEFAULT_BATCH,
+            tunnel: None,
         }
+    }
+
+    /// Attaches the VXLAN tunnel; frames routed to peers leave through it.
+    pub fn set_tunnel(&mut self, tunnel: UdpTunnel, metrics: Arc<PortMetrics>) {
+        let cfg = self.pipeline.config();
+        self.tunnel = Some(TunnelSlot {
+            tunnel,
+            header: vxlan::header(cfg.vni),
+            tx: Batch::with_capacity(DEFAULT_BATCH, 2048),
+            dests: Vec::with_capacity(DEFAULT_BATCH),
+            rx: Batch::with_capacity(DEFAULT_BATCH, 2048),
+            sources: Vec::with_capacity(DEFAULT_BATCH),
+            metrics,
+            counts: PortCounts::default(),
+            segmenter: Segmenter::default(),
+            tunnel_mtu: usize::from(cfg.tunnel_mtu),
+        });
     }
 
     /// Holds `port` under `id`. The caller publishes it in the topology afterwards.
@@ -102,6 +194,7 @@ impl Dataplane {
             rx,
             closed,
             batch,
+            tunnel,
         } = self;
         pipeline.begin_batch();
         // The flood set comes from the same snapshot the pipeline decides with.
@@ -156,14 +249,37 @@ impl Dataplane {
                         push_to(slots, ingress, reply);
                         count_rx_drop(slots, ingress);
                     }
-                    Action::Encap(_) => {
-                        // No tunnel port in this build of the runtime yet: count, don't lose.
-                        pipeline.count_egress_drop(DropReason::NoTunnel, 1);
-                        count_rx_drop(slots, ingress);
+                    Action::Encap(peer) => {
+                        let to = topo.peer(peer).map(|p| p.underlay);
+                        match (tunnel.as_mut(), to) {
+                            (Some(t), Some(to)) => {
+                                if !t.encap(to, frame, vnet) {
+                                    pipeline.count_egress_drop(DropReason::BadOffload, 1);
+                                    count_rx_drop(slots, ingress);
+                                }
+                            }
+                            _ => {
+                                pipeline.count_egress_drop(DropReason::NoTunnel, 1);
+                                count_rx_drop(slots, ingress);
+                            }
+                        }
                     }
                     Action::Drop(_) => count_rx_drop(slots, ingress),
                 }
             }
+        }
+        if let Some(t) = tunnel.as_mut() {
+            total += decapsulate(t, pipeline, slots, *batch);
+            if !t.tx.is_empty() {
+                let out = t.tunnel.send(&mut t.tx, &mut t.dests);
+                t.counts.tx_frames += out.sent as u64;
+                t.counts.tx_bytes += out.bytes as u64;
+                t.counts.tx_dropped += out.dropped as u64;
+                if out.dropped > 0 {
+                    metrics.count_tx_dropped(out.dropped as u64);
+                }
+            }
+            t.metrics.flush(&mut t.counts);
         }
         for (id, slot) in slots.iter_mut().enumerate() {
             let Some(slot) = slot.as_mut() else { continue };
@@ -202,6 +318,39 @@ impl Dataplane {
         metrics.flush(&mut c);
         total
     }
+}
+
+/// Receives one batch from the tunnel and queues what the pipeline accepts for local pods.
+fn decapsulate(
+    t: &mut TunnelSlot,
+    pipeline: &mut Pipeline,
+    slots: &mut [Option<Slot>],
+    max: usize,
+) -> usize {
+    t.rx.clear();
+    t.sources.clear();
+    let n = match t.tunnel.recv(&mut t.rx, &mut t.sources, max) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("tunnel receive: {e}");
+            0
+        }
+    };
+    t.counts.rx_frames += n as u64;
+    t.counts.rx_bytes += t.rx.bytes() as u64;
+    for i in 0..t.rx.len() {
+        let (Some((datagram, _)), Some(&src)) = (t.rx.get_mut(i), t.sources.get(i)) else {
+            break;
+        };
+        match pipeline.process_tunnel(src, datagram) {
+            Action::Forward(to) => match slots.get_mut(usize::from(to)).and_then(Option::as_mut) {
+                Some(out) => out.tx.push(&datagram[vxlan::HEADER_LEN..]),
+                None => pipeline.count_egress_drop(DropReason::PortGone, 1),
+            },
+            _ => t.counts.rx_dropped += 1,
+        }
+    }
+    n
 }
 
 #[inline]
@@ -268,6 +417,7 @@ pub struct PortRecord {
 
 struct Shared {
     node: NodeConfig,
+    tunnel: Option<(SocketAddrV4, Arc<PortMetrics>)>,
     tables: Arc<Tables>,
     metrics: Arc<Metrics>,
     waker: Arc<Waker>,
@@ -299,15 +449,29 @@ pub struct Switch {
 }
 
 impl Switch {
-    /// Starts a switch with its data plane on a dedicated thread.
+    /// Starts a switch with its data plane on a dedicated thread, without a tunnel (frames for
+    /// peers are dropped as `no_tunnel`).
     pub fn start(cfg: SwitchConfig) -> Result<Self, SwitchError> {
+        Self::start_with_tunnel(cfg, None)
+    }
+
+    /// Starts a switch whose frames for peer nodes leave through `tunnel` (already bound, so it
+    /// can live in another network namespace than the caller's).
+    pub fn start_with_tunnel(
+        cfg: SwitchConfig,
+        tunnel: Option<UdpTunnel>,
+    ) -> Result<Self, SwitchError> {
         let topology = Topology::new(cfg.node.cidr, cfg.node.gateway);
         let tables = Arc::new(Tables::new(topology, cfg.mac));
         let metrics = Arc::new(Metrics::default());
         let waker = Arc::new(Waker::new()?);
         let (commands, command_rx) = unbounded();
+        let tunnel_metrics = tunnel
+            .as_ref()
+            .map(|t| (t.local_addr(), Arc::new(PortMetrics::default())));
         let shared = Arc::new(Shared {
             node: cfg.node.clone(),
+            tunnel: tunnel_metrics.clone(),
             tables: Arc::clone(&tables),
             metrics: Arc::clone(&metrics),
             waker,
@@ -315,7 +479,10 @@ impl Switch {
             commands,
             stop: AtomicBool::new(false),
         });
-        let dataplane = Dataplane::new(Pipeline::new(cfg.node, tables), metrics);
+        let mut dataplane = Dataplane::new(Pipeline::new(cfg.node, tables), metrics);
+        if let (Some(t), Some((_, m))) = (tunnel, tunnel_metrics) {
+            dataplane.set_tunnel(t, m);
+        }
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("podswitch-dp".into())
@@ -425,6 +592,35 @@ impl Switch {
         }
     }
 
+    /// The tunnel's receiving address and counters, if the switch has a tunnel.
+    pub fn tunnel(&self) -> Option<(SocketAddrV4, Arc<PortMetrics>)> {
+        self.shared.tunnel.clone()
+    }
+
+    /// Adds a peer node: its pod CIDR becomes reachable through the tunnel. Flows to other
+    /// peers and between local pods are not disturbed (one topology publish).
+    pub fn add_peer(&self, peer: Peer) -> Result<PeerId, SwitchError> {
+        Ok(self.shared.tables.update_topology(|t| t.add_peer(peer))?)
+    }
+
+    /// Removes the peer named `name` and its route.
+    pub fn remove_peer(&self, name: &str) -> Result<Peer, SwitchError> {
+        Ok(self
+            .shared
+            .tables
+            .update_topology(|t| t.remove_peer(name))?)
+    }
+
+    /// Every peer.
+    pub fn peers(&self) -> Vec<Peer> {
+        self.shared
+            .tables
+            .topology()
+            .peers()
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
     /// Every attached port.
     pub fn ports(&self) -> Vec<PortRecord> {
         self.shared.registry().values().cloned().collect()
@@ -518,6 +714,9 @@ fn sleep(dp: &Dataplane, waker: &Waker, timeout: Duration) {
         if let Some(fd) = s.port.poll_fd() {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
+    }
+    if let Some(t) = dp.tunnel.as_ref() {
+        fds.push(PollFd::new(t.tunnel.poll_fd(), PollFlags::POLLIN));
     }
     let ms = PollTimeout::from(timeout.as_millis().min(u128::from(u16::MAX)) as u16);
     // EINTR or any other error: return and let the loop look again.

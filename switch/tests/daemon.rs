@@ -364,3 +364,179 @@ fn bad_config_names_the_field_and_creates_nothing() {
     assert!(!control.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Tears a lab down on drop (also when the test fails midway).
+struct LabGuard(String);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN)
+            .args(["lab", "down", "--name", &self.0])
+            .output();
+    }
+}
+
+fn ping_from(ns: &str, ip: &str) -> bool {
+    run(&[
+        "ip", "netns", "exec", ns, "ping", "-c", "2", "-i", "0.2", "-W", "2", ip,
+    ])
+    .status
+    .success()
+}
+
+#[test]
+fn lab_builds_a_two_node_cluster_and_tears_it_down() {
+    if !root_or_skip("lab_builds_a_two_node_cluster_and_tears_it_down") {
+        return;
+    }
+    let name = unique("lab");
+    let guard = LabGuard(name.clone());
+    let up = Command::new(BIN)
+        .args([
+            "lab",
+            "up",
+            "--name",
+            &name,
+            "--nodes",
+            "2",
+            "--pods-per-node",
+            "2",
+        ])
+        .output()
+        .expect("lab up");
+    let text = stdout(&up);
+    assert!(
+        up.status.success(),
+        "lab up failed: {}\n{}",
+        text,
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let (n1p1, n1p2, n2p1) = (
+        format!("{name}-n1p1"),
+        format!("{name}-n1p2"),
+        format!("{name}-n2p1"),
+    );
+    assert!(
+        text.contains(&n1p1) && text.contains("10.244.2.10"),
+        "lab up says how to reach the pods: {text}"
+    );
+
+    // Across nodes (VXLAN between two podswitch daemons) and within a node.
+    assert!(ping_from(&n1p1, "10.244.2.10"), "node 1 pod -> node 2 pod");
+    assert!(ping_from(&n2p1, "10.244.1.11"), "node 2 pod -> node 1 pod");
+    assert!(ping_from(&n1p1, "10.244.1.11"), "pods of one node");
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &n2p1, "iperf3", "-s", "-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 server");
+    wait_for("iperf3 server", || {
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &n2p1,
+            "sh",
+            "-c",
+            "ss -ltn | grep -q 5201",
+        ])
+        .status
+        .success()
+    });
+    let client = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &n1p1,
+        "iperf3",
+        "-c",
+        "10.244.2.10",
+        "-t",
+        "1",
+    ]);
+    assert!(
+        client.status.success(),
+        "iperf3 across nodes: {}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    let _ = server.wait();
+
+    // Peers at runtime: removing node 2 cuts only the flows to node 2; adding it back restores them.
+    let control1 = format!("/run/podswitch/{name}/node1.sock");
+    let ctl = |args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).args(["--control", &control1]);
+        cmd.output().expect("podswitch client")
+    };
+    let peers = stdout(&ctl(&["peer", "list"]));
+    assert!(
+        peers.contains(&format!("{name}-node2")) && peers.contains("10.244.2.0/24"),
+        "peer list: {peers}"
+    );
+    assert!(ctl(&["peer", "del", "--name", &format!("{name}-node2")])
+        .status
+        .success());
+    assert!(
+        !ping_from(&n1p1, "10.244.2.10"),
+        "node 2 unreachable once its peer entry is gone"
+    );
+    assert!(ping_from(&n1p1, "10.244.1.11"), "local pods undisturbed");
+    let add = ctl(&[
+        "peer",
+        "add",
+        "--name",
+        &format!("{name}-node2"),
+        "--underlay",
+        "192.168.77.2",
+        "--pod-cidr",
+        "10.244.2.0/24",
+    ]);
+    assert!(
+        add.status.success(),
+        "peer add: {}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let overlap = ctl(&[
+        "peer",
+        "add",
+        "--name",
+        "other",
+        "--underlay",
+        "192.168.77.9",
+        "--pod-cidr",
+        "10.244.2.128/25",
+    ]);
+    assert!(
+        !overlap.status.success(),
+        "an overlapping pod CIDR is refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&overlap.stderr).contains("overlaps"),
+        "{}",
+        String::from_utf8_lossy(&overlap.stderr)
+    );
+    assert!(ping_from(&n1p1, "10.244.2.10"), "node 2 reachable again");
+    let _ = n1p2;
+
+    let down = Command::new(BIN)
+        .args(["lab", "down", "--name", &name])
+        .output()
+        .expect("lab down");
+    assert!(
+        down.status.success(),
+        "lab down: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let left: Vec<String> = netns_list()
+        .lines()
+        .filter(|l| l.starts_with(&name))
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "lab down left namespaces: {left:?}");
+    assert!(
+        !Path::new(&format!("/run/podswitch/{name}")).exists(),
+        "lab state left behind"
+    );
+    drop(guard);
+}

@@ -32,6 +32,8 @@ fn start(pods: &[PodPlan]) -> Node {
         name: unique("node"),
         node: NodeConfig::new(cidr, EthernetAddress([0x02, 0xee, 0, 0, 0, 1])),
         mac_table: MacTableConfig::default(),
+        underlay: None,
+        peers: Vec::new(),
     };
     Node::start(settings, pods).expect("node starts")
 }

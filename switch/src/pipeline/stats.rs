@@ -66,6 +66,9 @@ drop_reasons! {
     GatewayUnsupported => "gateway_unsupported",
     /// A frame for a peer node while no tunnel port is attached.
     NoTunnel => "no_tunnel",
+    /// A superframe or partial-checksum frame for a peer that could not be segmented or
+    /// completed (inconsistent virtio-net header).
+    BadOffload => "bad_offload",
     /// A VXLAN datagram that is truncated or lacks the I flag.
     VxlanMalformed => "vxlan_malformed",
     /// A VXLAN datagram from an address that is not a known peer.

@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod mem;
 pub mod tap;
+pub mod tunnel;
 pub mod waker;
 
 use std::os::fd::BorrowedFd;
@@ -14,6 +15,7 @@ use std::os::fd::BorrowedFd;
 pub use batch::{Batch, DEFAULT_BATCH};
 pub use mem::{mem_port, EndpointError, MemEndpoint, MemPort};
 pub use tap::TapPort;
+pub use tunnel::UdpTunnel;
 pub use waker::Waker;
 
 /// Why a port failed.
