@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pipeline::NodeConfig;
 use crate::table::MacTableConfig;
-use crate::wire::EthernetAddress;
+use crate::wire::{format_mac, EthernetAddress};
 
 /// Default pod MTU: a 1500-byte underlay minus VXLAN's 50 bytes.
 pub const DEFAULT_MTU: u16 = DEFAULT_UNDERLAY_MTU - VXLAN_OVERHEAD;
@@ -178,14 +178,6 @@ fn hex_digit(c: u8) -> Option<u8> {
 }
 
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
-fn format_mac(mac: EthernetAddress) -> String {
-    let b = mac.0;
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        b[0], b[1], b[2], b[3], b[4], b[5]
-    )
-}
-
 /// FNV-1a, 32 bits (offset basis 0x811c9dc5, prime 0x01000193): stable across builds and
 /// platforms, so every node derives the same MAC from the same name.
 fn fnv1a32(data: &[u8]) -> u32 {

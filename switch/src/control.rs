@@ -507,7 +507,7 @@ mod tests {
     use std::thread::JoinHandle;
 
     use super::*;
-    use crate::node::Counters;
+    use crate::pipeline::PortCounts as Counters;
 
     /// A unique directory under the system temp dir, removed on drop.
     struct TempDir(PathBuf);

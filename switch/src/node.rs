@@ -24,7 +24,7 @@ use crate::pipeline::{DropReason, NodeConfig, PortCounts};
 use crate::port::{TapPort, UdpTunnel};
 use crate::switch::{Switch, SwitchConfig, SwitchError};
 use crate::table::{MacTableConfig, Peer, PortId, PortInfo, PortKind};
-use crate::wire::{mac_from_key, EthernetAddress};
+use crate::wire::{format_mac, mac_from_key, EthernetAddress};
 
 /// A pod as `podswitch pod list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,37 +44,7 @@ pub struct PodStatus {
     /// True if the switch created the namespace (and removes it with the pod).
     pub created_netns: bool,
     /// Port counters.
-    pub counters: Counters,
-}
-
-/// Port counters, serialisable.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counters {
-    /// Frames received from the pod.
-    pub rx_frames: u64,
-    /// Bytes received from the pod.
-    pub rx_bytes: u64,
-    /// Received frames dropped.
-    pub rx_dropped: u64,
-    /// Frames sent to the pod.
-    pub tx_frames: u64,
-    /// Bytes sent to the pod.
-    pub tx_bytes: u64,
-    /// Frames for the pod dropped at egress.
-    pub tx_dropped: u64,
-}
-
-impl From<PortCounts> for Counters {
-    fn from(c: PortCounts) -> Self {
-        Self {
-            rx_frames: c.rx_frames,
-            rx_bytes: c.rx_bytes,
-            rx_dropped: c.rx_dropped,
-            tx_frames: c.tx_frames,
-            tx_bytes: c.tx_bytes,
-            tx_dropped: c.tx_dropped,
-        }
-    }
+    pub counters: PortCounts,
 }
 
 /// A peer node as `podswitch peer list` shows it.
@@ -103,15 +73,6 @@ pub struct FdbEntry {
     pub is_static: bool,
     /// Seconds since the MAC was last seen as a source.
     pub age_secs: u32,
-}
-
-/// Formats a MAC as `aa:bb:cc:dd:ee:ff` (smoltcp's Display uses dashes).
-pub fn format_mac(mac: EthernetAddress) -> String {
-    let b = mac.0;
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        b[0], b[1], b[2], b[3], b[4], b[5]
-    )
 }
 
 /// What a pod is made of, after validation.
@@ -473,7 +434,7 @@ impl Node {
             mac: format_mac(rec.mac),
             port: port.id,
             created_netns: rec.created_netns,
-            counters: port.metrics.snapshot().into(),
+            counters: port.metrics.snapshot(),
         })
     }
 

@@ -91,3 +91,56 @@ pub fn vxlan_wrap(vni: u32, inner: &[u8]) -> Vec<u8> {
     d.extend_from_slice(inner);
     d
 }
+
+/// True if a test that needs root may run. Without root: skips visibly when
+/// `PODSWITCH_SKIP_ROOT_TESTS=1`, else fails with a message that says why.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("PODSWITCH_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED {test}: needs root (PODSWITCH_SKIP_ROOT_TESTS=1)");
+        return false;
+    }
+    panic!(
+        "{test} needs root: it creates network namespaces and TAP devices. Run the tests as root, \
+         or set PODSWITCH_SKIP_ROOT_TESTS=1 to skip the root tests visibly."
+    );
+}
+
+/// A name unique to this process and call, short enough for namespace and interface names.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Polls `cond` until it holds; panics naming `what` after 30 s. A guard against hangs, not a
+/// timing assertion.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Deterministic test data: `len` bytes of stream `seed`.
+pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .rotate_left(u32::from(seed)) as u8
+                ^ seed
+        })
+        .collect()
+}

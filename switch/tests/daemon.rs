@@ -4,31 +4,10 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+
+use podswitch::testutil::{root_or_skip, unique, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_podswitch");
-
-fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("PODSWITCH_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
-        eprintln!("SKIPPED {test}: needs root (PODSWITCH_SKIP_ROOT_TESTS=1)");
-        return false;
-    }
-    panic!("{test} needs root (namespaces, TAP devices); run as root or set PODSWITCH_SKIP_ROOT_TESTS=1");
-}
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}{}y{}",
-        std::process::id() % 100_000,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 fn run(cmd: &[&str]) -> Output {
     Command::new(cmd[0])
@@ -39,14 +18,6 @@ fn run(cmd: &[&str]) -> Output {
 
 fn netns_list() -> String {
     String::from_utf8_lossy(&run(&["ip", "netns", "list"]).stdout).into_owned()
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A running `podswitch run`; killed (SIGKILL) and cleaned up if a test fails midway.

@@ -2,26 +2,18 @@
 //! the tunnel's admission rules, and path-MTU signalling. No root needed.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use podstack::Pod;
 use podswitch::pipeline::{DropReason, NodeConfig};
 use podswitch::port::UdpTunnel;
 use podswitch::switch::{Switch, SwitchConfig};
 use podswitch::table::{MacTableConfig, Peer, PortInfo, PortKind};
-use podswitch::testutil::{eth, ipv4_tos, udp, vxlan_wrap};
+use podswitch::testutil::{eth, ipv4_tos, pattern, udp, vxlan_wrap, wait_for};
 use podswitch::wire::EthernetAddress;
 
 const VTEP_A: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
 const VTEP_B: [u8; 6] = [0x02, 0xee, 0, 0, 0, 2];
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 struct Cluster {
     a: Switch,
@@ -81,17 +73,6 @@ fn cluster(tweak: impl FnOnce(&mut NodeConfig)) -> Cluster {
         addr_a,
         addr_b,
     }
-}
-
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            (i as u32)
-                .wrapping_mul(2654435761)
-                .rotate_left(u32::from(seed)) as u8
-                ^ seed
-        })
-        .collect()
 }
 
 #[test]

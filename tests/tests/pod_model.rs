@@ -11,7 +11,7 @@ use podswitch::pipeline::{DropReason, NodeConfig};
 use podswitch::port::MemEndpoint;
 use podswitch::switch::{Switch, SwitchConfig};
 use podswitch::table::{MacTableConfig, PortInfo, PortKind};
-use podswitch::testutil::{arp, eth, icmp_echo, ipv4, udp};
+use podswitch::testutil::{arp, eth, icmp_echo, ipv4, pattern, udp, wait_for};
 use podswitch::wire::EthernetAddress;
 
 const ROUTER_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
@@ -31,22 +31,6 @@ fn ip(last: u8) -> Ipv4Addr {
 
 fn gateway() -> Ipv4Addr {
     ip(1)
-}
-
-/// Polls `cond` until it holds; panics with `what` after 20 s.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// Deterministic test data: byte i of stream `seed`.
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(seed as u32) as u8 ^ seed)
-        .collect()
 }
 
 /// A pod that speaks raw frames (for exact byte checks).

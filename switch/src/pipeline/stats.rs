@@ -195,7 +195,7 @@ pub struct PortMetrics {
 }
 
 /// A plain copy of [`PortMetrics`].
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PortCounts {
     /// Frames received.
     pub rx_frames: u64,

@@ -39,6 +39,16 @@ pub fn mac_from_key(key: u64) -> EthernetAddress {
     EthernetAddress([b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
+/// Formats a MAC as `aa:bb:cc:dd:ee:ff` (smoltcp's `Display` uses dashes; `ip` and the
+/// config file use colons).
+pub fn format_mac(mac: EthernetAddress) -> String {
+    let b = mac.0;
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[0], b[1], b[2], b[3], b[4], b[5]
+    )
+}
+
 /// Destination and source MAC keys and the EtherType of a frame, or `None` if the frame is
 /// shorter than an Ethernet header. This is the only parsing the L2 fast path does.
 #[inline]

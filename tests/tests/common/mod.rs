@@ -2,36 +2,9 @@
 
 #![allow(dead_code)]
 
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use podswitch::testutil::{pattern, root_or_skip, unique, wait_for};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
-
-/// True if the test may run. Without root: skips visibly when `PODSWITCH_SKIP_ROOT_TESTS=1`,
-/// else fails with a message that says why.
-pub fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("PODSWITCH_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
-        eprintln!("SKIPPED {test}: needs root (PODSWITCH_SKIP_ROOT_TESTS=1)");
-        return false;
-    }
-    panic!(
-        "{test} needs root: it creates network namespaces and TAP devices. Run the tests as root, \
-         or set PODSWITCH_SKIP_ROOT_TESTS=1 to skip the root tests visibly."
-    );
-}
-
-/// A name unique to this process and call, short enough for interface names.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}{}x{}",
-        std::process::id() % 100_000,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// Runs a command, returning its output (never panics on failure; the caller asserts).
 pub fn run(cmd: &[&str]) -> Output {
@@ -63,27 +36,6 @@ pub fn netns_list() -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect()
-}
-
-/// Polls `cond` until true; panics naming `what` after 20 s.
-pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Deterministic data: byte i of stream `seed`.
-pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            (i as u32)
-                .wrapping_mul(2654435761)
-                .rotate_left(u32::from(seed)) as u8
-                ^ seed
-        })
         .collect()
 }
 
