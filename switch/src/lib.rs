@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod coalesce;
 pub mod config;
 pub mod control;
 pub mod lab;

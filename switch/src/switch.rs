@@ -21,9 +21,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
+use crate::coalesce::Coalescer;
 use crate::offload::{self, Segmenter};
 use crate::pipeline::{Action, DropReason, Metrics, NodeConfig, Pipeline, PortCounts, PortMetrics};
-use crate::port::{mem_port, Batch, MemEndpoint, Port, UdpTunnel, Waker, DEFAULT_BATCH};
+use crate::port::tunnel::{GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
+use crate::port::{mem_port, Batch, Dest, MemEndpoint, Port, UdpTunnel, Waker, DEFAULT_BATCH};
 use crate::table::{
     MacTableConfig, Peer, PeerId, PortId, PortInfo, PortKind, Tables, Topology, TopologyError,
 };
@@ -37,6 +39,8 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 struct Slot {
     port: Box<dyn Port>,
+    /// The port takes superframes as they are (see [`Port::accepts_gso`]).
+    accepts_gso: bool,
     metrics: Arc<PortMetrics>,
     counts: PortCounts,
     tx: Batch,
@@ -52,6 +56,27 @@ pub struct Dataplane {
     closed: Vec<PortId>,
     batch: usize,
     tunnel: Option<TunnelSlot>,
+    /// Cuts superframes for ports that cannot take them.
+    segmenter: Segmenter,
+}
+
+impl Slot {
+    /// Queues a frame for this port: as it is if the port takes superframes (or the frame is
+    /// plain), else segmented and checksummed.
+    #[inline]
+    fn push(&mut self, segmenter: &mut Segmenter, frame: &[u8], vnet: VnetHdr) {
+        if self.accepts_gso || (!vnet.is_gso() && !vnet.needs_csum()) {
+            self.tx.push_with(vnet, &[], frame);
+            return;
+        }
+        let tx = &mut self.tx;
+        if segmenter
+            .segment(frame, &vnet, usize::MAX, |seg: &[u8]| tx.push(seg))
+            .is_err()
+        {
+            self.counts.tx_dropped += 1;
+        }
+    }
 }
 
 /// The VXLAN tunnel and its buffers. Frames for peers are encapsulated into `tx` (the VXLAN
@@ -61,9 +86,11 @@ struct TunnelSlot {
     tunnel: UdpTunnel,
     header: [u8; vxlan::HEADER_LEN],
     tx: Batch,
-    dests: Vec<(SocketAddrV4, u32)>,
+    dests: Vec<Dest>,
     rx: Batch,
     sources: Vec<SocketAddrV4>,
+    segments: Vec<u16>,
+    coalescer: Coalescer,
     metrics: Arc<PortMetrics>,
     counts: PortCounts,
     segmenter: Segmenter,
@@ -82,7 +109,11 @@ impl TunnelSlot {
                 return false;
             }
             self.tx.push_with(VnetHdr::default(), &self.header, frame);
-            self.dests.push((to, hash));
+            self.dests.push(Dest {
+                to,
+                hash,
+                segment: 0,
+            });
             return true;
         }
         let Self {
@@ -95,13 +126,49 @@ impl TunnelSlot {
         } = self;
         // Segments must fit the tunnel with this flow's own IP and L4 headers (options too).
         let max_payload = tunnel_mtu.saturating_sub(ip_and_l4_header_len(frame));
+        // The segments become runs of equal-size datagrams (the last may be shorter), each run
+        // sent with one GSO sendmsg: at most GSO_MAX_SEGMENTS datagrams and GSO_MAX_BYTES.
+        let mut run = Run::default();
         segmenter
             .segment(frame, &vnet, max_payload, |seg: &[u8]| {
-                tx.push_with(VnetHdr::default(), header, seg);
-                dests.push((to, hash));
+                let len = header.len() + seg.len();
+                if run.count > 0
+                    && run.count < GSO_MAX_SEGMENTS
+                    && run.bytes + len <= GSO_MAX_BYTES
+                    && len <= run.size
+                    && !run.short
+                {
+                    tx.extend_last(header, seg);
+                    run.count += 1;
+                    run.bytes += len;
+                    run.short = len < run.size;
+                } else {
+                    tx.push_with(VnetHdr::default(), header, seg);
+                    dests.push(Dest {
+                        to,
+                        hash,
+                        segment: len as u16,
+                    });
+                    run = Run {
+                        count: 1,
+                        bytes: len,
+                        size: len,
+                        short: false,
+                    };
+                }
             })
             .is_ok()
     }
+}
+
+/// The run of GSO datagrams being built by [`TunnelSlot::encap`].
+#[derive(Default)]
+struct Run {
+    count: usize,
+    bytes: usize,
+    size: usize,
+    /// A shorter datagram ends a run.
+    short: bool,
 }
 
 /// IPv4 header + TCP header (with options) or UDP header length of an Ethernet frame; a
@@ -133,6 +200,7 @@ impl Dataplane {
             closed: Vec::new(),
             batch: DEFAULT_BATCH,
             tunnel: None,
+            segmenter: Segmenter::default(),
         }
     }
 
@@ -146,6 +214,8 @@ impl Dataplane {
             dests: Vec::with_capacity(DEFAULT_BATCH),
             rx: Batch::with_capacity(DEFAULT_BATCH, 2048),
             sources: Vec::with_capacity(DEFAULT_BATCH),
+            segments: Vec::with_capacity(DEFAULT_BATCH),
+            coalescer: Coalescer::default(),
             metrics,
             counts: PortCounts::default(),
             segmenter: Segmenter::default(),
@@ -160,6 +230,7 @@ impl Dataplane {
             self.slots.resize_with(idx + 1, || None);
         }
         self.slots[idx] = Some(Slot {
+            accepts_gso: port.accepts_gso(),
             port,
             metrics,
             counts: PortCounts::default(),
@@ -195,6 +266,7 @@ impl Dataplane {
             closed,
             batch,
             tunnel,
+            segmenter,
         } = self;
         pipeline.begin_batch();
         // The flood set comes from the same snapshot the pipeline decides with.
@@ -227,7 +299,7 @@ impl Dataplane {
                 match pipeline.process(ingress, frame, vnet.is_gso()) {
                     Action::Forward(to) => {
                         match slots.get_mut(usize::from(to)).and_then(Option::as_mut) {
-                            Some(out) => out.tx.push_with(vnet, &[], frame),
+                            Some(out) => out.push(segmenter, frame, vnet),
                             None => pipeline.count_egress_drop(DropReason::PortGone, 1),
                         }
                     }
@@ -239,7 +311,7 @@ impl Dataplane {
                             if let Some(out) =
                                 slots.get_mut(usize::from(to)).and_then(Option::as_mut)
                             {
-                                out.tx.push_with(vnet, &[], frame);
+                                out.push(segmenter, frame, vnet);
                             }
                         }
                     }
@@ -321,6 +393,9 @@ impl Dataplane {
 }
 
 /// Receives one batch from the tunnel and queues what the pipeline accepts for local pods.
+/// With UDP GRO an entry holds a run of datagrams; each is judged on its own, and consecutive
+/// TCP segments of one flow are merged into superframes on their way to the pod
+/// ([`Coalescer`]). Counts are in datagrams.
 fn decapsulate(
     t: &mut TunnelSlot,
     pipeline: &mut Pipeline,
@@ -329,28 +404,56 @@ fn decapsulate(
 ) -> usize {
     t.rx.clear();
     t.sources.clear();
-    let n = match t.tunnel.recv(&mut t.rx, &mut t.sources, max) {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!("tunnel receive: {e}");
-            0
-        }
-    };
-    t.counts.rx_frames += n as u64;
+    t.segments.clear();
+    if let Err(e) = t
+        .tunnel
+        .recv(&mut t.rx, &mut t.sources, &mut t.segments, max)
+    {
+        tracing::warn!("tunnel receive: {e}");
+    }
+    let mut datagrams = 0;
     t.counts.rx_bytes += t.rx.bytes() as u64;
-    for i in 0..t.rx.len() {
-        let (Some((datagram, _)), Some(&src)) = (t.rx.get_mut(i), t.sources.get(i)) else {
-            break;
-        };
-        match pipeline.process_tunnel(src, datagram) {
-            Action::Forward(to) => match slots.get_mut(usize::from(to)).and_then(Option::as_mut) {
-                Some(out) => out.tx.push(&datagram[vxlan::HEADER_LEN..]),
-                None => pipeline.count_egress_drop(DropReason::PortGone, 1),
-            },
-            _ => t.counts.rx_dropped += 1,
+    fn deliver(slots: &mut [Option<Slot>], port: PortId, frame: &[u8], vnet: VnetHdr) {
+        if let Some(out) = slots.get_mut(usize::from(port)).and_then(Option::as_mut) {
+            out.tx.push_with(vnet, &[], frame);
         }
     }
-    n
+    for i in 0..t.rx.len() {
+        let (Some((run, _)), Some(&src), Some(&seg)) =
+            (t.rx.get_mut(i), t.sources.get(i), t.segments.get(i))
+        else {
+            break;
+        };
+        let seg = if seg == 0 {
+            run.len().max(1)
+        } else {
+            usize::from(seg)
+        };
+        for datagram in run.chunks_mut(seg) {
+            datagrams += 1;
+            let Action::Forward(to) = pipeline.process_tunnel(src, datagram) else {
+                t.counts.rx_dropped += 1;
+                continue;
+            };
+            let inner = &datagram[vxlan::HEADER_LEN..];
+            match slots
+                .get(usize::from(to))
+                .and_then(Option::as_ref)
+                .map(|s| s.accepts_gso)
+            {
+                // Pods behind TAPs get consecutive segments merged into superframes.
+                Some(true) => t
+                    .coalescer
+                    .push(to, inner, &mut |p, f: &[u8], v| deliver(slots, p, f, v)),
+                Some(false) => deliver(slots, to, inner, VnetHdr::default()),
+                None => pipeline.count_egress_drop(DropReason::PortGone, 1),
+            }
+        }
+    }
+    t.coalescer
+        .flush(&mut |p, f: &[u8], v| deliver(slots, p, f, v));
+    t.counts.rx_frames += datagrams;
+    datagrams as usize
 }
 
 #[inline]

@@ -15,7 +15,7 @@ use std::os::fd::BorrowedFd;
 pub use batch::{Batch, DEFAULT_BATCH};
 pub use mem::{mem_port, EndpointError, MemEndpoint, MemPort};
 pub use tap::TapPort;
-pub use tunnel::UdpTunnel;
+pub use tunnel::{Dest, UdpTunnel};
 pub use waker::Waker;
 
 /// Why a port failed.
@@ -50,6 +50,12 @@ pub trait Port: Send {
     /// different, recycled buffer). Frames the other end cannot take now are dropped and
     /// reported in the outcome.
     fn send(&mut self, batch: &mut Batch) -> Result<SendOutcome, PortError>;
+
+    /// True if the other end takes GSO superframes and partial checksums with their virtio-net
+    /// header (a TAP with `IFF_VNET_HDR`). Other ports get segmented, checksummed frames.
+    fn accepts_gso(&self) -> bool {
+        false
+    }
 
     /// A file descriptor that becomes readable when frames wait, if the port has one.
     fn poll_fd(&self) -> Option<BorrowedFd<'_>> {

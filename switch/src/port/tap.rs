@@ -136,6 +136,10 @@ impl Port for TapPort {
         Ok(out)
     }
 
+    fn accepts_gso(&self) -> bool {
+        true
+    }
+
     fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.dev.as_fd())
     }

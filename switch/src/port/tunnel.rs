@@ -40,12 +40,35 @@ fn grow_buffers(sock: &UdpSocket) {
     }
 }
 
+/// Most datagrams in one UDP GSO send (the kernel's `UDP_MAX_SEGMENTS` is 64 before 5.x
+/// raised it; 64 works everywhere).
+pub const GSO_MAX_SEGMENTS: usize = 64;
+/// Most payload bytes in one UDP GSO send (it must fit one IPv4 packet before segmentation).
+pub const GSO_MAX_BYTES: usize = 65507;
+
 /// The node's VXLAN endpoint.
 #[derive(Debug)]
 pub struct UdpTunnel {
     rx: UdpSocket,
     tx: Vec<UdpSocket>,
     local: SocketAddrV4,
+    /// The kernel segments runs of equal-size datagrams for us (`UDP_SEGMENT`, Linux 4.18+).
+    gso: bool,
+    /// The kernel hands us runs of datagrams coalesced (`UDP_GRO`, Linux 5.0+).
+    gro: bool,
+    cmsg: Vec<u8>,
+}
+
+/// Where a tunnel datagram (or a run of them) goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dest {
+    /// Peer tunnel endpoint.
+    pub to: SocketAddrV4,
+    /// Inner flow hash: picks the source port.
+    pub hash: u32,
+    /// 0: one datagram. Else the entry is a run of datagrams of this size (the last may be
+    /// shorter), sent with one GSO `sendmsg` where the kernel can.
+    pub segment: u16,
 }
 
 impl UdpTunnel {
@@ -66,7 +89,31 @@ impl UdpTunnel {
                 Ok(s)
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(Self { rx, tx, local })
+        let gso = probe_gso(&tx[0]);
+        if !gso {
+            tracing::info!(
+                "kernel lacks UDP GSO (UDP_SEGMENT): tunnel sends one datagram per syscall"
+            );
+        }
+        let gro =
+            nix::sys::socket::setsockopt(&rx, nix::sys::socket::sockopt::UdpGroSegment, &true)
+                .is_ok();
+        if !gro {
+            tracing::info!("kernel lacks UDP GRO: tunnel receives one datagram per syscall");
+        }
+        Ok(Self {
+            rx,
+            tx,
+            local,
+            gso,
+            gro,
+            cmsg: nix::cmsg_space!(libc::c_int),
+        })
+    }
+
+    /// True if runs of datagrams go out with one GSO `sendmsg`.
+    pub fn gso(&self) -> bool {
+        self.gso
     }
 
     /// The receiving address (`underlay:vxlan_port`).
@@ -83,27 +130,46 @@ impl UdpTunnel {
             .collect()
     }
 
-    /// Receives up to `max` datagrams into `batch`, their sources into `sources` (parallel).
+    /// Receives up to `max` entries into `batch`, with their sources and their GRO segment
+    /// sizes (parallel). An entry is one datagram (`segment` 0) or, with UDP GRO, a run of
+    /// datagrams of `segment` bytes each (the last may be shorter), all from one source.
     pub fn recv(
         &mut self,
         batch: &mut Batch,
         sources: &mut Vec<SocketAddrV4>,
+        segments: &mut Vec<u16>,
         max: usize,
     ) -> Result<usize, PortError> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn};
+        use std::os::fd::AsRawFd;
+        let fd = self.rx.as_raw_fd();
+        let gro = self.gro;
+        let cmsg = &mut self.cmsg;
         let mut got = 0;
         while got < max {
-            let mut from = None;
-            let r = batch.push_from(DATAGRAM_MAX, |buf| match self.rx.recv_from(buf) {
-                Ok((n, SocketAddr::V4(a))) => {
-                    from = Some(a);
-                    Ok(Some((n, Default::default())))
+            let mut meta = None;
+            let r: std::io::Result<bool> = batch.push_from(DATAGRAM_MAX, |buf| {
+                let mut iov = [std::io::IoSliceMut::new(buf)];
+                let space = if gro { Some(cmsg.as_mut_slice()) } else { None };
+                let msg = recvmsg::<SockaddrIn>(fd, &mut iov, space, MsgFlags::empty())
+                    .map_err(std::io::Error::from)?;
+                let mut segment = 0u16;
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::UdpGroSegments(size) = c {
+                            segment = u16::try_from(size).unwrap_or(0);
+                        }
+                    }
                 }
-                Ok((_, SocketAddr::V6(_))) => Ok(None),
-                Err(e) => Err(e),
+                let from = msg.address.map(|a| SocketAddrV4::new(a.ip(), a.port()));
+                meta = Some((from, segment));
+                Ok(Some((msg.bytes, Default::default())))
             });
             match r {
                 Ok(true) => {
+                    let (from, segment) = meta.unwrap_or((None, 0));
                     sources.push(from.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)));
+                    segments.push(segment);
                     got += 1;
                 }
                 Ok(false) => {}
@@ -115,20 +181,51 @@ impl UdpTunnel {
         Ok(got)
     }
 
-    /// Sends each datagram of `batch` (VXLAN header + inner frame) to its destination in `dests`
-    /// (parallel: address and flow hash), then empties both.
-    pub fn send(&mut self, batch: &mut Batch, dests: &mut Vec<(SocketAddrV4, u32)>) -> SendOutcome {
+    /// Sends each entry of `batch` (VXLAN header + inner frame, or a run of such datagrams of
+    /// `Dest::segment` bytes each) to its destination in `dests` (parallel), then empties both.
+    /// Counts are in datagrams.
+    pub fn send(&mut self, batch: &mut Batch, dests: &mut Vec<Dest>) -> SendOutcome {
         let mut out = SendOutcome::default();
-        for ((datagram, _), (to, hash)) in batch.iter().zip(dests.iter()) {
-            let sock = &self.tx[*hash as usize % self.tx.len()];
-            match sock.send_to(datagram, to) {
-                Ok(_) => {
-                    out.sent += 1;
-                    out.bytes += datagram.len();
+        for ((buf, _), d) in batch.iter().zip(dests.iter()) {
+            let sock = &self.tx[d.hash as usize % self.tx.len()];
+            let seg = usize::from(d.segment);
+            let n = if seg == 0 { 1 } else { buf.len().div_ceil(seg) };
+            if n > 1 && self.gso {
+                match send_gso(sock, buf, d.segment, d.to) {
+                    Ok(()) => {
+                        out.sent += n;
+                        out.bytes += buf.len();
+                        continue;
+                    }
+                    // EIO: the device can't segment (e.g. no checksum offload); fall back.
+                    Err(e) if e == nix::Error::EIO || e == nix::Error::EINVAL => {
+                        tracing::warn!(
+                            "UDP GSO send failed ({e}); sending datagrams one by one from now on"
+                        );
+                        self.gso = false;
+                    }
+                    // ENOBUFS/EAGAIN: the whole run is lost, like on a wire.
+                    Err(_) => {
+                        out.dropped += n;
+                        continue;
+                    }
                 }
-                // ENOBUFS/EAGAIN under load, EHOSTUNREACH while the underlay is down: this
-                // datagram is lost, like on a wire; the tunnel stays.
-                Err(_) => out.dropped += 1,
+            }
+            let chunks: Box<dyn Iterator<Item = &[u8]>> = if seg == 0 {
+                Box::new(std::iter::once(buf))
+            } else {
+                Box::new(buf.chunks(seg))
+            };
+            for datagram in chunks {
+                match sock.send_to(datagram, d.to) {
+                    Ok(_) => {
+                        out.sent += 1;
+                        out.bytes += datagram.len();
+                    }
+                    // ENOBUFS/EAGAIN under load, EHOSTUNREACH while the underlay is down: this
+                    // datagram is lost, like on a wire; the tunnel stays.
+                    Err(_) => out.dropped += 1,
+                }
             }
         }
         batch.clear();
@@ -140,6 +237,37 @@ impl UdpTunnel {
     pub fn poll_fd(&self) -> BorrowedFd<'_> {
         self.rx.as_fd()
     }
+}
+
+/// True if the kernel accepts `UDP_SEGMENT` on this socket.
+fn probe_gso(sock: &UdpSocket) -> bool {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let ok = setsockopt(sock, sockopt::UdpGsoSegment, &1400).is_ok();
+    // The per-send control message sets the size; the socket default stays "off".
+    let _ = setsockopt(sock, sockopt::UdpGsoSegment, &0);
+    ok
+}
+
+/// One `sendmsg` carrying `buf` as datagrams of `segment` bytes (`UDP_SEGMENT` cmsg).
+fn send_gso(
+    sock: &UdpSocket,
+    buf: &[u8],
+    segment: u16,
+    to: SocketAddrV4,
+) -> Result<(), nix::Error> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let iov = [std::io::IoSlice::new(buf)];
+    let cmsg = [ControlMessage::UdpGsoSegments(&segment)];
+    let addr = SockaddrIn::from(to);
+    sendmsg(
+        sock.as_raw_fd(),
+        &iov,
+        &cmsg,
+        MsgFlags::empty(),
+        Some(&addr),
+    )
+    .map(|_| ())
 }
 
 /// Bytes a VXLAN datagram adds in front of the inner frame (the UDP payload part).
@@ -158,16 +286,21 @@ mod tests {
         let mut dests = Vec::new();
         for i in 0..4u32 {
             tx.push(&[i as u8; 50]);
-            dests.push((b.local_addr(), i));
+            dests.push(Dest {
+                to: b.local_addr(),
+                hash: i,
+                segment: 0,
+            });
         }
         let out = a.send(&mut tx, &mut dests);
         assert_eq!((out.sent, out.dropped), (4, 0));
         assert!(tx.is_empty() && dests.is_empty());
         let mut rx = Batch::default();
-        let mut sources = Vec::new();
+        let (mut sources, mut segments) = (Vec::new(), Vec::new());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while rx.len() < 4 && std::time::Instant::now() < deadline {
-            b.recv(&mut rx, &mut sources, 64).expect("recv");
+            b.recv(&mut rx, &mut sources, &mut segments, 64)
+                .expect("recv");
         }
         assert_eq!(rx.len(), 4);
         let ports = a.source_ports();
@@ -180,6 +313,46 @@ mod tests {
             sources[0].port(),
             sources[1].port(),
             "different flows, different source ports"
+        );
+    }
+
+    #[test]
+    fn a_run_of_datagrams_arrives_as_separate_datagrams() {
+        let mut a = UdpTunnel::bind(Ipv4Addr::new(127, 0, 0, 1), 0).expect("bind a");
+        let mut b = UdpTunnel::bind(Ipv4Addr::new(127, 0, 0, 1), 0).expect("bind b");
+        let mut tx = Batch::default();
+        tx.push(&[1u8; 1000]);
+        tx.extend_last(&[], &[2u8; 1000]);
+        tx.extend_last(&[], &[3u8; 400]);
+        let mut dests = vec![Dest {
+            to: b.local_addr(),
+            hash: 7,
+            segment: 1000,
+        }];
+        let out = a.send(&mut tx, &mut dests);
+        assert_eq!((out.sent, out.bytes, out.dropped), (3, 2400, 0));
+        let (mut rx, mut sources, mut segments) = (Batch::default(), Vec::new(), Vec::new());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut got = Vec::new();
+        while got.len() < 3 && std::time::Instant::now() < deadline {
+            rx.clear();
+            segments.clear();
+            b.recv(&mut rx, &mut sources, &mut segments, 64)
+                .expect("recv");
+            for ((f, _), seg) in rx.iter().zip(&segments) {
+                let seg = if *seg == 0 {
+                    f.len()
+                } else {
+                    usize::from(*seg)
+                };
+                got.extend(f.chunks(seg).map(|d| (d.len(), d[0])));
+            }
+        }
+        let (gso, gro) = (a.gso(), b.gro);
+        assert_eq!(
+            got,
+            vec![(1000, 1), (1000, 2), (400, 3)],
+            "GSO {gso} / GRO {gro}: 3 datagrams"
         );
     }
 }
