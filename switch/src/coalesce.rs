@@ -296,7 +296,10 @@ mod tests {
             "a corrupt segment passes unchanged for the kernel to drop"
         );
         let not_tcp = eth([2; 6], [4; 6], 0x0806, &[0u8; 28]);
-        assert_eq!(run(std::slice::from_ref(&not_tcp)), vec![(not_tcp, VnetHdr::default())]);
+        assert_eq!(
+            run(std::slice::from_ref(&not_tcp)),
+            vec![(not_tcp, VnetHdr::default())]
+        );
     }
 
     #[test]
