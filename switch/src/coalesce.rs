@@ -15,8 +15,8 @@
 //! Frames that do not qualify pass through unchanged, in order.
 
 use crate::table::PortId;
-use crate::wire::checksum_sum;
 use crate::wire::virtio::{GsoType, VnetHdr, FLAG_NEEDS_CSUM};
+use crate::wire::{checksum_accumulate, checksum_fold, checksum_sum, ipv4_pseudo_accumulate};
 
 const ETH: usize = 14;
 const IP: usize = 20;
@@ -74,23 +74,13 @@ fn mergeable(frame: &[u8]) -> Option<(usize, usize, u32, u8)> {
     Some((tcp_hdr, tcp.len() - tcp_hdr, seq, flags))
 }
 
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
-
+/// The TCP pseudo-header sum for the IPv4 header `ip`, folded.
 fn pseudo(ip: &[u8], tcp_len: usize) -> u16 {
-    let mut p = [0u8; 12];
-    p[..8].copy_from_slice(&ip[12..20]);
-    p[9] = 6;
-    p[10..12].copy_from_slice(&(tcp_len as u16).to_be_bytes());
-    checksum_sum(&p)
+    checksum_fold(ipv4_pseudo_accumulate(ip, 6, tcp_len))
 }
 
 fn tcp_checksum_ok(ip: &[u8], tcp: &[u8]) -> bool {
-    fold(u32::from(pseudo(ip, tcp.len())) + u32::from(checksum_sum(tcp))) == 0xffff
+    checksum_fold(ipv4_pseudo_accumulate(ip, 6, tcp.len()) + checksum_accumulate(tcp)) == 0xffff
 }
 
 impl Coalescer {
@@ -224,7 +214,7 @@ mod tests {
             &ipv4_tos(src, dst, 6, 63, 0, true, &t),
         );
         let ip = f[ETH..].to_vec();
-        let c = !fold(u32::from(pseudo(&ip, t.len())) + u32::from(checksum_sum(&t)));
+        let c = !checksum_fold(u64::from(pseudo(&ip, t.len())) + u64::from(checksum_sum(&t)));
         f[ETH + IP + 16..ETH + IP + 18].copy_from_slice(&c.to_be_bytes());
         f
     }

@@ -25,7 +25,7 @@
 //!   largest segment seen and is reused; each payload byte is copied exactly once.
 
 use crate::wire::virtio::{GsoType, VnetHdr};
-use crate::wire::{ETHERNET_HEADER_LEN, IPV4_HEADER_LEN};
+use crate::wire::{checksum_accumulate, checksum_fold, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN};
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const PROTO_TCP: u8 = 6;
@@ -120,32 +120,6 @@ fn parse_ipv4(frame: &[u8]) -> Result<Ipv4Layout, OffloadError> {
     })
 }
 
-/// One's complement sum of `data` as big-endian 16-bit words (odd tail padded with zero), not
-/// folded. Summing 32-bit words is equivalent because `2^16 ≡ 1 (mod 0xffff)`; the result does
-/// not overflow for any input shorter than 16 GiB (callers pass at most one IPv4 packet).
-#[inline]
-fn sum_bytes(data: &[u8]) -> u64 {
-    let (words, rest) = data.as_chunks::<4>();
-    let mut acc: u64 = 0;
-    for w in words {
-        acc += u64::from(u32::from_be_bytes(*w));
-    }
-    let mut tail = [0u8; 4];
-    if let Some(dst) = tail.get_mut(..rest.len()) {
-        dst.copy_from_slice(rest);
-    }
-    acc + u64::from(u32::from_be_bytes(tail))
-}
-
-/// Folds a one's complement sum to 16 bits (end-around carry), not complemented.
-#[inline]
-fn fold(mut sum: u64) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
 #[inline]
 fn put16(buf: &mut [u8], at: usize, v: u16) {
     if let Some(dst) = buf.get_mut(at..at + 2) {
@@ -172,7 +146,7 @@ pub fn complete_checksum(frame: &mut [u8], vnet: &VnetHdr) -> Result<(), Offload
         return Err(OffloadError::BadOffsets);
     }
     let region = frame.get(start..lay.end).ok_or(OffloadError::BadOffsets)?;
-    let mut csum = !fold(sum_bytes(region));
+    let mut csum = !checksum_fold(checksum_accumulate(region));
     if csum == 0 && lay.proto == PROTO_UDP && field == lay.l4 + UDP_CSUM_OFFSET {
         csum = 0xffff;
     }
@@ -310,7 +284,7 @@ impl Segmenter {
         let id0 = u16::from_be_bytes([scratch[ip + 4], scratch[ip + 5]]);
         // Source and destination addresses plus the protocol; the L4 length is added per
         // segment.
-        let pseudo_base = sum_bytes(&scratch[ip + 12..ip + 20]) + u64::from(proto);
+        let pseudo_base = checksum_accumulate(&scratch[ip + 12..ip + 20]) + u64::from(proto);
         let (seq0, flags0) = match kind {
             L4::Tcp => (
                 u32::from_be_bytes([
@@ -342,7 +316,7 @@ impl Segmenter {
             // Truncation intended: the id wraps.
             put16(scratch, ip + 4, id0.wrapping_add(i as u16));
             put16(scratch, ip + 10, 0);
-            let ip_csum = !fold(sum_bytes(&scratch[ip..l4]));
+            let ip_csum = !checksum_fold(checksum_accumulate(&scratch[ip..l4]));
             put16(scratch, ip + 10, ip_csum);
 
             match kind {
@@ -362,8 +336,8 @@ impl Segmenter {
                 L4::Udp => put16(scratch, l4 + 4, l4_len16),
             }
             put16(scratch, l4 + csum_offset, 0);
-            let sum = pseudo_base + u64::from(l4_len16) + sum_bytes(&scratch[l4..]);
-            let mut csum = !fold(sum);
+            let sum = pseudo_base + u64::from(l4_len16) + checksum_accumulate(&scratch[l4..]);
+            let mut csum = !checksum_fold(sum);
             if csum == 0 && kind == L4::Udp {
                 csum = 0xffff;
             }
@@ -677,9 +651,9 @@ mod tests {
     fn udp_checksum_zero_is_sent_as_ffff() {
         // Choose two payload bytes so that the completed checksum comes out as 0.
         let mut f = udp_frame(&[0, 0, 9, 9], true);
-        let s = fold(sum_bytes(&f[34..]));
+        let s = checksum_fold(checksum_accumulate(&f[34..]));
         f[42..44].copy_from_slice(&(!s).to_be_bytes());
-        assert_eq!(fold(sum_bytes(&f[34..])), 0xffff);
+        assert_eq!(checksum_fold(checksum_accumulate(&f[34..])), 0xffff);
         let vnet = uso_vnet(0);
         let vnet = VnetHdr {
             gso_type: GsoType::None,
@@ -695,7 +669,11 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         for len in 0..300 {
             let d: Vec<u8> = (0..len).map(|_| rng.random::<u8>()).collect();
-            assert_eq!(fold(sum_bytes(&d)), checksum_sum(&d), "len {len}");
+            assert_eq!(
+                checksum_fold(checksum_accumulate(&d)),
+                checksum_sum(&d),
+                "len {len}"
+            );
         }
     }
 
