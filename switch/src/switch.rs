@@ -41,6 +41,12 @@ struct Slot {
     port: Box<dyn Port>,
     /// The port takes superframes as they are (see [`Port::accepts_gso`]).
     accepts_gso: bool,
+    /// Frames are written as they are decided (see [`Port::sends_immediately`]).
+    direct: bool,
+    /// A direct write found the port broken; it is removed at the end of the round.
+    failed: bool,
+    /// Direct writes dropped this round (published to the switch-wide `tx_dropped`).
+    direct_dropped: u64,
     metrics: Arc<PortMetrics>,
     counts: PortCounts,
     tx: Batch,
@@ -61,19 +67,43 @@ pub struct Dataplane {
 }
 
 impl Slot {
+    /// Hands one frame to the port: written now for direct ports (no copy), else queued in the
+    /// transmit batch.
+    #[inline]
+    fn emit(&mut self, frame: &[u8], vnet: VnetHdr) {
+        if !self.direct {
+            self.tx.push_with(vnet, &[], frame);
+            return;
+        }
+        match self.port.send_now(frame, vnet) {
+            Ok(true) => {
+                self.counts.tx_frames += 1;
+                self.counts.tx_bytes += frame.len() as u64;
+            }
+            Ok(false) => {
+                self.counts.tx_dropped += 1;
+                self.direct_dropped += 1;
+            }
+            Err(_) => {
+                self.counts.tx_dropped += 1;
+                self.direct_dropped += 1;
+                self.failed = true;
+            }
+        }
+    }
+
     /// Queues a frame for this port: as it is if the port takes superframes (or the frame is
     /// plain), else segmented and checksummed.
     #[inline]
     fn push(&mut self, segmenter: &mut Segmenter, frame: &[u8], vnet: VnetHdr) {
         if self.accepts_gso || (!vnet.is_gso() && !vnet.needs_csum()) {
-            self.tx.push_with(vnet, &[], frame);
+            self.emit(frame, vnet);
             return;
         }
-        let tx = &mut self.tx;
-        if segmenter
-            .segment(frame, &vnet, usize::MAX, |seg: &[u8]| tx.push(seg))
-            .is_err()
-        {
+        let r = segmenter.segment(frame, &vnet, usize::MAX, |seg: &[u8]| {
+            self.emit(seg, VnetHdr::default());
+        });
+        if r.is_err() {
             self.counts.tx_dropped += 1;
         }
     }
@@ -231,6 +261,9 @@ impl Dataplane {
         }
         self.slots[idx] = Some(Slot {
             accepts_gso: port.accepts_gso(),
+            direct: port.sends_immediately(),
+            failed: false,
+            direct_dropped: 0,
             port,
             metrics,
             counts: PortCounts::default(),
@@ -355,6 +388,14 @@ impl Dataplane {
         }
         for (id, slot) in slots.iter_mut().enumerate() {
             let Some(slot) = slot.as_mut() else { continue };
+            if slot.failed && !closed.contains(&(id as PortId)) {
+                tracing::warn!("port {id}: closed by its other end; removing it");
+                closed.push(id as PortId);
+            }
+            if slot.direct_dropped > 0 {
+                metrics.count_tx_dropped(slot.direct_dropped);
+                slot.direct_dropped = 0;
+            }
             if !slot.tx.is_empty() {
                 match slot.port.send(&mut slot.tx) {
                     Ok(out) => {
@@ -415,7 +456,7 @@ fn decapsulate(
     t.counts.rx_bytes += t.rx.bytes() as u64;
     fn deliver(slots: &mut [Option<Slot>], port: PortId, frame: &[u8], vnet: VnetHdr) {
         if let Some(out) = slots.get_mut(usize::from(port)).and_then(Option::as_mut) {
-            out.tx.push_with(vnet, &[], frame);
+            out.emit(frame, vnet);
         }
     }
     for i in 0..t.rx.len() {
@@ -459,7 +500,7 @@ fn decapsulate(
 #[inline]
 fn push_to(slots: &mut [Option<Slot>], to: PortId, frame: &[u8]) {
     if let Some(out) = slots.get_mut(usize::from(to)).and_then(Option::as_mut) {
-        out.tx.push(frame);
+        out.emit(frame, VnetHdr::default());
     }
 }
 

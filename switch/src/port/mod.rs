@@ -51,6 +51,26 @@ pub trait Port: Send {
     /// reported in the outcome.
     fn send(&mut self, batch: &mut Batch) -> Result<SendOutcome, PortError>;
 
+    /// Whether frames should be written one by one as they are decided, straight from the
+    /// receive buffer, instead of being copied into a batch for [`Port::send`]. True for ports
+    /// whose sends are one system call per frame anyway (a TAP), where the batch would only add
+    /// a copy.
+    fn sends_immediately(&self) -> bool {
+        false
+    }
+
+    /// Writes one frame now (for ports that [`Port::sends_immediately`]): `Ok(true)` sent,
+    /// `Ok(false)` dropped (the other end is full or refused it), `Err` the port is broken.
+    fn send_now(
+        &mut self,
+        frame: &[u8],
+        vnet: crate::wire::virtio::VnetHdr,
+    ) -> Result<bool, PortError> {
+        let mut b = Batch::default();
+        b.push_with(vnet, &[], frame);
+        self.send(&mut b).map(|o| o.sent == 1)
+    }
+
     /// True if the other end takes GSO superframes and partial checksums with their virtio-net
     /// header (a TAP with `IFF_VNET_HDR`). Other ports get segmented, checksummed frames.
     fn accepts_gso(&self) -> bool {

@@ -140,6 +140,23 @@ impl Port for TapPort {
         true
     }
 
+    fn sends_immediately(&self) -> bool {
+        true
+    }
+
+    fn send_now(&mut self, frame: &[u8], vnet: VnetHdr) -> Result<bool, PortError> {
+        let hdr = vnet.to_bytes();
+        match self
+            .dev
+            .send_vectored(&[IoSlice::new(&hdr), IoSlice::new(frame)])
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EBADFD) => Err(PortError::Closed),
+            // EAGAIN, EIO (eth0 down in the pod), EINVAL: this frame is lost, the port stays.
+            Err(_) => Ok(false),
+        }
+    }
+
     fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.dev.as_fd())
     }
