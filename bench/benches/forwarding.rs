@@ -16,9 +16,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use podswitch_bench::{
-    pod_ip, pod_mac, routed, udp_frame, MemNode, BATCH, MEASUREMENT, ROUTER_MAC, SAMPLES, WARM_UP,
-};
+use podswitch_bench::{pod_ip, pod_mac, routed, udp_frame, MemNode, BATCH, ROUTER_MAC};
 use std::net::Ipv4Addr;
 
 /// Rounds per timed chunk: 16 batches wait at the ingress, well under the ports' queue bound
@@ -107,10 +105,7 @@ fn forwarding(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(WARM_UP)
-        .measurement_time(MEASUREMENT)
-        .sample_size(SAMPLES);
+    config = podswitch_bench::criterion_config();
     targets = forwarding
 }
 criterion_main!(benches);

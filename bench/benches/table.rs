@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use podswitch::table::{MacTable, MacTableConfig, PortId};
-use podswitch_bench::{mac_keys, splitmix64, BATCH, MEASUREMENT, SAMPLES, WARM_UP};
+use podswitch_bench::{mac_keys, splitmix64, BATCH};
 
 /// Precomputed lookups (a power of two).
 const LOOKUPS: usize = 1 << 16;
@@ -135,10 +135,7 @@ fn table(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(WARM_UP)
-        .measurement_time(MEASUREMENT)
-        .sample_size(SAMPLES);
+    config = podswitch_bench::criterion_config();
     targets = table
 }
 criterion_main!(benches);

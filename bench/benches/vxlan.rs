@@ -33,8 +33,8 @@ use podswitch::pipeline::{Action, Pipeline};
 use podswitch::testutil::vxlan_wrap;
 use podswitch::wire::vxlan;
 use podswitch_bench::{
-    node_config, node_tables, pod_ip, pod_mac, remote_ip, routed, udp_frame, BATCH, MEASUREMENT,
-    PEER_UNDERLAY, PEER_VTEP_MAC, ROUTER_MAC, SAMPLES, WARM_UP,
+    node_config, node_tables, pod_ip, pod_mac, remote_ip, routed, udp_frame, BATCH, PEER_UNDERLAY,
+    PEER_VTEP_MAC, ROUTER_MAC,
 };
 
 const VNI: u32 = 1;
@@ -238,10 +238,7 @@ fn coalesce(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(WARM_UP)
-        .measurement_time(MEASUREMENT)
-        .sample_size(SAMPLES);
+    config = podswitch_bench::criterion_config();
     targets = encap, encap_routed, decap, segment_tso, coalesce
 }
 criterion_main!(benches);

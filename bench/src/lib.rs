@@ -276,3 +276,11 @@ pub const WARM_UP: Duration = Duration::from_secs(1);
 pub const MEASUREMENT: Duration = Duration::from_secs(3);
 /// Samples per benchmark.
 pub const SAMPLES: usize = 20;
+
+/// The criterion settings every benchmark here uses (short runs: the machine is shared).
+pub fn criterion_config() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .warm_up_time(WARM_UP)
+        .measurement_time(MEASUREMENT)
+        .sample_size(SAMPLES)
+}

@@ -207,6 +207,30 @@ impl Segmenter {
         frame: &[u8],
         vnet: &VnetHdr,
         max_segment_payload: usize,
+        emit: F,
+    ) -> Result<usize, OffloadError> {
+        self.segment_within(frame, vnet, max_segment_payload, usize::MAX, emit)
+    }
+
+    /// Like [`Segmenter::segment`], with segments cut so that each IPv4 packet, with this
+    /// flow's own IPv4 and L4 headers (options included), is at most `ip_mtu` bytes: what a
+    /// tunnel with that inner MTU carries without fragmenting.
+    pub fn segment_for_mtu<F: FnMut(&[u8])>(
+        &mut self,
+        frame: &[u8],
+        vnet: &VnetHdr,
+        ip_mtu: usize,
+        emit: F,
+    ) -> Result<usize, OffloadError> {
+        self.segment_within(frame, vnet, usize::MAX, ip_mtu, emit)
+    }
+
+    fn segment_within<F: FnMut(&[u8])>(
+        &mut self,
+        frame: &[u8],
+        vnet: &VnetHdr,
+        max_segment_payload: usize,
+        ip_mtu: usize,
         mut emit: F,
     ) -> Result<usize, OffloadError> {
         match vnet.gso_type {
@@ -221,8 +245,12 @@ impl Segmenter {
                 emit(&self.scratch);
                 Ok(1)
             }
-            GsoType::TcpV4 => self.split(frame, vnet, max_segment_payload, L4::Tcp, &mut emit),
-            GsoType::UdpL4 => self.split(frame, vnet, max_segment_payload, L4::Udp, &mut emit),
+            GsoType::TcpV4 => {
+                self.split(frame, vnet, max_segment_payload, ip_mtu, L4::Tcp, &mut emit)
+            }
+            GsoType::UdpL4 => {
+                self.split(frame, vnet, max_segment_payload, ip_mtu, L4::Udp, &mut emit)
+            }
             other @ (GsoType::Udp | GsoType::TcpV6) => Err(OffloadError::UnsupportedGso(other)),
         }
     }
@@ -232,6 +260,7 @@ impl Segmenter {
         frame: &[u8],
         vnet: &VnetHdr,
         max_segment_payload: usize,
+        ip_mtu: usize,
         kind: L4,
         emit: &mut F,
     ) -> Result<usize, OffloadError> {
@@ -265,7 +294,10 @@ impl Segmenter {
         {
             return Err(OffloadError::BadOffsets);
         }
-        let mss = usize::from(vnet.gso_size).min(max_segment_payload);
+        let fits_mtu = ip_mtu.saturating_sub(hdrs - ETHERNET_HEADER_LEN);
+        let mss = usize::from(vnet.gso_size)
+            .min(max_segment_payload)
+            .min(fits_mtu);
         if mss == 0 {
             return Err(OffloadError::ZeroSegmentSize);
         }
@@ -553,6 +585,22 @@ mod tests {
             .all(|s| s.len() == 66 + 1448 && l4_checksum_ok(s)));
         assert_eq!(segs[0][47] & TCP_PSH, 0);
         assert_eq!(segs[1][47] & TCP_PSH, TCP_PSH);
+    }
+
+    #[test]
+    fn segments_fit_an_ip_mtu_with_the_flows_own_headers() {
+        let payload = pattern(3 * 1448 + 500);
+        let (frame, vnet) = tcp_superframe(&payload, &[], 0x18, 5, 9);
+        let mut segs = Vec::new();
+        Segmenter::new()
+            .segment_for_mtu(&frame, &vnet, 1450, |s: &[u8]| segs.push(s.to_vec()))
+            .expect("segments");
+        // 20-byte IPv4 + 32-byte TCP header (timestamps): 1398 payload bytes fit 1450.
+        assert!(segs
+            .iter()
+            .all(|s| ip_total(s) <= 1450 && l4_checksum_ok(s)));
+        assert_eq!(ip_total(&segs[0]), 1450);
+        assert_eq!(segs.len(), payload.len().div_ceil(1398));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::table::{
     MacTableConfig, Peer, PeerId, PortId, PortInfo, PortKind, Tables, Topology, TopologyError,
 };
 use crate::wire::virtio::VnetHdr;
-use crate::wire::{self, mac_key, vxlan};
+use crate::wire::{mac_key, vxlan};
 
 /// Idle rounds spent spinning before the data plane sleeps.
 const SPIN_ROUNDS: u32 = 64;
@@ -154,13 +154,11 @@ impl TunnelSlot {
             tunnel_mtu,
             ..
         } = self;
-        // Segments must fit the tunnel with this flow's own IP and L4 headers (options too).
-        let max_payload = tunnel_mtu.saturating_sub(ip_and_l4_header_len(frame));
         // The segments become runs of equal-size datagrams (the last may be shorter), each run
         // sent with one GSO sendmsg: at most GSO_MAX_SEGMENTS datagrams and GSO_MAX_BYTES.
         let mut run = Run::default();
         segmenter
-            .segment(frame, &vnet, max_payload, |seg: &[u8]| {
+            .segment_for_mtu(frame, &vnet, *tunnel_mtu, |seg: &[u8]| {
                 let len = header.len() + seg.len();
                 if run.count > 0
                     && run.count < GSO_MAX_SEGMENTS
@@ -199,24 +197,6 @@ struct Run {
     size: usize,
     /// A shorter datagram ends a run.
     short: bool,
-}
-
-/// IPv4 header + TCP header (with options) or UDP header length of an Ethernet frame; a
-/// conservative 60 + 60 when the headers cannot be read (the segmenter then refuses the frame).
-fn ip_and_l4_header_len(frame: &[u8]) -> usize {
-    const ETH: usize = wire::ETHERNET_HEADER_LEN;
-    let Some(&vihl) = frame.get(ETH) else {
-        return 120;
-    };
-    let ihl = usize::from(vihl & 0x0f) * 4;
-    let l4 = match frame.get(ETH + 9) {
-        Some(6) => frame
-            .get(ETH + ihl + 12)
-            .map_or(60, |off| usize::from(off >> 4) * 4),
-        Some(17) => 8,
-        _ => 60,
-    };
-    ihl + l4
 }
 
 impl Dataplane {

@@ -95,6 +95,26 @@ fn config(node: &str, control: &Path, pods: &[(&str, &str, &str)]) -> String {
     s
 }
 
+/// The HTTP status `curl` gets for `url` from inside namespace `ns`.
+fn http_status(ns: &str, url: &str) -> String {
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+        url,
+    ]);
+    stdout(&out)
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -178,39 +198,11 @@ fn daemon_runs_pods_serves_control_and_cleans_up_on_sigterm() {
         ready.contains("Serving HTTP"),
         "http.server did not start: {ready:?}"
     );
-    let from_api = run(&[
-        "ip",
-        "netns",
-        "exec",
-        &api,
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--max-time",
-        "10",
-        "http://10.244.1.10:8000/",
-    ]);
-    assert_eq!(stdout(&from_api), "200", "curl from another pod");
-    let from_own = run(&[
-        "ip",
-        "netns",
-        "exec",
-        &web,
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--max-time",
-        "10",
-        "http://127.0.0.1:8000/",
-    ]);
+    let from_api = http_status(&api, "http://10.244.1.10:8000/");
+    assert_eq!(from_api, "200", "curl from another pod");
+    let from_own = http_status(&web, "http://127.0.0.1:8000/");
     assert_eq!(
-        stdout(&from_own),
+        from_own,
         "200",
         "curl over the pod's own localhost"
     );
