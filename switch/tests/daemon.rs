@@ -201,11 +201,7 @@ fn daemon_runs_pods_serves_control_and_cleans_up_on_sigterm() {
     let from_api = http_status(&api, "http://10.244.1.10:8000/");
     assert_eq!(from_api, "200", "curl from another pod");
     let from_own = http_status(&web, "http://127.0.0.1:8000/");
-    assert_eq!(
-        from_own,
-        "200",
-        "curl over the pod's own localhost"
-    );
+    assert_eq!(from_own, "200", "curl over the pod's own localhost");
     let _ = server.kill();
     let _ = server.wait();
 

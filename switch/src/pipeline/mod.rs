@@ -307,6 +307,7 @@ impl Core {
     }
 
     /// Rule 4: the frame is addressed to the router MAC.
+    #[inline]
     fn route(&mut self, topo: &Topology, frame: &mut [u8], ethertype: u16, gso: bool) -> Action {
         if ethertype == ETHERTYPE_ARP {
             if self.is_arp_request_for_gateway(frame) {
@@ -463,6 +464,7 @@ struct Ipv4View {
 
 impl Ipv4View {
     /// Validates version, header length, total length and header checksum.
+    #[inline]
     fn parse(ip: &[u8]) -> Option<Self> {
         let hdr = ip.get(..wire::IPV4_HEADER_LEN)?;
         if hdr[0] >> 4 != 4 {
