@@ -19,6 +19,9 @@ use crate::wire::virtio::{self, VnetHdr};
 
 /// Largest read: virtio-net header + a 64 KiB superframe + Ethernet header.
 pub const READ_MAX: usize = virtio::HEADER_LEN + 65535 + 14;
+/// A receive batch stops growing past this many bytes, so the superframes it holds are still
+/// in cache when they are written out.
+const RECV_BYTES: usize = 256 << 10;
 /// Send buffer asked for with `TUNSETSNDBUF` (the default, ~212 KB, holds three superframes).
 const SNDBUF: libc::c_int = 8 << 20;
 
@@ -87,7 +90,7 @@ fn closed_or(e: std::io::Error) -> PortError {
 impl Port for TapPort {
     fn recv(&mut self, batch: &mut Batch, max: usize) -> Result<usize, PortError> {
         let mut got = 0;
-        while got < max {
+        while got < max && batch.bytes() < RECV_BYTES {
             let read = batch.push_from_skipping(READ_MAX, virtio::HEADER_LEN, |buf| {
                 match self.dev.recv(buf) {
                     Ok(n) if n < virtio::HEADER_LEN => Ok(Some((n, VnetHdr::default()))),
