@@ -205,7 +205,9 @@ fn segment_tso(c: &mut Criterion) {
         b.iter(|| {
             let mut n = 0usize;
             let segs = seg
-                .segment(black_box(&frame), &vnet, 1448, |s: &[u8]| n += s.len())
+                .segment(black_box(&frame), &vnet, 1448, |h: &[u8], b: &[u8]| {
+                    n += h.len() + b.len()
+                })
                 .expect("segments");
             assert_eq!(segs, 45);
             black_box(n)

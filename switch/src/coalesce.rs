@@ -250,7 +250,9 @@ mod tests {
         // What the pod's kernel would do with it: segment again and get the originals back.
         let mut again = Vec::new();
         Segmenter::default()
-            .segment(sf, v, 1000, |s: &[u8]| again.push(s.to_vec()))
+            .segment(sf, v, 1000, |h: &[u8], b: &[u8]| {
+                again.push([h, b].concat())
+            })
             .expect("resegment");
         assert_eq!(again.len(), frames.len());
         for (a, f) in again.iter().zip(&frames) {

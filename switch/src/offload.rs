@@ -21,8 +21,12 @@
 //!   non-IPv4 frames are reported as errors.
 //! - Emitted segments are complete: IPv4 header checksum and L4 checksum are fully computed
 //!   (the superframe's partial checksum is not used), so they need no virtio-net header.
-//! - Steady state allocates nothing: a [`Segmenter`] keeps one scratch buffer that grows to the
-//!   largest segment seen and is reused; each payload byte is copied exactly once.
+//! - Steady state allocates nothing and copies no payload: a segment is handed out as its
+//!   headers (built in one reused scratch buffer) and the range of the superframe holding its
+//!   payload, which is checksummed where it lies. Callers write the two parts with one gather
+//!   I/O (`writev`, `sendmsg`) or copy them once into a batch.
+
+use std::ops::Range;
 
 use crate::wire::virtio::{GsoType, VnetHdr};
 use crate::wire::{checksum_accumulate, checksum_fold, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN};
@@ -185,10 +189,12 @@ impl Segmenter {
     }
 
     /// Makes the Ethernet frame `frame` (described by `vnet`) wire-ready and hands each
-    /// resulting frame to `emit`. Returns the number of frames emitted.
+    /// resulting frame to `emit` as two parts to be sent back to back: its headers and its
+    /// payload. Returns the number of frames emitted.
     ///
-    /// - `gso_type` None: the frame is emitted once, unchanged (no copy) unless `NEEDS_CSUM`,
-    ///   in which case a copy with the checksum completed is emitted. Callers that own the
+    /// - `gso_type` None: the frame is emitted once, unchanged (no copy: empty headers, the
+    ///   whole frame as payload) unless `NEEDS_CSUM`, in which case a copy with the checksum
+    ///   completed is emitted as the headers part. Callers that own the
     ///   frame mutably can instead call [`complete_checksum`] in place and skip the copy.
     /// - TcpV4: the TCP payload is cut into chunks of `min(gso_size, max_segment_payload)`
     ///   bytes. Each segment repeats the Ethernet, IPv4 (options included) and TCP (options
@@ -202,67 +208,70 @@ impl Segmenter {
     /// `max_segment_payload` limits the payload bytes per segment (to fit the tunnel MTU; the
     /// caller subtracts the IPv4 and L4 header lengths, options included). A superframe with an
     /// empty payload is emitted as one segment. On error nothing has been emitted.
-    pub fn segment<F: FnMut(&[u8])>(
+    pub fn segment<F: FnMut(&[u8], &[u8])>(
         &mut self,
         frame: &[u8],
         vnet: &VnetHdr,
         max_segment_payload: usize,
-        emit: F,
+        mut emit: F,
     ) -> Result<usize, OffloadError> {
-        self.segment_within(frame, vnet, max_segment_payload, usize::MAX, emit)
+        self.segment_within(
+            frame,
+            vnet,
+            max_segment_payload,
+            usize::MAX,
+            &mut |h, body| emit(h, frame.get(body).unwrap_or_default()),
+        )
     }
 
     /// Like [`Segmenter::segment`], with segments cut so that each IPv4 packet, with this
     /// flow's own IPv4 and L4 headers (options included), is at most `ip_mtu` bytes: what a
-    /// tunnel with that inner MTU carries without fragmenting.
-    pub fn segment_for_mtu<F: FnMut(&[u8])>(
+    /// tunnel with that inner MTU carries without fragmenting. The payload part is given as
+    /// its range in `frame`, for callers that refer to it rather than copy it.
+    pub fn segment_for_mtu<F: FnMut(&[u8], Range<usize>)>(
         &mut self,
         frame: &[u8],
         vnet: &VnetHdr,
         ip_mtu: usize,
-        emit: F,
+        mut emit: F,
     ) -> Result<usize, OffloadError> {
-        self.segment_within(frame, vnet, usize::MAX, ip_mtu, emit)
+        self.segment_within(frame, vnet, usize::MAX, ip_mtu, &mut emit)
     }
 
-    fn segment_within<F: FnMut(&[u8])>(
+    fn segment_within(
         &mut self,
         frame: &[u8],
         vnet: &VnetHdr,
         max_segment_payload: usize,
         ip_mtu: usize,
-        mut emit: F,
+        emit: &mut dyn FnMut(&[u8], Range<usize>),
     ) -> Result<usize, OffloadError> {
         match vnet.gso_type {
             GsoType::None => {
                 if !vnet.needs_csum() {
-                    emit(frame);
+                    emit(&[], 0..frame.len());
                     return Ok(1);
                 }
                 self.scratch.clear();
                 self.scratch.extend_from_slice(frame);
                 complete_checksum(&mut self.scratch, vnet)?;
-                emit(&self.scratch);
+                emit(&self.scratch, 0..0);
                 Ok(1)
             }
-            GsoType::TcpV4 => {
-                self.split(frame, vnet, max_segment_payload, ip_mtu, L4::Tcp, &mut emit)
-            }
-            GsoType::UdpL4 => {
-                self.split(frame, vnet, max_segment_payload, ip_mtu, L4::Udp, &mut emit)
-            }
+            GsoType::TcpV4 => self.split(frame, vnet, max_segment_payload, ip_mtu, L4::Tcp, emit),
+            GsoType::UdpL4 => self.split(frame, vnet, max_segment_payload, ip_mtu, L4::Udp, emit),
             other @ (GsoType::Udp | GsoType::TcpV6) => Err(OffloadError::UnsupportedGso(other)),
         }
     }
 
-    fn split<F: FnMut(&[u8])>(
+    fn split(
         &mut self,
         frame: &[u8],
         vnet: &VnetHdr,
         max_segment_payload: usize,
         ip_mtu: usize,
         kind: L4,
-        emit: &mut F,
+        emit: &mut dyn FnMut(&[u8], Range<usize>),
     ) -> Result<usize, OffloadError> {
         let lay = parse_ipv4(frame)?;
         let (proto, csum_offset) = match kind {
@@ -309,7 +318,7 @@ impl Segmenter {
         let l4 = lay.l4;
         let scratch = &mut self.scratch;
         scratch.clear();
-        scratch.reserve(hdrs + mss.min(payload.len()));
+        scratch.reserve(hdrs);
         scratch.extend_from_slice(packet.get(..hdrs).ok_or(OffloadError::Truncated)?);
         put16(scratch, ip + 10, 0);
         put16(scratch, l4 + csum_offset, 0);
@@ -335,8 +344,6 @@ impl Segmenter {
         for i in 0..count {
             let end = (offset + mss).min(payload.len());
             let chunk = payload.get(offset..end).ok_or(OffloadError::Truncated)?;
-            scratch.truncate(hdrs);
-            scratch.extend_from_slice(chunk);
 
             let l4_len = l4_hdr_len + chunk.len();
             // Both fit: a segment is never longer than the superframe, whose total length was
@@ -368,14 +375,19 @@ impl Segmenter {
                 L4::Udp => put16(scratch, l4 + 4, l4_len16),
             }
             put16(scratch, l4 + csum_offset, 0);
-            let sum = pseudo_base + u64::from(l4_len16) + checksum_accumulate(&scratch[l4..]);
+            // The L4 header length is even (TCP: a multiple of 4; UDP: 8), so the payload
+            // can be summed on its own, where it lies.
+            let sum = pseudo_base
+                + u64::from(l4_len16)
+                + checksum_accumulate(&scratch[l4..hdrs])
+                + checksum_accumulate(chunk);
             let mut csum = !checksum_fold(sum);
             if csum == 0 && kind == L4::Udp {
                 csum = 0xffff;
             }
             put16(scratch, l4 + csum_offset, csum);
 
-            emit(scratch);
+            emit(scratch, hdrs + offset..hdrs + end);
             offset = end;
         }
         Ok(count)
@@ -513,7 +525,9 @@ mod tests {
         max: usize,
     ) -> Result<Vec<Vec<u8>>, OffloadError> {
         let mut out = Vec::new();
-        let n = seg.segment(frame, vnet, max, |s: &[u8]| out.push(s.to_vec()))?;
+        let n = seg.segment(frame, vnet, max, |h: &[u8], b: &[u8]| {
+            out.push([h, b].concat())
+        })?;
         assert_eq!(n, out.len());
         Ok(out)
     }
@@ -593,7 +607,9 @@ mod tests {
         let (frame, vnet) = tcp_superframe(&payload, &[], 0x18, 5, 9);
         let mut segs = Vec::new();
         Segmenter::new()
-            .segment_for_mtu(&frame, &vnet, 1450, |s: &[u8]| segs.push(s.to_vec()))
+            .segment_for_mtu(&frame, &vnet, 1450, |h: &[u8], b| {
+                segs.push([h, &frame[b]].concat())
+            })
             .expect("segments");
         // 20-byte IPv4 + 32-byte TCP header (timestamps): 1398 payload bytes fit 1450.
         assert!(segs
@@ -758,7 +774,7 @@ mod tests {
         };
         assert_eq!(err(&frame, v), OffloadError::ZeroSegmentSize);
         assert_eq!(
-            s.segment(&frame, &vnet, 0, |_: &[u8]| ()),
+            s.segment(&frame, &vnet, 0, |_: &[u8], _: &[u8]| ()),
             Err(OffloadError::ZeroSegmentSize)
         );
 
@@ -781,7 +797,9 @@ mod tests {
         // Every truncation is refused and emits nothing.
         for len in 0..frame.len() {
             let mut emitted = 0;
-            let r = s.segment(&frame[..len], &vnet, 1448, |_: &[u8]| emitted += 1);
+            let r = s.segment(&frame[..len], &vnet, 1448, |_: &[u8], _: &[u8]| {
+                emitted += 1
+            });
             assert!(r.is_err(), "len {len}");
             assert_eq!(emitted, 0);
             let mut t = frame[..len].to_vec();
@@ -802,7 +820,7 @@ mod tests {
     fn s_err(s: &mut Segmenter, f: &[u8], v: &VnetHdr) -> OffloadError {
         let mut emitted = 0;
         let e = s
-            .segment(f, v, 9000, |_: &[u8]| emitted += 1)
+            .segment(f, v, 9000, |_: &[u8], _: &[u8]| emitted += 1)
             .expect_err("must be refused");
         assert_eq!(emitted, 0);
         e
@@ -812,10 +830,16 @@ mod tests {
     fn steady_state_reuses_scratch() {
         let (frame, vnet) = tcp_superframe(&pattern(40_000), &[], 0x18, 1, 1);
         let mut s = Segmenter::new();
-        assert_eq!(s.segment(&frame, &vnet, 9000, |_: &[u8]| ()), Ok(28));
+        assert_eq!(
+            s.segment(&frame, &vnet, 9000, |_: &[u8], _: &[u8]| ()),
+            Ok(28)
+        );
         let (cap, ptr) = (s.scratch.capacity(), s.scratch.as_ptr());
         for _ in 0..3 {
-            assert_eq!(s.segment(&frame, &vnet, 9000, |_: &[u8]| ()), Ok(28));
+            assert_eq!(
+                s.segment(&frame, &vnet, 9000, |_: &[u8], _: &[u8]| ()),
+                Ok(28)
+            );
         }
         assert_eq!((s.scratch.capacity(), s.scratch.as_ptr()), (cap, ptr));
     }
@@ -881,7 +905,9 @@ mod tests {
             };
             let max = rng.random_range(0..3000);
             let mut n = 0;
-            let r = s.segment(&f, &vnet, max, |seg: &[u8]| {
+            let r = s.segment(&f, &vnet, max, |h: &[u8], b: &[u8]| {
+                let seg = [h, b].concat();
+                let seg = seg.as_slice();
                 n += 1;
                 if vnet.is_gso() {
                     assert!(ip_checksum_ok(seg) && l4_checksum_ok(seg));

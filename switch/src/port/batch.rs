@@ -175,6 +175,19 @@ impl Batch {
         Some((&mut self.data[off..off + len], d.vnet))
     }
 
+    /// Where frame `i` starts in [`Batch::as_bytes`].
+    #[inline]
+    pub fn offset(&self, i: usize) -> Option<usize> {
+        self.descs.get(i).map(|d| d.off as usize)
+    }
+
+    /// The used part of the buffer: every frame (and skipped headers) back to back. Frames
+    /// can be referred to by range in it while the batch is not modified.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.data[..self.used]
+    }
+
     /// All frames, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], VnetHdr)> {
         self.descs

@@ -15,7 +15,7 @@ use std::os::fd::BorrowedFd;
 pub use batch::{Batch, DEFAULT_BATCH};
 pub use mem::{mem_port, EndpointError, MemEndpoint, MemPort};
 pub use tap::TapPort;
-pub use tunnel::{Dest, UdpTunnel};
+pub use tunnel::{TxQueue, UdpTunnel};
 pub use waker::Waker;
 
 /// Why a port failed.
@@ -59,15 +59,16 @@ pub trait Port: Send {
         false
     }
 
-    /// Writes one frame now (for ports that [`Port::sends_immediately`]): `Ok(true)` sent,
-    /// `Ok(false)` dropped (the other end is full or refused it), `Err` the port is broken.
+    /// Writes one frame, made of `parts` back to back, now (for ports that
+    /// [`Port::sends_immediately`]): `Ok(true)` sent, `Ok(false)` dropped (the other end is
+    /// full or refused it), `Err` the port is broken.
     fn send_now(
         &mut self,
-        frame: &[u8],
+        parts: &[&[u8]],
         vnet: crate::wire::virtio::VnetHdr,
     ) -> Result<bool, PortError> {
         let mut b = Batch::default();
-        b.push_with(vnet, &[], frame);
+        b.push_with(vnet, &[], &parts.concat());
         self.send(&mut b).map(|o| o.sent == 1)
     }
 

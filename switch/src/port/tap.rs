@@ -19,9 +19,8 @@ use crate::wire::virtio::{self, VnetHdr};
 
 /// Largest read: virtio-net header + a 64 KiB superframe + Ethernet header.
 pub const READ_MAX: usize = virtio::HEADER_LEN + 65535 + 14;
-/// A receive batch stops growing past this many bytes, so the superframes it holds are still
-/// in cache when they are written out.
-const RECV_BYTES: usize = 256 << 10;
+/// Most parts one frame may be written from (one `writev`; far below `UIO_MAXIOV`).
+pub const MAX_PARTS: usize = 128;
 /// Send buffer asked for with `TUNSETSNDBUF` (the default, ~212 KB, holds three superframes).
 const SNDBUF: libc::c_int = 8 << 20;
 
@@ -90,7 +89,7 @@ fn closed_or(e: std::io::Error) -> PortError {
 impl Port for TapPort {
     fn recv(&mut self, batch: &mut Batch, max: usize) -> Result<usize, PortError> {
         let mut got = 0;
-        while got < max && batch.bytes() < RECV_BYTES {
+        while got < max {
             let read = batch.push_from_skipping(READ_MAX, virtio::HEADER_LEN, |buf| {
                 match self.dev.recv(buf) {
                     Ok(n) if n < virtio::HEADER_LEN => Ok(Some((n, VnetHdr::default()))),
@@ -147,12 +146,24 @@ impl Port for TapPort {
         true
     }
 
-    fn send_now(&mut self, frame: &[u8], vnet: VnetHdr) -> Result<bool, PortError> {
+    fn send_now(&mut self, parts: &[&[u8]], vnet: VnetHdr) -> Result<bool, PortError> {
         let hdr = vnet.to_bytes();
-        match self
-            .dev
-            .send_vectored(&[IoSlice::new(&hdr), IoSlice::new(frame)])
-        {
+        let sent = match parts {
+            // The common case (a frame forwarded as it was read) without the large array.
+            [frame] => self
+                .dev
+                .send_vectored(&[IoSlice::new(&hdr), IoSlice::new(frame)]),
+            _ if parts.len() > MAX_PARTS => return Ok(false),
+            _ => {
+                let mut iov = [IoSlice::new(&[]); MAX_PARTS + 1];
+                iov[0] = IoSlice::new(&hdr);
+                for (slot, part) in iov[1..].iter_mut().zip(parts) {
+                    *slot = IoSlice::new(part);
+                }
+                self.dev.send_vectored(&iov[..parts.len() + 1])
+            }
+        };
+        match sent {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::EBADFD) => Err(PortError::Closed),
             // EAGAIN, EIO (eth0 down in the pod), EINVAL: this frame is lost, the port stays.

@@ -11,8 +11,16 @@
 //! port is a function of the flow, drawn from `SOURCE_PORTS` values. (A raw socket could use any
 //! port but would lose UDP GSO, which the fast path needs.) The kernel's vxlan device accepts
 //! any source port.
+//!
+//! Datagrams to send are queued in a [`TxQueue`] as two parts each: a head the queue owns (the
+//! VXLAN header, and for a segment of a superframe its rebuilt inner headers) and a body that
+//! is a range of the caller's receive buffer (the inner payload, never copied in userspace).
+//! Runs of equal-size datagrams to one peer from one socket go out with one GSO `sendmsg`
+//! whose iovecs alternate heads and bodies; the kernel copies each byte once.
 
+use std::io::IoSlice;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use super::{Batch, PortError, SendOutcome};
@@ -59,16 +67,126 @@ pub struct UdpTunnel {
     cmsg: Vec<u8>,
 }
 
-/// Where a tunnel datagram (or a run of them) goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dest {
-    /// Peer tunnel endpoint.
-    pub to: SocketAddrV4,
-    /// Inner flow hash: picks the source port.
-    pub hash: u32,
-    /// 0: one datagram. Else the entry is a run of datagrams of this size (the last may be
-    /// shorter), sent with one GSO `sendmsg` where the kernel can.
-    pub segment: u16,
+/// One queued datagram: `head` bytes of the queue's own buffer, then `body` bytes of the
+/// source buffer given to [`UdpTunnel::send_queue`].
+#[derive(Debug, Clone, Copy)]
+struct Datagram {
+    head: (u32, u32),
+    body: (u32, u32),
+}
+
+/// A run of datagrams for one destination and source socket: all `size` bytes long except
+/// possibly the last, which may be shorter (what one UDP GSO send can carry).
+#[derive(Debug, Clone, Copy)]
+struct TxRun {
+    to: SocketAddrV4,
+    hash: u32,
+    size: u32,
+    bytes: u32,
+    /// Index of the run's first datagram; the run ends where the next begins.
+    first: u32,
+    count: u32,
+    /// The last datagram is shorter than `size`: nothing more can join.
+    closed: bool,
+}
+
+/// Datagrams waiting to be sent, grouped into GSO runs as they are queued. Nothing here
+/// allocates in steady state (the vectors keep their capacity across [`TxQueue::clear`]).
+#[derive(Debug, Default)]
+pub struct TxQueue {
+    heads: Vec<u8>,
+    datagrams: Vec<Datagram>,
+    runs: Vec<TxRun>,
+}
+
+impl TxQueue {
+    /// Queues one datagram for `to`: the concatenation of `head` (copied), then the bytes
+    /// `body` of the source buffer that will be passed to [`UdpTunnel::send_queue`]. `hash`
+    /// picks the source socket. The datagram joins the last run when it goes to the same place,
+    /// is no longer than the run's datagrams and the run has room (a shorter one ends the run).
+    pub fn push(&mut self, to: SocketAddrV4, hash: u32, head: &[&[u8]], body: Range<usize>) {
+        let head_off = self.heads.len();
+        for part in head {
+            self.heads.extend_from_slice(part);
+        }
+        let head_len = self.heads.len() - head_off;
+        let len = head_len + body.len();
+        self.datagrams.push(Datagram {
+            head: (head_off as u32, head_len as u32),
+            body: (body.start as u32, body.len() as u32),
+        });
+        let index = self.datagrams.len() as u32 - 1;
+        if let Some(run) = self.runs.last_mut() {
+            if run.to == to
+                && run.hash == hash
+                && !run.closed
+                && len <= run.size as usize
+                && (run.count as usize) < GSO_MAX_SEGMENTS
+                && run.bytes as usize + len <= GSO_MAX_BYTES
+            {
+                run.count += 1;
+                run.bytes += len as u32;
+                run.closed = len < run.size as usize;
+                return;
+            }
+        }
+        self.runs.push(TxRun {
+            to,
+            hash,
+            size: len as u32,
+            bytes: len as u32,
+            first: index,
+            count: 1,
+            closed: false,
+        });
+    }
+
+    /// Number of datagrams queued.
+    pub fn len(&self) -> usize {
+        self.datagrams.len()
+    }
+
+    /// True if nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.datagrams.is_empty()
+    }
+
+    /// Number of runs (GSO sends, where the kernel has GSO).
+    pub fn runs(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Forgets everything queued, keeping the memory.
+    pub fn clear(&mut self) {
+        self.heads.clear();
+        self.datagrams.clear();
+        self.runs.clear();
+    }
+
+    /// The iovecs of datagrams `range`: head, body, head, body... (empty parts skipped).
+    fn gather<'a>(
+        &'a self,
+        source: &'a [u8],
+        range: Range<usize>,
+        iov: &mut Vec<IoSlice<'a>>,
+    ) -> bool {
+        iov.clear();
+        for d in self.datagrams.get(range).unwrap_or_default() {
+            let (ho, hl) = (d.head.0 as usize, d.head.1 as usize);
+            let (bo, bl) = (d.body.0 as usize, d.body.1 as usize);
+            let (Some(head), Some(body)) = (self.heads.get(ho..ho + hl), source.get(bo..bo + bl))
+            else {
+                return false;
+            };
+            if !head.is_empty() {
+                iov.push(IoSlice::new(head));
+            }
+            if !body.is_empty() {
+                iov.push(IoSlice::new(body));
+            }
+        }
+        true
+    }
 }
 
 impl UdpTunnel {
@@ -181,20 +299,28 @@ impl UdpTunnel {
         Ok(got)
     }
 
-    /// Sends each entry of `batch` (VXLAN header + inner frame, or a run of such datagrams of
-    /// `Dest::segment` bytes each) to its destination in `dests` (parallel), then empties both.
-    /// Counts are in datagrams.
-    pub fn send(&mut self, batch: &mut Batch, dests: &mut Vec<Dest>) -> SendOutcome {
+    /// Sends every datagram of `queue` (bodies taken from `source`, the buffer their ranges
+    /// index), then empties it: each run with one GSO `sendmsg` where the kernel can, else one
+    /// `sendmsg` per datagram. Counts are in datagrams; a datagram whose body is outside
+    /// `source` is dropped and counted.
+    pub fn send_queue(&mut self, queue: &mut TxQueue, source: &[u8]) -> SendOutcome {
         let mut out = SendOutcome::default();
-        for ((buf, _), d) in batch.iter().zip(dests.iter()) {
-            let sock = &self.tx[d.hash as usize % self.tx.len()];
-            let seg = usize::from(d.segment);
-            let n = if seg == 0 { 1 } else { buf.len().div_ceil(seg) };
-            if n > 1 && self.gso {
-                match send_gso(sock, buf, d.segment, d.to) {
+        // Iovecs borrow `source` and the queue, so the vector lives for this call only; two
+        // per datagram, at most GSO_MAX_SEGMENTS datagrams per send: no reallocation.
+        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(2 * GSO_MAX_SEGMENTS);
+        for run in &queue.runs {
+            let sock = &self.tx[run.hash as usize % self.tx.len()];
+            let (first, count) = (run.first as usize, run.count as usize);
+            if count > 1 && self.gso {
+                if !queue.gather(source, first..first + count, &mut iov) {
+                    out.dropped += count;
+                    continue;
+                }
+                // `size` fits a u16: a run's datagrams together fit GSO_MAX_BYTES.
+                match send_gso(sock, &iov, run.size as u16, run.to) {
                     Ok(()) => {
-                        out.sent += n;
-                        out.bytes += buf.len();
+                        out.sent += count;
+                        out.bytes += run.bytes as usize;
                         continue;
                     }
                     // EIO: the device can't segment (e.g. no checksum offload); fall back.
@@ -206,21 +332,21 @@ impl UdpTunnel {
                     }
                     // ENOBUFS/EAGAIN: the whole run is lost, like on a wire.
                     Err(_) => {
-                        out.dropped += n;
+                        out.dropped += count;
                         continue;
                     }
                 }
             }
-            let chunks: Box<dyn Iterator<Item = &[u8]>> = if seg == 0 {
-                Box::new(std::iter::once(buf))
-            } else {
-                Box::new(buf.chunks(seg))
-            };
-            for datagram in chunks {
-                match sock.send_to(datagram, d.to) {
-                    Ok(_) => {
+            for i in first..first + count {
+                if !queue.gather(source, i..i + 1, &mut iov) {
+                    out.dropped += 1;
+                    continue;
+                }
+                let len: usize = iov.iter().map(|s| s.len()).sum();
+                match send_plain(sock, &iov, run.to) {
+                    Ok(()) => {
                         out.sent += 1;
-                        out.bytes += datagram.len();
+                        out.bytes += len;
                     }
                     // ENOBUFS/EAGAIN under load, EHOSTUNREACH while the underlay is down: this
                     // datagram is lost, like on a wire; the tunnel stays.
@@ -228,8 +354,7 @@ impl UdpTunnel {
                 }
             }
         }
-        batch.clear();
-        dests.clear();
+        queue.clear();
         out
     }
 
@@ -248,26 +373,27 @@ fn probe_gso(sock: &UdpSocket) -> bool {
     ok
 }
 
-/// One `sendmsg` carrying `buf` as datagrams of `segment` bytes (`UDP_SEGMENT` cmsg).
+/// One `sendmsg` carrying the bytes of `iov` as datagrams of `segment` bytes (`UDP_SEGMENT`
+/// cmsg).
 fn send_gso(
     sock: &UdpSocket,
-    buf: &[u8],
+    iov: &[IoSlice<'_>],
     segment: u16,
     to: SocketAddrV4,
 ) -> Result<(), nix::Error> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrIn};
     use std::os::fd::AsRawFd;
-    let iov = [std::io::IoSlice::new(buf)];
     let cmsg = [ControlMessage::UdpGsoSegments(&segment)];
     let addr = SockaddrIn::from(to);
-    sendmsg(
-        sock.as_raw_fd(),
-        &iov,
-        &cmsg,
-        MsgFlags::empty(),
-        Some(&addr),
-    )
-    .map(|_| ())
+    sendmsg(sock.as_raw_fd(), iov, &cmsg, MsgFlags::empty(), Some(&addr)).map(|_| ())
+}
+
+/// One `sendmsg` carrying the bytes of `iov` as one datagram.
+fn send_plain(sock: &UdpSocket, iov: &[IoSlice<'_>], to: SocketAddrV4) -> Result<(), nix::Error> {
+    use nix::sys::socket::{sendmsg, MsgFlags, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let addr = SockaddrIn::from(to);
+    sendmsg(sock.as_raw_fd(), iov, &[], MsgFlags::empty(), Some(&addr)).map(|_| ())
 }
 
 /// Bytes a VXLAN datagram adds in front of the inner frame (the UDP payload part).
@@ -282,19 +408,15 @@ mod tests {
         let mut a = UdpTunnel::bind(Ipv4Addr::new(127, 0, 0, 1), 0).expect("bind a");
         let mut b = UdpTunnel::bind(Ipv4Addr::new(127, 0, 0, 1), 0).expect("bind b");
         assert_eq!(a.source_ports().len(), SOURCE_PORTS);
-        let mut tx = Batch::default();
-        let mut dests = Vec::new();
-        for i in 0..4u32 {
-            tx.push(&[i as u8; 50]);
-            dests.push(Dest {
-                to: b.local_addr(),
-                hash: i,
-                segment: 0,
-            });
+        let source: Vec<u8> = (0..4u8).flat_map(|i| [i; 50]).collect();
+        let mut q = TxQueue::default();
+        for i in 0..4usize {
+            q.push(b.local_addr(), i as u32, &[], i * 50..(i + 1) * 50);
         }
-        let out = a.send(&mut tx, &mut dests);
+        assert_eq!(q.runs(), 4, "different flows never share a run");
+        let out = a.send_queue(&mut q, &source);
         assert_eq!((out.sent, out.dropped), (4, 0));
-        assert!(tx.is_empty() && dests.is_empty());
+        assert!(q.is_empty());
         let mut rx = Batch::default();
         let (mut sources, mut segments) = (Vec::new(), Vec::new());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -317,24 +439,36 @@ mod tests {
     }
 
     #[test]
+    fn a_body_outside_the_source_is_dropped_and_counted() {
+        let mut a = UdpTunnel::bind(Ipv4Addr::new(127, 0, 0, 1), 0).expect("bind a");
+        let b = UdpTunnel::bind(Ipv4Addr::new(127, 0, 0, 1), 0).expect("bind b");
+        let mut q = TxQueue::default();
+        q.push(b.local_addr(), 1, &[b"head"], 0..100);
+        let out = a.send_queue(&mut q, &[0u8; 10]);
+        assert_eq!((out.sent, out.dropped), (0, 1));
+        assert!(q.is_empty());
+    }
+
+    #[test]
     fn a_run_of_datagrams_arrives_as_separate_datagrams() {
         let mut a = UdpTunnel::bind(Ipv4Addr::new(127, 0, 0, 1), 0).expect("bind a");
         let mut b = UdpTunnel::bind(Ipv4Addr::new(127, 0, 0, 1), 0).expect("bind b");
-        let mut tx = Batch::default();
-        tx.push(&[1u8; 1000]);
-        tx.extend_last(&[], &[2u8; 1000]);
-        tx.extend_last(&[], &[3u8; 400]);
-        let mut dests = vec![Dest {
-            to: b.local_addr(),
-            hash: 7,
-            segment: 1000,
-        }];
-        let out = a.send(&mut tx, &mut dests);
-        assert_eq!((out.sent, out.bytes, out.dropped), (3, 2400, 0));
+        // Heads from the queue, bodies from the source: each datagram is its number (one byte)
+        // then its body.
+        let source: Vec<u8> = [[2u8; 999].as_slice(), &[3u8; 399], &[1u8; 999]].concat();
+        let mut q = TxQueue::default();
+        let to = b.local_addr();
+        q.push(to, 7, &[&[1]], 1398..2397);
+        q.push(to, 7, &[&[2]], 0..999);
+        q.push(to, 7, &[&[3]], 999..1398);
+        q.push(to, 7, &[&[4]], 0..10); // after a short datagram: a new run
+        assert_eq!(q.runs(), 2);
+        let out = a.send_queue(&mut q, &source);
+        assert_eq!((out.sent, out.bytes, out.dropped), (4, 2411, 0));
         let (mut rx, mut sources, mut segments) = (Batch::default(), Vec::new(), Vec::new());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let mut got = Vec::new();
-        while got.len() < 3 && std::time::Instant::now() < deadline {
+        while got.len() < 4 && std::time::Instant::now() < deadline {
             rx.clear();
             segments.clear();
             b.recv(&mut rx, &mut sources, &mut segments, 64)
@@ -345,14 +479,14 @@ mod tests {
                 } else {
                     usize::from(*seg)
                 };
-                got.extend(f.chunks(seg).map(|d| (d.len(), d[0])));
+                got.extend(f.chunks(seg).map(|d| (d.len(), d[0], d[d.len() - 1])));
             }
         }
         let (gso, gro) = (a.gso(), b.gro);
         assert_eq!(
             got,
-            vec![(1000, 1), (1000, 2), (400, 3)],
-            "GSO {gso} / GRO {gro}: 3 datagrams"
+            vec![(1000, 1, 1), (1000, 2, 2), (400, 3, 3), (11, 4, 2)],
+            "GSO {gso} / GRO {gro}: 4 datagrams, heads then bodies"
         );
     }
 }
