@@ -77,6 +77,15 @@ impl Slot {
         }
     }
 
+    /// Hands the frame made of `parts` (back to back) to the port, like [`Slot::emit`].
+    fn emit_parts(&mut self, parts: &[&[u8]], vnet: VnetHdr) {
+        if self.direct {
+            self.emit_parts_now(parts, vnet);
+        } else {
+            self.tx.push_parts(vnet, parts);
+        }
+    }
+
     /// The direct-write half of [`Slot::emit`] (one system call; kept out of the loop body).
     #[inline(never)]
     fn emit_now(&mut self, frame: &[u8], vnet: VnetHdr) {
@@ -430,45 +439,66 @@ fn decapsulate(
     }
     let mut datagrams = 0;
     t.counts.rx_bytes += t.rx.bytes() as u64;
-    fn deliver(slots: &mut [Option<Slot>], port: PortId, frame: &[u8], vnet: VnetHdr) {
+    fn deliver(slots: &mut [Option<Slot>], port: PortId, parts: &[&[u8]], vnet: VnetHdr) {
         if let Some(out) = slots.get_mut(usize::from(port)).and_then(Option::as_mut) {
-            out.emit(frame, vnet);
+            out.emit_parts(parts, vnet);
         }
     }
+    // Datagrams are addressed by range in the receive buffer: the pipeline edits each in
+    // place, then the coalescer refers to the inner frame there until the final flush.
     for i in 0..t.rx.len() {
-        let (Some((run, _)), Some(&src), Some(&seg)) =
-            (t.rx.get_mut(i), t.sources.get(i), t.segments.get(i))
-        else {
+        let (Some(at), Some(len), Some(&src), Some(&seg)) = (
+            t.rx.offset(i),
+            t.rx.get(i).map(|(f, _)| f.len()),
+            t.sources.get(i),
+            t.segments.get(i),
+        ) else {
             break;
         };
         let seg = if seg == 0 {
-            run.len().max(1)
+            len.max(1)
         } else {
             usize::from(seg)
         };
-        for datagram in run.chunks_mut(seg) {
+        let mut start = at;
+        while start < at + len {
+            let end = (start + seg).min(at + len);
+            let datagram = start..end;
+            start = end;
             datagrams += 1;
-            let Action::Forward(to) = pipeline.process_tunnel(src, datagram) else {
+            let action = match t.rx.as_bytes_mut().get_mut(datagram.clone()) {
+                Some(d) => pipeline.process_tunnel(src, d),
+                None => break,
+            };
+            let Action::Forward(to) = action else {
                 t.counts.rx_dropped += 1;
                 continue;
             };
-            let inner = &datagram[vxlan::HEADER_LEN..];
+            // A forwarded datagram holds at least the VXLAN header.
+            let inner = datagram.start + vxlan::HEADER_LEN..datagram.end;
+            let source = t.rx.as_bytes();
             match slots
                 .get(usize::from(to))
                 .and_then(Option::as_ref)
                 .map(|s| s.accepts_gso)
             {
                 // Pods behind TAPs get consecutive segments merged into superframes.
-                Some(true) => t
-                    .coalescer
-                    .push(to, inner, &mut |p, f: &[u8], v| deliver(slots, p, f, v)),
-                Some(false) => deliver(slots, to, inner, VnetHdr::default()),
+                Some(true) => t.coalescer.push(to, source, inner, &mut |p, parts, v| {
+                    deliver(slots, p, parts, v)
+                }),
+                Some(false) => deliver(
+                    slots,
+                    to,
+                    &[source.get(inner).unwrap_or_default()],
+                    VnetHdr::default(),
+                ),
                 None => pipeline.count_egress_drop(DropReason::PortGone, 1),
             }
         }
     }
-    t.coalescer
-        .flush(&mut |p, f: &[u8], v| deliver(slots, p, f, v));
+    t.coalescer.flush(t.rx.as_bytes(), &mut |p, parts, v| {
+        deliver(slots, p, parts, v)
+    });
     t.counts.rx_frames += datagrams;
     datagrams as usize
 }

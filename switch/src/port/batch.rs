@@ -188,6 +188,30 @@ impl Batch {
         &self.data[..self.used]
     }
 
+    /// [`Batch::as_bytes`], mutable (frames edited in place by range).
+    #[inline]
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.data[..self.used]
+    }
+
+    /// Appends the frame made of `parts` back to back, with virtio-net header `vnet`.
+    pub fn push_parts(&mut self, vnet: VnetHdr, parts: &[&[u8]]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let off = self.used;
+        let mut tail = self.tail(len);
+        for part in parts {
+            let (dst, rest) = tail.split_at_mut(part.len());
+            dst.copy_from_slice(part);
+            tail = rest;
+        }
+        self.used += len;
+        self.descs.push(Desc {
+            off: off as u32,
+            len: len as u32,
+            vnet,
+        });
+    }
+
     /// All frames, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], VnetHdr)> {
         self.descs
@@ -228,6 +252,15 @@ mod tests {
         assert_eq!(b.get(0).map(|(f, _)| f.to_vec()), Some(b"new".to_vec()));
         assert_eq!(b.bytes(), 3);
         assert_eq!(b.data.capacity(), cap, "a reused batch does not grow");
+    }
+
+    #[test]
+    fn push_parts_joins_the_parts() {
+        let mut b = Batch::default();
+        b.push(b"x");
+        b.push_parts(VnetHdr::default(), &[b"ab", b"", b"cde"]);
+        assert_eq!(b.get(1).map(|(f, _)| f.to_vec()), Some(b"abcde".to_vec()));
+        assert_eq!((b.offset(1), b.as_bytes()), (Some(1), &b"xabcde"[..]));
     }
 
     #[test]
