@@ -7,12 +7,20 @@
 //! counters published once per round, so the per-frame cost is the pipeline decision plus one
 //! copy.
 //!
+//! Readiness: ports with a file descriptor (TAPs, the tunnel) are registered with one epoll
+//! instance; each round asks it once, without blocking, which of them have frames waiting and
+//! reads only those, so an idle pod costs no system call per round (it cost one `read` that
+//! failed with `EAGAIN`). The idle data plane sleeps in the same epoll. In-memory ports have
+//! no descriptor and are looked at every round (a lock-free queue check). Without epoll (it
+//! could not be created) every port is read every round and sleeping uses `poll(2)`.
+//!
 //! Invariants: a port id is in the topology only while the data plane holds the port (attach
 //! adds the port before publishing it; detach unpublishes first); a port whose other end closed
 //! is removed from the data plane, the topology and the MAC table by the data plane itself.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -20,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
 use crate::coalesce::Coalescer;
 use crate::offload::{self, Segmenter};
@@ -31,8 +40,12 @@ use crate::table::{
 use crate::wire::virtio::VnetHdr;
 use crate::wire::{mac_key, vxlan};
 
-/// Idle rounds spent spinning before the data plane sleeps.
-const SPIN_ROUNDS: u32 = 64;
+/// How long the data plane keeps looking for frames after the last one before it sleeps.
+/// Waking a sleeping thread costs the sender an inter-processor interrupt and us a context
+/// switch (a quarter of the time in the TAP-to-TAP profile); a TCP stream's next superframe
+/// or ACK usually comes within this. Measured on 2 cores (same-node iperf3): 64 rounds of
+/// epoll (~10 us) 10.7-11.6 Gbit/s, 50 us 12.0-14.9, 100 us 13.1-14.3.
+const SPIN_TIME: Duration = Duration::from_micros(50);
 /// Longest sleep; bounds how late ageing runs on an idle switch.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
@@ -46,6 +59,10 @@ struct Slot {
     failed: bool,
     /// Direct writes dropped this round (published to the switch-wide `tx_dropped`).
     direct_dropped: u64,
+    /// Registered with the data plane's epoll: read only when it reports frames waiting.
+    polled: bool,
+    /// Epoll reported frames waiting (or an error) since the port was last read.
+    ready: bool,
     metrics: Arc<PortMetrics>,
     counts: PortCounts,
     tx: Batch,
@@ -63,7 +80,18 @@ pub struct Dataplane {
     tunnel: Option<TunnelSlot>,
     /// Cuts superframes for ports that cannot take them.
     segmenter: Segmenter,
+    /// Readiness of every port with a descriptor (see the module documentation).
+    epoll: Option<Epoll>,
+    events: Vec<EpollEvent>,
+    /// Ports (tunnel included) registered with `epoll`; none: no need to ask it.
+    watched: usize,
 }
+
+/// Epoll tokens: a port's is its id; these are above every port id.
+const TUNNEL_TOKEN: u64 = u64::MAX;
+const WAKER_TOKEN: u64 = u64::MAX - 1;
+/// Readiness events taken per round (more wait for the next round).
+const EVENTS: usize = 256;
 
 impl Slot {
     /// Hands one frame to the port: written now for direct ports (no copy), else queued in the
@@ -146,6 +174,9 @@ impl Slot {
 /// Received datagrams land in `rx`, their sources in `sources`.
 struct TunnelSlot {
     tunnel: UdpTunnel,
+    /// Registered with the data plane's epoll, and reported ready (as for [`Slot`]).
+    polled: bool,
+    ready: bool,
     header: [u8; vxlan::HEADER_LEN],
     tx: TxQueue,
     rx: Batch,
@@ -220,13 +251,74 @@ impl Dataplane {
             batch: DEFAULT_BATCH,
             tunnel: None,
             segmenter: Segmenter::default(),
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+                .inspect_err(|e| {
+                    tracing::warn!("epoll_create: {e}; reading every port every round instead")
+                })
+                .ok(),
+            events: vec![EpollEvent::empty(); EVENTS],
+            watched: 0,
         }
+    }
+
+    /// Registers `fd` under `token`; false if there is no epoll or it refused.
+    fn watch(&mut self, fd: BorrowedFd<'_>, token: u64) -> bool {
+        let Some(ep) = self.epoll.as_ref() else {
+            return false;
+        };
+        let ok = ep
+            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))
+            .inspect_err(|e| tracing::warn!("epoll_ctl: {e}; reading that port every round"))
+            .is_ok();
+        if ok && token != WAKER_TOKEN {
+            self.watched += 1;
+        }
+        ok
+    }
+
+    /// Makes `waker` end the data plane's sleep in epoll (called once by the driving thread).
+    /// False: sleeping must use `poll(2)`.
+    fn watch_waker(&mut self, waker: &Waker) -> bool {
+        self.watch(waker.fd(), WAKER_TOKEN)
+    }
+
+    /// Asks epoll which ports have frames waiting and marks them; waits up to `timeout`.
+    /// Returns whether anything is ready (always true without epoll: every port is read).
+    fn mark_ready(&mut self, timeout: PollTimeout) -> bool {
+        let Some(ep) = self.epoll.as_ref() else {
+            return true;
+        };
+        // EINTR or another error: nothing marked; the next round asks again.
+        let n = ep.wait(&mut self.events, timeout).unwrap_or(0);
+        for ev in &self.events[..n] {
+            match ev.data() {
+                TUNNEL_TOKEN => {
+                    if let Some(t) = self.tunnel.as_mut() {
+                        t.ready = true;
+                    }
+                }
+                WAKER_TOKEN => {}
+                id => {
+                    let slot = usize::try_from(id)
+                        .ok()
+                        .and_then(|i| self.slots.get_mut(i))
+                        .and_then(Option::as_mut);
+                    if let Some(slot) = slot {
+                        slot.ready = true;
+                    }
+                }
+            }
+        }
+        n > 0
     }
 
     /// Attaches the VXLAN tunnel; frames routed to peers leave through it.
     pub fn set_tunnel(&mut self, tunnel: UdpTunnel, metrics: Arc<PortMetrics>) {
+        let polled = self.watch(tunnel.poll_fd(), TUNNEL_TOKEN);
         let cfg = self.pipeline.config();
         self.tunnel = Some(TunnelSlot {
+            polled,
+            ready: false,
             tunnel,
             header: vxlan::header(cfg.vni),
             tx: TxQueue::default(),
@@ -247,11 +339,16 @@ impl Dataplane {
         if self.slots.len() <= idx {
             self.slots.resize_with(idx + 1, || None);
         }
+        let polled = port
+            .poll_fd()
+            .is_some_and(|fd| self.watch(fd, u64::from(id)));
         self.slots[idx] = Some(Slot {
             accepts_gso: port.accepts_gso(),
             direct: port.sends_immediately(),
             failed: false,
             direct_dropped: 0,
+            polled,
+            ready: false,
             port,
             metrics,
             counts: PortCounts::default(),
@@ -261,10 +358,18 @@ impl Dataplane {
 
     /// Releases the port `id`, returning it.
     pub fn remove_port(&mut self, id: PortId) -> Option<Box<dyn Port>> {
-        self.slots
-            .get_mut(usize::from(id))
-            .and_then(Option::take)
-            .map(|s| s.port)
+        let slot = self.slots.get_mut(usize::from(id)).and_then(Option::take)?;
+        self.unwatch(&slot);
+        Some(slot.port)
+    }
+
+    /// Deregisters a port leaving the data plane (its fd may live on in the caller's hands).
+    fn unwatch(&mut self, slot: &Slot) {
+        if let (true, Some(ep), Some(fd)) = (slot.polled, self.epoll.as_ref(), slot.port.poll_fd())
+        {
+            let _ = ep.delete(fd);
+            self.watched -= 1;
+        }
     }
 
     /// Ports whose other end closed since the last call (already released).
@@ -279,6 +384,9 @@ impl Dataplane {
 
     /// One round over every port. Returns the number of frames received.
     pub fn poll_once(&mut self) -> usize {
+        if self.watched > 0 {
+            self.mark_ready(PollTimeout::ZERO);
+        }
         let Self {
             pipeline,
             metrics,
@@ -288,6 +396,8 @@ impl Dataplane {
             batch,
             tunnel,
             segmenter,
+            watched,
+            ..
         } = self;
         pipeline.begin_batch();
         // The flood set comes from the same snapshot the pipeline decides with.
@@ -297,6 +407,9 @@ impl Dataplane {
             let Some(slot) = slots[ingress].as_mut() else {
                 continue;
             };
+            if slot.polled && !std::mem::take(&mut slot.ready) {
+                continue;
+            }
             rx.clear();
             let n = match slot.port.recv(rx, *batch) {
                 Ok(n) => n,
@@ -367,7 +480,9 @@ impl Dataplane {
             }
         }
         if let Some(t) = tunnel.as_mut() {
-            total += decapsulate(t, pipeline, slots, *batch);
+            if !t.polled || std::mem::take(&mut t.ready) {
+                total += decapsulate(t, pipeline, slots, *batch);
+            }
             t.metrics.flush(&mut t.counts);
         }
         for (id, slot) in slots.iter_mut().enumerate() {
@@ -406,6 +521,8 @@ impl Dataplane {
         }
         for &id in closed.iter() {
             if let Some(s) = slots.get_mut(usize::from(id)).and_then(Option::take) {
+                // Closing its fd (dropping the port) takes it out of the epoll set.
+                *watched -= usize::from(s.polled);
                 let mut c = s.counts;
                 s.metrics.flush(&mut c);
             }
@@ -797,7 +914,8 @@ impl Drop for Switch {
 }
 
 fn run(mut dp: Dataplane, shared: &Shared, commands: Receiver<Command>) {
-    let mut idle = 0u32;
+    let sleep_in_epoll = dp.watch_waker(&shared.waker);
+    let mut last_frame = Instant::now();
     let mut next_ageing = Instant::now() + Duration::from_secs(1);
     loop {
         while let Ok(cmd) = commands.try_recv() {
@@ -832,27 +950,29 @@ fn run(mut dp: Dataplane, shared: &Shared, commands: Receiver<Command>) {
             next_ageing = now + Duration::from_secs(1);
         }
         if n > 0 {
-            idle = 0;
+            last_frame = now;
             continue;
         }
-        idle += 1;
-        if idle < SPIN_ROUNDS {
+        if now.duration_since(last_frame) < SPIN_TIME {
             std::hint::spin_loop();
             continue;
         }
         shared.waker.prepare_sleep();
         if dp.poll_once() > 0 || !commands.is_empty() {
             shared.waker.awake();
-            idle = 0;
+            last_frame = Instant::now();
             continue;
         }
-        sleep(
-            &dp,
-            &shared.waker,
-            next_ageing
-                .saturating_duration_since(Instant::now())
-                .min(MAX_SLEEP),
-        );
+        let timeout = next_ageing
+            .saturating_duration_since(Instant::now())
+            .min(MAX_SLEEP);
+        if sleep_in_epoll {
+            // Rounded up: a sub-millisecond timeout must not become a busy loop.
+            let ms = timeout.as_micros().div_ceil(1000).min(u128::from(u16::MAX)) as u16;
+            dp.mark_ready(PollTimeout::from(ms));
+        } else {
+            sleep(&dp, &shared.waker, timeout);
+        }
         shared.waker.awake();
     }
 }
@@ -896,6 +1016,77 @@ mod tests {
                 ip: Ipv4Addr::new(10, 244, 1, last),
             },
         }
+    }
+
+    /// A port whose frames arrive through a pipe (one byte per frame), counting its reads.
+    struct PipePort {
+        rx: std::os::fd::OwnedFd,
+        reads: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Port for PipePort {
+        fn recv(&mut self, batch: &mut Batch, max: usize) -> Result<usize, crate::port::PortError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 64];
+            let n = nix::unistd::read(&self.rx, &mut buf[..max.min(64)]).unwrap_or(0);
+            for _ in 0..n {
+                batch.push(&[0u8; 60]);
+            }
+            Ok(n)
+        }
+
+        fn send(
+            &mut self,
+            batch: &mut Batch,
+        ) -> Result<crate::port::SendOutcome, crate::port::PortError> {
+            batch.clear();
+            Ok(Default::default())
+        }
+
+        fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
+            use std::os::fd::AsFd;
+            Some(self.rx.as_fd())
+        }
+    }
+
+    #[test]
+    fn ports_with_a_descriptor_are_read_only_when_ready() {
+        let cidr = "10.244.1.0/24".parse().expect("cidr");
+        let node = NodeConfig::new(cidr, EthernetAddress([2, 0xee, 0, 0, 0, 1]));
+        let tables = Arc::new(Tables::new(
+            Topology::new(node.cidr, node.gateway),
+            MacTableConfig::default(),
+        ));
+        let mut dp = Dataplane::new(Pipeline::new(node, tables), Arc::default());
+        let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).expect("pipe");
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let port = PipePort {
+            rx,
+            reads: Arc::clone(&reads),
+        };
+        dp.add_port(1, Box::new(port), Arc::default());
+        for _ in 0..100 {
+            assert_eq!(dp.poll_once(), 0);
+        }
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            0,
+            "an idle port is never read"
+        );
+        nix::unistd::write(&tx, &[1, 2, 3]).expect("write");
+        assert_eq!(dp.poll_once(), 3, "a ready port is read in the next round");
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        dp.poll_once();
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "drained: not read again");
+        // Detached, its descriptor leaves the epoll set: ready or not, it is not read.
+        let port = dp.remove_port(1).expect("port");
+        nix::unistd::write(&tx, &[4]).expect("write");
+        assert_eq!(dp.poll_once(), 0);
+        assert_eq!(dp.watched, 0);
+        // Attached again under another id, it is read at once (the byte is waiting).
+        dp.add_port(2, port, Arc::default());
+        assert_eq!(dp.poll_once(), 1);
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
     }
 
     #[test]
