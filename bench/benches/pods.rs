@@ -20,6 +20,7 @@ fn tcp_between_pods(c: &mut Criterion) {
     let sw = Switch::start(SwitchConfig {
         node,
         mac: MacTableConfig::default(),
+        workers: 1,
     })
     .expect("switch");
     let a = Pod::attach(&sw, "a", Ipv4Addr::new(10, 244, 1, 10)).expect("pod a");

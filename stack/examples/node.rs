@@ -21,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sw = Switch::start(SwitchConfig {
         node,
         mac: MacTableConfig::default(),
+        workers: 1,
     })?;
 
     let web = Pod::attach(&sw, "web", Ipv4Addr::new(10, 244, 1, 10))?;

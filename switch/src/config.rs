@@ -10,6 +10,7 @@
 //! # router_mac = "02:ee:..."      # default derived from the node name
 //! # mac_table_size = 16384
 //! # mac_ageing_secs = 300
+//! # workers = 1                   # data-plane threads; each pod TAP gets one queue per worker
 //! # underlay = "192.168.77.1"     # this node's VXLAN underlay address (needed with peers)
 //! # vxlan_port = 8472             # UDP destination port (Linux and flannel default)
 //! # vni = 1
@@ -249,6 +250,10 @@ pub struct NodeSection {
     /// Seconds a learned MAC lives without being seen.
     #[serde(default = "default_mac_ageing_secs")]
     pub mac_ageing_secs: u64,
+    /// Data-plane threads, 1 to [`MAX_WORKERS`]. Each pod's TAP gets one queue per worker
+    /// (`IFF_MULTI_QUEUE`); the kernel spreads a pod's flows over the queues.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
     /// This node's underlay (VXLAN) address. Required when peers are configured.
     #[serde(default, with = "opt_text", skip_serializing_if = "Option::is_none")]
     pub underlay: Option<Ipv4Addr>,
@@ -299,6 +304,13 @@ pub struct PeerSpec {
 
 fn default_underlay_mtu() -> u16 {
     DEFAULT_UNDERLAY_MTU
+}
+/// Most data-plane threads (a TAP has at most 256 queues; more threads than cores only
+/// compete).
+pub const MAX_WORKERS: usize = 64;
+
+fn default_workers() -> usize {
+    1
 }
 fn default_mac_table_size() -> usize {
     MacTableConfig::default().capacity
@@ -510,6 +522,12 @@ impl NodeSection {
             return Err(ConfigError::field(
                 "node.mac_ageing_secs",
                 "must be at least 1",
+            ));
+        }
+        if !(1..=MAX_WORKERS).contains(&self.workers) {
+            return Err(ConfigError::field(
+                "node.workers",
+                format!("{} is not between 1 and {MAX_WORKERS}", self.workers),
             ));
         }
         if self.mac_ageing_secs > u64::from(u32::MAX) {
@@ -1379,6 +1397,16 @@ pod_cidr = "10.244.1.0/24"
             &node_with("mac_ageing_secs = 0"),
             "config error: node.mac_ageing_secs: must be at least 1",
         );
+        assert_err(
+            &node_with("workers = 0"),
+            "config error: node.workers: 0 is not between 1 and 64",
+        );
+        assert_err(
+            &node_with("workers = 65"),
+            "config error: node.workers: 65 is not between 1 and 64",
+        );
+        let cfg = Config::from_toml_str(&node_with("workers = 4")).unwrap();
+        assert_eq!(cfg.node.workers, 4);
         assert_err(
             &node_with("router_mac = \"01:00:5e:00:00:01\""),
             "config error: node.router_mac: 01:00:5e:00:00:01 is a group (multicast or broadcast) MAC; a unicast MAC has the low bit of the first octet clear",

@@ -121,6 +121,9 @@ pub enum Response {
         delivered_locally: u64,
         /// Frames dropped, for any reason.
         dropped: u64,
+        /// Frames handled by each data-plane thread.
+        #[serde(default)]
+        workers: Vec<u64>,
     },
     /// The request failed; the message says why.
     Error {
@@ -600,6 +603,7 @@ mod tests {
                     forwarded: 7,
                     delivered_locally: 2,
                     dropped: 1,
+                    workers: vec![9, 1],
                 },
             }
         }

@@ -62,6 +62,8 @@ pub struct Lab {
     pub nodes: usize,
     /// Pods per node.
     pub pods_per_node: usize,
+    /// Data-plane threads per node (`node.workers`).
+    pub workers: usize,
 }
 
 impl Lab {
@@ -89,7 +91,14 @@ impl Lab {
             name: name.into(),
             nodes,
             pods_per_node,
+            workers: 1,
         })
+    }
+
+    /// Runs each node with `workers` data-plane threads (checked by the node's config).
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
+        self
     }
 
     fn dir(name: &str) -> PathBuf {
@@ -143,6 +152,9 @@ impl Lab {
         let _ = writeln!(s, "pod_cidr = \"10.244.{i}.0/24\"");
         let _ = writeln!(s, "underlay = \"{}\"", Self::underlay_ip(i));
         let _ = writeln!(s, "control = \"{}\"", self.control(i).display());
+        if self.workers != 1 {
+            let _ = writeln!(s, "workers = {}", self.workers);
+        }
         for j in 1..=self.pods_per_node {
             let (pod, ip) = self.pod(i, j);
             let _ = writeln!(

@@ -78,6 +78,9 @@ enum LabOp {
         /// Pods per node.
         #[arg(long, default_value_t = 2)]
         pods_per_node: usize,
+        /// Data-plane threads per node (each pod TAP gets one queue per worker).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
         /// Lab name: prefix of its namespaces.
         #[arg(long, default_value = "lab")]
         name: String,
@@ -234,6 +237,7 @@ fn run(config_path: &Path) -> Result<(), String> {
             .iter()
             .map(|p| peer_of(p, cfg.node.vxlan_port))
             .collect(),
+        workers: cfg.node.workers,
     };
     let plans: Vec<PodPlan> = cfg.pods.iter().map(plan_of).collect();
     let control_path = cfg.node.control_path();
@@ -297,12 +301,13 @@ fn lab(op: LabOp) -> Result<(), String> {
         LabOp::Up {
             nodes,
             pods_per_node,
+            workers,
             name,
         } => {
             let exe = std::env::current_exe()
                 .map_err(|e| format!("finding the podswitch binary: {e}"))?;
             podswitch::lab::Lab::new(&name, nodes, pods_per_node)
-                .and_then(|lab| lab.up(&exe))
+                .and_then(|lab| lab.with_workers(workers).up(&exe))
                 .map_err(|e| e.to_string())?
         }
         LabOp::Down { name } => podswitch::lab::down(&name).map_err(|e| e.to_string())?,
@@ -422,6 +427,7 @@ impl ControlHandler for Handler {
                     forwarded,
                     delivered_locally,
                     dropped,
+                    workers: self.node.worker_frames(),
                 }
             }
         }
@@ -515,8 +521,13 @@ fn print_response(resp: Response) -> Result<(), String> {
             forwarded,
             delivered_locally,
             dropped,
+            workers,
         } => {
             println!("node {node}: {pods} pods; frames rx {rx} forwarded {forwarded} local {delivered_locally} dropped {dropped}");
+            if workers.len() > 1 {
+                let per: Vec<String> = workers.iter().map(u64::to_string).collect();
+                println!("frames per worker: {}", per.join(" "));
+            }
         }
         Response::Error { message } => return Err(message),
     }

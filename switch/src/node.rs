@@ -193,6 +193,8 @@ pub struct NodeSettings {
     pub underlay: Option<SocketAddrV4>,
     /// Peer nodes at start.
     pub peers: Vec<Peer>,
+    /// Data-plane threads; each pod's TAP gets one queue per worker.
+    pub workers: usize,
 }
 
 impl Node {
@@ -213,6 +215,7 @@ impl Node {
             SwitchConfig {
                 node: settings.node,
                 mac: settings.mac_table,
+                workers: settings.workers,
             },
             tunnel,
         )
@@ -300,7 +303,11 @@ impl Node {
                 ip: plan.ip,
             },
         };
-        let port = match self.switch.attach(info, Box::new(tap)) {
+        let queues = tap
+            .into_iter()
+            .map(|q| Box::new(q) as Box<dyn crate::port::Port>)
+            .collect();
+        let port = match self.switch.attach_queues(info, queues) {
             Ok(id) => id,
             Err(source) => {
                 undo_netns(&netns);
@@ -329,7 +336,9 @@ impl Node {
     /// file descriptor holds a reference to the switch's namespace, not the pod's: deleting the
     /// pod's namespace from outside really destroys it, which unregisters the TAP and tells the
     /// switch (`EBADFD`). Opened inside the pod's namespace, the fd would keep it alive.
-    fn plumb(&self, plan: &PodPlan, netns: &NetNs) -> Result<TapPort, NodeError> {
+    /// Returns one queue of the TAP per worker (all opened here, before the move: a queue is
+    /// attached by name in the opener's namespace).
+    fn plumb(&self, plan: &PodPlan, netns: &NetNs) -> Result<Vec<TapPort>, NodeError> {
         let cfg = self.switch.node();
         let net = PodNet {
             ip: plan.ip,
@@ -347,10 +356,12 @@ impl Node {
             message,
         };
         let tmp = temporary_ifname();
-        let tap = TapPort::create(&tmp).map_err(|source| NodeError::Tap {
-            pod: pod.into(),
-            netns: ns.into(),
-            source,
+        let tap = TapPort::create_queues(&tmp, self.switch.workers()).map_err(|source| {
+            NodeError::Tap {
+                pod: pod.into(),
+                netns: ns.into(),
+                source,
+            }
         })?;
         let ns_file = std::fs::File::open(netns.path())
             .map_err(|e| netlink_err(("open namespace", e.to_string())))?;
@@ -442,6 +453,11 @@ impl Node {
     pub fn pods(&self) -> Vec<PodStatus> {
         let names: Vec<String> = self.lock().keys().cloned().collect();
         names.iter().filter_map(|n| self.pod(n)).collect()
+    }
+
+    /// Frames each data-plane thread has handled (see [`Switch::worker_frames`]).
+    pub fn worker_frames(&self) -> Vec<u64> {
+        self.switch.worker_frames()
     }
 
     /// The MAC table.

@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -314,7 +314,11 @@ impl Dataplane {
 
     /// Attaches the VXLAN tunnel; frames routed to peers leave through it.
     pub fn set_tunnel(&mut self, tunnel: UdpTunnel, metrics: Arc<PortMetrics>) {
-        let polled = self.watch(tunnel.poll_fd(), TUNNEL_TOKEN);
+        // A send-only tunnel has nothing to read: "polled" and never ready.
+        let polled = match tunnel.poll_fd() {
+            Some(fd) => self.watch(fd, TUNNEL_TOKEN),
+            None => true,
+        };
         let cfg = self.pipeline.config();
         self.tunnel = Some(TunnelSlot {
             polled,
@@ -641,6 +645,21 @@ pub struct SwitchConfig {
     pub node: NodeConfig,
     /// MAC table size and ageing.
     pub mac: MacTableConfig,
+    /// Data-plane threads (at least 1). Each reads its own queue of every port, so with more
+    /// than one every port must come with that many queues (multi-queue TAPs); in-memory
+    /// ports have one queue and need a single worker.
+    pub workers: usize,
+}
+
+impl SwitchConfig {
+    /// One worker, default MAC table.
+    pub fn new(node: NodeConfig) -> Self {
+        Self {
+            node,
+            mac: MacTableConfig::default(),
+            workers: 1,
+        }
+    }
 }
 
 /// Why the switch refused a control request.
@@ -661,6 +680,14 @@ pub enum SwitchError {
     /// The data-plane thread is gone.
     #[error("the data plane is not running")]
     NotRunning,
+    /// A port came with a number of queues other than the switch's number of workers.
+    #[error("the port has {got} queue(s) but the switch runs {workers} worker(s), one per queue")]
+    QueueCount {
+        /// Queues given.
+        got: usize,
+        /// Workers running.
+        workers: usize,
+    },
     /// The system refused a resource (eventfd, thread).
     #[error("system error: {0}")]
     Io(#[from] std::io::Error),
@@ -682,14 +709,31 @@ pub struct PortRecord {
     pub metrics: Arc<PortMetrics>,
 }
 
+/// The control plane's line to one data-plane thread.
+struct Worker {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+}
+
+impl Worker {
+    /// Sends `cmd` and wakes the thread; false if it is gone.
+    fn send(&self, cmd: Command) -> bool {
+        let ok = self.commands.send(cmd).is_ok();
+        self.waker.kick();
+        ok
+    }
+}
+
 struct Shared {
     node: NodeConfig,
     tunnel: Option<(SocketAddrV4, Arc<PortMetrics>)>,
     tables: Arc<Tables>,
     metrics: Arc<Metrics>,
-    waker: Arc<Waker>,
+    /// One per data-plane thread; the first also ages the MAC table and holds in-memory ports.
+    workers: Vec<Worker>,
+    /// Frames each worker has handled (received from its queues, and from the tunnel).
+    worker_frames: Vec<AtomicU64>,
     registry: Mutex<BTreeMap<PortId, PortRecord>>,
-    commands: Sender<Command>,
     stop: AtomicBool,
 }
 
@@ -712,7 +756,7 @@ pub const MAX_PORTS: usize = 4096;
 /// A running switch: the control handle. Dropping it stops the data plane.
 pub struct Switch {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Switch {
@@ -723,41 +767,84 @@ impl Switch {
     }
 
     /// Starts a switch whose frames for peer nodes leave through `tunnel` (already bound, so it
-    /// can live in another network namespace than the caller's).
+    /// can live in another network namespace than the caller's). With several workers the
+    /// first receives from the tunnel and each sends through its own socket pool.
     pub fn start_with_tunnel(
         cfg: SwitchConfig,
         tunnel: Option<UdpTunnel>,
     ) -> Result<Self, SwitchError> {
+        let workers = cfg.workers.max(1);
         let topology = Topology::new(cfg.node.cidr, cfg.node.gateway);
         let tables = Arc::new(Tables::new(topology, cfg.mac));
         let metrics = Arc::new(Metrics::default());
-        let waker = Arc::new(Waker::new()?);
-        let (commands, command_rx) = unbounded();
         let tunnel_metrics = tunnel
             .as_ref()
             .map(|t| (t.local_addr(), Arc::new(PortMetrics::default())));
+        let mut tunnels = Vec::with_capacity(workers);
+        if let Some(t) = tunnel {
+            for _ in 1..workers {
+                tunnels.push(Some(t.senders()?));
+            }
+            tunnels.insert(0, Some(t));
+        }
+        tunnels.resize_with(workers, || None);
+        let mut handles = Vec::with_capacity(workers);
+        let mut receivers = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (commands, command_rx) = unbounded();
+            handles.push(Worker {
+                commands,
+                waker: Arc::new(Waker::new()?),
+            });
+            receivers.push(command_rx);
+        }
         let shared = Arc::new(Shared {
             node: cfg.node.clone(),
             tunnel: tunnel_metrics.clone(),
             tables: Arc::clone(&tables),
             metrics: Arc::clone(&metrics),
-            waker,
+            workers: handles,
+            worker_frames: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             registry: Mutex::new(BTreeMap::new()),
-            commands,
             stop: AtomicBool::new(false),
         });
-        let mut dataplane = Dataplane::new(Pipeline::new(cfg.node, tables), metrics);
-        if let (Some(t), Some((_, m))) = (tunnel, tunnel_metrics) {
-            dataplane.set_tunnel(t, m);
+        let mut switch = Self {
+            shared: Arc::clone(&shared),
+            threads: Vec::with_capacity(workers),
+        };
+        for (k, (command_rx, tunnel)) in receivers.into_iter().zip(tunnels).enumerate() {
+            let pipeline = Pipeline::new(cfg.node.clone(), Arc::clone(&tables));
+            let mut dataplane = Dataplane::new(pipeline, Arc::clone(&metrics));
+            if let (Some(t), Some((_, m))) = (tunnel, tunnel_metrics.as_ref()) {
+                dataplane.set_tunnel(t, Arc::clone(m));
+            }
+            let thread_shared = Arc::clone(&shared);
+            let name = if k == 0 {
+                "podswitch-dp".to_string()
+            } else {
+                format!("podswitch-dp{k}")
+            };
+            // On failure, dropping `switch` stops the threads already started.
+            let thread = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || run(dataplane, &thread_shared, k, command_rx))?;
+            switch.threads.push(thread);
         }
-        let thread_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("podswitch-dp".into())
-            .spawn(move || run(dataplane, &thread_shared, command_rx))?;
-        Ok(Self {
-            shared,
-            thread: Some(thread),
-        })
+        Ok(switch)
+    }
+
+    /// Number of data-plane threads.
+    pub fn workers(&self) -> usize {
+        self.shared.workers.len()
+    }
+
+    /// Frames each data-plane thread has handled so far (how the load spreads).
+    pub fn worker_frames(&self) -> Vec<u64> {
+        self.shared
+            .worker_frames
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// The forwarding tables.
@@ -775,14 +862,32 @@ impl Switch {
         &self.shared.metrics
     }
 
-    /// The runtime's waker (in-memory port endpoints ring it).
+    /// The first worker's waker (in-memory port endpoints ring it).
     pub fn waker(&self) -> &Arc<Waker> {
-        &self.shared.waker
+        &self.shared.workers[0].waker
     }
 
     /// Attaches `port` with identity `info`. For a pod, the topology checks its addresses and a
-    /// static MAC entry is installed. Returns the port id.
+    /// static MAC entry is installed. Returns the port id. A single port needs a single worker
+    /// (see [`Switch::attach_queues`]).
     pub fn attach(&self, info: PortInfo, port: Box<dyn Port>) -> Result<PortId, SwitchError> {
+        self.attach_queues(info, vec![port])
+    }
+
+    /// Attaches a port given as one queue per worker (a multi-queue TAP's file descriptors):
+    /// worker `k` reads queue `k` and writes to the port through it.
+    pub fn attach_queues(
+        &self,
+        info: PortInfo,
+        queues: Vec<Box<dyn Port>>,
+    ) -> Result<PortId, SwitchError> {
+        let workers = self.shared.workers.len();
+        if queues.len() != workers {
+            return Err(SwitchError::QueueCount {
+                got: queues.len(),
+                workers,
+            });
+        }
         let id = {
             let reg = self.shared.registry();
             if reg.values().any(|r| r.info.name == info.name) {
@@ -796,13 +901,24 @@ impl Switch {
                 .ok_or(SwitchError::TooManyPorts(MAX_PORTS))?
         };
         let metrics = Arc::new(PortMetrics::default());
-        let (ack, acked) = crossbeam_channel::bounded(1);
-        self.shared
-            .commands
-            .send(Command::Attach(id, port, Arc::clone(&metrics), ack))
-            .map_err(|_| SwitchError::NotRunning)?;
-        self.shared.waker.kick();
-        acked.recv().map_err(|_| SwitchError::NotRunning)?;
+        let (ack, acked) = crossbeam_channel::bounded(workers);
+        for (worker, queue) in self.shared.workers.iter().zip(queues) {
+            if !worker.send(Command::Attach(
+                id,
+                queue,
+                Arc::clone(&metrics),
+                ack.clone(),
+            )) {
+                self.detach_id(id);
+                return Err(SwitchError::NotRunning);
+            }
+        }
+        for _ in 0..workers {
+            if acked.recv().is_err() {
+                self.detach_id(id);
+                return Err(SwitchError::NotRunning);
+            }
+        }
         let record = PortRecord {
             id,
             info: info.clone(),
@@ -829,7 +945,7 @@ impl Switch {
 
     /// Attaches an in-memory pod port and returns its endpoint (for a smoltcp pod or a test).
     pub fn attach_mem_pod(&self, info: PortInfo) -> Result<(PortId, MemEndpoint), SwitchError> {
-        let (port, endpoint) = mem_port(Arc::clone(&self.shared.waker));
+        let (port, endpoint) = mem_port(Arc::clone(self.waker()));
         let id = self.attach(info, Box::new(port))?;
         Ok((id, endpoint))
     }
@@ -851,10 +967,16 @@ impl Switch {
             })
     }
 
+    /// Takes port `id` out of every worker (waiting until each has let go of its queue).
     fn detach_id(&self, id: PortId) {
-        let (ack, acked) = crossbeam_channel::bounded(1);
-        if self.shared.commands.send(Command::Detach(id, ack)).is_ok() {
-            self.shared.waker.kick();
+        let (ack, acked) = crossbeam_channel::bounded(self.shared.workers.len());
+        let sent = self
+            .shared
+            .workers
+            .iter()
+            .filter(|w| w.send(Command::Detach(id, ack.clone())))
+            .count();
+        for _ in 0..sent {
             let _ = acked.recv();
         }
     }
@@ -906,15 +1028,21 @@ impl Switch {
 impl Drop for Switch {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        self.shared.waker.kick();
-        if let Some(t) = self.thread.take() {
+        for w in &self.shared.workers {
+            w.waker.kick();
+        }
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
-fn run(mut dp: Dataplane, shared: &Shared, commands: Receiver<Command>) {
-    let sleep_in_epoll = dp.watch_waker(&shared.waker);
+/// The loop of data-plane thread `worker`.
+fn run(mut dp: Dataplane, shared: &Shared, worker: usize, commands: Receiver<Command>) {
+    let Some(waker) = shared.workers.get(worker).map(|w| &w.waker) else {
+        return;
+    };
+    let sleep_in_epoll = dp.watch_waker(waker);
     let mut last_frame = Instant::now();
     let mut next_ageing = Instant::now() + Duration::from_secs(1);
     loop {
@@ -933,6 +1061,10 @@ fn run(mut dp: Dataplane, shared: &Shared, commands: Receiver<Command>) {
             return;
         }
         let n = dp.poll_once();
+        let frames = &shared.worker_frames[worker];
+        if n > 0 {
+            frames.fetch_add(n as u64, Ordering::Relaxed);
+        }
         for id in dp.take_closed() {
             if let Some(r) = shared.forget(id) {
                 tracing::warn!(
@@ -943,9 +1075,12 @@ fn run(mut dp: Dataplane, shared: &Shared, commands: Receiver<Command>) {
         }
         let now = Instant::now();
         if now >= next_ageing {
-            let aged = shared.tables.mac.age(shared.tables.mac.clock(now));
-            if aged > 0 {
-                tracing::debug!("aged out {aged} MAC entries");
+            // One ageing pass per switch: the first worker's.
+            if worker == 0 {
+                let aged = shared.tables.mac.age(shared.tables.mac.clock(now));
+                if aged > 0 {
+                    tracing::debug!("aged out {aged} MAC entries");
+                }
             }
             next_ageing = now + Duration::from_secs(1);
         }
@@ -957,9 +1092,11 @@ fn run(mut dp: Dataplane, shared: &Shared, commands: Receiver<Command>) {
             std::hint::spin_loop();
             continue;
         }
-        shared.waker.prepare_sleep();
-        if dp.poll_once() > 0 || !commands.is_empty() {
-            shared.waker.awake();
+        waker.prepare_sleep();
+        let n = dp.poll_once();
+        frames.fetch_add(n as u64, Ordering::Relaxed);
+        if n > 0 || !commands.is_empty() {
+            waker.awake();
             last_frame = Instant::now();
             continue;
         }
@@ -971,9 +1108,9 @@ fn run(mut dp: Dataplane, shared: &Shared, commands: Receiver<Command>) {
             let ms = timeout.as_micros().div_ceil(1000).min(u128::from(u16::MAX)) as u16;
             dp.mark_ready(PollTimeout::from(ms));
         } else {
-            sleep(&dp, &shared.waker, timeout);
+            sleep(&dp, waker, timeout);
         }
-        shared.waker.awake();
+        waker.awake();
     }
 }
 
@@ -986,7 +1123,9 @@ fn sleep(dp: &Dataplane, waker: &Waker, timeout: Duration) {
         }
     }
     if let Some(t) = dp.tunnel.as_ref() {
-        fds.push(PollFd::new(t.tunnel.poll_fd(), PollFlags::POLLIN));
+        if let Some(fd) = t.tunnel.poll_fd() {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
     }
     let ms = PollTimeout::from(timeout.as_millis().min(u128::from(u16::MAX)) as u16);
     // EINTR or any other error: return and let the loop look again.
@@ -1004,6 +1143,7 @@ mod tests {
         Switch::start(SwitchConfig {
             node: NodeConfig::new(cidr, EthernetAddress([2, 0xee, 0, 0, 0, 1])),
             mac: MacTableConfig::default(),
+            workers: 1,
         })
         .expect("switch")
     }
@@ -1087,6 +1227,35 @@ mod tests {
         dp.add_port(2, port, Arc::default());
         assert_eq!(dp.poll_once(), 1);
         assert_eq!(reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn every_port_needs_one_queue_per_worker() {
+        let cidr = "10.244.1.0/24".parse().expect("cidr");
+        let mut cfg = SwitchConfig::new(NodeConfig::new(
+            cidr,
+            EthernetAddress([2, 0xee, 0, 0, 0, 1]),
+        ));
+        cfg.workers = 2;
+        let sw = Switch::start(cfg).expect("switch");
+        assert_eq!(sw.workers(), 2);
+        let Err(err) = sw.attach_mem_pod(pod("a", 10)) else {
+            panic!("one queue attached to two workers");
+        };
+        assert!(
+            matches!(err, SwitchError::QueueCount { got: 1, workers: 2 }),
+            "{err}"
+        );
+        assert!(sw.ports().is_empty(), "nothing half attached");
+        // Two in-memory queues of one pod: attached to both workers.
+        let (q0, _e0) = mem_port(Arc::clone(sw.waker()));
+        let (q1, _e1) = mem_port(Arc::clone(sw.waker()));
+        let id = sw
+            .attach_queues(pod("b", 11), vec![Box::new(q0), Box::new(q1)])
+            .expect("two queues");
+        assert_eq!(sw.port("b").map(|r| r.id), Some(id));
+        assert!(sw.detach("b").is_ok());
+        assert_eq!(sw.worker_frames().len(), 2);
     }
 
     #[test]

@@ -101,6 +101,7 @@ fn setup() -> Setup {
             "10.244.1.0/24".parse().expect("cidr"),
             EthernetAddress(VTEP_A),
         ),
+        workers: 1,
         mac_table: MacTableConfig::default(),
         underlay: Some(SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, 1), 8472)),
         peers: vec![Peer {

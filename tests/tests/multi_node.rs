@@ -41,6 +41,7 @@ fn cluster(tweak: impl FnOnce(&mut NodeConfig)) -> Cluster {
         SwitchConfig {
             node: cfg_a,
             mac: MacTableConfig::default(),
+            workers: 1,
         },
         Some(ta),
     )
@@ -49,6 +50,7 @@ fn cluster(tweak: impl FnOnce(&mut NodeConfig)) -> Cluster {
         SwitchConfig {
             node: cfg_b,
             mac: MacTableConfig::default(),
+            workers: 1,
         },
         Some(tb),
     )

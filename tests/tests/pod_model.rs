@@ -21,6 +21,7 @@ fn node() -> Switch {
     Switch::start(SwitchConfig {
         node: NodeConfig::new(cidr, EthernetAddress(ROUTER_MAC)),
         mac: MacTableConfig::default(),
+        workers: 1,
     })
     .expect("switch starts")
 }

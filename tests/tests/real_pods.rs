@@ -27,10 +27,15 @@ fn plan(netns: &str, last: u8) -> PodPlan {
 }
 
 fn start(pods: &[PodPlan]) -> Node {
+    start_with_workers(pods, 1)
+}
+
+fn start_with_workers(pods: &[PodPlan], workers: usize) -> Node {
     let cidr = "10.244.1.0/24".parse().expect("cidr");
     let settings = NodeSettings {
         name: unique("node"),
         node: NodeConfig::new(cidr, EthernetAddress([0x02, 0xee, 0, 0, 0, 1])),
+        workers,
         mac_table: MacTableConfig::default(),
         underlay: None,
         peers: Vec::new(),
@@ -92,6 +97,88 @@ fn ping_and_tcp_between_real_pods() {
     assert!(
         !left.contains(&na) && !left.contains(&nb),
         "namespaces left behind: {left:?}"
+    );
+}
+
+#[test]
+fn two_workers_share_the_flows_of_multi_queue_taps() {
+    if !root_or_skip("two_workers_share_the_flows_of_multi_queue_taps") {
+        return;
+    }
+    let (na, nb) = (unique("psa"), unique("psb"));
+    let node = start_with_workers(&[plan(&na, 10), plan(&nb, 11)], 2);
+    let queues = stdout_of(run(&[
+        "ip",
+        "netns",
+        "exec",
+        &na,
+        "ls",
+        "/sys/class/net/eth0/queues",
+    ]));
+    assert_eq!(
+        queues.split_whitespace().collect::<Vec<_>>(),
+        ["rx-0", "rx-1", "tx-0", "tx-1"],
+        "one TAP queue per worker"
+    );
+    assert!(ping(&na, "10.244.1.11", 2), "pod a cannot ping pod b");
+    // 32 connections at once: the kernel spreads flows over the two queues by hash (all on one
+    // queue: probability 2^-31). Every byte is checked, both ways.
+    const FLOWS: usize = 32;
+    const LEN: usize = 512 << 10;
+    let ns_b = NetNs::open(&nb).expect("b");
+    let listener = ns_b
+        .run(|| TcpListener::bind(SocketAddrV4::new(ip(11), 5202)))
+        .expect("ns")
+        .expect("bind");
+    let server = std::thread::spawn(move || {
+        let conns: Vec<_> = (0..FLOWS)
+            .map(|_| listener.accept().expect("accept").0)
+            .collect();
+        let echo: Vec<_> = conns
+            .into_iter()
+            .map(|mut c| {
+                std::thread::spawn(move || {
+                    let mut got = vec![0u8; LEN];
+                    c.read_exact(&mut got).expect("server reads");
+                    c.write_all(&got).expect("server echoes");
+                })
+            })
+            .collect();
+        for t in echo {
+            t.join().expect("echo");
+        }
+    });
+    let ns_a = NetNs::open(&na).expect("a");
+    let clients: Vec<_> = (0..FLOWS)
+        .map(|i| {
+            let mut conn = ns_a
+                .run(|| TcpStream::connect(SocketAddrV4::new(ip(11), 5202)))
+                .expect("ns")
+                .expect("connect");
+            std::thread::spawn(move || {
+                let sent = pattern(i as u8, LEN);
+                conn.write_all(&sent).expect("client writes");
+                let mut back = vec![0u8; LEN];
+                conn.read_exact(&mut back).expect("client reads");
+                back == sent
+            })
+        })
+        .collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        assert!(c.join().expect("client"), "flow {i} came back corrupted");
+    }
+    server.join().expect("server");
+    let per_worker = node.worker_frames();
+    assert_eq!(per_worker.len(), 2);
+    assert!(
+        per_worker.iter().all(|&n| n > 0),
+        "both workers carried traffic: {per_worker:?}"
+    );
+    drop(node);
+    let left = netns_list();
+    assert!(
+        !left.contains(&na) && !left.contains(&nb),
+        "left behind: {left:?}"
     );
 }
 

@@ -43,11 +43,33 @@ impl TapPort {
     /// Creates the TAP `ifname` in the calling thread's network namespace. The device starts
     /// down and unconfigured. The fd holds a reference to that namespace for its lifetime.
     pub fn create(ifname: &str) -> std::io::Result<Self> {
+        let mut queues = Self::create_queues(ifname, 1)?;
+        queues
+            .pop()
+            .ok_or_else(|| std::io::Error::other("no TAP queue"))
+    }
+
+    /// Creates the TAP `ifname` with `queues` queues (`IFF_MULTI_QUEUE` when more than one), one
+    /// port per queue. The kernel picks a queue per flow for what the pod sends; writes may go
+    /// through any queue. All queues must be opened before the device leaves this namespace.
+    pub fn create_queues(ifname: &str, queues: usize) -> std::io::Result<Vec<Self>> {
         let dev = DeviceBuilder::new()
             .name(ifname)
             .layer(Layer::L2)
             .offload(true)
+            .multi_queue(queues > 1)
             .build_sync()?;
+        let mut devs = Vec::with_capacity(queues);
+        for _ in 1..queues {
+            devs.push(dev.try_clone()?);
+        }
+        devs.insert(0, dev);
+        devs.into_iter()
+            .map(|dev| Self::queue(dev, ifname))
+            .collect()
+    }
+
+    fn queue(dev: SyncDevice, ifname: &str) -> std::io::Result<Self> {
         dev.set_nonblocking(true)?;
         let sndbuf = SNDBUF;
         // SAFETY: TUNSETSNDBUF reads one c_int through the pointer, which points at a live local;

@@ -57,7 +57,8 @@ pub const GSO_MAX_BYTES: usize = 65507;
 /// The node's VXLAN endpoint.
 #[derive(Debug)]
 pub struct UdpTunnel {
-    rx: UdpSocket,
+    /// None for a send-only tunnel ([`UdpTunnel::senders`]).
+    rx: Option<UdpSocket>,
     tx: Vec<UdpSocket>,
     local: SocketAddrV4,
     /// The kernel segments runs of equal-size datagrams for us (`UDP_SEGMENT`, Linux 4.18+).
@@ -199,14 +200,7 @@ impl UdpTunnel {
             SocketAddr::V4(a) => a,
             SocketAddr::V6(_) => return Err(std::io::Error::other("IPv6 underlay")),
         };
-        let tx = (0..SOURCE_PORTS)
-            .map(|_| {
-                let s = UdpSocket::bind(SocketAddrV4::new(underlay, 0))?;
-                s.set_nonblocking(true)?;
-                grow_buffers(&s);
-                Ok(s)
-            })
-            .collect::<std::io::Result<Vec<_>>>()?;
+        let tx = source_pool(underlay)?;
         let gso = probe_gso(&tx[0]);
         if !gso {
             tracing::info!(
@@ -220,12 +214,26 @@ impl UdpTunnel {
             tracing::info!("kernel lacks UDP GRO: tunnel receives one datagram per syscall");
         }
         Ok(Self {
-            rx,
+            rx: Some(rx),
             tx,
             local,
             gso,
             gro,
             cmsg: nix::cmsg_space!(libc::c_int),
+        })
+    }
+
+    /// A send-only tunnel for another data-plane thread: its own pool of source sockets on
+    /// the same underlay address (a socket is not shared between threads' batches), no
+    /// receiving socket (the first thread receives for the node).
+    pub fn senders(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            rx: None,
+            tx: source_pool(*self.local.ip())?,
+            local: self.local,
+            gso: self.gso,
+            gro: false,
+            cmsg: Vec::new(),
         })
     }
 
@@ -260,7 +268,10 @@ impl UdpTunnel {
     ) -> Result<usize, PortError> {
         use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn};
         use std::os::fd::AsRawFd;
-        let fd = self.rx.as_raw_fd();
+        let Some(rx) = self.rx.as_ref() else {
+            return Ok(0);
+        };
+        let fd = rx.as_raw_fd();
         let gro = self.gro;
         let cmsg = &mut self.cmsg;
         let mut got = 0;
@@ -358,10 +369,22 @@ impl UdpTunnel {
         out
     }
 
-    /// The receiving socket, for `poll(2)`.
-    pub fn poll_fd(&self) -> BorrowedFd<'_> {
-        self.rx.as_fd()
+    /// The receiving socket, for `poll(2)` (none for a send-only tunnel).
+    pub fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.rx.as_ref().map(|s| s.as_fd())
     }
+}
+
+/// The source-port pool: `SOURCE_PORTS` sockets on `underlay`, kernel-chosen ports.
+fn source_pool(underlay: Ipv4Addr) -> std::io::Result<Vec<UdpSocket>> {
+    (0..SOURCE_PORTS)
+        .map(|_| {
+            let s = UdpSocket::bind(SocketAddrV4::new(underlay, 0))?;
+            s.set_nonblocking(true)?;
+            grow_buffers(&s);
+            Ok(s)
+        })
+        .collect()
 }
 
 /// True if the kernel accepts `UDP_SEGMENT` on this socket.
