@@ -22,7 +22,10 @@ use std::ops::Range;
 
 use crate::table::PortId;
 use crate::wire::virtio::{GsoType, VnetHdr, FLAG_NEEDS_CSUM};
-use crate::wire::{checksum_accumulate, checksum_fold, checksum_sum, ipv4_pseudo_accumulate};
+use crate::wire::{
+    checksum_accumulate, checksum_fold, checksum_sum, ipv4_header_checksum_ok,
+    ipv4_pseudo_accumulate,
+};
 
 const ETH: usize = 14;
 const IP: usize = 20;
@@ -79,7 +82,7 @@ fn mergeable(frame: &[u8]) -> Option<(usize, usize, u32, u8)> {
     if tcp_hdr < 20 || tcp_hdr >= tcp.len() || flags & NO_MERGE != 0 || flags & ACK == 0 {
         return None;
     }
-    if checksum_sum(&ip[..IP]) != 0xffff || !tcp_checksum_ok(ip, tcp) {
+    if !ipv4_header_checksum_ok(&ip[..IP]) || !tcp_checksum_ok(ip, tcp) {
         return None;
     }
     let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);

@@ -102,6 +102,8 @@ pub struct Pipeline {
 struct Core {
     cfg: NodeConfig,
     router_key: u64,
+    /// The pod CIDR as (network, mask), so the per-frame test is one AND and one compare.
+    cidr: (u32, u32),
     now: u32,
     learned: Vec<(u64, PortId)>,
     last_learned: Option<(u64, PortId)>,
@@ -114,6 +116,7 @@ impl Pipeline {
     pub fn new(cfg: NodeConfig, tables: Arc<Tables>) -> Self {
         let core = Core {
             router_key: mac_key(&cfg.router_mac.0),
+            cidr: (u32::from(cfg.cidr.network()), u32::from(cfg.cidr.netmask())),
             cfg,
             now: tables.mac.now(),
             learned: Vec::with_capacity(64),
@@ -343,7 +346,7 @@ impl Core {
                 IcmpError::TtlExceeded,
             );
         }
-        if self.cfg.cidr.contains(&ip.dst) {
+        if u32::from(ip.dst) & self.cidr.1 == self.cidr.0 {
             let Some(n) = topo.neighbour(ip.dst) else {
                 return self.reject(
                     DropReason::NoSuchPod,
@@ -478,7 +481,7 @@ impl Ipv4View {
                 return None;
             }
         }
-        if wire::checksum_sum(&ip[..ihl]) != 0xffff {
+        if !wire::ipv4_header_checksum_ok(&ip[..ihl]) {
             return None;
         }
         let frag = u16::from_be_bytes([hdr[6], hdr[7]]);

@@ -83,7 +83,10 @@ impl Batch {
         let len = prefix.len() + frame.len();
         let off = self.used;
         let tail = self.tail(len);
-        tail[..prefix.len()].copy_from_slice(prefix);
+        // Most frames have no prefix: skip the call to memcpy for nothing.
+        if !prefix.is_empty() {
+            tail[..prefix.len()].copy_from_slice(prefix);
+        }
         tail[prefix.len()..].copy_from_slice(frame);
         self.used += len;
         self.descs.push(Desc {

@@ -110,6 +110,22 @@ pub fn checksum_accumulate(data: &[u8]) -> u64 {
     u64::from(u16::from_be(checksum_fold(acc)))
 }
 
+/// True if the IPv4 header `hdr` (exactly the header: IHL x 4 bytes) has a valid checksum.
+/// The common 20-byte header is summed as five native words (one compare against all-ones,
+/// which byte order does not change); the general routine costs three times as much there.
+#[inline]
+pub fn ipv4_header_checksum_ok(hdr: &[u8]) -> bool {
+    if let Ok(h) = <&[u8; IPV4_HEADER_LEN]>::try_from(hdr) {
+        let (words, _) = h.as_chunks::<4>();
+        let sum: u64 = words
+            .iter()
+            .map(|w| u64::from(u32::from_ne_bytes(*w)))
+            .sum();
+        return checksum_fold(sum) == 0xffff;
+    }
+    checksum_sum(hdr) == 0xffff
+}
+
 /// Folds a one's complement sum to 16 bits (end-around carry), not complemented.
 #[inline]
 pub fn checksum_fold(mut sum: u64) -> u16 {
@@ -239,6 +255,28 @@ mod tests {
         let ones = [0xffu8; 1500];
         assert_eq!(checksum_sum(&ones), reference(&ones));
         assert_eq!(checksum_sum(&[0u8; 64]), 0);
+    }
+
+    #[test]
+    fn header_check_agrees_with_the_general_sum() {
+        let mut x: u32 = 7;
+        for len in [20usize, 24, 60] {
+            for _ in 0..2000 {
+                let mut hdr: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                        (x >> 24) as u8
+                    })
+                    .collect();
+                assert_eq!(ipv4_header_checksum_ok(&hdr), checksum_sum(&hdr) == 0xffff);
+                hdr[10..12].fill(0);
+                let c = !checksum_sum(&hdr);
+                hdr[10..12].copy_from_slice(&c.to_be_bytes());
+                assert!(ipv4_header_checksum_ok(&hdr), "len {len}");
+                hdr[3] ^= 1;
+                assert!(!ipv4_header_checksum_ok(&hdr), "len {len}: corruption seen");
+            }
+        }
     }
 
     #[test]
