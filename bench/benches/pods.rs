@@ -21,6 +21,7 @@ fn tcp_between_pods(c: &mut Criterion) {
         node,
         mac: MacTableConfig::default(),
         workers: 1,
+        cpus: Vec::new(),
     })
     .expect("switch");
     let a = Pod::attach(&sw, "a", Ipv4Addr::new(10, 244, 1, 10)).expect("pod a");

@@ -22,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         node,
         mac: MacTableConfig::default(),
         workers: 1,
+        cpus: Vec::new(),
     })?;
 
     let web = Pod::attach(&sw, "web", Ipv4Addr::new(10, 244, 1, 10))?;

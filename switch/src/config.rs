@@ -11,6 +11,7 @@
 //! # mac_table_size = 16384
 //! # mac_ageing_secs = 300
 //! # workers = 1                   # data-plane threads; each pod TAP gets one queue per worker
+//! # cpus = [3]                    # pin the workers; default: the last `workers` CPUs; [] = no
 //! # underlay = "192.168.77.1"     # this node's VXLAN underlay address (needed with peers)
 //! # vxlan_port = 8472             # UDP destination port (Linux and flannel default)
 //! # vni = 1
@@ -254,6 +255,10 @@ pub struct NodeSection {
     /// (`IFF_MULTI_QUEUE`); the kernel spreads a pod's flows over the queues.
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// CPUs the workers are pinned to (worker `k` on `cpus[k % len]`); see
+    /// [`NodeSection::dataplane_cpus`] for the default. `[]`: not pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Vec<usize>>,
     /// This node's underlay (VXLAN) address. Required when peers are configured.
     #[serde(default, with = "opt_text", skip_serializing_if = "Option::is_none")]
     pub underlay: Option<Ipv4Addr>,
@@ -382,6 +387,19 @@ impl NodeSection {
         match &self.control {
             Some(p) => p.clone(),
             None => Path::new(CONTROL_DIR).join(format!("{}.sock", self.name)),
+        }
+    }
+
+    /// The CPUs to pin the workers to: `cpus` if given, else the last `workers` CPUs this
+    /// process may run on (the first CPUs usually take the machine's interrupts), reused
+    /// round-robin when there are fewer. Empty: not pinned.
+    pub fn dataplane_cpus(&self, allowed: &[usize]) -> Vec<usize> {
+        match &self.cpus {
+            Some(cpus) => cpus.clone(),
+            None => {
+                let n = self.workers.min(allowed.len());
+                allowed[allowed.len() - n..].to_vec()
+            }
         }
     }
 
@@ -522,6 +540,20 @@ impl NodeSection {
             return Err(ConfigError::field(
                 "node.mac_ageing_secs",
                 "must be at least 1",
+            ));
+        }
+        if let Some(cpu) = self
+            .cpus
+            .iter()
+            .flatten()
+            .find(|&&c| c >= nix::sched::CpuSet::count())
+        {
+            return Err(ConfigError::field(
+                "node.cpus",
+                format!(
+                    "CPU {cpu} is above the largest CPU number {}",
+                    nix::sched::CpuSet::count() - 1
+                ),
             ));
         }
         if !(1..=MAX_WORKERS).contains(&self.workers) {
@@ -1407,6 +1439,18 @@ pod_cidr = "10.244.1.0/24"
         );
         let cfg = Config::from_toml_str(&node_with("workers = 4")).unwrap();
         assert_eq!(cfg.node.workers, 4);
+        // Pinning: the last CPUs by default, as given otherwise, none with [].
+        assert_eq!(cfg.node.dataplane_cpus(&[0, 1, 2, 3, 4, 5]), [2, 3, 4, 5]);
+        assert_eq!(cfg.node.dataplane_cpus(&[0, 1]), [0, 1]);
+        assert_eq!(cfg.node.dataplane_cpus(&[]), Vec::<usize>::new());
+        let pinned = Config::from_toml_str(&node_with("cpus = [7, 3]")).unwrap();
+        assert_eq!(pinned.node.dataplane_cpus(&[0, 1]), [7, 3]);
+        let unpinned = Config::from_toml_str(&node_with("cpus = []")).unwrap();
+        assert!(unpinned.node.dataplane_cpus(&[0, 1]).is_empty());
+        assert_err(
+            &node_with("cpus = [4096]"),
+            "config error: node.cpus: CPU 4096 is above the largest CPU number 1023",
+        );
         assert_err(
             &node_with("router_mac = \"01:00:5e:00:00:01\""),
             "config error: node.router_mac: 01:00:5e:00:00:01 is a group (multicast or broadcast) MAC; a unicast MAC has the low bit of the first octet clear",

@@ -195,6 +195,8 @@ pub struct NodeSettings {
     pub peers: Vec<Peer>,
     /// Data-plane threads; each pod's TAP gets one queue per worker.
     pub workers: usize,
+    /// CPUs the workers are pinned to (see [`SwitchConfig::cpus`]); empty: not pinned.
+    pub cpus: Vec<usize>,
 }
 
 impl Node {
@@ -216,6 +218,7 @@ impl Node {
                 node: settings.node,
                 mac: settings.mac_table,
                 workers: settings.workers,
+                cpus: settings.cpus,
             },
             tunnel,
         )

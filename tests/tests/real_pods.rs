@@ -36,6 +36,7 @@ fn start_with_workers(pods: &[PodPlan], workers: usize) -> Node {
         name: unique("node"),
         node: NodeConfig::new(cidr, EthernetAddress([0x02, 0xee, 0, 0, 0, 1])),
         workers,
+        cpus: Vec::new(),
         mac_table: MacTableConfig::default(),
         underlay: None,
         peers: Vec::new(),
