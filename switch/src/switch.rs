@@ -38,7 +38,7 @@ use crate::table::{
     MacTableConfig, Peer, PeerId, PortId, PortInfo, PortKind, Tables, Topology, TopologyError,
 };
 use crate::wire::virtio::VnetHdr;
-use crate::wire::{mac_key, vxlan};
+use crate::wire::{mac_key, vxlan, ETHERNET_HEADER_LEN};
 
 /// How long the data plane keeps looking for frames after the last one before it sleeps.
 /// Waking a sleeping thread costs the sender an inter-processor interrupt and us a context
@@ -83,6 +83,8 @@ pub struct Dataplane {
     slots: Vec<Option<Slot>>,
     rx: Batch,
     closed: Vec<PortId>,
+    /// Closed ports released this round, with the counters that identify their attachment.
+    gone: Vec<(PortId, Arc<PortMetrics>)>,
     batch: usize,
     tunnel: Option<TunnelSlot>,
     /// Cuts superframes for ports that cannot take them.
@@ -255,6 +257,7 @@ impl Dataplane {
             slots: Vec::new(),
             rx: Batch::with_capacity(DEFAULT_BATCH, 2048),
             closed: Vec::new(),
+            gone: Vec::new(),
             batch: DEFAULT_BATCH,
             tunnel: None,
             segmenter: Segmenter::default(),
@@ -332,7 +335,11 @@ impl Dataplane {
             ready: false,
             tunnel,
             header: vxlan::header(cfg.vni),
-            tx: TxQueue::default(),
+            // VXLAN header + inner Ethernet header + an inner packet of the tunnel MTU: the
+            // UDP payload that fits the underlay without fragmenting.
+            tx: TxQueue::with_gso_limit(
+                vxlan::HEADER_LEN + ETHERNET_HEADER_LEN + usize::from(cfg.tunnel_mtu),
+            ),
             rx: Batch::with_capacity(DEFAULT_BATCH, 2048),
             sources: Vec::with_capacity(DEFAULT_BATCH),
             segments: Vec::with_capacity(DEFAULT_BATCH),
@@ -349,6 +356,9 @@ impl Dataplane {
         let idx = usize::from(id);
         if self.slots.len() <= idx {
             self.slots.resize_with(idx + 1, || None);
+        }
+        if let Some(old) = self.slots[idx].take() {
+            self.unwatch(&old);
         }
         let polled = port
             .poll_fd()
@@ -374,6 +384,27 @@ impl Dataplane {
         Some(slot.port)
     }
 
+    /// True if every port with a descriptor (the tunnel included) is in the epoll set.
+    fn all_watched(&self) -> bool {
+        self.slots
+            .iter()
+            .flatten()
+            .all(|s| s.polled || s.port.poll_fd().is_none())
+            && self.tunnel.as_ref().is_none_or(|t| t.polled)
+    }
+
+    /// Drops port `id` if it is still the attachment with counters `metrics`.
+    fn release(&mut self, id: PortId, metrics: &Arc<PortMetrics>) {
+        let same = self
+            .slots
+            .get(usize::from(id))
+            .and_then(Option::as_ref)
+            .is_some_and(|s| Arc::ptr_eq(&s.metrics, metrics));
+        if same {
+            drop(self.remove_port(id));
+        }
+    }
+
     /// Deregisters a port leaving the data plane (its fd may live on in the caller's hands).
     fn unwatch(&mut self, slot: &Slot) {
         if let (true, Some(ep), Some(fd)) = (slot.polled, self.epoll.as_ref(), slot.port.poll_fd())
@@ -383,9 +414,10 @@ impl Dataplane {
         }
     }
 
-    /// Ports whose other end closed since the last call (already released).
-    pub fn take_closed(&mut self) -> Vec<PortId> {
-        std::mem::take(&mut self.closed)
+    /// Ports whose other end closed since the last call (already released), each with the
+    /// counters it was attached with: an id may be reused, the counters are not.
+    pub fn take_closed(&mut self) -> Vec<(PortId, Arc<PortMetrics>)> {
+        std::mem::take(&mut self.gone)
     }
 
     /// The pipeline (tables, config, counters).
@@ -408,6 +440,7 @@ impl Dataplane {
             tunnel,
             segmenter,
             watched,
+            gone,
             ..
         } = self;
         pipeline.begin_batch();
@@ -530,12 +563,13 @@ impl Dataplane {
             }
             slot.metrics.flush(&mut slot.counts);
         }
-        for &id in closed.iter() {
+        for id in closed.drain(..) {
             if let Some(s) = slots.get_mut(usize::from(id)).and_then(Option::take) {
                 // Closing its fd (dropping the port) takes it out of the epoll set.
                 *watched -= usize::from(s.polled);
                 let mut c = s.counts;
                 s.metrics.flush(&mut c);
+                gone.push((id, s.metrics));
             }
         }
         pipeline.end_batch();
@@ -709,6 +743,8 @@ pub enum SwitchError {
 enum Command {
     Attach(PortId, Box<dyn Port>, Arc<PortMetrics>, Sender<()>),
     Detach(PortId, Sender<Option<Box<dyn Port>>>),
+    /// Drop the queue of the attachment with these counters (found closed by another worker).
+    Release(PortId, Arc<PortMetrics>),
 }
 
 /// A port as the control plane sees it.
@@ -760,6 +796,35 @@ impl Shared {
         let _ = self.tables.update_topology(|t| t.remove_port(id));
         self.tables.mac.flush_port(id);
         self.registry().remove(&id)
+    }
+
+    /// [`Shared::forget`] for a port a worker found closed, if `id` still names the attachment
+    /// whose counters are `metrics` (another worker may have forgotten it already and the id
+    /// been given to a new port since). The other workers are told to let go of their queues.
+    fn forget_closed(&self, worker: usize, id: PortId, metrics: &Arc<PortMetrics>) {
+        let record = {
+            let mut reg = self.registry();
+            if !reg
+                .get(&id)
+                .is_some_and(|r| Arc::ptr_eq(&r.metrics, metrics))
+            {
+                return;
+            }
+            let _ = self.tables.update_topology(|t| t.remove_port(id));
+            self.tables.mac.flush_port(id);
+            reg.remove(&id)
+        };
+        if let Some(r) = record {
+            tracing::warn!(
+                "port {id} ({}) closed by its other end; removed",
+                r.info.name
+            );
+        }
+        for (k, w) in self.workers.iter().enumerate() {
+            if k != worker {
+                w.send(Command::Release(id, Arc::clone(metrics)));
+            }
+        }
     }
 }
 
@@ -930,6 +995,9 @@ impl Switch {
                 return Err(SwitchError::NotRunning);
             }
         }
+        // Only the commands hold senders now: a worker that dies drops its own and `recv`
+        // fails instead of waiting forever.
+        drop(ack);
         for _ in 0..workers {
             if acked.recv().is_err() {
                 self.detach_id(id);
@@ -993,6 +1061,7 @@ impl Switch {
             .iter()
             .filter(|w| w.send(Command::Detach(id, ack.clone())))
             .count();
+        drop(ack);
         for _ in 0..sent {
             let _ = acked.recv();
         }
@@ -1099,6 +1168,7 @@ fn run(mut dp: Dataplane, shared: &Shared, worker: usize, commands: Receiver<Com
                 Command::Detach(id, ack) => {
                     let _ = ack.send(dp.remove_port(id));
                 }
+                Command::Release(id, metrics) => dp.release(id, &metrics),
             }
         }
         if shared.stop.load(Ordering::SeqCst) {
@@ -1109,13 +1179,8 @@ fn run(mut dp: Dataplane, shared: &Shared, worker: usize, commands: Receiver<Com
         if n > 0 {
             frames.fetch_add(n as u64, Ordering::Relaxed);
         }
-        for id in dp.take_closed() {
-            if let Some(r) = shared.forget(id) {
-                tracing::warn!(
-                    "port {id} ({}) closed by its other end; removed",
-                    r.info.name
-                );
-            }
+        for (id, metrics) in dp.take_closed() {
+            shared.forget_closed(worker, id, &metrics);
         }
         if n > 0 {
             busy_rounds += 1;
@@ -1155,7 +1220,11 @@ fn run(mut dp: Dataplane, shared: &Shared, worker: usize, commands: Receiver<Com
         waker.prepare_sleep();
         let n = dp.poll_once();
         frames.fetch_add(n as u64, Ordering::Relaxed);
-        if n > 0 || !commands.is_empty() {
+        let closed = dp.take_closed();
+        for (id, metrics) in &closed {
+            shared.forget_closed(worker, *id, metrics);
+        }
+        if n > 0 || !closed.is_empty() || !commands.is_empty() {
             waker.awake();
             last_frame = Instant::now();
             continue;
@@ -1163,7 +1232,8 @@ fn run(mut dp: Dataplane, shared: &Shared, worker: usize, commands: Receiver<Com
         let timeout = next_ageing
             .saturating_duration_since(Instant::now())
             .min(MAX_SLEEP);
-        if sleep_in_epoll {
+        // A port epoll refused is only in poll(2)'s set: sleep there while one exists.
+        if sleep_in_epoll && dp.all_watched() {
             // Rounded up: a sub-millisecond timeout must not become a busy loop.
             let ms = timeout.as_micros().div_ceil(1000).min(u128::from(u16::MAX)) as u16;
             dp.mark_ready(PollTimeout::from(ms));
@@ -1187,7 +1257,9 @@ fn sleep(dp: &Dataplane, waker: &Waker, timeout: Duration) {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
     }
-    let ms = PollTimeout::from(timeout.as_millis().min(u128::from(u16::MAX)) as u16);
+    // Rounded up: a sub-millisecond timeout must not become a busy loop.
+    let ms = timeout.as_micros().div_ceil(1000).min(u128::from(u16::MAX)) as u16;
+    let ms = PollTimeout::from(ms);
     // EINTR or any other error: return and let the loop look again.
     let _ = nix::poll::poll(&mut fds, ms);
 }
@@ -1286,6 +1358,11 @@ mod tests {
         assert_eq!(dp.watched, 0);
         // Attached again under another id, it is read at once (the byte is waiting).
         dp.add_port(2, port, Arc::default());
+        assert_eq!(
+            dp.watched, 1,
+            "registered again (the old registration was removed)"
+        );
+        assert!(dp.all_watched());
         assert_eq!(dp.poll_once(), 1);
         assert_eq!(reads.load(Ordering::SeqCst), 2);
     }
@@ -1317,6 +1394,35 @@ mod tests {
         assert_eq!(sw.port("b").map(|r| r.id), Some(id));
         assert!(sw.detach("b").is_ok());
         assert_eq!(sw.worker_frames().len(), 2);
+    }
+
+    #[test]
+    fn a_closed_port_is_forgotten_once_and_never_takes_its_successor_along() {
+        let cidr = "10.244.1.0/24".parse().expect("cidr");
+        let mut cfg = SwitchConfig::new(NodeConfig::new(
+            cidr,
+            EthernetAddress([2, 0xee, 0, 0, 0, 1]),
+        ));
+        cfg.workers = 2;
+        let sw = Switch::start(cfg).expect("switch");
+        let queues = || {
+            let (q0, e0) = mem_port(Arc::clone(sw.waker()));
+            let (q1, e1) = mem_port(Arc::clone(sw.waker()));
+            (vec![Box::new(q0) as Box<dyn Port>, Box::new(q1)], e0, e1)
+        };
+        let (qa, ea0, ea1) = queues();
+        let id = sw.attach_queues(pod("a", 10), qa).expect("a");
+        let old = sw.port("a").expect("a").metrics;
+        // Worker 0 finds its queue closed: the port is forgotten and worker 1 told to let go.
+        drop(ea0);
+        crate::testutil::wait_for("the closed port is forgotten", || sw.port("a").is_none());
+        crate::testutil::wait_for("worker 1 releases its queue", || ea1.try_recv().is_err());
+        // The id is free again; a late report about the old attachment leaves the new one.
+        let (qb, _eb0, _eb1) = queues();
+        assert_eq!(sw.attach_queues(pod("b", 11), qb).expect("b"), id);
+        sw.shared.forget_closed(1, id, &old);
+        assert_eq!(sw.port("b").map(|r| r.id), Some(id));
+        assert!(sw.tables().topology().port(id).is_some());
     }
 
     #[test]

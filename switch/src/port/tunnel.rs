@@ -93,14 +93,34 @@ struct TxRun {
 
 /// Datagrams waiting to be sent, grouped into GSO runs as they are queued. Nothing here
 /// allocates in steady state (the vectors keep their capacity across [`TxQueue::clear`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TxQueue {
     heads: Vec<u8>,
     datagrams: Vec<Datagram>,
     runs: Vec<TxRun>,
+    /// Longest datagram that may share a GSO run: a GSO send is refused if its segments do
+    /// not fit the route MTU, while a lone larger datagram is fragmented by the kernel.
+    gso_limit: usize,
+}
+
+impl Default for TxQueue {
+    fn default() -> Self {
+        Self::with_gso_limit(usize::MAX)
+    }
 }
 
 impl TxQueue {
+    /// A queue whose GSO runs only take datagrams of at most `gso_limit` bytes (the UDP
+    /// payload that fits the underlay MTU); longer ones are sent alone.
+    pub fn with_gso_limit(gso_limit: usize) -> Self {
+        Self {
+            heads: Vec::new(),
+            datagrams: Vec::new(),
+            runs: Vec::new(),
+            gso_limit,
+        }
+    }
+
     /// Queues one datagram for `to`: the concatenation of `head` (copied), then the bytes
     /// `body` of the source buffer that will be passed to [`UdpTunnel::send_queue`]. `hash`
     /// picks the source socket. The datagram joins the last run when it goes to the same place,
@@ -117,8 +137,10 @@ impl TxQueue {
             body: (body.start as u32, body.len() as u32),
         });
         let index = self.datagrams.len() as u32 - 1;
+        let fits = len <= self.gso_limit;
         if let Some(run) = self.runs.last_mut() {
-            if run.to == to
+            if fits
+                && run.to == to
                 && run.hash == hash
                 && !run.closed
                 && len <= run.size as usize
@@ -138,7 +160,7 @@ impl TxQueue {
             bytes: len as u32,
             first: index,
             count: 1,
-            closed: false,
+            closed: !fits,
         });
     }
 
@@ -334,13 +356,15 @@ impl UdpTunnel {
                         out.bytes += run.bytes as usize;
                         continue;
                     }
-                    // EIO: the device can't segment (e.g. no checksum offload); fall back.
-                    Err(e) if e == nix::Error::EIO || e == nix::Error::EINVAL => {
+                    // EIO: the device can't segment (no checksum offload): not for any run.
+                    Err(e) if e == nix::Error::EIO => {
                         tracing::warn!(
                             "UDP GSO send failed ({e}); sending datagrams one by one from now on"
                         );
                         self.gso = false;
                     }
+                    // Refused for this run (segments too large for the route): one by one.
+                    Err(e) if e == nix::Error::EINVAL || e == nix::Error::EMSGSIZE => {}
                     // ENOBUFS/EAGAIN: the whole run is lost, like on a wire.
                     Err(_) => {
                         out.dropped += count;
@@ -459,6 +483,19 @@ mod tests {
             sources[1].port(),
             "different flows, different source ports"
         );
+    }
+
+    #[test]
+    fn datagrams_over_the_gso_limit_go_alone() {
+        let to = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9);
+        let mut q = TxQueue::with_gso_limit(100);
+        q.push(to, 1, &[], 0..100);
+        q.push(to, 1, &[], 0..100);
+        assert_eq!(q.runs(), 1, "two datagrams at the limit share a run");
+        q.push(to, 1, &[], 0..101);
+        q.push(to, 1, &[], 0..101);
+        q.push(to, 1, &[], 0..50);
+        assert_eq!(q.runs(), 4, "over the limit: alone, and nothing joins them");
     }
 
     #[test]
