@@ -1271,14 +1271,17 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn switch() -> Switch {
+        switch_with_workers(1)
+    }
+
+    fn switch_with_workers(workers: usize) -> Switch {
         let cidr = "10.244.1.0/24".parse().expect("cidr");
-        Switch::start(SwitchConfig {
-            node: NodeConfig::new(cidr, EthernetAddress([2, 0xee, 0, 0, 0, 1])),
-            mac: MacTableConfig::default(),
-            workers: 1,
-            cpus: Vec::new(),
-        })
-        .expect("switch")
+        let mut cfg = SwitchConfig::new(NodeConfig::new(
+            cidr,
+            EthernetAddress([2, 0xee, 0, 0, 0, 1]),
+        ));
+        cfg.workers = workers;
+        Switch::start(cfg).expect("switch")
     }
 
     fn pod(name: &str, last: u8) -> PortInfo {
@@ -1369,13 +1372,7 @@ mod tests {
 
     #[test]
     fn every_port_needs_one_queue_per_worker() {
-        let cidr = "10.244.1.0/24".parse().expect("cidr");
-        let mut cfg = SwitchConfig::new(NodeConfig::new(
-            cidr,
-            EthernetAddress([2, 0xee, 0, 0, 0, 1]),
-        ));
-        cfg.workers = 2;
-        let sw = Switch::start(cfg).expect("switch");
+        let sw = switch_with_workers(2);
         assert_eq!(sw.workers(), 2);
         let Err(err) = sw.attach_mem_pod(pod("a", 10)) else {
             panic!("one queue attached to two workers");
@@ -1398,13 +1395,7 @@ mod tests {
 
     #[test]
     fn a_closed_port_is_forgotten_once_and_never_takes_its_successor_along() {
-        let cidr = "10.244.1.0/24".parse().expect("cidr");
-        let mut cfg = SwitchConfig::new(NodeConfig::new(
-            cidr,
-            EthernetAddress([2, 0xee, 0, 0, 0, 1]),
-        ));
-        cfg.workers = 2;
-        let sw = Switch::start(cfg).expect("switch");
+        let sw = switch_with_workers(2);
         let queues = || {
             let (q0, e0) = mem_port(Arc::clone(sw.waker()));
             let (q1, e1) = mem_port(Arc::clone(sw.waker()));
