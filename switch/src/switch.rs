@@ -96,6 +96,9 @@ pub struct Dataplane {
     watched: usize,
 }
 
+// A coalesced superframe (headers + one part per segment) must fit one TAP write.
+const _: () = assert!(crate::coalesce::MAX_PARTS <= crate::port::tap::MAX_PARTS);
+
 /// Epoll tokens: a port's is its id; these are above every port id.
 const TUNNEL_TOKEN: u64 = u64::MAX;
 const WAKER_TOKEN: u64 = u64::MAX - 1;
@@ -165,11 +168,7 @@ impl Slot {
     #[inline(never)]
     fn push_segmented(&mut self, segmenter: &mut Segmenter, frame: &[u8], vnet: VnetHdr) {
         let r = segmenter.segment(frame, &vnet, usize::MAX, |head: &[u8], body: &[u8]| {
-            if self.direct {
-                self.emit_parts_now(&[head, body], VnetHdr::default());
-            } else {
-                self.tx.push_with(VnetHdr::default(), head, body);
-            }
+            self.emit_parts(&[head, body], VnetHdr::default());
         });
         if r.is_err() {
             self.counts.tx_dropped += 1;

@@ -44,6 +44,24 @@ fn start_with_workers(pods: &[PodPlan], workers: usize) -> Node {
     Node::start(settings, pods).expect("node starts")
 }
 
+/// Runs `open` (a socket constructor) inside namespace `ns`; the socket keeps working from
+/// any thread afterwards.
+fn socket_in<T: Send>(ns: &str, open: impl FnOnce() -> std::io::Result<T> + Send) -> T {
+    NetNs::open(ns)
+        .expect("namespace")
+        .run(open)
+        .expect("enter namespace")
+        .expect("socket")
+}
+
+fn listen_in(ns: &str, addr: SocketAddrV4) -> TcpListener {
+    socket_in(ns, || TcpListener::bind(addr))
+}
+
+fn connect_from(ns: &str, addr: SocketAddrV4) -> TcpStream {
+    socket_in(ns, || TcpStream::connect(addr))
+}
+
 #[test]
 fn ping_and_tcp_between_real_pods() {
     if !root_or_skip("ping_and_tcp_between_real_pods") {
@@ -56,11 +74,7 @@ fn ping_and_tcp_between_real_pods() {
 
     // 16 MiB each way between kernel TCP stacks, bytes verified.
     const LEN: usize = 16 << 20;
-    let ns_b = NetNs::open(&nb).expect("b");
-    let listener = ns_b
-        .run(|| TcpListener::bind(SocketAddrV4::new(ip(11), 5201)))
-        .expect("ns")
-        .expect("bind");
+    let listener = listen_in(&nb, SocketAddrV4::new(ip(11), 5201));
     let server = std::thread::spawn(move || {
         let (mut conn, peer) = listener.accept().expect("accept");
         let mut w = conn.try_clone().expect("clone");
@@ -70,11 +84,7 @@ fn ping_and_tcp_between_real_pods() {
         tx.join().expect("server writer");
         (peer, got)
     });
-    let ns_a = NetNs::open(&na).expect("a");
-    let mut conn = ns_a
-        .run(|| TcpStream::connect(SocketAddrV4::new(ip(11), 5201)))
-        .expect("ns")
-        .expect("connect");
+    let mut conn = connect_from(&na, SocketAddrV4::new(ip(11), 5201));
     let mut r = conn.try_clone().expect("clone");
     let rx = std::thread::spawn(move || {
         let mut got = vec![0u8; LEN];
@@ -126,11 +136,7 @@ fn two_workers_share_the_flows_of_multi_queue_taps() {
     // queue: probability 2^-31). Every byte is checked, both ways.
     const FLOWS: usize = 32;
     const LEN: usize = 512 << 10;
-    let ns_b = NetNs::open(&nb).expect("b");
-    let listener = ns_b
-        .run(|| TcpListener::bind(SocketAddrV4::new(ip(11), 5202)))
-        .expect("ns")
-        .expect("bind");
+    let listener = listen_in(&nb, SocketAddrV4::new(ip(11), 5202));
     let server = std::thread::spawn(move || {
         let conns: Vec<_> = (0..FLOWS)
             .map(|_| listener.accept().expect("accept").0)
@@ -149,13 +155,9 @@ fn two_workers_share_the_flows_of_multi_queue_taps() {
             t.join().expect("echo");
         }
     });
-    let ns_a = NetNs::open(&na).expect("a");
     let clients: Vec<_> = (0..FLOWS)
         .map(|i| {
-            let mut conn = ns_a
-                .run(|| TcpStream::connect(SocketAddrV4::new(ip(11), 5202)))
-                .expect("ns")
-                .expect("connect");
+            let mut conn = connect_from(&na, SocketAddrV4::new(ip(11), 5202));
             std::thread::spawn(move || {
                 let sent = pattern(i as u8, LEN);
                 conn.write_all(&sent).expect("client writes");
@@ -291,11 +293,7 @@ fn pods_added_and_removed_while_others_transfer() {
     use std::sync::Arc;
     let (na, nb, nc, nd) = (unique("psa"), unique("psb"), unique("psc"), unique("psd"));
     let node = start(&[plan(&na, 10), plan(&nb, 11), plan(&nd, 13)]);
-    let listener = NetNs::open(&nb)
-        .expect("b")
-        .run(|| TcpListener::bind(SocketAddrV4::new(ip(11), 5202)))
-        .expect("ns")
-        .expect("bind");
+    let listener = listen_in(&nb, SocketAddrV4::new(ip(11), 5202));
     let received = Arc::new(AtomicU64::new(0));
     let server = {
         let received = Arc::clone(&received);
@@ -316,11 +314,7 @@ fn pods_added_and_removed_while_others_transfer() {
         })
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let mut conn = NetNs::open(&na)
-        .expect("a")
-        .run(|| TcpStream::connect(SocketAddrV4::new(ip(11), 5202)))
-        .expect("ns")
-        .expect("connect");
+    let mut conn = connect_from(&na, SocketAddrV4::new(ip(11), 5202));
     let client = {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {

@@ -96,24 +96,6 @@ impl Batch {
         });
     }
 
-    /// Appends `prefix` + `data` to the last frame (which must exist; else it becomes the first
-    /// frame). Used to build runs of UDP datagrams sent with one GSO `sendmsg`.
-    #[inline]
-    pub fn extend_last(&mut self, prefix: &[u8], data: &[u8]) {
-        let len = prefix.len() + data.len();
-        if self.descs.is_empty() {
-            self.push_with(VnetHdr::default(), prefix, data);
-            return;
-        }
-        let tail = self.tail(len);
-        tail[..prefix.len()].copy_from_slice(prefix);
-        tail[prefix.len()..].copy_from_slice(data);
-        self.used += len;
-        if let Some(d) = self.descs.last_mut() {
-            d.len += len as u32;
-        }
-    }
-
     /// Appends a frame written in place by `fill`, which gets `max` bytes of space and returns
     /// how many it used (`None`: nothing appended). For readers that fill buffers (TAP `read`).
     pub fn push_from<E>(
@@ -264,19 +246,6 @@ mod tests {
         b.push_parts(VnetHdr::default(), &[b"ab", b"", b"cde"]);
         assert_eq!(b.get(1).map(|(f, _)| f.to_vec()), Some(b"abcde".to_vec()));
         assert_eq!((b.offset(1), b.as_bytes()), (Some(1), &b"xabcde"[..]));
-    }
-
-    #[test]
-    fn extend_last_grows_the_last_frame() {
-        let mut b = Batch::default();
-        b.extend_last(b"h", b"1");
-        b.push(b"x");
-        b.extend_last(b"h", b"22");
-        assert_eq!(
-            b.iter().map(|(f, _)| f.to_vec()).collect::<Vec<_>>(),
-            vec![b"h1".to_vec(), b"xh22".to_vec()]
-        );
-        assert_eq!(b.bytes(), 6);
     }
 
     #[test]

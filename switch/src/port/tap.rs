@@ -135,29 +135,22 @@ impl Port for TapPort {
 
     fn send(&mut self, batch: &mut Batch) -> Result<SendOutcome, PortError> {
         let mut out = SendOutcome::default();
-        let mut closed = false;
+        let mut result = Ok(());
         for (frame, vnet) in batch.iter() {
-            let hdr = vnet.to_bytes();
-            let bufs = [IoSlice::new(&hdr), IoSlice::new(frame)];
-            match self.dev.send_vectored(&bufs) {
-                Ok(_) => {
+            match self.send_now(&[frame], vnet) {
+                Ok(true) => {
                     out.sent += 1;
                     out.bytes += frame.len();
                 }
-                Err(e) if e.raw_os_error() == Some(libc::EBADFD) => {
-                    closed = true;
+                Ok(false) => out.dropped += 1,
+                Err(e) => {
+                    result = Err(e);
                     break;
                 }
-                // EAGAIN (send buffer full), EIO (the pod set eth0 down), EINVAL (a frame the
-                // kernel refuses): this frame is lost, the port stays.
-                Err(_) => out.dropped += 1,
             }
         }
         batch.clear();
-        if closed {
-            return Err(PortError::Closed);
-        }
-        Ok(out)
+        result.map(|()| out)
     }
 
     fn accepts_gso(&self) -> bool {

@@ -7,7 +7,7 @@
 //! Sending: RFC 7348 §5 asks for an outer UDP source port derived from the inner flow, so ECMP
 //! in the underlay spreads flows while each flow keeps its path. A UDP socket has one source
 //! port, so the tunnel keeps a small pool of sockets bound to the underlay address on
-//! kernel-chosen ports and picks one by the inner flow's hash ([`vxlan::flow_hash`]): the source
+//! kernel-chosen ports and picks one by the inner flow's hash ([`crate::wire::vxlan::flow_hash`]): the source
 //! port is a function of the flow, drawn from `SOURCE_PORTS` values. (A raw socket could use any
 //! port but would lose UDP GSO, which the fast path needs.) The kernel's vxlan device accepts
 //! any source port.
@@ -24,7 +24,6 @@ use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use super::{Batch, PortError, SendOutcome};
-use crate::wire::vxlan;
 
 /// Sockets in the source-port pool.
 pub const SOURCE_PORTS: usize = 16;
@@ -50,9 +49,9 @@ fn grow_buffers(sock: &UdpSocket) {
 
 /// Most datagrams in one UDP GSO send (the kernel's `UDP_MAX_SEGMENTS` is 64 before 5.x
 /// raised it; 64 works everywhere).
-pub const GSO_MAX_SEGMENTS: usize = 64;
+const GSO_MAX_SEGMENTS: usize = 64;
 /// Most payload bytes in one UDP GSO send (it must fit one IPv4 packet before segmentation).
-pub const GSO_MAX_BYTES: usize = 65507;
+const GSO_MAX_BYTES: usize = 65507;
 
 /// The node's VXLAN endpoint.
 #[derive(Debug)]
@@ -442,9 +441,6 @@ fn send_plain(sock: &UdpSocket, iov: &[IoSlice<'_>], to: SocketAddrV4) -> Result
     let addr = SockaddrIn::from(to);
     sendmsg(sock.as_raw_fd(), iov, &[], MsgFlags::empty(), Some(&addr)).map(|_| ())
 }
-
-/// Bytes a VXLAN datagram adds in front of the inner frame (the UDP payload part).
-pub const ENCAP_PREFIX: usize = vxlan::HEADER_LEN;
 
 #[cfg(test)]
 mod tests {
