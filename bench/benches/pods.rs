@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use podstack::Pod;
-use podswitch::switch::{Switch, SwitchConfig};
+use podswitch::dataplane::{Switch, SwitchConfig};
 use podswitch::table::MacTableConfig;
 use podswitch_bench::{MEASUREMENT, SAMPLES, WARM_UP};
 

@@ -8,9 +8,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
+use podswitch::dataplane::Dataplane;
 use podswitch::pipeline::{Metrics, NodeConfig, Pipeline, PortMetrics};
 use podswitch::port::{mem_port, MemEndpoint, Waker, DEFAULT_BATCH};
-use podswitch::switch::Dataplane;
 use podswitch::table::{MacTableConfig, Peer, PortId, PortInfo, PortKind, Tables, Topology};
 use podswitch::testutil::{eth, ipv4, udp};
 use podswitch::wire::{mac_key, EthernetAddress, ETHERNET_HEADER_LEN};

@@ -6,8 +6,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
 
 use podstack::Pod;
+use podswitch::dataplane::{Switch, SwitchConfig};
 use podswitch::pipeline::NodeConfig;
-use podswitch::switch::{Switch, SwitchConfig};
 use podswitch::table::MacTableConfig;
 use podswitch::wire::EthernetAddress;
 

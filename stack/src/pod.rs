@@ -7,8 +7,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant as StdInstant};
 
 use crossbeam_channel::{bounded, never, select, Receiver, Sender};
+use podswitch::dataplane::{Switch, SwitchError};
 use podswitch::port::MemEndpoint;
-use podswitch::switch::{Switch, SwitchError};
 use podswitch::table::{PortInfo, PortKind};
 use podswitch::wire::EthernetAddress;
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};

@@ -5,21 +5,21 @@
 //! - [`table`]: forwarding state (MAC table, topology), read lock-free on every frame.
 //! - [`pipeline`]: the sans-IO forwarding decision, `(ingress, frame) -> Action`.
 //! - [`port`]: I/O adapters behind one trait; only this layer touches file descriptors.
-//! - [`switch`]: the runtime that moves batches between ports through the pipeline, and the
-//!   control handle to add and remove ports.
+//! - [`dataplane`]: the worker threads that move batches between ports through the pipeline,
+//!   and the control handle to add and remove ports.
 
 #![warn(missing_docs)]
 
 pub mod coalesce;
 pub mod config;
 pub mod control;
+pub mod dataplane;
 pub mod lab;
 pub mod netns;
 pub mod node;
 pub mod offload;
 pub mod pipeline;
 pub mod port;
-pub mod switch;
 pub mod table;
 #[doc(hidden)]
 pub mod testutil;

@@ -238,7 +238,9 @@ fn run(config_path: &Path) -> Result<(), String> {
             .map(|p| peer_of(p, cfg.node.vxlan_port))
             .collect(),
         workers: cfg.node.workers,
-        cpus: cfg.node.dataplane_cpus(&podswitch::switch::allowed_cpus()),
+        cpus: cfg
+            .node
+            .dataplane_cpus(&podswitch::dataplane::allowed_cpus()),
     };
     let plans: Vec<PodPlan> = cfg.pods.iter().map(plan_of).collect();
     let control_path = cfg.node.control_path();

@@ -19,10 +19,10 @@ use std::sync::{Mutex, MutexGuard};
 use futures::TryStreamExt;
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
+use crate::dataplane::{Switch, SwitchConfig, SwitchError};
 use crate::netns::{NetNs, NetnsError};
 use crate::pipeline::{DropReason, NodeConfig, PortCounts};
 use crate::port::{TapPort, UdpTunnel};
-use crate::switch::{Switch, SwitchConfig, SwitchError};
 use crate::table::{MacTableConfig, Peer, PortId, PortInfo, PortKind};
 use crate::wire::{format_mac, mac_from_key, EthernetAddress};
 

@@ -1,8 +1,8 @@
 //! The data-plane threads run on the CPUs they are pinned to. In its own test binary (its own
 //! process), so no other switch's threads share the names looked for.
 
+use podswitch::dataplane::{allowed_cpus, Switch, SwitchConfig};
 use podswitch::pipeline::NodeConfig;
-use podswitch::switch::{allowed_cpus, Switch, SwitchConfig};
 use podswitch::wire::EthernetAddress;
 
 /// `Cpus_allowed_list` of every thread of this process named `name`.

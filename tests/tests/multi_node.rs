@@ -5,9 +5,9 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
 use podstack::Pod;
+use podswitch::dataplane::{Switch, SwitchConfig};
 use podswitch::pipeline::{DropReason, NodeConfig};
 use podswitch::port::UdpTunnel;
-use podswitch::switch::{Switch, SwitchConfig};
 use podswitch::table::{MacTableConfig, Peer, PortInfo, PortKind};
 use podswitch::testutil::{eth, ipv4_tos, pattern, udp, vxlan_wrap, wait_for};
 use podswitch::wire::EthernetAddress;

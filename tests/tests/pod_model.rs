@@ -7,9 +7,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use podstack::{NetError, Pod};
+use podswitch::dataplane::{Switch, SwitchConfig};
 use podswitch::pipeline::{DropReason, NodeConfig};
 use podswitch::port::MemEndpoint;
-use podswitch::switch::{Switch, SwitchConfig};
 use podswitch::table::{MacTableConfig, PortInfo, PortKind};
 use podswitch::testutil::{arp, eth, icmp_echo, ipv4, pattern, udp, wait_for};
 use podswitch::wire::EthernetAddress;

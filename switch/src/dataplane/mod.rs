@@ -1,0 +1,29 @@
+//! The data plane: worker threads that move frames between ports through the pipeline, and
+//! the handle the control plane drives them with.
+//!
+//! Which file holds what:
+//! - [`round`]: [`Dataplane`], the per-thread state, and its round `poll_once` (receive a batch
+//!   per ready port, decide each frame, hand it on, transmit, publish counters);
+//! - [`ports`]: the ports a data plane holds and the one verb that hands a frame to a port
+//!   (`Ports::send`), with segmenting for ports that cannot take superframes;
+//! - [`tunnel`]: the VXLAN tunnel's queue (encapsulation) and receive side (decapsulation,
+//!   coalescing into superframes);
+//! - [`readiness`]: the epoll set that says which ports have frames waiting;
+//! - [`worker`]: the thread loop, its commands and its idle policy (spin, yield, sleep), CPU
+//!   pinning;
+//! - [`handle`]: [`Switch`], the control handle (start, attach, detach, peers) and the
+//!   registry of attached ports.
+//!
+//! Data flows one way: port -> pipeline -> port or tunnel. The control plane changes the
+//! tables and sends the workers commands; it never touches a port a worker holds.
+
+mod handle;
+mod ports;
+mod readiness;
+mod round;
+mod tunnel;
+mod worker;
+
+pub use handle::{PortRecord, Switch, SwitchConfig, SwitchError, MAX_PORTS};
+pub use round::Dataplane;
+pub use worker::allowed_cpus;

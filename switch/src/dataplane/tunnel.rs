@@ -1,0 +1,204 @@
+//! The VXLAN tunnel as the data plane holds it: frames for peers queued and sent
+//! ([`TunnelSlot::encapsulate`], [`TunnelSlot::flush`]), datagrams from peers received, judged
+//! and delivered to local pods ([`TunnelSlot::decapsulate`]).
+//!
+//! Nothing is copied on the way out: the queue holds, per datagram, the VXLAN header (plus,
+//! for a segment of a superframe, its rebuilt inner headers) and the range of the receive batch
+//! holding the inner bytes; it is sent before that batch is reused. On the way in, datagrams
+//! are edited where they were received and consecutive TCP segments of a flow are merged into
+//! superframes that refer to them there ([`Coalescer`]).
+
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+
+use super::ports::{Frame, Ports};
+use crate::coalesce::Coalescer;
+use crate::offload::{self, Segmenter};
+use crate::pipeline::{Action, DropReason, Metrics, Pipeline, PortCounts, PortMetrics};
+use crate::port::{Batch, TxQueue, UdpTunnel, DEFAULT_BATCH};
+use crate::wire::virtio::VnetHdr;
+use crate::wire::{vxlan, ETHERNET_HEADER_LEN};
+
+pub(super) struct TunnelSlot {
+    pub(super) tunnel: UdpTunnel,
+    /// Registered for readiness, and reported ready (as for a port).
+    pub(super) polled: bool,
+    pub(super) ready: bool,
+    header: [u8; vxlan::HEADER_LEN],
+    tx: TxQueue,
+    rx: Batch,
+    sources: Vec<SocketAddrV4>,
+    segments: Vec<u16>,
+    coalescer: Coalescer,
+    pub(super) metrics: Arc<PortMetrics>,
+    pub(super) counts: PortCounts,
+    segmenter: Segmenter,
+    /// Largest inner IPv4 packet the tunnel carries (segments are cut to fit).
+    tunnel_mtu: usize,
+}
+
+impl TunnelSlot {
+    pub(super) fn new(
+        tunnel: UdpTunnel,
+        metrics: Arc<PortMetrics>,
+        polled: bool,
+        vni: u32,
+        tunnel_mtu: u16,
+    ) -> Self {
+        Self {
+            polled,
+            ready: false,
+            tunnel,
+            header: vxlan::header(vni),
+            // VXLAN header + inner Ethernet header + an inner packet of the tunnel MTU: the
+            // UDP payload that fits the underlay without fragmenting.
+            tx: TxQueue::with_gso_limit(
+                vxlan::HEADER_LEN + ETHERNET_HEADER_LEN + usize::from(tunnel_mtu),
+            ),
+            rx: Batch::with_capacity(DEFAULT_BATCH, 2048),
+            sources: Vec::with_capacity(DEFAULT_BATCH),
+            segments: Vec::with_capacity(DEFAULT_BATCH),
+            coalescer: Coalescer::default(),
+            metrics,
+            counts: PortCounts::default(),
+            segmenter: Segmenter::default(),
+            tunnel_mtu: usize::from(tunnel_mtu),
+        }
+    }
+
+    /// Queues one inner frame for `to`; `at` is where `frame` starts in the receive batch
+    /// (the queue refers to its bytes there). A GSO superframe is cut into segments that fit
+    /// the tunnel MTU (rebuilt headers queued, payload referred to); a frame with a partial
+    /// checksum gets it completed in place (the far end is a plain kernel that verifies it).
+    /// Returns false if the frame could not be made wire-ready.
+    // Kept out of line: inlined into the round it slowed local routing by a third (register
+    // pressure in the per-frame loop; measured 45 -> 31 M frames/s).
+    #[inline(never)]
+    pub(super) fn encapsulate(
+        &mut self,
+        to: SocketAddrV4,
+        frame: &mut [u8],
+        at: usize,
+        vnet: VnetHdr,
+    ) -> bool {
+        let hash = vxlan::flow_hash(frame);
+        if !vnet.is_gso() {
+            if vnet.needs_csum() && offload::complete_checksum(frame, &vnet).is_err() {
+                return false;
+            }
+            self.tx
+                .push(to, hash, &[&self.header], at..at + frame.len());
+            return true;
+        }
+        let Self {
+            segmenter,
+            tx,
+            header,
+            tunnel_mtu,
+            ..
+        } = self;
+        // Consecutive segments of equal size become one GSO run in the queue.
+        segmenter
+            .segment_for_mtu(frame, &vnet, *tunnel_mtu, |head: &[u8], body| {
+                tx.push(to, hash, &[header, head], at + body.start..at + body.end);
+            })
+            .is_ok()
+    }
+
+    /// Sends what is queued; `source` is the receive batch the queue refers to.
+    pub(super) fn flush(&mut self, source: &[u8], metrics: &Metrics) {
+        if self.tx.is_empty() {
+            return;
+        }
+        let out = self.tunnel.send_queue(&mut self.tx, source);
+        self.counts.tx_frames += out.sent as u64;
+        self.counts.tx_bytes += out.bytes as u64;
+        self.counts.tx_dropped += out.dropped as u64;
+        if out.dropped > 0 {
+            metrics.count_tx_dropped(out.dropped as u64);
+        }
+    }
+
+    /// Receives one batch and hands what the pipeline accepts to local pods. With UDP GRO an
+    /// entry holds a run of datagrams; each is judged on its own. Returns the datagrams
+    /// received (counts are in datagrams).
+    #[inline(never)]
+    pub(super) fn decapsulate(
+        &mut self,
+        pipeline: &mut Pipeline,
+        ports: &mut Ports,
+        max: usize,
+    ) -> usize {
+        let Self {
+            tunnel,
+            rx,
+            sources,
+            segments,
+            coalescer,
+            counts,
+            ..
+        } = self;
+        rx.clear();
+        sources.clear();
+        segments.clear();
+        if let Err(e) = tunnel.recv(rx, sources, segments, max) {
+            tracing::warn!("tunnel receive: {e}");
+        }
+        let mut datagrams = 0;
+        counts.rx_bytes += rx.bytes() as u64;
+        let deliver = |ports: &mut Ports, to, parts: &[&[u8]], vnet| {
+            ports.send(to, Frame::Parts(parts), vnet);
+        };
+        // Datagrams are addressed by range in the receive buffer: the pipeline edits each in
+        // place, then the coalescer refers to the inner frame there until the final flush.
+        for i in 0..rx.len() {
+            let (Some(at), Some(len), Some(&src), Some(&seg)) = (
+                rx.offset(i),
+                rx.get(i).map(|(f, _)| f.len()),
+                sources.get(i),
+                segments.get(i),
+            ) else {
+                break;
+            };
+            let seg = if seg == 0 {
+                len.max(1)
+            } else {
+                usize::from(seg)
+            };
+            let mut start = at;
+            while start < at + len {
+                let end = (start + seg).min(at + len);
+                let datagram = start..end;
+                start = end;
+                datagrams += 1;
+                let action = match rx.as_bytes_mut().get_mut(datagram.clone()) {
+                    Some(d) => pipeline.process_tunnel(src, d),
+                    None => break,
+                };
+                let Action::Forward(to) = action else {
+                    counts.rx_dropped += 1;
+                    continue;
+                };
+                // A forwarded datagram holds at least the VXLAN header.
+                let inner = datagram.start + vxlan::HEADER_LEN..datagram.end;
+                let source = rx.as_bytes();
+                match ports.accepts_gso(to) {
+                    // Pods behind TAPs get consecutive segments merged into superframes.
+                    Some(true) => coalescer.push(to, source, inner, &mut |p, parts, v| {
+                        deliver(ports, p, parts, v)
+                    }),
+                    Some(false) => {
+                        let frame = source.get(inner).unwrap_or_default();
+                        ports.send(to, Frame::Whole(frame), VnetHdr::default());
+                    }
+                    None => pipeline.count_egress_drop(DropReason::PortGone, 1),
+                }
+            }
+        }
+        coalescer.flush(rx.as_bytes(), &mut |p, parts, v| {
+            deliver(ports, p, parts, v)
+        });
+        counts.rx_frames += datagrams;
+        datagrams as usize
+    }
+}
