@@ -707,6 +707,34 @@ mod tests {
     }
 
     #[test]
+    fn pod_and_peer_add_carry_the_spec() {
+        let peer = Request::PeerAdd(PeerSpec {
+            name: "node-b".into(),
+            underlay: Ipv4Addr::new(192, 168, 77, 2),
+            pod_cidr: "10.244.2.0/24".parse().unwrap(),
+            vtep_mac: Some(crate::node::Mac([2, 0xee, 0, 0, 0, 2])),
+        });
+        let text = serde_json::to_string(&peer).unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"peer_add","name":"node-b","underlay":"192.168.77.2","pod_cidr":"10.244.2.0/24","vtep_mac":"02:ee:00:00:00:02"}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), peer);
+        let e = serde_json::from_str::<Request>(
+            r#"{"op":"pod_add","name":"a","netns":"a","ip":"10.244.1.10","mac":"nope"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("\"nope\" is not a MAC address"), "{e}");
+        let e = serde_json::from_str::<Request>(
+            r#"{"op":"peer_add","name":"b","underlay":"192.168.77.2","pod_cidr":"10.244.2.0/24","x":1}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field `x`"), "{e}");
+    }
+
+    #[test]
     fn request_response_round_trips() {
         let dir = TempDir::new("roundtrip");
         let path = dir.sock();
