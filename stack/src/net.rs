@@ -37,6 +37,26 @@ fn endpoint_v4(e: IpEndpoint) -> Option<SocketAddrV4> {
     }
 }
 
+/// Opening sockets: here rather than in `pod`, so the dependency goes one way (`net` uses the
+/// pod's state; the pod knows nothing of sockets).
+impl Container {
+    /// Listens on TCP `port` (all of the pod's addresses). EADDRINUSE if any socket of the pod
+    /// holds it.
+    pub fn tcp_listen(&self, port: u16) -> Result<TcpListener, NetError> {
+        TcpListener::bind(self, port)
+    }
+
+    /// Connects to `addr` over TCP.
+    pub fn tcp_connect(&self, addr: SocketAddrV4) -> Result<TcpStream, NetError> {
+        TcpStream::connect(self, addr)
+    }
+
+    /// Binds UDP `port`. EADDRINUSE if any socket of the pod holds it.
+    pub fn udp_bind(&self, port: u16) -> Result<UdpSocket, NetError> {
+        UdpSocket::bind(self, port)
+    }
+}
+
 /// A TCP listener: `accept` hands out established connections.
 pub struct TcpListener {
     pod: Arc<PodShared>,

@@ -16,7 +16,6 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
 use crate::device::{DeviceCounts, PodDevice};
-use crate::net::{TcpListener, TcpStream, UdpSocket};
 use crate::NetError;
 
 /// Longest the driver sleeps without a reason to wake (timers are re-read every round).
@@ -439,7 +438,8 @@ fn drive(
     }
 }
 
-/// A container of a pod: opens sockets in the pod's shared network namespace.
+/// A container of a pod: opens sockets in the pod's shared network namespace (its socket
+/// constructors live with the sockets, in `net`, so this module does not depend on them).
 pub struct Container {
     pub(crate) pod: Arc<PodShared>,
     pub(crate) id: u64,
@@ -459,22 +459,6 @@ impl Container {
             let HardwareAddress::Ethernet(mac) = st.iface.hardware_addr();
             Some(ip.map(|ip| (ip, EthernetAddress(mac.0))))
         })
-    }
-
-    /// Listens on TCP `port` (all of the pod's addresses). EADDRINUSE if any socket of the pod
-    /// holds it.
-    pub fn tcp_listen(&self, port: u16) -> Result<TcpListener, NetError> {
-        TcpListener::bind(self, port)
-    }
-
-    /// Connects to `addr` over TCP.
-    pub fn tcp_connect(&self, addr: std::net::SocketAddrV4) -> Result<TcpStream, NetError> {
-        TcpStream::connect(self, addr)
-    }
-
-    /// Binds UDP `port`. EADDRINUSE if any socket of the pod holds it.
-    pub fn udp_bind(&self, port: u16) -> Result<UdpSocket, NetError> {
-        UdpSocket::bind(self, port)
     }
 }
 

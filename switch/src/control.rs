@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! > {"op":"pod_add","name":"web","netns":"web","ip":"10.244.1.10"}
-//! < {"result":"pod","data":{"name":"web","netns":"web","ip":"10.244.1.10",...}}
+//! < {"result":"pod","data":{"spec":{"name":"web","netns":"web","ip":"10.244.1.10"},...}}
 //! > {"op":"status"}
 //! < {"result":"status","data":{"node":"node-a","pods":1,"rx":0,...}}
 //! > {"op":"pod_del","name":"nope"}
@@ -29,7 +29,6 @@
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
-use std::net::Ipv4Addr;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,7 +37,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use crate::node::{FdbEntry, PeerStatus, PodStatus};
+use crate::node::{FdbEntry, PeerSpec, PodSpec, PodStatus};
 
 /// Longest request line the server reads, in bytes without the newline.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -50,17 +49,7 @@ pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Add a pod (CNI ADD).
-    PodAdd {
-        /// Pod name.
-        name: String,
-        /// Network namespace name (`/run/netns/<netns>`).
-        netns: String,
-        /// Pod IP.
-        ip: Ipv4Addr,
-        /// Pod MAC, `aa:bb:cc:dd:ee:ff`; derived from the IP when absent.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        mac: Option<String>,
-    },
+    PodAdd(PodSpec),
     /// Remove a pod (CNI DEL).
     PodDel {
         /// Pod name.
@@ -73,17 +62,7 @@ pub enum Request {
     /// Node-wide counters.
     Status,
     /// Add a peer node (its pod CIDR becomes reachable through the tunnel).
-    PeerAdd {
-        /// Peer node name.
-        name: String,
-        /// Its underlay address.
-        underlay: Ipv4Addr,
-        /// The pod CIDR it owns, `a.b.c.d/len`.
-        pod_cidr: String,
-        /// Its VTEP MAC; derived from the name when absent.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        vtep_mac: Option<String>,
-    },
+    PeerAdd(PeerSpec),
     /// Remove a peer node.
     PeerDel {
         /// Peer node name.
@@ -106,7 +85,7 @@ pub enum Response {
     /// The MAC table.
     Fdb(Vec<FdbEntry>),
     /// The peer nodes.
-    Peers(Vec<PeerStatus>),
+    Peers(Vec<PeerSpec>),
     /// Node-wide counters: `rx = forwarded + delivered_locally + dropped`.
     Status {
         /// Node name.
@@ -263,11 +242,12 @@ impl ControlSocket {
         handler: Arc<dyn ControlHandler>,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let std_listener = self
-            .listener
-            .take()
-            .ok_or_else(|| std::io::Error::other("control socket already served"))?;
-        let listener = tokio::net::UnixListener::from_std(std_listener)?;
+        let shown = self.path().display().to_string();
+        let std_listener = self.listener.take().ok_or_else(|| {
+            std::io::Error::other(format!("control socket {shown} is already served"))
+        })?;
+        let listener = tokio::net::UnixListener::from_std(std_listener)
+            .map_err(|e| io_context(e, format!("control socket {shown}")))?;
         let mut connections = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         tracing::info!(path = %self.path().display(), "control socket listening");
@@ -509,6 +489,8 @@ mod tests {
     use std::sync::{Condvar, Mutex};
     use std::thread::JoinHandle;
 
+    use std::net::Ipv4Addr;
+
     use super::*;
     use crate::pipeline::PortCounts as Counters;
 
@@ -539,13 +521,19 @@ mod tests {
         }
     }
 
-    fn sample_pod(name: &str) -> PodStatus {
-        PodStatus {
+    fn web(name: &str, mac: Option<crate::node::Mac>) -> PodSpec {
+        PodSpec {
             name: name.into(),
             netns: name.into(),
             ip: Ipv4Addr::new(10, 244, 1, 10),
+            mac,
+        }
+    }
+
+    fn sample_pod(name: &str) -> PodStatus {
+        PodStatus {
+            spec: web(name, None),
             prefix_len: 24,
-            mac: "02:42:0a:f4:01:0a".into(),
             port: 1,
             created_netns: true,
             counters: Counters {
@@ -568,9 +556,9 @@ mod tests {
         fn handle(&self, req: Request) -> Response {
             self.calls.fetch_add(1, Ordering::Relaxed);
             match req {
-                Request::PodAdd { name, mac, .. } => match mac {
-                    Some(m) if m == "bad" => Response::error("config error: pod.mac: bad"),
-                    _ => Response::Pod(sample_pod(&name)),
+                Request::PodAdd(spec) => match spec.mac {
+                    Some(m) if m.0[0] & 1 != 0 => Response::error("pod.mac: group"),
+                    _ => Response::Pod(sample_pod(&spec.name)),
                 },
                 Request::PodDel { name } if name == "hold" => {
                     let mut open = self.gate.lock().unwrap();
@@ -587,10 +575,10 @@ mod tests {
                 Request::PodDel { name } if name == "panic" => panic!("fake handler panic"),
                 Request::PodDel { .. } => Response::Ok,
                 Request::PodList => Response::Pods(vec![sample_pod("a"), sample_pod("b")]),
-                Request::PeerAdd { .. } | Request::PeerDel { .. } => Response::Ok,
+                Request::PeerAdd(_) | Request::PeerDel { .. } => Response::Ok,
                 Request::PeerList => Response::Peers(Vec::new()),
                 Request::Fdb => Response::Fdb(vec![FdbEntry {
-                    mac: "02:42:0a:f4:01:0a".into(),
+                    mac: crate::node::Mac([2, 0x42, 10, 244, 1, 10]),
                     port: 1,
                     port_name: Some("a".into()),
                     is_static: true,
@@ -678,12 +666,7 @@ mod tests {
 
     #[test]
     fn wire_format_is_tagged_json() {
-        let req = Request::PodAdd {
-            name: "web".into(),
-            netns: "web".into(),
-            ip: Ipv4Addr::new(10, 244, 1, 10),
-            mac: None,
-        };
+        let req = Request::PodAdd(web("web", None));
         assert_eq!(
             serde_json::to_string(&req).unwrap(),
             r#"{"op":"pod_add","name":"web","netns":"web","ip":"10.244.1.10"}"#
@@ -724,6 +707,34 @@ mod tests {
     }
 
     #[test]
+    fn pod_and_peer_add_carry_the_spec() {
+        let peer = Request::PeerAdd(PeerSpec {
+            name: "node-b".into(),
+            underlay: Ipv4Addr::new(192, 168, 77, 2),
+            pod_cidr: "10.244.2.0/24".parse().unwrap(),
+            vtep_mac: Some(crate::node::Mac([2, 0xee, 0, 0, 0, 2])),
+        });
+        let text = serde_json::to_string(&peer).unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"peer_add","name":"node-b","underlay":"192.168.77.2","pod_cidr":"10.244.2.0/24","vtep_mac":"02:ee:00:00:00:02"}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), peer);
+        let e = serde_json::from_str::<Request>(
+            r#"{"op":"pod_add","name":"a","netns":"a","ip":"10.244.1.10","mac":"nope"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("\"nope\" is not a MAC address"), "{e}");
+        let e = serde_json::from_str::<Request>(
+            r#"{"op":"peer_add","name":"b","underlay":"192.168.77.2","pod_cidr":"10.244.2.0/24","x":1}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field `x`"), "{e}");
+    }
+
+    #[test]
     fn request_response_round_trips() {
         let dir = TempDir::new("roundtrip");
         let path = dir.sock();
@@ -733,25 +744,15 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
 
-        let add = Request::PodAdd {
-            name: "web".into(),
-            netns: "web".into(),
-            ip: Ipv4Addr::new(10, 244, 1, 10),
-            mac: None,
-        };
+        let add = Request::PodAdd(web("web", None));
         assert_eq!(
             call(&path, &add, T).unwrap(),
             Response::Pod(sample_pod("web"))
         );
-        let bad = Request::PodAdd {
-            name: "web".into(),
-            netns: "web".into(),
-            ip: Ipv4Addr::new(10, 244, 1, 10),
-            mac: Some("bad".into()),
-        };
+        let bad = Request::PodAdd(web("web", Some(crate::node::Mac([1, 0, 0, 0, 0, 1]))));
         assert_eq!(
             call(&path, &bad, T).unwrap(),
-            Response::error("config error: pod.mac: bad")
+            Response::error("pod.mac: group")
         );
         assert_eq!(
             call(&path, &Request::PodList, T).unwrap(),

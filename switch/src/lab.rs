@@ -21,11 +21,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ipnet::Ipv4Net;
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth};
 
+use crate::config::Config;
 use crate::control::{self, Request, Response};
 use crate::netns::NetNs;
-use crate::node::{link_index, with_netlink};
+use crate::node::spec::CONTROL_DIR;
+use crate::node::{link_index, with_netlink, NodeSpec, PeerSpec, PodSpec};
 
 /// Most nodes in a lab (one /24 of pod CIDRs each under 10.244.0.0/16, underlay .1-.254).
 pub const MAX_NODES: usize = 200;
@@ -102,7 +105,7 @@ impl Lab {
     }
 
     fn dir(name: &str) -> PathBuf {
-        Path::new(crate::config::CONTROL_DIR).join(name)
+        Path::new(CONTROL_DIR).join(name)
     }
 
     fn underlay_ns(name: &str) -> String {
@@ -138,39 +141,53 @@ impl Lab {
         }
     }
 
-    /// The config file of node `i`.
-    pub fn node_config(&self, i: usize) -> String {
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "# podswitch lab {:?}, node {i} of {}",
+    /// The configuration of node `i`: its pods and every other node as a peer.
+    pub fn node_config(&self, i: usize) -> Config {
+        let name = Self::node_ns(&self.name, i);
+        let mut node = NodeSpec::new(&name, Self::pod_cidr(i));
+        node.netns = Some(name);
+        node.underlay = Some(Self::underlay_ip(i));
+        node.control = Some(self.control(i));
+        node.workers = self.workers;
+        let pods = (1..=self.pods_per_node)
+            .map(|j| {
+                let (pod, ip) = self.pod(i, j);
+                PodSpec {
+                    name: pod.clone(),
+                    netns: pod,
+                    ip,
+                    mac: None,
+                }
+            })
+            .collect();
+        let peers = (1..=self.nodes)
+            .filter(|&k| k != i)
+            .map(|k| PeerSpec {
+                name: Self::node_ns(&self.name, k),
+                underlay: Self::underlay_ip(k),
+                pod_cidr: Self::pod_cidr(k),
+                vtep_mac: None,
+            })
+            .collect();
+        Config { node, pods, peers }
+    }
+
+    /// The config file of node `i`, checked by the same rules as any config file.
+    fn node_config_file(&self, i: usize) -> Result<String, LabError> {
+        let cfg = self.node_config(i);
+        cfg.validate()
+            .map_err(|e| self.step(format!("node {i} config"))(e.to_string()))?;
+        let text = cfg
+            .to_toml()
+            .map_err(|e| self.step(format!("node {i} config"))(e.to_string()))?;
+        Ok(format!(
+            "# podswitch lab {:?}, node {i} of {}\n{text}",
             self.name, self.nodes
-        );
-        let _ = writeln!(s, "[node]");
-        let _ = writeln!(s, "name = \"{}\"", Self::node_ns(&self.name, i));
-        let _ = writeln!(s, "netns = \"{}\"", Self::node_ns(&self.name, i));
-        let _ = writeln!(s, "pod_cidr = \"10.244.{i}.0/24\"");
-        let _ = writeln!(s, "underlay = \"{}\"", Self::underlay_ip(i));
-        let _ = writeln!(s, "control = \"{}\"", self.control(i).display());
-        if self.workers != 1 {
-            let _ = writeln!(s, "workers = {}", self.workers);
-        }
-        for j in 1..=self.pods_per_node {
-            let (pod, ip) = self.pod(i, j);
-            let _ = writeln!(
-                s,
-                "\n[[pods]]\nname = \"{pod}\"\nnetns = \"{pod}\"\nip = \"{ip}\""
-            );
-        }
-        for k in (1..=self.nodes).filter(|&k| k != i) {
-            let _ = writeln!(
-                s,
-                "\n[[peers]]\nname = \"{}\"\nunderlay = \"{}\"\npod_cidr = \"10.244.{k}.0/24\"",
-                Self::node_ns(&self.name, k),
-                Self::underlay_ip(k)
-            );
-        }
-        s
+        ))
+    }
+
+    fn pod_cidr(i: usize) -> Ipv4Net {
+        Ipv4Net::new(Ipv4Addr::new(10, 244, i as u8, 0), 24).unwrap_or_default()
     }
 
     /// Builds the lab and starts its daemons (`podswitch` binary at `exe`). On failure,
@@ -215,7 +232,7 @@ impl Lab {
         let mut children = Vec::new();
         for i in 1..=self.nodes {
             let cfg_path = dir.join(format!("node{i}.toml"));
-            std::fs::write(&cfg_path, self.node_config(i))
+            std::fs::write(&cfg_path, self.node_config_file(i)?)
                 .map_err(|e| self.step("writing configs")(e.to_string()))?;
             let log = std::fs::File::create(dir.join(format!("node{i}.log")))
                 .map_err(|e| self.step("log file")(e.to_string()))?;

@@ -1,17 +1,16 @@
 //! The `podswitch` command: the node daemon (`run`) and the clients of its control socket.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use podswitch::config::{self, Config, PeerSpec, PodSpec};
-use podswitch::control::{self, ControlHandler, ControlSocket, Request, Response};
+use podswitch::config::Config;
+use podswitch::control::{self, ControlSocket, Request, Response};
 use podswitch::netns::NetNs;
-use podswitch::node::{Node, NodeSettings, PodPlan, PodStatus};
-use podswitch::table::Peer;
+use podswitch::node::handler::NodeHandler;
+use podswitch::node::{Node, PeerSpec, PodSpec, PodStatus};
 
 /// A userspace packet switch for Kubernetes-style pod networking.
 #[derive(Parser)]
@@ -95,21 +94,9 @@ enum LabOp {
 
 #[derive(Subcommand)]
 enum PeerOp {
-    /// Add a peer node: its pod CIDR becomes reachable through the VXLAN tunnel.
-    Add {
-        /// Peer node name.
-        #[arg(long)]
-        name: String,
-        /// Its underlay (tunnel endpoint) address.
-        #[arg(long)]
-        underlay: Ipv4Addr,
-        /// The pod CIDR it owns.
-        #[arg(long)]
-        pod_cidr: String,
-        /// Its VTEP MAC (default: derived from its name, as a podswitch node does).
-        #[arg(long)]
-        vtep_mac: Option<String>,
-    },
+    /// Add a peer node: its pod CIDR becomes reachable through the VXLAN tunnel. Refused
+    /// for the same reasons as a [[peers]] entry of the config file.
+    Add(PeerSpec),
     /// Remove a peer node.
     Del {
         /// Peer node name.
@@ -122,21 +109,9 @@ enum PeerOp {
 
 #[derive(Subcommand)]
 enum PodOp {
-    /// Add a pod (like CNI ADD): namespace created if absent, adopted if present.
-    Add {
-        /// Pod name.
-        #[arg(long)]
-        name: String,
-        /// Network namespace (/run/netns/NAME).
-        #[arg(long)]
-        netns: String,
-        /// Pod IP, inside the node's pod CIDR.
-        #[arg(long)]
-        ip: Ipv4Addr,
-        /// Pod MAC (default: 02:42 + the IP's octets).
-        #[arg(long)]
-        mac: Option<String>,
-    },
+    /// Add a pod (like CNI ADD): namespace created if absent, adopted if present. Refused
+    /// for the same reasons as a [[pods]] entry of the config file.
+    Add(PodSpec),
     /// Remove a pod (like CNI DEL).
     Del {
         /// Pod name.
@@ -154,17 +129,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Pod { op, control } => {
             let req = match op {
-                PodOp::Add {
-                    name,
-                    netns,
-                    ip,
-                    mac,
-                } => Request::PodAdd {
-                    name,
-                    netns,
-                    ip,
-                    mac,
-                },
+                PodOp::Add(spec) => Request::PodAdd(spec),
                 PodOp::Del { name } => Request::PodDel { name },
                 PodOp::List => Request::PodList,
             };
@@ -172,17 +137,7 @@ fn main() -> ExitCode {
         }
         Command::Peer { op, control } => {
             let req = match op {
-                PeerOp::Add {
-                    name,
-                    underlay,
-                    pod_cidr,
-                    vtep_mac,
-                } => Request::PeerAdd {
-                    name,
-                    underlay,
-                    pod_cidr,
-                    vtep_mac,
-                },
+                PeerOp::Add(spec) => Request::PeerAdd(spec),
                 PeerOp::Del { name } => Request::PeerDel { name },
                 PeerOp::List => Request::PeerList,
             };
@@ -224,43 +179,23 @@ fn run(config_path: &Path) -> Result<(), String> {
     if let Some(ns) = &cfg.node.netns {
         enter_netns(ns)?;
     }
-    let settings = NodeSettings {
-        name: cfg.node.name.clone(),
-        node: cfg.node.node_config(),
-        mac_table: cfg.node.mac_table_config(),
-        underlay: cfg
-            .node
-            .underlay
-            .map(|ip| SocketAddrV4::new(ip, cfg.node.vxlan_port)),
-        peers: cfg
-            .peers
-            .iter()
-            .map(|p| peer_of(p, cfg.node.vxlan_port))
-            .collect(),
-        workers: cfg.node.workers,
-        cpus: cfg
-            .node
-            .dataplane_cpus(&podswitch::dataplane::allowed_cpus()),
-    };
-    let plans: Vec<PodPlan> = cfg.pods.iter().map(plan_of).collect();
+    cfg.check_machine(&podswitch::dataplane::allowed_cpus())
+        .map_err(|e| e.to_string())?;
     let control_path = cfg.node.control_path();
     // Claim the control socket first: a second daemon for the same node stops here, before it
-    // touches any namespace.
-    let socket = ControlSocket::bind(&control_path)
-        .map_err(|e| format!("control socket {}: {e}", control_path.display()))?;
-    let node = Arc::new(Node::start(settings, &plans).map_err(|e| e.to_string())?);
-    let gw = node.switch().node().gateway;
-    tracing::info!(node = %node.name(), pods = plans.len(), control = %control_path.display(), "node up");
-    for p in &plans {
+    // touches any namespace. The error names the socket.
+    let socket = ControlSocket::bind(&control_path).map_err(|e| e.to_string())?;
+    let node =
+        Arc::new(Node::start(cfg.node.clone(), &cfg.pods, &cfg.peers).map_err(|e| e.to_string())?);
+    let gw = cfg.node.gateway();
+    tracing::info!(node = %node.name(), pods = cfg.pods.len(), control = %control_path.display(), "node up");
+    for p in &cfg.pods {
         println!(
             "pod {:<12} netns {:<12} ip {:<15} e.g. `ip netns exec {} ping {gw}`",
             p.name, p.netns, p.ip, p.netns
         );
     }
-    let handler = Arc::new(Handler {
-        node: Arc::clone(&node),
-        cfg: cfg.clone(),
-    });
+    let handler = Arc::new(NodeHandler::new(Arc::clone(&node)));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -281,7 +216,7 @@ fn run(config_path: &Path) -> Result<(), String> {
     });
     tracing::info!("shutting down: removing pods");
     node.shutdown();
-    served.map_err(|e| format!("control socket {}: {e}", control_path.display()))
+    served.map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {
@@ -324,126 +259,6 @@ fn enter_netns(name: &str) -> Result<(), String> {
     let file = std::fs::File::open(ns.path()).map_err(|e| format!("node.netns {name:?}: {e}"))?;
     nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| format!("node.netns {name:?}: setns: {e}"))
-}
-
-fn peer_of(p: &PeerSpec, port: u16) -> Peer {
-    Peer {
-        name: p.name.clone(),
-        underlay: SocketAddrV4::new(p.underlay, port),
-        pod_cidr: p.pod_cidr,
-        vtep_mac: p.vtep_mac(),
-    }
-}
-
-fn plan_of(p: &PodSpec) -> PodPlan {
-    PodPlan {
-        name: p.name.clone(),
-        netns: p.netns.clone(),
-        ip: p.ip,
-        mac: p.mac(),
-    }
-}
-
-/// Serves control requests against the running node.
-struct Handler {
-    node: Arc<Node>,
-    cfg: Config,
-}
-
-impl ControlHandler for Handler {
-    fn handle(&self, req: Request) -> Response {
-        let err = |message: String| Response::Error { message };
-        match req {
-            Request::PodAdd {
-                name,
-                netns,
-                ip,
-                mac,
-            } => {
-                let mac = match mac.as_deref().map(config::parse_mac).transpose() {
-                    Ok(m) => m,
-                    Err(e) => return err(format!("pod.mac: {e}")),
-                };
-                let spec = PodSpec {
-                    name,
-                    netns,
-                    ip,
-                    mac,
-                };
-                let others: Vec<PodSpec> = self.node.pods().iter().map(spec_of).collect();
-                if let Err(e) = config::validate_pod(&self.cfg.node, &spec, &others) {
-                    return err(e.to_string());
-                }
-                match self.node.add_pod(&plan_of(&spec)) {
-                    Ok(status) => Response::Pod(status),
-                    Err(e) => err(e.to_string()),
-                }
-            }
-            Request::PodDel { name } => match self.node.del_pod(&name) {
-                Ok(()) => Response::Ok,
-                Err(e) => err(e.to_string()),
-            },
-            Request::PodList => Response::Pods(self.node.pods()),
-            Request::PeerAdd {
-                name,
-                underlay,
-                pod_cidr,
-                vtep_mac,
-            } => {
-                let pod_cidr = match pod_cidr.parse::<ipnet::Ipv4Net>() {
-                    Ok(c) if c == c.trunc() => c,
-                    Ok(c) => {
-                        return err(format!(
-                            "peer.pod_cidr: {c} has host bits set (did you mean {})?",
-                            c.trunc()
-                        ))
-                    }
-                    Err(e) => return err(format!("peer.pod_cidr: {pod_cidr:?}: {e}")),
-                };
-                let vtep_mac = match vtep_mac.as_deref().map(config::parse_mac).transpose() {
-                    Ok(m) => m,
-                    Err(e) => return err(format!("peer.vtep_mac: {e}")),
-                };
-                let spec = PeerSpec {
-                    name,
-                    underlay,
-                    pod_cidr,
-                    vtep_mac,
-                };
-                match self.node.add_peer(peer_of(&spec, self.cfg.node.vxlan_port)) {
-                    Ok(()) => Response::Ok,
-                    Err(e) => err(e.to_string()),
-                }
-            }
-            Request::PeerDel { name } => match self.node.del_peer(&name) {
-                Ok(()) => Response::Ok,
-                Err(e) => err(e.to_string()),
-            },
-            Request::PeerList => Response::Peers(self.node.peers()),
-            Request::Fdb => Response::Fdb(self.node.fdb()),
-            Request::Status => {
-                let (rx, forwarded, delivered_locally, dropped) = self.node.totals();
-                Response::Status {
-                    node: self.node.name().into(),
-                    pods: self.node.pods().len(),
-                    rx,
-                    forwarded,
-                    delivered_locally,
-                    dropped,
-                    workers: self.node.worker_frames(),
-                }
-            }
-        }
-    }
-}
-
-fn spec_of(p: &PodStatus) -> PodSpec {
-    PodSpec {
-        name: p.name.clone(),
-        netns: p.netns.clone(),
-        ip: p.ip,
-        mac: config::parse_mac(&p.mac).ok(),
-    }
 }
 
 /// Finds the control socket: the flag, else the only socket in /run/podswitch.
@@ -496,7 +311,7 @@ fn print_response(resp: Response) -> Result<(), String> {
             for e in entries {
                 println!(
                     "{:<17}  {:>4}  {:<16} {:<7} {:>5}",
-                    e.mac,
+                    e.mac.to_string(),
                     e.port,
                     e.port_name.as_deref().unwrap_or("-"),
                     if e.is_static { "static" } else { "learned" },
@@ -510,10 +325,12 @@ fn print_response(resp: Response) -> Result<(), String> {
                 "NAME", "UNDERLAY", "POD_CIDR", "VTEP_MAC"
             );
             for p in peers {
-                let underlay = p.underlay.to_string();
                 println!(
                     "{:<16} {:<22} {:<18} {:<17}",
-                    p.name, underlay, p.pod_cidr, p.vtep_mac
+                    p.name,
+                    p.underlay.to_string(),
+                    p.pod_cidr.to_string(),
+                    p.vtep_mac().to_string()
                 );
             }
         }
@@ -552,13 +369,13 @@ fn print_pods(pods: &[PodStatus]) {
         "DROPPED"
     );
     for p in pods {
-        let c = &p.counters;
+        let (c, s) = (&p.counters, &p.spec);
         println!(
             "{:<14} {:<14} {:<18} {:<17} {:>4} {:>10} {:>12} {:>10} {:>12} {:>8}",
-            p.name,
-            p.netns,
-            format!("{}/{}", p.ip, p.prefix_len),
-            p.mac,
+            s.name,
+            s.netns,
+            format!("{}/{}", s.ip, p.prefix_len),
+            s.mac().to_string(),
             p.port,
             c.rx_frames,
             c.rx_bytes,

@@ -499,3 +499,245 @@ fn lab_builds_a_two_node_cluster_and_tears_it_down() {
     );
     drop(guard);
 }
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `podswitch run --config` of `text` (expected to be refused before anything starts).
+fn run_refused(dir: &Path, text: &str) -> String {
+    let path = dir.join("refused.toml");
+    std::fs::write(&path, text).expect("write config");
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "accepted:\n{text}");
+    // The error is the last line (log lines may come before it).
+    stderr(&out).lines().last().unwrap_or_default().to_string()
+}
+
+/// A node with a tunnel on the loopback (a UDP port of its own), one peer and one pod.
+fn node_with_peer(control: &Path, netns: &str, port: u16) -> String {
+    format!(
+        "[node]\nname = \"node-r\"\npod_cidr = \"10.244.1.0/24\"\nunderlay = \"127.0.0.1\"\nvxlan_port = {port}\ncontrol = \"{}\"\n\n[[pods]]\nname = \"a\"\nnetns = \"{netns}\"\nip = \"10.244.1.10\"\n\n[[peers]]\nname = \"b\"\nunderlay = \"127.0.0.2\"\npod_cidr = \"10.244.2.0/24\"\n",
+        control.display()
+    )
+}
+
+#[test]
+fn runtime_pod_and_peer_add_refuse_what_the_file_refuses_with_the_same_message() {
+    if !root_or_skip("runtime_pod_and_peer_add_refuse_what_the_file_refuses_with_the_same_message")
+    {
+        return;
+    }
+    let a = unique("drule");
+    let dir = tempdir("psr");
+    let control = dir.join("node.sock");
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let base = node_with_peer(&control, &a, port);
+    let d = Daemon::start(&base, control.clone(), dir.clone(), vec![a.clone()]);
+
+    // (CLI arguments of `peer add`, the same peer as a [[peers]] entry.)
+    let peers: [(&[&str], &str); 6] = [
+        (
+            &["--name", "node-r", "--underlay", "127.0.0.3", "--pod-cidr", "10.244.3.0/24"],
+            "name = \"node-r\"\nunderlay = \"127.0.0.3\"\npod_cidr = \"10.244.3.0/24\"",
+        ),
+        (
+            &["--name", "c", "--underlay", "127.0.0.1", "--pod-cidr", "10.244.3.0/24"],
+            "name = \"c\"\nunderlay = \"127.0.0.1\"\npod_cidr = \"10.244.3.0/24\"",
+        ),
+        (
+            &[
+                "--name", "c", "--underlay", "127.0.0.3", "--pod-cidr", "10.244.3.0/24",
+                "--vtep-mac", "01:00:5e:00:00:01",
+            ],
+            "name = \"c\"\nunderlay = \"127.0.0.3\"\npod_cidr = \"10.244.3.0/24\"\nvtep_mac = \"01:00:5e:00:00:01\"",
+        ),
+        (
+            &["--name", "c", "--underlay", "127.0.0.3", "--pod-cidr", "10.244.2.128/25"],
+            "name = \"c\"\nunderlay = \"127.0.0.3\"\npod_cidr = \"10.244.2.128/25\"",
+        ),
+        (
+            &["--name", "c", "--underlay", "127.0.0.3", "--pod-cidr", "10.244.3.1/24"],
+            "name = \"c\"\nunderlay = \"127.0.0.3\"\npod_cidr = \"10.244.3.1/24\"",
+        ),
+        (
+            &["--name", "b", "--underlay", "127.0.0.3", "--pod-cidr", "10.244.3.0/24"],
+            "name = \"b\"\nunderlay = \"127.0.0.3\"\npod_cidr = \"10.244.3.0/24\"",
+        ),
+    ];
+    for (args, entry) in peers {
+        let mut cmd = vec!["peer", "add"];
+        cmd.extend_from_slice(args);
+        let out = d.ctl(&cmd);
+        assert!(!out.status.success(), "peer add {args:?} accepted");
+        let runtime = stderr(&out).trim().to_string();
+        let file = run_refused(&dir, &format!("{base}\n[[peers]]\n{entry}\n"));
+        let reason = runtime
+            .strip_prefix("podswitch: ")
+            .unwrap_or(&runtime)
+            .replacen("peer.", "peers[1].", 1);
+        assert_eq!(
+            file,
+            format!("podswitch: config error: {reason}"),
+            "runtime said: {runtime}"
+        );
+        assert!(!runtime.contains("config error"), "{runtime}");
+        assert!(!runtime.contains("peer \"c\": peer"), "{runtime}");
+    }
+    let list = stdout(&d.ctl(&["peer", "list"]));
+    assert_eq!(list.lines().count(), 2, "only peer b: {list}");
+
+    // The same for pods (refused before any namespace is made).
+    let pods: [(&[&str], &str); 4] = [
+        (
+            &["--name", "a", "--netns", "zz", "--ip", "10.244.1.11"],
+            "name = \"a\"\nnetns = \"zz\"\nip = \"10.244.1.11\"",
+        ),
+        (
+            &["--name", "c", "--netns", "zz", "--ip", "10.244.2.5"],
+            "name = \"c\"\nnetns = \"zz\"\nip = \"10.244.2.5\"",
+        ),
+        (
+            &["--name", "c", "--netns", "zz", "--ip", "10.244.1.10"],
+            "name = \"c\"\nnetns = \"zz\"\nip = \"10.244.1.10\"",
+        ),
+        (
+            &[
+                "--name",
+                "c",
+                "--netns",
+                "zz",
+                "--ip",
+                "10.244.1.11",
+                "--mac",
+                "ff:ff:ff:ff:ff:ff",
+            ],
+            "name = \"c\"\nnetns = \"zz\"\nip = \"10.244.1.11\"\nmac = \"ff:ff:ff:ff:ff:ff\"",
+        ),
+    ];
+    for (args, entry) in pods {
+        let mut cmd = vec!["pod", "add"];
+        cmd.extend_from_slice(args);
+        let out = d.ctl(&cmd);
+        assert!(!out.status.success(), "pod add {args:?} accepted");
+        let runtime = stderr(&out).trim().to_string();
+        let file = run_refused(&dir, &format!("{base}\n[[pods]]\n{entry}\n"));
+        let reason = runtime
+            .strip_prefix("podswitch: ")
+            .unwrap_or(&runtime)
+            .replacen("pod.", "pods[1].", 1);
+        assert_eq!(
+            file,
+            format!("podswitch: config error: {reason}"),
+            "runtime said: {runtime}"
+        );
+        assert!(!runtime.contains("config error"), "{runtime}");
+    }
+    assert!(
+        !netns_list().contains("zz"),
+        "a refused pod made a namespace"
+    );
+    // A malformed MAC is refused by the CLI itself, naming the flag.
+    let out = d.ctl(&[
+        "pod",
+        "add",
+        "--name",
+        "c",
+        "--netns",
+        "zz",
+        "--ip",
+        "10.244.1.11",
+        "--mac",
+        "nope",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--mac") && stderr(&out).contains("is not a MAC address"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_second_daemon_says_what_is_taken() {
+    if !root_or_skip("a_second_daemon_says_what_is_taken") {
+        return;
+    }
+    let a = unique("dtwice");
+    let dir = tempdir("pst");
+    let control = dir.join("node.sock");
+    let port = 20000 + (std::process::id() % 20000) as u16 + 1;
+    let first = node_with_peer(&control, &a, port);
+    let d = Daemon::start(&first, control.clone(), dir.clone(), vec![a.clone()]);
+
+    // Same control socket: named once.
+    let err = run_refused(&dir, &first);
+    assert_eq!(
+        err,
+        format!(
+            "podswitch: control socket {} is in use by another podswitch",
+            control.display()
+        )
+    );
+    // Another socket and tunnel port, the same pod namespace: says which namespace and what to
+    // do, not a bare "File exists".
+    let other = dir.join("other.sock");
+    let second = node_with_peer(&other, &a, port + 2).replace("node-r", "node-s");
+    let err = run_refused(&dir, &second);
+    assert_eq!(
+        err,
+        format!("podswitch: pod \"a\": namespace {a:?} already has an eth0 (another podswitch or network plugin runs a pod there?): remove that pod first, or pick another namespace")
+    );
+    // The first daemon's pod is untouched.
+    assert!(stdout(&d.ctl(&["pod", "list"])).contains(&a));
+    assert!(run(&[
+        "ip",
+        "netns",
+        "exec",
+        &a,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "10.244.1.1"
+    ])
+    .status
+    .success());
+}
+
+#[test]
+fn settings_that_cannot_work_are_refused_at_start() {
+    let dir = tempdir("psc");
+    let control = dir.join("node.sock");
+    let node = |extra: &str| {
+        format!(
+            "[node]\nname = \"n\"\npod_cidr = \"10.244.1.0/24\"\ncontrol = \"{}\"\n{extra}\n",
+            control.display()
+        )
+    };
+    assert_eq!(
+        run_refused(&dir, &node("mtu = 70000")),
+        "podswitch: config error: node.mtu: 70000 is not between 68 and 65521 (the IPv4 minimum to the largest pod MTU) (line 5, column 7)"
+    );
+    // More CPUs than any machine here has: refused, not a warning and an unpinned run.
+    let err = run_refused(&dir, &node("cpus = [1023]"));
+    assert!(
+        err.starts_with(
+            "podswitch: config error: node.cpus: CPU 1023 is not one this process may run on (allowed: "
+        ),
+        "{err}"
+    );
+    // A pod MTU the tunnel cannot carry, with peers.
+    let peer = "underlay = \"127.0.0.1\"\nmtu = 1500\n\n[[peers]]\nname = \"b\"\nunderlay = \"127.0.0.2\"\npod_cidr = \"10.244.2.0/24\"";
+    assert_eq!(
+        run_refused(&dir, &node(peer)),
+        "podswitch: config error: node.mtu: 1500 is above the 1450 bytes the tunnel to peers carries (node.underlay_mtu 1500 minus VXLAN's 50): lower node.mtu or raise node.underlay_mtu"
+    );
+    assert!(!control.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

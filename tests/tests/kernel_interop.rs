@@ -8,15 +8,12 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
 use podswitch::netns::NetNs;
-use podswitch::node::{Node, NodeSettings, PodPlan};
-use podswitch::pipeline::NodeConfig;
-use podswitch::table::{MacTableConfig, Peer};
-use podswitch::wire::EthernetAddress;
+use podswitch::node::{Mac, Node, NodeSpec, PeerSpec, PodSpec};
 
 const VTEP_A: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0x0a];
 const VTEP_B: &str = "02:ee:00:00:00:0b";
@@ -95,32 +92,25 @@ fn setup() -> Setup {
     ));
     sh(&pod_b, "ip link set lo up && ip link set eth0 mtu 1450 up && ip addr add 10.244.2.10/24 dev eth0 && ip route add default via 10.244.2.1");
     // Node A = podswitch, running in A's namespace.
-    let settings = NodeSettings {
-        name: "node-a".into(),
-        node: NodeConfig::new(
-            "10.244.1.0/24".parse().expect("cidr"),
-            EthernetAddress(VTEP_A),
-        ),
-        workers: 1,
-        cpus: Vec::new(),
-        mac_table: MacTableConfig::default(),
-        underlay: Some(SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, 1), 8472)),
-        peers: vec![Peer {
-            name: "node-b".into(),
-            underlay: SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, 2), 8472),
-            pod_cidr: "10.244.2.0/24".parse().expect("cidr"),
-            vtep_mac: EthernetAddress(VTEP_B_BYTES),
-        }],
-    };
-    let pods = [PodPlan {
+    let mut spec = NodeSpec::new("node-a", "10.244.1.0/24".parse().expect("cidr"));
+    spec.router_mac = Some(Mac(VTEP_A));
+    spec.cpus = Some(Vec::new());
+    spec.underlay = Some(Ipv4Addr::new(192, 168, 77, 1));
+    let peers = [PeerSpec {
+        name: "node-b".into(),
+        underlay: Ipv4Addr::new(192, 168, 77, 2),
+        pod_cidr: "10.244.2.0/24".parse().expect("cidr"),
+        vtep_mac: Some(Mac(VTEP_B_BYTES)),
+    }];
+    let pods = [PodSpec {
         name: "pa".into(),
         netns: pod_a.clone(),
         ip: Ipv4Addr::new(10, 244, 1, 10),
-        mac: EthernetAddress([0x02, 0x42, 10, 244, 1, 10]),
+        mac: None,
     }];
     let node = NetNs::open(&a)
         .expect("ns a")
-        .run(|| Node::start(settings, &pods))
+        .run(|| Node::start(spec, &pods, &peers))
         .expect("run in a")
         .expect("node A");
     Setup {

@@ -8,40 +8,31 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 
 use common::*;
 use podswitch::netns::NetNs;
-use podswitch::node::{Node, NodeSettings, PodPlan};
-use podswitch::pipeline::NodeConfig;
-use podswitch::table::MacTableConfig;
-use podswitch::wire::EthernetAddress;
+use podswitch::node::{Mac, Node, NodeSpec, PodSpec};
 
 fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 1, last)
 }
 
-fn plan(netns: &str, last: u8) -> PodPlan {
-    PodPlan {
+fn plan(netns: &str, last: u8) -> PodSpec {
+    PodSpec {
         name: format!("pod{last}"),
         netns: netns.into(),
         ip: ip(last),
-        mac: EthernetAddress([0x02, 0x42, 10, 244, 1, last]),
+        mac: Some(Mac([0x02, 0x42, 10, 244, 1, last])),
     }
 }
 
-fn start(pods: &[PodPlan]) -> Node {
+fn start(pods: &[PodSpec]) -> Node {
     start_with_workers(pods, 1)
 }
 
-fn start_with_workers(pods: &[PodPlan], workers: usize) -> Node {
-    let cidr = "10.244.1.0/24".parse().expect("cidr");
-    let settings = NodeSettings {
-        name: unique("node"),
-        node: NodeConfig::new(cidr, EthernetAddress([0x02, 0xee, 0, 0, 0, 1])),
-        workers,
-        cpus: Vec::new(),
-        mac_table: MacTableConfig::default(),
-        underlay: None,
-        peers: Vec::new(),
-    };
-    Node::start(settings, pods).expect("node starts")
+fn start_with_workers(pods: &[PodSpec], workers: usize) -> Node {
+    let mut spec = NodeSpec::new(unique("node"), "10.244.1.0/24".parse().expect("cidr"));
+    spec.router_mac = Some(Mac([0x02, 0xee, 0, 0, 0, 1]));
+    spec.workers = workers;
+    spec.cpus = Some(Vec::new());
+    Node::start(spec, pods, &[]).expect("node starts")
 }
 
 /// Runs `open` (a socket constructor) inside namespace `ns`; the socket keeps working from
@@ -424,9 +415,10 @@ fn failed_pod_setup_leaves_nothing_behind() {
             .success()
     );
     let err = node.add_pod(&plan(&nb, 11)).expect_err("eth0 exists");
-    assert!(
-        err.to_string().contains("eth0"),
-        "the error names the step: {err}"
+    assert_eq!(
+        err.to_string(),
+        format!("pod \"pod11\": namespace {nb:?} already has an eth0 (another podswitch or network plugin runs a pod there?): remove that pod first, or pick another namespace"),
+        "the error says what exists and what to do"
     );
     assert!(node.pod("pod11").is_none());
     let links = stdout_of(run(&["ip", "-n", &nb, "-o", "link"]));
@@ -437,9 +429,12 @@ fn failed_pod_setup_leaves_nothing_behind() {
     // A pod the switch refuses (duplicate IP) creates no namespace at all.
     let mut dup = plan(&nc, 10);
     dup.name = "dup".into();
-    dup.mac = EthernetAddress([0x02, 0x42, 1, 2, 3, 4]);
+    dup.mac = Some(Mac([0x02, 0x42, 1, 2, 3, 4]));
     let err = node.add_pod(&dup).expect_err("duplicate IP");
-    assert!(err.to_string().contains("10.244.1.10"), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "pod.ip: 10.244.1.10 is already the address of pod \"pod10\""
+    );
     assert!(
         !netns_list().contains(&nc),
         "a refused pod created a namespace"

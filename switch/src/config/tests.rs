@@ -1,0 +1,701 @@
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+
+use super::*;
+use crate::node::spec::{derived_router_mac, Mac};
+use crate::pipeline::NodeConfig;
+use crate::table::MacTableConfig;
+
+const GOOD: &str = r#"
+[node]
+name = "node-a"
+pod_cidr = "10.244.1.0/24"
+mtu = 1400
+control = "/tmp/podswitch-test/node-a.sock"
+mac_table_size = 1024
+mac_ageing_secs = 60
+underlay = "192.168.77.1"
+vxlan_port = 4789
+vni = 42
+
+[[pods]]
+name = "web"
+netns = "web"
+ip = "10.244.1.10"
+
+[[pods]]
+name = "db"
+netns = "db-ns"
+ip = "10.244.1.11"
+mac = "02:42:AA:bb:cc:dd"
+
+[[peers]]
+name = "node-b"
+underlay = "192.168.77.2"
+pod_cidr = "10.244.2.0/24"
+vtep_mac = "02-ee-00-00-00-02"
+"#;
+
+const MINIMAL: &str = r#"
+[node]
+name = "node-a"
+pod_cidr = "10.244.1.0/24"
+"#;
+
+/// A minimal node plus `extra` TOML appended.
+fn with(extra: &str) -> String {
+    format!("{MINIMAL}{extra}")
+}
+
+/// A node with `node_extra` lines in `[node]`.
+fn node_with(node_extra: &str) -> String {
+    format!("[node]\nname = \"node-a\"\npod_cidr = \"10.244.1.0/24\"\n{node_extra}\n")
+}
+
+fn pod(name: &str, netns: &str, ip: &str) -> String {
+    format!("\n[[pods]]\nname = \"{name}\"\nnetns = \"{netns}\"\nip = \"{ip}\"\n")
+}
+
+#[track_caller]
+fn err(text: &str) -> String {
+    match Config::from_toml_str(text) {
+        Ok(c) => panic!("accepted: {c:?}\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[track_caller]
+fn assert_err(text: &str, expected: &str) {
+    let msg = err(text);
+    assert_eq!(msg, expected, "for:\n{text}");
+}
+
+#[track_caller]
+fn assert_err_starts(text: &str, expected: &str) {
+    let msg = err(text);
+    assert!(
+        msg.starts_with(expected),
+        "got {msg:?}, want prefix {expected:?}, for:\n{text}"
+    );
+}
+
+#[test]
+fn good_config_parses() {
+    let c = Config::from_toml_str(GOOD).unwrap();
+    assert_eq!(c.node.name, "node-a");
+    assert_eq!(c.node.pod_cidr, "10.244.1.0/24".parse::<Ipv4Net>().unwrap());
+    assert_eq!(c.node.gateway(), Ipv4Addr::new(10, 244, 1, 1));
+    assert_eq!(c.node.mtu, Some(1400));
+    assert_eq!(
+        c.node.control_path(),
+        PathBuf::from("/tmp/podswitch-test/node-a.sock")
+    );
+    assert_eq!(c.node.vxlan_port, 4789);
+    assert_eq!(c.node.vni, 42);
+    assert_eq!(c.node.underlay, Some(Ipv4Addr::new(192, 168, 77, 1)));
+    assert_eq!(c.pods.len(), 2);
+    assert_eq!(c.pods[0].mac(), Mac([0x02, 0x42, 10, 244, 1, 10]));
+    assert_eq!(c.pods[1].mac(), Mac([0x02, 0x42, 0xaa, 0xbb, 0xcc, 0xdd]));
+    assert_eq!(c.pods[1].netns, "db-ns");
+    assert_eq!(c.peers.len(), 1);
+    assert_eq!(c.peers[0].vtep_mac(), Mac([2, 0xee, 0, 0, 0, 2]));
+
+    let nc = c.node.node_config();
+    assert_eq!(nc.cidr, c.node.pod_cidr);
+    assert_eq!(nc.gateway, Ipv4Addr::new(10, 244, 1, 1));
+    assert_eq!(nc.router_mac, derived_router_mac("node-a").into());
+    assert_eq!((nc.vni, nc.mtu, nc.tunnel_mtu), (42, 1400, 1450));
+    let mt = c.node.mac_table_config();
+    assert_eq!((mt.capacity, mt.ageing), (1024, Duration::from_secs(60)));
+}
+
+#[test]
+fn good_config_round_trips() {
+    let c = Config::from_toml_str(GOOD).unwrap();
+    let text = toml::to_string(&c).unwrap();
+    let again = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(c, again);
+    assert!(text.contains("mac = \"02:42:aa:bb:cc:dd\""), "{text}");
+    assert!(text.contains("pod_cidr = \"10.244.1.0/24\""), "{text}");
+}
+
+#[test]
+fn defaults_applied() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert!(c.pods.is_empty() && c.peers.is_empty());
+    let n = &c.node;
+    assert_eq!(n.gateway(), Ipv4Addr::new(10, 244, 1, 1));
+    assert_eq!(n.pod_mtu(), 1450);
+    assert_eq!(
+        n.control_path(),
+        PathBuf::from("/run/podswitch/node-a.sock")
+    );
+    assert_eq!(n.router_mac(), derived_router_mac("node-a"));
+    assert_eq!(n.mac_table_config(), MacTableConfig::default());
+    assert_eq!((n.vxlan_port, n.vni, n.underlay), (8472, 1, None));
+    let nc = n.node_config();
+    assert_eq!(nc, NodeConfig::new(n.pod_cidr, n.router_mac().into()));
+}
+
+#[test]
+fn pod_mtu_follows_the_underlay() {
+    let c = Config::from_toml_str(&node_with("underlay_mtu = 9000")).expect("valid");
+    assert_eq!((c.node.pod_mtu(), c.node.tunnel_mtu()), (8950, 8950));
+    let c = Config::from_toml_str(&node_with("underlay_mtu = 9000\nmtu = 1500")).expect("valid");
+    assert_eq!((c.node.pod_mtu(), c.node.tunnel_mtu()), (1500, 8950));
+    let e = Config::from_toml_str(&node_with("underlay_mtu = 100")).expect_err("too small");
+    assert!(e.to_string().contains("node.underlay_mtu"), "{e}");
+}
+
+#[test]
+fn explicit_gateway_and_router_mac() {
+    let c = Config::from_toml_str(&node_with(
+        "gateway = \"10.244.1.254\"\nrouter_mac = \"02:00:00:00:00:01\"",
+    ))
+    .unwrap();
+    assert_eq!(c.node.gateway(), Ipv4Addr::new(10, 244, 1, 254));
+    assert_eq!(c.node.router_mac(), Mac([2, 0, 0, 0, 0, 1]));
+    // The first host address is then free for a pod.
+    Config::from_toml_str(&format!(
+        "{}{}",
+        node_with("gateway = \"10.244.1.254\""),
+        pod("a", "a", "10.244.1.1")
+    ))
+    .unwrap();
+    // vtep_mac alone sets the router MAC too; equal to router_mac is fine.
+    let c = Config::from_toml_str(&node_with("vtep_mac = \"02:00:00:00:00:07\"")).unwrap();
+    assert_eq!(c.node.router_mac(), Mac([2, 0, 0, 0, 0, 7]));
+    Config::from_toml_str(&node_with(
+        "vtep_mac = \"02:00:00:00:00:07\"\nrouter_mac = \"02:00:00:00:00:07\"",
+    ))
+    .unwrap();
+}
+
+#[test]
+fn toml_errors_name_the_field() {
+    assert_err(
+        &node_with("mtu = \"big\""),
+        "config error: node.mtu: invalid type: string \"big\", expected u16 (line 4, column 7)",
+    );
+    assert_err_starts(
+        &node_with("colour = \"blue\""),
+        "config error: node.colour: unknown field (expected one of `name`, `pod_cidr`",
+    );
+    assert_err_starts(
+        &with(&format!("{}speed = 10\n", pod("a", "a", "10.244.1.10"))),
+        "config error: pods[0].speed: unknown field",
+    );
+    assert_err_starts(
+        &format!("{MINIMAL}[extra]\nx = 1\n"),
+        "config error: extra: unknown field",
+    );
+    assert_err(
+        "[node]\nname = \"node-a\"\n",
+        "config error: node.pod_cidr: is required (line 1, column 1)",
+    );
+    assert_err(
+        "",
+        "config error: node: is required (a [node] table) (line 1, column 1)",
+    );
+    assert_err(
+        &with("\n[[pods]]\nname = \"a\"\nip = \"10.244.1.10\"\n"),
+        "config error: pods[0].netns: is required (line 6, column 1)",
+    );
+    assert_err(
+        &with(&format!("{}{}", pod("a", "a", "10.244.1.10"), pod("b", "b", "10.244.1.300"))),
+        "config error: pods[1].ip: \"10.244.1.300\": invalid IPv4 address syntax (line 14, column 6)",
+    );
+    assert_err(
+        "[node]\nname = \"n\"\npod_cidr = \"10.244.1.0\"\n",
+        "config error: node.pod_cidr: \"10.244.1.0\": invalid IP address syntax (expected an address and a prefix length, like 10.244.1.0/24) (line 3, column 12)",
+    );
+    assert_err(
+        &with("\n[[pods]]\nname = \"a\"\nnetns = \"a\"\nip = \"10.244.1.10\"\nmac = \"zz:42:0a:f4:01:0a\"\n"),
+        "config error: pods[0].mac: \"zz:42:0a:f4:01:0a\" is not a MAC address (expected six hex pairs like 02:42:0a:f4:01:0a) (line 10, column 7)",
+    );
+    assert_err(
+        &node_with("router_mac = 5"),
+        "config error: node.router_mac: invalid type: integer `5`, expected a string (line 4, column 14)",
+    );
+    // Numbers the field's type cannot hold: the field's own range, not the type's.
+    assert_err(
+        &node_with("mtu = 70000"),
+        "config error: node.mtu: 70000 is not between 68 and 65521 (the IPv4 minimum to the largest pod MTU) (line 4, column 7)",
+    );
+    assert_err(
+        &node_with("mtu = -1"),
+        "config error: node.mtu: -1 is not between 68 and 65521 (the IPv4 minimum to the largest pod MTU) (line 4, column 7)",
+    );
+    assert_err(
+        &node_with("vxlan_port = 65536"),
+        "config error: node.vxlan_port: 65536 is not between 1 and 65535 (a UDP port) (line 4, column 14)",
+    );
+}
+
+#[test]
+fn syntax_errors_give_the_position() {
+    let msg = err("[node]\nname = \"node-a\"\npod_cidr = \n");
+    assert!(msg.starts_with("config error: line 3, column "), "{msg}");
+    let msg = err("[node\n");
+    assert!(msg.starts_with("config error: line 1, column "), "{msg}");
+    let msg = err(&format!("{MINIMAL}name = \"again\"\n"));
+    assert_eq!(msg, "config error: line 5, column 1: duplicate key");
+}
+
+#[test]
+fn node_name_rules() {
+    let bad = |name: &str| format!("[node]\nname = \"{name}\"\npod_cidr = \"10.244.1.0/24\"\n");
+    assert_err(&bad(""), "config error: node.name: must not be empty");
+    assert_err(
+        &bad("node a"),
+        "config error: node.name: \"node a\" contains ' ' (allowed: letters, digits, '.', '_', '-')",
+    );
+    assert_err_starts(&bad("a/b"), "config error: node.name: \"a/b\" contains '/'");
+    let long = "n".repeat(64);
+    assert_err(
+        &bad(&long),
+        &format!("config error: node.name: {long:?} is 64 characters long (at most 63)"),
+    );
+    Config::from_toml_str(&bad(&"n".repeat(63))).unwrap();
+    Config::from_toml_str(&bad("Node_1.a-b")).unwrap();
+}
+
+#[test]
+fn pod_cidr_rules() {
+    let cidr = |c: &str| format!("[node]\nname = \"n\"\npod_cidr = \"{c}\"\n");
+    assert_err(
+        &cidr("10.0.0.0/31"),
+        "config error: node.pod_cidr: 10.0.0.0/31 has no room for a gateway and pods (the prefix length must be at most 30)",
+    );
+    assert_err(
+        &cidr("10.244.1.5/24"),
+        "config error: node.pod_cidr: 10.244.1.5/24 has host bits set (did you mean 10.244.1.0/24?)",
+    );
+    let c = Config::from_toml_str(&cidr("10.0.0.0/30")).unwrap();
+    assert_eq!(c.node.gateway(), Ipv4Addr::new(10, 0, 0, 1));
+}
+
+#[test]
+fn gateway_rules() {
+    assert_err(
+        &node_with("gateway = \"10.244.2.1\""),
+        "config error: node.gateway: 10.244.2.1 is outside node.pod_cidr 10.244.1.0/24",
+    );
+    assert_err(
+        &node_with("gateway = \"10.244.1.0\""),
+        "config error: node.gateway: 10.244.1.0 is the network address of node.pod_cidr 10.244.1.0/24",
+    );
+    assert_err(
+        &node_with("gateway = \"10.244.1.255\""),
+        "config error: node.gateway: 10.244.1.255 is the broadcast address of node.pod_cidr 10.244.1.0/24",
+    );
+}
+
+#[test]
+fn mtu_rules() {
+    assert_err(
+        &node_with("mtu = 40"),
+        "config error: node.mtu: 40 is not between 68 and 65521 (the IPv4 minimum to the largest pod MTU)",
+    );
+    assert_err(
+        &node_with("mtu = 65522"),
+        "config error: node.mtu: 65522 is not between 68 and 65521 (the IPv4 minimum to the largest pod MTU)",
+    );
+    Config::from_toml_str(&node_with("mtu = 68")).unwrap();
+    Config::from_toml_str(&node_with("mtu = 65521")).unwrap();
+}
+
+#[test]
+fn node_misc_rules() {
+    assert_err(
+        &node_with("mac_table_size = 0"),
+        "config error: node.mac_table_size: 0 is not between 1 and 4294967295 (MAC table entries)",
+    );
+    assert_err(
+        &node_with("mac_ageing_secs = 0"),
+        "config error: node.mac_ageing_secs: 0 is not between 1 and 4294967295 (seconds)",
+    );
+    assert_err(
+        &node_with("workers = 0"),
+        "config error: node.workers: 0 is not between 1 and 64 (data-plane threads)",
+    );
+    assert_err(
+        &node_with("workers = 65"),
+        "config error: node.workers: 65 is not between 1 and 64 (data-plane threads)",
+    );
+    let cfg = Config::from_toml_str(&node_with("workers = 4")).unwrap();
+    assert_eq!(cfg.node.workers, 4);
+    // Pinning (see spec's tests for the machine check).
+    let pinned = Config::from_toml_str(&node_with("cpus = [7, 3]")).unwrap();
+    assert_eq!(pinned.node.dataplane_cpus(&[3, 7]).unwrap(), [7, 3]);
+    let unpinned = Config::from_toml_str(&node_with("cpus = []")).unwrap();
+    assert!(unpinned.node.dataplane_cpus(&[0, 1]).unwrap().is_empty());
+    assert_err(
+        &node_with("cpus = [4096]"),
+        "config error: node.cpus[0]: 4096 is not between 0 and 1023 (CPU numbers)",
+    );
+    assert_err(
+        &node_with("router_mac = \"01:00:5e:00:00:01\""),
+        "config error: node.router_mac: 01:00:5e:00:00:01 is a group (multicast or broadcast) MAC; a unicast MAC has the low bit of the first octet clear",
+    );
+    assert_err(
+        &node_with("router_mac = \"00:00:00:00:00:00\""),
+        "config error: node.router_mac: 00:00:00:00:00:00 is not a usable MAC",
+    );
+    assert_err(
+        &node_with("router_mac = \"02:00:00:00:00:01\"\nvtep_mac = \"02:00:00:00:00:02\""),
+        "config error: node.vtep_mac: 02:00:00:00:00:02 differs from node.router_mac 02:00:00:00:00:01 (the router MAC is the VTEP MAC; give one)",
+    );
+    assert_err(
+        &node_with("control = \"\""),
+        "config error: node.control: is empty",
+    );
+    assert_err_starts(
+        &node_with(&format!("control = \"/{}\"", "s".repeat(120))),
+        "config error: node.control: /sss",
+    );
+    assert_err(
+        &node_with("vxlan_port = 0"),
+        "config error: node.vxlan_port: 0 is not between 1 and 65535 (a UDP port)",
+    );
+    assert_err(
+        &node_with("vni = 16777216"),
+        "config error: node.vni: 16777216 is not between 0 and 16777215 (VXLAN's 24 bits)",
+    );
+    Config::from_toml_str(&node_with("vni = 16777215")).unwrap();
+    assert_err(
+        &node_with("underlay = \"0.0.0.0\""),
+        "config error: node.underlay: 0.0.0.0 is not a unicast address",
+    );
+}
+
+#[test]
+fn pod_name_rules() {
+    assert_err(
+        &with(&pod("", "a", "10.244.1.10")),
+        "config error: pods[0].name: must not be empty",
+    );
+    assert_err_starts(
+        &with(&pod("we b", "a", "10.244.1.10")),
+        "config error: pods[0].name: \"we b\" contains ' '",
+    );
+    assert_err(
+        &with(&format!(
+            "{}{}",
+            pod("web", "a", "10.244.1.10"),
+            pod("web", "b", "10.244.1.11")
+        )),
+        "config error: pods[1].name: \"web\" is already the name of another pod",
+    );
+}
+
+#[test]
+fn netns_rules() {
+    assert_err(
+        &with(&format!("{}{}", pod("a", "shared", "10.244.1.10"), pod("b", "shared", "10.244.1.11"))),
+        "config error: pods[1].netns: namespace \"shared\" already belongs to pod \"a\" (a pod is one namespace: two pods cannot share it)",
+    );
+    assert_err(
+        &with(&pod("a", "", "10.244.1.10")),
+        "config error: pods[0].netns: must not be empty",
+    );
+    assert_err(
+        &with(&pod("a", "..", "10.244.1.10")),
+        "config error: pods[0].netns: \"..\" is not a namespace name (it names a directory)",
+    );
+    assert_err_starts(
+        &with(&pod("a", ".", "10.244.1.10")),
+        "config error: pods[0].netns: \".\" is not",
+    );
+    assert_err(
+        &with(&pod("a", "x/y", "10.244.1.10")),
+        "config error: pods[0].netns: \"x/y\" contains '/' (a namespace name is a file name in /run/netns)",
+    );
+    assert_err(
+        &with(&pod("a", &"n".repeat(256), "10.244.1.10")),
+        "config error: pods[0].netns: 256 bytes is longer than a file name can be (255)",
+    );
+    // Anything else a file name may hold is fine.
+    Config::from_toml_str(&with(&pod("a", "ns with space:é", "10.244.1.10"))).unwrap();
+}
+
+#[test]
+fn pod_ip_rules() {
+    let two = |ip: &str| {
+        with(&format!(
+            "{}{}",
+            pod("a", "a", "10.244.1.10"),
+            pod("b", "b", ip)
+        ))
+    };
+    assert_err(
+        &two("10.244.2.5"),
+        "config error: pods[1].ip: 10.244.2.5 is outside node.pod_cidr 10.244.1.0/24",
+    );
+    assert_err(
+        &two("10.244.1.0"),
+        "config error: pods[1].ip: 10.244.1.0 is the network address of node.pod_cidr 10.244.1.0/24",
+    );
+    assert_err(
+        &two("10.244.1.255"),
+        "config error: pods[1].ip: 10.244.1.255 is the broadcast address of node.pod_cidr 10.244.1.0/24",
+    );
+    assert_err(
+        &two("10.244.1.1"),
+        "config error: pods[1].ip: 10.244.1.1 is the gateway address",
+    );
+    assert_err(
+        &two("10.244.1.10"),
+        "config error: pods[1].ip: 10.244.1.10 is already the address of pod \"a\"",
+    );
+}
+
+#[test]
+fn pod_mac_rules() {
+    let with_mac = |mac: &str| {
+        with(&format!(
+            "{}\n[[pods]]\nname = \"b\"\nnetns = \"b\"\nip = \"10.244.1.11\"\nmac = \"{mac}\"\n",
+            pod("a", "a", "10.244.1.10")
+        ))
+    };
+    // Explicit MAC equal to another pod's derived MAC.
+    assert_err(
+        &with_mac("02:42:0a:f4:01:0a"),
+        "config error: pods[1].mac: 02:42:0a:f4:01:0a is already the MAC of pod \"a\"",
+    );
+    assert_err(
+        &with_mac("ff:ff:ff:ff:ff:ff"),
+        "config error: pods[1].mac: ff:ff:ff:ff:ff:ff is a group (multicast or broadcast) MAC; a unicast MAC has the low bit of the first octet clear",
+    );
+    assert_err(
+        &with_mac("00-00-00-00-00-00"),
+        "config error: pods[1].mac: 00:00:00:00:00:00 is not a usable MAC",
+    );
+    let router = derived_router_mac("node-a").to_string();
+    assert_err(
+        &with_mac(&router),
+        &format!("config error: pods[1].mac: {router} is the node's router MAC"),
+    );
+}
+
+#[test]
+fn peer_rules() {
+    let peer = |name: &str, underlay: &str, cidr: &str| {
+        format!(
+            "\n[[peers]]\nname = \"{name}\"\nunderlay = \"{underlay}\"\npod_cidr = \"{cidr}\"\n"
+        )
+    };
+    let cfg = |peers: &str| format!("{}{peers}", node_with("underlay = \"192.168.77.1\""));
+    Config::from_toml_str(&cfg(&format!(
+        "{}{}",
+        peer("b", "192.168.77.2", "10.244.2.0/24"),
+        peer("c", "192.168.77.3", "10.244.3.0/24")
+    )))
+    .unwrap();
+    assert_err(
+        &with(&peer("b", "192.168.77.2", "10.244.2.0/24")),
+        "config error: node.underlay: is required when peers are configured (the address peers send VXLAN to)",
+    );
+    assert_err(
+        &cfg(&peer("b", "192.168.77.2", "10.244.0.0/16")),
+        "config error: peers[0].pod_cidr: 10.244.0.0/16 overlaps node.pod_cidr 10.244.1.0/24",
+    );
+    assert_err(
+        &cfg(&format!(
+            "{}{}",
+            peer("b", "192.168.77.2", "10.244.2.0/24"),
+            peer("c", "192.168.77.3", "10.244.2.128/25")
+        )),
+        "config error: peers[1].pod_cidr: 10.244.2.128/25 overlaps 10.244.2.0/24, the pod CIDR of peer \"b\"",
+    );
+    assert_err(
+        &cfg(&format!(
+            "{}{}",
+            peer("b", "192.168.77.2", "10.244.2.0/24"),
+            peer("b", "192.168.77.3", "10.244.3.0/24")
+        )),
+        "config error: peers[1].name: \"b\" is already the name of another peer",
+    );
+    assert_err(
+        &cfg(&peer("node-a", "192.168.77.2", "10.244.2.0/24")),
+        "config error: peers[0].name: \"node-a\" is this node's name",
+    );
+    assert_err(
+        &cfg(&format!(
+            "{}{}",
+            peer("b", "192.168.77.2", "10.244.2.0/24"),
+            peer("c", "192.168.77.2", "10.244.3.0/24")
+        )),
+        "config error: peers[1].underlay: 192.168.77.2 is already the underlay of peer \"b\"",
+    );
+    assert_err(
+        &cfg(&peer("b", "192.168.77.1", "10.244.2.0/24")),
+        "config error: peers[0].underlay: 192.168.77.1 is this node's node.underlay",
+    );
+    assert_err(
+        &cfg(&format!("{}vtep_mac = \"03:00:00:00:00:01\"\n", peer("b", "192.168.77.2", "10.244.2.0/24"))),
+        "config error: peers[0].vtep_mac: 03:00:00:00:00:01 is a group (multicast or broadcast) MAC; a unicast MAC has the low bit of the first octet clear",
+    );
+    assert_err_starts(
+        &cfg(&peer("b", "192.168.77.2", "10.244.2.1/24")),
+        "config error: peers[0].pod_cidr: 10.244.2.1/24 has host bits set",
+    );
+}
+
+/// The file and the runtime refuse alike: for each bad pod or peer, the error of a config file
+/// holding it and the error of adding it to a node from a good file (what `Node::add_pod` and
+/// `Node::add_peer` run) give the same reason, the field named `pods[i].x` / `pod.x`.
+#[test]
+fn file_and_runtime_refuse_alike() {
+    let base = Config::from_toml_str(&format!(
+        "{}{}\n[[peers]]\nname = \"b\"\nunderlay = \"192.168.77.2\"\npod_cidr = \"10.244.2.0/24\"\n",
+        node_with("underlay = \"192.168.77.1\""),
+        pod("a", "a", "10.244.1.10")
+    ))
+    .unwrap();
+    let strip = |field: &str, at: &str, rt: &str| field.replacen(at, rt, 1);
+    let pods = [
+        ("a", "z", "10.244.1.11", None),
+        ("c", "a", "10.244.1.11", None),
+        ("c", "c", "10.244.2.5", None),
+        ("c", "c", "10.244.1.1", None),
+        ("c", "c", "10.244.1.10", None),
+        ("c", "c", "10.244.1.11", Some("01:00:5e:00:00:01")),
+        ("c c", "c", "10.244.1.11", None),
+    ];
+    for (name, netns, ip, mac) in pods {
+        let spec = PodSpec {
+            name: name.into(),
+            netns: netns.into(),
+            ip: ip.parse().unwrap(),
+            mac: mac.map(|m| m.parse().unwrap()),
+        };
+        let mut file = base.clone();
+        file.pods.push(spec.clone());
+        let ConfigError::Field { field, reason, .. } = file.validate().unwrap_err() else {
+            panic!("not a field error")
+        };
+        let runtime = spec.check(&base.node, &base.pods, "pod").unwrap_err();
+        assert_eq!(runtime.reason, reason, "{spec:?}");
+        assert_eq!(runtime.field, strip(&field, "pods[1]", "pod"), "{spec:?}");
+        assert!(!runtime.to_string().contains("config error"), "{runtime}");
+    }
+    let peers = [
+        ("node-a", "192.168.77.3", "10.244.3.0/24", None),
+        ("b", "192.168.77.3", "10.244.3.0/24", None),
+        ("c", "192.168.77.1", "10.244.3.0/24", None),
+        ("c", "192.168.77.2", "10.244.3.0/24", None),
+        ("c", "224.0.0.1", "10.244.3.0/24", None),
+        ("c", "192.168.77.3", "10.244.2.128/25", None),
+        ("c", "192.168.77.3", "10.244.0.0/16", None),
+        ("c", "192.168.77.3", "10.244.3.1/24", None),
+        (
+            "c",
+            "192.168.77.3",
+            "10.244.3.0/24",
+            Some("03:00:00:00:00:01"),
+        ),
+        (
+            "c",
+            "192.168.77.3",
+            "10.244.3.0/24",
+            Some("00:00:00:00:00:00"),
+        ),
+    ];
+    for (name, underlay, cidr, mac) in peers {
+        let spec = PeerSpec {
+            name: name.into(),
+            underlay: underlay.parse().unwrap(),
+            pod_cidr: cidr.parse().unwrap(),
+            vtep_mac: mac.map(|m| m.parse().unwrap()),
+        };
+        let mut file = base.clone();
+        file.peers.push(spec.clone());
+        let ConfigError::Field { field, reason, .. } = file.validate().unwrap_err() else {
+            panic!("not a field error")
+        };
+        let runtime = spec.check(&base.node, &base.peers, "peer").unwrap_err();
+        assert_eq!(runtime.reason, reason, "{spec:?}");
+        assert_eq!(runtime.field, strip(&field, "peers[1]", "peer"), "{spec:?}");
+        // Each fact once: the peer's name is not repeated in front of the reason.
+        assert!(
+            !runtime.to_string().contains("peer \"c\": peer"),
+            "{runtime}"
+        );
+    }
+    // A node whose pod MTU the tunnel cannot carry refuses peers, in the file and at runtime.
+    let mut big = base.clone();
+    big.node.mtu = Some(1500);
+    let e = big.validate().unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "config error: node.mtu: 1500 is above the 1450 bytes the tunnel to peers carries (node.underlay_mtu 1500 minus VXLAN's 50): lower node.mtu or raise node.underlay_mtu"
+    );
+    let spec = base.peers[0].clone();
+    let runtime = spec.check(&big.node, &[], "peer").unwrap_err().to_string();
+    assert_eq!(Some(runtime.as_str()), e.strip_prefix("config error: "));
+    // Without peers the same MTU is fine (pods of one node do not cross the tunnel).
+    big.peers.clear();
+    big.validate().unwrap();
+    // No underlay: no peers, at runtime either.
+    let mut lone = base.clone();
+    lone.node.underlay = None;
+    assert_eq!(
+        spec.check(&lone.node, &[], "peer").unwrap_err().to_string(),
+        "node.underlay: is required when peers are configured (the address peers send VXLAN to)"
+    );
+}
+
+#[test]
+fn cpus_the_machine_does_not_have_are_refused() {
+    let c = Config::from_toml_str(&node_with("cpus = [99]")).unwrap();
+    assert_eq!(
+        c.check_machine(&[0, 1]).unwrap_err().to_string(),
+        "config error: node.cpus: CPU 99 is not one this process may run on (allowed: 0-1)"
+    );
+    c.check_machine(&(0..128).collect::<Vec<_>>()).unwrap();
+}
+
+#[test]
+fn lab_style_configs_serialise_and_read_back() {
+    let mut node = NodeSpec::new("n1", "10.244.1.0/24".parse().unwrap());
+    node.underlay = Some(Ipv4Addr::new(192, 168, 77, 1));
+    let cfg = Config {
+        node,
+        pods: vec![PodSpec {
+            name: "p".into(),
+            netns: "p".into(),
+            ip: Ipv4Addr::new(10, 244, 1, 10),
+            mac: None,
+        }],
+        peers: vec![PeerSpec {
+            name: "n2".into(),
+            underlay: Ipv4Addr::new(192, 168, 77, 2),
+            pod_cidr: "10.244.2.0/24".parse().unwrap(),
+            vtep_mac: Some(Mac([2, 0xee, 0, 0, 0, 2])),
+        }],
+    };
+    let text = cfg.to_toml().unwrap();
+    assert_eq!(Config::from_toml_str(&text).unwrap(), cfg, "{text}");
+    assert!(text.contains("vtep_mac = \"02:ee:00:00:00:02\""), "{text}");
+}
+
+#[test]
+fn from_file_reads_and_reports_missing_files() {
+    let dir = std::env::temp_dir().join(format!("podswitch-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("node.toml");
+    std::fs::write(&file, GOOD).unwrap();
+    let c = Config::from_file(&file).unwrap();
+    assert_eq!(c.pods.len(), 2);
+    std::fs::remove_file(&file).unwrap();
+    let e = Config::from_file(&file).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("config error: cannot read {}: ", file.display())),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir(&dir);
+}

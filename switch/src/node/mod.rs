@@ -1,0 +1,501 @@
+//! A node: the switch plus real pods, each a network namespace whose `eth0` is a TAP held by the
+//! switch. This is what `podswitch run` drives.
+//!
+//! - [`spec`]: what a node, a pod and a peer are ([`NodeSpec`], [`PodSpec`], [`PeerSpec`]) and
+//!   every rule about them;
+//! - this module: the running [`Node`], which refuses pods and peers by those rules;
+//! - `netlink`: configuring a pod's interfaces inside its namespace;
+//! - [`handler`]: the control socket's requests carried out on the node.
+//!
+//! Adding a pod: check it against the node and the other pods, open or create its namespace,
+//! create the TAP, move it in as `eth0` and configure it through rtnetlink from inside the
+//! namespace (MAC, MTU, address, `lo` and `eth0` up, default route via the gateway, IPv6 off:
+//! pods are IPv4-only here), then attach the TAP to the switch. Any failure undoes what was
+//! done: the TAP disappears with its fd, and a namespace the switch created is deleted; an
+//! adopted namespace is left as it was found.
+//!
+//! Invariants: a pod record exists exactly while its TAP is attached to the switch; the pod
+//! lock is held across an add or delete, the peer lock across a peer add or delete, so
+//! concurrent control requests cannot interleave them (and the checks see every pod or peer).
+
+pub mod handler;
+mod netlink;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::sync::{Mutex, MutexGuard};
+
+use rtnetlink::LinkUnspec;
+
+use crate::dataplane::{Switch, SwitchError};
+use crate::netns::{NetNs, NetnsError};
+use crate::pipeline::{DropReason, PortCounts};
+use crate::port::{TapPort, UdpTunnel};
+use crate::table::PortId;
+use crate::wire::mac_from_key;
+
+pub(crate) use netlink::{link_index, with_netlink};
+pub use spec::{Mac, NodeSpec, PeerSpec, PodSpec, SpecError};
+
+/// A pod as `podswitch pod list` shows it: its spec and its live state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PodStatus {
+    /// What the pod was added as.
+    pub spec: PodSpec,
+    /// Prefix length of the pod address (the node CIDR's).
+    pub prefix_len: u8,
+    /// Switch port.
+    pub port: PortId,
+    /// True if the switch created the namespace (and removes it with the pod).
+    pub created_netns: bool,
+    /// Port counters.
+    pub counters: PortCounts,
+}
+
+/// One MAC table entry as `podswitch fdb` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FdbEntry {
+    /// The MAC.
+    pub mac: Mac,
+    /// Port id.
+    pub port: PortId,
+    /// Name of the port (pod name), if the port is still attached.
+    pub port_name: Option<String>,
+    /// Static (pod identity) or learned.
+    pub is_static: bool,
+    /// Seconds since the MAC was last seen as a source.
+    pub age_secs: u32,
+}
+
+/// Why a node operation failed. Each message says which pod or peer, what step, and each
+/// fact once.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A rule refused the node, pod or peer (names the field: `pod.ip`, `peer.name`).
+    #[error(transparent)]
+    Refused(#[from] SpecError),
+    /// The switch refused the pod.
+    #[error("pod {pod:?}: {source}")]
+    Switch {
+        /// Pod name.
+        pod: String,
+        /// The refusal.
+        source: SwitchError,
+    },
+    /// Namespace handling failed (the error names the namespace).
+    #[error("pod {pod:?}: {source}")]
+    Netns {
+        /// Pod name.
+        pod: String,
+        /// The failure.
+        source: NetnsError,
+    },
+    /// The adopted namespace already has an `eth0`: someone else set this pod up.
+    #[error("pod {pod:?}: namespace {netns:?} already has an eth0 (another podswitch or network plugin runs a pod there?): remove that pod first, or pick another namespace")]
+    NetnsBusy {
+        /// Pod name.
+        pod: String,
+        /// Namespace.
+        netns: String,
+    },
+    /// Creating the TAP failed.
+    #[error("pod {pod:?}: creating TAP eth0 in namespace {netns:?}: {source}")]
+    Tap {
+        /// Pod name.
+        pod: String,
+        /// Namespace.
+        netns: String,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// Configuring the pod's interfaces over netlink failed.
+    #[error("pod {pod:?}: configuring {what} in namespace {netns:?}: {message}")]
+    Netlink {
+        /// Pod name.
+        pod: String,
+        /// Namespace.
+        netns: String,
+        /// The step.
+        what: &'static str,
+        /// The error.
+        message: String,
+    },
+    /// No pod with that name.
+    #[error("no pod named {0:?}")]
+    NoSuchPod(String),
+    /// The switch could not start.
+    #[error("starting the switch: {0}")]
+    Start(SwitchError),
+    /// The tunnel socket could not be bound.
+    #[error("binding the VXLAN tunnel to {addr}: {source}")]
+    Tunnel {
+        /// The address.
+        addr: std::net::SocketAddrV4,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The switch refused a peer change (its message names the peer).
+    #[error(transparent)]
+    Peer(SwitchError),
+}
+
+struct PodRecord {
+    spec: PodSpec,
+    netns: NetNs,
+    created_netns: bool,
+}
+
+/// A running node.
+pub struct Node {
+    spec: NodeSpec,
+    switch: Switch,
+    pods: Mutex<BTreeMap<String, PodRecord>>,
+    peers: Mutex<Vec<PeerSpec>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Node {
+    /// Checks `spec`, starts the switch, adds `peers` and then `pods` in order, each checked
+    /// by the same rules as a runtime `peer add` / `pod add`. If one fails, the pods added are
+    /// removed again and the error is returned: the node starts whole or not at all.
+    ///
+    /// The tunnel socket is bound, and the TAPs are created, in the calling thread's network
+    /// namespace (the node's "host" namespace). The workers are pinned among the CPUs the
+    /// calling thread may run on ([`NodeSpec::dataplane_cpus`]).
+    pub fn start(spec: NodeSpec, pods: &[PodSpec], peers: &[PeerSpec]) -> Result<Node, NodeError> {
+        spec.validate()?;
+        let config = spec.switch_config(&crate::dataplane::allowed_cpus())?;
+        let tunnel = match spec.tunnel_addr() {
+            Some(addr) => Some(
+                UdpTunnel::bind(*addr.ip(), addr.port())
+                    .map_err(|source| NodeError::Tunnel { addr, source })?,
+            ),
+            None => None,
+        };
+        let switch = Switch::start_with_tunnel(config, tunnel).map_err(NodeError::Start)?;
+        let node = Node {
+            spec,
+            switch,
+            pods: Mutex::new(BTreeMap::new()),
+            peers: Mutex::new(Vec::new()),
+        };
+        for peer in peers {
+            node.add_peer(peer)?;
+        }
+        for pod in pods {
+            if let Err(e) = node.add_pod(pod) {
+                node.shutdown();
+                return Err(e);
+            }
+        }
+        Ok(node)
+    }
+
+    /// Node name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The node's settings.
+    pub fn spec(&self) -> &NodeSpec {
+        &self.spec
+    }
+
+    /// The switch.
+    pub fn switch(&self) -> &Switch {
+        &self.switch
+    }
+
+    /// Adds a pod (CNI ADD), refused by the same rules as a `[[pods]]` entry (fields named
+    /// `pod.*`). Traffic between other pods is not disturbed.
+    pub fn add_pod(&self, spec: &PodSpec) -> Result<PodStatus, NodeError> {
+        let pod = spec.name.clone();
+        let mut pods = lock(&self.pods);
+        spec.check(&self.spec, pods.values().map(|r| &r.spec), "pod")?;
+        // Address checks first: nothing is created for a pod the switch would refuse.
+        self.switch
+            .tables()
+            .topology()
+            .check_pod(spec.ip, spec.mac().into())
+            .map_err(|e| NodeError::Switch {
+                pod: pod.clone(),
+                source: e.into(),
+            })?;
+        let (netns, created) =
+            NetNs::open_or_create(&spec.netns).map_err(|source| NodeError::Netns {
+                pod: pod.clone(),
+                source,
+            })?;
+        let undo_netns = |ns: &NetNs| {
+            if created {
+                if let Err(e) = ns.delete() {
+                    tracing::warn!(pod = %spec.name, "rolling back: {e}");
+                }
+            }
+        };
+        let tap = match self.plumb(spec, &netns, created) {
+            Ok(tap) => tap,
+            Err(e) => {
+                undo_netns(&netns);
+                return Err(e);
+            }
+        };
+        let queues = tap
+            .into_iter()
+            .map(|q| Box::new(q) as Box<dyn crate::port::Port>)
+            .collect();
+        let port = match self.switch.attach_queues(spec.port_info(), queues) {
+            Ok(id) => id,
+            Err(source) => {
+                undo_netns(&netns);
+                return Err(NodeError::Switch { pod, source });
+            }
+        };
+        tracing::info!(pod = %spec.name, netns = %spec.netns, ip = %spec.ip, port, created_netns = created, "pod added");
+        pods.insert(
+            spec.name.clone(),
+            PodRecord {
+                spec: spec.clone(),
+                netns,
+                created_netns: created,
+            },
+        );
+        drop(pods);
+        self.pod(&spec.name)
+            .ok_or(NodeError::NoSuchPod(spec.name.clone()))
+    }
+
+    /// Creates the pod's TAP and configures it inside the pod's namespace.
+    ///
+    /// The TAP is created in the switch's own namespace under a temporary name, then moved into
+    /// the pod's namespace and renamed `eth0` in one netlink request. Opened this way, the TAP's
+    /// file descriptor holds a reference to the switch's namespace, not the pod's: deleting the
+    /// pod's namespace from outside really destroys it, which unregisters the TAP and tells the
+    /// switch (`EBADFD`). Opened inside the pod's namespace, the fd would keep it alive.
+    /// Returns one queue of the TAP per worker (all opened here, before the move: a queue is
+    /// attached by name in the opener's namespace).
+    fn plumb(
+        &self,
+        spec: &PodSpec,
+        netns: &NetNs,
+        created: bool,
+    ) -> Result<Vec<TapPort>, NodeError> {
+        let cfg = self.switch.node();
+        let net = netlink::PodNet {
+            ip: spec.ip,
+            prefix_len: cfg.cidr.prefix_len(),
+            mac: spec.mac(),
+            mtu: cfg.mtu,
+            gateway: cfg.gateway,
+        };
+        let pod = spec.name.as_str();
+        let ns = spec.netns.as_str();
+        let netlink_err = |(what, message): (&'static str, String)| NodeError::Netlink {
+            pod: pod.into(),
+            netns: ns.into(),
+            what,
+            message,
+        };
+        let netns_err = |source| NodeError::Netns {
+            pod: pod.into(),
+            source,
+        };
+        // An adopted namespace may hold another switch's pod: say so rather than fail on the
+        // rename with a bare "File exists".
+        if !created
+            && netns
+                .run(|| netlink::has_link("eth0"))
+                .map_err(netns_err)?
+                .map_err(netlink_err)?
+        {
+            return Err(NodeError::NetnsBusy {
+                pod: pod.into(),
+                netns: ns.into(),
+            });
+        }
+        let tmp = netlink::temporary_ifname();
+        let tap = TapPort::create_queues(&tmp, self.switch.workers()).map_err(|source| {
+            NodeError::Tap {
+                pod: pod.into(),
+                netns: ns.into(),
+                source,
+            }
+        })?;
+        let ns_file = std::fs::File::open(netns.path())
+            .map_err(|e| netlink_err(("open namespace", e.to_string())))?;
+        with_netlink(|handle| async move {
+            let idx = link_index(&handle, &tmp)
+                .await
+                .map_err(|e| ("new TAP", e))?;
+            let msg = LinkUnspec::new_with_index(idx)
+                .setns_by_fd(ns_file.as_raw_fd())
+                .name("eth0")
+                .build();
+            handle
+                .link()
+                .set(msg)
+                .execute()
+                .await
+                .map_err(|e| ("moving the TAP in as eth0", e.to_string()))
+        })
+        .map_err(netlink_err)?;
+        netns
+            .run(|| netlink::configure_pod_interfaces(&net))
+            .map_err(netns_err)?
+            .map_err(netlink_err)?;
+        Ok(tap)
+    }
+
+    /// Removes a pod (CNI DEL): detaches its TAP (the device goes away with the fd) and deletes
+    /// its namespace if the switch created it.
+    pub fn del_pod(&self, name: &str) -> Result<(), NodeError> {
+        let mut pods = lock(&self.pods);
+        let rec = pods
+            .remove(name)
+            .ok_or_else(|| NodeError::NoSuchPod(name.into()))?;
+        if let Err(e) = self.switch.detach(name) {
+            // Already gone from the switch (its namespace vanished): nothing to detach.
+            tracing::debug!(pod = name, "detach: {e}");
+        }
+        if rec.created_netns {
+            rec.netns.delete().map_err(|source| NodeError::Netns {
+                pod: name.into(),
+                source,
+            })?;
+        }
+        tracing::info!(pod = name, "pod removed");
+        Ok(())
+    }
+
+    /// Forgets pods whose TAP closed under the switch (namespace deleted from outside).
+    /// Returns their names. Other pods are unaffected.
+    pub fn reap_vanished(&self) -> Vec<String> {
+        let mut pods = lock(&self.pods);
+        let gone: Vec<String> = pods
+            .keys()
+            .filter(|n| self.switch.port(n).is_none())
+            .cloned()
+            .collect();
+        for name in &gone {
+            if let Some(rec) = pods.remove(name) {
+                tracing::warn!(pod = %name, netns = %rec.netns.name(), "pod's network went away (namespace deleted?); port removed");
+                if rec.created_netns && rec.netns.exists() {
+                    let _ = rec.netns.delete();
+                }
+            }
+        }
+        gone
+    }
+
+    /// Status of one pod.
+    pub fn pod(&self, name: &str) -> Option<PodStatus> {
+        let pods = lock(&self.pods);
+        let rec = pods.get(name)?;
+        let port = self.switch.port(name)?;
+        Some(PodStatus {
+            spec: rec.spec.clone(),
+            prefix_len: self.spec.pod_cidr.prefix_len(),
+            port: port.id,
+            created_netns: rec.created_netns,
+            counters: port.metrics.snapshot(),
+        })
+    }
+
+    /// Status of every pod, by name.
+    pub fn pods(&self) -> Vec<PodStatus> {
+        let names: Vec<String> = lock(&self.pods).keys().cloned().collect();
+        names.iter().filter_map(|n| self.pod(n)).collect()
+    }
+
+    /// Frames each data-plane thread has handled (see [`Switch::worker_frames`]).
+    pub fn worker_frames(&self) -> Vec<u64> {
+        self.switch.worker_frames()
+    }
+
+    /// The MAC table.
+    pub fn fdb(&self) -> Vec<FdbEntry> {
+        let names: BTreeMap<PortId, String> = self
+            .switch
+            .ports()
+            .into_iter()
+            .map(|p| (p.id, p.info.name))
+            .collect();
+        let table = self.switch.tables().mac.load();
+        let now = self.switch.tables().mac.now();
+        let mut out: Vec<FdbEntry> = table
+            .iter()
+            .map(|(key, e)| FdbEntry {
+                mac: mac_from_key(key).into(),
+                port: e.port,
+                port_name: names.get(&e.port).cloned(),
+                is_static: e.is_static,
+                age_secs: now.saturating_sub(e.last_seen()),
+            })
+            .collect();
+        out.sort_by(|a, b| (a.port, &a.mac).cmp(&(b.port, &b.mac)));
+        out
+    }
+
+    /// Adds a peer node, refused by the same rules as a `[[peers]]` entry (fields named
+    /// `peer.*`); flows to other peers and between local pods go on.
+    pub fn add_peer(&self, spec: &PeerSpec) -> Result<(), NodeError> {
+        let mut peers = lock(&self.peers);
+        spec.check(&self.spec, peers.iter(), "peer")?;
+        self.switch
+            .add_peer(spec.to_peer(&self.spec))
+            .map_err(NodeError::Peer)?;
+        peers.push(spec.clone());
+        tracing::info!(peer = %spec.name, "peer added");
+        Ok(())
+    }
+
+    /// Removes a peer node and its route.
+    pub fn del_peer(&self, name: &str) -> Result<(), NodeError> {
+        let mut peers = lock(&self.peers);
+        self.switch.remove_peer(name).map_err(NodeError::Peer)?;
+        peers.retain(|p| p.name != name);
+        tracing::info!(peer = %name, "peer removed");
+        Ok(())
+    }
+
+    /// Every peer, as added.
+    pub fn peers(&self) -> Vec<PeerSpec> {
+        lock(&self.peers).clone()
+    }
+
+    /// Switch-wide counters: `(rx, forwarded, delivered locally, dropped)`.
+    pub fn totals(&self) -> (u64, u64, u64, u64) {
+        let m = self.switch.metrics().snapshot();
+        (m.rx, m.forwarded, m.delivered_locally, m.dropped_total())
+    }
+
+    /// Drops by reason (non-zero only).
+    pub fn drops(&self) -> Vec<(DropReason, u64)> {
+        let m = self.switch.metrics().snapshot();
+        DropReason::ALL
+            .iter()
+            .map(|r| (*r, m.dropped(*r)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// Removes every pod (and the namespaces the switch created). Idempotent.
+    pub fn shutdown(&self) {
+        let names: Vec<String> = lock(&self.pods).keys().cloned().collect();
+        for name in names {
+            if let Err(e) = self.del_pod(&name) {
+                tracing::warn!(pod = %name, "shutdown: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,450 @@
+//! What a node, a pod and a peer are, and every rule about them: one type per concept, used by
+//! the config file, the CLI, the control protocol and the running [`Node`](super::Node).
+//!
+//! - [`NodeSpec`]: the node's settings (the file's `[node]` table).
+//! - [`PodSpec`]: a pod (a `[[pods]]` entry, `podswitch pod add`, `Request::PodAdd`).
+//! - [`PeerSpec`]: another node (a `[[peers]]` entry, `podswitch peer add`,
+//!   `Request::PeerAdd`).
+//!
+//! The rules ([`NodeSpec::validate`], [`PodSpec::check`], [`PeerSpec::check`]) are the only
+//! place where a node, pod or peer is refused, so the file and the runtime refuse the same
+//! things with the same reason; only the field's location differs (`pods[1].ip` in the file,
+//! `pod.ip` at runtime). Derived values (gateway, router MAC, pod MAC, VTEP MAC, pod MTU,
+//! control socket, CPUs) are computed here too, and compiled into the data plane's forms
+//! ([`NodeConfig`], [`SwitchConfig`], [`Peer`], [`PortInfo`]).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::dataplane::SwitchConfig;
+use crate::pipeline::NodeConfig;
+use crate::table::{MacTableConfig, Peer, PortInfo, PortKind};
+
+mod mac;
+mod rules;
+
+pub use mac::{Mac, MacParseError};
+pub(crate) use rules::check_range;
+use rules::cpu_list;
+
+/// Default underlay MTU.
+pub const DEFAULT_UNDERLAY_MTU: u16 = 1500;
+/// What VXLAN over IPv4 adds to an inner IP packet on the underlay: the inner Ethernet header,
+/// VXLAN, UDP and outer IPv4 headers (14 + 8 + 8 + 20).
+pub const VXLAN_OVERHEAD: u16 = 50;
+/// Smallest MTU IPv4 allows (RFC 791).
+pub const MIN_MTU: u16 = 68;
+/// Largest pod MTU accepted.
+pub const MAX_MTU: u16 = 65521;
+/// Default VXLAN UDP destination port (Linux and flannel; IANA's is 4789).
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+/// Largest VXLAN network identifier (24 bits).
+pub const MAX_VNI: u32 = 0xFF_FFFF;
+/// Most data-plane threads (a TAP has at most 256 queues; more threads than cores only
+/// compete).
+pub const MAX_WORKERS: usize = 64;
+/// Directory of the default control socket, `<dir>/<node name>.sock`.
+pub const CONTROL_DIR: &str = "/run/podswitch";
+/// Longest node or peer name.
+const MAX_NODE_NAME: usize = 63;
+/// Longest pod name (a DNS subdomain, as Kubernetes pod names).
+const MAX_POD_NAME: usize = 253;
+/// Longest network namespace name (a file name in `/run/netns`).
+const MAX_NETNS_NAME: usize = 255;
+/// Longest Unix socket path (`sun_path` is 108 bytes with the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// A broken rule: the field (`node.mtu`, `pods[1].ip`, `pod.ip`, `peer.name`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SpecError {
+    /// Where the field is.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl SpecError {
+    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// FNV-1a, 32 bits (offset basis 0x811c9dc5, prime 0x01000193): stable across builds and
+/// platforms, so every node derives the same MAC from the same name.
+fn fnv1a32(data: &[u8]) -> u32 {
+    data.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The router (and VTEP) MAC of a node that does not configure one: `02:ee` followed by the
+/// FNV-1a 32-bit hash of the node name, big-endian. Locally administered, unicast.
+pub fn derived_router_mac(node_name: &str) -> Mac {
+    let h = fnv1a32(node_name.as_bytes()).to_be_bytes();
+    Mac([0x02, 0xee, h[0], h[1], h[2], h[3]])
+}
+
+/// The MAC of a pod that does not configure one: `02:42` followed by the four octets of its IP
+/// (as `podstack::PodConfig::derived_mac`). Unique as long as the IPs are.
+pub fn derived_pod_mac(ip: Ipv4Addr) -> Mac {
+    let o = ip.octets();
+    Mac([0x02, 0x42, o[0], o[1], o[2], o[3]])
+}
+
+/// A node's settings: the config file's `[node]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Node name: `[a-zA-Z0-9._-]`, at most 63 characters.
+    pub name: String,
+    /// The node's pod CIDR (prefix length at most 30, no host bits set).
+    pub pod_cidr: Ipv4Net,
+    /// Pods' default gateway; see [`NodeSpec::gateway`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    /// Pod MTU; see [`NodeSpec::pod_mtu`] (default: `underlay_mtu` minus VXLAN's 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// MTU of the underlay network the tunnel crosses.
+    #[serde(default = "default_underlay_mtu")]
+    pub underlay_mtu: u16,
+    /// Network namespace the switch itself runs in (its "host" namespace: where the underlay
+    /// address lives and the TAPs are made before they move into pods). Default: the one it is
+    /// started in. `podswitch lab` uses this to run several nodes on one machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// Control socket path; see [`NodeSpec::control_path`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<PathBuf>,
+    /// Router MAC; see [`NodeSpec::router_mac`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_mac: Option<Mac>,
+    /// Most learned MAC table entries.
+    #[serde(default = "default_mac_table_size")]
+    pub mac_table_size: usize,
+    /// Seconds a learned MAC lives without being seen.
+    #[serde(default = "default_mac_ageing_secs")]
+    pub mac_ageing_secs: u64,
+    /// Data-plane threads, 1 to [`MAX_WORKERS`]. Each pod's TAP gets one queue per worker
+    /// (`IFF_MULTI_QUEUE`); the kernel spreads a pod's flows over the queues.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// CPUs the workers are pinned to (worker `k` on `cpus[k % len]`); see
+    /// [`NodeSpec::dataplane_cpus`] for the default. `[]`: not pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Vec<usize>>,
+    /// This node's underlay (VXLAN) address. Required when peers are configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay: Option<Ipv4Addr>,
+    /// VXLAN UDP destination port.
+    #[serde(default = "default_vxlan_port")]
+    pub vxlan_port: u16,
+    /// VXLAN network identifier of the cluster (24 bits).
+    #[serde(default = "default_vni")]
+    pub vni: u32,
+    /// VTEP MAC. The router MAC is the VTEP MAC, so this is another name for `router_mac`:
+    /// giving both with different values is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<Mac>,
+}
+
+fn default_underlay_mtu() -> u16 {
+    DEFAULT_UNDERLAY_MTU
+}
+fn default_workers() -> usize {
+    1
+}
+fn default_mac_table_size() -> usize {
+    MacTableConfig::default().capacity
+}
+fn default_mac_ageing_secs() -> u64 {
+    MacTableConfig::default().ageing.as_secs()
+}
+fn default_vxlan_port() -> u16 {
+    DEFAULT_VXLAN_PORT
+}
+fn default_vni() -> u32 {
+    1
+}
+
+/// A pod: a `[[pods]]` entry, or a runtime `pod add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct PodSpec {
+    /// Pod name: letters, digits, '.', '_', '-', at most 253 characters.
+    #[arg(long)]
+    pub name: String,
+    /// Network namespace (/run/netns/NAME): created if absent, adopted if present.
+    #[arg(long)]
+    pub netns: String,
+    /// Pod IP, inside the node's pod CIDR.
+    #[arg(long)]
+    pub ip: Ipv4Addr,
+    /// Pod MAC (default: 02:42 + the IP's octets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub mac: Option<Mac>,
+}
+
+/// Another node and the pod CIDR it owns: a `[[peers]]` entry, or a runtime `peer add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSpec {
+    /// Peer node name (same rules as node.name).
+    #[arg(long)]
+    pub name: String,
+    /// Its underlay (tunnel endpoint) address.
+    #[arg(long)]
+    pub underlay: Ipv4Addr,
+    /// The pod CIDR it owns; must not overlap this node's or another peer's.
+    #[arg(long)]
+    pub pod_cidr: Ipv4Net,
+    /// Its VTEP MAC (default: derived from its name, as a podswitch node does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub vtep_mac: Option<Mac>,
+}
+
+impl NodeSpec {
+    /// A node called `name` owning `pod_cidr`, every other setting at its default.
+    pub fn new(name: impl Into<String>, pod_cidr: Ipv4Net) -> Self {
+        Self {
+            name: name.into(),
+            pod_cidr,
+            gateway: None,
+            mtu: None,
+            underlay_mtu: DEFAULT_UNDERLAY_MTU,
+            netns: None,
+            control: None,
+            router_mac: None,
+            mac_table_size: default_mac_table_size(),
+            mac_ageing_secs: default_mac_ageing_secs(),
+            workers: default_workers(),
+            cpus: None,
+            underlay: None,
+            vxlan_port: DEFAULT_VXLAN_PORT,
+            vni: default_vni(),
+            vtep_mac: None,
+        }
+    }
+
+    /// The pods' gateway: `gateway` if given, else the first host address of `pod_cidr`
+    /// (network + 1).
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.gateway
+            .unwrap_or_else(|| Ipv4Addr::from(u32::from(self.pod_cidr.network()).wrapping_add(1)))
+    }
+
+    /// The router MAC (also the VTEP MAC): `router_mac`, else `vtep_mac`, else
+    /// [`derived_router_mac`] of the node name.
+    pub fn router_mac(&self) -> Mac {
+        self.router_mac
+            .or(self.vtep_mac)
+            .unwrap_or_else(|| derived_router_mac(&self.name))
+    }
+
+    /// The control socket: `control` if given, else `/run/podswitch/<name>.sock`.
+    pub fn control_path(&self) -> PathBuf {
+        match &self.control {
+            Some(p) => p.clone(),
+            None => Path::new(CONTROL_DIR).join(format!("{}.sock", self.name)),
+        }
+    }
+
+    /// Pod MTU: explicit, or the underlay MTU minus VXLAN's overhead, so that every pod packet
+    /// fits the tunnel.
+    pub fn pod_mtu(&self) -> u16 {
+        self.mtu.unwrap_or_else(|| self.tunnel_mtu())
+    }
+
+    /// Largest inner IPv4 packet the tunnel carries without fragmenting the underlay.
+    pub fn tunnel_mtu(&self) -> u16 {
+        self.underlay_mtu.saturating_sub(VXLAN_OVERHEAD)
+    }
+
+    /// Where the VXLAN tunnel listens (`underlay:vxlan_port`); `None`: a node without peers.
+    pub fn tunnel_addr(&self) -> Option<SocketAddrV4> {
+        self.underlay
+            .map(|ip| SocketAddrV4::new(ip, self.vxlan_port))
+    }
+
+    /// The CPUs to pin the workers to, given the CPUs this process may run on: `cpus` if given
+    /// (each must be allowed: a worker cannot run elsewhere), else the last `workers` allowed
+    /// CPUs (the first ones usually take the machine's interrupts), reused round-robin when
+    /// there are fewer. Empty: not pinned.
+    pub fn dataplane_cpus(&self, allowed: &[usize]) -> Result<Vec<usize>, SpecError> {
+        match &self.cpus {
+            Some(cpus) => {
+                if let Some(cpu) = cpus.iter().find(|c| !allowed.contains(c)) {
+                    return Err(SpecError::new(
+                        "node.cpus",
+                        format!(
+                            "CPU {cpu} is not one this process may run on (allowed: {})",
+                            cpu_list(allowed)
+                        ),
+                    ));
+                }
+                Ok(cpus.clone())
+            }
+            None => {
+                let n = self.workers.min(allowed.len());
+                Ok(allowed[allowed.len() - n..].to_vec())
+            }
+        }
+    }
+
+    /// The data-plane settings: CIDR, gateway, router MAC, VNI, pod and tunnel MTU.
+    pub fn node_config(&self) -> NodeConfig {
+        NodeConfig {
+            cidr: self.pod_cidr,
+            gateway: self.gateway(),
+            router_mac: self.router_mac().into(),
+            vni: self.vni,
+            mtu: self.pod_mtu(),
+            tunnel_mtu: self.tunnel_mtu(),
+        }
+    }
+
+    /// The MAC table settings.
+    pub fn mac_table_config(&self) -> MacTableConfig {
+        MacTableConfig {
+            capacity: self.mac_table_size,
+            ageing: Duration::from_secs(self.mac_ageing_secs),
+        }
+    }
+
+    /// The switch's settings on a machine whose process may run on `allowed` CPUs.
+    pub fn switch_config(&self, allowed: &[usize]) -> Result<SwitchConfig, SpecError> {
+        Ok(SwitchConfig {
+            node: self.node_config(),
+            mac: self.mac_table_config(),
+            workers: self.workers,
+            cpus: self.dataplane_cpus(allowed)?,
+        })
+    }
+}
+
+impl PodSpec {
+    /// The pod MAC: `mac` if given, else [`derived_pod_mac`] of the IP.
+    pub fn mac(&self) -> Mac {
+        self.mac.unwrap_or_else(|| derived_pod_mac(self.ip))
+    }
+
+    /// The switch port identity of the pod.
+    pub fn port_info(&self) -> PortInfo {
+        PortInfo {
+            name: self.name.clone(),
+            kind: PortKind::Pod {
+                mac: self.mac().into(),
+                ip: self.ip,
+            },
+        }
+    }
+}
+
+impl PeerSpec {
+    /// The peer's VTEP MAC: `vtep_mac` if given, else [`derived_router_mac`] of the peer name
+    /// (what a podswitch node of that name uses when it configures no MAC).
+    pub fn vtep_mac(&self) -> Mac {
+        self.vtep_mac
+            .unwrap_or_else(|| derived_router_mac(&self.name))
+    }
+
+    /// The data plane's form of the peer; the tunnel uses `node`'s VXLAN port.
+    pub fn to_peer(&self, node: &NodeSpec) -> Peer {
+        Peer {
+            name: self.name.clone(),
+            underlay: SocketAddrV4::new(self.underlay, node.vxlan_port),
+            pod_cidr: self.pod_cidr,
+            vtep_mac: self.vtep_mac().into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_router_mac_is_fnv1a_of_the_name() {
+        // FNV-1a 32 of "" is the offset basis; of "a" is 0xe40c292c (published test vectors).
+        assert_eq!(fnv1a32(b""), 0x811c_9dc5);
+        assert_eq!(fnv1a32(b"a"), 0xe40c_292c);
+        assert_eq!(
+            derived_router_mac("a"),
+            Mac([0x02, 0xee, 0xe4, 0x0c, 0x29, 0x2c])
+        );
+        assert_ne!(derived_router_mac("node-a"), derived_router_mac("node-b"));
+    }
+
+    #[test]
+    fn mac_parses_colons_and_dashes_only_and_prints_colons() {
+        let want = Mac([0x02, 0x42, 0x0a, 0xf4, 0x01, 0x0a]);
+        assert_eq!("02:42:0a:f4:01:0a".parse::<Mac>().unwrap(), want);
+        assert_eq!("02-42-0A-F4-01-0A".parse::<Mac>().unwrap(), want);
+        for bad in [
+            "",
+            "02:42:0a:f4:01",
+            "02:42:0a:f4:01:0a:00",
+            "02:42:0a-f4:01:0a",
+            "02.42.0a.f4.01.0a",
+            "0242.0af4.010a",
+            "02:42:0a:f4:01:0g",
+            "2:42:0a:f4:01:0a0",
+            " 02:42:0a:f4:01:0a",
+            "02:42:0a:f4:01:+a",
+            "02:42:0a:f4:01:é",
+        ] {
+            let e = bad.parse::<Mac>().unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "{bad:?} is not a MAC address (expected six hex pairs like 02:42:0a:f4:01:0a)"
+                )
+            );
+        }
+        assert_eq!(want.to_string(), "02:42:0a:f4:01:0a");
+        assert_eq!(format!("{want:?}"), "02:42:0a:f4:01:0a");
+        assert_eq!(
+            serde_json::to_string(&want).unwrap(),
+            "\"02:42:0a:f4:01:0a\""
+        );
+        assert_eq!(
+            serde_json::from_str::<Mac>("\"02-42-0a-f4-01-0a\"").unwrap(),
+            want
+        );
+    }
+
+    #[test]
+    fn cpu_lists_are_compact() {
+        assert_eq!(cpu_list(&[0, 1]), "0-1");
+        assert_eq!(cpu_list(&[0, 2, 3, 4, 7]), "0, 2-4, 7");
+        assert_eq!(cpu_list(&[]), "none");
+    }
+
+    #[test]
+    fn cpus_must_be_ones_the_process_may_run_on() {
+        let mut n = NodeSpec::new("n", "10.244.1.0/24".parse().unwrap());
+        n.workers = 4;
+        assert_eq!(n.dataplane_cpus(&[0, 1, 2, 3, 4, 5]).unwrap(), [2, 3, 4, 5]);
+        assert_eq!(n.dataplane_cpus(&[0, 1]).unwrap(), [0, 1]);
+        assert!(n.dataplane_cpus(&[]).unwrap().is_empty());
+        n.cpus = Some(vec![1, 0]);
+        assert_eq!(n.dataplane_cpus(&[0, 1]).unwrap(), [1, 0]);
+        n.cpus = Some(vec![]);
+        assert!(n.dataplane_cpus(&[0, 1]).unwrap().is_empty());
+        n.cpus = Some(vec![99]);
+        assert_eq!(
+            n.dataplane_cpus(&[0, 1]).unwrap_err().to_string(),
+            "node.cpus: CPU 99 is not one this process may run on (allowed: 0-1)"
+        );
+    }
+}
