@@ -83,12 +83,17 @@ pub(crate) struct PodState {
 }
 
 impl PodState {
-    pub fn now() -> Instant {
+    pub(crate) fn now() -> Instant {
         Instant::now()
     }
 
     /// Claims `port` for `container`, or fails with EADDRINUSE.
-    pub fn claim(&mut self, proto: Proto, port: u16, container: u64) -> Result<(), NetError> {
+    pub(crate) fn claim(
+        &mut self,
+        proto: Proto,
+        port: u16,
+        container: u64,
+    ) -> Result<(), NetError> {
         if port == 0 || self.ports.contains_key(&(proto, port)) {
             return Err(NetError::AddrInUse(port));
         }
@@ -97,7 +102,11 @@ impl PodState {
     }
 
     /// Claims a free ephemeral port.
-    pub fn claim_ephemeral(&mut self, proto: Proto, container: u64) -> Result<u16, NetError> {
+    pub(crate) fn claim_ephemeral(
+        &mut self,
+        proto: Proto,
+        container: u64,
+    ) -> Result<u16, NetError> {
         let span = EPHEMERAL.end() - EPHEMERAL.start() + 1;
         for _ in 0..span {
             let p = self.next_ephemeral;
@@ -114,7 +123,7 @@ impl PodState {
     }
 
     /// Adds a socket to the set and records it.
-    pub fn add_socket<S: smoltcp::socket::AnySocket<'static>>(
+    pub(crate) fn add_socket<S: smoltcp::socket::AnySocket<'static>>(
         &mut self,
         socket: S,
         container: u64,
@@ -135,13 +144,13 @@ impl PodState {
     }
 
     /// True if `handle` still names the socket with `id`.
-    pub fn valid(&self, handle: SocketHandle, id: u64) -> bool {
+    pub(crate) fn valid(&self, handle: SocketHandle, id: u64) -> bool {
         self.meta.get(&handle).is_some_and(|m| m.id == id)
     }
 
     /// Removes a socket now; releases its port unless another socket of the same owner still
     /// uses it (accepted connections share their listener's port).
-    pub fn remove_socket(&mut self, handle: SocketHandle) {
+    pub(crate) fn remove_socket(&mut self, handle: SocketHandle) {
         if let Some(m) = self.meta.remove(&handle) {
             self.sockets.remove(handle);
             if let Some(p) = m.port {
@@ -154,7 +163,7 @@ impl PodState {
     }
 
     /// Closes a TCP socket gracefully; it is removed once closed (or after a grace period).
-    pub fn close_tcp(&mut self, handle: SocketHandle, id: u64) {
+    pub(crate) fn close_tcp(&mut self, handle: SocketHandle, id: u64) {
         if !self.valid(handle, id) {
             return;
         }
@@ -210,19 +219,19 @@ pub(crate) struct PodShared {
 }
 
 impl PodShared {
-    pub fn lock(&self) -> MutexGuard<'_, PodState> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, PodState> {
         // A panic while holding the lock leaves smoltcp state that is still memory-safe to use.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Asks the driver to poll now (a socket has something to send).
-    pub fn kick(&self) {
+    pub(crate) fn kick(&self) {
         let _ = self.kick.try_send(());
     }
 
     /// Runs `f` under the lock until it returns `Some`, waiting for the stack to change between
     /// tries. Fails with ENETDOWN once the pod is gone, ETIMEDOUT after `timeout`.
-    pub fn wait<T>(
+    pub(crate) fn wait<T>(
         &self,
         timeout: Duration,
         mut f: impl FnMut(&mut PodState) -> Option<Result<T, NetError>>,

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use podswitch::config::Config;
 use podswitch::control::{self, ControlSocket, Request, Response};
 use podswitch::netns::NetNs;
-use podswitch::node::handler::NodeHandler;
+use podswitch::node::NodeHandler;
 use podswitch::node::{Node, PeerSpec, PodSpec, PodStatus};
 
 /// A userspace packet switch for Kubernetes-style pod networking.

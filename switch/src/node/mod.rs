@@ -18,9 +18,9 @@
 //! lock is held across an add or delete, the peer lock across a peer add or delete, so
 //! concurrent control requests cannot interleave them (and the checks see every pod or peer).
 
-pub mod handler;
+mod handler;
 mod netlink;
-pub mod spec;
+pub(crate) mod spec;
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
@@ -35,8 +35,9 @@ use crate::port::{TapPort, UdpTunnel};
 use crate::table::PortId;
 use crate::wire::mac_from_key;
 
+pub use handler::NodeHandler;
 pub(crate) use netlink::{link_index, with_netlink};
-pub use spec::{Mac, NodeSpec, PeerSpec, PodSpec, SpecError};
+pub use spec::{Mac, MacParseError, NodeSpec, PeerSpec, PodSpec, SpecError};
 
 /// A pod as `podswitch pod list` shows it: its spec and its live state.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

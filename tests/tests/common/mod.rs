@@ -3,11 +3,11 @@
 #![allow(dead_code)]
 
 #[allow(unused_imports)] // each test binary uses a different subset
-pub use podswitch::testutil::{pattern, root_or_skip, unique, wait_for};
+pub(crate) use podswitch::testutil::{pattern, root_or_skip, unique, wait_for};
 use std::process::{Command, Output};
 
 /// Runs a command, returning its output (never panics on failure; the caller asserts).
-pub fn run(cmd: &[&str]) -> Output {
+pub(crate) fn run(cmd: &[&str]) -> Output {
     Command::new(cmd[0])
         .args(&cmd[1..])
         .output()
@@ -15,14 +15,14 @@ pub fn run(cmd: &[&str]) -> Output {
 }
 
 /// Runs `cmd` inside namespace `ns` (`ip netns exec`).
-pub fn in_ns(ns: &str, cmd: &[&str]) -> Output {
+pub(crate) fn in_ns(ns: &str, cmd: &[&str]) -> Output {
     let mut full = vec!["ip", "netns", "exec", ns];
     full.extend_from_slice(cmd);
     run(&full)
 }
 
 /// `ping -c count` from namespace `ns` to `ip`; true if every reply came back.
-pub fn ping(ns: &str, ip: &str, count: u32) -> bool {
+pub(crate) fn ping(ns: &str, ip: &str, count: u32) -> bool {
     let out = in_ns(
         ns,
         &["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "2", ip],
@@ -31,7 +31,7 @@ pub fn ping(ns: &str, ip: &str, count: u32) -> bool {
 }
 
 /// Names of existing network namespaces.
-pub fn netns_list() -> Vec<String> {
+pub(crate) fn netns_list() -> Vec<String> {
     let out = run(&["ip", "netns", "list"]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -40,7 +40,7 @@ pub fn netns_list() -> Vec<String> {
 }
 
 /// Deletes the named namespaces on drop (also on panic), for tests that make their own.
-pub struct NsGuard(pub Vec<String>);
+pub(crate) struct NsGuard(pub Vec<String>);
 
 impl Drop for NsGuard {
     fn drop(&mut self) {

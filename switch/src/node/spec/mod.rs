@@ -32,23 +32,23 @@ pub(crate) use rules::check_range;
 use rules::cpu_list;
 
 /// Default underlay MTU.
-pub const DEFAULT_UNDERLAY_MTU: u16 = 1500;
+pub(crate) const DEFAULT_UNDERLAY_MTU: u16 = 1500;
 /// What VXLAN over IPv4 adds to an inner IP packet on the underlay: the inner Ethernet header,
 /// VXLAN, UDP and outer IPv4 headers (14 + 8 + 8 + 20).
-pub const VXLAN_OVERHEAD: u16 = 50;
+pub(crate) const VXLAN_OVERHEAD: u16 = 50;
 /// Smallest MTU IPv4 allows (RFC 791).
-pub const MIN_MTU: u16 = 68;
+pub(crate) const MIN_MTU: u16 = 68;
 /// Largest pod MTU accepted.
-pub const MAX_MTU: u16 = 65521;
+pub(crate) const MAX_MTU: u16 = 65521;
 /// Default VXLAN UDP destination port (Linux and flannel; IANA's is 4789).
-pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+pub(crate) const DEFAULT_VXLAN_PORT: u16 = 8472;
 /// Largest VXLAN network identifier (24 bits).
-pub const MAX_VNI: u32 = 0xFF_FFFF;
+pub(crate) const MAX_VNI: u32 = 0xFF_FFFF;
 /// Most data-plane threads (a TAP has at most 256 queues; more threads than cores only
 /// compete).
-pub const MAX_WORKERS: usize = 64;
+pub(crate) const MAX_WORKERS: usize = 64;
 /// Directory of the default control socket, `<dir>/<node name>.sock`.
-pub const CONTROL_DIR: &str = "/run/podswitch";
+pub(crate) const CONTROL_DIR: &str = "/run/podswitch";
 /// Longest node or peer name.
 const MAX_NODE_NAME: usize = 63;
 /// Longest pod name (a DNS subdomain, as Kubernetes pod names).
@@ -87,14 +87,14 @@ fn fnv1a32(data: &[u8]) -> u32 {
 
 /// The router (and VTEP) MAC of a node that does not configure one: `02:ee` followed by the
 /// FNV-1a 32-bit hash of the node name, big-endian. Locally administered, unicast.
-pub fn derived_router_mac(node_name: &str) -> Mac {
+pub(crate) fn derived_router_mac(node_name: &str) -> Mac {
     let h = fnv1a32(node_name.as_bytes()).to_be_bytes();
     Mac([0x02, 0xee, h[0], h[1], h[2], h[3]])
 }
 
 /// The MAC of a pod that does not configure one: `02:42` followed by the four octets of its IP
 /// (as `podstack::PodConfig::derived_mac`). Unique as long as the IPs are.
-pub fn derived_pod_mac(ip: Ipv4Addr) -> Mac {
+pub(crate) fn derived_pod_mac(ip: Ipv4Addr) -> Mac {
     let o = ip.octets();
     Mac([0x02, 0x42, o[0], o[1], o[2], o[3]])
 }
