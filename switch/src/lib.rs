@@ -3,6 +3,8 @@
 //! Layers, from the wire up (see DESIGN.md and the README's architecture sketch):
 //! - [`wire`]: checked, zero-copy header views; never panics on any input.
 //! - [`table`]: forwarding state (MAC table, topology), read lock-free on every frame.
+//! - [`gso`]: segmentation of superframes for the tunnel and coalescing of received TCP
+//!   segments for the pods.
 //! - [`pipeline`]: the sans-IO forwarding decision, `(ingress, frame) -> Action`.
 //! - [`port`]: I/O adapters behind one trait; only this layer touches file descriptors.
 //! - [`switch`]: the runtime that moves batches between ports through the pipeline, and the
@@ -10,13 +12,12 @@
 
 #![warn(missing_docs)]
 
-pub mod coalesce;
 pub mod config;
 pub mod control;
+pub mod gso;
 pub mod lab;
 pub mod netns;
 pub mod node;
-pub mod offload;
 pub mod pipeline;
 pub mod port;
 pub mod switch;

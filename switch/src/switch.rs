@@ -30,15 +30,14 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
-use crate::coalesce::Coalescer;
-use crate::offload::{self, Segmenter};
+use crate::gso::{self, Coalescer, Segmenter};
 use crate::pipeline::{Action, DropReason, Metrics, NodeConfig, Pipeline, PortCounts, PortMetrics};
 use crate::port::{mem_port, Batch, MemEndpoint, Port, TxQueue, UdpTunnel, Waker, DEFAULT_BATCH};
 use crate::table::{
     MacTableConfig, Peer, PeerId, PortId, PortInfo, PortKind, Tables, Topology, TopologyError,
 };
 use crate::wire::virtio::VnetHdr;
-use crate::wire::{mac_key, vxlan, ETHERNET_HEADER_LEN};
+use crate::wire::{ethernet, mac_key, vxlan};
 
 /// How long the data plane keeps looking for frames after the last one before it sleeps.
 /// Waking a sleeping thread costs the sender an inter-processor interrupt and us a context
@@ -97,7 +96,7 @@ pub struct Dataplane {
 }
 
 // A coalesced superframe (headers + one part per segment) must fit one TAP write.
-const _: () = assert!(crate::coalesce::MAX_PARTS <= crate::port::tap::MAX_PARTS);
+const _: () = assert!(crate::gso::MAX_PARTS <= crate::port::tap::MAX_PARTS);
 
 /// Epoll tokens: a port's is its id; these are above every port id.
 const TUNNEL_TOKEN: u64 = u64::MAX;
@@ -210,7 +209,7 @@ impl TunnelSlot {
     fn encap(&mut self, to: SocketAddrV4, frame: &mut [u8], at: usize, vnet: VnetHdr) -> bool {
         let hash = vxlan::flow_hash(frame);
         if !vnet.is_gso() {
-            if vnet.needs_csum() && offload::complete_checksum(frame, &vnet).is_err() {
+            if vnet.needs_csum() && gso::complete_checksum(frame, &vnet).is_err() {
                 return false;
             }
             self.tx
@@ -337,7 +336,7 @@ impl Dataplane {
             // VXLAN header + inner Ethernet header + an inner packet of the tunnel MTU: the
             // UDP payload that fits the underlay without fragmenting.
             tx: TxQueue::with_gso_limit(
-                vxlan::HEADER_LEN + ETHERNET_HEADER_LEN + usize::from(cfg.tunnel_mtu),
+                vxlan::HEADER_LEN + ethernet::HEADER_LEN + usize::from(cfg.tunnel_mtu),
             ),
             rx: Batch::with_capacity(DEFAULT_BATCH, 2048),
             sources: Vec::with_capacity(DEFAULT_BATCH),
@@ -474,7 +473,7 @@ impl Dataplane {
                 let Some((frame, vnet)) = rx.get_mut(i) else {
                     break;
                 };
-                match pipeline.process(ingress, frame, vnet.is_gso()) {
+                match pipeline.process(ingress, frame, &vnet) {
                     Action::Forward(to) => {
                         match slots.get_mut(usize::from(to)).and_then(Option::as_mut) {
                             Some(out) => out.push(segmenter, frame, vnet),
