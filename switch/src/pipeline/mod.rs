@@ -276,12 +276,11 @@ impl Core {
         };
         let (dst, src, ether_type) = (eth.dst_key(), eth.src_key(), eth.ethertype());
         let gso = vnet.is_gso();
-        if gso {
-            if vnet.gso_size < MIN_GSO_SIZE {
-                return self.drop(DropReason::BadGsoSize);
-            }
-        } else if frame.len() > usize::from(self.cfg.mtu) + ethernet::HEADER_LEN {
+        if !gso && frame.len() > usize::from(self.cfg.mtu) + ethernet::HEADER_LEN {
             return self.drop(DropReason::Oversize);
+        }
+        if gso && vnet.gso_size < MIN_GSO_SIZE {
+            return self.drop(DropReason::BadGsoSize);
         }
         let Some(port) = topo.port(ingress) else {
             return self.drop(DropReason::UnknownPort);
@@ -345,31 +344,32 @@ impl Core {
         if ether_type != ethertype::IPV4 {
             return self.drop(DropReason::NotRoutable);
         }
-        let Some(ip) = RoutedIpv4::parse(frame) else {
+        let Some((eth, mut ip)) = routed_views(frame) else {
             return self.drop(DropReason::BadIpv4);
         };
-        if ip.dst == self.cfg.gateway {
-            if ip.is_echo_request {
+        let dst = ip.dst_addr();
+        if dst == self.cfg.gateway {
+            if is_echo_request(&ip) {
                 reply::echo_reply_in_place(frame, self.cfg.router_mac, self.cfg.gateway);
                 return self.local();
             }
             return self.drop(DropReason::GatewayUnsupported);
         }
-        if ip.ttl <= 1 {
+        if ip.ttl() <= 1 {
             return self.reject(DropReason::TtlExceeded, frame, IcmpError::TtlExceeded);
         }
-        if u32::from(ip.dst) & self.cidr.1 == self.cidr.0 {
-            let Some(n) = topo.neighbour(ip.dst) else {
+        if u32::from(dst) & self.cidr.1 == self.cidr.0 {
+            let Some(n) = topo.neighbour(dst) else {
                 return self.reject(DropReason::NoSuchPod, frame, IcmpError::HostUnreachable);
             };
-            rewrite_routed(frame, self.router_key, n.mac);
+            rewrite_routed(eth, &mut ip, self.router_key, n.mac);
             return self.forwarded(Action::Forward(n.port));
         }
-        let Some((peer_id, peer)) = topo.route(ip.dst).and_then(|id| Some((id, topo.peer(id)?)))
+        let Some((peer_id, peer)) = topo.route(dst).and_then(|id| Some((id, topo.peer(id)?)))
         else {
             return self.reject(DropReason::NoRoute, frame, IcmpError::NetUnreachable);
         };
-        if !gso && ip.total > usize::from(self.cfg.tunnel_mtu) && ip.dont_fragment {
+        if !gso && ip.packet_len() > usize::from(self.cfg.tunnel_mtu) && ip.dont_fragment() {
             let mtu = self.cfg.tunnel_mtu;
             return self.reject(
                 DropReason::TooBigForTunnel,
@@ -377,7 +377,7 @@ impl Core {
                 IcmpError::FragmentationNeeded { mtu },
             );
         }
-        rewrite_routed(frame, self.router_key, mac_key(&peer.vtep_mac.0));
+        rewrite_routed(eth, &mut ip, self.router_key, mac_key(&peer.vtep_mac.0));
         self.forwarded(Action::Encap(peer_id))
     }
 
@@ -397,19 +397,17 @@ impl Core {
             Ok(_) => return self.drop(DropReason::VxlanBadVni),
             Err(_) => return self.drop(DropReason::VxlanMalformed),
         };
-        let is_ipv4 =
-            EthernetFrame::new_checked(&*inner).is_ok_and(|e| e.ethertype() == ethertype::IPV4);
-        let ip = match RoutedIpv4::parse(inner) {
-            Some(ip) if is_ipv4 => ip,
+        let (eth, mut ip) = match routed_views(inner) {
+            Some((eth, ip)) if eth.ethertype() == ethertype::IPV4 => (eth, ip),
             _ => return self.drop(DropReason::VxlanNotForPod),
         };
-        let Some(n) = topo.neighbour(ip.dst) else {
+        let Some(n) = topo.neighbour(ip.dst_addr()) else {
             return self.drop(DropReason::VxlanNotForPod);
         };
-        if ip.ttl <= 1 {
+        if ip.ttl() <= 1 {
             return self.drop(DropReason::TtlExceeded);
         }
-        rewrite_routed(inner, self.router_key, n.mac);
+        rewrite_routed(eth, &mut ip, self.router_key, n.mac);
         self.forwarded(Action::Forward(n.port))
     }
 }
@@ -421,16 +419,27 @@ fn check_pod_frame(
     ether_type: u16,
     own: Ipv4Addr,
 ) -> Result<(), DropReason> {
+    if ether_type == ethertype::IPV4 {
+        let ip = Ipv4Packet::new_checked_header(eth.payload()).map_err(|_| DropReason::BadIpv4)?;
+        return if ip.src_addr() == own {
+            Ok(())
+        } else {
+            Err(DropReason::SpoofedIp)
+        };
+    }
+    check_pod_non_ipv4(eth, ether_type, own)
+}
+
+/// The rest of rule 1, out of the per-frame IPv4 path: ARP from the pod's own addresses;
+/// nothing else.
+#[cold]
+#[inline(never)]
+fn check_pod_non_ipv4(
+    eth: &EthernetFrame<&[u8]>,
+    ether_type: u16,
+    own: Ipv4Addr,
+) -> Result<(), DropReason> {
     match ether_type {
-        ethertype::IPV4 => {
-            let ip =
-                Ipv4Packet::new_checked_header(eth.payload()).map_err(|_| DropReason::BadIpv4)?;
-            if ip.src_addr() == own {
-                Ok(())
-            } else {
-                Err(DropReason::SpoofedIp)
-            }
-        }
         ethertype::ARP => {
             let arp = ArpPacket::new_checked(eth.payload()).map_err(|_| DropReason::BadArp)?;
             if !arp.is_ethernet_ipv4() {
@@ -453,49 +462,41 @@ fn check_pod_frame(
     }
 }
 
-/// Routed delivery: source MAC becomes the router's, destination the next hop's, TTL - 1.
-/// `frame` holds a validated Ethernet/IPv4 header ([`RoutedIpv4::parse`]).
+/// The Ethernet and IPv4 headers of a frame to route, as two views over the two parts of
+/// `frame`: the IPv4 header validated (version, lengths, a total length of 0 only as a
+/// superframe's, checksum). Parsed once; the views then rewrite the frame in place.
+#[inline(always)]
+fn routed_views(frame: &mut [u8]) -> Option<RoutedViews<'_>> {
+    let (eth, ip) = frame.split_at_mut_checked(ethernet::HEADER_LEN)?;
+    let ip = Ipv4Packet::new_checked_superframe(ip).ok()?;
+    if !ip.verify_checksum() {
+        return None;
+    }
+    Some((EthernetFrame::new_checked(eth).ok()?, ip))
+}
+
+/// The views [`routed_views`] returns.
+type RoutedViews<'a> = (EthernetFrame<&'a mut [u8]>, Ipv4Packet<&'a mut [u8]>);
+
+/// True if `ip` carries an ICMP echo request (the whole of it: not a fragment).
 #[inline]
-fn rewrite_routed(frame: &mut [u8], src: u64, dst: u64) {
-    let Ok(mut eth) = EthernetFrame::new_checked(frame) else {
-        return;
-    };
+fn is_echo_request(ip: &Ipv4Packet<&mut [u8]>) -> bool {
+    ip.protocol() == protocol::ICMP
+        && !ip.is_fragment()
+        && IcmpPacket::new_checked(ip.payload())
+            .is_ok_and(|m| m.msg_type() == msg_type::ECHO_REQUEST)
+}
+
+/// Routed delivery: source MAC becomes the router's, destination the next hop's, TTL - 1.
+#[inline]
+fn rewrite_routed(
+    mut eth: EthernetFrame<&mut [u8]>,
+    ip: &mut Ipv4Packet<&mut [u8]>,
+    src: u64,
+    dst: u64,
+) {
     eth.set_addr_keys(dst, src);
-    if let Ok(mut ip) = Ipv4Packet::new_checked_header(eth.payload_mut()) {
-        ip.decrement_ttl();
-    }
-}
-
-/// The fields of a validated IPv4 header the router needs, read once through the view.
-struct RoutedIpv4 {
-    total: usize,
-    ttl: u8,
-    dst: Ipv4Addr,
-    dont_fragment: bool,
-    is_echo_request: bool,
-}
-
-impl RoutedIpv4 {
-    /// Validates the IPv4 header after the Ethernet header of `frame` (version, lengths, a
-    /// total length of 0 only as a superframe's, header checksum).
-    #[inline]
-    fn parse(frame: &[u8]) -> Option<Self> {
-        let eth = EthernetFrame::new_checked(frame).ok()?;
-        let ip = Ipv4Packet::new_checked_superframe(eth.payload()).ok()?;
-        if !ip.verify_checksum() {
-            return None;
-        }
-        Some(Self {
-            total: ip.packet_len(),
-            ttl: ip.ttl(),
-            dst: ip.dst_addr(),
-            dont_fragment: ip.dont_fragment(),
-            is_echo_request: ip.protocol() == protocol::ICMP
-                && !ip.is_fragment()
-                && IcmpPacket::new_checked(ip.payload())
-                    .is_ok_and(|m| m.msg_type() == msg_type::ECHO_REQUEST),
-        })
-    }
+    ip.decrement_ttl();
 }
 
 #[cfg(test)]

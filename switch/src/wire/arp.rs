@@ -40,7 +40,7 @@ pub struct ArpPacket<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> ArpPacket<T> {
     /// Checks that `buffer` holds an Ethernet/IPv4-sized ARP packet.
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         if buffer.as_ref().len() < PACKET_LEN {
             return Err(Error::Truncated);
@@ -49,7 +49,7 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
     }
 
     /// True if the packet is ARP for Ethernet (6-byte) and IPv4 (4-byte) addresses.
-    #[inline]
+    #[inline(always)]
     pub fn is_ethernet_ipv4(&self) -> bool {
         let b = self.buffer.as_ref();
         b[field::HTYPE] == HTYPE_ETHERNET.to_be_bytes()
@@ -59,14 +59,14 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
     }
 
     /// The operation ([`OP_REQUEST`], [`OP_REPLY`]).
-    #[inline]
+    #[inline(always)]
     pub fn operation(&self) -> u16 {
         let b = self.buffer.as_ref();
         u16::from_be_bytes([b[field::OPER.start], b[field::OPER.start + 1]])
     }
 
     /// The sender hardware address.
-    #[inline]
+    #[inline(always)]
     pub fn sender_hw_addr(&self) -> [u8; 6] {
         let mut m = [0; 6];
         m.copy_from_slice(&self.buffer.as_ref()[field::SHA]);
@@ -74,13 +74,13 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
     }
 
     /// The sender protocol address.
-    #[inline]
+    #[inline(always)]
     pub fn sender_ip(&self) -> Ipv4Addr {
         ip_at(self.buffer.as_ref(), field::SPA.start)
     }
 
     /// The target hardware address.
-    #[inline]
+    #[inline(always)]
     pub fn target_hw_addr(&self) -> [u8; 6] {
         let mut m = [0; 6];
         m.copy_from_slice(&self.buffer.as_ref()[field::THA]);
@@ -88,7 +88,7 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
     }
 
     /// The target protocol address.
-    #[inline]
+    #[inline(always)]
     pub fn target_ip(&self) -> Ipv4Addr {
         ip_at(self.buffer.as_ref(), field::TPA.start)
     }
@@ -96,13 +96,13 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> ArpPacket<T> {
     /// Sets the operation.
-    #[inline]
+    #[inline(always)]
     pub fn set_operation(&mut self, op: u16) {
         self.buffer.as_mut()[field::OPER].copy_from_slice(&op.to_be_bytes());
     }
 
     /// Sets the sender addresses.
-    #[inline]
+    #[inline(always)]
     pub fn set_sender(&mut self, mac: [u8; 6], ip: Ipv4Addr) {
         let b = self.buffer.as_mut();
         b[field::SHA].copy_from_slice(&mac);
@@ -110,7 +110,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> ArpPacket<T> {
     }
 
     /// Sets the target addresses.
-    #[inline]
+    #[inline(always)]
     pub fn set_target(&mut self, mac: [u8; 6], ip: Ipv4Addr) {
         let b = self.buffer.as_mut();
         b[field::THA].copy_from_slice(&mac);

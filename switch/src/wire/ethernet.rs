@@ -36,7 +36,7 @@ pub mod ethertype {
     pub const LLDP: u16 = 0x88cc;
 
     /// True for the EtherTypes of a VLAN tag (802.1Q, 802.1ad and the legacy Q-in-Q one).
-    #[inline]
+    #[inline(always)]
     pub fn is_vlan_tag(t: u16) -> bool {
         matches!(t, VLAN | QINQ | QINQ_LEGACY)
     }
@@ -53,7 +53,7 @@ pub struct EthernetFrame<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> EthernetFrame<T> {
     /// Checks that `buffer` holds an Ethernet header.
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         if buffer.as_ref().len() < HEADER_LEN {
             return Err(Error::Truncated);
@@ -62,21 +62,21 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 
     /// The destination MAC as a table key ([`mac_key`]).
-    #[inline]
+    #[inline(always)]
     pub fn dst_key(&self) -> u64 {
         let h = self.buffer.as_ref();
         u64::from_be_bytes([0, 0, h[0], h[1], h[2], h[3], h[4], h[5]])
     }
 
     /// The source MAC as a table key ([`mac_key`]).
-    #[inline]
+    #[inline(always)]
     pub fn src_key(&self) -> u64 {
         let h = self.buffer.as_ref();
         u64::from_be_bytes([0, 0, h[6], h[7], h[8], h[9], h[10], h[11]])
     }
 
     /// The destination MAC.
-    #[inline]
+    #[inline(always)]
     pub fn dst_addr(&self) -> [u8; 6] {
         let mut m = [0; 6];
         m.copy_from_slice(&self.buffer.as_ref()[field::DESTINATION]);
@@ -84,7 +84,7 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 
     /// The source MAC.
-    #[inline]
+    #[inline(always)]
     pub fn src_addr(&self) -> [u8; 6] {
         let mut m = [0; 6];
         m.copy_from_slice(&self.buffer.as_ref()[field::SOURCE]);
@@ -92,26 +92,26 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 
     /// The EtherType.
-    #[inline]
+    #[inline(always)]
     pub fn ethertype(&self) -> u16 {
         let h = self.buffer.as_ref();
         u16::from_be_bytes([h[field::ETHERTYPE.start], h[field::ETHERTYPE.start + 1]])
     }
 
     /// Everything after the header.
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &[u8] {
         self.buffer.as_ref().get(field::PAYLOAD).unwrap_or_default()
     }
 
     /// The whole frame.
-    #[inline]
+    #[inline(always)]
     pub fn as_bytes(&self) -> &[u8] {
         self.buffer.as_ref()
     }
 
     /// The buffer this view was made from.
-    #[inline]
+    #[inline(always)]
     pub fn into_inner(self) -> T {
         self.buffer
     }
@@ -119,7 +119,7 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
 
 impl<'a> EthernetFrame<&'a [u8]> {
     /// The payload, borrowed from the buffer rather than the view.
-    #[inline]
+    #[inline(always)]
     pub fn into_payload(self) -> &'a [u8] {
         self.buffer.get(field::PAYLOAD).unwrap_or_default()
     }
@@ -127,25 +127,25 @@ impl<'a> EthernetFrame<&'a [u8]> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
     /// Sets the destination MAC.
-    #[inline]
+    #[inline(always)]
     pub fn set_dst_addr(&mut self, mac: [u8; 6]) {
         self.buffer.as_mut()[field::DESTINATION].copy_from_slice(&mac);
     }
 
     /// Sets the source MAC.
-    #[inline]
+    #[inline(always)]
     pub fn set_src_addr(&mut self, mac: [u8; 6]) {
         self.buffer.as_mut()[field::SOURCE].copy_from_slice(&mac);
     }
 
     /// Sets the EtherType.
-    #[inline]
+    #[inline(always)]
     pub fn set_ethertype(&mut self, t: u16) {
         self.buffer.as_mut()[field::ETHERTYPE].copy_from_slice(&t.to_be_bytes());
     }
 
     /// Sets both MACs from table keys (a routed frame's next hop and the router).
-    #[inline]
+    #[inline(always)]
     pub fn set_addr_keys(&mut self, dst: u64, src: u64) {
         let h = self.buffer.as_mut();
         h[field::DESTINATION].copy_from_slice(&dst.to_be_bytes()[2..]);
@@ -153,7 +153,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
     }
 
     /// Everything after the header, mutable.
-    #[inline]
+    #[inline(always)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         self.buffer
             .as_mut()

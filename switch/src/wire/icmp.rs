@@ -41,7 +41,7 @@ pub struct IcmpPacket<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> IcmpPacket<T> {
     /// Checks that `buffer` holds an ICMP header.
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         if buffer.as_ref().len() < HEADER_LEN {
             return Err(Error::Truncated);
@@ -50,26 +50,26 @@ impl<T: AsRef<[u8]>> IcmpPacket<T> {
     }
 
     /// Message type (see [`msg_type`]).
-    #[inline]
+    #[inline(always)]
     pub fn msg_type(&self) -> u8 {
         self.buffer.as_ref()[field::TYPE]
     }
 
     /// Code.
-    #[inline]
+    #[inline(always)]
     pub fn code(&self) -> u8 {
         self.buffer.as_ref()[field::CODE]
     }
 
     /// The checksum field.
-    #[inline]
+    #[inline(always)]
     pub fn checksum(&self) -> u16 {
         let b = self.buffer.as_ref();
         u16::from_be_bytes([b[field::CHECKSUM.start], b[field::CHECKSUM.start + 1]])
     }
 
     /// The 4 bytes after the checksum (echo id and sequence; the next-hop MTU of an error).
-    #[inline]
+    #[inline(always)]
     pub fn rest_of_header(&self) -> [u8; 4] {
         let mut r = [0; 4];
         r.copy_from_slice(&self.buffer.as_ref()[field::REST]);
@@ -77,13 +77,13 @@ impl<T: AsRef<[u8]>> IcmpPacket<T> {
     }
 
     /// True if the checksum over the whole message is valid.
-    #[inline]
+    #[inline(always)]
     pub fn verify_checksum(&self) -> bool {
         checksum_sum(self.buffer.as_ref()) == 0xffff
     }
 
     /// The data after the header (echo payload, or the quoted packet of an error).
-    #[inline]
+    #[inline(always)]
     pub fn data(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
     }
@@ -91,7 +91,7 @@ impl<T: AsRef<[u8]>> IcmpPacket<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpPacket<T> {
     /// Sets type and code.
-    #[inline]
+    #[inline(always)]
     pub fn set_type_code(&mut self, ty: u8, code: u8) {
         let b = self.buffer.as_mut();
         b[field::TYPE] = ty;
@@ -99,13 +99,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpPacket<T> {
     }
 
     /// Sets the 4 bytes after the checksum.
-    #[inline]
+    #[inline(always)]
     pub fn set_rest_of_header(&mut self, rest: [u8; 4]) {
         self.buffer.as_mut()[field::REST].copy_from_slice(&rest);
     }
 
     /// Sets the next-hop MTU of a "fragmentation needed" error (and zeroes the unused half).
-    #[inline]
+    #[inline(always)]
     pub fn set_next_hop_mtu(&mut self, mtu: u16) {
         let b = self.buffer.as_mut();
         b[field::REST].fill(0);
@@ -113,13 +113,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpPacket<T> {
     }
 
     /// The data after the header, mutable.
-    #[inline]
+    #[inline(always)]
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[HEADER_LEN..]
     }
 
     /// Computes and writes the checksum over the whole buffer (header and data).
-    #[inline]
+    #[inline(always)]
     pub fn fill_checksum(&mut self) {
         let b = self.buffer.as_mut();
         b[field::CHECKSUM].fill(0);

@@ -66,7 +66,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Checks that `buffer` holds an IPv4 header (version 4, IHL at least 5, the whole header
     /// present) whose total length lies between its header length and the buffer's end.
     /// Bytes after the total length (Ethernet padding) are not part of the packet.
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         let p = Self::new_checked_header(buffer)?;
         let total = usize::from(p.total_len());
@@ -82,7 +82,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Like [`Ipv4Packet::new_checked`], but a total length of 0 is also accepted and means
     /// "to the end of the buffer": a GSO superframe may carry it so (Linux's BIG TCP leaves
     /// it 0 when the packet is larger than 64 KiB).
-    #[inline]
+    #[inline(always)]
     pub fn new_checked_superframe(buffer: T) -> Result<Self, Error> {
         let p = Self::new_checked_header(buffer)?;
         let total = usize::from(p.total_len());
@@ -102,20 +102,15 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// present. The total length is not checked against the buffer (for a buffer holding
     /// headers only, such as a segmentation template, or a flow hash that reads what is
     /// there); [`Ipv4Packet::payload`] then returns what lies in the buffer.
-    #[inline]
+    #[inline(always)]
     pub fn new_checked_header(buffer: T) -> Result<Self, Error> {
         let b = buffer.as_ref();
-        let Some(&vi) = b.first() else {
-            return Err(Error::Truncated);
-        };
         if b.len() < HEADER_LEN {
             return Err(Error::Truncated);
         }
-        if vi >> 4 != 4 {
-            return Err(Error::Malformed);
-        }
+        let vi = b[field::VER_IHL];
         let ihl = usize::from(vi & 0x0f) * 4;
-        if ihl < HEADER_LEN {
+        if vi >> 4 != 4 || ihl < HEADER_LEN {
             return Err(Error::Malformed);
         }
         if ihl > b.len() {
@@ -125,26 +120,26 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     }
 
     /// Header length in bytes (IHL x 4), options included.
-    #[inline]
+    #[inline(always)]
     pub fn header_len(&self) -> usize {
         usize::from(self.buffer.as_ref()[field::VER_IHL] & 0x0f) * 4
     }
 
     /// The DSCP/ECN byte (the old TOS).
-    #[inline]
+    #[inline(always)]
     pub fn dscp_ecn(&self) -> u8 {
         self.buffer.as_ref()[field::DSCP_ECN]
     }
 
     /// The total length field.
-    #[inline]
+    #[inline(always)]
     pub fn total_len(&self) -> u16 {
         self.u16_at(field::LENGTH.start)
     }
 
     /// Where the packet ends: the total length, or the buffer's end when it is 0 (a
     /// superframe, see [`Ipv4Packet::new_checked_superframe`]).
-    #[inline]
+    #[inline(always)]
     pub fn packet_len(&self) -> usize {
         match self.total_len() {
             0 => self.buffer.as_ref().len(),
@@ -153,67 +148,67 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     }
 
     /// The identification field.
-    #[inline]
+    #[inline(always)]
     pub fn ident(&self) -> u16 {
         self.u16_at(field::IDENT.start)
     }
 
     /// The flags/fragment-offset word (see [`flags`]).
-    #[inline]
+    #[inline(always)]
     pub fn flags_and_offset(&self) -> u16 {
         self.u16_at(field::FLG_OFF.start)
     }
 
     /// True if the DF flag is set.
-    #[inline]
+    #[inline(always)]
     pub fn dont_fragment(&self) -> bool {
         self.flags_and_offset() & flags::DONT_FRAGMENT != 0
     }
 
     /// True if the packet is a fragment (MF set or a non-zero offset).
-    #[inline]
+    #[inline(always)]
     pub fn is_fragment(&self) -> bool {
         self.flags_and_offset() & (flags::MORE_FRAGMENTS | flags::OFFSET_MASK) != 0
     }
 
     /// True if the packet is the first fragment or not a fragment (its L4 header is here).
-    #[inline]
+    #[inline(always)]
     pub fn is_first_fragment(&self) -> bool {
         self.flags_and_offset() & flags::OFFSET_MASK == 0
     }
 
     /// Time to live.
-    #[inline]
+    #[inline(always)]
     pub fn ttl(&self) -> u8 {
         self.buffer.as_ref()[field::TTL]
     }
 
     /// The protocol number (see [`protocol`]).
-    #[inline]
+    #[inline(always)]
     pub fn protocol(&self) -> u8 {
         self.buffer.as_ref()[field::PROTOCOL]
     }
 
     /// The header checksum field.
-    #[inline]
+    #[inline(always)]
     pub fn checksum(&self) -> u16 {
         self.u16_at(field::CHECKSUM.start)
     }
 
     /// Source address.
-    #[inline]
+    #[inline(always)]
     pub fn src_addr(&self) -> Ipv4Addr {
         self.addr_at(field::SRC_ADDR.start)
     }
 
     /// Destination address.
-    #[inline]
+    #[inline(always)]
     pub fn dst_addr(&self) -> Ipv4Addr {
         self.addr_at(field::DST_ADDR.start)
     }
 
     /// Source and destination, as the 8 bytes the pseudo-header and flow hashes use.
-    #[inline]
+    #[inline(always)]
     pub fn addresses(&self) -> [u8; 8] {
         let mut a = [0; 8];
         a.copy_from_slice(&self.buffer.as_ref()[field::ADDRESSES]);
@@ -221,26 +216,26 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     }
 
     /// True if the header checksum is valid.
-    #[inline]
+    #[inline(always)]
     pub fn verify_checksum(&self) -> bool {
         header_sums_to_ones(self.header())
     }
 
     /// The header, options included.
-    #[inline]
+    #[inline(always)]
     pub fn header(&self) -> &[u8] {
         &self.buffer.as_ref()[..self.header_len()]
     }
 
     /// The IP options (empty without).
-    #[inline]
+    #[inline(always)]
     pub fn options(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..self.header_len()]
     }
 
     /// The payload: from the end of the header to the end of the packet (or of the buffer,
     /// whichever comes first).
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &[u8] {
         let b = self.buffer.as_ref();
         let end = self.packet_len().min(b.len());
@@ -249,7 +244,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     /// The source and destination ports of a TCP or UDP packet that is not a later
     /// fragment, as they lie on the wire (4 bytes), if present: the flow part of a hash.
-    #[inline]
+    #[inline(always)]
     pub fn flow_ports(&self) -> Option<[u8; 4]> {
         let p = self.protocol();
         if (p == protocol::TCP || p == protocol::UDP) && self.is_first_fragment() {
@@ -262,7 +257,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     /// The unfolded sum of the pseudo-header of an L4 segment of `l4_len` bytes carried by
     /// this header (addresses, protocol, length), for TCP and UDP checksums.
-    #[inline]
+    #[inline(always)]
     pub fn pseudo_header_accumulate(&self, l4_len: usize) -> u64 {
         checksum_accumulate(&self.buffer.as_ref()[field::ADDRESSES])
             + u64::from(self.protocol())
@@ -270,18 +265,18 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     }
 
     /// The buffer this view was made from.
-    #[inline]
+    #[inline(always)]
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
-    #[inline]
+    #[inline(always)]
     fn u16_at(&self, at: usize) -> u16 {
         let b = self.buffer.as_ref();
         u16::from_be_bytes([b[at], b[at + 1]])
     }
 
-    #[inline]
+    #[inline(always)]
     fn addr_at(&self, at: usize) -> Ipv4Addr {
         let b = self.buffer.as_ref();
         Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
@@ -291,7 +286,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 impl<'a> Ipv4Packet<&'a [u8]> {
     /// The payload (bounded like [`Ipv4Packet::payload`]), borrowed from the buffer rather
     /// than the view.
-    #[inline]
+    #[inline(always)]
     pub fn into_payload(self) -> &'a [u8] {
         let end = self.packet_len().min(self.buffer.len());
         self.buffer.get(self.header_len()..end).unwrap_or_default()
@@ -300,38 +295,38 @@ impl<'a> Ipv4Packet<&'a [u8]> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// Sets the total length.
-    #[inline]
+    #[inline(always)]
     pub fn set_total_len(&mut self, v: u16) {
         self.buffer.as_mut()[field::LENGTH].copy_from_slice(&v.to_be_bytes());
     }
 
     /// Sets the identification.
-    #[inline]
+    #[inline(always)]
     pub fn set_ident(&mut self, v: u16) {
         self.buffer.as_mut()[field::IDENT].copy_from_slice(&v.to_be_bytes());
     }
 
     /// Sets the TTL (the checksum is not updated: see [`Ipv4Packet::fill_checksum`]).
-    #[inline]
+    #[inline(always)]
     pub fn set_ttl(&mut self, v: u8) {
         self.buffer.as_mut()[field::TTL] = v;
     }
 
     /// Sets the source address.
-    #[inline]
+    #[inline(always)]
     pub fn set_src_addr(&mut self, a: Ipv4Addr) {
         self.buffer.as_mut()[field::SRC_ADDR].copy_from_slice(&a.octets());
     }
 
     /// Sets the destination address.
-    #[inline]
+    #[inline(always)]
     pub fn set_dst_addr(&mut self, a: Ipv4Addr) {
         self.buffer.as_mut()[field::DST_ADDR].copy_from_slice(&a.octets());
     }
 
     /// Computes and writes the header checksum (options included): the one IPv4 header
     /// checksum writer of the crate.
-    #[inline]
+    #[inline(always)]
     pub fn fill_checksum(&mut self) {
         let ihl = self.header_len();
         let b = self.buffer.as_mut();
@@ -342,7 +337,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
     /// Decrements the TTL and patches the checksum incrementally (RFC 1624). Returns the TTL
     /// before the decrement; a TTL of 0 is left alone.
-    #[inline]
+    #[inline(always)]
     pub fn decrement_ttl(&mut self) -> u8 {
         let b = self.buffer.as_mut();
         let ttl = b[field::TTL];
@@ -360,7 +355,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     }
 
     /// The payload, mutable (bounded like [`Ipv4Packet::payload`]).
-    #[inline]
+    #[inline(always)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let (ihl, end) = (self.header_len(), self.packet_len());
         let b = self.buffer.as_mut();

@@ -57,7 +57,7 @@ pub struct TcpPacket<T: AsRef<[u8]>> {
 impl<T: AsRef<[u8]>> TcpPacket<T> {
     /// Checks that `buffer` holds a TCP header: data offset at least 5 and the whole header
     /// present.
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         let b = buffer.as_ref();
         if b.len() < HEADER_LEN {
@@ -74,13 +74,13 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     }
 
     /// Header length in bytes (data offset x 4), options included.
-    #[inline]
+    #[inline(always)]
     pub fn header_len(&self) -> usize {
         usize::from(self.buffer.as_ref()[field::DATA_OFFSET] >> 4) * 4
     }
 
     /// Source and destination ports as they lie on the wire (one compare for a flow match).
-    #[inline]
+    #[inline(always)]
     pub fn ports(&self) -> [u8; 4] {
         let mut p = [0; 4];
         p.copy_from_slice(&self.buffer.as_ref()[field::PORTS]);
@@ -88,72 +88,72 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     }
 
     /// Source port.
-    #[inline]
+    #[inline(always)]
     pub fn src_port(&self) -> u16 {
         self.u16_at(field::PORTS.start)
     }
 
     /// Destination port.
-    #[inline]
+    #[inline(always)]
     pub fn dst_port(&self) -> u16 {
         self.u16_at(field::PORTS.start + 2)
     }
 
     /// Sequence number.
-    #[inline]
+    #[inline(always)]
     pub fn seq_number(&self) -> u32 {
         self.u32_at(field::SEQ_NUM.start)
     }
 
     /// Acknowledgment number.
-    #[inline]
+    #[inline(always)]
     pub fn ack_number(&self) -> u32 {
         self.u32_at(field::ACK_NUM.start)
     }
 
     /// The flag bits (see [`flags`]).
-    #[inline]
+    #[inline(always)]
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }
 
     /// The window field (unscaled).
-    #[inline]
+    #[inline(always)]
     pub fn window(&self) -> u16 {
         self.u16_at(field::WINDOW.start)
     }
 
     /// The checksum field.
-    #[inline]
+    #[inline(always)]
     pub fn checksum(&self) -> u16 {
         self.u16_at(field::CHECKSUM.start)
     }
 
     /// The options (empty without).
-    #[inline]
+    #[inline(always)]
     pub fn options(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..self.header_len()]
     }
 
     /// The header, options included.
-    #[inline]
+    #[inline(always)]
     pub fn header(&self) -> &[u8] {
         &self.buffer.as_ref()[..self.header_len()]
     }
 
     /// The payload (everything after the header).
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[self.header_len()..]
     }
 
-    #[inline]
+    #[inline(always)]
     fn u16_at(&self, at: usize) -> u16 {
         let b = self.buffer.as_ref();
         u16::from_be_bytes([b[at], b[at + 1]])
     }
 
-    #[inline]
+    #[inline(always)]
     fn u32_at(&self, at: usize) -> u32 {
         let b = self.buffer.as_ref();
         u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
@@ -162,25 +162,25 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
     /// Sets the sequence number.
-    #[inline]
+    #[inline(always)]
     pub fn set_seq_number(&mut self, v: u32) {
         self.buffer.as_mut()[field::SEQ_NUM].copy_from_slice(&v.to_be_bytes());
     }
 
     /// Sets the flag bits.
-    #[inline]
+    #[inline(always)]
     pub fn set_flags(&mut self, v: u8) {
         self.buffer.as_mut()[field::FLAGS] = v;
     }
 
     /// Sets the window field.
-    #[inline]
+    #[inline(always)]
     pub fn set_window(&mut self, v: u16) {
         self.buffer.as_mut()[field::WINDOW].copy_from_slice(&v.to_be_bytes());
     }
 
     /// Sets the checksum field.
-    #[inline]
+    #[inline(always)]
     pub fn set_checksum(&mut self, v: u16) {
         self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&v.to_be_bytes());
     }

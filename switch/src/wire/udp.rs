@@ -29,7 +29,7 @@ pub struct UdpPacket<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> UdpPacket<T> {
     /// Checks that `buffer` holds a UDP header.
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         if buffer.as_ref().len() < HEADER_LEN {
             return Err(Error::Truncated);
@@ -38,48 +38,48 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
     }
 
     /// Source port.
-    #[inline]
+    #[inline(always)]
     pub fn src_port(&self) -> u16 {
         self.u16_at(field::SRC_PORT.start)
     }
 
     /// Destination port.
-    #[inline]
+    #[inline(always)]
     pub fn dst_port(&self) -> u16 {
         self.u16_at(field::DST_PORT.start)
     }
 
     /// The length field (header and payload).
-    #[inline]
+    #[inline(always)]
     pub fn len(&self) -> u16 {
         self.u16_at(field::LENGTH.start)
     }
 
     /// True if the length field is 0 (never valid; for clippy's `len_without_is_empty`).
-    #[inline]
+    #[inline(always)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The checksum field (0: none).
-    #[inline]
+    #[inline(always)]
     pub fn checksum(&self) -> u16 {
         self.u16_at(field::CHECKSUM.start)
     }
 
     /// The header.
-    #[inline]
+    #[inline(always)]
     pub fn header(&self) -> &[u8] {
         &self.buffer.as_ref()[..HEADER_LEN]
     }
 
     /// Everything after the header.
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
     }
 
-    #[inline]
+    #[inline(always)]
     fn u16_at(&self, at: usize) -> u16 {
         let b = self.buffer.as_ref();
         u16::from_be_bytes([b[at], b[at + 1]])
@@ -88,13 +88,13 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
     /// Sets the length field.
-    #[inline]
+    #[inline(always)]
     pub fn set_len(&mut self, v: u16) {
         self.buffer.as_mut()[field::LENGTH].copy_from_slice(&v.to_be_bytes());
     }
 
     /// Sets the checksum field.
-    #[inline]
+    #[inline(always)]
     pub fn set_checksum(&mut self, v: u16) {
         self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&v.to_be_bytes());
     }
