@@ -87,7 +87,7 @@ fn encap_routed(c: &mut Criterion) {
             for (f, o) in frames.chunks_exact_mut(len).zip(out.chunks_exact_mut(slot)) {
                 f[..12].copy_from_slice(&template[..12]);
                 f[TTL_AT..TTL_AT + 4].copy_from_slice(&template[TTL_AT..TTL_AT + 4]);
-                match p.process(0, f, false) {
+                match p.process(0, f, &Default::default()) {
                     Action::Encap(_) => {
                         black_box(vxlan::encapsulate(VNI, f, o));
                     }
@@ -185,7 +185,7 @@ fn tcp_frame(seq: u32, payload: &[u8], partial: bool) -> Vec<u8> {
 }
 
 fn segment_tso(c: &mut Criterion) {
-    use podswitch::offload::Segmenter;
+    use podswitch::gso::Segmenter;
     use podswitch::wire::virtio::{GsoType, VnetHdr, FLAG_NEEDS_CSUM};
     let payload = vec![0x5au8; 45 * 1448];
     let frame = tcp_frame(1, &payload, true);
@@ -217,7 +217,7 @@ fn segment_tso(c: &mut Criterion) {
 }
 
 fn coalesce(c: &mut Criterion) {
-    use podswitch::coalesce::Coalescer;
+    use podswitch::gso::Coalescer;
     // The segments back to back, as they sit in a receive batch.
     let mut source = Vec::new();
     let mut ranges = Vec::new();

@@ -13,7 +13,8 @@ use podswitch::pipeline::{Metrics, NodeConfig, Pipeline, PortMetrics};
 use podswitch::port::{mem_port, MemEndpoint, Waker, DEFAULT_BATCH};
 use podswitch::table::{MacTableConfig, Peer, PortId, PortInfo, PortKind, Tables, Topology};
 use podswitch::testutil::{eth, ipv4, udp};
-use podswitch::wire::{mac_key, EthernetAddress, ETHERNET_HEADER_LEN};
+use podswitch::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
+use podswitch::wire::{mac_key, EthernetAddress};
 
 /// The router (gateway and VTEP) MAC of the benchmarked node.
 pub const ROUTER_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
@@ -24,7 +25,7 @@ pub const PEER_UNDERLAY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168
 /// Frames per batch, as the runtime moves them.
 pub const BATCH: usize = DEFAULT_BATCH;
 /// EtherType of IPv4.
-pub const ETHERTYPE_IPV4: u16 = 0x0800;
+pub use podswitch::wire::ethernet::ethertype::IPV4 as ETHERTYPE_IPV4;
 /// Bytes of Ethernet + IPv4 + UDP headers in the frames built here.
 const HEADERS: usize = ETHERNET_HEADER_LEN + 20 + 8;
 

@@ -1,8 +1,10 @@
 //! podswitch: a userspace packet switch for Kubernetes-style pod networking.
 //!
-//! Layers, from the wire up (see DESIGN.md and the README's architecture sketch):
+//! Layers, from the wire up (docs/architecture.md says which folder holds what):
 //! - [`wire`]: checked, zero-copy header views; never panics on any input.
 //! - [`table`]: forwarding state (MAC table, topology), read lock-free on every frame.
+//! - [`gso`]: segmentation of superframes for the tunnel and coalescing of received TCP
+//!   segments for the pods.
 //! - [`pipeline`]: the sans-IO forwarding decision, `(ingress, frame) -> Action`.
 //! - [`port`]: I/O adapters behind one trait; only this layer touches file descriptors.
 //! - [`dataplane`]: the worker threads that move batches between ports through the pipeline,
@@ -10,14 +12,13 @@
 
 #![warn(missing_docs)]
 
-pub mod coalesce;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod gso;
 pub mod lab;
 pub mod netns;
 pub mod node;
-pub mod offload;
 pub mod pipeline;
 pub mod port;
 pub mod table;

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::offload::Segmenter;
+use crate::gso::Segmenter;
 use crate::pipeline::{Metrics, PortCounts, PortMetrics};
 use crate::port::{Batch, Port, DEFAULT_BATCH};
 use crate::table::PortId;

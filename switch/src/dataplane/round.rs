@@ -20,7 +20,7 @@ use crate::table::PortId;
 use crate::wire::virtio::VnetHdr;
 
 // A coalesced superframe (headers + one part per segment) must fit one TAP write.
-const _: () = assert!(crate::coalesce::MAX_PARTS <= crate::port::tap::MAX_PARTS);
+const _: () = assert!(crate::gso::MAX_PARTS <= crate::port::tap::MAX_PARTS);
 
 /// The data-plane state: ports, pipeline, buffers. Driven by [`Dataplane::poll_once`], either
 /// from a worker thread the [`Switch`](super::Switch) spawns or directly (benchmarks,
@@ -222,7 +222,7 @@ impl Dataplane {
                 let Some((frame, vnet)) = rx.get_mut(i) else {
                     break;
                 };
-                match pipeline.process(ingress, frame, vnet.is_gso()) {
+                match pipeline.process(ingress, frame, &vnet) {
                     Action::Forward(to) => {
                         if !ports.send(to, Frame::Whole(frame), vnet) {
                             pipeline.count_egress_drop(DropReason::PortGone, 1);

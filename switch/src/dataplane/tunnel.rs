@@ -12,12 +12,11 @@ use std::net::SocketAddrV4;
 use std::sync::Arc;
 
 use super::ports::{Frame, Ports};
-use crate::coalesce::Coalescer;
-use crate::offload::{self, Segmenter};
+use crate::gso::{self, Coalescer, Segmenter};
 use crate::pipeline::{Action, DropReason, Metrics, Pipeline, PortCounts, PortMetrics};
 use crate::port::{Batch, TxQueue, UdpTunnel, DEFAULT_BATCH};
 use crate::wire::virtio::VnetHdr;
-use crate::wire::{vxlan, ETHERNET_HEADER_LEN};
+use crate::wire::{ethernet, vxlan};
 
 pub(super) struct TunnelSlot {
     pub(super) tunnel: UdpTunnel,
@@ -53,7 +52,7 @@ impl TunnelSlot {
             // VXLAN header + inner Ethernet header + an inner packet of the tunnel MTU: the
             // UDP payload that fits the underlay without fragmenting.
             tx: TxQueue::with_gso_limit(
-                vxlan::HEADER_LEN + ETHERNET_HEADER_LEN + usize::from(tunnel_mtu),
+                vxlan::HEADER_LEN + ethernet::HEADER_LEN + usize::from(tunnel_mtu),
             ),
             rx: Batch::with_capacity(DEFAULT_BATCH, 2048),
             sources: Vec::with_capacity(DEFAULT_BATCH),
@@ -83,7 +82,7 @@ impl TunnelSlot {
     ) -> bool {
         let hash = vxlan::flow_hash(frame);
         if !vnet.is_gso() {
-            if vnet.needs_csum() && offload::complete_checksum(frame, &vnet).is_err() {
+            if vnet.needs_csum() && gso::complete_checksum(frame, &vnet).is_err() {
                 return false;
             }
             self.tx

@@ -5,16 +5,23 @@
 //! in place (MAC rewrite and TTL decrement when routing, ARP/ICMP replies), and tells the caller
 //! what to send where. The caller (the runtime in [`crate::switch`], or a test) does the I/O.
 //!
-//! Rules (DESIGN.md §3), for a frame from a pod port:
-//! 1. validate: Ethernet header present, length within the pod MTU (unless a GSO superframe),
-//!    source MAC and, for IPv4/ARP, source IP are the pod's own;
+//! Rules, for a frame from a pod port:
+//! 1. validate: Ethernet header present, length within the pod MTU (unless a GSO superframe,
+//!    whose segment size must be at least [`crate::gso::MIN_GSO_SIZE`]), source MAC the pod's
+//!    own, and only what a pod may send: IPv4 and ARP from the pod's own addresses. VLAN-tagged
+//!    frames and every other EtherType (IPv6, LLDP, ...) are dropped, broadcasts included;
 //! 2. learn the source MAC;
 //! 3. broadcast/multicast: ARP request for the gateway is answered; the rest is flooded to the
 //!    node's other ports (never into tunnels);
 //! 4. unicast to the router MAC is routed: ping of the gateway answered; a pod of this node gets
 //!    the frame with MACs rewritten and TTL decremented; a peer's CIDR is encapsulated; the rest
 //!    gets an ICMP error;
-//! 5. other unicast goes where the MAC table says, or is flooded when unknown.
+//! 5. other unicast goes where the MAC table says, else to the pod that has that MAC (every
+//!    pod's MAC is in the topology); unicast to a MAC nobody has (a removed pod's) is dropped,
+//!    never flooded.
+//!
+//! Frames from trunk ports skip the pod checks of rule 1 (their sources are learned, not
+//! known) but may not use a group MAC as source.
 //!
 //! Every call ends in exactly one [`Action`], and every action is counted ([`stats::Counts`]).
 
@@ -26,15 +33,16 @@ use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 
+use crate::gso::MIN_GSO_SIZE;
 use crate::table::{MacSnapshot, PeerId, PortId, PortKind, Tables, Topology};
-use crate::wire::{
-    self, ethernet_fast, is_group_mac, mac_key, vxlan, EthernetAddress, ETHERNET_HEADER_LEN as ETH,
-};
+use crate::wire::arp::{self, ArpPacket};
+use crate::wire::ethernet::{self, ethertype, EthernetFrame};
+use crate::wire::icmp::{msg_type, IcmpPacket};
+use crate::wire::ipv4::{protocol, Ipv4Packet};
+use crate::wire::virtio::VnetHdr;
+use crate::wire::{is_group_mac, mac_key, vxlan, EthernetAddress};
 use reply::{IcmpError, ICMP_ERROR_MAX};
 pub use stats::{Counts, DropReason, Metrics, PortCounts, PortMetrics};
-
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_ARP: u16 = 0x0806;
 
 /// Static settings of a node's data plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,12 +196,13 @@ impl Pipeline {
         }
     }
 
-    /// Decides what to do with `frame`, received on `ingress`. `gso` says the frame is a
-    /// superframe described by a virtio-net header (exempt from the MTU check).
+    /// Decides what to do with `frame`, received on `ingress` with the virtio-net header
+    /// `vnet` (all zero for a plain frame). A GSO superframe is exempt from the MTU check but
+    /// must have a segment size of at least [`MIN_GSO_SIZE`].
     #[inline]
-    pub fn process(&mut self, ingress: PortId, frame: &mut [u8], gso: bool) -> Action {
+    pub fn process(&mut self, ingress: PortId, frame: &mut [u8], vnet: &VnetHdr) -> Action {
         self.core
-            .process(&self.topo, &self.mac, ingress, frame, gso)
+            .process(&self.topo, &self.mac, ingress, frame, vnet)
     }
 
     /// Decides what to do with a VXLAN datagram received from `source` on the underlay. On
@@ -228,12 +237,11 @@ impl Core {
         Action::Reply
     }
 
-    fn reject(&mut self, reason: DropReason, frame: &[u8], ihl: usize, kind: IcmpError) -> Action {
+    fn reject(&mut self, reason: DropReason, frame: &[u8], kind: IcmpError) -> Action {
         self.counts.dropped[reason as usize] += 1;
         let len = reply::icmp_error(
             &mut self.scratch,
             frame,
-            ihl,
             kind,
             self.cfg.router_mac,
             self.cfg.gateway,
@@ -260,14 +268,19 @@ impl Core {
         mac: &MacSnapshot,
         ingress: PortId,
         frame: &mut [u8],
-        gso: bool,
+        vnet: &VnetHdr,
     ) -> Action {
         self.counts.rx += 1;
-        let Some((dst, src, ethertype)) = ethernet_fast(frame) else {
+        let Ok(eth) = EthernetFrame::new_checked(&*frame) else {
             return self.drop(DropReason::Malformed);
         };
-        if frame.len() > usize::from(self.cfg.mtu) + ETH && !gso {
+        let (dst, src, ether_type) = (eth.dst_key(), eth.src_key(), eth.ethertype());
+        let gso = vnet.is_gso();
+        if !gso && frame.len() > usize::from(self.cfg.mtu) + ethernet::HEADER_LEN {
             return self.drop(DropReason::Oversize);
+        }
+        if gso && vnet.gso_size < MIN_GSO_SIZE {
+            return self.drop(DropReason::BadGsoSize);
         }
         let Some(port) = topo.port(ingress) else {
             return self.drop(DropReason::UnknownPort);
@@ -276,7 +289,7 @@ impl Core {
             if src != mac_key(&own_mac.0) {
                 return self.drop(DropReason::SpoofedMac);
             }
-            if let Err(r) = check_source_ip(frame, ethertype, ip) {
+            if let Err(r) = check_pod_frame(&eth, ether_type, ip) {
                 return self.drop(r);
             }
         } else if is_group_mac(src) {
@@ -285,98 +298,86 @@ impl Core {
         self.learn(mac, src, ingress);
 
         if dst == self.router_key {
-            return self.route(topo, frame, ethertype, gso);
+            return self.route(topo, frame, ether_type, gso);
         }
         if is_group_mac(dst) {
-            if ethertype == ETHERTYPE_ARP && self.is_arp_request_for_gateway(frame) {
+            if ether_type == ethertype::ARP && self.is_arp_request_for_gateway(frame) {
                 reply::arp_reply_in_place(frame, self.cfg.router_mac, self.cfg.gateway);
                 return self.local();
             }
             return self.forwarded(Action::Flood);
         }
-        match mac.get(dst) {
-            Some(e) if e.port == ingress => self.drop(DropReason::SameSegment),
-            Some(e) => self.forwarded(Action::Forward(e.port)),
-            None => self.forwarded(Action::Flood),
+        let to = match mac.get(dst) {
+            Some(e) => e.port,
+            None => match topo.pod_port(dst) {
+                Some(p) => p,
+                None => return self.drop(DropReason::UnknownUnicast),
+            },
+        };
+        if to == ingress {
+            return self.drop(DropReason::SameSegment);
         }
+        self.forwarded(Action::Forward(to))
     }
 
     fn is_arp_request_for_gateway(&self, frame: &[u8]) -> bool {
-        // Validated by check_source_ip for pod ports; trunk ports are checked here.
-        let Some(arp) = frame.get(ETH..ETH + wire::ARP_IPV4_LEN) else {
-            return false;
-        };
-        arp[..8] == [0, 1, 8, 0, 6, 4, 0, 1] && arp[24..28] == self.cfg.gateway.octets()
+        // Validated by check_pod_frame for pod ports; trunk ports are checked here.
+        EthernetFrame::new_checked(frame)
+            .and_then(|e| ArpPacket::new_checked(e.into_payload()))
+            .is_ok_and(|a| {
+                a.is_ethernet_ipv4()
+                    && a.operation() == arp::OP_REQUEST
+                    && a.target_ip() == self.cfg.gateway
+            })
     }
 
     /// Rule 4: the frame is addressed to the router MAC.
     #[inline]
-    fn route(&mut self, topo: &Topology, frame: &mut [u8], ethertype: u16, gso: bool) -> Action {
-        if ethertype == ETHERTYPE_ARP {
+    fn route(&mut self, topo: &Topology, frame: &mut [u8], ether_type: u16, gso: bool) -> Action {
+        if ether_type == ethertype::ARP {
             if self.is_arp_request_for_gateway(frame) {
                 reply::arp_reply_in_place(frame, self.cfg.router_mac, self.cfg.gateway);
                 return self.local();
             }
             return self.drop(DropReason::NotRoutable);
         }
-        if ethertype != ETHERTYPE_IPV4 {
+        if ether_type != ethertype::IPV4 {
             return self.drop(DropReason::NotRoutable);
         }
-        let Some(ip) = Ipv4View::parse(&frame[ETH..]) else {
+        let Some((eth, mut ip)) = routed_views(frame) else {
             return self.drop(DropReason::BadIpv4);
         };
-        if ip.dst == self.cfg.gateway {
-            if ip.is_echo_request(&frame[ETH..]) {
-                reply::echo_reply_in_place(
-                    frame,
-                    ip.ihl,
-                    ip.total,
-                    self.cfg.router_mac,
-                    self.cfg.gateway,
-                );
+        let dst = ip.dst_addr();
+        if dst == self.cfg.gateway {
+            if is_echo_request(&ip) {
+                reply::echo_reply_in_place(frame, self.cfg.router_mac, self.cfg.gateway);
                 return self.local();
             }
             return self.drop(DropReason::GatewayUnsupported);
         }
-        if ip.ttl <= 1 {
-            return self.reject(
-                DropReason::TtlExceeded,
-                frame,
-                ip.ihl,
-                IcmpError::TtlExceeded,
-            );
+        if ip.ttl() <= 1 {
+            return self.reject(DropReason::TtlExceeded, frame, IcmpError::TtlExceeded);
         }
-        if u32::from(ip.dst) & self.cidr.1 == self.cidr.0 {
-            let Some(n) = topo.neighbour(ip.dst) else {
-                return self.reject(
-                    DropReason::NoSuchPod,
-                    frame,
-                    ip.ihl,
-                    IcmpError::HostUnreachable,
-                );
+        if u32::from(dst) & self.cidr.1 == self.cidr.0 {
+            let Some(n) = topo.neighbour(dst) else {
+                return self.reject(DropReason::NoSuchPod, frame, IcmpError::HostUnreachable);
             };
-            rewrite_routed(frame, self.router_key, n.mac);
+            rewrite_routed(eth, &mut ip, self.router_key, n.mac);
             return self.forwarded(Action::Forward(n.port));
         }
-        let Some((peer_id, peer)) = topo.route(ip.dst).and_then(|id| Some((id, topo.peer(id)?)))
+        let Some((peer_id, peer)) = topo.route(dst).and_then(|id| Some((id, topo.peer(id)?)))
         else {
-            return self.reject(
-                DropReason::NoRoute,
-                frame,
-                ip.ihl,
-                IcmpError::NetUnreachable,
-            );
+            return self.reject(DropReason::NoRoute, frame, IcmpError::NetUnreachable);
         };
-        if !gso && ip.total > usize::from(self.cfg.tunnel_mtu) && ip.dont_fragment {
+        if !gso && ip.packet_len() > usize::from(self.cfg.tunnel_mtu) && ip.dont_fragment() {
             let mtu = self.cfg.tunnel_mtu;
             return self.reject(
                 DropReason::TooBigForTunnel,
                 frame,
-                ip.ihl,
                 IcmpError::FragmentationNeeded { mtu },
             );
         }
-        rewrite_routed(frame, self.router_key, mac_key(&peer.vtep_mac.0));
+        rewrite_routed(eth, &mut ip, self.router_key, mac_key(&peer.vtep_mac.0));
         self.forwarded(Action::Encap(peer_id))
     }
 
@@ -396,111 +397,106 @@ impl Core {
             Ok(_) => return self.drop(DropReason::VxlanBadVni),
             Err(_) => return self.drop(DropReason::VxlanMalformed),
         };
-        let is_ipv4 = ethernet_fast(inner).is_some_and(|(_, _, t)| t == ETHERTYPE_IPV4);
-        let ip = match inner.get(ETH..).and_then(Ipv4View::parse) {
-            Some(ip) if is_ipv4 => ip,
+        let (eth, mut ip) = match routed_views(inner) {
+            Some((eth, ip)) if eth.ethertype() == ethertype::IPV4 => (eth, ip),
             _ => return self.drop(DropReason::VxlanNotForPod),
         };
-        let Some(n) = topo.neighbour(ip.dst) else {
+        let Some(n) = topo.neighbour(ip.dst_addr()) else {
             return self.drop(DropReason::VxlanNotForPod);
         };
-        if ip.ttl <= 1 {
+        if ip.ttl() <= 1 {
             return self.drop(DropReason::TtlExceeded);
         }
-        rewrite_routed(inner, self.router_key, n.mac);
+        rewrite_routed(eth, &mut ip, self.router_key, n.mac);
         self.forwarded(Action::Forward(n.port))
     }
 }
 
-/// Checks that an IPv4 packet or an ARP packet from a pod carries the pod's own address.
+/// Rule 1 for a pod port: only IPv4 and ARP, from the pod's own addresses.
 #[inline]
-fn check_source_ip(frame: &[u8], ethertype: u16, own: Ipv4Addr) -> Result<(), DropReason> {
-    match ethertype {
-        ETHERTYPE_IPV4 => {
-            let src = frame.get(ETH + 12..ETH + 16).ok_or(DropReason::BadIpv4)?;
-            if src == own.octets() {
-                Ok(())
-            } else {
-                Err(DropReason::SpoofedIp)
-            }
-        }
-        ETHERTYPE_ARP => {
-            let arp = frame
-                .get(ETH..ETH + wire::ARP_IPV4_LEN)
-                .ok_or(DropReason::BadArp)?;
-            if arp[..6] != [0, 1, 8, 0, 6, 4] {
+fn check_pod_frame(
+    eth: &EthernetFrame<&[u8]>,
+    ether_type: u16,
+    own: Ipv4Addr,
+) -> Result<(), DropReason> {
+    if ether_type == ethertype::IPV4 {
+        let ip = Ipv4Packet::new_checked_header(eth.payload()).map_err(|_| DropReason::BadIpv4)?;
+        return if ip.src_addr() == own {
+            Ok(())
+        } else {
+            Err(DropReason::SpoofedIp)
+        };
+    }
+    check_pod_non_ipv4(eth, ether_type, own)
+}
+
+/// The rest of rule 1, out of the per-frame IPv4 path: ARP from the pod's own addresses;
+/// nothing else.
+#[cold]
+#[inline(never)]
+fn check_pod_non_ipv4(
+    eth: &EthernetFrame<&[u8]>,
+    ether_type: u16,
+    own: Ipv4Addr,
+) -> Result<(), DropReason> {
+    match ether_type {
+        ethertype::ARP => {
+            let arp = ArpPacket::new_checked(eth.payload()).map_err(|_| DropReason::BadArp)?;
+            if !arp.is_ethernet_ipv4() {
                 return Err(DropReason::BadArp);
             }
             // Sender hardware address must be the frame's source; sender IP ours, or 0.0.0.0
             // for an address probe (RFC 5227).
-            if arp[8..14] != frame[6..12] {
+            if arp.sender_hw_addr() != eth.src_addr() {
                 return Err(DropReason::SpoofedMac);
             }
-            let spa = &arp[14..18];
-            if spa == own.octets() || spa == [0, 0, 0, 0] {
+            let spa = arp.sender_ip();
+            if spa == own || spa == Ipv4Addr::UNSPECIFIED {
                 Ok(())
             } else {
                 Err(DropReason::SpoofedIp)
             }
         }
-        _ => Ok(()),
+        t if ethertype::is_vlan_tag(t) => Err(DropReason::Vlan),
+        _ => Err(DropReason::EtherType),
     }
+}
+
+/// The Ethernet and IPv4 headers of a frame to route, as two views over the two parts of
+/// `frame`: the IPv4 header validated (version, lengths, a total length of 0 only as a
+/// superframe's, checksum). Parsed once; the views then rewrite the frame in place.
+#[inline(always)]
+fn routed_views(frame: &mut [u8]) -> Option<RoutedViews<'_>> {
+    let (eth, ip) = frame.split_at_mut_checked(ethernet::HEADER_LEN)?;
+    let ip = Ipv4Packet::new_checked_superframe(ip).ok()?;
+    if !ip.verify_checksum() {
+        return None;
+    }
+    Some((EthernetFrame::new_checked(eth).ok()?, ip))
+}
+
+/// The views [`routed_views`] returns.
+type RoutedViews<'a> = (EthernetFrame<&'a mut [u8]>, Ipv4Packet<&'a mut [u8]>);
+
+/// True if `ip` carries an ICMP echo request (the whole of it: not a fragment).
+#[inline]
+fn is_echo_request(ip: &Ipv4Packet<&mut [u8]>) -> bool {
+    ip.protocol() == protocol::ICMP
+        && !ip.is_fragment()
+        && IcmpPacket::new_checked(ip.payload())
+            .is_ok_and(|m| m.msg_type() == msg_type::ECHO_REQUEST)
 }
 
 /// Routed delivery: source MAC becomes the router's, destination the next hop's, TTL - 1.
 #[inline]
-fn rewrite_routed(frame: &mut [u8], src: u64, dst: u64) {
-    frame[0..6].copy_from_slice(&dst.to_be_bytes()[2..]);
-    frame[6..12].copy_from_slice(&src.to_be_bytes()[2..]);
-    let _ = wire::ipv4_decrement_ttl(&mut frame[ETH..]);
-}
-
-/// The fields of a validated IPv4 header the router needs.
-struct Ipv4View {
-    ihl: usize,
-    total: usize,
-    ttl: u8,
-    dst: Ipv4Addr,
-    dont_fragment: bool,
-    is_fragment: bool,
-}
-
-impl Ipv4View {
-    /// Validates version, header length, total length and header checksum.
-    #[inline]
-    fn parse(ip: &[u8]) -> Option<Self> {
-        let hdr = ip.get(..wire::IPV4_HEADER_LEN)?;
-        if hdr[0] >> 4 != 4 {
-            return None;
-        }
-        let ihl = usize::from(hdr[0] & 0x0f) * 4;
-        let total = usize::from(u16::from_be_bytes([hdr[2], hdr[3]]));
-        if ihl < wire::IPV4_HEADER_LEN || total < ihl || ip.len() < total.max(ihl) {
-            // A GSO superframe has total length 0 or its real length; both fit in the buffer.
-            if !(total == 0 && ip.len() >= ihl) {
-                return None;
-            }
-        }
-        if !wire::ipv4_header_checksum_ok(&ip[..ihl]) {
-            return None;
-        }
-        let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
-        Some(Self {
-            ihl,
-            total: if total == 0 { ip.len() } else { total },
-            ttl: hdr[8],
-            dst: Ipv4Addr::new(hdr[16], hdr[17], hdr[18], hdr[19]),
-            dont_fragment: frag & 0x4000 != 0,
-            is_fragment: frag & 0x3fff != 0,
-        })
-    }
-
-    fn is_echo_request(&self, ip: &[u8]) -> bool {
-        ip[9] == 1
-            && !self.is_fragment
-            && ip.get(self.ihl) == Some(&8)
-            && self.total >= self.ihl + 8
-    }
+fn rewrite_routed(
+    mut eth: EthernetFrame<&mut [u8]>,
+    ip: &mut Ipv4Packet<&mut [u8]>,
+    src: u64,
+    dst: u64,
+) {
+    eth.set_addr_keys(dst, src);
+    ip.decrement_ttl();
 }
 
 #[cfg(test)]

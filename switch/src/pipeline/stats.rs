@@ -48,10 +48,22 @@ drop_reasons! {
     SpoofedMac => "spoofed_mac",
     /// A pod sent an IPv4 packet or ARP with a sender address that is not its own.
     SpoofedIp => "spoofed_ip",
+    /// A pod sent a VLAN-tagged frame (802.1Q, 802.1ad): pod interfaces are untagged, and a
+    /// tag would hide the packet inside from the address checks.
+    Vlan => "vlan",
+    /// A pod sent a frame that is neither IPv4 nor ARP (IPv6, LLDP, ...): nothing else is
+    /// configured for pods.
+    EtherType => "ethertype",
+    /// A GSO superframe whose segment size is below the minimum (`gso::MIN_GSO_SIZE`): it would
+    /// become thousands of packets.
+    BadGsoSize => "bad_gso_size",
     /// The ingress port is not attached (it was removed while the frame was in flight).
     UnknownPort => "unknown_port",
     /// Unicast to a MAC that lives behind the ingress port itself.
     SameSegment => "same_segment",
+    /// Unicast to a MAC no pod has and nothing was learned for (a removed pod's): dropped, not
+    /// flooded.
+    UnknownUnicast => "unknown_unicast",
     /// A routed packet whose TTL ran out (an ICMP time-exceeded is sent back).
     TtlExceeded => "ttl_exceeded",
     /// A routed packet for a pod IP of this node that no pod has (ICMP host unreachable).

@@ -3,6 +3,16 @@
 use super::*;
 use crate::table::{MacTableConfig, Peer, PortInfo};
 use crate::testutil::*;
+use crate::wire::virtio::GsoType;
+
+/// A TSO superframe's virtio-net header with segment size `gso_size`.
+fn tso(gso_size: u16) -> VnetHdr {
+    VnetHdr {
+        gso_type: GsoType::TcpV4,
+        gso_size,
+        ..VnetHdr::default()
+    }
+}
 
 const R: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
 const PEER_VTEP: [u8; 6] = [0x02, 0xee, 0, 0, 0, 2];
@@ -63,7 +73,7 @@ impl Node {
 
     fn run(&mut self, port: PortId, frame: &mut [u8]) -> Action {
         self.p.begin_batch();
-        let a = self.p.process(port, frame, false);
+        let a = self.p.process(port, frame, &VnetHdr::default());
         self.p.end_batch();
         a
     }
@@ -90,7 +100,11 @@ fn l2_unicast_learning_and_flood() {
         0x0800,
         &ipv4(pod_ip(10), pod_ip(11), 17, 64, &udp(1, 2, b"hi")),
     );
-    assert_eq!(n.run(0, &mut f), Action::Flood, "b not learned yet");
+    assert_eq!(
+        n.run(0, &mut f),
+        Action::Forward(1),
+        "b not learned yet, but its MAC is a pod's: known from the topology"
+    );
     let mut back = eth(
         pod_mac(10),
         pod_mac(11),
@@ -355,7 +369,7 @@ fn size_limits_and_gso() {
     );
     let mut ok = eth(pod_mac(11), pod_mac(10), 0x0800, &p);
     assert_eq!(ok.len(), 1464);
-    assert_eq!(n.run(0, &mut ok), Action::Flood);
+    assert_eq!(n.run(0, &mut ok), Action::Forward(1));
     let big = ipv4(
         pod_ip(10),
         pod_ip(11),
@@ -367,8 +381,8 @@ fn size_limits_and_gso() {
     assert_eq!(n.run(0, &mut too_big), Action::Drop(DropReason::Oversize));
     n.p.begin_batch();
     assert_eq!(
-        n.p.process(0, &mut too_big, true),
-        Action::Flood,
+        n.p.process(0, &mut too_big, &tso(1448)),
+        Action::Forward(1),
         "a GSO superframe may exceed the MTU"
     );
 }
@@ -477,7 +491,12 @@ fn malformed_frames_are_counted_never_panic() {
         };
         let port = rng.random_range(0..6);
         n.p.begin_batch();
-        let _ = n.p.process(port, &mut f, rng.random_bool(0.1));
+        let vnet = if rng.random_bool(0.1) {
+            tso(rng.random_range(0..2000))
+        } else {
+            VnetHdr::default()
+        };
+        let _ = n.p.process(port, &mut f, &vnet);
         let mut d = f.clone();
         let _ =
             n.p.process_tunnel("192.168.77.2:1".parse().expect("addr"), &mut d);
@@ -492,4 +511,149 @@ fn malformed_frames_are_counted_never_panic() {
     // Truncated Ethernet headers are "malformed", never forwarded.
     let mut short = good[..13].to_vec();
     assert_eq!(n.run(0, &mut short), Action::Drop(DropReason::Malformed));
+}
+
+/// Every frame counted once: `rx = forwarded + local + dropped`.
+fn assert_accounted(n: &Node) {
+    let c = n.p.counts();
+    assert_eq!(c.rx, c.forwarded + c.delivered_locally + c.dropped_total());
+}
+
+#[test]
+fn pods_may_send_only_ipv4_and_arp() {
+    let mut n = Node::new();
+    // A VLAN-tagged frame whose inner IPv4 source is another pod's: before, the tag hid the
+    // spoofed address and the frame reached the neighbour.
+    let spoofed = ipv4(pod_ip(12), pod_ip(11), 17, 64, &udp(1, 2, b"x"));
+    let mut tagged = [0x00, 0x05, 0x08, 0x00].to_vec(); // VID 5, then EtherType IPv4
+    tagged.extend_from_slice(&spoofed);
+    for dst in [pod_mac(11), [0xff; 6]] {
+        for tpid in [0x8100, 0x88a8, 0x9100] {
+            assert_eq!(
+                n.run(0, &mut eth(dst, pod_mac(10), tpid, &tagged)),
+                Action::Drop(DropReason::Vlan),
+                "tag {tpid:#06x} to {dst:02x?}"
+            );
+        }
+    }
+    // IPv6 (not configured for pods), LLDP and an experimental EtherType: unicast to a
+    // neighbour and broadcast/multicast alike.
+    let v6_all_nodes = [0x33, 0x33, 0, 0, 0, 1];
+    let lldp = [0x01, 0x80, 0xc2, 0, 0, 0x0e];
+    for (dst, ty) in [
+        (pod_mac(11), 0x86dd),
+        (v6_all_nodes, 0x86dd),
+        (lldp, 0x88cc),
+        ([0xff; 6], 0x88b5),
+        (pod_mac(11), 0x88b5),
+        (R, 0x86dd),
+    ] {
+        assert_eq!(
+            n.run(0, &mut eth(dst, pod_mac(10), ty, &[0u8; 60])),
+            Action::Drop(DropReason::EtherType),
+            "EtherType {ty:#06x} to {dst:02x?}"
+        );
+    }
+    let c = n.p.counts();
+    assert_eq!(c.dropped(DropReason::Vlan), 6);
+    assert_eq!(c.dropped(DropReason::EtherType), 6);
+    assert_eq!(c.forwarded, 0, "nothing reached another pod");
+    // What a pod may send still goes: its own IPv4, its own ARP.
+    let own = ipv4(pod_ip(10), pod_ip(11), 17, 64, &udp(1, 2, b"x"));
+    assert_eq!(
+        n.run(0, &mut eth(pod_mac(11), pod_mac(10), 0x0800, &own)),
+        Action::Forward(1)
+    );
+    let who_has = arp(1, pod_mac(10), pod_ip(10), [0; 6], pod_ip(11));
+    assert_eq!(
+        n.run(0, &mut eth([0xff; 6], pod_mac(10), 0x0806, &who_has)),
+        Action::Flood
+    );
+    // A trunk is a segment of many hosts: its EtherTypes are not policed.
+    let mut from_trunk = eth([0xff; 6], [0x02, 0x99, 0, 0, 0, 1], 0x88b5, b"x");
+    assert_eq!(n.run(3, &mut from_trunk), Action::Flood);
+    assert_accounted(&n);
+}
+
+#[test]
+fn unicast_to_an_unknown_or_removed_pod_mac_is_dropped_not_flooded() {
+    let mut n = Node::new();
+    let ping = |to_mac: [u8; 6]| {
+        eth(
+            to_mac,
+            pod_mac(10),
+            0x0800,
+            &ipv4(pod_ip(10), pod_ip(12), 1, 64, &icmp_echo(8, 1, 1, b"x")),
+        )
+    };
+    assert_eq!(n.run(0, &mut ping(pod_mac(12))), Action::Forward(2));
+    // Pod 12 learned (it answers), then its namespace is deleted: the port goes away, and
+    // with it the pod's entries.
+    let mut answer = eth(
+        pod_mac(10),
+        pod_mac(12),
+        0x0800,
+        &ipv4(pod_ip(12), pod_ip(10), 1, 64, &[]),
+    );
+    assert_eq!(n.run(2, &mut answer), Action::Forward(0));
+    let tables = Arc::clone(n.p.tables());
+    tables
+        .update_topology(|t| t.remove_port(2).map(|_| ()))
+        .expect("remove");
+    tables.mac.flush_port(2);
+    assert_eq!(
+        n.run(0, &mut ping(pod_mac(12))),
+        Action::Drop(DropReason::UnknownUnicast),
+        "the removed pod's MAC is not flooded to the other pods"
+    );
+    assert_eq!(
+        n.run(0, &mut ping([0x02, 0x42, 10, 244, 1, 99])),
+        Action::Drop(DropReason::UnknownUnicast),
+        "a MAC nobody has"
+    );
+    // Broadcast and multicast still flood.
+    let mut bcast = ping([0xff; 6]);
+    assert_eq!(n.run(0, &mut bcast), Action::Flood);
+    let mut mcast = ping([0x01, 0x00, 0x5e, 0, 0, 0xfb]);
+    assert_eq!(n.run(0, &mut mcast), Action::Flood);
+    assert_eq!(n.p.counts().dropped(DropReason::UnknownUnicast), 2);
+    assert_accounted(&n);
+}
+
+#[test]
+fn absurd_gso_segment_sizes_are_refused() {
+    let mut n = Node::new();
+    // A 3 KB TCP superframe (the payload is opaque to the pipeline).
+    let tcp = [[0u8; 20].as_slice(), &[0x50, 0x10], &[0u8; 3000 - 22]].concat();
+    let to_peer = ipv4_tos(
+        pod_ip(10),
+        Ipv4Addr::new(10, 244, 2, 5),
+        6,
+        64,
+        0,
+        true,
+        &tcp,
+    );
+    let to_pod = ipv4_tos(pod_ip(10), pod_ip(11), 6, 64, 0, true, &tcp);
+    for size in [0, 1, 87] {
+        for (dst, ip) in [(R, &to_peer), (R, &to_pod), (pod_mac(11), &to_pod)] {
+            let mut f = eth(dst, pod_mac(10), 0x0800, ip);
+            n.p.begin_batch();
+            assert_eq!(
+                n.p.process(0, &mut f, &tso(size)),
+                Action::Drop(DropReason::BadGsoSize),
+                "gso_size {size}"
+            );
+        }
+    }
+    assert_eq!(n.p.counts().dropped(DropReason::BadGsoSize), 9);
+    let mut f = eth(R, pod_mac(10), 0x0800, &to_peer);
+    assert_eq!(
+        n.p.process(0, &mut f, &tso(crate::gso::MIN_GSO_SIZE)),
+        Action::Encap(0),
+        "the minimum itself goes on"
+    );
+    let mut f = eth(R, pod_mac(10), 0x0800, &to_pod);
+    assert_eq!(n.p.process(0, &mut f, &tso(1448)), Action::Forward(1));
+    assert_accounted(&n);
 }

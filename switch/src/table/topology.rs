@@ -136,6 +136,8 @@ pub struct Topology {
     ports: Vec<Option<PortInfo>>,
     flood: Vec<PortId>,
     neighbours: FastMap<u32, Neighbour>,
+    /// Pod MAC key -> port: every pod's MAC is known without learning.
+    pod_macs: FastMap<u64, PortId>,
     peers: Vec<Option<Peer>>,
     routes: Vec<Route>,
     peer_by_underlay: FastMap<u32, PeerId>,
@@ -150,6 +152,7 @@ impl Topology {
             ports: Vec::new(),
             flood: Vec::new(),
             neighbours: FastMap::default(),
+            pod_macs: FastMap::default(),
             peers: Vec::new(),
             routes: Vec::new(),
             peer_by_underlay: FastMap::default(),
@@ -184,6 +187,12 @@ impl Topology {
     #[inline]
     pub fn neighbour(&self, ip: Ipv4Addr) -> Option<Neighbour> {
         self.neighbours.get(&u32::from(ip)).copied()
+    }
+
+    /// The port of the pod whose MAC key is `mac`, if such a pod is attached.
+    #[inline]
+    pub fn pod_port(&self, mac: u64) -> Option<PortId> {
+        self.pod_macs.get(&mac).copied()
     }
 
     /// The peer whose CIDR holds `ip` (longest prefix wins).
@@ -256,6 +265,7 @@ impl Topology {
         }
         if let PortKind::Pod { mac, ip } = info.kind {
             self.check_pod(ip, mac)?;
+            self.pod_macs.insert(mac_key(&mac.0), port);
             self.neighbours.insert(
                 u32::from(ip),
                 Neighbour {
@@ -281,8 +291,9 @@ impl Topology {
             .get_mut(usize::from(port))
             .and_then(Option::take)
             .ok_or(TopologyError::NoSuchPort(port))?;
-        if let PortKind::Pod { ip, .. } = info.kind {
+        if let PortKind::Pod { ip, mac } = info.kind {
             self.neighbours.remove(&u32::from(ip));
+            self.pod_macs.remove(&mac_key(&mac.0));
         }
         self.flood.retain(|&p| p != port);
         Ok(info)

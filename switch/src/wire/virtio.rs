@@ -7,8 +7,19 @@
 //! on a TAP. Fields are little-endian (the legacy virtio layout the kernel uses on x86 and arm64
 //! unless `TUNSETVNETBE` is set).
 
+/// Byte ranges of the header fields (little-endian 16-bit words).
+pub(crate) mod field {
+    use std::ops::Range;
+    pub(crate) const FLAGS: usize = 0;
+    pub(crate) const GSO_TYPE: usize = 1;
+    pub(crate) const HDR_LEN: Range<usize> = 2..4;
+    pub(crate) const GSO_SIZE: Range<usize> = 4..6;
+    pub(crate) const CSUM_START: Range<usize> = 6..8;
+    pub(crate) const CSUM_OFFSET: Range<usize> = 8..10;
+}
+
 /// Length of `struct virtio_net_hdr` (without the `num_buffers` field of the mergeable variant).
-pub const HEADER_LEN: usize = 10;
+pub const HEADER_LEN: usize = field::CSUM_OFFSET.end;
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` must be completed.
 pub const FLAG_NEEDS_CSUM: u8 = 1;
@@ -93,28 +104,29 @@ impl VnetHdr {
             .get(..HEADER_LEN)
             .and_then(|s| s.try_into().ok())
             .ok_or(VnetError::Truncated)?;
-        let gso_type = GsoType::from_raw(b[1]).ok_or(VnetError::UnknownGsoType(b[1]))?;
-        let le = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        let raw_type = b[field::GSO_TYPE];
+        let gso_type = GsoType::from_raw(raw_type).ok_or(VnetError::UnknownGsoType(raw_type))?;
+        let le = |r: std::ops::Range<usize>| u16::from_le_bytes([b[r.start], b[r.start + 1]]);
         Ok(Self {
-            flags: b[0],
+            flags: b[field::FLAGS],
             gso_type,
-            ecn: b[1] & GSO_ECN != 0,
-            hdr_len: le(2),
-            gso_size: le(4),
-            csum_start: le(6),
-            csum_offset: le(8),
+            ecn: raw_type & GSO_ECN != 0,
+            hdr_len: le(field::HDR_LEN),
+            gso_size: le(field::GSO_SIZE),
+            csum_start: le(field::CSUM_START),
+            csum_offset: le(field::CSUM_OFFSET),
         })
     }
 
     /// The 10-byte wire form.
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
-        b[0] = self.flags;
-        b[1] = self.gso_type.to_raw() | if self.ecn { GSO_ECN } else { 0 };
-        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
-        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
-        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
-        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+        b[field::FLAGS] = self.flags;
+        b[field::GSO_TYPE] = self.gso_type.to_raw() | if self.ecn { GSO_ECN } else { 0 };
+        b[field::HDR_LEN].copy_from_slice(&self.hdr_len.to_le_bytes());
+        b[field::GSO_SIZE].copy_from_slice(&self.gso_size.to_le_bytes());
+        b[field::CSUM_START].copy_from_slice(&self.csum_start.to_le_bytes());
+        b[field::CSUM_OFFSET].copy_from_slice(&self.csum_offset.to_le_bytes());
         b
     }
 
@@ -135,7 +147,7 @@ mod tests {
 
     #[test]
     fn parses_uso_superframe_header_seen_on_a_tap() {
-        // NOTES.md: a 14000-byte UDP_SEGMENT=1400 send arrived as gso_type=5, gso_size=1400,
+        // Seen on a TAP: a 14000-byte UDP_SEGMENT=1400 send arrived as gso_type=5, gso_size=1400,
         // csum_start=34, flags=NEEDS_CSUM (UDP checksum field at offset 6).
         let raw = [0x01, 0x05, 0x2a, 0x00, 0x78, 0x05, 0x22, 0x00, 0x06, 0x00];
         let h = VnetHdr::parse(&raw).expect("valid");

@@ -8,17 +8,27 @@
 //! The I flag (0x08) must be set for a valid VNI. Receivers ignore the reserved bits (RFC 7348
 //! §5), as the Linux kernel does; so do we.
 
-use super::ETHERNET_HEADER_LEN;
+use super::ethernet::{self, ethertype, EthernetFrame};
+use super::ipv4::{self, Ipv4Packet};
+use super::udp;
+
+/// Byte ranges of the header fields.
+pub(crate) mod field {
+    use std::ops::{Range, RangeFrom};
+    pub(crate) const FLAGS: usize = 0;
+    pub(crate) const VNI: Range<usize> = 4..7;
+    pub(crate) const PAYLOAD: RangeFrom<usize> = 8..;
+}
 
 /// Length of the VXLAN header.
-pub const HEADER_LEN: usize = 8;
+pub const HEADER_LEN: usize = field::PAYLOAD.start;
 /// UDP port the Linux kernel's vxlan device and flannel use by default.
 pub const LINUX_PORT: u16 = 8472;
 /// UDP port assigned by IANA.
 pub const IANA_PORT: u16 = 4789;
 /// Bytes VXLAN adds over IPv4 on the underlay wire: outer Ethernet, IPv4, UDP, VXLAN. A pod MTU
 /// of `underlay MTU - OVERHEAD` keeps every encapsulated frame within the underlay MTU.
-pub const OVERHEAD: usize = ETHERNET_HEADER_LEN + 20 + 8 + HEADER_LEN;
+pub const OVERHEAD: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN + udp::HEADER_LEN + HEADER_LEN;
 /// Largest VNI (24 bits).
 pub const MAX_VNI: u32 = 0x00ff_ffff;
 
@@ -46,10 +56,10 @@ impl<T: AsRef<[u8]>> VxlanPacket<T> {
     /// of payload.
     pub fn new_checked(buffer: T) -> Result<Self, VxlanError> {
         let b = buffer.as_ref();
-        if b.len() < HEADER_LEN + ETHERNET_HEADER_LEN {
+        if b.len() < HEADER_LEN + ethernet::HEADER_LEN {
             return Err(VxlanError::Truncated);
         }
-        if b[0] & FLAG_I == 0 {
+        if b[field::FLAGS] & FLAG_I == 0 {
             return Err(VxlanError::NoVniFlag);
         }
         Ok(Self { buffer })
@@ -57,13 +67,13 @@ impl<T: AsRef<[u8]>> VxlanPacket<T> {
 
     /// The 24-bit VXLAN Network Identifier.
     pub fn vni(&self) -> u32 {
-        let b = self.buffer.as_ref();
-        u32::from_be_bytes([0, b[4], b[5], b[6]])
+        let v = &self.buffer.as_ref()[field::VNI];
+        u32::from_be_bytes([0, v[0], v[1], v[2]])
     }
 
     /// The inner Ethernet frame.
     pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[HEADER_LEN..]
+        &self.buffer.as_ref()[field::PAYLOAD]
     }
 
     /// The buffer this view was made from.
@@ -76,7 +86,10 @@ impl<T: AsRef<[u8]>> VxlanPacket<T> {
 /// configuration validates it first.
 pub fn header(vni: u32) -> [u8; HEADER_LEN] {
     let v = (vni & MAX_VNI).to_be_bytes();
-    [FLAG_I, 0, 0, 0, v[1], v[2], v[3], 0]
+    let mut h = [0; HEADER_LEN];
+    h[field::FLAGS] = FLAG_I;
+    h[field::VNI].copy_from_slice(&v[1..]);
+    h
 }
 
 /// Writes the VXLAN header for `vni` in front of an inner frame: `out` receives header + frame.
@@ -84,21 +97,22 @@ pub fn header(vni: u32) -> [u8; HEADER_LEN] {
 pub fn encapsulate(vni: u32, inner: &[u8], out: &mut [u8]) -> Option<usize> {
     let total = HEADER_LEN + inner.len();
     let out = out.get_mut(..total)?;
-    out[..HEADER_LEN].copy_from_slice(&header(vni));
-    out[HEADER_LEN..].copy_from_slice(inner);
+    let (head, body) = out.split_at_mut(HEADER_LEN);
+    head.copy_from_slice(&header(vni));
+    body.copy_from_slice(inner);
     Some(total)
 }
 
 /// Validates a received VXLAN datagram and returns `(vni, inner frame)`.
 pub fn decapsulate(datagram: &[u8]) -> Result<(u32, &[u8]), VxlanError> {
     let p = VxlanPacket::new_checked(datagram)?;
-    Ok((p.vni(), &datagram[HEADER_LEN..]))
+    Ok((p.vni(), &datagram[field::PAYLOAD]))
 }
 
 /// Same as [`decapsulate`] for a mutable buffer (the switch rewrites the inner frame in place).
 pub fn decapsulate_mut(datagram: &mut [u8]) -> Result<(u32, &mut [u8]), VxlanError> {
     let vni = VxlanPacket::new_checked(&*datagram)?.vni();
-    Ok((vni, &mut datagram[HEADER_LEN..]))
+    Ok((vni, &mut datagram[field::PAYLOAD]))
 }
 
 /// Outer UDP source port for an inner frame, as RFC 7348 §5 recommends: a hash of the inner
@@ -112,23 +126,23 @@ pub fn source_port(inner: &[u8], low: u16, high: u16) -> u16 {
 
 /// A hash of the inner flow: IPv4 addresses, protocol and TCP/UDP ports when present, else the
 /// Ethernet addresses. Never panics; short frames hash what they have.
+#[inline]
 pub fn flow_hash(inner: &[u8]) -> u32 {
-    const E: usize = ETHERNET_HEADER_LEN;
     let mut key = [0u8; 16];
-    let is_ipv4 = inner.get(12..14) == Some(&[0x08, 0x00]);
-    match (is_ipv4, inner.get(E..E + 20)) {
-        (true, Some(ip)) => {
-            key[..8].copy_from_slice(&ip[12..20]);
-            key[8] = ip[9];
-            let ihl = usize::from(ip[0] & 0x0f) * 4;
-            let is_first_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff == 0;
-            if (ip[9] == 6 || ip[9] == 17) && is_first_fragment {
-                if let Some(ports) = inner.get(E + ihl..E + ihl + 4) {
-                    key[9..13].copy_from_slice(ports);
-                }
+    let ip = EthernetFrame::new_checked(inner)
+        .ok()
+        .filter(|e| e.ethertype() == ethertype::IPV4)
+        .and_then(|e| Ipv4Packet::new_checked_header(e.into_payload()).ok());
+    match ip {
+        Some(ip) => {
+            key[..8].copy_from_slice(&ip.addresses());
+            key[8] = ip.protocol();
+            if let Some(ports) = ip.flow_ports() {
+                key[9..13].copy_from_slice(&ports);
             }
         }
-        _ => {
+        None => {
+            // Not IPv4 (or a header too short to be): the Ethernet addresses, what there is.
             let n = inner.len().min(12);
             key[..n].copy_from_slice(&inner[..n]);
         }

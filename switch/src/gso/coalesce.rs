@@ -21,28 +21,51 @@
 use std::ops::Range;
 
 use crate::table::PortId;
+use crate::wire::checksum::{checksum_accumulate, checksum_fold};
+use crate::wire::ethernet::{self, ethertype, EthernetFrame};
+use crate::wire::ipv4::{self, protocol, Ipv4Packet};
+use crate::wire::tcp::{self, flags, TcpPacket};
 use crate::wire::virtio::{GsoType, VnetHdr, FLAG_NEEDS_CSUM};
-use crate::wire::{
-    checksum_accumulate, checksum_fold, checksum_sum, ipv4_header_checksum_ok,
-    ipv4_pseudo_accumulate,
-};
 
-const ETH: usize = 14;
-const IP: usize = 20;
 const MAX_SEGMENTS: usize = 64;
 /// Most parts of an emitted frame: its headers and one payload per merged segment.
 pub const MAX_PARTS: usize = MAX_SEGMENTS + 1;
-const MAX_IP_LEN: usize = 65535;
-const ACK: u8 = 0x10;
-const PSH: u8 = 0x08;
+/// Where the TCP header of a mergeable frame starts (IPv4 without options).
+const TCP_AT: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN;
 /// FIN, SYN, RST, URG, ECE, CWR: never merged.
-const NO_MERGE: u8 = 0x01 | 0x02 | 0x04 | 0x20 | 0x40 | 0x80;
+const NO_MERGE: u8 = flags::FIN | flags::SYN | flags::RST | flags::URG | flags::ECE | flags::CWR;
+
+/// What must be equal for two segments to belong to one superframe (besides the TCP
+/// options, compared as bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FlowKey {
+    macs: (u64, u64),
+    dscp_ecn: u8,
+    /// DF and TTL (a fragment is never merged).
+    flags_and_offset: u16,
+    ttl: u8,
+    addresses: [u8; 8],
+    ports: [u8; 4],
+    ack: u32,
+    tcp_hdr: usize,
+}
+
+/// A frame that may start or join a superframe.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    key: FlowKey,
+    /// Payload bytes.
+    len: usize,
+    seq: u32,
+    flags: u8,
+    window: u16,
+}
 
 /// What identifies a mergeable segment's flow and position.
 #[derive(Debug, Clone, Copy)]
 struct Open {
     port: PortId,
-    tcp_hdr: usize,
+    key: FlowKey,
     mss: usize,
     next_seq: u32,
     /// Payload bytes merged so far.
@@ -60,42 +83,45 @@ pub struct Coalescer {
     open: Option<Open>,
 }
 
-/// `(tcp header length, payload length, seq, flags)` of a frame that may start or join a
-/// superframe, after verifying its checksums; `None` for anything else.
-fn mergeable(frame: &[u8]) -> Option<(usize, usize, u32, u8)> {
-    if frame.len() < ETH + IP + 20
-        || frame[12..14] != [0x08, 0x00]
-        || frame[ETH] != 0x45
-        || frame[ETH + 9] != 6
-    {
+/// The segment in `frame` if it may start or join a superframe (IPv4 without options, TCP
+/// with ACK, payload and none of [`NO_MERGE`]), after verifying its checksums; `None` for
+/// anything else.
+#[inline]
+fn mergeable(frame: &[u8]) -> Option<Segment> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != ethertype::IPV4 {
         return None;
     }
-    let ip = &frame[ETH..];
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let frag = u16::from_be_bytes([ip[6], ip[7]]);
-    if total > ip.len() || total < IP + 20 || frag & 0x3fff != 0 {
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    if ip.header_len() != ipv4::HEADER_LEN || ip.protocol() != protocol::TCP || ip.is_fragment() {
         return None;
     }
-    let tcp = &ip[IP..total];
-    let tcp_hdr = usize::from(tcp[12] >> 4) * 4;
-    let flags = tcp[13];
-    if tcp_hdr < 20 || tcp_hdr >= tcp.len() || flags & NO_MERGE != 0 || flags & ACK == 0 {
+    let segment = ip.payload();
+    let tcp = TcpPacket::new_checked(segment).ok()?;
+    let flags = tcp.flags();
+    if tcp.payload().is_empty() || flags & NO_MERGE != 0 || flags & flags::ACK == 0 {
         return None;
     }
-    if !ipv4_header_checksum_ok(&ip[..IP]) || !tcp_checksum_ok(ip, tcp) {
+    let tcp_sum = ip.pseudo_header_accumulate(segment.len()) + checksum_accumulate(segment);
+    if !ip.verify_checksum() || checksum_fold(tcp_sum) != 0xffff {
         return None;
     }
-    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-    Some((tcp_hdr, tcp.len() - tcp_hdr, seq, flags))
-}
-
-/// The TCP pseudo-header sum for the IPv4 header `ip`, folded.
-fn pseudo(ip: &[u8], tcp_len: usize) -> u16 {
-    checksum_fold(ipv4_pseudo_accumulate(ip, 6, tcp_len))
-}
-
-fn tcp_checksum_ok(ip: &[u8], tcp: &[u8]) -> bool {
-    checksum_fold(ipv4_pseudo_accumulate(ip, 6, tcp.len()) + checksum_accumulate(tcp)) == 0xffff
+    Some(Segment {
+        key: FlowKey {
+            macs: (eth.dst_key(), eth.src_key()),
+            dscp_ecn: ip.dscp_ecn(),
+            flags_and_offset: ip.flags_and_offset(),
+            ttl: ip.ttl(),
+            addresses: ip.addresses(),
+            ports: tcp.ports(),
+            ack: tcp.ack_number(),
+            tcp_hdr: tcp.header_len(),
+        },
+        len: tcp.payload().len(),
+        seq: tcp.seq_number(),
+        flags,
+        window: tcp.window(),
+    })
 }
 
 impl Coalescer {
@@ -114,19 +140,21 @@ impl Coalescer {
             return;
         };
         let seg = mergeable(bytes);
-        if let (Some(open), Some((tcp_hdr, len, seq, flags))) = (self.open, seg) {
-            if self.joins(&open, port, bytes, tcp_hdr, len, seq) {
-                let start = frame.start + ETH + IP + tcp_hdr;
-                self.payloads.push(start..start + len);
-                let th = ETH + IP;
-                self.head[th + 13] |= flags & PSH;
-                // The window follows the newest segment.
-                self.head[th + 14..th + 16].copy_from_slice(&bytes[th + 14..th + 16]);
+        if let (Some(open), Some(seg)) = (self.open, seg) {
+            if self.joins(&open, port, bytes, &seg) {
+                let start = frame.start + TCP_AT + seg.key.tcp_hdr;
+                self.payloads.push(start..start + seg.len);
+                if let Some(mut tcp) = self.head_tcp() {
+                    tcp.set_flags(tcp.flags() | (seg.flags & flags::PSH));
+                    // The window follows the newest segment.
+                    tcp.set_window(seg.window);
+                }
                 let count = self.payloads.len();
-                let closed = flags & PSH != 0 || len < open.mss || count >= MAX_SEGMENTS;
+                let closed =
+                    seg.flags & flags::PSH != 0 || seg.len < open.mss || count >= MAX_SEGMENTS;
                 self.open = Some(Open {
-                    next_seq: seq.wrapping_add(len as u32),
-                    len: open.len + len,
+                    next_seq: seg.seq.wrapping_add(seg.len as u32),
+                    len: open.len + seg.len,
                     closed,
                     ..open
                 });
@@ -135,19 +163,20 @@ impl Coalescer {
         }
         self.flush(source, emit);
         match seg {
-            Some((tcp_hdr, len, seq, flags)) if flags & PSH == 0 => {
-                let hdrs = ETH + IP + tcp_hdr;
+            Some(seg) if seg.flags & flags::PSH == 0 => {
+                let hdrs = TCP_AT + seg.key.tcp_hdr;
                 self.head.clear();
-                self.head.extend_from_slice(&bytes[..hdrs]);
+                self.head
+                    .extend_from_slice(bytes.get(..hdrs).unwrap_or_default());
                 self.payloads.clear();
                 self.payloads
-                    .push(frame.start + hdrs..frame.start + hdrs + len);
+                    .push(frame.start + hdrs..frame.start + hdrs + seg.len);
                 self.open = Some(Open {
                     port,
-                    tcp_hdr,
-                    mss: len,
-                    next_seq: seq.wrapping_add(len as u32),
-                    len,
+                    key: seg.key,
+                    mss: seg.len,
+                    next_seq: seg.seq.wrapping_add(seg.len as u32),
+                    len: seg.len,
                     closed: false,
                 });
             }
@@ -155,30 +184,20 @@ impl Coalescer {
         }
     }
 
-    fn joins(
-        &self,
-        open: &Open,
-        port: PortId,
-        frame: &[u8],
-        tcp_hdr: usize,
-        len: usize,
-        seq: u32,
-    ) -> bool {
-        let b = &self.head;
-        let th = ETH + IP;
+    /// The TCP header of the superframe being built.
+    #[inline]
+    fn head_tcp(&mut self) -> Option<TcpPacket<&mut [u8]>> {
+        TcpPacket::new_checked(self.head.get_mut(TCP_AT..)?).ok()
+    }
+
+    fn joins(&self, open: &Open, port: PortId, frame: &[u8], seg: &Segment) -> bool {
         !open.closed
             && open.port == port
-            && tcp_hdr == open.tcp_hdr
-            && seq == open.next_seq
-            && len <= open.mss
-            && IP + tcp_hdr + open.len + len <= MAX_IP_LEN
-            && frame[..12] == b[..12]
-            && frame[ETH + 1] == b[ETH + 1] // TOS
-            && frame[ETH + 6..ETH + 9] == b[ETH + 6..ETH + 9] // DF, TTL
-            && frame[ETH + 12..ETH + 20] == b[ETH + 12..ETH + 20] // addresses
-            && frame[th..th + 4] == b[th..th + 4] // ports
-            && frame[th + 8..th + 12] == b[th + 8..th + 12] // ack
-            && frame[th + 20..th + tcp_hdr] == b[th + 20..th + tcp_hdr] // options
+            && seg.key == open.key
+            && seg.seq == open.next_seq
+            && seg.len <= open.mss
+            && ipv4::HEADER_LEN + seg.key.tcp_hdr + open.len + seg.len <= ipv4::MAX_PACKET_LEN
+            && same_options(&self.head, frame)
     }
 
     /// Emits the superframe being built, if any (`source` as given to [`Coalescer::push`]).
@@ -202,33 +221,60 @@ impl Coalescer {
 
     /// Makes the headers those of a superframe of `open`; returns its virtio-net header.
     fn finish_head(&mut self, open: &Open) -> VnetHdr {
-        let b = &mut self.head;
-        let tcp_len = open.tcp_hdr + open.len;
-        let total = (IP + tcp_len) as u16;
-        b[ETH + 2..ETH + 4].copy_from_slice(&total.to_be_bytes());
-        b[ETH + 10..ETH + 12].fill(0);
-        let c = !checksum_sum(&b[ETH..ETH + IP]);
-        b[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
-        // Partial checksum, as the kernel expects with NEEDS_CSUM: the pseudo-header sum.
-        let p = pseudo(&b[ETH..], tcp_len);
-        let th = ETH + IP;
-        b[th + 16..th + 18].copy_from_slice(&p.to_be_bytes());
+        let tcp_len = open.key.tcp_hdr + open.len;
+        // At most MAX_PACKET_LEN: checked by `joins`.
+        let total = (ipv4::HEADER_LEN + tcp_len) as u16;
+        let (ip, tcp) = self.head.split_at_mut(TCP_AT);
+        if let (Some(mut ip), Ok(mut tcp)) = (
+            ip.get_mut(ethernet::HEADER_LEN..)
+                .and_then(|b| Ipv4Packet::new_checked_header(b).ok()),
+            TcpPacket::new_checked(tcp),
+        ) {
+            ip.set_total_len(total);
+            ip.fill_checksum();
+            // Partial checksum, as the kernel expects with NEEDS_CSUM: the pseudo-header sum.
+            tcp.set_checksum(checksum_fold(ip.pseudo_header_accumulate(tcp_len)));
+        }
         VnetHdr {
             flags: FLAG_NEEDS_CSUM,
             gso_type: GsoType::TcpV4,
             ecn: false,
-            hdr_len: (th + open.tcp_hdr) as u16,
+            hdr_len: (TCP_AT + open.key.tcp_hdr) as u16,
             gso_size: open.mss as u16,
-            csum_start: th as u16,
-            csum_offset: 16,
+            csum_start: TCP_AT as u16,
+            csum_offset: tcp::CHECKSUM_OFFSET as u16,
         }
     }
 }
 
+/// True if the TCP options of `head` (the superframe's headers) and `frame` are the same
+/// bytes.
+#[inline]
+fn same_options(head: &[u8], frame: &[u8]) -> bool {
+    let view = |f| -> Option<TcpPacket<&[u8]>> { TcpPacket::new_checked(f).ok() };
+    match (
+        view(head.get(TCP_AT..).unwrap_or_default()),
+        view(frame.get(TCP_AT..).unwrap_or_default()),
+    ) {
+        (Some(a), Some(b)) => a.options() == b.options(),
+        _ => false,
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::offload::Segmenter;
+    use crate::gso::Segmenter;
+    use crate::wire::checksum_sum;
+    use crate::wire::tcp::flags::{ACK, PSH};
+
+    const ETH: usize = 14;
+    const IP: usize = 20;
+    const MAX_IP_LEN: usize = ipv4::MAX_PACKET_LEN;
+
+    fn pseudo(ip: &[u8], tcp_len: usize) -> u16 {
+        let ip = Ipv4Packet::new_checked_header(ip).expect("ipv4");
+        checksum_fold(ip.pseudo_header_accumulate(tcp_len))
+    }
     use crate::testutil::{eth, ipv4_tos};
     use std::net::Ipv4Addr;
 

@@ -8,13 +8,15 @@
 //! frames.
 //!
 //! Invariants:
-//! - No function here panics on any input. Every offset taken from the frame or from the
-//!   virtio-net header is bounds-checked before use; inconsistent input returns an
-//!   [`OffloadError`] and emits nothing.
+//! - No function here panics on any input. Headers are read and written through the checked
+//!   views of [`crate::wire`]; offsets taken from the virtio-net header are bounds-checked
+//!   before use; inconsistent input returns an [`OffloadError`] and emits nothing.
 //! - Header lengths come from the packet itself (IPv4 IHL, TCP data offset, the fixed UDP
 //!   header). The virtio-net `hdr_len` is not trusted: tun reports `skb_headlen()`, which may
 //!   include payload. `csum_start`/`csum_offset`, when `NEEDS_CSUM` is set on a superframe,
 //!   must point at the L4 checksum field the packet itself describes.
+//! - A `gso_size` below [`MIN_GSO_SIZE`] is refused: no real sender cuts segments that
+//!   small, and a 64 KiB superframe would become thousands of packets.
 //! - A packet ends where the IPv4 total length says. Ethernet padding after it is never
 //!   checksummed and never copied into a segment.
 //! - Only IPv4 is handled (the pod network is IPv4). TSO6, legacy UFO, IPv4 fragments and
@@ -28,22 +30,14 @@
 
 use std::ops::Range;
 
+use super::MIN_GSO_SIZE;
+use crate::wire::checksum::{checksum_accumulate, checksum_fold};
+use crate::wire::ethernet::{self, ethertype, EthernetFrame};
+use crate::wire::ipv4::{protocol, Ipv4Packet};
+use crate::wire::tcp::{self, TcpPacket};
+use crate::wire::udp::{self, UdpPacket};
 use crate::wire::virtio::{GsoType, VnetHdr};
-use crate::wire::{checksum_accumulate, checksum_fold, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN};
-
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-const TCP_HEADER_MIN: usize = 20;
-const UDP_HEADER_LEN: usize = 8;
-const TCP_CSUM_OFFSET: usize = 16;
-const UDP_CSUM_OFFSET: usize = 6;
-/// IPv4 "more fragments" flag and fragment offset bits of the flags/fragment word.
-const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
-
-const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
-const TCP_CWR: u8 = 0x80;
+use crate::wire::Error as WireError;
 
 /// Why an offload frame could not be made wire-ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -51,10 +45,11 @@ pub enum OffloadError {
     /// The frame ends before a header it declares, or before its IPv4 total length.
     #[error("offload frame truncated")]
     Truncated,
-    /// Not an Ethernet II frame carrying IPv4.
+    /// Not an Ethernet II frame carrying IPv4 (EtherType).
     #[error("offload frame is not IPv4")]
     NotIpv4,
-    /// A malformed IPv4 header (IHL below 5, total length shorter than the header).
+    /// A malformed IPv4 header (version not 4, IHL below 5, total length shorter than the
+    /// header).
     #[error("malformed IPv4 header in offload frame")]
     BadIpv4Header,
     /// An IPv4 fragment: its L4 checksum covers bytes that are not here.
@@ -72,7 +67,10 @@ pub enum OffloadError {
     /// `csum_start`/`csum_offset` point outside the L4 packet or not at its checksum field.
     #[error("virtio-net checksum offsets inconsistent with the packet")]
     BadOffsets,
-    /// `gso_size` or the caller's segment limit is zero.
+    /// The virtio-net `gso_size` is below [`MIN_GSO_SIZE`].
+    #[error("gso_size {0} below the minimum of {MIN_GSO_SIZE}")]
+    GsoSizeTooSmall(u16),
+    /// The caller's segment limit leaves no room for payload.
     #[error("zero segment size")]
     ZeroSegmentSize,
 }
@@ -89,46 +87,24 @@ struct Ipv4Layout {
 }
 
 /// Validates the Ethernet and IPv4 headers of `frame` and returns their layout.
+#[inline]
 fn parse_ipv4(frame: &[u8]) -> Result<Ipv4Layout, OffloadError> {
-    let eth = frame
-        .get(..ETHERNET_HEADER_LEN)
-        .ok_or(OffloadError::Truncated)?;
-    if u16::from_be_bytes([eth[12], eth[13]]) != ETHERTYPE_IPV4 {
+    let eth = EthernetFrame::new_checked(frame).map_err(|_| OffloadError::Truncated)?;
+    if eth.ethertype() != ethertype::IPV4 {
         return Err(OffloadError::NotIpv4);
     }
-    let ip = frame
-        .get(ETHERNET_HEADER_LEN..)
-        .ok_or(OffloadError::Truncated)?;
-    let h = ip.get(..IPV4_HEADER_LEN).ok_or(OffloadError::Truncated)?;
-    if h[0] >> 4 != 4 {
-        return Err(OffloadError::NotIpv4);
-    }
-    let ihl = usize::from(h[0] & 0x0f) * 4;
-    if ihl < IPV4_HEADER_LEN {
-        return Err(OffloadError::BadIpv4Header);
-    }
-    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
-    if total < ihl {
-        return Err(OffloadError::BadIpv4Header);
-    }
-    if ip.len() < total {
-        return Err(OffloadError::Truncated);
-    }
-    if u16::from_be_bytes([h[6], h[7]]) & IPV4_MF_AND_OFFSET != 0 {
+    let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|e| match e {
+        WireError::Truncated => OffloadError::Truncated,
+        WireError::Malformed => OffloadError::BadIpv4Header,
+    })?;
+    if ip.is_fragment() {
         return Err(OffloadError::Fragmented);
     }
     Ok(Ipv4Layout {
-        l4: ETHERNET_HEADER_LEN + ihl,
-        end: ETHERNET_HEADER_LEN + total,
-        proto: h[9],
+        l4: ethernet::HEADER_LEN + ip.header_len(),
+        end: ethernet::HEADER_LEN + ip.packet_len(),
+        proto: ip.protocol(),
     })
-}
-
-#[inline]
-fn put16(buf: &mut [u8], at: usize, v: u16) {
-    if let Some(dst) = buf.get_mut(at..at + 2) {
-        dst.copy_from_slice(&v.to_be_bytes());
-    }
 }
 
 /// Completes the partial L4 checksum of `frame` (Ethernet frame, offsets as on a TAP) in
@@ -151,10 +127,13 @@ pub fn complete_checksum(frame: &mut [u8], vnet: &VnetHdr) -> Result<(), Offload
     }
     let region = frame.get(start..lay.end).ok_or(OffloadError::BadOffsets)?;
     let mut csum = !checksum_fold(checksum_accumulate(region));
-    if csum == 0 && lay.proto == PROTO_UDP && field == lay.l4 + UDP_CSUM_OFFSET {
+    if csum == 0 && lay.proto == protocol::UDP && field == lay.l4 + udp::CHECKSUM_OFFSET {
         csum = 0xffff;
     }
-    put16(frame, field, csum);
+    // The place virtio-net names (checked above to lie inside the packet), not a header field.
+    if let Some(dst) = frame.get_mut(field..field + 2) {
+        dst.copy_from_slice(&csum.to_be_bytes());
+    }
     Ok(())
 }
 
@@ -173,7 +152,6 @@ enum L4 {
 pub struct Segmenter {
     scratch: Vec<u8>,
 }
-
 impl Segmenter {
     /// A segmenter with an empty scratch buffer.
     pub fn new() -> Self {
@@ -275,25 +253,25 @@ impl Segmenter {
     ) -> Result<usize, OffloadError> {
         let lay = parse_ipv4(frame)?;
         let (proto, csum_offset) = match kind {
-            L4::Tcp => (PROTO_TCP, TCP_CSUM_OFFSET),
-            L4::Udp => (PROTO_UDP, UDP_CSUM_OFFSET),
+            L4::Tcp => (protocol::TCP, tcp::CHECKSUM_OFFSET),
+            L4::Udp => (protocol::UDP, udp::CHECKSUM_OFFSET),
         };
         if lay.proto != proto {
             return Err(OffloadError::ProtocolMismatch);
         }
         let packet = frame.get(..lay.end).ok_or(OffloadError::Truncated)?;
+        let l4_bytes = packet.get(lay.l4..).ok_or(OffloadError::Truncated)?;
         let l4_hdr_len = match kind {
-            L4::Tcp => {
-                let tcp = packet
-                    .get(lay.l4..lay.l4 + TCP_HEADER_MIN)
-                    .ok_or(OffloadError::Truncated)?;
-                let doff = usize::from(tcp[12] >> 4) * 4;
-                if doff < TCP_HEADER_MIN {
-                    return Err(OffloadError::BadL4Header);
-                }
-                doff
+            L4::Tcp => TcpPacket::new_checked(l4_bytes)
+                .map_err(|e| match e {
+                    WireError::Truncated => OffloadError::Truncated,
+                    WireError::Malformed => OffloadError::BadL4Header,
+                })?
+                .header_len(),
+            L4::Udp => {
+                UdpPacket::new_checked(l4_bytes).map_err(|_| OffloadError::Truncated)?;
+                udp::HEADER_LEN
             }
-            L4::Udp => UDP_HEADER_LEN,
         };
         let hdrs = lay.l4 + l4_hdr_len;
         let payload = packet.get(hdrs..).ok_or(OffloadError::Truncated)?;
@@ -303,7 +281,10 @@ impl Segmenter {
         {
             return Err(OffloadError::BadOffsets);
         }
-        let fits_mtu = ip_mtu.saturating_sub(hdrs - ETHERNET_HEADER_LEN);
+        if vnet.gso_size < MIN_GSO_SIZE {
+            return Err(OffloadError::GsoSizeTooSmall(vnet.gso_size));
+        }
+        let fits_mtu = ip_mtu.saturating_sub(hdrs - ethernet::HEADER_LEN);
         let mss = usize::from(vnet.gso_size)
             .min(max_segment_payload)
             .min(fits_mtu);
@@ -311,32 +292,21 @@ impl Segmenter {
             return Err(OffloadError::ZeroSegmentSize);
         }
 
-        // Template: all headers, both checksum fields zeroed. Everything below indexes inside
-        // `hdrs` bytes, which the checks above put inside `packet`.
-        let ip = ETHERNET_HEADER_LEN;
-        let ihl = lay.l4 - ip;
-        let l4 = lay.l4;
+        // Template: all headers, rewritten per segment through views over the scratch
+        // buffer. Its length fields (IHL, data offset) are never rewritten, so views that
+        // succeed on the template here succeed for every segment.
         let scratch = &mut self.scratch;
         scratch.clear();
         scratch.reserve(hdrs);
         scratch.extend_from_slice(packet.get(..hdrs).ok_or(OffloadError::Truncated)?);
-        put16(scratch, ip + 10, 0);
-        put16(scratch, l4 + csum_offset, 0);
-        let id0 = u16::from_be_bytes([scratch[ip + 4], scratch[ip + 5]]);
-        // Source and destination addresses plus the protocol; the L4 length is added per
-        // segment.
-        let pseudo_base = checksum_accumulate(&scratch[ip + 12..ip + 20]) + u64::from(proto);
-        let (seq0, flags0) = match kind {
-            L4::Tcp => (
-                u32::from_be_bytes([
-                    scratch[l4 + 4],
-                    scratch[l4 + 5],
-                    scratch[l4 + 6],
-                    scratch[l4 + 7],
-                ]),
-                scratch[l4 + 13],
-            ),
-            L4::Udp => (0, 0),
+        let (id0, pseudo_base, seq0, flags0) = {
+            let (ip, l4) = template_views(scratch, lay.l4, kind)?;
+            let (seq0, flags0) = match l4 {
+                L4Header::Tcp(t) => (t.seq_number(), t.flags()),
+                L4Header::Udp(_) => (0, 0),
+            };
+            // Addresses and protocol; the L4 length is added per segment.
+            (ip.ident(), ip.pseudo_header_accumulate(0), seq0, flags0)
         };
 
         let count = payload.len().div_ceil(mss).max(1);
@@ -349,43 +319,45 @@ impl Segmenter {
             // Both fit: a segment is never longer than the superframe, whose total length was
             // a u16.
             let l4_len16 = u16::try_from(l4_len).map_err(|_| OffloadError::BadIpv4Header)?;
-            let total16 = u16::try_from(ihl + l4_len).map_err(|_| OffloadError::BadIpv4Header)?;
+            let total16 = u16::try_from(lay.l4 - ethernet::HEADER_LEN + l4_len)
+                .map_err(|_| OffloadError::BadIpv4Header)?;
 
-            put16(scratch, ip + 2, total16);
+            let (mut ip, mut l4) = template_views(scratch, lay.l4, kind)?;
+            ip.set_total_len(total16);
             // Truncation intended: the id wraps.
-            put16(scratch, ip + 4, id0.wrapping_add(i as u16));
-            put16(scratch, ip + 10, 0);
-            let ip_csum = !checksum_fold(checksum_accumulate(&scratch[ip..l4]));
-            put16(scratch, ip + 10, ip_csum);
-
-            match kind {
-                L4::Tcp => {
+            ip.set_ident(id0.wrapping_add(i as u16));
+            ip.fill_checksum();
+            match &mut l4 {
+                L4Header::Tcp(t) => {
                     // Truncation intended: sequence numbers wrap (offset < 64 KiB anyway).
-                    let seq = seq0.wrapping_add(offset as u32);
-                    scratch[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
+                    t.set_seq_number(seq0.wrapping_add(offset as u32));
                     let mut flags = flags0;
                     if i > 0 {
-                        flags &= !TCP_CWR;
+                        flags &= !tcp::flags::CWR;
                     }
                     if i + 1 < count {
-                        flags &= !(TCP_FIN | TCP_PSH);
+                        flags &= !(tcp::flags::FIN | tcp::flags::PSH);
                     }
-                    scratch[l4 + 13] = flags;
+                    t.set_flags(flags);
+                    t.set_checksum(0);
                 }
-                L4::Udp => put16(scratch, l4 + 4, l4_len16),
+                L4Header::Udp(u) => {
+                    u.set_len(l4_len16);
+                    u.set_checksum(0);
+                }
             }
-            put16(scratch, l4 + csum_offset, 0);
             // The L4 header length is even (TCP: a multiple of 4; UDP: 8), so the payload
             // can be summed on its own, where it lies.
             let sum = pseudo_base
                 + u64::from(l4_len16)
-                + checksum_accumulate(&scratch[l4..hdrs])
+                + checksum_accumulate(l4.bytes())
                 + checksum_accumulate(chunk);
-            let mut csum = !checksum_fold(sum);
-            if csum == 0 && kind == L4::Udp {
-                csum = 0xffff;
+            let csum = !checksum_fold(sum);
+            match &mut l4 {
+                L4Header::Tcp(t) => t.set_checksum(csum),
+                // 0 means "no checksum" in UDP: a computed 0 is sent as its other form.
+                L4Header::Udp(u) => u.set_checksum(if csum == 0 { 0xffff } else { csum }),
             }
-            put16(scratch, l4 + csum_offset, csum);
 
             emit(scratch, hdrs + offset..hdrs + end);
             offset = end;
@@ -394,10 +366,53 @@ impl Segmenter {
     }
 }
 
+/// The L4 header of a segmentation template.
+enum L4Header<'a> {
+    Tcp(TcpPacket<&'a mut [u8]>),
+    Udp(UdpPacket<&'a mut [u8]>),
+}
+
+impl L4Header<'_> {
+    /// The header's bytes (the template ends with the L4 header).
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Tcp(t) => t.header(),
+            Self::Udp(u) => u.header(),
+        }
+    }
+}
+
+/// The IPv4 and L4 views of the template `scratch` (Ethernet, IPv4 and L4 headers; the L4
+/// header at `l4`).
+#[inline]
+fn template_views(
+    scratch: &mut [u8],
+    l4: usize,
+    kind: L4,
+) -> Result<(Ipv4Packet<&mut [u8]>, L4Header<'_>), OffloadError> {
+    let (ip, rest) = scratch
+        .get_mut(ethernet::HEADER_LEN..)
+        .ok_or(OffloadError::Truncated)?
+        .split_at_mut_checked(l4.saturating_sub(ethernet::HEADER_LEN))
+        .ok_or(OffloadError::Truncated)?;
+    let ip = Ipv4Packet::new_checked_header(ip).map_err(|_| OffloadError::Truncated)?;
+    let l4 = match kind {
+        L4::Tcp => {
+            L4Header::Tcp(TcpPacket::new_checked(rest).map_err(|_| OffloadError::Truncated)?)
+        }
+        L4::Udp => {
+            L4Header::Udp(UdpPacket::new_checked(rest).map_err(|_| OffloadError::Truncated)?)
+        }
+    };
+    Ok((ip, l4))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::checksum_sum;
+    use crate::wire::ipv4::protocol::{TCP as PROTO_TCP, UDP as PROTO_UDP};
+    use crate::wire::tcp::flags::{CWR as TCP_CWR, FIN as TCP_FIN, PSH as TCP_PSH};
     use crate::wire::virtio::FLAG_NEEDS_CSUM;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -644,7 +659,7 @@ mod tests {
 
     #[test]
     fn uso_superframe_splits_into_datagrams() {
-        // NOTES.md: 14000 bytes with UDP_SEGMENT=1400 arrive as one frame.
+        // 14000 bytes sent with UDP_SEGMENT=1400 arrive on the TAP as one frame.
         let payload = pattern(14000);
         let frame = udp_frame(&payload, true);
         assert_eq!(frame.len(), 14042);
@@ -768,11 +783,22 @@ mod tests {
             ..vnet
         };
         assert_eq!(err(&frame, v), OffloadError::BadOffsets);
+        for tiny in [0, 1, MIN_GSO_SIZE - 1] {
+            let v = VnetHdr {
+                gso_size: tiny,
+                ..vnet
+            };
+            assert_eq!(err(&frame, v), OffloadError::GsoSizeTooSmall(tiny));
+        }
         let v = VnetHdr {
-            gso_size: 0,
+            gso_size: MIN_GSO_SIZE,
             ..vnet
         };
-        assert_eq!(err(&frame, v), OffloadError::ZeroSegmentSize);
+        assert_eq!(
+            s.segment(&frame, &v, 9000, |_: &[u8], _: &[u8]| ()),
+            Ok(3000usize.div_ceil(usize::from(MIN_GSO_SIZE))),
+            "the minimum itself is accepted"
+        );
         assert_eq!(
             s.segment(&frame, &vnet, 0, |_: &[u8], _: &[u8]| ()),
             Err(OffloadError::ZeroSegmentSize)
