@@ -87,7 +87,7 @@ fn encap_routed(c: &mut Criterion) {
             for (f, o) in frames.chunks_exact_mut(len).zip(out.chunks_exact_mut(slot)) {
                 f[..12].copy_from_slice(&template[..12]);
                 f[TTL_AT..TTL_AT + 4].copy_from_slice(&template[TTL_AT..TTL_AT + 4]);
-                match p.process(0, f, &Default::default()) {
+                match p.process(0, f, Default::default()) {
                     Action::Encap(_) => {
                         black_box(vxlan::encapsulate(VNI, f, o));
                     }

@@ -1,4 +1,5 @@
-//! The ports a data plane holds, by id, and the one way to hand a frame to one: [`Ports::send`].
+//! The ports a data plane holds, by id, and how a frame is handed to one: [`Ports::send`]
+//! (or [`Ports::send_parts`] for a frame in parts, [`Ports::flood`] for many ports).
 //!
 //! A port either takes frames as they are decided (a TAP: one write per frame, straight from
 //! the receive buffer, no copy) or has them copied into its transmit batch, which
@@ -12,14 +13,6 @@ use crate::pipeline::{Metrics, PortCounts, PortMetrics};
 use crate::port::{Batch, Port, DEFAULT_BATCH};
 use crate::table::PortId;
 use crate::wire::virtio::VnetHdr;
-
-/// A frame handed to a port: in one piece, or in parts to be laid back to back (rebuilt
-/// headers followed by payload that stays where it was received).
-#[derive(Clone, Copy)]
-pub(super) enum Frame<'a> {
-    Whole(&'a [u8]),
-    Parts(&'a [&'a [u8]]),
-}
 
 /// One port and its per-port state.
 pub(super) struct PortSlot {
@@ -58,14 +51,29 @@ impl PortSlot {
     }
 
     /// Writes the frame now on a direct port, else copies it into the transmit batch.
-    #[inline]
-    fn hand_over(&mut self, frame: Frame<'_>, vnet: VnetHdr) {
-        match (self.direct, frame) {
-            (true, Frame::Whole(f)) => self.write_now(&[f], vnet),
-            (true, Frame::Parts(parts)) => self.write_now(parts, vnet),
-            (false, Frame::Whole(f)) => self.tx.push_with(vnet, &[], f),
-            (false, Frame::Parts(parts)) => self.tx.push_parts(vnet, parts),
+    #[inline(always)]
+    fn hand_over(&mut self, frame: &[u8], vnet: VnetHdr) {
+        if self.direct {
+            self.write_now(&[frame], vnet);
+        } else {
+            self.tx.push_with(vnet, &[], frame);
         }
+    }
+
+    /// [`PortSlot::hand_over`] for a frame made of `parts`, back to back.
+    fn hand_over_parts(&mut self, parts: &[&[u8]], vnet: VnetHdr) {
+        if self.direct {
+            self.write_now(parts, vnet);
+        } else {
+            self.tx.push_parts(vnet, parts);
+        }
+    }
+
+    /// True if the port takes a frame with header `vnet` as it is: superframes and partial
+    /// checksums only go to ports that accept them.
+    #[inline(always)]
+    fn takes(&self, vnet: &VnetHdr) -> bool {
+        self.accepts_gso || (!vnet.is_gso() && !vnet.needs_csum())
     }
 
     /// One gather write of the frame made of `parts`. Kept out of line: it is a system call,
@@ -97,7 +105,7 @@ pub(super) struct Ports {
     slots: Vec<Option<PortSlot>>,
     /// Cuts superframes for ports that cannot take them.
     segmenter: Segmenter,
-    /// A frame given in parts, joined for the segmenter (rare: see [`Ports::segment`]).
+    /// A frame given in parts, joined for the segmenter (rare: see [`Ports::send_parts`]).
     joined: Vec<u8>,
 }
 
@@ -146,40 +154,64 @@ impl Ports {
     /// Hands a frame to port `to`: as it is if the port takes it (superframes and partial
     /// checksums only to ports that accept them), else segmented and checksummed. False if
     /// there is no port `to`.
-    #[inline]
-    pub(super) fn send(&mut self, to: PortId, frame: Frame<'_>, vnet: VnetHdr) -> bool {
+    #[inline(always)]
+    pub(super) fn send(&mut self, to: PortId, frame: &[u8], vnet: VnetHdr) -> bool {
         let Some(slot) = self.slots.get_mut(usize::from(to)).and_then(Option::as_mut) else {
             return false;
         };
-        if slot.accepts_gso || (!vnet.is_gso() && !vnet.needs_csum()) {
+        if slot.takes(&vnet) {
             slot.hand_over(frame, vnet);
         } else {
-            Self::segment(slot, &mut self.segmenter, &mut self.joined, frame, vnet);
+            Self::segment(slot, &mut self.segmenter, frame, vnet);
         }
         true
     }
 
-    /// The rare case of [`Ports::send`], kept out of the per-frame loop: a superframe (or a
-    /// frame with a partial checksum) for a port that cannot take it.
+    /// [`Ports::send`] to every port of `to` but `except` (a flood). The per-frame checks are
+    /// made once for all of them.
+    #[inline(always)]
+    pub(super) fn flood(&mut self, to: &[PortId], except: PortId, frame: &[u8], vnet: VnetHdr) {
+        let plain = !vnet.is_gso() && !vnet.needs_csum();
+        for &id in to {
+            if id == except {
+                continue;
+            }
+            let Some(slot) = self.slots.get_mut(usize::from(id)).and_then(Option::as_mut) else {
+                continue;
+            };
+            if plain || slot.accepts_gso {
+                slot.hand_over(frame, vnet);
+            } else {
+                Self::segment(slot, &mut self.segmenter, frame, vnet);
+            }
+        }
+    }
+
+    /// [`Ports::send`] for a frame made of `parts` laid back to back (rebuilt headers followed
+    /// by payload that stays where it was received).
+    pub(super) fn send_parts(&mut self, to: PortId, parts: &[&[u8]], vnet: VnetHdr) -> bool {
+        let Some(slot) = self.slots.get_mut(usize::from(to)).and_then(Option::as_mut) else {
+            return false;
+        };
+        if slot.takes(&vnet) {
+            slot.hand_over_parts(parts, vnet);
+        } else {
+            // Rare: joined into one buffer for the segmenter.
+            self.joined.clear();
+            parts.iter().for_each(|p| self.joined.extend_from_slice(p));
+            Self::segment(slot, &mut self.segmenter, &self.joined, vnet);
+        }
+        true
+    }
+
+    /// The rare case of sending: a superframe (or a frame with a partial checksum) for a port
+    /// that cannot take it is cut into plain, checksummed frames. Kept out of the per-frame
+    /// loop.
     #[cold]
     #[inline(never)]
-    fn segment(
-        slot: &mut PortSlot,
-        segmenter: &mut Segmenter,
-        joined: &mut Vec<u8>,
-        frame: Frame<'_>,
-        vnet: VnetHdr,
-    ) {
-        let whole = match frame {
-            Frame::Whole(f) => f,
-            Frame::Parts(parts) => {
-                joined.clear();
-                parts.iter().for_each(|p| joined.extend_from_slice(p));
-                joined
-            }
-        };
-        let r = segmenter.segment(whole, &vnet, usize::MAX, |head: &[u8], body: &[u8]| {
-            slot.hand_over(Frame::Parts(&[head, body]), VnetHdr::default());
+    fn segment(slot: &mut PortSlot, segmenter: &mut Segmenter, frame: &[u8], vnet: VnetHdr) {
+        let r = segmenter.segment(frame, &vnet, usize::MAX, |head: &[u8], body: &[u8]| {
+            slot.hand_over_parts(&[head, body], VnetHdr::default());
         });
         if r.is_err() {
             slot.counts.tx_dropped += 1;

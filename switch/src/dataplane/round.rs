@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
-use super::ports::{Frame, PortSlot, Ports};
+use super::ports::{PortSlot, Ports};
 use super::readiness::{poll_timeout, Readiness, TUNNEL_TOKEN, WAKER_TOKEN};
 use super::tunnel::TunnelSlot;
 use crate::pipeline::{Action, DropReason, Metrics, Pipeline, PortMetrics};
@@ -222,25 +222,19 @@ impl Dataplane {
                 let Some((frame, vnet)) = rx.get_mut(i) else {
                     break;
                 };
-                match pipeline.process(ingress, frame, &vnet) {
+                match pipeline.process(ingress, frame, vnet) {
                     Action::Forward(to) => {
-                        if !ports.send(to, Frame::Whole(frame), vnet) {
+                        if !ports.send(to, frame, vnet) {
                             pipeline.count_egress_drop(DropReason::PortGone, 1);
                         }
                     }
-                    Action::Flood => {
-                        for &to in topo.flood_ports() {
-                            if to != ingress {
-                                ports.send(to, Frame::Whole(frame), vnet);
-                            }
-                        }
-                    }
+                    Action::Flood => ports.flood(topo.flood_ports(), ingress, frame, vnet),
                     Action::Reply => {
-                        ports.send(ingress, Frame::Whole(frame), VnetHdr::default());
+                        ports.send(ingress, frame, VnetHdr::default());
                     }
                     Action::Reject(_, len) => {
                         let reply = &pipeline.scratch()[..usize::from(len)];
-                        ports.send(ingress, Frame::Whole(reply), VnetHdr::default());
+                        ports.send(ingress, reply, VnetHdr::default());
                         ports.count_rx_drop(ingress);
                     }
                     Action::Encap(peer) => {

@@ -11,7 +11,7 @@
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 
-use super::ports::{Frame, Ports};
+use super::ports::Ports;
 use crate::gso::{self, Coalescer, Segmenter};
 use crate::pipeline::{Action, DropReason, Metrics, Pipeline, PortCounts, PortMetrics};
 use crate::port::{Batch, TxQueue, UdpTunnel, DEFAULT_BATCH};
@@ -146,7 +146,7 @@ impl TunnelSlot {
         let mut datagrams = 0;
         counts.rx_bytes += rx.bytes() as u64;
         let deliver = |ports: &mut Ports, to, parts: &[&[u8]], vnet| {
-            ports.send(to, Frame::Parts(parts), vnet);
+            ports.send_parts(to, parts, vnet);
         };
         // Datagrams are addressed by range in the receive buffer: the pipeline edits each in
         // place, then the coalescer refers to the inner frame there until the final flush.
@@ -188,7 +188,7 @@ impl TunnelSlot {
                     }),
                     Some(false) => {
                         let frame = source.get(inner).unwrap_or_default();
-                        ports.send(to, Frame::Whole(frame), VnetHdr::default());
+                        ports.send(to, frame, VnetHdr::default());
                     }
                     None => pipeline.count_egress_drop(DropReason::PortGone, 1),
                 }

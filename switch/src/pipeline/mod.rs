@@ -38,7 +38,7 @@ use crate::table::{MacSnapshot, PeerId, PortId, PortKind, Tables, Topology};
 use crate::wire::arp::{self, ArpPacket};
 use crate::wire::ethernet::{self, ethertype, EthernetFrame};
 use crate::wire::icmp::{msg_type, IcmpPacket};
-use crate::wire::ipv4::{protocol, Ipv4Packet};
+use crate::wire::ipv4::{self, protocol, Ipv4Packet};
 use crate::wire::virtio::VnetHdr;
 use crate::wire::{is_group_mac, mac_key, vxlan, EthernetAddress};
 use reply::{IcmpError, ICMP_ERROR_MAX};
@@ -200,7 +200,7 @@ impl Pipeline {
     /// `vnet` (all zero for a plain frame). A GSO superframe is exempt from the MTU check but
     /// must have a segment size of at least [`MIN_GSO_SIZE`].
     #[inline]
-    pub fn process(&mut self, ingress: PortId, frame: &mut [u8], vnet: &VnetHdr) -> Action {
+    pub fn process(&mut self, ingress: PortId, frame: &mut [u8], vnet: VnetHdr) -> Action {
         self.core
             .process(&self.topo, &self.mac, ingress, frame, vnet)
     }
@@ -268,7 +268,7 @@ impl Core {
         mac: &MacSnapshot,
         ingress: PortId,
         frame: &mut [u8],
-        vnet: &VnetHdr,
+        vnet: VnetHdr,
     ) -> Action {
         self.counts.rx += 1;
         let Ok(eth) = EthernetFrame::new_checked(&*frame) else {
@@ -420,8 +420,8 @@ fn check_pod_frame(
     own: Ipv4Addr,
 ) -> Result<(), DropReason> {
     if ether_type == ethertype::IPV4 {
-        let ip = Ipv4Packet::new_checked_header(eth.payload()).map_err(|_| DropReason::BadIpv4)?;
-        return if ip.src_addr() == own {
+        let src = ipv4::source_address(eth.payload()).ok_or(DropReason::BadIpv4)?;
+        return if src == own {
             Ok(())
         } else {
             Err(DropReason::SpoofedIp)

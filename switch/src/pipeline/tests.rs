@@ -73,7 +73,7 @@ impl Node {
 
     fn run(&mut self, port: PortId, frame: &mut [u8]) -> Action {
         self.p.begin_batch();
-        let a = self.p.process(port, frame, &VnetHdr::default());
+        let a = self.p.process(port, frame, VnetHdr::default());
         self.p.end_batch();
         a
     }
@@ -381,7 +381,7 @@ fn size_limits_and_gso() {
     assert_eq!(n.run(0, &mut too_big), Action::Drop(DropReason::Oversize));
     n.p.begin_batch();
     assert_eq!(
-        n.p.process(0, &mut too_big, &tso(1448)),
+        n.p.process(0, &mut too_big, tso(1448)),
         Action::Forward(1),
         "a GSO superframe may exceed the MTU"
     );
@@ -496,7 +496,7 @@ fn malformed_frames_are_counted_never_panic() {
         } else {
             VnetHdr::default()
         };
-        let _ = n.p.process(port, &mut f, &vnet);
+        let _ = n.p.process(port, &mut f, vnet);
         let mut d = f.clone();
         let _ =
             n.p.process_tunnel("192.168.77.2:1".parse().expect("addr"), &mut d);
@@ -640,7 +640,7 @@ fn absurd_gso_segment_sizes_are_refused() {
             let mut f = eth(dst, pod_mac(10), 0x0800, ip);
             n.p.begin_batch();
             assert_eq!(
-                n.p.process(0, &mut f, &tso(size)),
+                n.p.process(0, &mut f, tso(size)),
                 Action::Drop(DropReason::BadGsoSize),
                 "gso_size {size}"
             );
@@ -649,11 +649,11 @@ fn absurd_gso_segment_sizes_are_refused() {
     assert_eq!(n.p.counts().dropped(DropReason::BadGsoSize), 9);
     let mut f = eth(R, pod_mac(10), 0x0800, &to_peer);
     assert_eq!(
-        n.p.process(0, &mut f, &tso(crate::gso::MIN_GSO_SIZE)),
+        n.p.process(0, &mut f, tso(crate::gso::MIN_GSO_SIZE)),
         Action::Encap(0),
         "the minimum itself goes on"
     );
     let mut f = eth(R, pod_mac(10), 0x0800, &to_pod);
-    assert_eq!(n.p.process(0, &mut f, &tso(1448)), Action::Forward(1));
+    assert_eq!(n.p.process(0, &mut f, tso(1448)), Action::Forward(1));
     assert_accounted(&n);
 }

