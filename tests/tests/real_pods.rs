@@ -441,3 +441,128 @@ fn failed_pod_setup_leaves_nothing_behind() {
     );
     assert!(ping(&na, "10.244.1.1", 1), "the node still works");
 }
+
+/// Captures every frame on `eth0` until the sentinel (an ICMP echo request 10.244.1.10 ->
+/// 10.244.1.11) arrives, then prints how many frames mentioned the deleted pod's address
+/// (10.244.1.12), the spoofed one (10.244.1.50), or carried a VLAN tag. Frames from one pod
+/// are forwarded in order, so whatever was sent before the sentinel has arrived by then.
+const CAPTURE_PY: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind(("eth0", 0))
+s.settimeout(30)
+print("ready", flush=True)
+deleted = spoofed = tagged = 0
+while True:
+    f = s.recv(65535)
+    if f[12:14] == b"\x81\x00":
+        tagged += 1
+    if b"\x0a\xf4\x01\x0c" in f[14:]:
+        deleted += 1
+    if b"\x0a\xf4\x01\x32" in f[14:]:
+        spoofed += 1
+    if (f[12:14] == b"\x08\x00" and f[23] == 1 and f[26:30] == b"\x0a\xf4\x01\x0a"
+            and f[30:34] == b"\x0a\xf4\x01\x0b" and f[34] == 8):
+        break
+print(deleted, spoofed, tagged, flush=True)
+"#;
+
+/// Sends three VLAN-tagged (id 7) UDP packets from the spoofed 10.244.1.50 to pod b's MAC.
+const SEND_TAGGED_PY: &str = r#"
+import socket, struct
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s > 0xffff:
+        s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+udp = struct.pack("!HHHH", 4000, 4001, 12, 0) + b"spam"
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                 bytes([10, 244, 1, 50]), bytes([10, 244, 1, 11]))
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+frame = (bytes.fromhex("02420af4010b") + bytes.fromhex("02420af4010a")
+         + b"\x81\x00" + struct.pack("!H", 7) + b"\x08\x00" + ip + udp)
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+for _ in range(3):
+    s.send(frame)
+"#;
+
+#[test]
+fn a_deleted_pods_mac_and_vlan_tagged_spoofing_reach_no_other_pod() {
+    if !root_or_skip("a_deleted_pods_mac_and_vlan_tagged_spoofing_reach_no_other_pod") {
+        return;
+    }
+    let (na, nb, nc) = (unique("pva"), unique("pvb"), unique("pvc"));
+    let node = start(&[plan(&na, 10), plan(&nb, 11), plan(&nc, 12)]);
+    assert!(ping(&na, "10.244.1.12", 1));
+    assert!(ping(&na, "10.244.1.11", 1));
+    let out = run(&["ip", "netns", "del", &nc]);
+    assert!(out.status.success(), "ip netns del");
+    wait_for("the switch notices the vanished pod", || {
+        node.reap_vanished();
+        node.pod("pod12").is_none()
+    });
+    let mut capture = spawn_py(&nb, CAPTURE_PY);
+    let mut stdout = std::io::BufReader::new(capture.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("capture starts");
+    assert_eq!(line.trim(), "ready");
+
+    // Pod a still knows the deleted pod's MAC and keeps sending to it.
+    let deleted_mac = "02:42:0a:f4:01:0c";
+    let sh = |cmd: &str| {
+        let out = in_ns(&na, &["sh", "-c", cmd]);
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh(&format!(
+        "ip neigh replace 10.244.1.12 lladdr {deleted_mac} dev eth0 nud permanent"
+    ));
+    assert!(
+        !ping(&na, "10.244.1.12", 3),
+        "the deleted pod answers nothing"
+    );
+    // A VLAN-tagged frame with a spoofed source address, unicast to pod b's MAC, sent the way
+    // a process in the pod can (a packet socket).
+    let out = in_ns(&na, &["python3", "-c", SEND_TAGGED_PY]);
+    assert!(
+        out.status.success(),
+        "send tagged: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The sentinel: an ordinary ping from a to b.
+    assert!(ping(&na, "10.244.1.11", 1), "ordinary traffic still flows");
+    let out = capture.wait_with_output().expect("capture ends");
+    line.clear();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("counts");
+    assert!(
+        out.status.success(),
+        "capture: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts: Vec<u64> = line
+        .split_whitespace()
+        .map(|n| n.parse().expect("count"))
+        .collect();
+    assert_eq!(
+        counts,
+        vec![0, 0, 0],
+        "frames at pod b: for the deleted pod, from the spoofed address, VLAN-tagged"
+    );
+    let drops: std::collections::BTreeMap<_, _> = node
+        .drops()
+        .into_iter()
+        .map(|(r, n)| (r.label(), n))
+        .collect();
+    assert!(
+        drops.get("unknown_unicast").copied().unwrap_or(0) >= 3,
+        "echo requests to the deleted pod dropped as unknown unicast: {drops:?}"
+    );
+    assert!(
+        drops.get("vlan").copied().unwrap_or(0) >= 1,
+        "tagged frames dropped as vlan: {drops:?}"
+    );
+}

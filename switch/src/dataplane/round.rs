@@ -229,6 +229,9 @@ impl Dataplane {
                         }
                     }
                     Action::Flood => ports.flood(topo.flood_ports(), ingress, frame, vnet),
+                    Action::FloodTrunks => {
+                        ports.flood(topo.trunk_ports(), ingress, frame, vnet);
+                    }
                     Action::Reply => {
                         ports.send(ingress, frame, VnetHdr::default());
                     }

@@ -9,9 +9,10 @@ pub use coalesce::{Coalescer, MAX_PARTS};
 pub use segment::{complete_checksum, OffloadError, Segmenter};
 
 /// Smallest virtio-net `gso_size` the switch accepts on a superframe (TCP or UDP): Linux's
-/// `TCP_MIN_MSS` (88 bytes). A kernel never cuts TCP segments smaller than that, and a
-/// UDP GSO sender gains nothing from segments that small; the floor caps what one 64 KiB
-/// superframe can become at about 750 packets (a `gso_size` of 1 made 3000 from a 3 KB
-/// frame). The pipeline drops superframes below it before they reach any port
-/// ([`crate::pipeline::DropReason::BadGsoSize`]); the segmenter refuses them as well.
-pub const MIN_GSO_SIZE: u16 = crate::wire::tcp::MIN_MSS;
+/// `TCP_MIN_GSO_SIZE`, 8 bytes, the least payload per segment its TCP sends (a send MSS of at
+/// least 48 bytes, less up to 40 bytes of options). Smaller sizes come from no real sender and
+/// only multiply packets (a `gso_size` of 1 made 3000 tunnel packets of a 3 KB frame). The
+/// pipeline drops such superframes before they reach any port
+/// ([`crate::pipeline::DropReason::BadGsoSize`]); the segmenter refuses them as well. A higher
+/// floor would refuse real flows: a peer may advertise a small MSS, and pod MTUs go down to 68.
+pub const MIN_GSO_SIZE: u16 = crate::wire::tcp::MIN_GSO_SIZE;

@@ -16,7 +16,7 @@
 //!   include payload. `csum_start`/`csum_offset`, when `NEEDS_CSUM` is set on a superframe,
 //!   must point at the L4 checksum field the packet itself describes.
 //! - A `gso_size` below [`MIN_GSO_SIZE`] is refused: no real sender cuts segments that
-//!   small, and a 64 KiB superframe would become thousands of packets.
+//!   small, and they only multiply packets.
 //! - A packet ends where the IPv4 total length says. Ethernet padding after it is never
 //!   checksummed and never copied into a segment.
 //! - Only IPv4 is handled (the pod network is IPv4). TSO6, legacy UFO, IPv4 fragments and

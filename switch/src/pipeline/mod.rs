@@ -18,7 +18,8 @@
 //!    gets an ICMP error;
 //! 5. other unicast goes where the MAC table says, else to the pod that has that MAC (every
 //!    pod's MAC is in the topology); unicast to a MAC nobody has (a removed pod's) is dropped,
-//!    never flooded.
+//!    never flooded to the pods (only to trunk ports, behind which hosts are learned, not
+//!    known).
 //!
 //! Frames from trunk ports skip the pod checks of rule 1 (their sources are learned, not
 //! known) but may not use a group MAC as source.
@@ -84,6 +85,9 @@ pub enum Action {
     Forward(PortId),
     /// Send the frame to every port of the node except the ingress.
     Flood,
+    /// Send the frame to every trunk port except the ingress: unicast to a MAC that is neither
+    /// learned nor a pod's, which only a host behind a trunk may have.
+    FloodTrunks,
     /// The switch answered: send the frame, rewritten in place into the reply, back out of the
     /// ingress port.
     Reply,
@@ -311,7 +315,10 @@ impl Core {
             Some(e) => e.port,
             None => match topo.pod_port(dst) {
                 Some(p) => p,
-                None => return self.drop(DropReason::UnknownUnicast),
+                None if topo.trunk_ports().is_empty() => {
+                    return self.drop(DropReason::UnknownUnicast)
+                }
+                None => return self.forwarded(Action::FloodTrunks),
             },
         };
         if to == ingress {

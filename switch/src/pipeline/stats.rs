@@ -54,8 +54,8 @@ drop_reasons! {
     /// A pod sent a frame that is neither IPv4 nor ARP (IPv6, LLDP, ...): nothing else is
     /// configured for pods.
     EtherType => "ethertype",
-    /// A GSO superframe whose segment size is below the minimum (`gso::MIN_GSO_SIZE`): it would
-    /// become thousands of packets.
+    /// A GSO superframe whose segment size is below what any real sender cuts
+    /// (`gso::MIN_GSO_SIZE`): it would only multiply packets.
     BadGsoSize => "bad_gso_size",
     /// The ingress port is not attached (it was removed while the frame was in flight).
     UnknownPort => "unknown_port",

@@ -601,6 +601,17 @@ fn unicast_to_an_unknown_or_removed_pod_mac_is_dropped_not_flooded() {
         .update_topology(|t| t.remove_port(2).map(|_| ()))
         .expect("remove");
     tables.mac.flush_port(2);
+    // With a trunk attached, the MAC may be a host behind it (learned, not known): the frame
+    // goes to the trunk ports only, never to the other pods.
+    assert_eq!(
+        n.run(0, &mut ping(pod_mac(12))),
+        Action::FloodTrunks,
+        "with a trunk: to the trunk only"
+    );
+    assert_eq!(n.p.topology().trunk_ports(), &[3]);
+    tables
+        .update_topology(|t| t.remove_port(3).map(|_| ()))
+        .expect("remove trunk");
     assert_eq!(
         n.run(0, &mut ping(pod_mac(12))),
         Action::Drop(DropReason::UnknownUnicast),
@@ -635,7 +646,7 @@ fn absurd_gso_segment_sizes_are_refused() {
         &tcp,
     );
     let to_pod = ipv4_tos(pod_ip(10), pod_ip(11), 6, 64, 0, true, &tcp);
-    for size in [0, 1, 87] {
+    for size in [0, 1, crate::gso::MIN_GSO_SIZE - 1] {
         for (dst, ip) in [(R, &to_peer), (R, &to_pod), (pod_mac(11), &to_pod)] {
             let mut f = eth(dst, pod_mac(10), 0x0800, ip);
             n.p.begin_batch();

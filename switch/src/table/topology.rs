@@ -6,7 +6,8 @@
 //!   and belongs to at most one port;
 //! - peer pod CIDRs overlap neither the node's CIDR nor each other, so every pod IP of the
 //!   cluster has exactly one owner;
-//! - `flood` lists exactly the attached ports, in id order.
+//! - `flood` lists exactly the attached ports, in id order; `trunks` exactly the attached
+//!   trunk ports, in id order.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -135,6 +136,8 @@ pub struct Topology {
     gateway: Ipv4Addr,
     ports: Vec<Option<PortInfo>>,
     flood: Vec<PortId>,
+    /// Trunk ports: where unicast to a MAC not learned yet may be (see [`Topology::trunk_ports`]).
+    trunks: Vec<PortId>,
     neighbours: FastMap<u32, Neighbour>,
     /// Pod MAC key -> port: every pod's MAC is known without learning.
     pod_macs: FastMap<u64, PortId>,
@@ -151,6 +154,7 @@ impl Topology {
             gateway,
             ports: Vec::new(),
             flood: Vec::new(),
+            trunks: Vec::new(),
             neighbours: FastMap::default(),
             pod_macs: FastMap::default(),
             peers: Vec::new(),
@@ -175,6 +179,13 @@ impl Topology {
         self.flood
             .iter()
             .filter_map(|&id| self.port(id).map(|p| (id, p)))
+    }
+
+    /// Trunk ports. Hosts behind a trunk are learned, not known, so unicast to a MAC that is
+    /// neither learned nor a pod's may be for one of them: it goes to these ports only, never to
+    /// the pods (whose MACs are all known).
+    pub fn trunk_ports(&self) -> &[PortId] {
+        &self.trunks
     }
 
     /// Ports that receive flooded frames (every attached port; the caller skips the ingress).
@@ -278,6 +289,10 @@ impl Topology {
         if self.ports.len() <= idx {
             self.ports.resize(idx + 1, None);
         }
+        if info.kind == PortKind::Trunk {
+            self.trunks.push(port);
+            self.trunks.sort_unstable();
+        }
         self.ports[idx] = Some(info);
         self.flood.push(port);
         self.flood.sort_unstable();
@@ -296,6 +311,7 @@ impl Topology {
             self.pod_macs.remove(&mac_key(&mac.0));
         }
         self.flood.retain(|&p| p != port);
+        self.trunks.retain(|&p| p != port);
         Ok(info)
     }
 

@@ -24,9 +24,9 @@ pub(crate) mod field {
 pub const HEADER_LEN: usize = field::URGENT.end;
 /// Offset of the checksum field in the header (virtio-net's `csum_offset` for TCP).
 pub const CHECKSUM_OFFSET: usize = field::CHECKSUM.start;
-/// Linux's `TCP_MIN_MSS`: the smallest segment size the kernel's TCP uses (RFC 791's 576-byte
-/// datagram minus 40 bytes of IPv4 and TCP options; Linux settles on 88).
-pub const MIN_MSS: u16 = 88;
+/// Linux's `TCP_MIN_GSO_SIZE`: the least payload per segment a Linux TCP sender cuts (its
+/// floor on the send MSS, `TCP_MIN_SND_MSS` = 48 bytes, less 40 bytes of TCP options).
+pub const MIN_GSO_SIZE: u16 = 8;
 
 /// TCP flag bits (the byte at offset 13).
 pub mod flags {
