@@ -374,6 +374,7 @@ enum L4Header<'a> {
 
 impl L4Header<'_> {
     /// The header's bytes (the template ends with the L4 header).
+    #[inline(always)]
     fn bytes(&self) -> &[u8] {
         match self {
             Self::Tcp(t) => t.header(),
@@ -383,8 +384,9 @@ impl L4Header<'_> {
 }
 
 /// The IPv4 and L4 views of the template `scratch` (Ethernet, IPv4 and L4 headers; the L4
-/// header at `l4`).
-#[inline]
+/// header at `l4`). Always inlined, like [`L4Header::bytes`]: it runs once per segment, and
+/// called out of line the two cost 7% of segmentation.
+#[inline(always)]
 fn template_views(
     scratch: &mut [u8],
     l4: usize,
