@@ -2,17 +2,18 @@
 //! kernel would do inside the namespace.
 //!
 //! smoltcp has no IPv4 loopback: it hands every packet to the device, and even ARPs for its own
-//! addresses (NOTES.md). So the transmit path looks at each frame: if it is addressed to the
-//! pod's own MAC, or is an ARP request for one of the pod's own addresses, it goes back into the
-//! pod's own receive queue and never reaches the switch. Everything else leaves through the port.
+//! addresses (docs/platform-facts.md). So the transmit path looks at each frame: if it is
+//! addressed to the pod's own MAC, or is an ARP request for one of the pod's own addresses, it
+//! goes back into the pod's own receive queue and never reaches the switch. Everything else
+//! leaves through the port.
 
 use std::collections::VecDeque;
 
 use podswitch::port::{EndpointError, MemEndpoint};
+use podswitch::wire::arp::{self, ArpPacket};
+use podswitch::wire::ethernet::{ethertype, EthernetFrame};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
-
-const ETH: usize = 14;
 
 /// Counters of what the device saw, for tests that check what reached the wire.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -145,20 +146,18 @@ impl PodDevice {
     }
 
     fn stays_inside(&self, frame: &[u8]) -> bool {
-        let Some(dst) = frame.get(..6) else {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
             return false;
         };
-        if dst == self.mac {
+        if eth.dst_addr() == self.mac {
             return true;
         }
-        // ARP request (op 1) for one of our own addresses: answer ourselves.
-        if frame.get(12..14) == Some(&[0x08, 0x06]) && frame.get(ETH + 6..ETH + 8) == Some(&[0, 1])
-        {
-            if let Some(tpa) = frame.get(ETH + 24..ETH + 28) {
-                return self.own_ips.iter().any(|ip| ip == tpa);
-            }
-        }
-        false
+        // An ARP request for one of our own addresses: answer ourselves.
+        eth.ethertype() == ethertype::ARP
+            && ArpPacket::new_checked(eth.payload()).is_ok_and(|arp| {
+                arp.operation() == arp::OP_REQUEST
+                    && self.own_ips.contains(&arp.target_ip().octets())
+            })
     }
 
     fn transmit_frame(&mut self, frame: Vec<u8>) {
@@ -218,7 +217,7 @@ impl phy::Device for PodDevice {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = self.mtu + ETH;
+        caps.max_transmission_unit = self.mtu + podswitch::wire::ethernet::HEADER_LEN;
         caps
     }
 }

@@ -41,11 +41,10 @@ pub struct PodConfig {
 }
 
 impl PodConfig {
-    /// The MAC a pod with `ip` gets when none is given: `02:42` + the four IP octets (a
-    /// locally administered unicast address, unique as long as the IP is).
+    /// The MAC a pod with `ip` gets when none is given: the switch's rule for pods
+    /// ([`podswitch::node::derived_pod_mac`]), so a smoltcp pod and a TAP pod with one IP agree.
     pub fn derived_mac(ip: Ipv4Addr) -> EthernetAddress {
-        let o = ip.octets();
-        EthernetAddress([0x02, 0x42, o[0], o[1], o[2], o[3]])
+        podswitch::node::derived_pod_mac(ip).into()
     }
 }
 

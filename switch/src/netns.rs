@@ -71,18 +71,39 @@ pub struct NetNs {
     path: PathBuf,
 }
 
+/// Longest namespace name (a file name in /run/netns).
+pub(crate) const MAX_NAME: usize = 255;
+
+/// Why `name` cannot be a namespace name (a file name in /run/netns), or `None` if it can. The
+/// one rule, used by [`check_name`] and by the pod spec's checks.
+pub(crate) fn name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if name == "." || name == ".." {
+        return Some(format!(
+            "{name:?} is not a namespace name (it names a directory)"
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| *c == '/' || *c == '\0') {
+        return Some(format!(
+            "{name:?} contains {c:?} (a namespace name is a file name in /run/netns)"
+        ));
+    }
+    if name.len() > MAX_NAME {
+        return Some(format!(
+            "{} bytes is longer than a file name can be ({MAX_NAME})",
+            name.len()
+        ));
+    }
+    None
+}
+
 /// Checks that `name` can be a file name in /run/netns.
 pub fn check_name(name: &str) -> Result<(), NetnsError> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && name != "."
-        && name != ".."
-        && !name.contains('/')
-        && !name.contains('\0');
-    if ok {
-        Ok(())
-    } else {
-        Err(NetnsError::BadName(name.into()))
+    match name_problem(name) {
+        None => Ok(()),
+        Some(_) => Err(NetnsError::BadName(name.into())),
     }
 }
 

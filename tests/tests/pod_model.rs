@@ -1,6 +1,6 @@
 //! The pod network model, in one process and without root: smoltcp pods on an in-memory switch.
 //!
-//! Each test reproduces one of the pod experiments (DESIGN.md §1) and asserts its outcome.
+//! Each test reproduces one of the pod experiments (docs/design.md, "The network model") and asserts its outcome.
 //! Waits are bounded polls for a condition (a guard against hangs), never timing assertions.
 
 use std::net::{Ipv4Addr, SocketAddrV4};

@@ -231,7 +231,9 @@ impl Coalescer {
         let tcp_len = open.key.tcp_hdr + open.len;
         // At most MAX_PACKET_LEN: checked by `joins`.
         let total = (ipv4::HEADER_LEN + tcp_len) as u16;
-        let (ip, tcp) = self.head.split_at_mut(TCP_AT);
+        let Some((ip, tcp)) = self.head.split_at_mut_checked(TCP_AT) else {
+            return VnetHdr::default();
+        };
         if let (Some(mut ip), Ok(mut tcp)) = (
             ip.get_mut(ethernet::HEADER_LEN..)
                 .and_then(|b| Ipv4Packet::new_checked_header(b).ok()),

@@ -37,7 +37,7 @@ use crate::wire::mac_from_key;
 
 pub use handler::NodeHandler;
 pub(crate) use netlink::{link_index, with_netlink};
-pub use spec::{Mac, MacParseError, NodeSpec, PeerSpec, PodSpec, SpecError};
+pub use spec::{derived_pod_mac, Mac, MacParseError, NodeSpec, PeerSpec, PodSpec, SpecError};
 
 /// A pod as `podswitch pod list` shows it: its spec and its live state.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

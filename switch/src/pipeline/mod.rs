@@ -3,7 +3,7 @@
 //! Like boringtun's `TunnResult`, [`Pipeline::process`] performs no system call: it reads the
 //! tables (snapshots loaded once per batch by [`Pipeline::begin_batch`]), may rewrite the frame
 //! in place (MAC rewrite and TTL decrement when routing, ARP/ICMP replies), and tells the caller
-//! what to send where. The caller (the runtime in [`crate::switch`], or a test) does the I/O.
+//! what to send where. The caller (the data plane in [`crate::dataplane`], or a test) does the I/O.
 //!
 //! Rules, for a frame from a pod port:
 //! 1. validate: Ethernet header present, length within the pod MTU (unless a GSO superframe,
@@ -63,13 +63,19 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// The gateway of a pod CIDR that does not name one: its first host address. The one
+    /// place this rule is written (the node spec uses it too).
+    pub fn default_gateway(cidr: Ipv4Net) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(cidr.network()).wrapping_add(1))
+    }
+
     /// A config for `cidr` with the gateway at its first host address, VNI 1 and MTU 1450 (a
-    /// 1500-byte underlay minus VXLAN's 50).
+    /// 1500-byte underlay minus VXLAN's 50): what a node spec with only a CIDR and a MAC
+    /// compiles to (a config test pins the two together). For tests and benchmarks.
     pub fn new(cidr: Ipv4Net, router_mac: EthernetAddress) -> Self {
-        let gateway = Ipv4Addr::from(u32::from(cidr.network()).wrapping_add(1));
         Self {
             cidr,
-            gateway,
+            gateway: Self::default_gateway(cidr),
             router_mac,
             vni: 1,
             mtu: 1450,

@@ -17,8 +17,9 @@ use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 use super::{Batch, Port, PortError, SendOutcome};
 use crate::wire::virtio::{self, VnetHdr};
 
-/// Largest read: virtio-net header + a 64 KiB superframe + Ethernet header.
-pub const READ_MAX: usize = virtio::HEADER_LEN + 65535 + 14;
+/// Largest read: virtio-net header + Ethernet header + the largest IPv4 packet (a superframe).
+pub(crate) const READ_MAX: usize =
+    virtio::HEADER_LEN + crate::wire::ethernet::HEADER_LEN + crate::wire::ipv4::MAX_PACKET_LEN;
 /// Most parts one frame may be written from (one `writev`; far below `UIO_MAXIOV`).
 pub const MAX_PARTS: usize = 128;
 /// Send buffer asked for with `TUNSETSNDBUF` (the default, ~212 KB, holds three superframes).

@@ -9,7 +9,7 @@
 //!   the control plane.
 //!
 //! Readers (the data plane) load a snapshot once per batch and then use plain `HashMap::get`;
-//! measured on this kind of machine that is as fast as an unsynchronised map (NOTES.md). Writers
+//! measured on this kind of machine that is as fast as an unsynchronised map (docs/platform-facts.md). Writers
 //! (learning, ageing, control) serialise on a mutex among themselves and never block readers.
 
 pub mod mac;

@@ -26,8 +26,9 @@ pub const HEADER_LEN: usize = field::PAYLOAD.start;
 pub const LINUX_PORT: u16 = 8472;
 /// UDP port assigned by IANA.
 pub const IANA_PORT: u16 = 4789;
-/// Bytes VXLAN adds over IPv4 on the underlay wire: outer Ethernet, IPv4, UDP, VXLAN. A pod MTU
-/// of `underlay MTU - OVERHEAD` keeps every encapsulated frame within the underlay MTU.
+/// Bytes VXLAN adds to an inner IPv4 packet within the underlay MTU: the inner Ethernet header,
+/// outer IPv4, UDP and VXLAN (50). A pod MTU of `underlay MTU - OVERHEAD` keeps every
+/// encapsulated packet within the underlay MTU.
 pub const OVERHEAD: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN + udp::HEADER_LEN + HEADER_LEN;
 /// Largest VNI (24 bits).
 pub const MAX_VNI: u32 = 0x00ff_ffff;

@@ -33,17 +33,16 @@ use rules::cpu_list;
 
 /// Default underlay MTU.
 pub(crate) const DEFAULT_UNDERLAY_MTU: u16 = 1500;
-/// What VXLAN over IPv4 adds to an inner IP packet on the underlay: the inner Ethernet header,
-/// VXLAN, UDP and outer IPv4 headers (14 + 8 + 8 + 20).
-pub(crate) const VXLAN_OVERHEAD: u16 = 50;
+/// What VXLAN over IPv4 adds to an inner IP packet on the underlay (the wire's constant).
+pub(crate) const VXLAN_OVERHEAD: u16 = crate::wire::vxlan::OVERHEAD as u16;
 /// Smallest MTU IPv4 allows (RFC 791).
 pub(crate) const MIN_MTU: u16 = 68;
 /// Largest pod MTU accepted.
 pub(crate) const MAX_MTU: u16 = 65521;
 /// Default VXLAN UDP destination port (Linux and flannel; IANA's is 4789).
-pub(crate) const DEFAULT_VXLAN_PORT: u16 = 8472;
+pub(crate) const DEFAULT_VXLAN_PORT: u16 = crate::wire::vxlan::LINUX_PORT;
 /// Largest VXLAN network identifier (24 bits).
-pub(crate) const MAX_VNI: u32 = 0xFF_FFFF;
+pub(crate) const MAX_VNI: u32 = crate::wire::vxlan::MAX_VNI;
 /// Most data-plane threads (a TAP has at most 256 queues; more threads than cores only
 /// compete).
 pub(crate) const MAX_WORKERS: usize = 64;
@@ -53,8 +52,6 @@ pub(crate) const CONTROL_DIR: &str = "/run/podswitch";
 const MAX_NODE_NAME: usize = 63;
 /// Longest pod name (a DNS subdomain, as Kubernetes pod names).
 const MAX_POD_NAME: usize = 253;
-/// Longest network namespace name (a file name in `/run/netns`).
-const MAX_NETNS_NAME: usize = 255;
 /// Longest Unix socket path (`sun_path` is 108 bytes with the terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -93,8 +90,8 @@ pub(crate) fn derived_router_mac(node_name: &str) -> Mac {
 }
 
 /// The MAC of a pod that does not configure one: `02:42` followed by the four octets of its IP
-/// (as `podstack::PodConfig::derived_mac`). Unique as long as the IPs are.
-pub(crate) fn derived_pod_mac(ip: Ipv4Addr) -> Mac {
+/// (smoltcp pods get theirs the same way). Unique as long as the IPs are.
+pub fn derived_pod_mac(ip: Ipv4Addr) -> Mac {
     let o = ip.octets();
     Mac([0x02, 0x42, o[0], o[1], o[2], o[3]])
 }
@@ -240,7 +237,7 @@ impl NodeSpec {
     /// (network + 1).
     pub fn gateway(&self) -> Ipv4Addr {
         self.gateway
-            .unwrap_or_else(|| Ipv4Addr::from(u32::from(self.pod_cidr.network()).wrapping_add(1)))
+            .unwrap_or_else(|| NodeConfig::default_gateway(self.pod_cidr))
     }
 
     /// The router MAC (also the VTEP MAC): `router_mac`, else `vtep_mac`, else

@@ -348,31 +348,10 @@ fn check_name(field: &str, name: &str, max: usize) -> Result<(), SpecError> {
 
 /// Namespace names: a file name in `/run/netns`.
 fn check_netns(field: &str, name: &str) -> Result<(), SpecError> {
-    if name.is_empty() {
-        return Err(SpecError::new(field, "must not be empty"));
+    match crate::netns::name_problem(name) {
+        Some(why) => Err(SpecError::new(field, why)),
+        None => Ok(()),
     }
-    if name == "." || name == ".." {
-        return Err(SpecError::new(
-            field,
-            format!("{name:?} is not a namespace name (it names a directory)"),
-        ));
-    }
-    if let Some(c) = name.chars().find(|c| *c == '/' || *c == '\0') {
-        return Err(SpecError::new(
-            field,
-            format!("{name:?} contains {c:?} (a namespace name is a file name in /run/netns)"),
-        ));
-    }
-    if name.len() > MAX_NETNS_NAME {
-        return Err(SpecError::new(
-            field,
-            format!(
-                "{} bytes is longer than a file name can be ({MAX_NETNS_NAME})",
-                name.len()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 fn check_cidr(field: &str, cidr: Ipv4Net) -> Result<(), SpecError> {
