@@ -160,6 +160,15 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     }
 }
 
+impl<'a> TcpPacket<&'a [u8]> {
+    /// The options, borrowed from the buffer rather than the view.
+    #[inline(always)]
+    pub fn into_options(self) -> &'a [u8] {
+        let end = self.header_len();
+        self.buffer.get(HEADER_LEN..end).unwrap_or_default()
+    }
+}
+
 impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
     /// Sets the sequence number.
     #[inline(always)]
