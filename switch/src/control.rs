@@ -14,7 +14,7 @@
 //! < {"result":"error","data":{"message":"no pod named \"nope\""}}
 //! ```
 //!
-//! Invariants of the server ([`ControlSocket`], [`serve`]):
+//! Invariants of the server ([`ControlSocket`], [`ControlSocket::serve`]):
 //! - at most one live server per socket path: binding fails if another server answers there,
 //!   and only a socket nobody answers on (left by a crashed run) is replaced;
 //! - the socket is mode 0600 (connecting needs write permission: only its owner may control
@@ -277,6 +277,7 @@ impl ControlSocket {
 
 /// Binds `path` ([`ControlSocket::bind`]) and serves it ([`ControlSocket::serve`]) until
 /// `shutdown` completes.
+#[cfg(test)]
 pub async fn serve(
     path: &Path,
     handler: Arc<dyn ControlHandler>,

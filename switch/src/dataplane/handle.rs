@@ -429,16 +429,6 @@ impl Switch {
             .update_topology(|t| t.remove_peer(name))?)
     }
 
-    /// Every peer.
-    pub fn peers(&self) -> Vec<Peer> {
-        self.shared
-            .tables
-            .topology()
-            .peers()
-            .map(|(_, p)| p.clone())
-            .collect()
-    }
-
     /// Every attached port.
     pub fn ports(&self) -> Vec<PortRecord> {
         self.shared.registry().values().cloned().collect()

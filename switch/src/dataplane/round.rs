@@ -111,11 +111,6 @@ impl Dataplane {
         std::mem::take(&mut self.gone)
     }
 
-    /// The pipeline (tables, config, counters).
-    pub fn pipeline(&self) -> &Pipeline {
-        &self.pipeline
-    }
-
     /// Makes `waker` end the data plane's sleep in epoll (called once by the driving thread).
     pub(super) fn watch_waker(&mut self, waker: &Waker) {
         self.waker_watched = self.readiness.watch(waker.fd(), WAKER_TOKEN);

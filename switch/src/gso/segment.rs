@@ -154,16 +154,9 @@ pub struct Segmenter {
 }
 impl Segmenter {
     /// A segmenter with an empty scratch buffer.
+    #[cfg(test)]
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// A segmenter whose scratch buffer already holds `capacity` bytes (the largest frame it
-    /// will build: headers plus one segment's payload, or a whole non-GSO frame).
-    pub fn with_capacity(capacity: usize) -> Self {
-        Self {
-            scratch: Vec::with_capacity(capacity),
-        }
     }
 
     /// Makes the Ethernet frame `frame` (described by `vnet`) wire-ready and hands each

@@ -201,16 +201,6 @@ impl Node {
         &self.spec.name
     }
 
-    /// The node's settings.
-    pub fn spec(&self) -> &NodeSpec {
-        &self.spec
-    }
-
-    /// The switch.
-    pub fn switch(&self) -> &Switch {
-        &self.switch
-    }
-
     /// Adds a pod (CNI ADD), refused by the same rules as a `[[pods]]` entry (fields named
     /// `pod.*`). Traffic between other pods is not disturbed.
     pub fn add_pod(&self, spec: &PodSpec) -> Result<PodStatus, NodeError> {

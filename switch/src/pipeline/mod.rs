@@ -156,6 +156,7 @@ impl Pipeline {
     }
 
     /// The shared tables.
+    #[cfg(test)]
     pub fn tables(&self) -> &Arc<Tables> {
         &self.tables
     }

@@ -41,15 +41,6 @@ impl std::fmt::Debug for TapPort {
 }
 
 impl TapPort {
-    /// Creates the TAP `ifname` in the calling thread's network namespace. The device starts
-    /// down and unconfigured. The fd holds a reference to that namespace for its lifetime.
-    pub fn create(ifname: &str) -> std::io::Result<Self> {
-        let mut queues = Self::create_queues(ifname, 1)?;
-        queues
-            .pop()
-            .ok_or_else(|| std::io::Error::other("no TAP queue"))
-    }
-
     /// Creates the TAP `ifname` with `queues` queues (`IFF_MULTI_QUEUE` when more than one), one
     /// port per queue. The kernel picks a queue per flow for what the pod sends; writes may go
     /// through any queue. All queues must be opened before the device leaves this namespace.
@@ -93,11 +84,6 @@ impl TapPort {
             dev,
             name: ifname.into(),
         })
-    }
-
-    /// The interface name the TAP was created with.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 }
 

@@ -163,17 +163,13 @@ impl TxQueue {
         });
     }
 
-    /// Number of datagrams queued.
-    pub fn len(&self) -> usize {
-        self.datagrams.len()
-    }
-
     /// True if nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.datagrams.is_empty()
     }
 
     /// Number of runs (GSO sends, where the kernel has GSO).
+    #[cfg(test)]
     pub fn runs(&self) -> usize {
         self.runs.len()
     }
@@ -259,6 +255,7 @@ impl UdpTunnel {
     }
 
     /// True if runs of datagrams go out with one GSO `sendmsg`.
+    #[cfg(test)]
     pub fn gso(&self) -> bool {
         self.gso
     }
@@ -269,6 +266,7 @@ impl UdpTunnel {
     }
 
     /// The outer source ports the tunnel sends from.
+    #[cfg(test)]
     pub fn source_ports(&self) -> Vec<u16> {
         self.tx
             .iter()

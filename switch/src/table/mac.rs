@@ -3,7 +3,7 @@
 //! Invariants:
 //! - A published [`MacSnapshot`] is never mutated except for entry timestamps (atomics).
 //! - Dynamic entries never exceed `capacity`; a learn that would exceed it is refused and
-//!   counted in [`MacTable::full_events`]. Static entries are always accepted.
+//!   counted in `full_events`. Static entries are always accepted.
 //! - Entries are stored inline; a writer copying a shard copies the timestamps as they are. A
 //!   refresh that lands on a snapshot just replaced is lost, which at worst ages an active MAC
 //!   one refresh (one second) early in a 300 s window; in exchange, dropping an old shard frees
@@ -152,11 +152,6 @@ impl MacTable {
         }
     }
 
-    /// The table's settings.
-    pub fn config(&self) -> MacTableConfig {
-        self.config
-    }
-
     /// The current snapshot. Load once per batch; the snapshot stays valid (and unchanged) for as
     /// long as it is held.
     #[inline]
@@ -176,6 +171,7 @@ impl MacTable {
     }
 
     /// How many learns were refused because the table was full, since it was made.
+    #[cfg(test)]
     pub fn full_events(&self) -> u64 {
         self.full_events.load(Ordering::Relaxed)
     }
@@ -237,6 +233,7 @@ impl MacTable {
     }
 
     /// Removes the entry for `key`, static or learned. Returns whether there was one.
+    #[cfg(test)]
     pub fn remove(&self, key: u64) -> bool {
         self.retain_where(|k, _| k != key) > 0
     }

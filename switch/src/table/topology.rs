@@ -163,11 +163,6 @@ impl Topology {
         }
     }
 
-    /// The node's pod CIDR.
-    pub fn cidr(&self) -> Ipv4Net {
-        self.cidr
-    }
-
     /// What is attached at `port`.
     #[inline]
     pub fn port(&self, port: PortId) -> Option<&PortInfo> {

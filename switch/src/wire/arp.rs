@@ -80,6 +80,7 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
     }
 
     /// The target hardware address.
+    #[cfg(test)]
     #[inline(always)]
     pub fn target_hw_addr(&self) -> [u8; 6] {
         let mut m = [0; 6];

@@ -24,16 +24,12 @@ pub mod ethertype {
     pub const IPV4: u16 = 0x0800;
     /// ARP.
     pub const ARP: u16 = 0x0806;
-    /// IPv6.
-    pub const IPV6: u16 = 0x86dd;
     /// IEEE 802.1Q VLAN tag.
     pub const VLAN: u16 = 0x8100;
     /// IEEE 802.1ad service tag (Q-in-Q).
     pub const QINQ: u16 = 0x88a8;
     /// Pre-standard Q-in-Q tag some switches still send.
     pub const QINQ_LEGACY: u16 = 0x9100;
-    /// LLDP.
-    pub const LLDP: u16 = 0x88cc;
 
     /// True for the EtherTypes of a VLAN tag (802.1Q, 802.1ad and the legacy Q-in-Q one).
     #[inline(always)]
@@ -103,18 +99,6 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     pub fn payload(&self) -> &[u8] {
         self.buffer.as_ref().get(field::PAYLOAD).unwrap_or_default()
     }
-
-    /// The whole frame.
-    #[inline(always)]
-    pub fn as_bytes(&self) -> &[u8] {
-        self.buffer.as_ref()
-    }
-
-    /// The buffer this view was made from.
-    #[inline(always)]
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
 }
 
 impl<'a> EthernetFrame<&'a [u8]> {
@@ -178,6 +162,7 @@ pub fn mac_from_key(key: u64) -> EthernetAddress {
 
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff` (smoltcp's `Display` uses dashes; `ip` and the
 /// config file use colons).
+#[cfg(test)]
 pub fn format_mac(mac: EthernetAddress) -> String {
     let b = mac.0;
     format!(

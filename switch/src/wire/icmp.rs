@@ -56,12 +56,14 @@ impl<T: AsRef<[u8]>> IcmpPacket<T> {
     }
 
     /// Code.
+    #[cfg(test)]
     #[inline(always)]
     pub fn code(&self) -> u8 {
         self.buffer.as_ref()[field::CODE]
     }
 
     /// The checksum field.
+    #[cfg(test)]
     #[inline(always)]
     pub fn checksum(&self) -> u16 {
         let b = self.buffer.as_ref();
@@ -69,6 +71,7 @@ impl<T: AsRef<[u8]>> IcmpPacket<T> {
     }
 
     /// The 4 bytes after the checksum (echo id and sequence; the next-hop MTU of an error).
+    #[cfg(test)]
     #[inline(always)]
     pub fn rest_of_header(&self) -> [u8; 4] {
         let mut r = [0; 4];
@@ -77,12 +80,14 @@ impl<T: AsRef<[u8]>> IcmpPacket<T> {
     }
 
     /// True if the checksum over the whole message is valid.
+    #[cfg(test)]
     #[inline(always)]
     pub fn verify_checksum(&self) -> bool {
         checksum_sum(self.buffer.as_ref()) == 0xffff
     }
 
     /// The data after the header (echo payload, or the quoted packet of an error).
+    #[cfg(test)]
     #[inline(always)]
     pub fn data(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..]

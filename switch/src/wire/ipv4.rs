@@ -201,6 +201,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     }
 
     /// The header checksum field.
+    #[cfg(test)]
     #[inline(always)]
     pub fn checksum(&self) -> u16 {
         self.u16_at(field::CHECKSUM.start)
@@ -239,6 +240,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     }
 
     /// The IP options (empty without).
+    #[cfg(test)]
     #[inline(always)]
     pub fn options(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..self.header_len()]
@@ -273,12 +275,6 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         checksum_accumulate(&self.buffer.as_ref()[field::ADDRESSES])
             + u64::from(self.protocol())
             + l4_len as u64
-    }
-
-    /// The buffer this view was made from.
-    #[inline(always)]
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     #[inline(always)]

@@ -31,7 +31,7 @@ pub mod vxlan;
 pub use smoltcp::wire::EthernetAddress;
 
 pub use checksum::{checksum_accumulate, checksum_fold, checksum_sum};
-pub use ethernet::{format_mac, is_group_mac, mac_from_key, mac_key};
+pub use ethernet::{is_group_mac, mac_from_key, mac_key};
 
 /// Why a view refused a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

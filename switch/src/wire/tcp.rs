@@ -88,12 +88,14 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     }
 
     /// Source port.
+    #[cfg(test)]
     #[inline(always)]
     pub fn src_port(&self) -> u16 {
         self.u16_at(field::PORTS.start)
     }
 
     /// Destination port.
+    #[cfg(test)]
     #[inline(always)]
     pub fn dst_port(&self) -> u16 {
         self.u16_at(field::PORTS.start + 2)
@@ -124,12 +126,14 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     }
 
     /// The checksum field.
+    #[cfg(test)]
     #[inline(always)]
     pub fn checksum(&self) -> u16 {
         self.u16_at(field::CHECKSUM.start)
     }
 
     /// The options (empty without).
+    #[cfg(test)]
     #[inline(always)]
     pub fn options(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..self.header_len()]

@@ -9,7 +9,9 @@ use super::Error;
 /// Byte ranges of the header fields.
 pub(crate) mod field {
     use std::ops::Range;
+    #[cfg(test)]
     pub(crate) const SRC_PORT: Range<usize> = 0..2;
+    #[cfg(test)]
     pub(crate) const DST_PORT: Range<usize> = 2..4;
     pub(crate) const LENGTH: Range<usize> = 4..6;
     pub(crate) const CHECKSUM: Range<usize> = 6..8;
@@ -38,30 +40,35 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
     }
 
     /// Source port.
+    #[cfg(test)]
     #[inline(always)]
     pub fn src_port(&self) -> u16 {
         self.u16_at(field::SRC_PORT.start)
     }
 
     /// Destination port.
+    #[cfg(test)]
     #[inline(always)]
     pub fn dst_port(&self) -> u16 {
         self.u16_at(field::DST_PORT.start)
     }
 
     /// The length field (header and payload).
+    #[cfg(test)]
     #[inline(always)]
     pub fn len(&self) -> u16 {
         self.u16_at(field::LENGTH.start)
     }
 
     /// True if the length field is 0 (never valid; for clippy's `len_without_is_empty`).
+    #[cfg(test)]
     #[inline(always)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The checksum field (0: none).
+    #[cfg(test)]
     #[inline(always)]
     pub fn checksum(&self) -> u16 {
         self.u16_at(field::CHECKSUM.start)
@@ -74,11 +81,13 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
     }
 
     /// Everything after the header.
+    #[cfg(test)]
     #[inline(always)]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
     }
 
+    #[cfg(test)]
     #[inline(always)]
     fn u16_at(&self, at: usize) -> u16 {
         let b = self.buffer.as_ref();

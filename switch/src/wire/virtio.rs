@@ -23,8 +23,6 @@ pub const HEADER_LEN: usize = field::CSUM_OFFSET.end;
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` must be completed.
 pub const FLAG_NEEDS_CSUM: u8 = 1;
-/// `VIRTIO_NET_HDR_F_DATA_VALID`: the checksum was already verified.
-pub const FLAG_DATA_VALID: u8 = 2;
 
 /// `gso_type` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

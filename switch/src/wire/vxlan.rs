@@ -24,8 +24,6 @@ pub(crate) mod field {
 pub const HEADER_LEN: usize = field::PAYLOAD.start;
 /// UDP port the Linux kernel's vxlan device and flannel use by default.
 pub const LINUX_PORT: u16 = 8472;
-/// UDP port assigned by IANA.
-pub const IANA_PORT: u16 = 4789;
 /// Bytes VXLAN adds to an inner IPv4 packet within the underlay MTU: the inner Ethernet header,
 /// outer IPv4, UDP and VXLAN (50). A pod MTU of `underlay MTU - OVERHEAD` keeps every
 /// encapsulated packet within the underlay MTU.
@@ -71,16 +69,6 @@ impl<T: AsRef<[u8]>> VxlanPacket<T> {
         let v = &self.buffer.as_ref()[field::VNI];
         u32::from_be_bytes([0, v[0], v[1], v[2]])
     }
-
-    /// The inner Ethernet frame.
-    pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[field::PAYLOAD]
-    }
-
-    /// The buffer this view was made from.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
 }
 
 /// The VXLAN header for `vni` (I flag set, reserved bits zero). `vni` is masked to 24 bits;
@@ -119,6 +107,7 @@ pub fn decapsulate_mut(datagram: &mut [u8]) -> Result<(u32, &mut [u8]), VxlanErr
 /// Outer UDP source port for an inner frame, as RFC 7348 §5 recommends: a hash of the inner
 /// flow (addresses, protocol, L4 ports) mapped into `[low, high]`, so ECMP spreads flows while
 /// one flow keeps one path. The Linux kernel uses the ephemeral range 32768..=60999 by default.
+#[cfg(test)]
 pub fn source_port(inner: &[u8], low: u16, high: u16) -> u16 {
     let h = flow_hash(inner);
     let span = u32::from(high.saturating_sub(low)) + 1;
