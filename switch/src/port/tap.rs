@@ -21,12 +21,12 @@ use crate::wire::virtio::{self, VnetHdr};
 pub(crate) const READ_MAX: usize =
     virtio::HEADER_LEN + crate::wire::ethernet::HEADER_LEN + crate::wire::ipv4::MAX_PACKET_LEN;
 /// Most parts one frame may be written from (one `writev`; far below `UIO_MAXIOV`).
-pub const MAX_PARTS: usize = 128;
+pub(crate) const MAX_PARTS: usize = 128;
 /// Send buffer asked for with `TUNSETSNDBUF` (the default, ~212 KB, holds three superframes).
 const SNDBUF: libc::c_int = 8 << 20;
 
 /// A TAP device in L2 mode with virtio-net headers.
-pub struct TapPort {
+pub(crate) struct TapPort {
     dev: SyncDevice,
     name: String,
 }
@@ -44,7 +44,7 @@ impl TapPort {
     /// Creates the TAP `ifname` with `queues` queues (`IFF_MULTI_QUEUE` when more than one), one
     /// port per queue. The kernel picks a queue per flow for what the pod sends; writes may go
     /// through any queue. All queues must be opened before the device leaves this namespace.
-    pub fn create_queues(ifname: &str, queues: usize) -> std::io::Result<Vec<Self>> {
+    pub(crate) fn create_queues(ifname: &str, queues: usize) -> std::io::Result<Vec<Self>> {
         let dev = DeviceBuilder::new()
             .name(ifname)
             .layer(Layer::L2)
