@@ -14,14 +14,14 @@
 //! < {"result":"error","data":{"message":"no pod named \"nope\""}}
 //! ```
 //!
-//! Invariants of the server ([`ControlSocket`], [`serve`]):
+//! Invariants of the server ([`ControlSocket`], [`ControlSocket::serve`]):
 //! - at most one live server per socket path: binding fails if another server answers there,
 //!   and only a socket nobody answers on (left by a crashed run) is replaced;
 //! - the socket is mode 0600 (connecting needs write permission: only its owner may control
 //!   the node), in a directory created 0700 when missing;
 //! - every request line gets exactly one response line, also a malformed one
 //!   ([`Response::Error`], the connection stays open); blank lines are ignored; a line longer
-//!   than [`MAX_LINE`] bytes gets an error response and the connection is closed;
+//!   than `MAX_LINE` bytes gets an error response and the connection is closed;
 //! - handlers run on tokio's blocking pool (they block on netlink work), so a slow request does
 //!   not hold up other connections;
 //! - the socket file is removed when the server stops (shutdown, error or drop), unless another
@@ -40,9 +40,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use crate::node::{FdbEntry, PeerSpec, PodSpec, PodStatus};
 
 /// Longest request line the server reads, in bytes without the newline.
-pub const MAX_LINE: usize = 64 * 1024;
+pub(crate) const MAX_LINE: usize = 64 * 1024;
 /// Longest response line the client reads, in bytes (a full MAC table fits many times).
-pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 
 /// A request to the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,7 +113,7 @@ pub enum Response {
 
 impl Response {
     /// An error response.
-    pub fn error(message: impl Into<String>) -> Response {
+    pub(crate) fn error(message: impl Into<String>) -> Response {
         Response::Error {
             message: message.into(),
         }
@@ -230,7 +230,7 @@ impl ControlSocket {
     }
 
     /// The socket path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.file.path
     }
 
@@ -277,7 +277,8 @@ impl ControlSocket {
 
 /// Binds `path` ([`ControlSocket::bind`]) and serves it ([`ControlSocket::serve`]) until
 /// `shutdown` completes.
-pub async fn serve(
+#[cfg(test)]
+pub(crate) async fn serve(
     path: &Path,
     handler: Arc<dyn ControlHandler>,
     shutdown: impl Future<Output = ()>,

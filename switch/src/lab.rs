@@ -31,9 +31,9 @@ use crate::node::spec::CONTROL_DIR;
 use crate::node::{link_index, with_netlink, NodeSpec, PeerSpec, PodSpec};
 
 /// Most nodes in a lab (one /24 of pod CIDRs each under 10.244.0.0/16, underlay .1-.254).
-pub const MAX_NODES: usize = 200;
+pub(crate) const MAX_NODES: usize = 200;
 /// Most pods per node (.10 to .250 of the node's /24).
-pub const MAX_PODS: usize = 240;
+pub(crate) const MAX_PODS: usize = 240;
 
 /// Why the lab could not be built or torn down.
 #[derive(Debug, thiserror::Error)]
@@ -60,13 +60,13 @@ pub enum LabError {
 #[derive(Debug, Clone)]
 pub struct Lab {
     /// Lab name (prefix of every namespace).
-    pub name: String,
+    pub(crate) name: String,
     /// Number of nodes.
-    pub nodes: usize,
+    pub(crate) nodes: usize,
     /// Pods per node.
-    pub pods_per_node: usize,
+    pub(crate) pods_per_node: usize,
     /// Data-plane threads per node (`node.workers`).
-    pub workers: usize,
+    pub(crate) workers: usize,
 }
 
 impl Lab {
@@ -117,7 +117,7 @@ impl Lab {
     }
 
     /// Pod `j` (1-based) of node `i`: name/namespace and IP.
-    pub fn pod(&self, i: usize, j: usize) -> (String, Ipv4Addr) {
+    pub(crate) fn pod(&self, i: usize, j: usize) -> (String, Ipv4Addr) {
         (
             format!("{}-n{i}p{j}", self.name),
             Ipv4Addr::new(10, 244, i as u8, 9 + j as u8),
@@ -142,7 +142,7 @@ impl Lab {
     }
 
     /// The configuration of node `i`: its pods and every other node as a peer.
-    pub fn node_config(&self, i: usize) -> Config {
+    pub(crate) fn node_config(&self, i: usize) -> Config {
         let name = Self::node_ns(&self.name, i);
         let mut node = NodeSpec::new(&name, Self::pod_cidr(i));
         node.netns = Some(name);
@@ -341,7 +341,7 @@ impl Lab {
     }
 
     /// How to reach the pods.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut s = format!(
             "lab {:?}: {} nodes on underlay 192.168.77.0/24 (namespace {})\n",
             self.name,

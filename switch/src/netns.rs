@@ -19,7 +19,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 
 /// Where named namespaces live.
-pub const NETNS_RUN_DIR: &str = "/run/netns";
+pub(crate) const NETNS_RUN_DIR: &str = "/run/netns";
 
 /// Why a namespace operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +100,7 @@ pub(crate) fn name_problem(name: &str) -> Option<String> {
 }
 
 /// Checks that `name` can be a file name in /run/netns.
-pub fn check_name(name: &str) -> Result<(), NetnsError> {
+pub(crate) fn check_name(name: &str) -> Result<(), NetnsError> {
     match name_problem(name) {
         None => Ok(()),
         Some(_) => Err(NetnsError::BadName(name.into())),
@@ -118,7 +118,7 @@ impl NetNs {
     }
 
     /// Name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
@@ -128,7 +128,7 @@ impl NetNs {
     }
 
     /// True if the namespace exists (its file is a mounted namespace, not a leftover file).
-    pub fn exists(&self) -> bool {
+    pub(crate) fn exists(&self) -> bool {
         let Ok(f) = std::fs::File::open(&self.path) else {
             return false;
         };
@@ -139,7 +139,7 @@ impl NetNs {
     }
 
     /// Creates the namespace; fails with [`NetnsError::Exists`] if it is there.
-    pub fn create(name: &str) -> Result<Self, NetnsError> {
+    pub(crate) fn create(name: &str) -> Result<Self, NetnsError> {
         let ns = Self::named(name)?;
         ensure_run_dir(name)?;
         match OpenOptions::new()
@@ -187,7 +187,7 @@ impl NetNs {
     }
 
     /// Opens the namespace if it exists, else creates it. Returns it and whether it was created.
-    pub fn open_or_create(name: &str) -> Result<(Self, bool), NetnsError> {
+    pub(crate) fn open_or_create(name: &str) -> Result<(Self, bool), NetnsError> {
         match Self::open(name) {
             Ok(ns) => Ok((ns, false)),
             Err(NetnsError::Missing(_)) => Self::create(name).map(|ns| (ns, true)),

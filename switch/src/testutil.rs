@@ -65,7 +65,8 @@ pub fn icmp_echo(ty: u8, id: u16, seq: u16, data: &[u8]) -> Vec<u8> {
 }
 
 /// An ICMP error message quoting `quoted` (the 4 bytes after the checksum are `0, 0, mtu`).
-pub fn icmp_error_bytes(ty: u8, code: u8, mtu: u16, quoted: &[u8]) -> Vec<u8> {
+#[cfg(test)]
+pub(crate) fn icmp_error_bytes(ty: u8, code: u8, mtu: u16, quoted: &[u8]) -> Vec<u8> {
     let mut m = vec![ty, code, 0, 0, 0, 0];
     m.extend_from_slice(&mtu.to_be_bytes());
     m.extend_from_slice(quoted);

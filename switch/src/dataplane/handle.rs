@@ -166,7 +166,7 @@ impl Shared {
 }
 
 /// Most ports a switch holds.
-pub const MAX_PORTS: usize = 4096;
+pub(crate) const MAX_PORTS: usize = 4096;
 
 /// A running switch: the control handle. Dropping it stops the data plane.
 pub struct Switch {
@@ -259,12 +259,12 @@ impl Switch {
     }
 
     /// Number of data-plane threads.
-    pub fn workers(&self) -> usize {
+    pub(crate) fn workers(&self) -> usize {
         self.shared.workers.len()
     }
 
     /// Frames each data-plane thread has handled so far (how the load spreads).
-    pub fn worker_frames(&self) -> Vec<u64> {
+    pub(crate) fn worker_frames(&self) -> Vec<u64> {
         self.shared
             .worker_frames
             .iter()
@@ -288,20 +288,24 @@ impl Switch {
     }
 
     /// The first worker's waker (in-memory port endpoints ring it).
-    pub fn waker(&self) -> &Arc<Waker> {
+    pub(crate) fn waker(&self) -> &Arc<Waker> {
         &self.shared.workers[0].waker
     }
 
     /// Attaches `port` with identity `info`. For a pod, the topology checks its addresses and a
     /// static MAC entry is installed. Returns the port id. A single port needs a single worker
     /// (see [`Switch::attach_queues`]).
-    pub fn attach(&self, info: PortInfo, port: Box<dyn Port>) -> Result<PortId, SwitchError> {
+    pub(crate) fn attach(
+        &self,
+        info: PortInfo,
+        port: Box<dyn Port>,
+    ) -> Result<PortId, SwitchError> {
         self.attach_queues(info, vec![port])
     }
 
     /// Attaches a port given as one queue per worker (a multi-queue TAP's file descriptors):
     /// worker `k` reads queue `k` and writes to the port through it.
-    pub fn attach_queues(
+    pub(crate) fn attach_queues(
         &self,
         info: PortInfo,
         queues: Vec<Box<dyn Port>>,
@@ -379,7 +383,7 @@ impl Switch {
     }
 
     /// Detaches the port named `name`; traffic between other ports is not disturbed.
-    pub fn detach(&self, name: &str) -> Result<PortRecord, SwitchError> {
+    pub(crate) fn detach(&self, name: &str) -> Result<PortRecord, SwitchError> {
         let id = self
             .shared
             .registry()
@@ -422,21 +426,11 @@ impl Switch {
     }
 
     /// Removes the peer named `name` and its route.
-    pub fn remove_peer(&self, name: &str) -> Result<Peer, SwitchError> {
+    pub(crate) fn remove_peer(&self, name: &str) -> Result<Peer, SwitchError> {
         Ok(self
             .shared
             .tables
             .update_topology(|t| t.remove_peer(name))?)
-    }
-
-    /// Every peer.
-    pub fn peers(&self) -> Vec<Peer> {
-        self.shared
-            .tables
-            .topology()
-            .peers()
-            .map(|(_, p)| p.clone())
-            .collect()
     }
 
     /// Every attached port.

@@ -24,6 +24,6 @@ mod round;
 mod tunnel;
 mod worker;
 
-pub use handle::{PortRecord, Switch, SwitchConfig, SwitchError, MAX_PORTS};
+pub use handle::{PortRecord, Switch, SwitchConfig, SwitchError};
 pub use round::Dataplane;
 pub use worker::allowed_cpus;

@@ -58,7 +58,7 @@ impl Dataplane {
     }
 
     /// Attaches the VXLAN tunnel; frames routed to peers leave through it.
-    pub fn set_tunnel(&mut self, tunnel: UdpTunnel, metrics: Arc<PortMetrics>) {
+    pub(crate) fn set_tunnel(&mut self, tunnel: UdpTunnel, metrics: Arc<PortMetrics>) {
         // A send-only tunnel has nothing to read: "polled" and never ready.
         let polled = match tunnel.poll_fd() {
             Some(fd) => self.readiness.watch(fd, TUNNEL_TOKEN),
@@ -81,7 +81,7 @@ impl Dataplane {
     }
 
     /// Releases the port `id`, returning it.
-    pub fn remove_port(&mut self, id: PortId) -> Option<Box<dyn Port>> {
+    pub(crate) fn remove_port(&mut self, id: PortId) -> Option<Box<dyn Port>> {
         let slot = self.ports.remove(id)?;
         self.unwatch(&slot);
         Some(slot.port)
@@ -107,13 +107,8 @@ impl Dataplane {
 
     /// Ports whose other end closed since the last call (already released), each with the
     /// counters it was attached with: an id may be reused, the counters are not.
-    pub fn take_closed(&mut self) -> Vec<(PortId, Arc<PortMetrics>)> {
+    pub(crate) fn take_closed(&mut self) -> Vec<(PortId, Arc<PortMetrics>)> {
         std::mem::take(&mut self.gone)
-    }
-
-    /// The pipeline (tables, config, counters).
-    pub fn pipeline(&self) -> &Pipeline {
-        &self.pipeline
     }
 
     /// Makes `waker` end the data plane's sleep in epoll (called once by the driving thread).

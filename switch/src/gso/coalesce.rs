@@ -29,7 +29,7 @@ use crate::wire::virtio::{GsoType, VnetHdr, FLAG_NEEDS_CSUM};
 
 const MAX_SEGMENTS: usize = 64;
 /// Most parts of an emitted frame: its headers and one payload per merged segment.
-pub const MAX_PARTS: usize = MAX_SEGMENTS + 1;
+pub(crate) const MAX_PARTS: usize = MAX_SEGMENTS + 1;
 /// Where the TCP header of a mergeable frame starts (IPv4 without options).
 const TCP_AT: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN;
 /// FIN, SYN, RST, URG, ECE, CWR: never merged.

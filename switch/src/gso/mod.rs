@@ -1,12 +1,14 @@
 //! The GSO/GRO path: superframes cut into wire-ready segments on their way into the tunnel
-//! ([`segment`]), and TCP segments from the tunnel merged into superframes on their way to a
-//! pod's TAP ([`coalesce`]). Both read and write headers through [`crate::wire`]'s views.
+//! (`segment`), and TCP segments from the tunnel merged into superframes on their way to a
+//! pod's TAP (`coalesce`). Both read and write headers through [`crate::wire`]'s views.
 
-pub mod coalesce;
-pub mod segment;
+mod coalesce;
+mod segment;
 
-pub use coalesce::{Coalescer, MAX_PARTS};
-pub use segment::{complete_checksum, OffloadError, Segmenter};
+pub use coalesce::Coalescer;
+pub(crate) use coalesce::MAX_PARTS;
+pub(crate) use segment::complete_checksum;
+pub use segment::{OffloadError, Segmenter};
 
 /// Smallest virtio-net `gso_size` the switch accepts on a superframe (TCP or UDP): Linux's
 /// `TCP_MIN_GSO_SIZE`, 8 bytes, the least payload per segment its TCP sends (a send MSS of at
@@ -15,4 +17,4 @@ pub use segment::{complete_checksum, OffloadError, Segmenter};
 /// pipeline drops such superframes before they reach any port
 /// ([`crate::pipeline::DropReason::BadGsoSize`]); the segmenter refuses them as well. A higher
 /// floor would refuse real flows: a peer may advertise a small MSS, and pod MTUs go down to 68.
-pub const MIN_GSO_SIZE: u16 = crate::wire::tcp::MIN_GSO_SIZE;
+pub(crate) const MIN_GSO_SIZE: u16 = crate::wire::tcp::MIN_GSO_SIZE;

@@ -67,7 +67,7 @@ pub enum OffloadError {
     /// `csum_start`/`csum_offset` point outside the L4 packet or not at its checksum field.
     #[error("virtio-net checksum offsets inconsistent with the packet")]
     BadOffsets,
-    /// The virtio-net `gso_size` is below [`MIN_GSO_SIZE`].
+    /// The virtio-net `gso_size` is below `MIN_GSO_SIZE`.
     #[error("gso_size {0} below the minimum of {MIN_GSO_SIZE}")]
     GsoSizeTooSmall(u16),
     /// The caller's segment limit leaves no room for payload.
@@ -115,7 +115,7 @@ fn parse_ipv4(frame: &[u8]) -> Result<Ipv4Layout, OffloadError> {
 /// (it holds the pseudo-header sum). It is stored at `csum_start + csum_offset`; a UDP
 /// checksum that comes out as 0 is sent as 0xffff. `csum_start` must not lie before the L4
 /// header and the field must lie inside the IPv4 packet.
-pub fn complete_checksum(frame: &mut [u8], vnet: &VnetHdr) -> Result<(), OffloadError> {
+pub(crate) fn complete_checksum(frame: &mut [u8], vnet: &VnetHdr) -> Result<(), OffloadError> {
     if !vnet.needs_csum() {
         return Ok(());
     }
@@ -154,16 +154,9 @@ pub struct Segmenter {
 }
 impl Segmenter {
     /// A segmenter with an empty scratch buffer.
-    pub fn new() -> Self {
+    #[cfg(test)]
+    pub(crate) fn new() -> Self {
         Self::default()
-    }
-
-    /// A segmenter whose scratch buffer already holds `capacity` bytes (the largest frame it
-    /// will build: headers plus one segment's payload, or a whole non-GSO frame).
-    pub fn with_capacity(capacity: usize) -> Self {
-        Self {
-            scratch: Vec::with_capacity(capacity),
-        }
     }
 
     /// Makes the Ethernet frame `frame` (described by `vnet`) wire-ready and hands each
@@ -173,7 +166,7 @@ impl Segmenter {
     /// - `gso_type` None: the frame is emitted once, unchanged (no copy: empty headers, the
     ///   whole frame as payload) unless `NEEDS_CSUM`, in which case a copy with the checksum
     ///   completed is emitted as the headers part. Callers that own the
-    ///   frame mutably can instead call [`complete_checksum`] in place and skip the copy.
+    ///   frame mutably can instead call `complete_checksum` in place and skip the copy.
     /// - TcpV4: the TCP payload is cut into chunks of `min(gso_size, max_segment_payload)`
     ///   bytes. Each segment repeats the Ethernet, IPv4 (options included) and TCP (options
     ///   included) headers with IPv4 total length, id (original + index, wrapping) and header
@@ -206,7 +199,7 @@ impl Segmenter {
     /// flow's own IPv4 and L4 headers (options included), is at most `ip_mtu` bytes: what a
     /// tunnel with that inner MTU carries without fragmenting. The payload part is given as
     /// its range in `frame`, for callers that refer to it rather than copy it.
-    pub fn segment_for_mtu<F: FnMut(&[u8], Range<usize>)>(
+    pub(crate) fn segment_for_mtu<F: FnMut(&[u8], Range<usize>)>(
         &mut self,
         frame: &[u8],
         vnet: &VnetHdr,

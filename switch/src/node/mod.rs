@@ -166,7 +166,7 @@ impl Node {
     ///
     /// The tunnel socket is bound, and the TAPs are created, in the calling thread's network
     /// namespace (the node's "host" namespace). The workers are pinned among the CPUs the
-    /// calling thread may run on ([`NodeSpec::dataplane_cpus`]).
+    /// calling thread may run on (`NodeSpec::dataplane_cpus`).
     pub fn start(spec: NodeSpec, pods: &[PodSpec], peers: &[PeerSpec]) -> Result<Node, NodeError> {
         spec.validate()?;
         let config = spec.switch_config(&crate::dataplane::allowed_cpus())?;
@@ -199,16 +199,6 @@ impl Node {
     /// Node name.
     pub fn name(&self) -> &str {
         &self.spec.name
-    }
-
-    /// The node's settings.
-    pub fn spec(&self) -> &NodeSpec {
-        &self.spec
-    }
-
-    /// The switch.
-    pub fn switch(&self) -> &Switch {
-        &self.switch
     }
 
     /// Adds a pod (CNI ADD), refused by the same rules as a `[[pods]]` entry (fields named
@@ -412,13 +402,13 @@ impl Node {
         names.iter().filter_map(|n| self.pod(n)).collect()
     }
 
-    /// Frames each data-plane thread has handled (see [`Switch::worker_frames`]).
+    /// Frames each data-plane thread has handled (see `Switch::worker_frames`).
     pub fn worker_frames(&self) -> Vec<u64> {
         self.switch.worker_frames()
     }
 
     /// The MAC table.
-    pub fn fdb(&self) -> Vec<FdbEntry> {
+    pub(crate) fn fdb(&self) -> Vec<FdbEntry> {
         let names: BTreeMap<PortId, String> = self
             .switch
             .ports()
@@ -443,7 +433,7 @@ impl Node {
 
     /// Adds a peer node, refused by the same rules as a `[[peers]]` entry (fields named
     /// `peer.*`); flows to other peers and between local pods go on.
-    pub fn add_peer(&self, spec: &PeerSpec) -> Result<(), NodeError> {
+    pub(crate) fn add_peer(&self, spec: &PeerSpec) -> Result<(), NodeError> {
         let mut peers = lock(&self.peers);
         spec.check(&self.spec, peers.iter(), "peer")?;
         self.switch
@@ -455,7 +445,7 @@ impl Node {
     }
 
     /// Removes a peer node and its route.
-    pub fn del_peer(&self, name: &str) -> Result<(), NodeError> {
+    pub(crate) fn del_peer(&self, name: &str) -> Result<(), NodeError> {
         let mut peers = lock(&self.peers);
         self.switch.remove_peer(name).map_err(NodeError::Peer)?;
         peers.retain(|p| p.name != name);
@@ -464,12 +454,12 @@ impl Node {
     }
 
     /// Every peer, as added.
-    pub fn peers(&self) -> Vec<PeerSpec> {
+    pub(crate) fn peers(&self) -> Vec<PeerSpec> {
         lock(&self.peers).clone()
     }
 
     /// Switch-wide counters: `(rx, forwarded, delivered locally, dropped)`.
-    pub fn totals(&self) -> (u64, u64, u64, u64) {
+    pub(crate) fn totals(&self) -> (u64, u64, u64, u64) {
         let m = self.switch.metrics().snapshot();
         (m.rx, m.forwarded, m.delivered_locally, m.dropped_total())
     }

@@ -7,7 +7,7 @@
 //!
 //! Rules, for a frame from a pod port:
 //! 1. validate: Ethernet header present, length within the pod MTU (unless a GSO superframe,
-//!    whose segment size must be at least [`crate::gso::MIN_GSO_SIZE`]), source MAC the pod's
+//!    whose segment size must be at least `gso::MIN_GSO_SIZE`), source MAC the pod's
 //!    own, and only what a pod may send: IPv4 and ARP from the pod's own addresses. VLAN-tagged
 //!    frames and every other EtherType (IPv6, LLDP, ...) are dropped, broadcasts included;
 //! 2. learn the source MAC;
@@ -26,8 +26,8 @@
 //!
 //! Every call ends in exactly one [`Action`], and every action is counted ([`stats::Counts`]).
 
-pub mod reply;
-pub mod stats;
+mod reply;
+mod stats;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -55,7 +55,7 @@ pub struct NodeConfig {
     /// The router MAC: the gateway's MAC and the node's VTEP MAC.
     pub router_mac: EthernetAddress,
     /// VXLAN network identifier of the cluster.
-    pub vni: u32,
+    pub(crate) vni: u32,
     /// Pod MTU: largest IPv4 packet a pod may send (frames up to `mtu + 14`).
     pub mtu: u16,
     /// Largest inner IPv4 packet the tunnel carries; bigger ones get "fragmentation needed".
@@ -65,7 +65,7 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// The gateway of a pod CIDR that does not name one: its first host address. The one
     /// place this rule is written (the node spec uses it too).
-    pub fn default_gateway(cidr: Ipv4Net) -> Ipv4Addr {
+    pub(crate) fn default_gateway(cidr: Ipv4Net) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(cidr.network()).wrapping_add(1))
     }
 
@@ -151,38 +151,39 @@ impl Pipeline {
     }
 
     /// The node settings.
-    pub fn config(&self) -> &NodeConfig {
+    pub(crate) fn config(&self) -> &NodeConfig {
         &self.core.cfg
     }
 
     /// The shared tables.
-    pub fn tables(&self) -> &Arc<Tables> {
+    #[cfg(test)]
+    pub(crate) fn tables(&self) -> &Arc<Tables> {
         &self.tables
     }
 
     /// The topology snapshot of the current batch.
-    pub fn topology(&self) -> &Arc<Topology> {
+    pub(crate) fn topology(&self) -> &Arc<Topology> {
         &self.topo
     }
 
     /// The ICMP error of the last [`Action::Reject`].
-    pub fn scratch(&self) -> &[u8] {
+    pub(crate) fn scratch(&self) -> &[u8] {
         &self.core.scratch
     }
 
-    /// Counts since the last [`Pipeline::take_counts`].
+    /// Counts since the last `Pipeline::take_counts`.
     pub fn counts(&self) -> &Counts {
         &self.core.counts
     }
 
     /// Returns the counts and resets them.
-    pub fn take_counts(&mut self) -> Counts {
+    pub(crate) fn take_counts(&mut self) -> Counts {
         std::mem::take(&mut self.core.counts)
     }
 
     /// Turns one frame counted as forwarded into a drop for `reason` (the runtime could not
     /// carry out the forward).
-    pub fn count_egress_drop(&mut self, reason: DropReason, frames: u64) {
+    pub(crate) fn count_egress_drop(&mut self, reason: DropReason, frames: u64) {
         let c = &mut self.core.counts;
         c.forwarded -= frames.min(c.forwarded);
         c.dropped[reason as usize] += frames;
@@ -208,7 +209,7 @@ impl Pipeline {
 
     /// Decides what to do with `frame`, received on `ingress` with the virtio-net header
     /// `vnet` (all zero for a plain frame). A GSO superframe is exempt from the MTU check but
-    /// must have a segment size of at least [`MIN_GSO_SIZE`].
+    /// must have a segment size of at least `MIN_GSO_SIZE`.
     #[inline]
     pub fn process(&mut self, ingress: PortId, frame: &mut [u8], vnet: VnetHdr) -> Action {
         self.core

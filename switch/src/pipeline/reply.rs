@@ -11,7 +11,7 @@ use crate::wire::EthernetAddress;
 
 /// Largest ICMP error the switch builds: Ethernet + IPv4 + ICMP + the offending IPv4 header
 /// (up to 60 bytes with options) + 8 bytes of its payload (RFC 792).
-pub const ICMP_ERROR_MAX: usize =
+pub(crate) const ICMP_ERROR_MAX: usize =
     ethernet::HEADER_LEN + ipv4::HEADER_LEN + icmp::HEADER_LEN + ipv4::MAX_HEADER_LEN + QUOTED_L4;
 
 /// Bytes of the offending packet's payload an ICMP error quotes after its header (RFC 792).
@@ -23,7 +23,7 @@ const TTL: u8 = 64;
 
 /// ICMP types and codes the switch sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IcmpError {
+pub(crate) enum IcmpError {
     /// Type 3 code 0.
     NetUnreachable,
     /// Type 3 code 1.
@@ -50,7 +50,7 @@ impl IcmpError {
 
 /// Turns the ARP request in `frame` (validated: Ethernet/IPv4, 28 bytes after the Ethernet
 /// header) into the reply "`ip` is at `mac`", in place.
-pub fn arp_reply_in_place(frame: &mut [u8], mac: EthernetAddress, ip: Ipv4Addr) {
+pub(crate) fn arp_reply_in_place(frame: &mut [u8], mac: EthernetAddress, ip: Ipv4Addr) {
     let Ok(mut eth) = EthernetFrame::new_checked(frame) else {
         return;
     };
@@ -67,7 +67,7 @@ pub fn arp_reply_in_place(frame: &mut [u8], mac: EthernetAddress, ip: Ipv4Addr) 
 
 /// Turns the ICMP echo request in `frame` (validated Ethernet and IPv4 headers) into the echo
 /// reply from `ip`/`mac`, in place.
-pub fn echo_reply_in_place(frame: &mut [u8], mac: EthernetAddress, ip: Ipv4Addr) {
+pub(crate) fn echo_reply_in_place(frame: &mut [u8], mac: EthernetAddress, ip: Ipv4Addr) {
     let Ok(mut eth) = EthernetFrame::new_checked(frame) else {
         return;
     };
@@ -91,7 +91,7 @@ pub fn echo_reply_in_place(frame: &mut [u8], mac: EthernetAddress, ip: Ipv4Addr)
 /// Builds, in `out`, the ICMP error `kind` from `ip`/`mac` about the IPv4 packet in `frame`
 /// (validated Ethernet and IPv4 headers). Returns the frame length (0 if `frame` is not such
 /// a packet).
-pub fn icmp_error(
+pub(crate) fn icmp_error(
     out: &mut [u8; ICMP_ERROR_MAX],
     frame: &[u8],
     kind: IcmpError,

@@ -21,9 +21,9 @@ macro_rules! drop_reasons {
 
         impl DropReason {
             /// Every reason, in index order.
-            pub const ALL: &'static [DropReason] = &[$(DropReason::$name,)*];
+            pub(crate) const ALL: &'static [DropReason] = &[$(DropReason::$name,)*];
             /// Number of reasons.
-            pub const COUNT: usize = Self::ALL.len();
+            pub(crate) const COUNT: usize = Self::ALL.len();
 
             /// Stable snake_case name.
             pub fn label(self) -> &'static str {
@@ -103,9 +103,9 @@ pub struct Counts {
     /// Frames the switch consumed and answered itself.
     pub delivered_locally: u64,
     /// Drops by reason (indexed by `DropReason as usize`).
-    pub dropped: [u64; DropReason::COUNT],
+    pub(crate) dropped: [u64; DropReason::COUNT],
     /// Transmit copies refused by a full or failed egress port (not part of the rx sum).
-    pub tx_dropped: u64,
+    pub(crate) tx_dropped: u64,
 }
 
 impl Default for Counts {
@@ -156,7 +156,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Adds `c` and resets it.
-    pub fn flush(&self, c: &mut Counts) {
+    pub(crate) fn flush(&self, c: &mut Counts) {
         let add = |a: &AtomicU64, v: u64| {
             if v != 0 {
                 a.fetch_add(v, Ordering::Relaxed);
@@ -173,7 +173,7 @@ impl Metrics {
     }
 
     /// Counts transmit copies an egress port refused.
-    pub fn count_tx_dropped(&self, n: u64) {
+    pub(crate) fn count_tx_dropped(&self, n: u64) {
         self.tx_dropped.fetch_add(n, Ordering::Relaxed);
     }
 
@@ -193,17 +193,17 @@ impl Metrics {
 #[derive(Debug, Default)]
 pub struct PortMetrics {
     /// Frames received.
-    pub rx_frames: AtomicU64,
+    pub(crate) rx_frames: AtomicU64,
     /// Bytes received.
-    pub rx_bytes: AtomicU64,
+    pub(crate) rx_bytes: AtomicU64,
     /// Received frames dropped by the pipeline.
-    pub rx_dropped: AtomicU64,
+    pub(crate) rx_dropped: AtomicU64,
     /// Frames sent.
-    pub tx_frames: AtomicU64,
+    pub(crate) tx_frames: AtomicU64,
     /// Bytes sent.
-    pub tx_bytes: AtomicU64,
+    pub(crate) tx_bytes: AtomicU64,
     /// Frames for this port dropped at egress.
-    pub tx_dropped: AtomicU64,
+    pub(crate) tx_dropped: AtomicU64,
 }
 
 /// A plain copy of [`PortMetrics`].
@@ -225,7 +225,7 @@ pub struct PortCounts {
 
 impl PortMetrics {
     /// Adds `c` and resets it.
-    pub fn flush(&self, c: &mut PortCounts) {
+    pub(crate) fn flush(&self, c: &mut PortCounts) {
         let pairs = [
             (&self.rx_frames, c.rx_frames),
             (&self.rx_bytes, c.rx_bytes),

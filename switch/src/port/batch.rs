@@ -28,7 +28,7 @@ pub struct Batch {
 
 impl Batch {
     /// An empty batch sized for `frames` frames of about `frame_size` bytes.
-    pub fn with_capacity(frames: usize, frame_size: usize) -> Self {
+    pub(crate) fn with_capacity(frames: usize, frame_size: usize) -> Self {
         Self {
             data: Vec::with_capacity(frames * frame_size),
             used: 0,
@@ -50,13 +50,13 @@ impl Batch {
 
     /// Total bytes of all frames.
     #[inline]
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.used
     }
 
     /// Removes all frames, keeping the memory.
     #[inline]
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.used = 0;
         self.descs.clear();
     }
@@ -79,7 +79,7 @@ impl Batch {
 
     /// Appends `prefix` + `frame` as one frame with virtio-net header `vnet`.
     #[inline]
-    pub fn push_with(&mut self, vnet: VnetHdr, prefix: &[u8], frame: &[u8]) {
+    pub(crate) fn push_with(&mut self, vnet: VnetHdr, prefix: &[u8], frame: &[u8]) {
         let len = prefix.len() + frame.len();
         let off = self.used;
         let tail = self.tail(len);
@@ -98,7 +98,7 @@ impl Batch {
 
     /// Appends a frame written in place by `fill`, which gets `max` bytes of space and returns
     /// how many it used (`None`: nothing appended). For readers that fill buffers (TAP `read`).
-    pub fn push_from<E>(
+    pub(crate) fn push_from<E>(
         &mut self,
         max: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<Option<(usize, VnetHdr)>, E>,
@@ -122,7 +122,7 @@ impl Batch {
     /// Appends a frame written in place by `fill` into `max` bytes, of which the first `skip`
     /// are a header the filler consumes (the virtio-net header of a TAP read): `fill` returns
     /// the total length read and the parsed header; the frame is what follows `skip`.
-    pub fn push_from_skipping<E>(
+    pub(crate) fn push_from_skipping<E>(
         &mut self,
         max: usize,
         skip: usize,
@@ -154,7 +154,7 @@ impl Batch {
 
     /// Frame `i`, mutable, and its virtio-net header.
     #[inline]
-    pub fn get_mut(&mut self, i: usize) -> Option<(&mut [u8], VnetHdr)> {
+    pub(crate) fn get_mut(&mut self, i: usize) -> Option<(&mut [u8], VnetHdr)> {
         let d = self.descs.get(i)?;
         let (off, len) = (d.off as usize, d.len as usize);
         Some((&mut self.data[off..off + len], d.vnet))
@@ -162,25 +162,25 @@ impl Batch {
 
     /// Where frame `i` starts in [`Batch::as_bytes`].
     #[inline]
-    pub fn offset(&self, i: usize) -> Option<usize> {
+    pub(crate) fn offset(&self, i: usize) -> Option<usize> {
         self.descs.get(i).map(|d| d.off as usize)
     }
 
     /// The used part of the buffer: every frame (and skipped headers) back to back. Frames
     /// can be referred to by range in it while the batch is not modified.
     #[inline]
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.data[..self.used]
     }
 
     /// [`Batch::as_bytes`], mutable (frames edited in place by range).
     #[inline]
-    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn as_bytes_mut(&mut self) -> &mut [u8] {
         &mut self.data[..self.used]
     }
 
     /// Appends the frame made of `parts` back to back, with virtio-net header `vnet`.
-    pub fn push_parts(&mut self, vnet: VnetHdr, parts: &[&[u8]]) {
+    pub(crate) fn push_parts(&mut self, vnet: VnetHdr, parts: &[&[u8]]) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let off = self.used;
         let mut tail = self.tail(len);

@@ -13,7 +13,7 @@ use super::{Batch, Port, PortError, SendOutcome, Waker, DEFAULT_BATCH};
 use std::sync::Arc;
 
 /// Batches a direction may hold before the sender sees "full".
-pub const QUEUE_BATCHES: usize = 256;
+pub(crate) const QUEUE_BATCHES: usize = 256;
 
 /// The switch side of an in-memory port.
 pub struct MemPort {

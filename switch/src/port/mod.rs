@@ -4,18 +4,19 @@
 //! with the frames for that port; neither blocks. Ports backed by a file descriptor expose it
 //! for `poll(2)`; in-memory ports wake the runtime through its [`Waker`].
 
-pub mod batch;
-pub mod mem;
-pub mod tap;
-pub mod tunnel;
-pub mod waker;
+mod batch;
+mod mem;
+pub(crate) mod tap;
+pub(crate) mod tunnel;
+mod waker;
 
 use std::os::fd::BorrowedFd;
 
 pub use batch::{Batch, DEFAULT_BATCH};
 pub use mem::{mem_port, EndpointError, MemEndpoint, MemPort};
-pub use tap::TapPort;
-pub use tunnel::{TxQueue, UdpTunnel};
+pub(crate) use tap::TapPort;
+pub(crate) use tunnel::TxQueue;
+pub use tunnel::UdpTunnel;
 pub use waker::Waker;
 
 /// Why a port failed.
@@ -33,11 +34,11 @@ pub enum PortError {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SendOutcome {
     /// Frames handed to the other end.
-    pub sent: usize,
+    pub(crate) sent: usize,
     /// Bytes handed to the other end.
-    pub bytes: usize,
+    pub(crate) bytes: usize,
     /// Frames dropped because the other end's queue was full.
-    pub dropped: usize,
+    pub(crate) dropped: usize,
 }
 
 /// A switch port.

@@ -21,12 +21,12 @@ use crate::wire::virtio::{self, VnetHdr};
 pub(crate) const READ_MAX: usize =
     virtio::HEADER_LEN + crate::wire::ethernet::HEADER_LEN + crate::wire::ipv4::MAX_PACKET_LEN;
 /// Most parts one frame may be written from (one `writev`; far below `UIO_MAXIOV`).
-pub const MAX_PARTS: usize = 128;
+pub(crate) const MAX_PARTS: usize = 128;
 /// Send buffer asked for with `TUNSETSNDBUF` (the default, ~212 KB, holds three superframes).
 const SNDBUF: libc::c_int = 8 << 20;
 
 /// A TAP device in L2 mode with virtio-net headers.
-pub struct TapPort {
+pub(crate) struct TapPort {
     dev: SyncDevice,
     name: String,
 }
@@ -41,19 +41,10 @@ impl std::fmt::Debug for TapPort {
 }
 
 impl TapPort {
-    /// Creates the TAP `ifname` in the calling thread's network namespace. The device starts
-    /// down and unconfigured. The fd holds a reference to that namespace for its lifetime.
-    pub fn create(ifname: &str) -> std::io::Result<Self> {
-        let mut queues = Self::create_queues(ifname, 1)?;
-        queues
-            .pop()
-            .ok_or_else(|| std::io::Error::other("no TAP queue"))
-    }
-
     /// Creates the TAP `ifname` with `queues` queues (`IFF_MULTI_QUEUE` when more than one), one
     /// port per queue. The kernel picks a queue per flow for what the pod sends; writes may go
     /// through any queue. All queues must be opened before the device leaves this namespace.
-    pub fn create_queues(ifname: &str, queues: usize) -> std::io::Result<Vec<Self>> {
+    pub(crate) fn create_queues(ifname: &str, queues: usize) -> std::io::Result<Vec<Self>> {
         let dev = DeviceBuilder::new()
             .name(ifname)
             .layer(Layer::L2)
@@ -93,11 +84,6 @@ impl TapPort {
             dev,
             name: ifname.into(),
         })
-    }
-
-    /// The interface name the TAP was created with.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 }
 

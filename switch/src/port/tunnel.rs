@@ -26,10 +26,10 @@ use std::os::fd::{AsFd, BorrowedFd};
 use super::{Batch, PortError, SendOutcome};
 
 /// Sockets in the source-port pool.
-pub const SOURCE_PORTS: usize = 16;
+pub(crate) const SOURCE_PORTS: usize = 16;
 /// Largest VXLAN datagram read (a 64 KiB GRO superframe in a later version; 9000-byte jumbo
 /// underlays today).
-pub const DATAGRAM_MAX: usize = 65535;
+pub(crate) const DATAGRAM_MAX: usize = 65535;
 /// Socket buffers asked for: the data plane drains in batches and may be descheduled for a few
 /// milliseconds on a busy 2-core machine; the default ~212 KB overflows at a few Gbit/s (seen:
 /// a third of a TCP stream's datagrams lost as `RcvbufErrors`).
@@ -93,7 +93,7 @@ struct TxRun {
 /// Datagrams waiting to be sent, grouped into GSO runs as they are queued. Nothing here
 /// allocates in steady state (the vectors keep their capacity across [`TxQueue::clear`]).
 #[derive(Debug)]
-pub struct TxQueue {
+pub(crate) struct TxQueue {
     heads: Vec<u8>,
     datagrams: Vec<Datagram>,
     runs: Vec<TxRun>,
@@ -111,7 +111,7 @@ impl Default for TxQueue {
 impl TxQueue {
     /// A queue whose GSO runs only take datagrams of at most `gso_limit` bytes (the UDP
     /// payload that fits the underlay MTU); longer ones are sent alone.
-    pub fn with_gso_limit(gso_limit: usize) -> Self {
+    pub(crate) fn with_gso_limit(gso_limit: usize) -> Self {
         Self {
             heads: Vec::new(),
             datagrams: Vec::new(),
@@ -124,7 +124,7 @@ impl TxQueue {
     /// `body` of the source buffer that will be passed to [`UdpTunnel::send_queue`]. `hash`
     /// picks the source socket. The datagram joins the last run when it goes to the same place,
     /// is no longer than the run's datagrams and the run has room (a shorter one ends the run).
-    pub fn push(&mut self, to: SocketAddrV4, hash: u32, head: &[&[u8]], body: Range<usize>) {
+    pub(crate) fn push(&mut self, to: SocketAddrV4, hash: u32, head: &[&[u8]], body: Range<usize>) {
         let head_off = self.heads.len();
         for part in head {
             self.heads.extend_from_slice(part);
@@ -163,23 +163,19 @@ impl TxQueue {
         });
     }
 
-    /// Number of datagrams queued.
-    pub fn len(&self) -> usize {
-        self.datagrams.len()
-    }
-
     /// True if nothing is queued.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.datagrams.is_empty()
     }
 
     /// Number of runs (GSO sends, where the kernel has GSO).
-    pub fn runs(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn runs(&self) -> usize {
         self.runs.len()
     }
 
     /// Forgets everything queued, keeping the memory.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.heads.clear();
         self.datagrams.clear();
         self.runs.clear();
@@ -247,7 +243,7 @@ impl UdpTunnel {
     /// A send-only tunnel for another data-plane thread: its own pool of source sockets on
     /// the same underlay address (a socket is not shared between threads' batches), no
     /// receiving socket (the first thread receives for the node).
-    pub fn senders(&self) -> std::io::Result<Self> {
+    pub(crate) fn senders(&self) -> std::io::Result<Self> {
         Ok(Self {
             rx: None,
             tx: source_pool(*self.local.ip())?,
@@ -259,7 +255,8 @@ impl UdpTunnel {
     }
 
     /// True if runs of datagrams go out with one GSO `sendmsg`.
-    pub fn gso(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn gso(&self) -> bool {
         self.gso
     }
 
@@ -269,7 +266,8 @@ impl UdpTunnel {
     }
 
     /// The outer source ports the tunnel sends from.
-    pub fn source_ports(&self) -> Vec<u16> {
+    #[cfg(test)]
+    pub(crate) fn source_ports(&self) -> Vec<u16> {
         self.tx
             .iter()
             .filter_map(|s| s.local_addr().ok())
@@ -280,7 +278,7 @@ impl UdpTunnel {
     /// Receives up to `max` entries into `batch`, with their sources and their GRO segment
     /// sizes (parallel). An entry is one datagram (`segment` 0) or, with UDP GRO, a run of
     /// datagrams of `segment` bytes each (the last may be shorter), all from one source.
-    pub fn recv(
+    pub(crate) fn recv(
         &mut self,
         batch: &mut Batch,
         sources: &mut Vec<SocketAddrV4>,
@@ -335,7 +333,7 @@ impl UdpTunnel {
     /// index), then empties it: each run with one GSO `sendmsg` where the kernel can, else one
     /// `sendmsg` per datagram. Counts are in datagrams; a datagram whose body is outside
     /// `source` is dropped and counted.
-    pub fn send_queue(&mut self, queue: &mut TxQueue, source: &[u8]) -> SendOutcome {
+    pub(crate) fn send_queue(&mut self, queue: &mut TxQueue, source: &[u8]) -> SendOutcome {
         let mut out = SendOutcome::default();
         // Iovecs borrow `source` and the queue, so the vector lives for this call only; two
         // per datagram, at most GSO_MAX_SEGMENTS datagrams per send: no reallocation.
@@ -393,7 +391,7 @@ impl UdpTunnel {
     }
 
     /// The receiving socket, for `poll(2)` (none for a send-only tunnel).
-    pub fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
+    pub(crate) fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
         self.rx.as_ref().map(|s| s.as_fd())
     }
 }

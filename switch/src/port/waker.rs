@@ -30,7 +30,7 @@ impl Waker {
 
     /// Called by senders after queueing frames.
     #[inline]
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
             // A full counter (EAGAIN) still means "readable": nothing to do on error.
             let _ = self.fd.write(1);
@@ -38,24 +38,24 @@ impl Waker {
     }
 
     /// Wakes the runtime unconditionally (commands, shutdown).
-    pub fn kick(&self) {
+    pub(crate) fn kick(&self) {
         self.sleeping.store(false, Ordering::SeqCst);
         let _ = self.fd.write(1);
     }
 
     /// Called by the runtime before its last check of the ports.
-    pub fn prepare_sleep(&self) {
+    pub(crate) fn prepare_sleep(&self) {
         self.sleeping.store(true, Ordering::SeqCst);
     }
 
     /// Called by the runtime when it is awake again; drains the eventfd.
-    pub fn awake(&self) {
+    pub(crate) fn awake(&self) {
         self.sleeping.store(false, Ordering::SeqCst);
         let _ = self.fd.read();
     }
 
     /// The eventfd, for `poll(2)`.
-    pub fn fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 }

@@ -3,7 +3,7 @@
 //! Invariants:
 //! - A published [`MacSnapshot`] is never mutated except for entry timestamps (atomics).
 //! - Dynamic entries never exceed `capacity`; a learn that would exceed it is refused and
-//!   counted in [`MacTable::full_events`]. Static entries are always accepted.
+//!   counted in `full_events`. Static entries are always accepted.
 //! - Entries are stored inline; a writer copying a shard copies the timestamps as they are. A
 //!   refresh that lands on a snapshot just replaced is lost, which at worst ages an active MAC
 //!   one refresh (one second) early in a 300 s window; in exchange, dropping an old shard frees
@@ -25,7 +25,7 @@ const SHARDS: usize = 64;
 pub struct MacTableConfig {
     /// Most dynamic (learned) entries held at once.
     pub capacity: usize,
-    /// A learned entry not refreshed for this long is removed by [`MacTable::age`].
+    /// A learned entry not refreshed for this long is removed by `MacTable::age`.
     pub ageing: Duration,
 }
 
@@ -44,7 +44,7 @@ pub struct MacEntry {
     /// Port the MAC lives behind.
     pub port: PortId,
     /// Static entries are never aged out or moved by learning.
-    pub is_static: bool,
+    pub(crate) is_static: bool,
     /// Coarse time (seconds since the table was made) the MAC was last seen as a source.
     last_seen: AtomicU32,
 }
@@ -57,14 +57,14 @@ impl Clone for MacEntry {
 
 impl MacEntry {
     /// Seconds (table clock) the MAC was last seen.
-    pub fn last_seen(&self) -> u32 {
+    pub(crate) fn last_seen(&self) -> u32 {
         self.last_seen.load(Ordering::Relaxed)
     }
 
     /// Records that the MAC was seen at `now`. Writes only when the second changed, so the hot
     /// path does not bounce the cache line between cores.
     #[inline]
-    pub fn touch(&self, now: u32) {
+    pub(crate) fn touch(&self, now: u32) {
         if self.last_seen.load(Ordering::Relaxed) != now {
             self.last_seen.store(now, Ordering::Relaxed);
         }
@@ -112,7 +112,7 @@ impl MacSnapshot {
     }
 
     /// Every entry as `(mac key, entry)`, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, &MacEntry)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &MacEntry)> {
         self.shards
             .iter()
             .flat_map(|s| s.iter().map(|(k, e)| (*k, e)))
@@ -137,7 +137,7 @@ pub struct LearnOutcome {
     /// Entries that moved to another port.
     pub moved: usize,
     /// Learns refused because the table was full.
-    pub refused: usize,
+    pub(crate) refused: usize,
 }
 
 impl MacTable {
@@ -150,11 +150,6 @@ impl MacTable {
             epoch: Instant::now(),
             full_events: AtomicU64::new(0),
         }
-    }
-
-    /// The table's settings.
-    pub fn config(&self) -> MacTableConfig {
-        self.config
     }
 
     /// The current snapshot. Load once per batch; the snapshot stays valid (and unchanged) for as
@@ -171,12 +166,13 @@ impl MacTable {
     }
 
     /// The table clock at `t`.
-    pub fn clock(&self, t: Instant) -> u32 {
+    pub(crate) fn clock(&self, t: Instant) -> u32 {
         u32::try_from(t.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX)
     }
 
     /// How many learns were refused because the table was full, since it was made.
-    pub fn full_events(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn full_events(&self) -> u64 {
         self.full_events.load(Ordering::Relaxed)
     }
 
@@ -237,17 +233,18 @@ impl MacTable {
     }
 
     /// Removes the entry for `key`, static or learned. Returns whether there was one.
-    pub fn remove(&self, key: u64) -> bool {
+    #[cfg(test)]
+    pub(crate) fn remove(&self, key: u64) -> bool {
         self.retain_where(|k, _| k != key) > 0
     }
 
     /// Removes every entry pointing at `port` (the port is going away).
-    pub fn flush_port(&self, port: PortId) -> usize {
+    pub(crate) fn flush_port(&self, port: PortId) -> usize {
         self.retain_where(|_, e| e.port != port)
     }
 
     /// Removes learned entries not seen for the ageing time, as of `now`. Returns how many.
-    pub fn age(&self, now: u32) -> usize {
+    pub(crate) fn age(&self, now: u32) -> usize {
         let ageing = u32::try_from(self.config.ageing.as_secs()).unwrap_or(u32::MAX);
         self.retain_where(|_, e| e.is_static || now.saturating_sub(e.last_seen()) < ageing)
     }

@@ -12,23 +12,25 @@
 //! measured on this kind of machine that is as fast as an unsynchronised map (docs/platform-facts.md). Writers
 //! (learning, ageing, control) serialise on a mutex among themselves and never block readers.
 
-pub mod mac;
-pub mod topology;
+mod mac;
+mod topology;
 
-pub use mac::{MacEntry, MacSnapshot, MacTable, MacTableConfig};
-pub use topology::{Neighbour, Peer, PeerId, PortInfo, PortKind, Route, Topology, TopologyError};
+pub use mac::{LearnOutcome, MacEntry, MacSnapshot, MacTable, MacTableConfig};
+pub(crate) use topology::PeerId;
+pub use topology::{Neighbour, Peer, PortInfo, PortKind, Topology, TopologyError};
 
 /// Index of a switch port. Small and dense so per-port state lives in vectors.
 pub type PortId = u16;
 
 /// A `HashMap` with [`FastHasher`], for the small integer keys of the forwarding tables.
-pub type FastMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+pub(crate) type FastMap<K, V> =
+    std::collections::HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
 
 /// A hasher for integer keys (MACs as `u64`, IPv4 addresses as `u32`): one folded multiply.
 /// Not DoS-resistant by design: the tables are bounded, pod ports are anti-spoofed, and the
 /// data path cannot afford SipHash (measured: 30% of VXLAN decap time).
 #[derive(Default, Clone, Copy)]
-pub struct FastHasher(u64);
+pub(crate) struct FastHasher(u64);
 
 impl std::hash::Hasher for FastHasher {
     #[inline]

@@ -17,7 +17,7 @@ use super::{FastMap, PortId};
 use crate::wire::{mac_key, EthernetAddress};
 
 /// Index of a peer node.
-pub type PeerId = u16;
+pub(crate) type PeerId = u16;
 
 /// What is behind a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,9 +46,9 @@ pub struct PortInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Neighbour {
     /// MAC key of the pod (see [`mac_key`]).
-    pub mac: u64,
+    pub(crate) mac: u64,
     /// Port the pod is attached to.
-    pub port: PortId,
+    pub(crate) port: PortId,
 }
 
 /// A node that owns a remote pod CIDR, reached through a VXLAN tunnel.
@@ -66,11 +66,11 @@ pub struct Peer {
 
 /// A route: destinations in `cidr` go to `peer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route {
+pub(crate) struct Route {
     /// Destination prefix.
-    pub cidr: Ipv4Net,
+    pub(crate) cidr: Ipv4Net,
     /// Next hop.
-    pub peer: PeerId,
+    pub(crate) peer: PeerId,
 }
 
 /// Why a topology change was refused.
@@ -163,19 +163,14 @@ impl Topology {
         }
     }
 
-    /// The node's pod CIDR.
-    pub fn cidr(&self) -> Ipv4Net {
-        self.cidr
-    }
-
     /// What is attached at `port`.
     #[inline]
-    pub fn port(&self, port: PortId) -> Option<&PortInfo> {
+    pub(crate) fn port(&self, port: PortId) -> Option<&PortInfo> {
         self.ports.get(usize::from(port)).and_then(Option::as_ref)
     }
 
     /// All attached ports as `(id, info)`.
-    pub fn ports(&self) -> impl Iterator<Item = (PortId, &PortInfo)> {
+    pub(crate) fn ports(&self) -> impl Iterator<Item = (PortId, &PortInfo)> {
         self.flood
             .iter()
             .filter_map(|&id| self.port(id).map(|p| (id, p)))
@@ -184,13 +179,13 @@ impl Topology {
     /// Trunk ports. Hosts behind a trunk are learned, not known, so unicast to a MAC that is
     /// neither learned nor a pod's may be for one of them: it goes to these ports only, never to
     /// the pods (whose MACs are all known).
-    pub fn trunk_ports(&self) -> &[PortId] {
+    pub(crate) fn trunk_ports(&self) -> &[PortId] {
         &self.trunks
     }
 
     /// Ports that receive flooded frames (every attached port; the caller skips the ingress).
     #[inline]
-    pub fn flood_ports(&self) -> &[PortId] {
+    pub(crate) fn flood_ports(&self) -> &[PortId] {
         &self.flood
     }
 
@@ -202,13 +197,13 @@ impl Topology {
 
     /// The port of the pod whose MAC key is `mac`, if such a pod is attached.
     #[inline]
-    pub fn pod_port(&self, mac: u64) -> Option<PortId> {
+    pub(crate) fn pod_port(&self, mac: u64) -> Option<PortId> {
         self.pod_macs.get(&mac).copied()
     }
 
     /// The peer whose CIDR holds `ip` (longest prefix wins).
     #[inline]
-    pub fn route(&self, ip: Ipv4Addr) -> Option<PeerId> {
+    pub(crate) fn route(&self, ip: Ipv4Addr) -> Option<PeerId> {
         self.routes
             .iter()
             .find(|r| r.cidr.contains(&ip))
@@ -217,18 +212,18 @@ impl Topology {
 
     /// Peer by id.
     #[inline]
-    pub fn peer(&self, id: PeerId) -> Option<&Peer> {
+    pub(crate) fn peer(&self, id: PeerId) -> Option<&Peer> {
         self.peers.get(usize::from(id)).and_then(Option::as_ref)
     }
 
     /// Peer by underlay IP (the outer source of a received VXLAN datagram).
     #[inline]
-    pub fn peer_by_underlay(&self, ip: Ipv4Addr) -> Option<PeerId> {
+    pub(crate) fn peer_by_underlay(&self, ip: Ipv4Addr) -> Option<PeerId> {
         self.peer_by_underlay.get(&u32::from(ip)).copied()
     }
 
     /// All peers as `(id, peer)`.
-    pub fn peers(&self) -> impl Iterator<Item = (PeerId, &Peer)> {
+    pub(crate) fn peers(&self) -> impl Iterator<Item = (PeerId, &Peer)> {
         self.peers
             .iter()
             .enumerate()
@@ -236,7 +231,11 @@ impl Topology {
     }
 
     /// Checks that a pod with `ip`/`mac` could be attached (see the module invariants).
-    pub fn check_pod(&self, ip: Ipv4Addr, mac: EthernetAddress) -> Result<(), TopologyError> {
+    pub(crate) fn check_pod(
+        &self,
+        ip: Ipv4Addr,
+        mac: EthernetAddress,
+    ) -> Result<(), TopologyError> {
         let usable = self.cidr.contains(&ip)
             && ip != self.cidr.network()
             && ip != self.cidr.broadcast()
@@ -300,7 +299,7 @@ impl Topology {
     }
 
     /// Detaches `port`, returning what was there.
-    pub fn remove_port(&mut self, port: PortId) -> Result<PortInfo, TopologyError> {
+    pub(crate) fn remove_port(&mut self, port: PortId) -> Result<PortInfo, TopologyError> {
         let info = self
             .ports
             .get_mut(usize::from(port))
@@ -360,7 +359,7 @@ impl Topology {
     }
 
     /// Removes the peer named `name` and its route.
-    pub fn remove_peer(&mut self, name: &str) -> Result<Peer, TopologyError> {
+    pub(crate) fn remove_peer(&mut self, name: &str) -> Result<Peer, TopologyError> {
         let (id, _) = self
             .peers()
             .find(|(_, p)| p.name == name)

@@ -23,16 +23,16 @@ pub(crate) mod field {
 }
 
 /// Length of an ARP packet for Ethernet/IPv4.
-pub const PACKET_LEN: usize = field::TPA.end;
+pub(crate) const PACKET_LEN: usize = field::TPA.end;
 /// Hardware type Ethernet.
-pub const HTYPE_ETHERNET: u16 = 1;
+pub(crate) const HTYPE_ETHERNET: u16 = 1;
 /// Operation: request.
 pub const OP_REQUEST: u16 = 1;
 /// Operation: reply.
-pub const OP_REPLY: u16 = 2;
+pub(crate) const OP_REPLY: u16 = 2;
 
-/// A checked view of an ARP packet: [`PACKET_LEN`] bytes present. The hardware and protocol
-/// types are not checked here (see [`ArpPacket::is_ethernet_ipv4`]).
+/// A checked view of an ARP packet: `PACKET_LEN` bytes present. The hardware and protocol
+/// types are not checked here (see `ArpPacket::is_ethernet_ipv4`).
 #[derive(Debug, Clone, Copy)]
 pub struct ArpPacket<T: AsRef<[u8]>> {
     buffer: T,
@@ -50,7 +50,7 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
 
     /// True if the packet is ARP for Ethernet (6-byte) and IPv4 (4-byte) addresses.
     #[inline(always)]
-    pub fn is_ethernet_ipv4(&self) -> bool {
+    pub(crate) fn is_ethernet_ipv4(&self) -> bool {
         let b = self.buffer.as_ref();
         b[field::HTYPE] == HTYPE_ETHERNET.to_be_bytes()
             && b[field::PTYPE] == ethertype::IPV4.to_be_bytes()
@@ -58,7 +58,7 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
             && b[field::PLEN] == 4
     }
 
-    /// The operation ([`OP_REQUEST`], [`OP_REPLY`]).
+    /// The operation ([`OP_REQUEST`], `OP_REPLY`).
     #[inline(always)]
     pub fn operation(&self) -> u16 {
         let b = self.buffer.as_ref();
@@ -67,7 +67,7 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
 
     /// The sender hardware address.
     #[inline(always)]
-    pub fn sender_hw_addr(&self) -> [u8; 6] {
+    pub(crate) fn sender_hw_addr(&self) -> [u8; 6] {
         let mut m = [0; 6];
         m.copy_from_slice(&self.buffer.as_ref()[field::SHA]);
         m
@@ -75,13 +75,14 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
 
     /// The sender protocol address.
     #[inline(always)]
-    pub fn sender_ip(&self) -> Ipv4Addr {
+    pub(crate) fn sender_ip(&self) -> Ipv4Addr {
         ip_at(self.buffer.as_ref(), field::SPA.start)
     }
 
     /// The target hardware address.
+    #[cfg(test)]
     #[inline(always)]
-    pub fn target_hw_addr(&self) -> [u8; 6] {
+    pub(crate) fn target_hw_addr(&self) -> [u8; 6] {
         let mut m = [0; 6];
         m.copy_from_slice(&self.buffer.as_ref()[field::THA]);
         m
@@ -97,13 +98,13 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
 impl<T: AsRef<[u8]> + AsMut<[u8]>> ArpPacket<T> {
     /// Sets the operation.
     #[inline(always)]
-    pub fn set_operation(&mut self, op: u16) {
+    pub(crate) fn set_operation(&mut self, op: u16) {
         self.buffer.as_mut()[field::OPER].copy_from_slice(&op.to_be_bytes());
     }
 
     /// Sets the sender addresses.
     #[inline(always)]
-    pub fn set_sender(&mut self, mac: [u8; 6], ip: Ipv4Addr) {
+    pub(crate) fn set_sender(&mut self, mac: [u8; 6], ip: Ipv4Addr) {
         let b = self.buffer.as_mut();
         b[field::SHA].copy_from_slice(&mac);
         b[field::SPA].copy_from_slice(&ip.octets());
@@ -111,7 +112,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> ArpPacket<T> {
 
     /// Sets the target addresses.
     #[inline(always)]
-    pub fn set_target(&mut self, mac: [u8; 6], ip: Ipv4Addr) {
+    pub(crate) fn set_target(&mut self, mac: [u8; 6], ip: Ipv4Addr) {
         let b = self.buffer.as_mut();
         b[field::THA].copy_from_slice(&mac);
         b[field::TPA].copy_from_slice(&ip.octets());

@@ -19,7 +19,7 @@ pub fn checksum_sum(data: &[u8]) -> u16 {
 /// Always inlined: called out of line from segmentation and coalescing it ran 15% slower there
 /// (the callers' short fixed-size headers lose their specialised sums).
 #[inline(always)]
-pub fn checksum_accumulate(data: &[u8]) -> u64 {
+pub(crate) fn checksum_accumulate(data: &[u8]) -> u64 {
     let (blocks, rest) = data.as_chunks::<32>();
     let mut lanes = [0u64; 4];
     for block in blocks {
@@ -49,7 +49,7 @@ pub fn checksum_accumulate(data: &[u8]) -> u64 {
 
 /// Folds a one's complement sum to 16 bits (end-around carry), not complemented.
 #[inline]
-pub fn checksum_fold(mut sum: u64) -> u16 {
+pub(crate) fn checksum_fold(mut sum: u64) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }

@@ -24,20 +24,16 @@ pub mod ethertype {
     pub const IPV4: u16 = 0x0800;
     /// ARP.
     pub const ARP: u16 = 0x0806;
-    /// IPv6.
-    pub const IPV6: u16 = 0x86dd;
     /// IEEE 802.1Q VLAN tag.
-    pub const VLAN: u16 = 0x8100;
+    pub(crate) const VLAN: u16 = 0x8100;
     /// IEEE 802.1ad service tag (Q-in-Q).
-    pub const QINQ: u16 = 0x88a8;
+    pub(crate) const QINQ: u16 = 0x88a8;
     /// Pre-standard Q-in-Q tag some switches still send.
-    pub const QINQ_LEGACY: u16 = 0x9100;
-    /// LLDP.
-    pub const LLDP: u16 = 0x88cc;
+    pub(crate) const QINQ_LEGACY: u16 = 0x9100;
 
     /// True for the EtherTypes of a VLAN tag (802.1Q, 802.1ad and the legacy Q-in-Q one).
     #[inline(always)]
-    pub fn is_vlan_tag(t: u16) -> bool {
+    pub(crate) fn is_vlan_tag(t: u16) -> bool {
         matches!(t, VLAN | QINQ | QINQ_LEGACY)
     }
 }
@@ -63,14 +59,14 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
 
     /// The destination MAC as a table key ([`mac_key`]).
     #[inline(always)]
-    pub fn dst_key(&self) -> u64 {
+    pub(crate) fn dst_key(&self) -> u64 {
         let h = self.buffer.as_ref();
         u64::from_be_bytes([0, 0, h[0], h[1], h[2], h[3], h[4], h[5]])
     }
 
     /// The source MAC as a table key ([`mac_key`]).
     #[inline(always)]
-    pub fn src_key(&self) -> u64 {
+    pub(crate) fn src_key(&self) -> u64 {
         let h = self.buffer.as_ref();
         u64::from_be_bytes([0, 0, h[6], h[7], h[8], h[9], h[10], h[11]])
     }
@@ -85,7 +81,7 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
 
     /// The source MAC.
     #[inline(always)]
-    pub fn src_addr(&self) -> [u8; 6] {
+    pub(crate) fn src_addr(&self) -> [u8; 6] {
         let mut m = [0; 6];
         m.copy_from_slice(&self.buffer.as_ref()[field::SOURCE]);
         m
@@ -103,24 +99,12 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     pub fn payload(&self) -> &[u8] {
         self.buffer.as_ref().get(field::PAYLOAD).unwrap_or_default()
     }
-
-    /// The whole frame.
-    #[inline(always)]
-    pub fn as_bytes(&self) -> &[u8] {
-        self.buffer.as_ref()
-    }
-
-    /// The buffer this view was made from.
-    #[inline(always)]
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
 }
 
 impl<'a> EthernetFrame<&'a [u8]> {
     /// The payload, borrowed from the buffer rather than the view.
     #[inline(always)]
-    pub fn into_payload(self) -> &'a [u8] {
+    pub(crate) fn into_payload(self) -> &'a [u8] {
         self.buffer.get(field::PAYLOAD).unwrap_or_default()
     }
 }
@@ -128,25 +112,25 @@ impl<'a> EthernetFrame<&'a [u8]> {
 impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
     /// Sets the destination MAC.
     #[inline(always)]
-    pub fn set_dst_addr(&mut self, mac: [u8; 6]) {
+    pub(crate) fn set_dst_addr(&mut self, mac: [u8; 6]) {
         self.buffer.as_mut()[field::DESTINATION].copy_from_slice(&mac);
     }
 
     /// Sets the source MAC.
     #[inline(always)]
-    pub fn set_src_addr(&mut self, mac: [u8; 6]) {
+    pub(crate) fn set_src_addr(&mut self, mac: [u8; 6]) {
         self.buffer.as_mut()[field::SOURCE].copy_from_slice(&mac);
     }
 
     /// Sets the EtherType.
     #[inline(always)]
-    pub fn set_ethertype(&mut self, t: u16) {
+    pub(crate) fn set_ethertype(&mut self, t: u16) {
         self.buffer.as_mut()[field::ETHERTYPE].copy_from_slice(&t.to_be_bytes());
     }
 
     /// Sets both MACs from table keys (a routed frame's next hop and the router).
     #[inline(always)]
-    pub fn set_addr_keys(&mut self, dst: u64, src: u64) {
+    pub(crate) fn set_addr_keys(&mut self, dst: u64, src: u64) {
         let h = self.buffer.as_mut();
         h[field::DESTINATION].copy_from_slice(&dst.to_be_bytes()[2..]);
         h[field::SOURCE].copy_from_slice(&src.to_be_bytes()[2..]);
@@ -154,7 +138,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
 
     /// Everything after the header, mutable.
     #[inline(always)]
-    pub fn payload_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn payload_mut(&mut self) -> &mut [u8] {
         self.buffer
             .as_mut()
             .get_mut(field::PAYLOAD)
@@ -171,14 +155,15 @@ pub fn mac_key(mac: &[u8; 6]) -> u64 {
 
 /// The inverse of [`mac_key`].
 #[inline]
-pub fn mac_from_key(key: u64) -> EthernetAddress {
+pub(crate) fn mac_from_key(key: u64) -> EthernetAddress {
     let b = key.to_be_bytes();
     EthernetAddress([b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff` (smoltcp's `Display` uses dashes; `ip` and the
 /// config file use colons).
-pub fn format_mac(mac: EthernetAddress) -> String {
+#[cfg(test)]
+pub(crate) fn format_mac(mac: EthernetAddress) -> String {
     let b = mac.0;
     format!(
         "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
@@ -188,7 +173,7 @@ pub fn format_mac(mac: EthernetAddress) -> String {
 
 /// True for broadcast and multicast MAC keys (the group bit of the first octet).
 #[inline]
-pub fn is_group_mac(key: u64) -> bool {
+pub(crate) fn is_group_mac(key: u64) -> bool {
     key & (1 << 40) != 0
 }
 

@@ -19,30 +19,30 @@ pub(crate) mod field {
 }
 
 /// Length of the ICMP header (type, code, checksum and the 4 bytes after).
-pub const HEADER_LEN: usize = field::REST.end;
+pub(crate) const HEADER_LEN: usize = field::REST.end;
 
 /// Message types.
-pub mod msg_type {
+pub(crate) mod msg_type {
     /// Echo reply.
-    pub const ECHO_REPLY: u8 = 0;
+    pub(crate) const ECHO_REPLY: u8 = 0;
     /// Destination unreachable.
-    pub const DST_UNREACHABLE: u8 = 3;
+    pub(crate) const DST_UNREACHABLE: u8 = 3;
     /// Echo request.
-    pub const ECHO_REQUEST: u8 = 8;
+    pub(crate) const ECHO_REQUEST: u8 = 8;
     /// Time exceeded.
-    pub const TIME_EXCEEDED: u8 = 11;
+    pub(crate) const TIME_EXCEEDED: u8 = 11;
 }
 
 /// A checked view of an ICMP message: the 8-byte header present.
 #[derive(Debug, Clone, Copy)]
-pub struct IcmpPacket<T: AsRef<[u8]>> {
+pub(crate) struct IcmpPacket<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> IcmpPacket<T> {
     /// Checks that `buffer` holds an ICMP header.
     #[inline(always)]
-    pub fn new_checked(buffer: T) -> Result<Self, Error> {
+    pub(crate) fn new_checked(buffer: T) -> Result<Self, Error> {
         if buffer.as_ref().len() < HEADER_LEN {
             return Err(Error::Truncated);
         }
@@ -51,40 +51,45 @@ impl<T: AsRef<[u8]>> IcmpPacket<T> {
 
     /// Message type (see [`msg_type`]).
     #[inline(always)]
-    pub fn msg_type(&self) -> u8 {
+    pub(crate) fn msg_type(&self) -> u8 {
         self.buffer.as_ref()[field::TYPE]
     }
 
     /// Code.
+    #[cfg(test)]
     #[inline(always)]
-    pub fn code(&self) -> u8 {
+    pub(crate) fn code(&self) -> u8 {
         self.buffer.as_ref()[field::CODE]
     }
 
     /// The checksum field.
+    #[cfg(test)]
     #[inline(always)]
-    pub fn checksum(&self) -> u16 {
+    pub(crate) fn checksum(&self) -> u16 {
         let b = self.buffer.as_ref();
         u16::from_be_bytes([b[field::CHECKSUM.start], b[field::CHECKSUM.start + 1]])
     }
 
     /// The 4 bytes after the checksum (echo id and sequence; the next-hop MTU of an error).
+    #[cfg(test)]
     #[inline(always)]
-    pub fn rest_of_header(&self) -> [u8; 4] {
+    pub(crate) fn rest_of_header(&self) -> [u8; 4] {
         let mut r = [0; 4];
         r.copy_from_slice(&self.buffer.as_ref()[field::REST]);
         r
     }
 
     /// True if the checksum over the whole message is valid.
+    #[cfg(test)]
     #[inline(always)]
-    pub fn verify_checksum(&self) -> bool {
+    pub(crate) fn verify_checksum(&self) -> bool {
         checksum_sum(self.buffer.as_ref()) == 0xffff
     }
 
     /// The data after the header (echo payload, or the quoted packet of an error).
+    #[cfg(test)]
     #[inline(always)]
-    pub fn data(&self) -> &[u8] {
+    pub(crate) fn data(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
     }
 }
@@ -92,7 +97,7 @@ impl<T: AsRef<[u8]>> IcmpPacket<T> {
 impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpPacket<T> {
     /// Sets type and code.
     #[inline(always)]
-    pub fn set_type_code(&mut self, ty: u8, code: u8) {
+    pub(crate) fn set_type_code(&mut self, ty: u8, code: u8) {
         let b = self.buffer.as_mut();
         b[field::TYPE] = ty;
         b[field::CODE] = code;
@@ -100,13 +105,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpPacket<T> {
 
     /// Sets the 4 bytes after the checksum.
     #[inline(always)]
-    pub fn set_rest_of_header(&mut self, rest: [u8; 4]) {
+    pub(crate) fn set_rest_of_header(&mut self, rest: [u8; 4]) {
         self.buffer.as_mut()[field::REST].copy_from_slice(&rest);
     }
 
     /// Sets the next-hop MTU of a "fragmentation needed" error (and zeroes the unused half).
     #[inline(always)]
-    pub fn set_next_hop_mtu(&mut self, mtu: u16) {
+    pub(crate) fn set_next_hop_mtu(&mut self, mtu: u16) {
         let b = self.buffer.as_mut();
         b[field::REST].fill(0);
         b[field::NEXT_HOP_MTU].copy_from_slice(&mtu.to_be_bytes());
@@ -114,13 +119,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpPacket<T> {
 
     /// The data after the header, mutable.
     #[inline(always)]
-    pub fn data_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[HEADER_LEN..]
     }
 
     /// Computes and writes the checksum over the whole buffer (header and data).
     #[inline(always)]
-    pub fn fill_checksum(&mut self) {
+    pub(crate) fn fill_checksum(&mut self) {
         let b = self.buffer.as_mut();
         b[field::CHECKSUM].fill(0);
         let c = !checksum_sum(b);

@@ -29,11 +29,11 @@ pub(crate) mod field {
 }
 
 /// Length of an IPv4 header without options (the minimum).
-pub const HEADER_LEN: usize = field::DST_ADDR.end;
+pub(crate) const HEADER_LEN: usize = field::DST_ADDR.end;
 /// Length of the longest IPv4 header (IHL 15).
-pub const MAX_HEADER_LEN: usize = 60;
+pub(crate) const MAX_HEADER_LEN: usize = 60;
 /// Largest IPv4 packet (the total length is 16 bits).
-pub const MAX_PACKET_LEN: usize = 65535;
+pub(crate) const MAX_PACKET_LEN: usize = 65535;
 
 /// The source address of the IPv4 header at the start of `packet`, without checking the rest
 /// of the header; `None` if `packet` is shorter than a header. For anti-spoofing on the bridged
@@ -41,35 +41,35 @@ pub const MAX_PACKET_LEN: usize = 65535;
 /// or length is wrong, so the source address is all a sender could abuse (and one full header
 /// check per frame, repeated by routing, cost 5% of routed forwarding).
 #[inline(always)]
-pub fn source_address(packet: &[u8]) -> Option<Ipv4Addr> {
+pub(crate) fn source_address(packet: &[u8]) -> Option<Ipv4Addr> {
     let b: &[u8; 4] = packet.get(field::SRC_ADDR)?.try_into().ok()?;
     Some(Ipv4Addr::from(*b))
 }
 
 /// IP protocol numbers the switch knows.
-pub mod protocol {
+pub(crate) mod protocol {
     /// ICMP.
-    pub const ICMP: u8 = 1;
+    pub(crate) const ICMP: u8 = 1;
     /// TCP.
-    pub const TCP: u8 = 6;
+    pub(crate) const TCP: u8 = 6;
     /// UDP.
-    pub const UDP: u8 = 17;
+    pub(crate) const UDP: u8 = 17;
 }
 
 /// Bits of the flags/fragment-offset word.
-pub mod flags {
+pub(crate) mod flags {
     /// Don't fragment.
-    pub const DONT_FRAGMENT: u16 = 0x4000;
+    pub(crate) const DONT_FRAGMENT: u16 = 0x4000;
     /// More fragments.
-    pub const MORE_FRAGMENTS: u16 = 0x2000;
+    pub(crate) const MORE_FRAGMENTS: u16 = 0x2000;
     /// The fragment offset, in 8-byte units.
-    pub const OFFSET_MASK: u16 = 0x1fff;
+    pub(crate) const OFFSET_MASK: u16 = 0x1fff;
 }
 
 /// A checked view of an IPv4 packet (or, from [`Ipv4Packet::new_checked_header`], of an IPv4
 /// header).
 #[derive(Debug, Clone, Copy)]
-pub struct Ipv4Packet<T: AsRef<[u8]>> {
+pub(crate) struct Ipv4Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
@@ -78,7 +78,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// present) whose total length lies between its header length and the buffer's end.
     /// Bytes after the total length (Ethernet padding) are not part of the packet.
     #[inline(always)]
-    pub fn new_checked(buffer: T) -> Result<Self, Error> {
+    pub(crate) fn new_checked(buffer: T) -> Result<Self, Error> {
         let p = Self::new_checked_header(buffer)?;
         let total = usize::from(p.total_len());
         if total < p.header_len() {
@@ -94,7 +94,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// "to the end of the buffer": a GSO superframe may carry it so (Linux's BIG TCP leaves
     /// it 0 when the packet is larger than 64 KiB).
     #[inline(always)]
-    pub fn new_checked_superframe(buffer: T) -> Result<Self, Error> {
+    pub(crate) fn new_checked_superframe(buffer: T) -> Result<Self, Error> {
         let p = Self::new_checked_header(buffer)?;
         let total = usize::from(p.total_len());
         if total == 0 {
@@ -114,7 +114,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// headers only, such as a segmentation template, or a flow hash that reads what is
     /// there); [`Ipv4Packet::payload`] then returns what lies in the buffer.
     #[inline(always)]
-    pub fn new_checked_header(buffer: T) -> Result<Self, Error> {
+    pub(crate) fn new_checked_header(buffer: T) -> Result<Self, Error> {
         let b = buffer.as_ref();
         if b.len() < HEADER_LEN {
             return Err(Error::Truncated);
@@ -132,26 +132,26 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     /// Header length in bytes (IHL x 4), options included.
     #[inline(always)]
-    pub fn header_len(&self) -> usize {
+    pub(crate) fn header_len(&self) -> usize {
         usize::from(self.buffer.as_ref()[field::VER_IHL] & 0x0f) * 4
     }
 
     /// The DSCP/ECN byte (the old TOS).
     #[inline(always)]
-    pub fn dscp_ecn(&self) -> u8 {
+    pub(crate) fn dscp_ecn(&self) -> u8 {
         self.buffer.as_ref()[field::DSCP_ECN]
     }
 
     /// The total length field.
     #[inline(always)]
-    pub fn total_len(&self) -> u16 {
+    pub(crate) fn total_len(&self) -> u16 {
         self.u16_at(field::LENGTH.start)
     }
 
     /// Where the packet ends: the total length, or the buffer's end when it is 0 (a
     /// superframe, see [`Ipv4Packet::new_checked_superframe`]).
     #[inline(always)]
-    pub fn packet_len(&self) -> usize {
+    pub(crate) fn packet_len(&self) -> usize {
         match self.total_len() {
             0 => self.buffer.as_ref().len(),
             t => usize::from(t),
@@ -160,67 +160,68 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     /// The identification field.
     #[inline(always)]
-    pub fn ident(&self) -> u16 {
+    pub(crate) fn ident(&self) -> u16 {
         self.u16_at(field::IDENT.start)
     }
 
     /// The flags/fragment-offset word (see [`flags`]).
     #[inline(always)]
-    pub fn flags_and_offset(&self) -> u16 {
+    pub(crate) fn flags_and_offset(&self) -> u16 {
         self.u16_at(field::FLG_OFF.start)
     }
 
     /// True if the DF flag is set.
     #[inline(always)]
-    pub fn dont_fragment(&self) -> bool {
+    pub(crate) fn dont_fragment(&self) -> bool {
         self.flags_and_offset() & flags::DONT_FRAGMENT != 0
     }
 
     /// True if the packet is a fragment (MF set or a non-zero offset).
     #[inline(always)]
-    pub fn is_fragment(&self) -> bool {
+    pub(crate) fn is_fragment(&self) -> bool {
         self.flags_and_offset() & (flags::MORE_FRAGMENTS | flags::OFFSET_MASK) != 0
     }
 
     /// True if the packet is the first fragment or not a fragment (its L4 header is here).
     #[inline(always)]
-    pub fn is_first_fragment(&self) -> bool {
+    pub(crate) fn is_first_fragment(&self) -> bool {
         self.flags_and_offset() & flags::OFFSET_MASK == 0
     }
 
     /// Time to live.
     #[inline(always)]
-    pub fn ttl(&self) -> u8 {
+    pub(crate) fn ttl(&self) -> u8 {
         self.buffer.as_ref()[field::TTL]
     }
 
     /// The protocol number (see [`protocol`]).
     #[inline(always)]
-    pub fn protocol(&self) -> u8 {
+    pub(crate) fn protocol(&self) -> u8 {
         self.buffer.as_ref()[field::PROTOCOL]
     }
 
     /// The header checksum field.
+    #[cfg(test)]
     #[inline(always)]
-    pub fn checksum(&self) -> u16 {
+    pub(crate) fn checksum(&self) -> u16 {
         self.u16_at(field::CHECKSUM.start)
     }
 
     /// Source address.
     #[inline(always)]
-    pub fn src_addr(&self) -> Ipv4Addr {
+    pub(crate) fn src_addr(&self) -> Ipv4Addr {
         self.addr_at(field::SRC_ADDR.start)
     }
 
     /// Destination address.
     #[inline(always)]
-    pub fn dst_addr(&self) -> Ipv4Addr {
+    pub(crate) fn dst_addr(&self) -> Ipv4Addr {
         self.addr_at(field::DST_ADDR.start)
     }
 
     /// Source and destination, as the 8 bytes the pseudo-header and flow hashes use.
     #[inline(always)]
-    pub fn addresses(&self) -> [u8; 8] {
+    pub(crate) fn addresses(&self) -> [u8; 8] {
         let mut a = [0; 8];
         a.copy_from_slice(&self.buffer.as_ref()[field::ADDRESSES]);
         a
@@ -228,26 +229,27 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     /// True if the header checksum is valid.
     #[inline(always)]
-    pub fn verify_checksum(&self) -> bool {
+    pub(crate) fn verify_checksum(&self) -> bool {
         header_sums_to_ones(self.header())
     }
 
     /// The header, options included.
     #[inline(always)]
-    pub fn header(&self) -> &[u8] {
+    pub(crate) fn header(&self) -> &[u8] {
         &self.buffer.as_ref()[..self.header_len()]
     }
 
     /// The IP options (empty without).
+    #[cfg(test)]
     #[inline(always)]
-    pub fn options(&self) -> &[u8] {
+    pub(crate) fn options(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..self.header_len()]
     }
 
     /// The payload: from the end of the header to the end of the packet (or of the buffer,
     /// whichever comes first).
     #[inline(always)]
-    pub fn payload(&self) -> &[u8] {
+    pub(crate) fn payload(&self) -> &[u8] {
         let b = self.buffer.as_ref();
         let end = self.packet_len().min(b.len());
         b.get(self.header_len()..end).unwrap_or_default()
@@ -256,7 +258,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// The source and destination ports of a TCP or UDP packet that is not a later
     /// fragment, as they lie on the wire (4 bytes), if present: the flow part of a hash.
     #[inline(always)]
-    pub fn flow_ports(&self) -> Option<[u8; 4]> {
+    pub(crate) fn flow_ports(&self) -> Option<[u8; 4]> {
         let p = self.protocol();
         if (p == protocol::TCP || p == protocol::UDP) && self.is_first_fragment() {
             let at = self.header_len();
@@ -269,16 +271,10 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// The unfolded sum of the pseudo-header of an L4 segment of `l4_len` bytes carried by
     /// this header (addresses, protocol, length), for TCP and UDP checksums.
     #[inline(always)]
-    pub fn pseudo_header_accumulate(&self, l4_len: usize) -> u64 {
+    pub(crate) fn pseudo_header_accumulate(&self, l4_len: usize) -> u64 {
         checksum_accumulate(&self.buffer.as_ref()[field::ADDRESSES])
             + u64::from(self.protocol())
             + l4_len as u64
-    }
-
-    /// The buffer this view was made from.
-    #[inline(always)]
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     #[inline(always)]
@@ -298,7 +294,7 @@ impl<'a> Ipv4Packet<&'a [u8]> {
     /// The payload (bounded like [`Ipv4Packet::payload`]), borrowed from the buffer rather
     /// than the view.
     #[inline(always)]
-    pub fn into_payload(self) -> &'a [u8] {
+    pub(crate) fn into_payload(self) -> &'a [u8] {
         let end = self.packet_len().min(self.buffer.len());
         self.buffer.get(self.header_len()..end).unwrap_or_default()
     }
@@ -307,38 +303,38 @@ impl<'a> Ipv4Packet<&'a [u8]> {
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// Sets the total length.
     #[inline(always)]
-    pub fn set_total_len(&mut self, v: u16) {
+    pub(crate) fn set_total_len(&mut self, v: u16) {
         self.buffer.as_mut()[field::LENGTH].copy_from_slice(&v.to_be_bytes());
     }
 
     /// Sets the identification.
     #[inline(always)]
-    pub fn set_ident(&mut self, v: u16) {
+    pub(crate) fn set_ident(&mut self, v: u16) {
         self.buffer.as_mut()[field::IDENT].copy_from_slice(&v.to_be_bytes());
     }
 
     /// Sets the TTL (the checksum is not updated: see [`Ipv4Packet::fill_checksum`]).
     #[inline(always)]
-    pub fn set_ttl(&mut self, v: u8) {
+    pub(crate) fn set_ttl(&mut self, v: u8) {
         self.buffer.as_mut()[field::TTL] = v;
     }
 
     /// Sets the source address.
     #[inline(always)]
-    pub fn set_src_addr(&mut self, a: Ipv4Addr) {
+    pub(crate) fn set_src_addr(&mut self, a: Ipv4Addr) {
         self.buffer.as_mut()[field::SRC_ADDR].copy_from_slice(&a.octets());
     }
 
     /// Sets the destination address.
     #[inline(always)]
-    pub fn set_dst_addr(&mut self, a: Ipv4Addr) {
+    pub(crate) fn set_dst_addr(&mut self, a: Ipv4Addr) {
         self.buffer.as_mut()[field::DST_ADDR].copy_from_slice(&a.octets());
     }
 
     /// Computes and writes the header checksum (options included): the one IPv4 header
     /// checksum writer of the crate.
     #[inline(always)]
-    pub fn fill_checksum(&mut self) {
+    pub(crate) fn fill_checksum(&mut self) {
         let ihl = self.header_len();
         let b = self.buffer.as_mut();
         b[field::CHECKSUM].fill(0);
@@ -349,7 +345,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// Decrements the TTL and patches the checksum incrementally (RFC 1624). Returns the TTL
     /// before the decrement; a TTL of 0 is left alone.
     #[inline(always)]
-    pub fn decrement_ttl(&mut self) -> u8 {
+    pub(crate) fn decrement_ttl(&mut self) -> u8 {
         let b = self.buffer.as_mut();
         let ttl = b[field::TTL];
         if ttl == 0 {
@@ -367,7 +363,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
     /// The payload, mutable (bounded like [`Ipv4Packet::payload`]).
     #[inline(always)]
-    pub fn payload_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn payload_mut(&mut self) -> &mut [u8] {
         let (ihl, end) = (self.header_len(), self.packet_len());
         let b = self.buffer.as_mut();
         let end = end.min(b.len());
@@ -378,24 +374,24 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 /// The fields of an IPv4 header without options that the switch writes from scratch (its
 /// ICMP errors).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Repr {
+pub(crate) struct Ipv4Repr {
     /// Source address.
-    pub src: Ipv4Addr,
+    pub(crate) src: Ipv4Addr,
     /// Destination address.
-    pub dst: Ipv4Addr,
+    pub(crate) dst: Ipv4Addr,
     /// Protocol number.
-    pub protocol: u8,
+    pub(crate) protocol: u8,
     /// Time to live.
-    pub ttl: u8,
+    pub(crate) ttl: u8,
     /// DSCP/ECN byte.
-    pub dscp_ecn: u8,
+    pub(crate) dscp_ecn: u8,
     /// Payload length (the total length is this plus [`HEADER_LEN`]).
-    pub payload_len: u16,
+    pub(crate) payload_len: u16,
 }
 
 impl Ipv4Repr {
     /// Writes the header (20 bytes, checksum filled, id 0, no flags) at the start of `buf`.
-    pub fn emit(&self, buf: &mut [u8]) -> Result<(), Error> {
+    pub(crate) fn emit(&self, buf: &mut [u8]) -> Result<(), Error> {
         let hdr = buf.get_mut(..HEADER_LEN).ok_or(Error::Truncated)?;
         let total = self
             .payload_len

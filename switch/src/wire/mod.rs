@@ -9,29 +9,30 @@
 //!
 //! - [`ethernet`]: Ethernet II (and the `u64` MAC keys of the forwarding tables);
 //! - [`arp`]: ARP for Ethernet/IPv4;
-//! - [`ipv4`]: IPv4 (the one IPv4 parser, header checksum writer and TTL decrement);
-//! - [`tcp`], [`udp`], [`icmp`]: the L4 headers the switch segments, merges or answers;
+//! - `ipv4`: IPv4 (the one IPv4 parser, header checksum writer and TTL decrement);
+//! - `tcp`, `udp`, `icmp`: the L4 headers the switch segments, merges or answers;
 //! - [`vxlan`]: the VXLAN header (RFC 7348) and the outer source-port flow hash;
 //! - [`virtio`]: the virtio-net header of TAPs opened with `IFF_VNET_HDR`;
-//! - [`checksum`]: the Internet checksum (RFC 1071), vectorised.
+//! - `checksum`: the Internet checksum (RFC 1071), vectorised.
 //!
 //! Invariant: no function in this module panics on any input.
 
 pub mod arp;
-pub mod checksum;
+pub(crate) mod checksum;
 pub mod ethernet;
-pub mod icmp;
-pub mod ipv4;
-pub mod tcp;
-pub mod udp;
+pub(crate) mod icmp;
+pub(crate) mod ipv4;
+pub(crate) mod tcp;
+pub(crate) mod udp;
 pub mod virtio;
 pub mod vxlan;
 
 /// A MAC address: smoltcp's type, shared with the smoltcp pods of `podstack`.
 pub use smoltcp::wire::EthernetAddress;
 
-pub use checksum::{checksum_accumulate, checksum_fold, checksum_sum};
-pub use ethernet::{format_mac, is_group_mac, mac_from_key, mac_key};
+pub use checksum::checksum_sum;
+pub use ethernet::mac_key;
+pub(crate) use ethernet::{is_group_mac, mac_from_key};
 
 /// Why a view refused a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

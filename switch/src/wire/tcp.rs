@@ -21,36 +21,36 @@ pub(crate) mod field {
 }
 
 /// Length of a TCP header without options (the minimum).
-pub const HEADER_LEN: usize = field::URGENT.end;
+pub(crate) const HEADER_LEN: usize = field::URGENT.end;
 /// Offset of the checksum field in the header (virtio-net's `csum_offset` for TCP).
-pub const CHECKSUM_OFFSET: usize = field::CHECKSUM.start;
+pub(crate) const CHECKSUM_OFFSET: usize = field::CHECKSUM.start;
 /// Linux's `TCP_MIN_GSO_SIZE`: the least payload per segment a Linux TCP sender cuts (its
 /// floor on the send MSS, `TCP_MIN_SND_MSS` = 48 bytes, less 40 bytes of TCP options).
-pub const MIN_GSO_SIZE: u16 = 8;
+pub(crate) const MIN_GSO_SIZE: u16 = 8;
 
 /// TCP flag bits (the byte at offset 13).
-pub mod flags {
+pub(crate) mod flags {
     /// No more data from the sender.
-    pub const FIN: u8 = 0x01;
+    pub(crate) const FIN: u8 = 0x01;
     /// Synchronise sequence numbers.
-    pub const SYN: u8 = 0x02;
+    pub(crate) const SYN: u8 = 0x02;
     /// Reset the connection.
-    pub const RST: u8 = 0x04;
+    pub(crate) const RST: u8 = 0x04;
     /// Push the buffered data to the application.
-    pub const PSH: u8 = 0x08;
+    pub(crate) const PSH: u8 = 0x08;
     /// The acknowledgment number is valid.
-    pub const ACK: u8 = 0x10;
+    pub(crate) const ACK: u8 = 0x10;
     /// The urgent pointer is valid.
-    pub const URG: u8 = 0x20;
+    pub(crate) const URG: u8 = 0x20;
     /// ECN echo.
-    pub const ECE: u8 = 0x40;
+    pub(crate) const ECE: u8 = 0x40;
     /// Congestion window reduced.
-    pub const CWR: u8 = 0x80;
+    pub(crate) const CWR: u8 = 0x80;
 }
 
 /// A checked view of a TCP segment: the whole header (options included) present.
 #[derive(Debug, Clone, Copy)]
-pub struct TcpPacket<T: AsRef<[u8]>> {
+pub(crate) struct TcpPacket<T: AsRef<[u8]>> {
     buffer: T,
 }
 
@@ -58,7 +58,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     /// Checks that `buffer` holds a TCP header: data offset at least 5 and the whole header
     /// present.
     #[inline(always)]
-    pub fn new_checked(buffer: T) -> Result<Self, Error> {
+    pub(crate) fn new_checked(buffer: T) -> Result<Self, Error> {
         let b = buffer.as_ref();
         if b.len() < HEADER_LEN {
             return Err(Error::Truncated);
@@ -75,75 +75,79 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 
     /// Header length in bytes (data offset x 4), options included.
     #[inline(always)]
-    pub fn header_len(&self) -> usize {
+    pub(crate) fn header_len(&self) -> usize {
         usize::from(self.buffer.as_ref()[field::DATA_OFFSET] >> 4) * 4
     }
 
     /// Source and destination ports as they lie on the wire (one compare for a flow match).
     #[inline(always)]
-    pub fn ports(&self) -> [u8; 4] {
+    pub(crate) fn ports(&self) -> [u8; 4] {
         let mut p = [0; 4];
         p.copy_from_slice(&self.buffer.as_ref()[field::PORTS]);
         p
     }
 
     /// Source port.
+    #[cfg(test)]
     #[inline(always)]
-    pub fn src_port(&self) -> u16 {
+    pub(crate) fn src_port(&self) -> u16 {
         self.u16_at(field::PORTS.start)
     }
 
     /// Destination port.
+    #[cfg(test)]
     #[inline(always)]
-    pub fn dst_port(&self) -> u16 {
+    pub(crate) fn dst_port(&self) -> u16 {
         self.u16_at(field::PORTS.start + 2)
     }
 
     /// Sequence number.
     #[inline(always)]
-    pub fn seq_number(&self) -> u32 {
+    pub(crate) fn seq_number(&self) -> u32 {
         self.u32_at(field::SEQ_NUM.start)
     }
 
     /// Acknowledgment number.
     #[inline(always)]
-    pub fn ack_number(&self) -> u32 {
+    pub(crate) fn ack_number(&self) -> u32 {
         self.u32_at(field::ACK_NUM.start)
     }
 
     /// The flag bits (see [`flags`]).
     #[inline(always)]
-    pub fn flags(&self) -> u8 {
+    pub(crate) fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }
 
     /// The window field (unscaled).
     #[inline(always)]
-    pub fn window(&self) -> u16 {
+    pub(crate) fn window(&self) -> u16 {
         self.u16_at(field::WINDOW.start)
     }
 
     /// The checksum field.
+    #[cfg(test)]
     #[inline(always)]
-    pub fn checksum(&self) -> u16 {
+    pub(crate) fn checksum(&self) -> u16 {
         self.u16_at(field::CHECKSUM.start)
     }
 
     /// The options (empty without).
+    #[cfg(test)]
     #[inline(always)]
-    pub fn options(&self) -> &[u8] {
+    pub(crate) fn options(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..self.header_len()]
     }
 
     /// The header, options included.
     #[inline(always)]
-    pub fn header(&self) -> &[u8] {
+    pub(crate) fn header(&self) -> &[u8] {
         &self.buffer.as_ref()[..self.header_len()]
     }
 
     /// The payload (everything after the header).
     #[inline(always)]
-    pub fn payload(&self) -> &[u8] {
+    pub(crate) fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[self.header_len()..]
     }
 
@@ -163,7 +167,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 impl<'a> TcpPacket<&'a [u8]> {
     /// The options, borrowed from the buffer rather than the view.
     #[inline(always)]
-    pub fn into_options(self) -> &'a [u8] {
+    pub(crate) fn into_options(self) -> &'a [u8] {
         let end = self.header_len();
         self.buffer.get(HEADER_LEN..end).unwrap_or_default()
     }
@@ -172,25 +176,25 @@ impl<'a> TcpPacket<&'a [u8]> {
 impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
     /// Sets the sequence number.
     #[inline(always)]
-    pub fn set_seq_number(&mut self, v: u32) {
+    pub(crate) fn set_seq_number(&mut self, v: u32) {
         self.buffer.as_mut()[field::SEQ_NUM].copy_from_slice(&v.to_be_bytes());
     }
 
     /// Sets the flag bits.
     #[inline(always)]
-    pub fn set_flags(&mut self, v: u8) {
+    pub(crate) fn set_flags(&mut self, v: u8) {
         self.buffer.as_mut()[field::FLAGS] = v;
     }
 
     /// Sets the window field.
     #[inline(always)]
-    pub fn set_window(&mut self, v: u16) {
+    pub(crate) fn set_window(&mut self, v: u16) {
         self.buffer.as_mut()[field::WINDOW].copy_from_slice(&v.to_be_bytes());
     }
 
     /// Sets the checksum field.
     #[inline(always)]
-    pub fn set_checksum(&mut self, v: u16) {
+    pub(crate) fn set_checksum(&mut self, v: u16) {
         self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&v.to_be_bytes());
     }
 }

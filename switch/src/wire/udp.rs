@@ -9,28 +9,30 @@ use super::Error;
 /// Byte ranges of the header fields.
 pub(crate) mod field {
     use std::ops::Range;
+    #[cfg(test)]
     pub(crate) const SRC_PORT: Range<usize> = 0..2;
+    #[cfg(test)]
     pub(crate) const DST_PORT: Range<usize> = 2..4;
     pub(crate) const LENGTH: Range<usize> = 4..6;
     pub(crate) const CHECKSUM: Range<usize> = 6..8;
 }
 
 /// Length of the UDP header.
-pub const HEADER_LEN: usize = field::CHECKSUM.end;
+pub(crate) const HEADER_LEN: usize = field::CHECKSUM.end;
 /// Offset of the checksum field (virtio-net's `csum_offset` for UDP).
-pub const CHECKSUM_OFFSET: usize = field::CHECKSUM.start;
+pub(crate) const CHECKSUM_OFFSET: usize = field::CHECKSUM.start;
 
 /// A checked view of a UDP datagram: the header present. The length field is not checked
 /// against the buffer: a USO superframe's describes one segment or the whole.
 #[derive(Debug, Clone, Copy)]
-pub struct UdpPacket<T: AsRef<[u8]>> {
+pub(crate) struct UdpPacket<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> UdpPacket<T> {
     /// Checks that `buffer` holds a UDP header.
     #[inline(always)]
-    pub fn new_checked(buffer: T) -> Result<Self, Error> {
+    pub(crate) fn new_checked(buffer: T) -> Result<Self, Error> {
         if buffer.as_ref().len() < HEADER_LEN {
             return Err(Error::Truncated);
         }
@@ -38,47 +40,54 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
     }
 
     /// Source port.
+    #[cfg(test)]
     #[inline(always)]
-    pub fn src_port(&self) -> u16 {
+    pub(crate) fn src_port(&self) -> u16 {
         self.u16_at(field::SRC_PORT.start)
     }
 
     /// Destination port.
+    #[cfg(test)]
     #[inline(always)]
-    pub fn dst_port(&self) -> u16 {
+    pub(crate) fn dst_port(&self) -> u16 {
         self.u16_at(field::DST_PORT.start)
     }
 
     /// The length field (header and payload).
+    #[cfg(test)]
     #[inline(always)]
-    pub fn len(&self) -> u16 {
+    pub(crate) fn len(&self) -> u16 {
         self.u16_at(field::LENGTH.start)
     }
 
     /// True if the length field is 0 (never valid; for clippy's `len_without_is_empty`).
+    #[cfg(test)]
     #[inline(always)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The checksum field (0: none).
+    #[cfg(test)]
     #[inline(always)]
-    pub fn checksum(&self) -> u16 {
+    pub(crate) fn checksum(&self) -> u16 {
         self.u16_at(field::CHECKSUM.start)
     }
 
     /// The header.
     #[inline(always)]
-    pub fn header(&self) -> &[u8] {
+    pub(crate) fn header(&self) -> &[u8] {
         &self.buffer.as_ref()[..HEADER_LEN]
     }
 
     /// Everything after the header.
+    #[cfg(test)]
     #[inline(always)]
-    pub fn payload(&self) -> &[u8] {
+    pub(crate) fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
     }
 
+    #[cfg(test)]
     #[inline(always)]
     fn u16_at(&self, at: usize) -> u16 {
         let b = self.buffer.as_ref();
@@ -89,13 +98,13 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
     /// Sets the length field.
     #[inline(always)]
-    pub fn set_len(&mut self, v: u16) {
+    pub(crate) fn set_len(&mut self, v: u16) {
         self.buffer.as_mut()[field::LENGTH].copy_from_slice(&v.to_be_bytes());
     }
 
     /// Sets the checksum field.
     #[inline(always)]
-    pub fn set_checksum(&mut self, v: u16) {
+    pub(crate) fn set_checksum(&mut self, v: u16) {
         self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&v.to_be_bytes());
     }
 }

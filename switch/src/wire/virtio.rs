@@ -19,12 +19,10 @@ pub(crate) mod field {
 }
 
 /// Length of `struct virtio_net_hdr` (without the `num_buffers` field of the mergeable variant).
-pub const HEADER_LEN: usize = field::CSUM_OFFSET.end;
+pub(crate) const HEADER_LEN: usize = field::CSUM_OFFSET.end;
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` must be completed.
 pub const FLAG_NEEDS_CSUM: u8 = 1;
-/// `VIRTIO_NET_HDR_F_DATA_VALID`: the checksum was already verified.
-pub const FLAG_DATA_VALID: u8 = 2;
 
 /// `gso_type` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,7 +67,7 @@ impl GsoType {
 
 /// Why a virtio-net header was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum VnetError {
+pub(crate) enum VnetError {
     /// Fewer than 10 bytes.
     #[error("virtio-net header truncated")]
     Truncated,
@@ -99,7 +97,7 @@ pub struct VnetHdr {
 
 impl VnetHdr {
     /// Parses the first 10 bytes of `buf`.
-    pub fn parse(buf: &[u8]) -> Result<Self, VnetError> {
+    pub(crate) fn parse(buf: &[u8]) -> Result<Self, VnetError> {
         let b: &[u8; HEADER_LEN] = buf
             .get(..HEADER_LEN)
             .and_then(|s| s.try_into().ok())
@@ -119,7 +117,7 @@ impl VnetHdr {
     }
 
     /// The 10-byte wire form.
-    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+    pub(crate) fn to_bytes(self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[field::FLAGS] = self.flags;
         b[field::GSO_TYPE] = self.gso_type.to_raw() | if self.ecn { GSO_ECN } else { 0 };
@@ -131,12 +129,12 @@ impl VnetHdr {
     }
 
     /// True if the frame is a GSO superframe.
-    pub fn is_gso(&self) -> bool {
+    pub(crate) fn is_gso(&self) -> bool {
         self.gso_type != GsoType::None
     }
 
     /// True if a checksum still has to be completed.
-    pub fn needs_csum(&self) -> bool {
+    pub(crate) fn needs_csum(&self) -> bool {
         self.flags & FLAG_NEEDS_CSUM != 0
     }
 }

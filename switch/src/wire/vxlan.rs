@@ -23,15 +23,14 @@ pub(crate) mod field {
 /// Length of the VXLAN header.
 pub const HEADER_LEN: usize = field::PAYLOAD.start;
 /// UDP port the Linux kernel's vxlan device and flannel use by default.
-pub const LINUX_PORT: u16 = 8472;
-/// UDP port assigned by IANA.
-pub const IANA_PORT: u16 = 4789;
+pub(crate) const LINUX_PORT: u16 = 8472;
 /// Bytes VXLAN adds to an inner IPv4 packet within the underlay MTU: the inner Ethernet header,
 /// outer IPv4, UDP and VXLAN (50). A pod MTU of `underlay MTU - OVERHEAD` keeps every
 /// encapsulated packet within the underlay MTU.
-pub const OVERHEAD: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN + udp::HEADER_LEN + HEADER_LEN;
+pub(crate) const OVERHEAD: usize =
+    ethernet::HEADER_LEN + ipv4::HEADER_LEN + udp::HEADER_LEN + HEADER_LEN;
 /// Largest VNI (24 bits).
-pub const MAX_VNI: u32 = 0x00ff_ffff;
+pub(crate) const MAX_VNI: u32 = 0x00ff_ffff;
 
 const FLAG_I: u8 = 0x08;
 
@@ -48,14 +47,14 @@ pub enum VxlanError {
 
 /// A checked view of a VXLAN datagram (header + inner frame).
 #[derive(Debug, Clone, Copy)]
-pub struct VxlanPacket<T: AsRef<[u8]>> {
+pub(crate) struct VxlanPacket<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> VxlanPacket<T> {
     /// Checks that `buffer` holds a VXLAN header with the I flag and at least an Ethernet header
     /// of payload.
-    pub fn new_checked(buffer: T) -> Result<Self, VxlanError> {
+    pub(crate) fn new_checked(buffer: T) -> Result<Self, VxlanError> {
         let b = buffer.as_ref();
         if b.len() < HEADER_LEN + ethernet::HEADER_LEN {
             return Err(VxlanError::Truncated);
@@ -67,25 +66,15 @@ impl<T: AsRef<[u8]>> VxlanPacket<T> {
     }
 
     /// The 24-bit VXLAN Network Identifier.
-    pub fn vni(&self) -> u32 {
+    pub(crate) fn vni(&self) -> u32 {
         let v = &self.buffer.as_ref()[field::VNI];
         u32::from_be_bytes([0, v[0], v[1], v[2]])
-    }
-
-    /// The inner Ethernet frame.
-    pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[field::PAYLOAD]
-    }
-
-    /// The buffer this view was made from.
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 }
 
 /// The VXLAN header for `vni` (I flag set, reserved bits zero). `vni` is masked to 24 bits;
 /// configuration validates it first.
-pub fn header(vni: u32) -> [u8; HEADER_LEN] {
+pub(crate) fn header(vni: u32) -> [u8; HEADER_LEN] {
     let v = (vni & MAX_VNI).to_be_bytes();
     let mut h = [0; HEADER_LEN];
     h[field::FLAGS] = FLAG_I;
@@ -111,7 +100,7 @@ pub fn decapsulate(datagram: &[u8]) -> Result<(u32, &[u8]), VxlanError> {
 }
 
 /// Same as [`decapsulate`] for a mutable buffer (the switch rewrites the inner frame in place).
-pub fn decapsulate_mut(datagram: &mut [u8]) -> Result<(u32, &mut [u8]), VxlanError> {
+pub(crate) fn decapsulate_mut(datagram: &mut [u8]) -> Result<(u32, &mut [u8]), VxlanError> {
     let vni = VxlanPacket::new_checked(&*datagram)?.vni();
     Ok((vni, &mut datagram[field::PAYLOAD]))
 }
@@ -119,7 +108,8 @@ pub fn decapsulate_mut(datagram: &mut [u8]) -> Result<(u32, &mut [u8]), VxlanErr
 /// Outer UDP source port for an inner frame, as RFC 7348 §5 recommends: a hash of the inner
 /// flow (addresses, protocol, L4 ports) mapped into `[low, high]`, so ECMP spreads flows while
 /// one flow keeps one path. The Linux kernel uses the ephemeral range 32768..=60999 by default.
-pub fn source_port(inner: &[u8], low: u16, high: u16) -> u16 {
+#[cfg(test)]
+pub(crate) fn source_port(inner: &[u8], low: u16, high: u16) -> u16 {
     let h = flow_hash(inner);
     let span = u32::from(high.saturating_sub(low)) + 1;
     low + ((u64::from(h) * u64::from(span)) >> 32) as u16
@@ -128,7 +118,7 @@ pub fn source_port(inner: &[u8], low: u16, high: u16) -> u16 {
 /// A hash of the inner flow: IPv4 addresses, protocol and TCP/UDP ports when present, else the
 /// Ethernet addresses. Never panics; short frames hash what they have.
 #[inline]
-pub fn flow_hash(inner: &[u8]) -> u32 {
+pub(crate) fn flow_hash(inner: &[u8]) -> u32 {
     let mut key = [0u8; 16];
     let ip = EthernetFrame::new_checked(inner)
         .ok()

@@ -60,9 +60,9 @@ const MAX_SOCKET_PATH: usize = 107;
 #[error("{field}: {reason}")]
 pub struct SpecError {
     /// Where the field is.
-    pub field: String,
+    pub(crate) field: String,
     /// What is wrong with it.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 impl SpecError {
@@ -101,18 +101,18 @@ pub fn derived_pod_mac(ip: Ipv4Addr) -> Mac {
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
     /// Node name: `[a-zA-Z0-9._-]`, at most 63 characters.
-    pub name: String,
+    pub(crate) name: String,
     /// The node's pod CIDR (prefix length at most 30, no host bits set).
-    pub pod_cidr: Ipv4Net,
+    pub(crate) pod_cidr: Ipv4Net,
     /// Pods' default gateway; see [`NodeSpec::gateway`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<Ipv4Addr>,
+    pub(crate) gateway: Option<Ipv4Addr>,
     /// Pod MTU; see [`NodeSpec::pod_mtu`] (default: `underlay_mtu` minus VXLAN's 50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtu: Option<u16>,
+    pub(crate) mtu: Option<u16>,
     /// MTU of the underlay network the tunnel crosses.
     #[serde(default = "default_underlay_mtu")]
-    pub underlay_mtu: u16,
+    pub(crate) underlay_mtu: u16,
     /// Network namespace the switch itself runs in (its "host" namespace: where the underlay
     /// address lives and the TAPs are made before they move into pods). Default: the one it is
     /// started in. `podswitch lab` uses this to run several nodes on one machine.
@@ -120,22 +120,22 @@ pub struct NodeSpec {
     pub netns: Option<String>,
     /// Control socket path; see [`NodeSpec::control_path`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub control: Option<PathBuf>,
+    pub(crate) control: Option<PathBuf>,
     /// Router MAC; see [`NodeSpec::router_mac`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_mac: Option<Mac>,
     /// Most learned MAC table entries.
     #[serde(default = "default_mac_table_size")]
-    pub mac_table_size: usize,
+    pub(crate) mac_table_size: usize,
     /// Seconds a learned MAC lives without being seen.
     #[serde(default = "default_mac_ageing_secs")]
-    pub mac_ageing_secs: u64,
+    pub(crate) mac_ageing_secs: u64,
     /// Data-plane threads, 1 to [`MAX_WORKERS`]. Each pod's TAP gets one queue per worker
     /// (`IFF_MULTI_QUEUE`); the kernel spreads a pod's flows over the queues.
     #[serde(default = "default_workers")]
     pub workers: usize,
     /// CPUs the workers are pinned to (worker `k` on `cpus[k % len]`); see
-    /// [`NodeSpec::dataplane_cpus`] for the default. `[]`: not pinned.
+    /// `NodeSpec::dataplane_cpus` for the default. `[]`: not pinned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<Vec<usize>>,
     /// This node's underlay (VXLAN) address. Required when peers are configured.
@@ -143,14 +143,14 @@ pub struct NodeSpec {
     pub underlay: Option<Ipv4Addr>,
     /// VXLAN UDP destination port.
     #[serde(default = "default_vxlan_port")]
-    pub vxlan_port: u16,
+    pub(crate) vxlan_port: u16,
     /// VXLAN network identifier of the cluster (24 bits).
     #[serde(default = "default_vni")]
-    pub vni: u32,
+    pub(crate) vni: u32,
     /// VTEP MAC. The router MAC is the VTEP MAC, so this is another name for `router_mac`:
     /// giving both with different values is an error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vtep_mac: Option<Mac>,
+    pub(crate) vtep_mac: Option<Mac>,
 }
 
 fn default_underlay_mtu() -> u16 {
@@ -258,17 +258,17 @@ impl NodeSpec {
 
     /// Pod MTU: explicit, or the underlay MTU minus VXLAN's overhead, so that every pod packet
     /// fits the tunnel.
-    pub fn pod_mtu(&self) -> u16 {
+    pub(crate) fn pod_mtu(&self) -> u16 {
         self.mtu.unwrap_or_else(|| self.tunnel_mtu())
     }
 
     /// Largest inner IPv4 packet the tunnel carries without fragmenting the underlay.
-    pub fn tunnel_mtu(&self) -> u16 {
+    pub(crate) fn tunnel_mtu(&self) -> u16 {
         self.underlay_mtu.saturating_sub(VXLAN_OVERHEAD)
     }
 
     /// Where the VXLAN tunnel listens (`underlay:vxlan_port`); `None`: a node without peers.
-    pub fn tunnel_addr(&self) -> Option<SocketAddrV4> {
+    pub(crate) fn tunnel_addr(&self) -> Option<SocketAddrV4> {
         self.underlay
             .map(|ip| SocketAddrV4::new(ip, self.vxlan_port))
     }
@@ -277,7 +277,7 @@ impl NodeSpec {
     /// (each must be allowed: a worker cannot run elsewhere), else the last `workers` allowed
     /// CPUs (the first ones usually take the machine's interrupts), reused round-robin when
     /// there are fewer. Empty: not pinned.
-    pub fn dataplane_cpus(&self, allowed: &[usize]) -> Result<Vec<usize>, SpecError> {
+    pub(crate) fn dataplane_cpus(&self, allowed: &[usize]) -> Result<Vec<usize>, SpecError> {
         match &self.cpus {
             Some(cpus) => {
                 if let Some(cpu) = cpus.iter().find(|c| !allowed.contains(c)) {
@@ -299,7 +299,7 @@ impl NodeSpec {
     }
 
     /// The data-plane settings: CIDR, gateway, router MAC, VNI, pod and tunnel MTU.
-    pub fn node_config(&self) -> NodeConfig {
+    pub(crate) fn node_config(&self) -> NodeConfig {
         NodeConfig {
             cidr: self.pod_cidr,
             gateway: self.gateway(),
@@ -311,7 +311,7 @@ impl NodeSpec {
     }
 
     /// The MAC table settings.
-    pub fn mac_table_config(&self) -> MacTableConfig {
+    pub(crate) fn mac_table_config(&self) -> MacTableConfig {
         MacTableConfig {
             capacity: self.mac_table_size,
             ageing: Duration::from_secs(self.mac_ageing_secs),
@@ -319,7 +319,7 @@ impl NodeSpec {
     }
 
     /// The switch's settings on a machine whose process may run on `allowed` CPUs.
-    pub fn switch_config(&self, allowed: &[usize]) -> Result<SwitchConfig, SpecError> {
+    pub(crate) fn switch_config(&self, allowed: &[usize]) -> Result<SwitchConfig, SpecError> {
         Ok(SwitchConfig {
             node: self.node_config(),
             mac: self.mac_table_config(),
@@ -336,7 +336,7 @@ impl PodSpec {
     }
 
     /// The switch port identity of the pod.
-    pub fn port_info(&self) -> PortInfo {
+    pub(crate) fn port_info(&self) -> PortInfo {
         PortInfo {
             name: self.name.clone(),
             kind: PortKind::Pod {
@@ -356,7 +356,7 @@ impl PeerSpec {
     }
 
     /// The data plane's form of the peer; the tunnel uses `node`'s VXLAN port.
-    pub fn to_peer(&self, node: &NodeSpec) -> Peer {
+    pub(crate) fn to_peer(&self, node: &NodeSpec) -> Peer {
         Peer {
             name: self.name.clone(),
             underlay: SocketAddrV4::new(self.underlay, node.vxlan_port),

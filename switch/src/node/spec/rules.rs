@@ -82,7 +82,7 @@ pub(crate) fn check_range(field: &str, value: i128) -> Result<(), SpecError> {
 
 impl NodeSpec {
     /// Checks the node's own rules (fields are named `node.*`).
-    pub fn validate(&self) -> Result<(), SpecError> {
+    pub(crate) fn validate(&self) -> Result<(), SpecError> {
         check_name("node.name", &self.name, MAX_NODE_NAME)?;
         check_cidr("node.pod_cidr", self.pod_cidr)?;
         if self.pod_cidr.prefix_len() > 30 {
@@ -145,7 +145,7 @@ impl NodeSpec {
 impl PodSpec {
     /// Checks the pod against `node` and the pods already there (`others`). Fields are named
     /// `<at>.name`, `<at>.ip`, ... (`at` is `pods[1]` in the file, `pod` at runtime).
-    pub fn check<'a>(
+    pub(crate) fn check<'a>(
         &self,
         node: &NodeSpec,
         others: impl IntoIterator<Item = &'a PodSpec> + Clone,
@@ -206,7 +206,7 @@ impl PeerSpec {
     /// Checks the peer against `node` and the peers already there (`others`). Fields are
     /// named `<at>.name`, ... (`at` is `peers[1]` in the file, `peer` at runtime); the node's
     /// own fields keep their names (`node.underlay`, `node.mtu`).
-    pub fn check<'a>(
+    pub(crate) fn check<'a>(
         &self,
         node: &NodeSpec,
         others: impl IntoIterator<Item = &'a PeerSpec> + Clone,
