@@ -526,6 +526,33 @@ fn node_with_peer(control: &Path, netns: &str, port: u16) -> String {
     )
 }
 
+/// `podswitch <kind> add <args>` against the running daemon, and a daemon started on `base`
+/// plus the same entry as a `[[<kind>s]]` table: both refuse, with the same reason for the same
+/// field (`<kind>.x` at runtime, `<kind>s[1].x` in the file), and the runtime error is not
+/// called a config error nor says its subject twice.
+fn refused_alike(d: &Daemon, dir: &Path, base: &str, kind: &str, args: &[&str], entry: &str) {
+    let mut cmd = vec![kind, "add"];
+    cmd.extend_from_slice(args);
+    let out = d.ctl(&cmd);
+    assert!(!out.status.success(), "{kind} add {args:?} accepted");
+    let runtime = stderr(&out).trim().to_string();
+    let file = run_refused(dir, &format!("{base}\n[[{kind}s]]\n{entry}\n"));
+    let reason = runtime
+        .strip_prefix("podswitch: ")
+        .unwrap_or(&runtime)
+        .replacen(&format!("{kind}."), &format!("{kind}s[1]."), 1);
+    assert_eq!(
+        file,
+        format!("podswitch: config error: {reason}"),
+        "runtime said: {runtime}"
+    );
+    assert!(!runtime.contains("config error"), "{runtime}");
+    assert!(
+        !runtime.contains(&format!("{kind} \"c\": {kind}")),
+        "{runtime}"
+    );
+}
+
 #[test]
 fn runtime_pod_and_peer_add_refuse_what_the_file_refuses_with_the_same_message() {
     if !root_or_skip("runtime_pod_and_peer_add_refuse_what_the_file_refuses_with_the_same_message")
@@ -570,23 +597,7 @@ fn runtime_pod_and_peer_add_refuse_what_the_file_refuses_with_the_same_message()
         ),
     ];
     for (args, entry) in peers {
-        let mut cmd = vec!["peer", "add"];
-        cmd.extend_from_slice(args);
-        let out = d.ctl(&cmd);
-        assert!(!out.status.success(), "peer add {args:?} accepted");
-        let runtime = stderr(&out).trim().to_string();
-        let file = run_refused(&dir, &format!("{base}\n[[peers]]\n{entry}\n"));
-        let reason = runtime
-            .strip_prefix("podswitch: ")
-            .unwrap_or(&runtime)
-            .replacen("peer.", "peers[1].", 1);
-        assert_eq!(
-            file,
-            format!("podswitch: config error: {reason}"),
-            "runtime said: {runtime}"
-        );
-        assert!(!runtime.contains("config error"), "{runtime}");
-        assert!(!runtime.contains("peer \"c\": peer"), "{runtime}");
+        refused_alike(&d, &dir, &base, "peer", args, entry);
     }
     let list = stdout(&d.ctl(&["peer", "list"]));
     assert_eq!(list.lines().count(), 2, "only peer b: {list}");
@@ -620,22 +631,7 @@ fn runtime_pod_and_peer_add_refuse_what_the_file_refuses_with_the_same_message()
         ),
     ];
     for (args, entry) in pods {
-        let mut cmd = vec!["pod", "add"];
-        cmd.extend_from_slice(args);
-        let out = d.ctl(&cmd);
-        assert!(!out.status.success(), "pod add {args:?} accepted");
-        let runtime = stderr(&out).trim().to_string();
-        let file = run_refused(&dir, &format!("{base}\n[[pods]]\n{entry}\n"));
-        let reason = runtime
-            .strip_prefix("podswitch: ")
-            .unwrap_or(&runtime)
-            .replacen("pod.", "pods[1].", 1);
-        assert_eq!(
-            file,
-            format!("podswitch: config error: {reason}"),
-            "runtime said: {runtime}"
-        );
-        assert!(!runtime.contains("config error"), "{runtime}");
+        refused_alike(&d, &dir, &base, "pod", args, entry);
     }
     assert!(
         !netns_list().contains("zz"),
