@@ -79,15 +79,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Bytes after the total length (Ethernet padding) are not part of the packet.
     #[inline(always)]
     pub(crate) fn new_checked(buffer: T) -> Result<Self, Error> {
-        let p = Self::new_checked_header(buffer)?;
-        let total = usize::from(p.total_len());
-        if total < p.header_len() {
-            return Err(Error::Malformed);
-        }
-        if total > p.buffer.as_ref().len() {
-            return Err(Error::Truncated);
-        }
-        Ok(p)
+        Self::new_checked_header(buffer)?.with_total_len_checked()
     }
 
     /// Like [`Ipv4Packet::new_checked`], but a total length of 0 is also accepted and means
@@ -96,17 +88,23 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     #[inline(always)]
     pub(crate) fn new_checked_superframe(buffer: T) -> Result<Self, Error> {
         let p = Self::new_checked_header(buffer)?;
-        let total = usize::from(p.total_len());
-        if total == 0 {
+        if p.total_len() == 0 {
             return Ok(p);
         }
-        if total < p.header_len() {
+        p.with_total_len_checked()
+    }
+
+    /// The view, if its total length covers the header and fits the buffer.
+    #[inline(always)]
+    fn with_total_len_checked(self) -> Result<Self, Error> {
+        let total = usize::from(self.total_len());
+        if total < self.header_len() {
             return Err(Error::Malformed);
         }
-        if total > p.buffer.as_ref().len() {
+        if total > self.buffer.as_ref().len() {
             return Err(Error::Truncated);
         }
-        Ok(p)
+        Ok(self)
     }
 
     /// Checks the header only: version 4, IHL at least 5, the whole header (options included)
