@@ -28,7 +28,7 @@
 //!   file has replaced it meanwhile.
 
 use std::future::Future;
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{BufRead, BufReader, ErrorKind as IoErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,6 +55,17 @@ pub enum Request {
         /// Pod name.
         name: String,
     },
+    /// Remove the pod attached as `ifname` of container `container_id` (CNI DEL knows only
+    /// those). A pod the node does not know is an error of kind [`ErrorKind::NotFound`].
+    PodDelByContainer {
+        /// The container runtime's ID (the pod's `container_id`).
+        container_id: String,
+        /// The pod's interface name (default `eth0`).
+        #[serde(default = "crate::node::spec::default_ifname")]
+        ifname: String,
+    },
+    /// The node's pod network: what a CNI plugin fills an empty IPAM range with and returns.
+    NodeInfo,
     /// List the pods.
     PodList,
     /// Dump the MAC table.
@@ -104,18 +115,55 @@ pub enum Response {
         #[serde(default)]
         workers: Vec<u64>,
     },
-    /// The request failed; the message says why.
+    /// The node's pod network ([`Request::NodeInfo`]).
+    Node {
+        /// Node name.
+        name: String,
+        /// The node's pod CIDR.
+        pod_cidr: ipnet::Ipv4Net,
+        /// The pods' default gateway.
+        gateway: std::net::Ipv4Addr,
+        /// The pods' MTU.
+        mtu: u16,
+    },
+    /// The request failed; the message says why, the kind (when there is one) what a program
+    /// may act on without reading the message.
     Error {
         /// What went wrong.
         message: String,
+        /// What kind of failure, for programs (absent: any other failure).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<ErrorKind>,
     },
 }
 
+/// What kind of failure an error response reports (`"not_found"`, `"refused"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// No such pod or peer (a delete of something the node does not know).
+    NotFound,
+    /// A rule refused the pod or peer (the message names the field).
+    Refused,
+    /// A kind this client does not know (sent by a newer node).
+    #[serde(other)]
+    Other,
+}
+
 impl Response {
-    /// An error response.
+    /// An error response without a kind.
     pub(crate) fn error(message: impl Into<String>) -> Response {
         Response::Error {
             message: message.into(),
+            kind: None,
+        }
+    }
+
+    /// An error response of `kind`.
+    pub(crate) fn error_of(kind: ErrorKind, message: impl Into<String>) -> Response {
+        Response::Error {
+            message: message.into(),
+            kind: Some(kind),
         }
     }
 }
@@ -164,7 +212,7 @@ fn io_context(e: std::io::Error, what: String) -> std::io::Error {
 
 impl ControlSocket {
     /// Binds the control socket at `path`: creates the parent directory if missing (0700),
-    /// refuses if another server answers on `path` ([`ErrorKind::AddrInUse`]) or if `path`
+    /// refuses if another server answers on `path` ([`IoErrorKind::AddrInUse`]) or if `path`
     /// exists and is not a socket, replaces a stale socket, binds and sets mode 0600. Needs no
     /// runtime.
     pub fn bind(path: &Path) -> std::io::Result<ControlSocket> {
@@ -181,17 +229,17 @@ impl ControlSocket {
                 match std::os::unix::net::UnixStream::connect(path) {
                     Ok(_) => {
                         return Err(std::io::Error::new(
-                            ErrorKind::AddrInUse,
+                            IoErrorKind::AddrInUse,
                             format!("control socket {shown} is in use by another podswitch"),
                         ));
                     }
-                    Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    Err(e) if e.kind() == IoErrorKind::ConnectionRefused => {
                         tracing::info!(path = %shown, "removing stale control socket");
                         std::fs::remove_file(path).map_err(|e| {
                             io_context(e, format!("removing stale control socket {shown}"))
                         })?;
                     }
-                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) if e.kind() == IoErrorKind::NotFound => {}
                     Err(e) => {
                         return Err(io_context(
                             e,
@@ -202,11 +250,11 @@ impl ControlSocket {
             }
             Ok(_) => {
                 return Err(std::io::Error::new(
-                    ErrorKind::AlreadyExists,
+                    IoErrorKind::AlreadyExists,
                     format!("{shown} exists and is not a socket; not replacing it"),
                 ));
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) if e.kind() == IoErrorKind::NotFound => {}
             Err(e) => return Err(io_context(e, format!("checking {shown}"))),
         }
         let listener = std::os::unix::net::UnixListener::bind(path)
@@ -404,7 +452,10 @@ pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response, C
     let shown = path.display().to_string();
     let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
     let io = |source: std::io::Error| -> ControlError {
-        if matches!(source.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+        if matches!(
+            source.kind(),
+            IoErrorKind::WouldBlock | IoErrorKind::TimedOut
+        ) {
             ControlError::Timeout {
                 path: shown.clone(),
                 timeout,
@@ -418,11 +469,11 @@ pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response, C
     };
     let stream =
         std::os::unix::net::UnixStream::connect(path).map_err(|source| match source.kind() {
-            ErrorKind::NotFound | ErrorKind::ConnectionRefused => ControlError::NotRunning {
+            IoErrorKind::NotFound | IoErrorKind::ConnectionRefused => ControlError::NotRunning {
                 path: shown.clone(),
                 source,
             },
-            ErrorKind::PermissionDenied => ControlError::PermissionDenied {
+            IoErrorKind::PermissionDenied => ControlError::PermissionDenied {
                 path: shown.clone(),
             },
             _ => ControlError::Io {
@@ -528,13 +579,17 @@ mod tests {
             netns: name.into(),
             ip: Ipv4Addr::new(10, 244, 1, 10),
             mac,
+            container_id: None,
+            ifname: "eth0".into(),
         }
     }
 
     fn sample_pod(name: &str) -> PodStatus {
         PodStatus {
             spec: web(name, None),
+            mac: crate::node::Mac([2, 0x42, 10, 244, 1, 10]),
             prefix_len: 24,
+            gateway: Ipv4Addr::new(10, 244, 1, 1),
             port: 1,
             created_netns: true,
             counters: Counters {
@@ -575,6 +630,22 @@ mod tests {
                 }
                 Request::PodDel { name } if name == "panic" => panic!("fake handler panic"),
                 Request::PodDel { .. } => Response::Ok,
+                Request::PodDelByContainer { container_id, .. } if container_id == "known" => {
+                    Response::Ok
+                }
+                Request::PodDelByContainer {
+                    container_id,
+                    ifname,
+                } => Response::error_of(
+                    ErrorKind::NotFound,
+                    format!("no pod with container ID {container_id:?} and interface {ifname:?}"),
+                ),
+                Request::NodeInfo => Response::Node {
+                    name: "node-a".into(),
+                    pod_cidr: "10.244.1.0/24".parse().unwrap(),
+                    gateway: Ipv4Addr::new(10, 244, 1, 1),
+                    mtu: 1450,
+                },
                 Request::PodList => Response::Pods(vec![sample_pod("a"), sample_pod("b")]),
                 Request::PeerAdd(_) | Request::PeerDel { .. } => Response::Ok,
                 Request::PeerList => Response::Peers(Vec::new()),
@@ -736,6 +807,95 @@ mod tests {
     }
 
     #[test]
+    fn cni_requests_and_answers_have_a_stable_shape() {
+        // What the CNI plugin sends and reads: spelled out, so a change shows here.
+        let add = Request::PodAdd(PodSpec {
+            container_id: Some("c0ffee".into()),
+            ifname: "net1".into(),
+            netns: "/proc/42/ns/net".into(),
+            ..web("cni-c0ffee", None)
+        });
+        let text = serde_json::to_string(&add).unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"pod_add","name":"cni-c0ffee","netns":"/proc/42/ns/net","ip":"10.244.1.10","container_id":"c0ffee","ifname":"net1"}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), add);
+        // Old requests parse: no container ID, eth0.
+        let Request::PodAdd(old) = serde_json::from_str::<Request>(
+            r#"{"op":"pod_add","name":"a","netns":"a","ip":"10.244.1.10"}"#,
+        )
+        .unwrap() else {
+            panic!("not a pod_add")
+        };
+        assert_eq!((old.container_id, old.ifname.as_str()), (None, "eth0"));
+
+        let del = Request::PodDelByContainer {
+            container_id: "c0ffee".into(),
+            ifname: "net1".into(),
+        };
+        let text = serde_json::to_string(&del).unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"pod_del_by_container","container_id":"c0ffee","ifname":"net1"}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), del);
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"pod_del_by_container","container_id":"c"}"#)
+                .unwrap(),
+            Request::PodDelByContainer {
+                container_id: "c".into(),
+                ifname: "eth0".into()
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::NodeInfo).unwrap(),
+            r#"{"op":"node_info"}"#
+        );
+
+        let node = Fake::default().handle(Request::NodeInfo);
+        let text = serde_json::to_string(&node).unwrap();
+        assert_eq!(
+            text,
+            r#"{"result":"node","data":{"name":"node-a","pod_cidr":"10.244.1.0/24","gateway":"10.244.1.1","mtu":1450}}"#
+        );
+        assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), node);
+
+        let pod = Response::Pod(sample_pod("a"));
+        let text = serde_json::to_string(&pod).unwrap();
+        assert!(
+            text.contains(r#""mac":"02:42:0a:f4:01:0a","prefix_len":24,"gateway":"10.244.1.1""#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), pod);
+
+        // Errors: a kind when there is one, none otherwise; old and unknown kinds parse.
+        let nf = Response::error_of(ErrorKind::NotFound, "gone");
+        let text = serde_json::to_string(&nf).unwrap();
+        assert_eq!(
+            text,
+            r#"{"result":"error","data":{"message":"gone","kind":"not_found"}}"#
+        );
+        assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), nf);
+        assert_eq!(
+            serde_json::to_string(&Response::error_of(ErrorKind::Refused, "x")).unwrap(),
+            r#"{"result":"error","data":{"message":"x","kind":"refused"}}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Response>(r#"{"result":"error","data":{"message":"old"}}"#)
+                .unwrap(),
+            Response::error("old")
+        );
+        assert_eq!(
+            serde_json::from_str::<Response>(
+                r#"{"result":"error","data":{"message":"new","kind":"on_fire"}}"#
+            )
+            .unwrap(),
+            Response::error_of(ErrorKind::Other, "new")
+        );
+    }
+
+    #[test]
     fn request_response_round_trips() {
         let dir = TempDir::new("roundtrip");
         let path = dir.sock();
@@ -781,7 +941,7 @@ mod tests {
         let mut reader = BufReader::new(&stream);
 
         let r = raw_exchange(&stream, &mut reader, b"?? not json\n");
-        let Response::Error { message } = r else {
+        let Response::Error { message, .. } = r else {
             panic!("{r:?}")
         };
         assert!(
@@ -790,7 +950,7 @@ mod tests {
         );
 
         let r = raw_exchange(&stream, &mut reader, b"{\"op\":\"reboot\"}\n");
-        let Response::Error { message } = r else {
+        let Response::Error { message, .. } = r else {
             panic!("{r:?}")
         };
         assert!(
@@ -803,7 +963,7 @@ mod tests {
             &mut reader,
             b"{\"op\":\"pod_add\",\"name\":\"a\"}\n",
         );
-        let Response::Error { message } = r else {
+        let Response::Error { message, .. } = r else {
             panic!("{r:?}")
         };
         assert!(message.contains("missing field `netns`"), "{message}");
@@ -813,7 +973,7 @@ mod tests {
             &mut reader,
             b"{\"op\":\"pod_add\",\"name\":\"a\",\"netns\":\"a\",\"ip\":\"10.244.1.999\"}\n",
         );
-        let Response::Error { message } = r else {
+        let Response::Error { message, .. } = r else {
             panic!("{r:?}")
         };
         assert!(message.contains("invalid IPv4 address syntax"), "{message}");
@@ -877,7 +1037,7 @@ mod tests {
         let mut rest = Vec::new();
         match reader.read_to_end(&mut rest) {
             Ok(_) => assert!(rest.is_empty(), "{rest:?}"),
-            Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+            Err(e) => assert_eq!(e.kind(), IoErrorKind::ConnectionReset, "{e}"),
         }
         writer.join().unwrap();
         assert_eq!(fake.calls.load(Ordering::Relaxed), 0);
@@ -975,7 +1135,7 @@ mod tests {
         let path = dir.sock();
         let server = Server::start(&path, Arc::new(Fake::default()));
         let e = ControlSocket::bind(&path).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::AddrInUse);
+        assert_eq!(e.kind(), IoErrorKind::AddrInUse);
         assert_eq!(
             e.to_string(),
             format!(
@@ -997,7 +1157,7 @@ mod tests {
         let path = dir.sock();
         std::fs::write(&path, "precious").unwrap();
         let e = ControlSocket::bind(&path).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+        assert_eq!(e.kind(), IoErrorKind::AlreadyExists);
         assert!(e.to_string().contains("exists and is not a socket"), "{e}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
     }
@@ -1045,7 +1205,7 @@ mod tests {
         // Binding errors come back from serve.
         std::fs::write(&path, "x").unwrap();
         let e = rt.block_on(serve(&path, handler, async {})).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+        assert_eq!(e.kind(), IoErrorKind::AlreadyExists);
     }
 
     #[test]

@@ -157,6 +157,8 @@ impl Lab {
                     netns: pod,
                     ip,
                     mac: None,
+                    container_id: None,
+                    ifname: "eth0".into(),
                 }
             })
             .collect();

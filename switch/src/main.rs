@@ -112,11 +112,21 @@ enum PodOp {
     /// Add a pod (like CNI ADD): namespace created if absent, adopted if present. Refused
     /// for the same reasons as a [[pods]] entry of the config file.
     Add(PodSpec),
-    /// Remove a pod (like CNI DEL).
+    /// Remove a pod (like CNI DEL): by name, or by container ID and interface name.
     Del {
         /// Pod name.
+        #[arg(
+            long,
+            required_unless_present = "container_id",
+            conflicts_with = "container_id"
+        )]
+        name: Option<String>,
+        /// The container ID the pod was added with (a CNI attachment); with --ifname.
         #[arg(long)]
-        name: String,
+        container_id: Option<String>,
+        /// The attachment's interface name (with --container-id).
+        #[arg(long, default_value = "eth0", requires = "container_id")]
+        ifname: String,
     },
     /// List pods with their counters.
     List,
@@ -129,11 +139,22 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Pod { op, control } => {
             let req = match op {
-                PodOp::Add(spec) => Request::PodAdd(spec),
-                PodOp::Del { name } => Request::PodDel { name },
-                PodOp::List => Request::PodList,
+                PodOp::Add(spec) => Ok(Request::PodAdd(spec)),
+                PodOp::Del {
+                    name,
+                    container_id,
+                    ifname,
+                } => match (name, container_id) {
+                    (_, Some(container_id)) => Ok(Request::PodDelByContainer {
+                        container_id,
+                        ifname,
+                    }),
+                    (Some(name), None) => Ok(Request::PodDel { name }),
+                    (None, None) => Err("pod del: give --name or --container-id".to_string()),
+                },
+                PodOp::List => Ok(Request::PodList),
             };
-            client(control, &req)
+            req.and_then(|req| client(control, &req))
         }
         Command::Peer { op, control } => {
             let req = match op {
@@ -188,7 +209,10 @@ fn run(config_path: &Path) -> Result<(), String> {
     let node =
         Arc::new(Node::start(cfg.node.clone(), &cfg.pods, &cfg.peers).map_err(|e| e.to_string())?);
     let gw = cfg.node.gateway();
-    tracing::info!(node = %node.name(), pods = cfg.pods.len(), control = %control_path.display(), "node up");
+    // CNI attachments recorded by an earlier run come back (those whose namespace is gone
+    // are forgotten); from here on the node keeps the record up to date.
+    let restored = node.restore_attachments(cfg.node.state_path());
+    tracing::info!(node = %node.name(), pods = cfg.pods.len(), restored = restored.len(), control = %control_path.display(), "node up");
     for p in &cfg.pods {
         println!(
             "pod {:<12} netns {:<12} ip {:<15} e.g. `ip netns exec {} ping {gw}`",
@@ -349,18 +373,27 @@ fn print_response(resp: Response) -> Result<(), String> {
                 println!("frames per worker: {}", per.join(" "));
             }
         }
-        Response::Error { message } => return Err(message),
+        Response::Node {
+            name,
+            pod_cidr,
+            gateway,
+            mtu,
+        } => println!("node {name}: pod CIDR {pod_cidr}, gateway {gateway}, MTU {mtu}"),
+        Response::Error { message, .. } => return Err(message),
     }
     Ok(())
 }
 
+/// One line per pod; the container ID is shortened to 12 characters (as runtimes show it) and
+/// the namespace, a name or a path of any length, comes last.
 fn print_pods(pods: &[PodStatus]) {
     println!(
-        "{:<14} {:<14} {:<18} {:<17} {:>4} {:>10} {:>12} {:>10} {:>12} {:>8}",
+        "{:<14} {:<18} {:<17} {:<8} {:<12} {:>4} {:>10} {:>12} {:>10} {:>12} {:>8}  NETNS",
         "NAME",
-        "NETNS",
         "IP",
         "MAC",
+        "IFNAME",
+        "CONTAINER",
         "PORT",
         "RX_FRAMES",
         "RX_BYTES",
@@ -370,18 +403,24 @@ fn print_pods(pods: &[PodStatus]) {
     );
     for p in pods {
         let (c, s) = (&p.counters, &p.spec);
+        let container: String = match &s.container_id {
+            Some(id) => id.chars().take(12).collect(),
+            None => "-".into(),
+        };
         println!(
-            "{:<14} {:<14} {:<18} {:<17} {:>4} {:>10} {:>12} {:>10} {:>12} {:>8}",
+            "{:<14} {:<18} {:<17} {:<8} {:<12} {:>4} {:>10} {:>12} {:>10} {:>12} {:>8}  {}",
             s.name,
-            s.netns,
             format!("{}/{}", s.ip, p.prefix_len),
-            s.mac().to_string(),
+            p.mac.to_string(),
+            s.ifname,
+            container,
             p.port,
             c.rx_frames,
             c.rx_bytes,
             c.tx_frames,
             c.tx_bytes,
-            c.rx_dropped + c.tx_dropped
+            c.rx_dropped + c.tx_dropped,
+            s.netns
         );
     }
 }

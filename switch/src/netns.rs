@@ -1,4 +1,5 @@
-//! Named network namespaces, compatible with `ip netns` (`/run/netns/<name>`).
+//! Named network namespaces, compatible with `ip netns` (`/run/netns/<name>`), and namespaces
+//! given by the path of their file (`/proc/PID/ns/net`), which are only ever adopted.
 //!
 //! A namespace is created the way iproute2 does it, without forking: `/run/netns` is made a
 //! shared mount point, an empty file is created, and a short-lived thread `unshare`s a new
@@ -64,7 +65,7 @@ fn io<'a>(name: &'a str, step: &'static str) -> impl FnOnce(std::io::Error) -> N
     }
 }
 
-/// A named network namespace.
+/// A network namespace: named (`/run/netns/<name>`) or given by path (the name is the path).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetNs {
     name: String,
@@ -186,8 +187,31 @@ impl NetNs {
         }
     }
 
-    /// Opens the namespace if it exists, else creates it. Returns it and whether it was created.
+    /// The existing namespace whose file is at the absolute `path` (`/proc/PID/ns/net`,
+    /// `/run/netns/cni-...`). Such a namespace is only ever adopted: the switch never creates
+    /// or deletes it.
+    pub(crate) fn open_path(path: &str) -> Result<Self, NetnsError> {
+        if !path.starts_with('/') || path.contains('\0') {
+            return Err(NetnsError::BadName(path.into()));
+        }
+        let ns = Self {
+            name: path.into(),
+            path: PathBuf::from(path),
+        };
+        if ns.exists() {
+            Ok(ns)
+        } else {
+            Err(NetnsError::Missing(path.into()))
+        }
+    }
+
+    /// The namespace a pod names: an absolute path is opened ([`NetNs::open_path`], never
+    /// created); a name is opened if it exists, else created. Returns it and whether it was
+    /// created.
     pub(crate) fn open_or_create(name: &str) -> Result<(Self, bool), NetnsError> {
+        if name.starts_with('/') {
+            return Self::open_path(name).map(|ns| (ns, false));
+        }
         match Self::open(name) {
             Ok(ns) => Ok((ns, false)),
             Err(NetnsError::Missing(_)) => Self::create(name).map(|ns| (ns, true)),

@@ -5,6 +5,10 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use std::time::Duration;
+
+use podswitch::control::{ErrorKind, Request, Response};
+use podswitch::node::{PodSpec, PodStatus};
 use podswitch::testutil::{root_or_skip, unique, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_podswitch");
@@ -30,25 +34,31 @@ struct Daemon {
 
 impl Daemon {
     fn start(config: &str, control: PathBuf, dir: PathBuf, namespaces: Vec<String>) -> Self {
-        let path = dir.join("node.toml");
-        std::fs::write(&path, config).expect("write config");
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn podswitch run");
-        let d = Daemon {
-            child: Some(child),
+        std::fs::write(dir.join("node.toml"), config).expect("write config");
+        let mut d = Daemon {
+            child: None,
             control,
             dir,
             namespaces,
         };
-        wait_for("the control socket", || {
-            d.control.exists() && d.ctl(&["status"]).status.success()
-        });
+        d.restart();
         d
+    }
+
+    /// Starts the daemon (again) with the config file written by `start`.
+    fn restart(&mut self) {
+        assert!(self.child.is_none(), "the daemon is still running");
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(self.dir.join("node.toml"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn podswitch run");
+        self.child = Some(child);
+        wait_for("the control socket", || {
+            self.control.exists() && self.ctl(&["status"]).status.success()
+        });
     }
 
     fn ctl(&self, args: &[&str]) -> Output {
@@ -686,7 +696,7 @@ fn a_second_daemon_says_what_is_taken() {
     let err = run_refused(&dir, &second);
     assert_eq!(
         err,
-        format!("podswitch: pod \"a\": namespace {a:?} already has an eth0 (another podswitch or network plugin runs a pod there?): remove that pod first, or pick another namespace")
+        format!("podswitch: pod \"a\": namespace {a:?} already has an eth0 (another podswitch or network plugin runs a pod there?): remove that pod first, or pick another namespace or interface name")
     );
     // The first daemon's pod is untouched.
     assert!(stdout(&d.ctl(&["pod", "list"])).contains(&a));
@@ -736,4 +746,321 @@ fn settings_that_cannot_work_are_refused_at_start() {
     );
     assert!(!control.exists());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A process in a network namespace of its own (`unshare -n sleep 60`), as a container
+/// runtime's infra container holds one; killed on drop.
+struct Infra {
+    child: Option<Child>,
+}
+
+impl Infra {
+    fn start() -> Self {
+        let child = Command::new("unshare")
+            .args(["-n", "sleep", "60"])
+            .spawn()
+            .expect("unshare -n sleep 60");
+        let pid = child.id();
+        let own = std::fs::read_link("/proc/self/ns/net").expect("own netns");
+        wait_for("the infra process in its own namespace", || {
+            std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|ns| ns != own)
+        });
+        Infra { child: Some(child) }
+    }
+
+    /// `/proc/PID/ns/net`.
+    fn netns(&self) -> String {
+        format!(
+            "/proc/{}/ns/net",
+            self.child.as_ref().expect("running").id()
+        )
+    }
+
+    /// Runs `cmd` inside the namespace.
+    fn exec(&self, cmd: &[&str]) -> Output {
+        let net = format!("--net={}", self.netns());
+        let mut all = vec!["nsenter", net.as_str()];
+        all.extend_from_slice(cmd);
+        run(&all)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Infra {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn netns_add(name: &str) {
+    assert!(
+        run(&["ip", "netns", "add", name]).status.success(),
+        "ip netns add {name}"
+    );
+}
+
+fn control_call(d: &Daemon, req: &Request) -> Response {
+    podswitch::control::call(&d.control, req, Duration::from_secs(30)).expect("control call")
+}
+
+fn pod_status(d: &Daemon, name: &str) -> Option<PodStatus> {
+    match control_call(d, &Request::PodList) {
+        Response::Pods(pods) => pods.into_iter().find(|p| p.spec.name == name),
+        other => panic!("pod list: {other:?}"),
+    }
+}
+
+#[test]
+fn pods_attach_by_path_with_a_container_id_and_an_interface_name() {
+    if !root_or_skip("pods_attach_by_path_with_a_container_id_and_an_interface_name") {
+        return;
+    }
+    let named = unique("dcni");
+    let missing = unique("dgone");
+    let dir = tempdir("pscni");
+    let control = dir.join("node.sock");
+    let d = Daemon::start(
+        &config("node-c", &control, &[]),
+        control.clone(),
+        dir,
+        vec![named.clone(), missing.clone()],
+    );
+    netns_add(&named);
+    let infra = Infra::start();
+    let named_path = format!("/run/netns/{named}");
+
+    let out = d.ctl(&[
+        "pod",
+        "add",
+        "--name",
+        "a",
+        "--netns",
+        &named_path,
+        "--ip",
+        "10.244.1.20",
+        "--container-id",
+        "ctr-a",
+        "--ifname",
+        "net1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = d.ctl(&[
+        "pod",
+        "add",
+        "--name",
+        "b",
+        "--netns",
+        &infra.netns(),
+        "--ip",
+        "10.244.1.21",
+        "--container-id",
+        "ctr-b",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Inside: the interface, its address, the default route via the gateway, lo up.
+    let addr = stdout(&run(&["ip", "-n", &named, "addr", "show", "net1"]));
+    assert!(addr.contains("inet 10.244.1.20/24"), "{addr}");
+    let route = stdout(&run(&["ip", "-n", &named, "route"]));
+    assert!(route.contains("default via 10.244.1.1 dev net1"), "{route}");
+    let addr = stdout(&infra.exec(&["ip", "addr", "show", "eth0"]));
+    assert!(addr.contains("inet 10.244.1.21/24"), "{addr}");
+    assert!(addr.contains("mtu 1450"), "{addr}");
+    let lo = stdout(&infra.exec(&["ip", "link", "show", "lo"]));
+    assert!(lo.contains("UP"), "{lo}");
+    // Through the switch, both ways.
+    assert!(ping_from(&named, "10.244.1.21"));
+    assert!(infra
+        .exec(&["ping", "-c", "1", "-W", "2", "10.244.1.20"])
+        .status
+        .success());
+
+    // What a CNI result needs comes back with the pod.
+    let a = pod_status(&d, "a").expect("pod a listed");
+    assert_eq!(a.spec.container_id.as_deref(), Some("ctr-a"));
+    assert_eq!(
+        (a.spec.ifname.as_str(), a.spec.netns.as_str()),
+        ("net1", named_path.as_str())
+    );
+    assert_eq!(a.mac.to_string(), "02:42:0a:f4:01:14");
+    assert_eq!(
+        (a.prefix_len, a.gateway.to_string().as_str()),
+        (24, "10.244.1.1")
+    );
+    assert!(!a.created_netns);
+    let list = stdout(&d.ctl(&["pod", "list"]));
+    for needle in [
+        "ctr-a",
+        "ctr-b",
+        "net1",
+        named_path.as_str(),
+        infra.netns().as_str(),
+    ] {
+        assert!(list.contains(needle), "pod list lacks {needle}: {list}");
+    }
+
+    // What the plugin asks the node.
+    assert_eq!(
+        control_call(&d, &Request::NodeInfo),
+        Response::Node {
+            name: "node-c".into(),
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            gateway: "10.244.1.1".parse().unwrap(),
+            mtu: 1450,
+        }
+    );
+
+    // A path is never created: a missing one is refused, and nothing is left behind.
+    let out = d.ctl(&[
+        "pod",
+        "add",
+        "--name",
+        "c",
+        "--netns",
+        &format!("/run/netns/{missing}"),
+        "--ip",
+        "10.244.1.22",
+        "--container-id",
+        "ctr-c",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    assert!(!Path::new(&format!("/run/netns/{missing}")).exists());
+    assert!(pod_status(&d, "c").is_none());
+    // A second attachment under the same container ID and interface is refused by the rules.
+    let r = control_call(
+        &d,
+        &Request::PodAdd(PodSpec {
+            name: "a2".into(),
+            netns: unique("dother"),
+            ip: "10.244.1.23".parse().unwrap(),
+            mac: None,
+            container_id: Some("ctr-a".into()),
+            ifname: "net1".into(),
+        }),
+    );
+    let Response::Error { message, kind } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(kind, Some(ErrorKind::Refused));
+    assert!(
+        message.starts_with("pod.container_id: container \"ctr-a\""),
+        "{message}"
+    );
+
+    // Deleted by container ID + interface: gone from the switch, the adopted namespace stays.
+    let out = d.ctl(&["pod", "del", "--container-id", "ctr-a", "--ifname", "net1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(pod_status(&d, "a").is_none());
+    assert!(netns_list().contains(&named));
+    wait_for("net1 gone", || {
+        !run(&["ip", "-n", &named, "link", "show", "net1"])
+            .status
+            .success()
+    });
+    // Deleting what the node does not know says so in a way a program can read.
+    for req in [
+        Request::PodDelByContainer {
+            container_id: "ctr-a".into(),
+            ifname: "net1".into(),
+        },
+        Request::PodDel { name: "a".into() },
+    ] {
+        let r = control_call(&d, &req);
+        assert!(
+            matches!(
+                r,
+                Response::Error {
+                    kind: Some(ErrorKind::NotFound),
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+    }
+    // The pod in the infra's namespace goes with the process.
+    drop(infra);
+    wait_for("pod b reaped", || pod_status(&d, "b").is_none());
+}
+
+#[test]
+fn cni_attachments_survive_a_daemon_restart() {
+    if !root_or_skip("cni_attachments_survive_a_daemon_restart") {
+        return;
+    }
+    let named = unique("drst");
+    let dir = tempdir("psrst");
+    let control = dir.join("node.sock");
+    let state = dir.join("node-r.pods.json");
+    // A file pod too: it is not recorded, and it comes back from the file.
+    let file_ns = unique("drf");
+    let mut d = Daemon::start(
+        &config("node-r", &control, &[("f", &file_ns, "10.244.1.5")]),
+        control.clone(),
+        dir,
+        vec![named.clone(), file_ns.clone()],
+    );
+    netns_add(&named);
+    let mut infra = Infra::start();
+    let named_path = format!("/run/netns/{named}");
+    for (name, netns, ip, id) in [
+        ("a", named_path.as_str(), "10.244.1.30", "ctr-a"),
+        ("b", &infra.netns(), "10.244.1.31", "ctr-b"),
+    ] {
+        let out = d.ctl(&[
+            "pod",
+            "add",
+            "--name",
+            name,
+            "--netns",
+            netns,
+            "--ip",
+            ip,
+            "--container-id",
+            id,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let recorded = std::fs::read_to_string(&state).expect("state file");
+    assert!(
+        recorded.contains("ctr-a") && recorded.contains("ctr-b"),
+        "{recorded}"
+    );
+    assert!(!recorded.contains("\"f\""), "{recorded}");
+
+    // SIGTERM: the adopted namespaces stay, and so does the record.
+    let out = d.stop();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(netns_list().contains(&named));
+    assert!(std::fs::read_to_string(&state).unwrap().contains("ctr-a"));
+
+    d.restart();
+    for name in ["a", "b", "f"] {
+        assert!(pod_status(&d, name).is_some(), "pod {name} not back");
+    }
+    assert!(ping_from(&named, "10.244.1.31"));
+    assert!(ping_from(&file_ns, "10.244.1.30"));
+
+    // A namespace deleted while the daemon is down: its attachment is forgotten.
+    d.stop();
+    assert!(run(&["ip", "netns", "del", &named]).status.success());
+    d.restart();
+    assert!(pod_status(&d, "a").is_none());
+    assert!(pod_status(&d, "b").is_some());
+    let recorded = std::fs::read_to_string(&state).unwrap();
+    assert!(
+        !recorded.contains("ctr-a") && recorded.contains("ctr-b"),
+        "{recorded}"
+    );
+    // The infra dies under a running daemon: the pod is reaped and forgotten.
+    infra.kill();
+    wait_for("pod b reaped and forgotten", || {
+        pod_status(&d, "b").is_none() && !std::fs::read_to_string(&state).unwrap().contains("ctr-b")
+    });
 }

@@ -107,6 +107,8 @@ fn setup() -> Setup {
         netns: pod_a.clone(),
         ip: Ipv4Addr::new(10, 244, 1, 10),
         mac: None,
+        container_id: None,
+        ifname: "eth0".into(),
     }];
     let node = NetNs::open(&a)
         .expect("ns a")

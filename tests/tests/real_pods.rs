@@ -20,6 +20,8 @@ fn plan(netns: &str, last: u8) -> PodSpec {
         netns: netns.into(),
         ip: ip(last),
         mac: Some(Mac([0x02, 0x42, 10, 244, 1, last])),
+        container_id: None,
+        ifname: "eth0".into(),
     }
 }
 
@@ -417,10 +419,26 @@ fn failed_pod_setup_leaves_nothing_behind() {
     let err = node.add_pod(&plan(&nb, 11)).expect_err("eth0 exists");
     assert_eq!(
         err.to_string(),
-        format!("pod \"pod11\": namespace {nb:?} already has an eth0 (another podswitch or network plugin runs a pod there?): remove that pod first, or pick another namespace"),
+        format!("pod \"pod11\": namespace {nb:?} already has an eth0 (another podswitch or network plugin runs a pod there?): remove that pod first, or pick another namespace or interface name"),
         "the error says what exists and what to do"
     );
     assert!(node.pod("pod11").is_none());
+    // The same namespace by path, as a CNI attachment: refused alike, nothing made, the
+    // namespace never deleted (a path is only adopted).
+    let by_path = PodSpec {
+        netns: format!("/run/netns/{nb}"),
+        container_id: Some("ctr11".into()),
+        ..plan(&nb, 11)
+    };
+    let err = node.add_pod(&by_path).expect_err("eth0 exists");
+    assert!(err.to_string().contains("already has an eth0"), "{err}");
+    assert!(node.pod("pod11").is_none());
+    assert!(netns_list().contains(&nb), "an adopted path was deleted");
+    let host_links = stdout_of(run(&["ip", "-o", "link"]));
+    assert!(
+        !host_links.contains(&format!("pst{:x}.", std::process::id() & 0xfffff)),
+        "a temporary TAP was left behind: {host_links}"
+    );
     let links = stdout_of(run(&["ip", "-n", &nb, "-o", "link"]));
     assert!(
         links.contains("eth0@eth1"),

@@ -412,7 +412,7 @@ fn netns_rules() {
     );
     assert_err(
         &with(&pod("a", "x/y", "10.244.1.10")),
-        "config error: pods[0].netns: \"x/y\" contains '/' (a namespace name is a file name in /run/netns)",
+        "config error: pods[0].netns: \"x/y\" contains '/' (a namespace name is a file name in /run/netns); a path to a namespace file must be absolute",
     );
     assert_err(
         &with(&pod("a", &"n".repeat(256), "10.244.1.10")),
@@ -420,6 +420,110 @@ fn netns_rules() {
     );
     // Anything else a file name may hold is fine.
     Config::from_toml_str(&with(&pod("a", "ns with space:é", "10.244.1.10"))).unwrap();
+}
+
+/// A pod entry with `extra` lines (container_id, ifname).
+fn pod_with(name: &str, netns: &str, ip: &str, extra: &str) -> String {
+    format!("{}{extra}\n", pod(name, netns, ip))
+}
+
+#[test]
+fn namespace_paths_container_ids_and_interface_names() {
+    let cfg = Config::from_toml_str(&with(&format!(
+        "{}{}",
+        pod_with(
+            "a",
+            "/proc/1234/ns/net",
+            "10.244.1.10",
+            "container_id = \"c0ffee_1.x-y\"\nifname = \"net1\""
+        ),
+        pod("b", "b", "10.244.1.11")
+    )))
+    .unwrap();
+    let (a, b) = (&cfg.pods[0], &cfg.pods[1]);
+    assert!(a.netns_is_path() && !b.netns_is_path());
+    assert_eq!(a.container_id.as_deref(), Some("c0ffee_1.x-y"));
+    assert_eq!((a.ifname.as_str(), b.ifname.as_str()), ("net1", "eth0"));
+    assert_eq!(b.container_id, None);
+
+    // A path and a name of the same file are one namespace.
+    assert_err(
+        &with(&format!(
+            "{}{}",
+            pod("a", "shared", "10.244.1.10"),
+            pod("b", "/run/netns/shared", "10.244.1.11")
+        )),
+        "config error: pods[1].netns: namespace \"/run/netns/shared\" already belongs to pod \"a\" (a pod is one namespace: two pods cannot share it)",
+    );
+    let id = |v: &str| {
+        with(&pod_with(
+            "a",
+            "a",
+            "10.244.1.10",
+            &format!("container_id = {v:?}"),
+        ))
+    };
+    assert_err(
+        &id(""),
+        "config error: pods[0].container_id: must not be empty",
+    );
+    assert_err(
+        &id("-abc"),
+        "config error: pods[0].container_id: \"-abc\" starts with '-' (a container ID starts with a letter or digit)",
+    );
+    assert_err(
+        &id("ab/c"),
+        "config error: pods[0].container_id: \"ab/c\" contains '/' (allowed: letters, digits, '.', '_', '-')",
+    );
+    assert_err(
+        &id(&"c".repeat(256)),
+        "config error: pods[0].container_id: 256 characters is longer than a container ID can be (255)",
+    );
+    Config::from_toml_str(&id(&"c".repeat(255))).unwrap();
+    let ifname = |v: &str| {
+        with(&pod_with(
+            "a",
+            "a",
+            "10.244.1.10",
+            &format!("ifname = {v:?}"),
+        ))
+    };
+    assert_err(
+        &ifname(""),
+        "config error: pods[0].ifname: must not be empty",
+    );
+    assert_err(
+        &ifname("sixteen-bytes-xx"),
+        "config error: pods[0].ifname: \"sixteen-bytes-xx\" is 16 bytes long (an interface name has at most 15)",
+    );
+    assert_err(
+        &ifname(".."),
+        "config error: pods[0].ifname: \"..\" is not an interface name",
+    );
+    for bad in ["a/b", "a:b", "a b", "a\tb"] {
+        assert_err_starts(&ifname(bad), "config error: pods[0].ifname: ");
+    }
+    Config::from_toml_str(&ifname("fifteen-bytes-x")).unwrap();
+    // One interface per container ID: a second pod with the same pair is refused.
+    assert_err(
+        &with(&format!(
+            "{}{}",
+            pod_with("a", "a", "10.244.1.10", "container_id = \"c1\""),
+            pod_with("b", "b", "10.244.1.11", "container_id = \"c1\"")
+        )),
+        "config error: pods[1].container_id: container \"c1\" already has interface \"eth0\" (pod \"a\")",
+    );
+    Config::from_toml_str(&with(&format!(
+        "{}{}",
+        pod_with("a", "a", "10.244.1.10", "container_id = \"c1\""),
+        pod_with(
+            "b",
+            "b",
+            "10.244.1.11",
+            "container_id = \"c1\"\nifname = \"net1\""
+        )
+    )))
+    .unwrap();
 }
 
 #[test]
@@ -572,6 +676,8 @@ fn file_and_runtime_refuse_alike() {
             netns: netns.into(),
             ip: ip.parse().unwrap(),
             mac: mac.map(|m| m.parse().unwrap()),
+            container_id: None,
+            ifname: "eth0".into(),
         };
         let mut file = base.clone();
         file.pods.push(spec.clone());
@@ -670,6 +776,8 @@ fn lab_style_configs_serialise_and_read_back() {
             netns: "p".into(),
             ip: Ipv4Addr::new(10, 244, 1, 10),
             mac: None,
+            container_id: None,
+            ifname: "eth0".into(),
         }],
         peers: vec![PeerSpec {
             name: "n2".into(),

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use super::Node;
-use crate::control::{ControlHandler, Request, Response};
+use super::{Node, NodeError};
+use crate::control::{ControlHandler, ErrorKind, Request, Response};
 
 /// Serves control requests against a running node.
 pub struct NodeHandler {
@@ -19,10 +19,22 @@ impl NodeHandler {
     }
 }
 
-fn done<T>(r: Result<T, super::NodeError>, ok: impl FnOnce(T) -> Response) -> Response {
+fn done<T>(r: Result<T, NodeError>, ok: impl FnOnce(T) -> Response) -> Response {
     match r {
         Ok(v) => ok(v),
-        Err(e) => Response::error(e.to_string()),
+        Err(e) => {
+            let kind = match &e {
+                NodeError::NoSuchPod(_) | NodeError::NoSuchAttachment { .. } => {
+                    Some(ErrorKind::NotFound)
+                }
+                NodeError::Refused(_) => Some(ErrorKind::Refused),
+                _ => None,
+            };
+            match kind {
+                Some(kind) => Response::error_of(kind, e.to_string()),
+                None => Response::error(e.to_string()),
+            }
+        }
     }
 }
 
@@ -32,6 +44,18 @@ impl ControlHandler for NodeHandler {
         match req {
             Request::PodAdd(spec) => done(node.add_pod(&spec), Response::Pod),
             Request::PodDel { name } => done(node.del_pod(&name), |()| Response::Ok),
+            Request::PodDelByContainer {
+                container_id,
+                ifname,
+            } => done(node.del_attachment(&container_id, &ifname), |()| {
+                Response::Ok
+            }),
+            Request::NodeInfo => Response::Node {
+                name: node.spec.name.clone(),
+                pod_cidr: node.spec.pod_cidr,
+                gateway: node.spec.gateway(),
+                mtu: node.spec.pod_mtu(),
+            },
             Request::PodList => Response::Pods(node.pods()),
             Request::PeerAdd(spec) => done(node.add_peer(&spec), |()| Response::Ok),
             Request::PeerDel { name } => done(node.del_peer(&name), |()| Response::Ok),

@@ -24,7 +24,8 @@ pub(crate) mod spec;
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
-use std::sync::{Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use rtnetlink::LinkUnspec;
 
@@ -44,8 +45,12 @@ pub use spec::{derived_pod_mac, Mac, MacParseError, NodeSpec, PeerSpec, PodSpec,
 pub struct PodStatus {
     /// What the pod was added as.
     pub spec: PodSpec,
+    /// The pod's MAC (`spec.mac`, or the one derived from its IP).
+    pub mac: Mac,
     /// Prefix length of the pod address (the node CIDR's).
     pub prefix_len: u8,
+    /// The pod's default gateway (the node's).
+    pub gateway: std::net::Ipv4Addr,
     /// Switch port.
     pub port: PortId,
     /// True if the switch created the namespace (and removes it with the pod).
@@ -92,19 +97,23 @@ pub enum NodeError {
         /// The failure.
         source: NetnsError,
     },
-    /// The adopted namespace already has an `eth0`: someone else set this pod up.
-    #[error("pod {pod:?}: namespace {netns:?} already has an eth0 (another podswitch or network plugin runs a pod there?): remove that pod first, or pick another namespace")]
+    /// The adopted namespace already has the pod's interface: someone else set this pod up.
+    #[error("pod {pod:?}: namespace {netns:?} already has an {ifname} (another podswitch or network plugin runs a pod there?): remove that pod first, or pick another namespace or interface name")]
     NetnsBusy {
         /// Pod name.
         pod: String,
         /// Namespace.
         netns: String,
+        /// The interface name.
+        ifname: String,
     },
     /// Creating the TAP failed.
-    #[error("pod {pod:?}: creating TAP eth0 in namespace {netns:?}: {source}")]
+    #[error("pod {pod:?}: creating TAP {ifname} in namespace {netns:?}: {source}")]
     Tap {
         /// Pod name.
         pod: String,
+        /// The interface name.
+        ifname: String,
         /// Namespace.
         netns: String,
         /// The failure.
@@ -125,6 +134,14 @@ pub enum NodeError {
     /// No pod with that name.
     #[error("no pod named {0:?}")]
     NoSuchPod(String),
+    /// No pod with that container ID and interface.
+    #[error("no pod with container ID {container_id:?} and interface {ifname:?}")]
+    NoSuchAttachment {
+        /// Container ID.
+        container_id: String,
+        /// Interface name.
+        ifname: String,
+    },
     /// The switch could not start.
     #[error("starting the switch: {0}")]
     Start(SwitchError),
@@ -145,6 +162,8 @@ struct PodRecord {
     spec: PodSpec,
     netns: NetNs,
     created_netns: bool,
+    /// Kept in the state file: a CNI attachment (a container ID) added at runtime.
+    recorded: bool,
 }
 
 /// A running node.
@@ -153,6 +172,8 @@ pub struct Node {
     switch: Switch,
     pods: Mutex<BTreeMap<String, PodRecord>>,
     peers: Mutex<Vec<PeerSpec>>,
+    /// The state file of runtime CNI attachments, once [`Node::restore_attachments`] set it.
+    state: OnceLock<PathBuf>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -183,12 +204,13 @@ impl Node {
             switch,
             pods: Mutex::new(BTreeMap::new()),
             peers: Mutex::new(Vec::new()),
+            state: OnceLock::new(),
         };
         for peer in peers {
             node.add_peer(peer)?;
         }
         for pod in pods {
-            if let Err(e) = node.add_pod(pod) {
+            if let Err(e) = node.attach_pod(pod, false) {
                 node.shutdown();
                 return Err(e);
             }
@@ -202,8 +224,14 @@ impl Node {
     }
 
     /// Adds a pod (CNI ADD), refused by the same rules as a `[[pods]]` entry (fields named
-    /// `pod.*`). Traffic between other pods is not disturbed.
+    /// `pod.*`). Traffic between other pods is not disturbed. A pod with a container ID is a
+    /// CNI attachment: it is kept in the state file (once [`Node::restore_attachments`] set
+    /// one) and re-attached when the daemon starts again.
     pub fn add_pod(&self, spec: &PodSpec) -> Result<PodStatus, NodeError> {
+        self.attach_pod(spec, spec.container_id.is_some())
+    }
+
+    fn attach_pod(&self, spec: &PodSpec, recorded: bool) -> Result<PodStatus, NodeError> {
         let pod = spec.name.clone();
         let mut pods = lock(&self.pods);
         spec.check(&self.spec, pods.values().map(|r| &r.spec), "pod")?;
@@ -253,8 +281,12 @@ impl Node {
                 spec: spec.clone(),
                 netns,
                 created_netns: created,
+                recorded,
             },
         );
+        if recorded {
+            self.save_state(&pods);
+        }
         drop(pods);
         self.pod(&spec.name)
             .ok_or(NodeError::NoSuchPod(spec.name.clone()))
@@ -276,7 +308,9 @@ impl Node {
         created: bool,
     ) -> Result<Vec<TapPort>, NodeError> {
         let cfg = self.switch.node();
+        let ifname = spec.ifname.as_str();
         let net = netlink::PodNet {
+            ifname,
             ip: spec.ip,
             prefix_len: cfg.cidr.prefix_len(),
             mac: spec.mac(),
@@ -299,19 +333,21 @@ impl Node {
         // rename with a bare "File exists".
         if !created
             && netns
-                .run(|| netlink::has_link("eth0"))
+                .run(|| netlink::has_link(ifname))
                 .map_err(netns_err)?
                 .map_err(netlink_err)?
         {
             return Err(NodeError::NetnsBusy {
                 pod: pod.into(),
                 netns: ns.into(),
+                ifname: ifname.into(),
             });
         }
         let tmp = netlink::temporary_ifname();
         let tap = TapPort::create_queues(&tmp, self.switch.workers()).map_err(|source| {
             NodeError::Tap {
                 pod: pod.into(),
+                ifname: ifname.into(),
                 netns: ns.into(),
                 source,
             }
@@ -324,14 +360,14 @@ impl Node {
                 .map_err(|e| ("new TAP", e))?;
             let msg = LinkUnspec::new_with_index(idx)
                 .setns_by_fd(ns_file.as_raw_fd())
-                .name("eth0")
+                .name(ifname.to_string())
                 .build();
             handle
                 .link()
                 .set(msg)
                 .execute()
                 .await
-                .map_err(|e| ("moving the TAP in as eth0", e.to_string()))
+                .map_err(|e| ("moving the TAP into the namespace", e.to_string()))
         })
         .map_err(netlink_err)?;
         netns
@@ -342,12 +378,43 @@ impl Node {
     }
 
     /// Removes a pod (CNI DEL): detaches its TAP (the device goes away with the fd) and deletes
-    /// its namespace if the switch created it.
+    /// its namespace if the switch created it (an adopted namespace stays).
     pub fn del_pod(&self, name: &str) -> Result<(), NodeError> {
         let mut pods = lock(&self.pods);
+        self.remove_pod(&mut pods, name, true)
+    }
+
+    /// Removes the pod attached as `ifname` of container `container_id` (CNI DEL, which knows
+    /// only those); [`NodeError::NoSuchAttachment`] if there is none.
+    pub fn del_attachment(&self, container_id: &str, ifname: &str) -> Result<(), NodeError> {
+        let mut pods = lock(&self.pods);
+        let name = pods
+            .values()
+            .find(|r| {
+                r.spec.container_id.as_deref() == Some(container_id) && r.spec.ifname == ifname
+            })
+            .map(|r| r.spec.name.clone())
+            .ok_or_else(|| NodeError::NoSuchAttachment {
+                container_id: container_id.into(),
+                ifname: ifname.into(),
+            })?;
+        self.remove_pod(&mut pods, &name, true)
+    }
+
+    /// Removes pod `name` under the pod lock; `forget`: also from the state file (a shutdown
+    /// keeps it there, to re-attach the pod on the next start).
+    fn remove_pod(
+        &self,
+        pods: &mut BTreeMap<String, PodRecord>,
+        name: &str,
+        forget: bool,
+    ) -> Result<(), NodeError> {
         let rec = pods
             .remove(name)
             .ok_or_else(|| NodeError::NoSuchPod(name.into()))?;
+        if forget && rec.recorded {
+            self.save_state(pods);
+        }
         if let Err(e) = self.switch.detach(name) {
             // Already gone from the switch (its namespace vanished): nothing to detach.
             tracing::debug!(pod = name, "detach: {e}");
@@ -371,15 +438,86 @@ impl Node {
             .filter(|n| self.switch.port(n).is_none())
             .cloned()
             .collect();
+        let mut recorded = false;
         for name in &gone {
             if let Some(rec) = pods.remove(name) {
                 tracing::warn!(pod = %name, netns = %rec.netns.name(), "pod's network went away (namespace deleted?); port removed");
+                recorded |= rec.recorded;
                 if rec.created_netns && rec.netns.exists() {
                     let _ = rec.netns.delete();
                 }
             }
         }
+        if recorded {
+            self.save_state(&pods);
+        }
         gone
+    }
+
+    /// Re-attaches the CNI attachments recorded in the state file `path` by an earlier run
+    /// (see [`Node::add_pod`]), then keeps recording them there. A recorded pod whose
+    /// namespace is gone, or that the node now refuses (it conflicts with a pod of the config
+    /// file, say), is forgotten with a warning. Returns the names of the pods re-attached.
+    pub fn restore_attachments(&self, path: PathBuf) -> Vec<String> {
+        let shown = path.display().to_string();
+        let recorded = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<StateFile>(&bytes) {
+                Ok(state) => state.pods,
+                Err(e) => {
+                    tracing::warn!(path = %shown, "state file unreadable, its attachments are forgotten: {e}");
+                    Vec::new()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                tracing::warn!(path = %shown, "reading the state file, its attachments are forgotten: {e}");
+                Vec::new()
+            }
+        };
+        let mut back = Vec::new();
+        for spec in recorded {
+            let ns = if spec.netns_is_path() {
+                NetNs::open_path(&spec.netns)
+            } else {
+                NetNs::open(&spec.netns)
+            };
+            if let Err(e) = ns {
+                tracing::warn!(pod = %spec.name, container_id = ?spec.container_id, "recorded attachment forgotten: {e}");
+                continue;
+            }
+            match self.attach_pod(&spec, true) {
+                Ok(_) => {
+                    tracing::info!(pod = %spec.name, netns = %spec.netns, "recorded attachment re-attached");
+                    back.push(spec.name);
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %spec.name, container_id = ?spec.container_id, "recorded attachment not re-attached, forgotten: {e}");
+                }
+            }
+        }
+        if self.state.set(path).is_err() {
+            tracing::warn!(path = %shown, "a state file is already in use; not switching to this one");
+        }
+        self.save_state(&lock(&self.pods));
+        back
+    }
+
+    /// Writes the recorded pods to the state file, if there is one. A failure is logged: the
+    /// pods keep working, only a restart would forget them.
+    fn save_state(&self, pods: &BTreeMap<String, PodRecord>) {
+        let Some(path) = self.state.get() else {
+            return;
+        };
+        let state = StateFile {
+            pods: pods
+                .values()
+                .filter(|r| r.recorded)
+                .map(|r| r.spec.clone())
+                .collect(),
+        };
+        if let Err(e) = write_atomically(path, &state) {
+            tracing::error!(path = %path.display(), "recording the CNI attachments: {e}");
+        }
     }
 
     /// Status of one pod.
@@ -389,7 +527,9 @@ impl Node {
         let port = self.switch.port(name)?;
         Some(PodStatus {
             spec: rec.spec.clone(),
+            mac: rec.spec.mac(),
             prefix_len: self.spec.pod_cidr.prefix_len(),
+            gateway: self.spec.gateway(),
             port: port.id,
             created_netns: rec.created_netns,
             counters: port.metrics.snapshot(),
@@ -474,15 +614,38 @@ impl Node {
             .collect()
     }
 
-    /// Removes every pod (and the namespaces the switch created). Idempotent.
+    /// Removes every pod (and the namespaces the switch created). Idempotent. The state file
+    /// keeps the CNI attachments, for the next start to re-attach them.
     pub fn shutdown(&self) {
-        let names: Vec<String> = lock(&self.pods).keys().cloned().collect();
+        let mut pods = lock(&self.pods);
+        let names: Vec<String> = pods.keys().cloned().collect();
         for name in names {
-            if let Err(e) = self.del_pod(&name) {
+            if let Err(e) = self.remove_pod(&mut pods, &name, false) {
                 tracing::warn!(pod = %name, "shutdown: {e}");
             }
         }
     }
+}
+
+/// The state file: the CNI attachments added at runtime, as added.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StateFile {
+    pods: Vec<PodSpec>,
+}
+
+/// Writes `state` to `path` through a temporary file and a rename, so a reader (or a crash)
+/// sees the old contents or the new, never a part.
+fn write_atomically(path: &Path, state: &StateFile) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut text = serde_json::to_vec_pretty(state).map_err(std::io::Error::from)?;
+    text.push(b'\n');
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&text)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 impl Drop for Node {

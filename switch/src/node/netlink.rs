@@ -8,9 +8,10 @@ use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
 use super::spec::Mac;
 
-/// Addressing of a pod's `eth0`.
+/// Addressing of a pod's interface.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct PodNet {
+pub(super) struct PodNet<'a> {
+    pub(super) ifname: &'a str,
     pub(super) ip: Ipv4Addr,
     pub(super) prefix_len: u8,
     pub(super) mac: Mac,
@@ -18,17 +19,19 @@ pub(super) struct PodNet {
     pub(super) gateway: Ipv4Addr,
 }
 
-/// Configures `lo` and `eth0` of the calling thread's namespace over rtnetlink. Errors carry
-/// the step that failed.
-pub(super) fn configure_pod_interfaces(net: &PodNet) -> Result<(), (&'static str, String)> {
+/// Configures `lo` and the pod's interface (`net.ifname`, `eth0` by default) of the calling
+/// thread's namespace over rtnetlink. Errors carry the step that failed.
+pub(super) fn configure_pod_interfaces(net: &PodNet<'_>) -> Result<(), (&'static str, String)> {
     // Pods are IPv4-only here: without this, every pod floods router solicitations and DAD
     // probes. Best effort (a kernel without IPv6 has no such files).
-    for conf in ["all", "default", "eth0"] {
+    for conf in ["all", "default", net.ifname] {
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1");
     }
     with_netlink(|handle| async move {
         let lo = link_index(&handle, "lo").await.map_err(|e| ("lo", e))?;
-        let eth0 = link_index(&handle, "eth0").await.map_err(|e| ("eth0", e))?;
+        let eth0 = link_index(&handle, net.ifname)
+            .await
+            .map_err(|e| ("the pod interface", e))?;
         let set = |msg| async {
             handle
                 .link()
@@ -45,16 +48,16 @@ pub(super) fn configure_pod_interfaces(net: &PodNet) -> Result<(), (&'static str
             .mtu(u32::from(net.mtu))
             .build())
         .await
-        .map_err(|e| ("eth0 MAC and MTU", e))?;
+        .map_err(|e| ("the pod interface's MAC and MTU", e))?;
         set(LinkUnspec::new_with_index(eth0).up().build())
             .await
-            .map_err(|e| ("eth0 up", e))?;
+            .map_err(|e| ("the pod interface up", e))?;
         handle
             .address()
             .add(eth0, IpAddr::V4(net.ip), net.prefix_len)
             .execute()
             .await
-            .map_err(|e| ("eth0 address", e.to_string()))?;
+            .map_err(|e| ("the pod interface's address", e.to_string()))?;
         let default = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(net.gateway)
             .output_interface(eth0)

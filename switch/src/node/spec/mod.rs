@@ -179,7 +179,10 @@ pub struct PodSpec {
     /// Pod name: letters, digits, '.', '_', '-', at most 253 characters.
     #[arg(long)]
     pub name: String,
-    /// Network namespace (/run/netns/NAME): created if absent, adopted if present.
+    /// Network namespace: a name under /run/netns (created if absent, adopted if present,
+    /// deleted with the pod only if the switch created it), or an absolute path to a
+    /// namespace file such as /proc/PID/ns/net or /run/netns/cni-... (always adopted: never
+    /// created, never deleted by the switch).
     #[arg(long)]
     pub netns: String,
     /// Pod IP, inside the node's pod CIDR.
@@ -189,6 +192,29 @@ pub struct PodSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[arg(long)]
     pub mac: Option<Mac>,
+    /// The container runtime's ID of the pod (CNI_CONTAINERID): letters, digits, '_', '.',
+    /// '-', starting with a letter or digit, at most 255 characters. With `ifname`, it names a
+    /// CNI attachment: unique among the node's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub container_id: Option<String>,
+    /// The pod's interface name inside its namespace (CNI_IFNAME): 1 to 15 bytes, no '/',
+    /// ':' or whitespace, not '.' or '..'.
+    #[serde(default = "default_ifname", skip_serializing_if = "is_default_ifname")]
+    #[arg(long, default_value = DEFAULT_IFNAME)]
+    pub ifname: String,
+}
+
+/// A pod's interface name when none is given.
+pub(crate) const DEFAULT_IFNAME: &str = "eth0";
+
+/// The default interface name (`eth0`), for serde.
+pub(crate) fn default_ifname() -> String {
+    DEFAULT_IFNAME.into()
+}
+
+fn is_default_ifname(name: &str) -> bool {
+    name == DEFAULT_IFNAME
 }
 
 /// Another node and the pod CIDR it owns: a `[[peers]]` entry, or a runtime `peer add`.
@@ -254,6 +280,14 @@ impl NodeSpec {
             Some(p) => p.clone(),
             None => Path::new(CONTROL_DIR).join(format!("{}.sock", self.name)),
         }
+    }
+
+    /// Where the daemon records the CNI attachments it re-attaches after a restart:
+    /// `<directory of the control socket>/<name>.pods.json`.
+    pub fn state_path(&self) -> PathBuf {
+        let control = self.control_path();
+        let dir = control.parent().unwrap_or_else(|| Path::new("."));
+        dir.join(format!("{}.pods.json", self.name))
     }
 
     /// Pod MTU: explicit, or the underlay MTU minus VXLAN's overhead, so that every pod packet
@@ -333,6 +367,12 @@ impl PodSpec {
     /// The pod MAC: `mac` if given, else [`derived_pod_mac`] of the IP.
     pub fn mac(&self) -> Mac {
         self.mac.unwrap_or_else(|| derived_pod_mac(self.ip))
+    }
+
+    /// True if `netns` is a path to a namespace file (always adopted), not a name under
+    /// /run/netns.
+    pub fn netns_is_path(&self) -> bool {
+        self.netns.starts_with('/')
     }
 
     /// The switch port identity of the pod.

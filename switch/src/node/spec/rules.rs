@@ -2,6 +2,7 @@
 //! the file and the runtime refuse alike.
 
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 
@@ -161,7 +162,8 @@ impl PodSpec {
             ));
         }
         check_netns(&f("netns"), &self.netns)?;
-        if let Some(owner) = others().find(|o| o.netns == self.netns) {
+        let ns_path = netns_path(&self.netns);
+        if let Some(owner) = others().find(|o| netns_path(&o.netns) == ns_path) {
             return Err(SpecError::new(
                 f("netns"),
                 format!(
@@ -169,6 +171,21 @@ impl PodSpec {
                     self.netns, owner.name
                 ),
             ));
+        }
+        check_ifname(&f("ifname"), &self.ifname)?;
+        if let Some(id) = &self.container_id {
+            check_container_id(&f("container_id"), id)?;
+            if let Some(owner) =
+                others().find(|o| o.container_id.as_ref() == Some(id) && o.ifname == self.ifname)
+            {
+                return Err(SpecError::new(
+                    f("container_id"),
+                    format!(
+                        "container {id:?} already has interface {:?} (pod {:?})",
+                        self.ifname, owner.name
+                    ),
+                ));
+            }
         }
         let ip = self.ip;
         check_host_address(&f("ip"), ip, node.pod_cidr)?;
@@ -346,12 +363,116 @@ fn check_name(field: &str, name: &str, max: usize) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Namespace names: a file name in `/run/netns`.
-fn check_netns(field: &str, name: &str) -> Result<(), SpecError> {
-    match crate::netns::name_problem(name) {
+/// Longest namespace path (PATH_MAX with the terminating NUL).
+const MAX_NETNS_PATH: usize = 4095;
+/// Longest container ID.
+const MAX_CONTAINER_ID: usize = 255;
+/// Longest interface name (IFNAMSIZ with the terminating NUL).
+const MAX_IFNAME: usize = 15;
+
+/// A pod's namespace: an absolute path to a namespace file, or a file name in `/run/netns`.
+fn check_netns(field: &str, netns: &str) -> Result<(), SpecError> {
+    if netns.starts_with('/') {
+        if netns.contains('\0') {
+            return Err(SpecError::new(
+                field,
+                format!("{netns:?} contains a NUL byte"),
+            ));
+        }
+        if netns.len() > MAX_NETNS_PATH {
+            return Err(SpecError::new(
+                field,
+                format!(
+                    "the path is {} bytes long (at most {MAX_NETNS_PATH})",
+                    netns.len()
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    match crate::netns::name_problem(netns) {
+        Some(why) if netns.contains('/') => Err(SpecError::new(
+            field,
+            format!("{why}; a path to a namespace file must be absolute"),
+        )),
         Some(why) => Err(SpecError::new(field, why)),
         None => Ok(()),
     }
+}
+
+/// The file of a pod's namespace: the path itself, or `/run/netns/<name>`. Two pods whose
+/// namespaces have the same file share one namespace.
+fn netns_path(netns: &str) -> PathBuf {
+    if netns.starts_with('/') {
+        PathBuf::from(netns)
+    } else {
+        Path::new(crate::netns::NETNS_RUN_DIR).join(netns)
+    }
+}
+
+/// A CNI container ID: letters, digits, '_', '.', '-', starting with a letter or digit, at
+/// most 255 characters (the CNI specification's rule).
+fn check_container_id(field: &str, id: &str) -> Result<(), SpecError> {
+    let Some(first) = id.chars().next() else {
+        return Err(SpecError::new(field, "must not be empty"));
+    };
+    if !first.is_ascii_alphanumeric() {
+        return Err(SpecError::new(
+            field,
+            format!("{id:?} starts with {first:?} (a container ID starts with a letter or digit)"),
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(SpecError::new(
+            field,
+            format!("{id:?} contains {c:?} (allowed: letters, digits, '.', '_', '-')"),
+        ));
+    }
+    if id.len() > MAX_CONTAINER_ID {
+        return Err(SpecError::new(
+            field,
+            format!(
+                "{} characters is longer than a container ID can be ({MAX_CONTAINER_ID})",
+                id.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A Linux interface name: 1 to 15 bytes, no '/', ':' or whitespace, not '.' or '..'.
+fn check_ifname(field: &str, name: &str) -> Result<(), SpecError> {
+    if name.is_empty() {
+        return Err(SpecError::new(field, "must not be empty"));
+    }
+    if name.len() > MAX_IFNAME {
+        return Err(SpecError::new(
+            field,
+            format!(
+                "{name:?} is {} bytes long (an interface name has at most {MAX_IFNAME})",
+                name.len()
+            ),
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(SpecError::new(
+            field,
+            format!("{name:?} is not an interface name"),
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| matches!(c, '/' | ':' | '\0') || c.is_whitespace())
+    {
+        return Err(SpecError::new(
+            field,
+            format!("{name:?} contains {c:?} (an interface name has no '/', ':' or whitespace)"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_cidr(field: &str, cidr: Ipv4Net) -> Result<(), SpecError> {
