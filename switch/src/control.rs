@@ -446,6 +446,51 @@ pub enum ControlError {
     },
 }
 
+/// Why no default control socket could be chosen ([`find_socket`]).
+#[derive(Debug, thiserror::Error)]
+pub enum FindSocketError {
+    /// No socket in the directory: no node runs here.
+    #[error("no control socket in {dir}: is `podswitch run` running?")]
+    NoSocket {
+        /// The directory looked in.
+        dir: String,
+    },
+    /// Several sockets: which node is meant must be said.
+    #[error("{} nodes run here ({}); say which control socket", .found.len(), .found.join(", "))]
+    Many {
+        /// The sockets found.
+        found: Vec<String>,
+    },
+}
+
+/// The control socket a client talks to: `given` if any, else the only `*.sock` in the
+/// directory of the default sockets (`/run/podswitch`, see
+/// [`NodeSpec::control_path`](crate::node::NodeSpec::control_path)). The one rule of the CLI
+/// and the CNI plugin.
+pub fn find_socket(given: Option<PathBuf>) -> Result<PathBuf, FindSocketError> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let dir = Path::new(crate::node::spec::CONTROL_DIR);
+    let mut socks: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                .collect()
+        })
+        .unwrap_or_default();
+    match socks.len() {
+        1 => Ok(socks.remove(0)),
+        0 => Err(FindSocketError::NoSocket {
+            dir: dir.display().to_string(),
+        }),
+        _ => Err(FindSocketError::Many {
+            found: socks.iter().map(|p| p.display().to_string()).collect(),
+        }),
+    }
+}
+
 /// Sends `req` to the server at `path` and waits for its response, blocking, for at most
 /// `timeout` in total (`Duration::ZERO`: no limit).
 pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response, ControlError> {

@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cni;
 pub mod config;
 pub mod control;
 pub mod dataplane;

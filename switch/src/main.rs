@@ -287,33 +287,16 @@ fn enter_netns(name: &str) -> Result<(), String> {
 
 /// Finds the control socket: the flag, else the only socket in /run/podswitch.
 fn control_path(given: Option<PathBuf>) -> Result<PathBuf, String> {
-    if let Some(p) = given {
-        return Ok(p);
-    }
-    let dir = Path::new("/run/podswitch");
-    let socks: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
-                .collect()
-        })
-        .unwrap_or_default();
-    match socks.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => Err(format!(
-            "no control socket in {}: is `podswitch run` running? (or pass --control)",
-            dir.display()
-        )),
-        many => Err(format!(
-            "{} nodes run here ({}); pass --control",
-            many.len(),
-            many.iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-    }
+    control::find_socket(given).map_err(|e| match e {
+        control::FindSocketError::NoSocket { .. } => format!("{e} (or pass --control)"),
+        control::FindSocketError::Many { found } => {
+            format!(
+                "{} nodes run here ({}); pass --control",
+                found.len(),
+                found.join(", ")
+            )
+        }
+    })
 }
 
 fn client(control: Option<PathBuf>, req: &Request) -> Result<(), String> {
