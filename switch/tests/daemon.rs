@@ -2,7 +2,7 @@
 //! Needs root (namespaces, TAPs); see `root_or_skip`.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
 use std::time::Duration;
@@ -11,98 +11,12 @@ use podswitch::control::{ErrorKind, Request, Response};
 use podswitch::node::{PodSpec, PodStatus};
 use podswitch::testutil::{root_or_skip, unique, wait_for};
 
-const BIN: &str = env!("CARGO_BIN_EXE_podswitch");
+mod common;
 
-fn run(cmd: &[&str]) -> Output {
-    Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
+use common::{config, netns_add, run, tempdir, Daemon, BIN};
 
 fn netns_list() -> String {
     String::from_utf8_lossy(&run(&["ip", "netns", "list"]).stdout).into_owned()
-}
-
-/// A running `podswitch run`; killed (SIGKILL) and cleaned up if a test fails midway.
-struct Daemon {
-    child: Option<Child>,
-    control: PathBuf,
-    dir: PathBuf,
-    namespaces: Vec<String>,
-}
-
-impl Daemon {
-    fn start(config: &str, control: PathBuf, dir: PathBuf, namespaces: Vec<String>) -> Self {
-        std::fs::write(dir.join("node.toml"), config).expect("write config");
-        let mut d = Daemon {
-            child: None,
-            control,
-            dir,
-            namespaces,
-        };
-        d.restart();
-        d
-    }
-
-    /// Starts the daemon (again) with the config file written by `start`.
-    fn restart(&mut self) {
-        assert!(self.child.is_none(), "the daemon is still running");
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(self.dir.join("node.toml"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn podswitch run");
-        self.child = Some(child);
-        wait_for("the control socket", || {
-            self.control.exists() && self.ctl(&["status"]).status.success()
-        });
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).env("PODSWITCH_CONTROL", &self.control);
-        cmd.output().expect("run podswitch client")
-    }
-
-    fn stop(&mut self) -> Output {
-        let child = self.child.take().expect("running");
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        child.wait_with_output().expect("daemon exits")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(unique(name));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn config(node: &str, control: &Path, pods: &[(&str, &str, &str)]) -> String {
-    let mut s = format!(
-        "[node]\nname = \"{node}\"\npod_cidr = \"10.244.1.0/24\"\nmtu = 1450\ncontrol = \"{}\"\n",
-        control.display()
-    );
-    for (name, netns, ip) in pods {
-        s += &format!("\n[[pods]]\nname = \"{name}\"\nnetns = \"{netns}\"\nip = \"{ip}\"\n");
-    }
-    s
 }
 
 /// The HTTP status `curl` gets for `url` from inside namespace `ns`.
@@ -796,13 +710,6 @@ impl Drop for Infra {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn netns_add(name: &str) {
-    assert!(
-        run(&["ip", "netns", "add", name]).status.success(),
-        "ip netns add {name}"
-    );
 }
 
 fn control_call(d: &Daemon, req: &Request) -> Response {

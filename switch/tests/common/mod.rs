@@ -1,0 +1,115 @@
+//! Helpers of the tests that run the real binaries: the daemon, commands, temp dirs.
+//! Each test crate uses a part of them.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use podswitch::testutil::{unique, wait_for};
+
+/// The daemon and control binary.
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_podswitch");
+
+/// Runs `cmd` to completion.
+pub(crate) fn run(cmd: &[&str]) -> Output {
+    Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// A running `podswitch run`; killed (SIGKILL) and cleaned up if a test fails midway.
+pub(crate) struct Daemon {
+    child: Option<Child>,
+    pub(crate) control: PathBuf,
+    pub(crate) dir: PathBuf,
+    namespaces: Vec<String>,
+}
+
+impl Daemon {
+    pub(crate) fn start(
+        config: &str,
+        control: PathBuf,
+        dir: PathBuf,
+        namespaces: Vec<String>,
+    ) -> Self {
+        std::fs::write(dir.join("node.toml"), config).expect("write config");
+        let mut d = Daemon {
+            child: None,
+            control,
+            dir,
+            namespaces,
+        };
+        d.restart();
+        d
+    }
+
+    /// Starts the daemon (again) with the config file written by `start`.
+    pub(crate) fn restart(&mut self) {
+        assert!(self.child.is_none(), "the daemon is still running");
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(self.dir.join("node.toml"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn podswitch run");
+        self.child = Some(child);
+        wait_for("the control socket", || {
+            self.control.exists() && self.ctl(&["status"]).status.success()
+        });
+    }
+
+    pub(crate) fn ctl(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).env("PODSWITCH_CONTROL", &self.control);
+        cmd.output().expect("run podswitch client")
+    }
+
+    pub(crate) fn stop(&mut self) -> Output {
+        let child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        child.wait_with_output().expect("daemon exits")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A fresh directory under the temp dir.
+pub(crate) fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// A node config with `pods` (name, netns, ip), pod CIDR 10.244.1.0/24.
+pub(crate) fn config(node: &str, control: &Path, pods: &[(&str, &str, &str)]) -> String {
+    let mut s = format!(
+        "[node]\nname = \"{node}\"\npod_cidr = \"10.244.1.0/24\"\nmtu = 1450\ncontrol = \"{}\"\n",
+        control.display()
+    );
+    for (name, netns, ip) in pods {
+        s += &format!("\n[[pods]]\nname = \"{name}\"\nnetns = \"{netns}\"\nip = \"{ip}\"\n");
+    }
+    s
+}
+
+/// `ip netns add name`.
+pub(crate) fn netns_add(name: &str) {
+    assert!(
+        run(&["ip", "netns", "add", name]).status.success(),
+        "ip netns add {name}"
+    );
+}
