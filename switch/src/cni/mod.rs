@@ -181,15 +181,11 @@ fn control_error(e: ControlError) -> CniError {
     CniError::new(code, "the podswitch daemon did not answer", e.to_string())
 }
 
-/// One request; an error response is code 999 (7 when a rule refused it).
+/// One request; an error response is code 999.
 fn call(path: &std::path::Path, req: &Request) -> Result<Response, CniError> {
     match control::call(path, req, CONTROL_TIMEOUT).map_err(control_error)? {
-        Response::Error { message, kind } => Err(CniError::new(
-            if kind == Some(ErrorKind::Refused) {
-                code::INVALID_CONFIG
-            } else {
-                code::OTHER
-            },
+        Response::Error { message, .. } => Err(CniError::new(
+            code::OTHER,
             format!("podswitch refused: {message}"),
             message.clone(),
         )),
@@ -274,12 +270,9 @@ fn add(env: &Env, mut conf: NetConf) -> Result<Value, CniError> {
         };
         match control::call(&control, &Request::PodAdd(spec), CONTROL_TIMEOUT) {
             Ok(Response::Pod(status)) => Ok(status),
-            Ok(Response::Error { message, kind }) => Err(CniError::new(
-                if kind == Some(ErrorKind::Refused) {
-                    code::INVALID_CONFIG
-                } else {
-                    code::OTHER
-                },
+            // A refusal names the pod's field, not the network config's: not code 7.
+            Ok(Response::Error { message, .. }) => Err(CniError::new(
+                code::OTHER,
                 format!("podswitch refused the pod: {message}"),
                 message.clone(),
             )),
