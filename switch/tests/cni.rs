@@ -88,18 +88,9 @@ fn netconf(version: &str, control: &Path, data_dir: &Path, ranges: Option<&str>)
     .to_string()
 }
 
-/// The addresses host-local holds: its files named after IPs.
+/// The addresses host-local holds for the test network.
 fn reserved(data_dir: &Path) -> Vec<String> {
-    let mut ips: Vec<String> = std::fs::read_dir(data_dir.join("podnet"))
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    ips.sort();
-    ips
+    common::host_local_reserved(&data_dir.join("podnet"))
 }
 
 /// A temp dir removed on drop.

@@ -229,18 +229,9 @@ impl Podman {
         })
     }
 
-    /// The addresses host-local holds for network `net` (its files named after IPs).
+    /// The addresses host-local holds for network `net`.
     fn reserved(&self, net: &str) -> Vec<String> {
-        let mut ips: Vec<String> = std::fs::read_dir(self.dir.join("ipam").join(net))
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        ips.sort();
-        ips
+        common::host_local_reserved(&self.dir.join("ipam").join(net))
     }
 }
 

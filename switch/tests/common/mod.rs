@@ -113,3 +113,18 @@ pub(crate) fn netns_add(name: &str) {
         "ip netns add {name}"
     );
 }
+
+/// The addresses host-local holds in `dir` (its data directory for one network): the files
+/// named after IPs, sorted.
+pub(crate) fn host_local_reserved(dir: &std::path::Path) -> Vec<String> {
+    let mut ips: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    ips.sort();
+    ips
+}
