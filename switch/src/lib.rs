@@ -9,9 +9,13 @@
 //! - [`port`]: I/O adapters behind one trait; only this layer touches file descriptors.
 //! - [`dataplane`]: the worker threads that move batches between ports through the pipeline,
 //!   and the control handle to add and remove ports.
+//! - `cluster`: the control plane shared with flannel (node subnets and peers in etcd).
 
 #![warn(missing_docs)]
 
+// Used by the etcd client of Order 7, next.
+#[allow(dead_code)]
+pub(crate) mod cluster;
 pub mod cni;
 pub mod config;
 pub mod control;
