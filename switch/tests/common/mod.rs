@@ -7,6 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 
 use podswitch::testutil::{unique, wait_for};
 
+pub(crate) mod cluster;
+
 /// The daemon and control binary.
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_podswitch");
 
