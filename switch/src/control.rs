@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use crate::node::{FdbEntry, PeerSpec, PodSpec, PodStatus};
+use crate::node::{FdbEntry, PeerSpec, PeerStatus, PodSpec, PodStatus};
 
 /// Longest request line the server reads, in bytes without the newline.
 pub(crate) const MAX_LINE: usize = 64 * 1024;
@@ -96,7 +96,7 @@ pub enum Response {
     /// The MAC table.
     Fdb(Vec<FdbEntry>),
     /// The peer nodes.
-    Peers(Vec<PeerSpec>),
+    Peers(Vec<PeerStatus>),
     /// Node-wide counters: `rx = forwarded + delivered_locally + dropped`.
     Status {
         /// Node name.
@@ -114,6 +114,9 @@ pub enum Response {
         /// Frames handled by each data-plane thread.
         #[serde(default)]
         workers: Vec<u64>,
+        /// The node's lease and the store's health (with `[cluster]`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cluster: Option<crate::cluster::ClusterStatus>,
     },
     /// The node's pod network ([`Request::NodeInfo`]).
     Node {
@@ -709,6 +712,7 @@ mod tests {
                     delivered_locally: 2,
                     dropped: 1,
                     workers: vec![9, 1],
+                    cluster: None,
                 },
             }
         }

@@ -171,7 +171,12 @@ impl Lab {
                 vtep_mac: None,
             })
             .collect();
-        Config { node, pods, peers }
+        Config {
+            node,
+            pods,
+            peers,
+            cluster: None,
+        }
     }
 
     /// The config file of node `i`, checked by the same rules as any config file.

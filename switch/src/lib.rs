@@ -15,7 +15,7 @@
 
 // Used by the etcd client of Order 7, next.
 #[allow(dead_code)]
-pub(crate) mod cluster;
+pub mod cluster;
 pub mod cni;
 pub mod config;
 pub mod control;

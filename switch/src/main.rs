@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use podswitch::cluster::Agent;
 use podswitch::config::Config;
 use podswitch::control::{self, ControlSocket, Request, Response};
 use podswitch::netns::NetNs;
-use podswitch::node::NodeHandler;
 use podswitch::node::{Node, PeerSpec, PodSpec, PodStatus};
+use podswitch::node::{NodeHandler, StartingHandler};
 
 /// A userspace packet switch for Kubernetes-style pod networking.
 #[derive(Parser)]
@@ -185,8 +186,11 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only on a terminal: a log file gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -206,25 +210,50 @@ fn run(config_path: &Path) -> Result<(), String> {
     // Claim the control socket first: a second daemon for the same node stops here, before it
     // touches any namespace. The error names the socket.
     let socket = ControlSocket::bind(&control_path).map_err(|e| e.to_string())?;
-    let node =
-        Arc::new(Node::start(cfg.node.clone(), &cfg.pods, &cfg.peers).map_err(|e| e.to_string())?);
-    let gw = cfg.node.gateway();
-    // CNI attachments recorded by an earlier run come back (those whose namespace is gone
-    // are forgotten); from here on the node keeps the record up to date.
-    let restored = node.restore_attachments(cfg.node.state_path());
-    tracing::info!(node = %node.name(), pods = cfg.pods.len(), restored = restored.len(), control = %control_path.display(), "node up");
-    for p in &cfg.pods {
-        println!(
-            "pod {:<12} netns {:<12} ip {:<15} e.g. `ip netns exec {} ping {gw}`",
-            p.name, p.netns, p.ip, p.netns
-        );
-    }
-    let handler = Arc::new(NodeHandler::new(Arc::clone(&node)));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
-    let served = rt.block_on(async {
+    let state_path = cfg.node.state_path();
+    let state_dir = state_path
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .to_path_buf();
+    let agent = match &cfg.cluster {
+        Some(cluster) => {
+            Some(Agent::new(cluster, &cfg.node, &state_dir).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    let starting = Arc::new(StartingHandler::new(
+        cfg.node.name(),
+        agent.as_ref().map(Agent::status),
+    ));
+    let (node, served) = rt.block_on(async {
+        let mut serve = tokio::spawn(socket.serve(
+            Arc::clone(&starting) as Arc<dyn control::ControlHandler>,
+            shutdown_signal(),
+        ));
+        let up = tokio::select! {
+            r = start_node(cfg, agent, state_path) => r,
+            r = &mut serve => {
+                // Stopped (a signal) before the node was up.
+                return (None, flatten(r));
+            }
+        };
+        let (node, agent) = match up {
+            Ok(up) => up,
+            Err(e) => {
+                serve.abort();
+                return (None, Err(e));
+            }
+        };
+        let mut handler = NodeHandler::new(Arc::clone(&node));
+        if let Some(a) = &agent {
+            handler = handler.with_cluster(a.status());
+        }
+        starting.ready(handler);
+        let agent_task = agent.map(|a| tokio::spawn(a.run(Arc::clone(&node))));
         let reaper_node = Arc::clone(&node);
         let reaper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -234,13 +263,75 @@ fn run(config_path: &Path) -> Result<(), String> {
                 let _ = tokio::task::spawn_blocking(move || n.reap_vanished()).await;
             }
         });
-        let r = socket.serve(handler, shutdown_signal()).await;
+        let r = flatten(serve.await);
         reaper.abort();
-        r
+        if let Some(t) = agent_task {
+            t.abort();
+        }
+        (Some(node), r)
     });
-    tracing::info!("shutting down: removing pods");
-    node.shutdown();
-    served.map_err(|e| e.to_string())
+    if let Some(node) = node {
+        tracing::info!("shutting down: removing pods");
+        node.shutdown();
+    }
+    served
+}
+
+fn flatten(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), String> {
+    match r {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("control socket: {e}")),
+    }
+}
+
+/// Starts the node: with `[cluster]`, on the subnet leased from etcd (or, when etcd does not
+/// answer at first, on the subnet remembered from the last run, leasing it once etcd is
+/// back); then its pods and the CNI attachments recorded by an earlier run.
+async fn start_node(
+    mut cfg: Config,
+    agent: Option<Agent>,
+    state_path: PathBuf,
+) -> Result<(Arc<Node>, Option<Agent>), String> {
+    let agent = match agent {
+        None => None,
+        Some(mut agent) => {
+            let acquired = match agent.try_acquire().await {
+                Ok(a) => a,
+                Err(e) => match agent.remembered(&cfg.node) {
+                    Some(a) => {
+                        tracing::warn!(subnet = %a.subnet, "etcd: {e}; starting on the subnet this node held last, leasing it when etcd answers");
+                        a
+                    }
+                    None => {
+                        tracing::warn!("etcd: {e}; waiting for a subnet lease");
+                        agent.acquire().await
+                    }
+                },
+            };
+            acquired.apply_to(&mut cfg.node);
+            Some(agent)
+        }
+    };
+    let node = tokio::task::spawn_blocking(move || -> Result<Arc<Node>, String> {
+        let node = Arc::new(
+            Node::start(cfg.node.clone(), &cfg.pods, &cfg.peers).map_err(|e| e.to_string())?,
+        );
+        // CNI attachments recorded by an earlier run come back (those whose namespace is gone
+        // are forgotten); from here on the node keeps the record up to date.
+        let restored = node.restore_attachments(state_path);
+        tracing::info!(node = %node.name(), pod_cidr = %node.pod_cidr(), pods = cfg.pods.len(), restored = restored.len(), control = %cfg.node.control_path().display(), "node up");
+        let gw = node.gateway();
+        for p in &cfg.pods {
+            println!(
+                "pod {:<12} netns {:<12} ip {:<15} e.g. `ip netns exec {} ping {gw}`",
+                p.name, p.netns, p.ip, p.netns
+            );
+        }
+        Ok(node)
+    })
+    .await
+    .map_err(|e| format!("starting the node: {e}"))??;
+    Ok((node, agent))
 }
 
 async fn shutdown_signal() {
@@ -328,16 +419,19 @@ fn print_response(resp: Response) -> Result<(), String> {
         }
         Response::Peers(peers) => {
             println!(
-                "{:<16} {:<22} {:<18} {:<17}",
-                "NAME", "UNDERLAY", "POD_CIDR", "VTEP_MAC"
+                "{:<20} {:<16} {:<18} {:<17} {:<7} {:<16}",
+                "NAME", "UNDERLAY", "POD_CIDR", "VTEP_MAC", "SOURCE", "LEASE"
             );
             for p in peers {
                 println!(
-                    "{:<16} {:<22} {:<18} {:<17}",
-                    p.name,
-                    p.underlay.to_string(),
-                    p.pod_cidr.to_string(),
-                    p.vtep_mac().to_string()
+                    "{:<20} {:<16} {:<18} {:<17} {:<7} {:<16}",
+                    p.spec.name,
+                    p.spec.underlay.to_string(),
+                    p.spec.pod_cidr.to_string(),
+                    p.spec.vtep_mac().to_string(),
+                    p.source.to_string(),
+                    p.lease
+                        .map_or_else(|| "-".to_string(), |l| format!("{l:x}"))
                 );
             }
         }
@@ -349,11 +443,33 @@ fn print_response(resp: Response) -> Result<(), String> {
             delivered_locally,
             dropped,
             workers,
+            cluster,
         } => {
             println!("node {node}: {pods} pods; frames rx {rx} forwarded {forwarded} local {delivered_locally} dropped {dropped}");
             if workers.len() > 1 {
                 let per: Vec<String> = workers.iter().map(u64::to_string).collect();
                 println!("frames per worker: {}", per.join(" "));
+            }
+            if let Some(c) = cluster {
+                let lease = match (c.key, c.lease_id) {
+                    (Some(key), Some(id)) => format!(
+                        "lease {key} (etcd lease {id:x}, TTL {}s, expires in {}s)",
+                        c.ttl_secs.unwrap_or(0),
+                        c.expires_in_secs.unwrap_or(0)
+                    ),
+                    _ => "no lease yet".into(),
+                };
+                let health = match c.last_error {
+                    None if c.healthy => "healthy".to_string(),
+                    None => "not reached yet".to_string(),
+                    Some(e) => format!("unreachable: {e}"),
+                };
+                println!(
+                    "cluster: etcd {} prefix {}: {health}; {lease}; {} peers from etcd",
+                    c.endpoints.join(","),
+                    c.prefix,
+                    c.peers
+                );
             }
         }
         Response::Node {

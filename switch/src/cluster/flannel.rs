@@ -201,7 +201,7 @@ fn addr_field(m: &Map<String, Value>, name: &str) -> Result<Option<Ipv4Addr>, Fl
 }
 
 /// flannel's network config (`<prefix>/config`), with its defaults filled in and checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NetworkConfig {
     /// The cluster's pod network (`Network`), host bits cleared as flannel does.
     pub(crate) network: Ipv4Net,

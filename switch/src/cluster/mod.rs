@@ -2,10 +2,163 @@
 //! flannel's layout, so that podswitch nodes and flannel nodes can share one cluster and one
 //! etcd.
 //!
-//! - [`flannel`]: flannel's keys and value formats, its network config with its defaults and
+//! - [`ClusterSpec`]: the config file's `[cluster]` table.
+//! - `flannel`: flannel's keys and value formats, its network config with its defaults and
 //!   checks, and the order in which a node picks its subnet. Pure: no etcd, no I/O.
+//! - `agent`: the etcd side. [`Agent::acquire`] leases the node's subnet before the node starts;
+//!   [`Agent::run`] then keeps the lease alive, lists and watches `<prefix>/subnets/` and
+//!   feeds the leases to the node as peers (the same rules as `peer add`), and recovers from
+//!   every fault by listing again.
+//! - `memory`: the subnet the node last held (`<control dir>/<node>.subnet.json`, flannel's
+//!   `subnet.env`), so that a node restarted while etcd is down comes back on it.
 //!
-//! The etcd client (leasing, renewal, listing and watching the `subnets/` prefix, feeding the
-//! peers down the same path as `peer add`) comes next and builds on [`flannel`].
+//! Invariants: the node's own key is written only by a transaction that checks the key's
+//! version (absent) or its modification revision (ours, read just before), so two nodes never
+//! hold one subnet; every peer whose source is etcd corresponds to a lease seen in the last
+//! list plus the watch events after it.
 
+mod agent;
 pub(crate) mod flannel;
+mod memory;
+
+use serde::{Deserialize, Serialize};
+
+pub use agent::{Acquired, Agent, ClusterError};
+pub(crate) use memory::Memory;
+
+use crate::node::SpecError;
+
+/// Default TTL of the node's lease: flannel's 24 hours.
+const DEFAULT_LEASE_TTL_SECS: u64 = 24 * 3600;
+/// Shortest lease TTL accepted (etcd grants at least its own minimum, a few seconds, anyway).
+const MIN_LEASE_TTL_SECS: u64 = 5;
+/// Longest lease TTL accepted (a year).
+const MAX_LEASE_TTL_SECS: u64 = 365 * 24 * 3600;
+
+/// The config file's `[cluster]` table: where the cluster's etcd is and how the node's lease
+/// lives there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// etcd's client URLs (`http://192.168.77.254:2379`); tried in turn.
+    pub etcd_endpoints: Vec<String>,
+    /// The key prefix shared with flannel (`--etcd-prefix`).
+    #[serde(default = "default_prefix")]
+    pub etcd_prefix: String,
+    /// TTL of the node's lease in seconds; kept alive at a third of it.
+    #[serde(default = "default_ttl")]
+    pub lease_ttl_secs: u64,
+}
+
+fn default_prefix() -> String {
+    flannel::DEFAULT_PREFIX.into()
+}
+fn default_ttl() -> u64 {
+    DEFAULT_LEASE_TTL_SECS
+}
+
+impl ClusterSpec {
+    /// Checks the table (fields named `cluster.*`).
+    pub(crate) fn validate(&self) -> Result<(), SpecError> {
+        if self.etcd_endpoints.is_empty() {
+            return Err(SpecError::new(
+                "cluster.etcd_endpoints",
+                "is empty (give etcd's client URL, like \"http://192.168.77.254:2379\")",
+            ));
+        }
+        for (i, e) in self.etcd_endpoints.iter().enumerate() {
+            let field = format!("cluster.etcd_endpoints[{i}]");
+            if e.starts_with("https://") {
+                return Err(SpecError::new(
+                    field,
+                    format!("{e:?}: TLS to etcd is not supported; use an http:// endpoint"),
+                ));
+            }
+            let Some(rest) = e.strip_prefix("http://") else {
+                return Err(SpecError::new(
+                    field,
+                    format!("{e:?} is not an http:// URL (like \"http://192.168.77.254:2379\")"),
+                ));
+            };
+            let hostport = rest.trim_end_matches('/');
+            let ok = match hostport.rsplit_once(':') {
+                Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+                None => false,
+            };
+            if !ok || hostport.contains('/') {
+                return Err(SpecError::new(
+                    field,
+                    format!("{e:?} has no host:port (like \"http://192.168.77.254:2379\")"),
+                ));
+            }
+        }
+        if !self.etcd_prefix.starts_with('/') || self.etcd_prefix.trim_end_matches('/').is_empty() {
+            return Err(SpecError::new(
+                "cluster.etcd_prefix",
+                format!(
+                    "{:?} must start with '/' and name a key (like {:?})",
+                    self.etcd_prefix,
+                    flannel::DEFAULT_PREFIX
+                ),
+            ));
+        }
+        if !(MIN_LEASE_TTL_SECS..=MAX_LEASE_TTL_SECS).contains(&self.lease_ttl_secs) {
+            return Err(SpecError::new(
+                "cluster.lease_ttl_secs",
+                format!(
+                    "{} is not between {MIN_LEASE_TTL_SECS} and {MAX_LEASE_TTL_SECS} (a year)",
+                    self.lease_ttl_secs
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The prefix without trailing slashes.
+    pub(crate) fn prefix(&self) -> &str {
+        self.etcd_prefix.trim_end_matches('/')
+    }
+}
+
+/// The node's lease and the store's health, as `podswitch status` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// etcd's endpoints.
+    pub endpoints: Vec<String>,
+    /// The key prefix.
+    pub prefix: String,
+    /// The node's subnet key (`<prefix>/subnets/10.244.5.0-24`), once leased.
+    pub key: Option<String>,
+    /// The etcd lease its key is attached to.
+    pub lease_id: Option<i64>,
+    /// The lease's TTL as etcd last confirmed it, in seconds.
+    pub ttl_secs: Option<i64>,
+    /// Seconds until the lease expires if it is not renewed (as of this status).
+    pub expires_in_secs: Option<i64>,
+    /// When etcd last confirmed the lease.
+    #[serde(skip)]
+    pub(crate) renewed_at: Option<std::time::Instant>,
+    /// True while the last call to etcd succeeded.
+    pub healthy: bool,
+    /// The last error from etcd, if the last call failed.
+    pub last_error: Option<String>,
+    /// Peers currently learnt from etcd.
+    pub peers: usize,
+}
+
+impl ClusterStatus {
+    /// etcd confirmed the lease with `ttl` seconds left.
+    pub(crate) fn renewed(&mut self, ttl: i64) {
+        self.ttl_secs = Some(ttl);
+        self.renewed_at = Some(std::time::Instant::now());
+    }
+
+    /// The status as of now (the expiry counted down from the last renewal).
+    pub fn snapshot(&self) -> ClusterStatus {
+        let mut s = self.clone();
+        if let (Some(ttl), Some(at)) = (self.ttl_secs, self.renewed_at) {
+            s.expires_in_secs = Some(ttl - at.elapsed().as_secs() as i64);
+        }
+        s
+    }
+}

@@ -42,6 +42,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::ClusterSpec;
 use crate::node::spec::{check_range, NodeSpec, PeerSpec, PodSpec, SpecError};
 
 #[cfg(test)]
@@ -59,6 +60,9 @@ pub struct Config {
     /// Other nodes, reached over VXLAN.
     #[serde(default)]
     pub peers: Vec<PeerSpec>,
+    /// The cluster's etcd: the node leases its pod CIDR there and learns its peers from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSpec>,
 }
 
 /// Why a configuration was refused. The message always starts with `config error:`.
@@ -148,6 +152,28 @@ impl Config {
     /// before them, peers against the peers before them, as a node adding them in order would.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.node.validate()?;
+        match &self.cluster {
+            None => {
+                self.node.cidr()?;
+            }
+            Some(cluster) => {
+                cluster.validate()?;
+                if self.node.underlay.is_none() {
+                    return Err(SpecError::new(
+                        "node.underlay",
+                        "is required with [cluster]: it is the address other nodes send VXLAN to (the lease's PublicIP)",
+                    )
+                    .into());
+                }
+                if !self.peers.is_empty() {
+                    return Err(SpecError::new(
+                        "peers",
+                        "are learnt from etcd with [cluster]; remove the [[peers]] entries",
+                    )
+                    .into());
+                }
+            }
+        }
         for (i, pod) in self.pods.iter().enumerate() {
             pod.check(&self.node, &self.pods[..i], &format!("pods[{i}]"))?;
         }

@@ -86,8 +86,11 @@ fn assert_err_starts(text: &str, expected: &str) {
 fn good_config_parses() {
     let c = Config::from_toml_str(GOOD).unwrap();
     assert_eq!(c.node.name, "node-a");
-    assert_eq!(c.node.pod_cidr, "10.244.1.0/24".parse::<Ipv4Net>().unwrap());
-    assert_eq!(c.node.gateway(), Ipv4Addr::new(10, 244, 1, 1));
+    assert_eq!(
+        c.node.pod_cidr,
+        Some("10.244.1.0/24".parse::<Ipv4Net>().unwrap())
+    );
+    assert_eq!(c.node.gateway(), Some(Ipv4Addr::new(10, 244, 1, 1)));
     assert_eq!(c.node.mtu, Some(1400));
     assert_eq!(
         c.node.control_path(),
@@ -103,8 +106,8 @@ fn good_config_parses() {
     assert_eq!(c.peers.len(), 1);
     assert_eq!(c.peers[0].vtep_mac(), Mac([2, 0xee, 0, 0, 0, 2]));
 
-    let nc = c.node.node_config();
-    assert_eq!(nc.cidr, c.node.pod_cidr);
+    let nc = c.node.node_config().unwrap();
+    assert_eq!(Some(nc.cidr), c.node.pod_cidr);
     assert_eq!(nc.gateway, Ipv4Addr::new(10, 244, 1, 1));
     assert_eq!(nc.router_mac, derived_router_mac("node-a").into());
     assert_eq!((nc.vni, nc.mtu, nc.tunnel_mtu), (42, 1400, 1450));
@@ -127,7 +130,7 @@ fn defaults_applied() {
     let c = Config::from_toml_str(MINIMAL).unwrap();
     assert!(c.pods.is_empty() && c.peers.is_empty());
     let n = &c.node;
-    assert_eq!(n.gateway(), Ipv4Addr::new(10, 244, 1, 1));
+    assert_eq!(n.gateway(), Some(Ipv4Addr::new(10, 244, 1, 1)));
     assert_eq!(n.pod_mtu(), 1450);
     assert_eq!(
         n.control_path(),
@@ -137,7 +140,10 @@ fn defaults_applied() {
     assert_eq!(n.mac_table_config(), MacTableConfig::default());
     assert_eq!((n.vxlan_port, n.vni, n.underlay), (8472, 1, None));
     let nc = n.node_config();
-    assert_eq!(nc, NodeConfig::new(n.pod_cidr, n.router_mac().into()));
+    assert_eq!(
+        nc,
+        Ok(NodeConfig::new(n.pod_cidr.unwrap(), n.router_mac().into()))
+    );
 }
 
 #[test]
@@ -156,7 +162,7 @@ fn explicit_gateway_and_router_mac() {
         "gateway = \"10.244.1.254\"\nrouter_mac = \"02:00:00:00:00:01\"",
     ))
     .unwrap();
-    assert_eq!(c.node.gateway(), Ipv4Addr::new(10, 244, 1, 254));
+    assert_eq!(c.node.gateway(), Some(Ipv4Addr::new(10, 244, 1, 254)));
     assert_eq!(c.node.router_mac(), Mac([2, 0, 0, 0, 0, 1]));
     // The first host address is then free for a pod.
     Config::from_toml_str(&format!(
@@ -191,10 +197,6 @@ fn toml_errors_name_the_field() {
     assert_err_starts(
         &format!("{MINIMAL}[extra]\nx = 1\n"),
         "config error: extra: unknown field",
-    );
-    assert_err(
-        "[node]\nname = \"node-a\"\n",
-        "config error: node.pod_cidr: is required (line 1, column 1)",
     );
     assert_err(
         "",
@@ -275,7 +277,7 @@ fn pod_cidr_rules() {
         "config error: node.pod_cidr: 10.244.1.5/24 has host bits set (did you mean 10.244.1.0/24?)",
     );
     let c = Config::from_toml_str(&cidr("10.0.0.0/30")).unwrap();
-    assert_eq!(c.node.gateway(), Ipv4Addr::new(10, 0, 0, 1));
+    assert_eq!(c.node.gateway(), Some(Ipv4Addr::new(10, 0, 0, 1)));
 }
 
 #[test]
@@ -785,6 +787,7 @@ fn lab_style_configs_serialise_and_read_back() {
             pod_cidr: "10.244.2.0/24".parse().unwrap(),
             vtep_mac: Some(Mac([2, 0xee, 0, 0, 0, 2])),
         }],
+        cluster: None,
     };
     let text = cfg.to_toml().unwrap();
     assert_eq!(Config::from_toml_str(&text).unwrap(), cfg, "{text}");
@@ -806,4 +809,73 @@ fn from_file_reads_and_reports_missing_files() {
         "{e}"
     );
     let _ = std::fs::remove_dir(&dir);
+}
+
+const CLUSTER_NODE: &str = "[node]\nname = \"node-a\"\nunderlay = \"192.168.77.1\"\n";
+
+#[test]
+fn a_cluster_node_may_leave_out_its_pod_cidr() {
+    let c = Config::from_toml_str(&format!(
+        "{CLUSTER_NODE}\n[cluster]\netcd_endpoints = [\"http://192.168.77.254:2379\"]\n"
+    ))
+    .unwrap();
+    let cluster = c.cluster.expect("cluster");
+    assert_eq!(cluster.etcd_prefix, "/coreos.com/network");
+    assert_eq!(cluster.lease_ttl_secs, 86400);
+    assert_eq!(c.node.pod_cidr, None);
+    // Given anyway: the subnet this node asks for, checked like any pod CIDR.
+    let c = Config::from_toml_str(&format!(
+        "{CLUSTER_NODE}pod_cidr = \"10.244.5.0/24\"\n[cluster]\netcd_endpoints = [\"http://e:2379\"]\netcd_prefix = \"/my/net/\"\nlease_ttl_secs = 60\n"
+    ))
+    .unwrap();
+    assert_eq!(c.node.pod_cidr, Some("10.244.5.0/24".parse().unwrap()));
+    assert_eq!(c.cluster.unwrap().prefix(), "/my/net");
+}
+
+#[test]
+fn cluster_errors_name_the_field() {
+    assert_eq!(
+        err("[node]\nname = \"node-a\"\n"),
+        "config error: node.pod_cidr: is required (or give a [cluster] table: the node then leases one)"
+    );
+    let cl = |body: &str| format!("{CLUSTER_NODE}\n[cluster]\n{body}\n");
+    assert_eq!(
+        err(&cl("etcd_endpoints = []")),
+        "config error: cluster.etcd_endpoints: is empty (give etcd's client URL, like \"http://192.168.77.254:2379\")"
+    );
+    assert_eq!(
+        err(&cl("etcd_endpoints = [\"http://a:1\", \"192.168.77.254:2379\"]")),
+        "config error: cluster.etcd_endpoints[1]: \"192.168.77.254:2379\" is not an http:// URL (like \"http://192.168.77.254:2379\")"
+    );
+    assert_eq!(
+        err(&cl("etcd_endpoints = [\"https://a:2379\"]")),
+        "config error: cluster.etcd_endpoints[0]: \"https://a:2379\": TLS to etcd is not supported; use an http:// endpoint"
+    );
+    assert_eq!(
+        err(&cl("etcd_endpoints = [\"http://a\"]")),
+        "config error: cluster.etcd_endpoints[0]: \"http://a\" has no host:port (like \"http://192.168.77.254:2379\")"
+    );
+    assert_eq!(
+        err(&cl("etcd_endpoints = [\"http://a:1\"]\netcd_prefix = \"coreos.com\"")),
+        "config error: cluster.etcd_prefix: \"coreos.com\" must start with '/' and name a key (like \"/coreos.com/network\")"
+    );
+    assert_eq!(
+        err(&cl("etcd_endpoints = [\"http://a:1\"]\nlease_ttl_secs = 1")),
+        "config error: cluster.lease_ttl_secs: 1 is not between 5 and 31536000 (a year)"
+    );
+    assert_err_starts(
+        &cl("etcd_endpoints = [\"http://a:1\"]\nttl = 5"),
+        "config error: cluster.ttl: unknown field",
+    );
+    assert_eq!(
+        err("[node]\nname = \"a\"\n[cluster]\netcd_endpoints = [\"http://a:1\"]\n"),
+        "config error: node.underlay: is required with [cluster]: it is the address other nodes send VXLAN to (the lease's PublicIP)"
+    );
+    assert_eq!(
+        err(&format!(
+            "{}\n[[peers]]\nname = \"b\"\nunderlay = \"192.168.77.2\"\npod_cidr = \"10.244.2.0/24\"\n",
+            cl("etcd_endpoints = [\"http://a:1\"]")
+        )),
+        "config error: peers: are learnt from etcd with [cluster]; remove the [[peers]] entries"
+    );
 }

@@ -425,6 +425,15 @@ impl Switch {
         Ok(self.shared.tables.update_topology(|t| t.add_peer(peer))?)
     }
 
+    /// Replaces the peer named `name` by `peer` (a new underlay, CIDR or VTEP MAC) in one
+    /// step: no frame sees the node without either.
+    pub(crate) fn replace_peer(&self, name: &str, peer: Peer) -> Result<PeerId, SwitchError> {
+        Ok(self.shared.tables.update_topology(|t| {
+            t.remove_peer(name)?;
+            t.add_peer(peer)
+        })?)
+    }
+
     /// Removes the peer named `name` and its route.
     pub(crate) fn remove_peer(&self, name: &str) -> Result<Peer, SwitchError> {
         Ok(self

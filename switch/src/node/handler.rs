@@ -2,7 +2,9 @@
 //! [`super::spec`] and are applied by [`Node`] itself: this is only the mapping from requests
 //! to node calls and from results to responses.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use crate::cluster::ClusterStatus;
 
 use super::{Node, NodeError};
 use crate::control::{ControlHandler, ErrorKind, Request, Response};
@@ -10,12 +12,22 @@ use crate::control::{ControlHandler, ErrorKind, Request, Response};
 /// Serves control requests against a running node.
 pub struct NodeHandler {
     node: Arc<Node>,
+    cluster: Option<Arc<Mutex<ClusterStatus>>>,
 }
 
 impl NodeHandler {
     /// A handler for `node`.
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        Self {
+            node,
+            cluster: None,
+        }
+    }
+
+    /// Also reports the node's lease and the store's health (`[cluster]`).
+    pub fn with_cluster(mut self, status: Arc<Mutex<ClusterStatus>>) -> Self {
+        self.cluster = Some(status);
+        self
     }
 }
 
@@ -52,8 +64,8 @@ impl ControlHandler for NodeHandler {
             }),
             Request::NodeInfo => Response::Node {
                 name: node.spec.name.clone(),
-                pod_cidr: node.spec.pod_cidr,
-                gateway: node.spec.gateway(),
+                pod_cidr: node.pod_cidr(),
+                gateway: node.gateway(),
                 mtu: node.spec.pod_mtu(),
             },
             Request::PodList => Response::Pods(node.pods()),
@@ -71,8 +83,81 @@ impl ControlHandler for NodeHandler {
                     delivered_locally,
                     dropped,
                     workers: node.worker_frames(),
+                    cluster: self
+                        .cluster
+                        .as_ref()
+                        .map(|c| c.lock().unwrap_or_else(|e| e.into_inner()).snapshot()),
                 }
             }
         }
+    }
+}
+
+/// The control socket's handler from the moment the daemon binds it: while the node is not
+/// up yet (it waits for its subnet lease from etcd), `pod add` waits for it (up to
+/// [`STARTING_WAIT`]) and other requests are told what the node is waiting for; once
+/// [`StartingHandler::ready`] is called, every request goes to the node.
+pub struct StartingHandler {
+    node: std::sync::OnceLock<NodeHandler>,
+    name: String,
+    cluster: Option<Arc<Mutex<ClusterStatus>>>,
+}
+
+/// How long a `pod add` waits for a node that is still starting.
+const STARTING_WAIT: std::time::Duration = std::time::Duration::from_secs(25);
+
+impl StartingHandler {
+    /// A handler for node `name`, starting; `cluster`: the lease status it waits on.
+    pub fn new(name: &str, cluster: Option<Arc<Mutex<ClusterStatus>>>) -> Self {
+        Self {
+            node: std::sync::OnceLock::new(),
+            name: name.into(),
+            cluster,
+        }
+    }
+
+    /// The node is up: requests go to `handler` from now on.
+    pub fn ready(&self, handler: NodeHandler) {
+        if self.node.set(handler).is_err() {
+            tracing::warn!("the control handler was already set");
+        }
+    }
+
+    fn waiting(&self) -> Response {
+        let why = match &self.cluster {
+            Some(c) => {
+                let s = c.lock().unwrap_or_else(|e| e.into_inner());
+                match &s.last_error {
+                    Some(e) => format!(
+                        "waiting for its subnet lease from etcd ({}): {e}",
+                        s.endpoints.join(",")
+                    ),
+                    None => format!(
+                        "waiting for its subnet lease from etcd ({})",
+                        s.endpoints.join(",")
+                    ),
+                }
+            }
+            None => "starting".into(),
+        };
+        Response::error(format!("node {:?} is not up yet: {why}", self.name))
+    }
+}
+
+impl ControlHandler for StartingHandler {
+    fn handle(&self, req: Request) -> Response {
+        if let Some(h) = self.node.get() {
+            return h.handle(req);
+        }
+        if matches!(req, Request::PodAdd(_)) {
+            let deadline = std::time::Instant::now() + STARTING_WAIT;
+            while std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if let Some(h) = self.node.get() {
+                    return h.handle(req);
+                }
+            }
+        }
+        self.waiting()
     }
 }

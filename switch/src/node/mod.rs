@@ -36,7 +36,7 @@ use crate::port::{TapPort, UdpTunnel};
 use crate::table::PortId;
 use crate::wire::mac_from_key;
 
-pub use handler::NodeHandler;
+pub use handler::{NodeHandler, StartingHandler};
 pub(crate) use netlink::{link_index, with_netlink};
 pub use spec::{derived_pod_mac, Mac, MacParseError, NodeSpec, PeerSpec, PodSpec, SpecError};
 
@@ -158,6 +158,51 @@ pub enum NodeError {
     Peer(SwitchError),
 }
 
+/// Where a peer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerSource {
+    /// A `[[peers]]` entry of the config file.
+    Config,
+    /// `podswitch peer add`.
+    Runtime,
+    /// A lease in etcd (`[cluster]`).
+    Etcd,
+}
+
+impl std::fmt::Display for PeerSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Config => "config",
+            Self::Runtime => "runtime",
+            Self::Etcd => "etcd",
+        })
+    }
+}
+
+/// A peer as `podswitch peer list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerStatus {
+    /// What the peer was added as.
+    pub spec: PeerSpec,
+    /// Where it came from.
+    pub source: PeerSource,
+    /// For a peer from etcd: the ID of the etcd lease its key is attached to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<i64>,
+}
+
+/// What [`Node::apply_etcd_peer`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PeerChange {
+    /// A new peer.
+    Added,
+    /// The peer's underlay, CIDR or VTEP MAC changed.
+    Updated,
+    /// Nothing to do.
+    Unchanged,
+}
+
 struct PodRecord {
     spec: PodSpec,
     netns: NetNs,
@@ -169,9 +214,11 @@ struct PodRecord {
 /// A running node.
 pub struct Node {
     spec: NodeSpec,
+    /// The node's pod CIDR and gateway (given, or leased before the node started).
+    net: crate::pipeline::NodeConfig,
     switch: Switch,
     pods: Mutex<BTreeMap<String, PodRecord>>,
-    peers: Mutex<Vec<PeerSpec>>,
+    peers: Mutex<Vec<PeerStatus>>,
     /// The state file of runtime CNI attachments, once [`Node::restore_attachments`] set it.
     state: OnceLock<PathBuf>,
 }
@@ -191,6 +238,7 @@ impl Node {
     pub fn start(spec: NodeSpec, pods: &[PodSpec], peers: &[PeerSpec]) -> Result<Node, NodeError> {
         spec.validate()?;
         let config = spec.switch_config(&crate::dataplane::allowed_cpus())?;
+        let net = config.node.clone();
         let tunnel = match spec.tunnel_addr() {
             Some(addr) => Some(
                 UdpTunnel::bind(*addr.ip(), addr.port())
@@ -201,13 +249,14 @@ impl Node {
         let switch = Switch::start_with_tunnel(config, tunnel).map_err(NodeError::Start)?;
         let node = Node {
             spec,
+            net,
             switch,
             pods: Mutex::new(BTreeMap::new()),
             peers: Mutex::new(Vec::new()),
             state: OnceLock::new(),
         };
         for peer in peers {
-            node.add_peer(peer)?;
+            node.add_peer_from(peer, PeerSource::Config)?;
         }
         for pod in pods {
             if let Err(e) = node.attach_pod(pod, false) {
@@ -221,6 +270,16 @@ impl Node {
     /// Node name.
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// The node's pod CIDR.
+    pub fn pod_cidr(&self) -> ipnet::Ipv4Net {
+        self.net.cidr
+    }
+
+    /// The pods' gateway.
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        self.net.gateway
     }
 
     /// Adds a pod (CNI ADD), refused by the same rules as a `[[pods]]` entry (fields named
@@ -528,8 +587,8 @@ impl Node {
         Some(PodStatus {
             spec: rec.spec.clone(),
             mac: rec.spec.mac(),
-            prefix_len: self.spec.pod_cidr.prefix_len(),
-            gateway: self.spec.gateway(),
+            prefix_len: self.net.cidr.prefix_len(),
+            gateway: self.net.gateway,
             port: port.id,
             created_netns: rec.created_netns,
             counters: port.metrics.snapshot(),
@@ -571,30 +630,85 @@ impl Node {
         out
     }
 
-    /// Adds a peer node, refused by the same rules as a `[[peers]]` entry (fields named
-    /// `peer.*`); flows to other peers and between local pods go on.
+    /// Adds a peer node (`peer add`), refused by the same rules as a `[[peers]]` entry (fields
+    /// named `peer.*`); flows to other peers and between local pods go on.
     pub(crate) fn add_peer(&self, spec: &PeerSpec) -> Result<(), NodeError> {
+        self.add_peer_from(spec, PeerSource::Runtime)
+    }
+
+    fn add_peer_from(&self, spec: &PeerSpec, source: PeerSource) -> Result<(), NodeError> {
         let mut peers = lock(&self.peers);
-        spec.check(&self.spec, peers.iter(), "peer")?;
+        spec.check(&self.spec, peers.iter().map(|p| &p.spec), "peer")?;
         self.switch
             .add_peer(spec.to_peer(&self.spec))
             .map_err(NodeError::Peer)?;
-        peers.push(spec.clone());
-        tracing::info!(peer = %spec.name, "peer added");
+        peers.push(PeerStatus {
+            spec: spec.clone(),
+            source,
+            lease: None,
+        });
+        tracing::info!(peer = %spec.name, underlay = %spec.underlay, pod_cidr = %spec.pod_cidr, %source, "peer added");
         Ok(())
+    }
+
+    /// Adds or updates a peer learnt from an etcd lease (`lease`: its etcd lease ID), by the
+    /// same rules as `peer add`. A changed underlay, CIDR or VTEP MAC replaces the peer in one
+    /// step. A peer of the same name from elsewhere is not touched (refused).
+    pub(crate) fn apply_etcd_peer(
+        &self,
+        spec: &PeerSpec,
+        lease: Option<i64>,
+    ) -> Result<PeerChange, NodeError> {
+        let mut peers = lock(&self.peers);
+        let Some(at) = peers.iter().position(|p| p.spec.name == spec.name) else {
+            drop(peers);
+            self.add_peer_from(spec, PeerSource::Etcd)?;
+            if let Some(p) = lock(&self.peers)
+                .iter_mut()
+                .find(|p| p.spec.name == spec.name)
+            {
+                p.lease = lease;
+            }
+            return Ok(PeerChange::Added);
+        };
+        if peers[at].source != PeerSource::Etcd {
+            return Err(NodeError::Refused(SpecError::new(
+                "peer.name",
+                format!(
+                    "{:?} is already a peer from the {}",
+                    spec.name, peers[at].source
+                ),
+            )));
+        }
+        peers[at].lease = lease;
+        if peers[at].spec == *spec {
+            return Ok(PeerChange::Unchanged);
+        }
+        let others: Vec<&PeerSpec> = peers
+            .iter()
+            .filter(|p| p.spec.name != spec.name)
+            .map(|p| &p.spec)
+            .collect();
+        spec.check(&self.spec, others.iter().copied(), "peer")?;
+        self.switch
+            .replace_peer(&spec.name, spec.to_peer(&self.spec))
+            .map_err(NodeError::Peer)?;
+        tracing::info!(peer = %spec.name, underlay = %spec.underlay, pod_cidr = %spec.pod_cidr, vtep_mac = %spec.vtep_mac(), source = "etcd", "peer updated");
+        peers[at].spec = spec.clone();
+        Ok(PeerChange::Updated)
     }
 
     /// Removes a peer node and its route.
     pub(crate) fn del_peer(&self, name: &str) -> Result<(), NodeError> {
         let mut peers = lock(&self.peers);
         self.switch.remove_peer(name).map_err(NodeError::Peer)?;
-        peers.retain(|p| p.name != name);
+        peers.retain(|p| p.spec.name != name);
         tracing::info!(peer = %name, "peer removed");
         Ok(())
     }
 
-    /// Every peer, as added.
-    pub(crate) fn peers(&self) -> Vec<PeerSpec> {
+    /// Every peer, as added, with where it came from.
+    pub(crate) fn peers(&self) -> Vec<PeerStatus> {
         lock(&self.peers).clone()
     }
 

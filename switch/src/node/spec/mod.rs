@@ -102,8 +102,11 @@ pub fn derived_pod_mac(ip: Ipv4Addr) -> Mac {
 pub struct NodeSpec {
     /// Node name: `[a-zA-Z0-9._-]`, at most 63 characters.
     pub(crate) name: String,
-    /// The node's pod CIDR (prefix length at most 30, no host bits set).
-    pub(crate) pod_cidr: Ipv4Net,
+    /// The node's pod CIDR (prefix length at most 30, no host bits set). Required, except
+    /// with a `[cluster]` table: then the node leases one and this, if given, is the subnet
+    /// it asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) pod_cidr: Option<Ipv4Net>,
     /// Pods' default gateway; see [`NodeSpec::gateway`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) gateway: Option<Ipv4Addr>,
@@ -241,7 +244,7 @@ impl NodeSpec {
     pub fn new(name: impl Into<String>, pod_cidr: Ipv4Net) -> Self {
         Self {
             name: name.into(),
-            pod_cidr,
+            pod_cidr: Some(pod_cidr),
             gateway: None,
             mtu: None,
             underlay_mtu: DEFAULT_UNDERLAY_MTU,
@@ -259,11 +262,27 @@ impl NodeSpec {
         }
     }
 
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The node's pod CIDR; refused (naming `node.pod_cidr`) while it has none: not given,
+    /// and not leased yet.
+    pub fn cidr(&self) -> Result<Ipv4Net, SpecError> {
+        self.pod_cidr.ok_or_else(|| {
+            SpecError::new(
+                "node.pod_cidr",
+                "is required (or give a [cluster] table: the node then leases one)",
+            )
+        })
+    }
+
     /// The pods' gateway: `gateway` if given, else the first host address of `pod_cidr`
-    /// (network + 1).
-    pub fn gateway(&self) -> Ipv4Addr {
+    /// (network + 1); `None` while the node has no pod CIDR.
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
         self.gateway
-            .unwrap_or_else(|| NodeConfig::default_gateway(self.pod_cidr))
+            .or_else(|| self.pod_cidr.map(NodeConfig::default_gateway))
     }
 
     /// The router MAC (also the VTEP MAC): `router_mac`, else `vtep_mac`, else
@@ -333,15 +352,18 @@ impl NodeSpec {
     }
 
     /// The data-plane settings: CIDR, gateway, router MAC, VNI, pod and tunnel MTU.
-    pub(crate) fn node_config(&self) -> NodeConfig {
-        NodeConfig {
-            cidr: self.pod_cidr,
-            gateway: self.gateway(),
+    pub(crate) fn node_config(&self) -> Result<NodeConfig, SpecError> {
+        let cidr = self.cidr()?;
+        Ok(NodeConfig {
+            cidr,
+            gateway: self
+                .gateway
+                .unwrap_or_else(|| NodeConfig::default_gateway(cidr)),
             router_mac: self.router_mac().into(),
             vni: self.vni,
             mtu: self.pod_mtu(),
             tunnel_mtu: self.tunnel_mtu(),
-        }
+        })
     }
 
     /// The MAC table settings.
@@ -355,7 +377,7 @@ impl NodeSpec {
     /// The switch's settings on a machine whose process may run on `allowed` CPUs.
     pub(crate) fn switch_config(&self, allowed: &[usize]) -> Result<SwitchConfig, SpecError> {
         Ok(SwitchConfig {
-            node: self.node_config(),
+            node: self.node_config()?,
             mac: self.mac_table_config(),
             workers: self.workers,
             cpus: self.dataplane_cpus(allowed)?,

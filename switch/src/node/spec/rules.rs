@@ -85,18 +85,19 @@ impl NodeSpec {
     /// Checks the node's own rules (fields are named `node.*`).
     pub(crate) fn validate(&self) -> Result<(), SpecError> {
         check_name("node.name", &self.name, MAX_NODE_NAME)?;
-        check_cidr("node.pod_cidr", self.pod_cidr)?;
-        if self.pod_cidr.prefix_len() > 30 {
-            return Err(SpecError::new(
-                "node.pod_cidr",
-                format!(
-                    "{} has no room for a gateway and pods (the prefix length must be at most 30)",
-                    self.pod_cidr
-                ),
-            ));
-        }
-        if let Some(gw) = self.gateway {
-            check_host_address("node.gateway", gw, self.pod_cidr)?;
+        if let Some(cidr) = self.pod_cidr {
+            check_cidr("node.pod_cidr", cidr)?;
+            if cidr.prefix_len() > 30 {
+                return Err(SpecError::new(
+                    "node.pod_cidr",
+                    format!(
+                        "{cidr} has no room for a gateway and pods (the prefix length must be at most 30)",
+                    ),
+                ));
+            }
+            if let Some(gw) = self.gateway {
+                check_host_address("node.gateway", gw, cidr)?;
+            }
         }
         check_range("node.underlay_mtu", self.underlay_mtu.into())?;
         check_range("node.mtu", self.pod_mtu().into())?;
@@ -188,8 +189,11 @@ impl PodSpec {
             }
         }
         let ip = self.ip;
-        check_host_address(&f("ip"), ip, node.pod_cidr)?;
-        if ip == node.gateway() {
+        // A node still waiting for its leased CIDR checks these when it starts on it.
+        if let Some(cidr) = node.pod_cidr {
+            check_host_address(&f("ip"), ip, cidr)?;
+        }
+        if Some(ip) == node.gateway() {
             return Err(SpecError::new(
                 f("ip"),
                 format!("{ip} is the gateway address"),
@@ -278,10 +282,10 @@ impl PeerSpec {
             ));
         }
         check_cidr(&f("pod_cidr"), self.pod_cidr)?;
-        if overlaps(self.pod_cidr, node.pod_cidr) {
+        if let Some(own) = node.pod_cidr.filter(|own| overlaps(self.pod_cidr, *own)) {
             return Err(SpecError::new(
                 f("pod_cidr"),
-                format!("{} overlaps node.pod_cidr {}", self.pod_cidr, node.pod_cidr),
+                format!("{} overlaps node.pod_cidr {own}", self.pod_cidr),
             ));
         }
         if let Some(owner) = others().find(|o| overlaps(o.pod_cidr, self.pod_cidr)) {

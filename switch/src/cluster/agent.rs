@@ -1,0 +1,805 @@
+//! The node's etcd agent: leases the node's subnet in flannel's layout, keeps the lease alive,
+//! and turns the other leases into peers.
+//!
+//! Life of a node with `[cluster]`:
+//!
+//! 1. [`acquire`] (before the node starts): read `<prefix>/config`, list `<prefix>/subnets/`,
+//!    pick a subnet in flannel's order (our own PublicIP's lease, then the remembered or
+//!    configured subnet, then free ones from SubnetMin), grant an etcd lease of
+//!    `lease_ttl_secs` and write the key in a transaction that only succeeds if the key is
+//!    still absent (or, for our own lease, unchanged since we read it). A lost race moves on
+//!    to the next candidate.
+//! 2. [`Agent::run`] (for the node's life): a *session* lists the subnets, reconciles the
+//!    node's etcd peers with them, then follows: keep-alives at a third of the TTL and a watch
+//!    from the revision after the list. Any failure (etcd gone, watch cancelled by a
+//!    compaction, lease lost) ends the session; the next one, after a backoff, checks the
+//!    lease (granting a new one if it expired), makes sure our key is there (recreating it if
+//!    someone deleted it: flannel exits here) and lists again, which removes peers whose
+//!    leases vanished meanwhile. The data plane never waits for etcd: it forwards on the
+//!    last peers it knew.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
+use ipnet::Ipv4Net;
+
+use super::flannel::{self, Candidate, Lease, LeaseAttrs, NetworkConfig};
+use super::{ClusterSpec, ClusterStatus, Memory};
+use crate::node::{Mac, Node, NodeSpec, PeerChange, PeerSource};
+
+/// How long one call to etcd may take before it counts as a failure.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 pings on the connection, so a dead etcd is noticed while only a watch is open.
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// First and largest wait between retries.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// At most this many free subnets are tried per attempt (flannel picks among 100).
+const MAX_FREE_CANDIDATES: usize = 100;
+
+/// Why talking to etcd failed. Each names the endpoint or key involved.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// etcd did not answer, or answered with an error.
+    #[error("etcd {endpoints}: {what}: {message}")]
+    Etcd {
+        /// The endpoints.
+        endpoints: String,
+        /// The call.
+        what: &'static str,
+        /// The client's error.
+        message: String,
+    },
+    /// The network config is missing or invalid; flannel's rules, the key named.
+    #[error("etcd key {key}: {reason}")]
+    Config {
+        /// The key (`<prefix>/config`, or a field of it: `<prefix>/config: SubnetLen`).
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// No subnet can be leased (the range is exhausted, or the wanted one is taken).
+    #[error("leasing a subnet: {0}")]
+    NoSubnet(String),
+    /// Our lease expired or was revoked.
+    #[error("the node's etcd lease {0:x} is gone")]
+    LeaseLost(i64),
+    /// The watch was cancelled (its revision was compacted): list again.
+    #[error("the watch of {prefix} was cancelled ({reason}); listing again")]
+    WatchCancelled {
+        /// The watched prefix.
+        prefix: String,
+        /// etcd's reason.
+        reason: String,
+    },
+}
+
+/// The node's subnet and the network's VXLAN settings, as leased (or remembered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acquired {
+    /// The node's subnet.
+    pub subnet: Ipv4Net,
+    /// VXLAN network identifier (the network config's `Backend.VNI`).
+    pub vni: u32,
+    /// VXLAN UDP port (`Backend.Port`).
+    pub port: u16,
+}
+
+impl Acquired {
+    /// Makes `spec` the node this lease describes: its pod CIDR, VNI and port. A VNI or port
+    /// given in the file that differs from the network config's is overridden, with a warning:
+    /// every node of the cluster must use the network's.
+    pub fn apply_to(&self, spec: &mut NodeSpec) {
+        if spec.vni != self.vni || spec.vxlan_port != self.port {
+            if spec.vni != 1 || spec.vxlan_port != crate::node::spec::DEFAULT_VXLAN_PORT {
+                tracing::warn!(
+                    file_vni = spec.vni,
+                    file_port = spec.vxlan_port,
+                    vni = self.vni,
+                    port = self.port,
+                    "node.vni / node.vxlan_port differ from etcd's network config; using the network's"
+                );
+            }
+            spec.vni = self.vni;
+            spec.vxlan_port = self.port;
+        }
+        spec.pod_cidr = Some(self.subnet);
+    }
+}
+
+/// What the agent holds in etcd.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    subnet: Ipv4Net,
+    lease: i64,
+    network: NetworkConfig,
+}
+
+/// The node's etcd agent (see the module docs).
+pub struct Agent {
+    spec: ClusterSpec,
+    node_name: String,
+    public_ip: Ipv4Addr,
+    vtep_mac: Mac,
+    /// `node.pod_cidr` from the file: the only subnet this node may lease.
+    required: Option<Ipv4Net>,
+    memory_path: PathBuf,
+    client: Option<Client>,
+    held: Option<Held>,
+    status: Arc<Mutex<ClusterStatus>>,
+    /// Keys whose lease the node could not use, with the reason last logged (logged once).
+    skipped: HashMap<String, String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Agent {
+    /// An agent for `node` (its name, underlay and VTEP MAC are what it publishes).
+    pub fn new(
+        spec: &ClusterSpec,
+        node: &NodeSpec,
+        state_dir: &std::path::Path,
+    ) -> Result<Self, ClusterError> {
+        let public_ip = node.underlay.ok_or_else(|| ClusterError::Config {
+            key: "node.underlay".into(),
+            reason: "is required with [cluster]: it is the PublicIP other nodes send VXLAN to"
+                .into(),
+        })?;
+        let status = ClusterStatus {
+            endpoints: spec.etcd_endpoints.clone(),
+            prefix: spec.prefix().into(),
+            ..ClusterStatus::default()
+        };
+        Ok(Self {
+            spec: spec.clone(),
+            node_name: node.name.clone(),
+            public_ip,
+            vtep_mac: node.router_mac(),
+            required: node.pod_cidr,
+            memory_path: Memory::path(state_dir, &node.name),
+            client: None,
+            held: None,
+            status: Arc::new(Mutex::new(status)),
+            skipped: HashMap::new(),
+        })
+    }
+
+    /// Leases the node's subnet, retrying with backoff until it has one (step 1 of the module
+    /// docs). Each failed attempt is logged and left in the status.
+    pub async fn acquire(&mut self) -> Acquired {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.try_acquire().await {
+                Ok(a) => return a,
+                Err(e) => {
+                    let wait = backoff.next();
+                    tracing::warn!(retry_in = ?wait, "no subnet lease yet: {e}");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// One attempt to lease the node's subnet; a failure is left in the status.
+    pub async fn try_acquire(&mut self) -> Result<Acquired, ClusterError> {
+        let r = self.lease_subnet().await;
+        if let Err(e) = &r {
+            self.failed(e);
+        }
+        r
+    }
+
+    /// The status `podswitch status` shows; updated as the agent works.
+    pub fn status(&self) -> Arc<Mutex<ClusterStatus>> {
+        Arc::clone(&self.status)
+    }
+
+    /// What the node remembers of its last lease (or its configured subnet), to start on
+    /// while etcd cannot be reached. `None`: nothing to start on.
+    pub fn remembered(&self, node: &NodeSpec) -> Option<Acquired> {
+        let memory = Memory::load(&self.memory_path);
+        let subnet = self.required.or(memory.map(|m| m.subnet))?;
+        let (vni, port) = match memory {
+            Some(m) if m.subnet == subnet => (m.vni, m.port),
+            _ => (node.vni, node.vxlan_port),
+        };
+        Some(Acquired { subnet, vni, port })
+    }
+
+    /// Marks the store unhealthy with `e`.
+    fn failed(&self, e: &ClusterError) {
+        let mut s = lock(&self.status);
+        s.healthy = false;
+        s.last_error = Some(e.to_string());
+    }
+
+    fn healthy(&self) {
+        let mut s = lock(&self.status);
+        if let Some(e) = &s.last_error {
+            tracing::info!(was = %e, "etcd answers again");
+        }
+        s.healthy = true;
+        s.last_error = None;
+    }
+
+    fn etcd_err(&self, what: &'static str) -> impl Fn(String) -> ClusterError + '_ {
+        move |message| ClusterError::Etcd {
+            endpoints: self.spec.etcd_endpoints.join(","),
+            what,
+            message,
+        }
+    }
+
+    /// A connected client (made once; reconnects itself when etcd comes back).
+    async fn client(&mut self) -> Result<Client, ClusterError> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_keep_alive(PING_INTERVAL, PING_INTERVAL)
+            .with_keep_alive_while_idle(true);
+        let connect = Client::connect(self.spec.etcd_endpoints.clone(), Some(options));
+        let client = timed(connect).await.map_err(self.etcd_err("connecting"))?;
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    /// One attempt of step 1 (module docs).
+    async fn lease_subnet(&mut self) -> Result<Acquired, ClusterError> {
+        let mut client = self.client().await?;
+        let network = self.network_config(&mut client).await?;
+        let prefix = self.spec.prefix().to_string();
+        let (leases, _) = self.list(&mut client).await?;
+        let previous = self
+            .required
+            .or(Memory::load(&self.memory_path).map(|m| m.subnet));
+        let taken = leases
+            .values()
+            .map(|l| (l.lease.subnet, l.lease.attrs.public_ip));
+        let mut candidates = flannel::candidates(
+            &network,
+            taken,
+            self.public_ip,
+            previous,
+            MAX_FREE_CANDIDATES,
+        )
+        .map_err(|e| ClusterError::NoSubnet(format!("{} in {prefix}/config", e)))?;
+        if let Some(required) = self.required {
+            candidates.retain(|c| c.subnet() == required);
+            if candidates.is_empty() {
+                let holder = leases
+                    .values()
+                    .find(|l| l.lease.subnet == required)
+                    .map(|l| format!("is held by {}", l.lease.attrs.public_ip))
+                    .unwrap_or_else(|| {
+                        format!(
+                            "is not leasable in Network {} (SubnetLen {}, SubnetMin {}, SubnetMax {})",
+                            network.network, network.subnet_len, network.subnet_min, network.subnet_max
+                        )
+                    });
+                return Err(ClusterError::NoSubnet(format!(
+                    "node.pod_cidr {required} {holder}"
+                )));
+            }
+        }
+        let lease = self.grant(&mut client).await?;
+        for candidate in candidates {
+            let subnet = candidate.subnet();
+            let own_rev = match candidate {
+                Candidate::Own(_) => leases
+                    .get(&flannel::subnet_key(&prefix, subnet))
+                    .map(|l| l.mod_revision),
+                _ => None,
+            };
+            if self
+                .claim(&mut client, subnet, lease, network.vni, own_rev)
+                .await?
+            {
+                tracing::info!(subnet = %subnet, lease = format_args!("{lease:x}"), how = ?candidate, node = %self.node_name, "subnet leased");
+                self.hold(Held {
+                    subnet,
+                    lease,
+                    network,
+                });
+                self.healthy();
+                return Ok(Acquired {
+                    subnet,
+                    vni: network.vni,
+                    port: network.port,
+                });
+            }
+            tracing::debug!(subnet = %subnet, "lost the race for this subnet; next");
+        }
+        Err(ClusterError::NoSubnet(
+            "every candidate subnet was taken meanwhile; trying again".into(),
+        ))
+    }
+
+    /// Records what we hold (status, memory file).
+    fn hold(&mut self, held: Held) {
+        self.held = Some(held);
+        Memory {
+            subnet: held.subnet,
+            vni: held.network.vni,
+            port: held.network.port,
+        }
+        .save(&self.memory_path);
+        let mut s = lock(&self.status);
+        s.key = Some(flannel::subnet_key(self.spec.prefix(), held.subnet));
+        s.lease_id = Some(held.lease);
+        s.renewed(self.spec.lease_ttl_secs as i64);
+    }
+
+    /// Reads and checks `<prefix>/config`.
+    async fn network_config(&self, client: &mut Client) -> Result<NetworkConfig, ClusterError> {
+        let key = flannel::config_key(self.spec.prefix());
+        let resp = timed(client.get(key.as_str(), None))
+            .await
+            .map_err(self.etcd_err("reading the network config"))?;
+        let Some(kv) = resp.kvs().first() else {
+            return Err(ClusterError::Config {
+                key,
+                reason: "is missing: write flannel's network config there, like \
+                         {\"Network\": \"10.244.0.0/16\", \"Backend\": {\"Type\": \"vxlan\"}}"
+                    .into(),
+            });
+        };
+        NetworkConfig::parse(kv.value()).map_err(|e| ClusterError::Config {
+            key: format!("{key}: {}", e.key),
+            reason: e.reason,
+        })
+    }
+
+    /// Grants a new etcd lease of the configured TTL.
+    async fn grant(&self, client: &mut Client) -> Result<i64, ClusterError> {
+        let ttl = self.spec.lease_ttl_secs as i64;
+        let resp = timed(client.lease_grant(ttl, None))
+            .await
+            .map_err(self.etcd_err("granting a lease"))?;
+        Ok(resp.id())
+    }
+
+    /// Writes our lease value on `subnet`'s key, attached to `lease`, only if the key is absent
+    /// (`own_rev` None) or unchanged since revision `own_rev` (our own lease, taken back).
+    /// False: someone else got there first.
+    async fn claim(
+        &self,
+        client: &mut Client,
+        subnet: Ipv4Net,
+        lease: i64,
+        vni: u32,
+        own_rev: Option<i64>,
+    ) -> Result<bool, ClusterError> {
+        let key = flannel::subnet_key(self.spec.prefix(), subnet);
+        let value = LeaseAttrs {
+            public_ip: self.public_ip,
+            vni,
+            vtep_mac: self.vtep_mac,
+        };
+        let compare = match own_rev {
+            Some(rev) => Compare::mod_revision(key.as_str(), CompareOp::Equal, rev),
+            None => Compare::version(key.as_str(), CompareOp::Equal, 0),
+        };
+        let txn = Txn::new().when([compare]).and_then([TxnOp::put(
+            key.as_str(),
+            value.to_json(),
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+        let resp = timed(client.txn(txn))
+            .await
+            .map_err(self.etcd_err("writing the subnet lease"))?;
+        Ok(resp.succeeded())
+    }
+
+    /// Lists `<prefix>/subnets/`: the valid vxlan leases by key, and the revision of the list.
+    /// Keys or values the node cannot use are logged once each and left out.
+    async fn list(
+        &mut self,
+        client: &mut Client,
+    ) -> Result<(BTreeMap<String, Listed>, i64), ClusterError> {
+        let prefix = flannel::subnets_key(self.spec.prefix());
+        let resp = timed(client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())))
+            .await
+            .map_err(self.etcd_err("listing the subnets"))?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut out = BTreeMap::new();
+        let mut seen = Vec::new();
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            seen.push(key.clone());
+            match Lease::parse(self.spec.prefix(), &key, kv.value()) {
+                Ok(lease) => {
+                    self.skipped.remove(&key);
+                    out.insert(
+                        key,
+                        Listed {
+                            lease,
+                            etcd_lease: kv.lease(),
+                            mod_revision: kv.mod_revision(),
+                        },
+                    );
+                }
+                Err(e) => self.skip(&key, &e.to_string()),
+            }
+        }
+        self.skipped.retain(|k, _| seen.contains(k));
+        Ok((out, revision))
+    }
+
+    /// Logs once per key and reason that a lease is not used.
+    fn skip(&mut self, key: &str, reason: &str) {
+        if self.skipped.get(key).map(String::as_str) != Some(reason) {
+            tracing::warn!(key, "lease ignored: {reason}");
+            self.skipped.insert(key.to_string(), reason.to_string());
+        }
+    }
+
+    /// Keeps the node in the cluster for as long as it runs (step 2 of the module docs).
+    pub async fn run(mut self, node: Arc<Node>) {
+        let mut backoff = Backoff::new();
+        loop {
+            let e = self.session(&node, &mut backoff).await;
+            self.failed(&e);
+            let wait = backoff.next();
+            tracing::warn!(retry_in = ?wait, "etcd: {e}");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One session: make sure of the lease and the key, list, reconcile, then follow until
+    /// something fails. Returns why it ended.
+    async fn session(&mut self, node: &Arc<Node>, backoff: &mut Backoff) -> ClusterError {
+        let mut client = match self.client().await {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        if self.held.is_none() {
+            // Started on a remembered subnet while etcd was away: take the lease now.
+            match self.try_acquire().await {
+                Ok(a) if a.subnet == node.pod_cidr() => {}
+                Ok(a) => {
+                    tracing::error!(leased = %a.subnet, running = %node.pod_cidr(), "etcd gave this node another subnet than the one it runs on (its lease expired and was taken while the node was away?); restart the node to move to the new subnet");
+                }
+                Err(e) => return e,
+            }
+        }
+        if let Err(e) = self.ensure_lease(&mut client).await {
+            return e;
+        }
+        if let Err(e) = self.ensure_key(&mut client).await {
+            return e;
+        }
+        let revision = match self.reconcile(&mut client, node).await {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        self.healthy();
+        backoff.reset();
+        self.follow(&mut client, node, revision).await
+    }
+
+    /// Checks our lease is alive; grants a new one (and rewrites our key) if it is not.
+    async fn ensure_lease(&mut self, client: &mut Client) -> Result<(), ClusterError> {
+        let Some(held) = self.held else {
+            return Ok(());
+        };
+        let resp = timed(client.lease_time_to_live(held.lease, None))
+            .await
+            .map_err(self.etcd_err("checking the lease"))?;
+        if resp.ttl() > 0 {
+            lock(&self.status).renewed(resp.ttl());
+            return Ok(());
+        }
+        let lease = self.grant(client).await?;
+        tracing::warn!(
+            old = format_args!("{:x}", held.lease),
+            new = format_args!("{lease:x}"),
+            "the node's etcd lease had expired; granted a new one"
+        );
+        self.hold(Held { lease, ..held });
+        Ok(())
+    }
+
+    /// Makes sure our key is in etcd with our value and lease: recreated if someone deleted
+    /// it, re-attached if it carries another lease. Someone else's lease on our subnet is an
+    /// error (logged; the node keeps running on its subnet).
+    async fn ensure_key(&mut self, client: &mut Client) -> Result<(), ClusterError> {
+        let Some(held) = self.held else {
+            return Ok(());
+        };
+        let key = flannel::subnet_key(self.spec.prefix(), held.subnet);
+        let resp = timed(client.get(key.as_str(), None))
+            .await
+            .map_err(self.etcd_err("reading the node's key"))?;
+        let own_rev = match resp.kvs().first() {
+            None => None,
+            Some(kv) => {
+                let ours = LeaseAttrs::parse(kv.value())
+                    .is_ok_and(|a| a.public_ip == self.public_ip && a.vtep_mac == self.vtep_mac);
+                if !ours {
+                    return Err(ClusterError::NoSubnet(format!(
+                        "the node's subnet key {key} holds another node's lease: {}",
+                        String::from_utf8_lossy(kv.value())
+                    )));
+                }
+                if kv.lease() == held.lease {
+                    return Ok(());
+                }
+                Some(kv.mod_revision())
+            }
+        };
+        if self
+            .claim(client, held.subnet, held.lease, held.network.vni, own_rev)
+            .await?
+        {
+            if own_rev.is_none() {
+                tracing::warn!(key = %key, "the node's subnet key was gone; recreated it");
+            }
+            Ok(())
+        } else {
+            Err(ClusterError::NoSubnet(format!(
+                "the node's subnet key {key} changed while being rewritten; checking again"
+            )))
+        }
+    }
+
+    /// Lists the subnets and makes the node's etcd peers exactly the leases listed (other
+    /// than ours). Returns the list's revision.
+    async fn reconcile(
+        &mut self,
+        client: &mut Client,
+        node: &Arc<Node>,
+    ) -> Result<i64, ClusterError> {
+        let (leases, revision) = self.list(client).await?;
+        let own = self.held.map(|h| h.subnet);
+        let mut wanted = Vec::new();
+        for (key, l) in leases {
+            if Some(l.lease.subnet) == own {
+                continue;
+            }
+            wanted.push((key, l));
+        }
+        let node2 = Arc::clone(node);
+        let results = tokio::task::spawn_blocking(move || {
+            let names: Vec<String> = wanted
+                .iter()
+                .map(|(_, l)| Lease::peer_name(l.lease.subnet))
+                .collect();
+            let mut removed = Vec::new();
+            for p in node2.peers() {
+                if p.source == PeerSource::Etcd && !names.contains(&p.spec.name) {
+                    match node2.del_peer(&p.spec.name) {
+                        Ok(()) => removed.push(p.spec.name),
+                        Err(e) => tracing::warn!(peer = %p.spec.name, "removing a vanished lease's peer: {e}"),
+                    }
+                }
+            }
+            let applied: Vec<(String, Result<PeerChange, String>)> = wanted
+                .into_iter()
+                .map(|(key, l)| {
+                    let r = node2
+                        .apply_etcd_peer(&l.lease.to_peer_spec(), (l.etcd_lease != 0).then_some(l.etcd_lease))
+                        .map_err(|e| e.to_string());
+                    (key, r)
+                })
+                .collect();
+            (removed, applied)
+        })
+        .await;
+        let (removed, applied) = match results {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("reconciling peers failed: {e}");
+                (Vec::new(), Vec::new())
+            }
+        };
+        for name in removed {
+            tracing::info!(peer = %name, "peer removed: its lease is gone from etcd");
+        }
+        for (key, r) in applied {
+            match r {
+                Ok(_) => {
+                    self.skipped.remove(&key);
+                }
+                Err(e) => self.skip(&key, &e),
+            }
+        }
+        self.count_peers(node);
+        Ok(revision)
+    }
+
+    fn count_peers(&self, node: &Node) {
+        let n = node
+            .peers()
+            .iter()
+            .filter(|p| p.source == PeerSource::Etcd)
+            .count();
+        lock(&self.status).peers = n;
+    }
+
+    /// Keeps the lease alive and applies watch events from `revision + 1` until something
+    /// fails.
+    async fn follow(
+        &mut self,
+        client: &mut Client,
+        node: &Arc<Node>,
+        revision: i64,
+    ) -> ClusterError {
+        let Some(held) = self.held else {
+            return ClusterError::NoSubnet("no subnet held".into());
+        };
+        let prefix = flannel::subnets_key(self.spec.prefix());
+        let (mut keeper, mut keepalives) = match timed(client.lease_keep_alive(held.lease)).await {
+            Ok(k) => k,
+            Err(e) => return self.etcd_err("keeping the lease alive")(e),
+        };
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut watch = match timed(client.watch(prefix.as_str(), Some(options))).await {
+            Ok(w) => w,
+            Err(e) => return self.etcd_err("watching the subnets")(e),
+        };
+        let every = Duration::from_secs((self.spec.lease_ttl_secs / 3).max(1));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = timed(keeper.keep_alive()).await {
+                        return self.etcd_err("keeping the lease alive")(e);
+                    }
+                }
+                msg = keepalives.message() => match msg {
+                    Ok(Some(resp)) if resp.ttl() > 0 => {
+                        lock(&self.status).renewed(resp.ttl());
+                    }
+                    Ok(Some(_)) => return ClusterError::LeaseLost(held.lease),
+                    Ok(None) => return self.etcd_err("keeping the lease alive")("stream closed".into()),
+                    Err(e) => return self.etcd_err("keeping the lease alive")(e.to_string()),
+                },
+                msg = watch.message() => match msg {
+                    Ok(Some(resp)) => {
+                        if resp.canceled() {
+                            return ClusterError::WatchCancelled {
+                                prefix,
+                                reason: if resp.compact_revision() > 0 {
+                                    format!("revision compacted up to {}", resp.compact_revision())
+                                } else {
+                                    resp.cancel_reason().to_string()
+                                },
+                            };
+                        }
+                        for event in resp.events() {
+                            let Some(kv) = event.kv() else { continue };
+                            let key = String::from_utf8_lossy(kv.key()).into_owned();
+                            let put = event.event_type() == EventType::Put;
+                            if let Err(e) = self.on_event(client, node, &key, put.then(|| (kv.value(), kv.lease()))).await {
+                                return e;
+                            }
+                        }
+                    }
+                    Ok(None) => return self.etcd_err("watching the subnets")("stream closed".into()),
+                    Err(e) => return self.etcd_err("watching the subnets")(e.to_string()),
+                },
+            }
+        }
+    }
+
+    /// One watch event: `put` is the new value and its etcd lease, `None` a delete.
+    async fn on_event(
+        &mut self,
+        client: &mut Client,
+        node: &Arc<Node>,
+        key: &str,
+        put: Option<(&[u8], i64)>,
+    ) -> Result<(), ClusterError> {
+        let subnet = match flannel::parse_subnet_key(self.spec.prefix(), key) {
+            Ok(s) => s,
+            Err(e) => {
+                self.skip(key, &e.to_string());
+                return Ok(());
+            }
+        };
+        let ours = self.held.is_some_and(|h| h.subnet == subnet);
+        let name = Lease::peer_name(subnet);
+        match put {
+            None if ours => self.ensure_key(client).await?,
+            None => {
+                self.skipped.remove(key);
+                let etcd_peer = node
+                    .peers()
+                    .iter()
+                    .any(|p| p.spec.name == name && p.source == PeerSource::Etcd);
+                if etcd_peer {
+                    match node.del_peer(&name) {
+                        Ok(()) => {
+                            tracing::info!(peer = %name, key, "peer removed: its lease was deleted or expired")
+                        }
+                        Err(e) => {
+                            tracing::warn!(peer = %name, "removing a deleted lease's peer: {e}")
+                        }
+                    }
+                }
+            }
+            Some(_) if ours => {
+                // Our own write (or someone else's on our key: checked on the next session).
+                self.ensure_key(client).await?;
+            }
+            Some((value, etcd_lease)) => match Lease::parse(self.spec.prefix(), key, value) {
+                Ok(lease) => match node.apply_etcd_peer(
+                    &lease.to_peer_spec(),
+                    (etcd_lease != 0).then_some(etcd_lease),
+                ) {
+                    Ok(_) => {
+                        self.skipped.remove(key);
+                    }
+                    Err(e) => self.skip(key, &e.to_string()),
+                },
+                Err(e) => {
+                    self.skip(key, &e.to_string());
+                    // A lease that became unusable no longer describes a peer.
+                    if node
+                        .peers()
+                        .iter()
+                        .any(|p| p.spec.name == name && p.source == PeerSource::Etcd)
+                    {
+                        let _ = node.del_peer(&name);
+                    }
+                }
+            },
+        }
+        self.count_peers(node);
+        Ok(())
+    }
+}
+
+/// A listed lease with its etcd metadata.
+#[derive(Debug, Clone, Copy)]
+struct Listed {
+    lease: Lease,
+    etcd_lease: i64,
+    mod_revision: i64,
+}
+
+/// Runs an etcd call with [`CALL_TIMEOUT`]; errors as text.
+async fn timed<T>(
+    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
+    }
+}
+
+/// Exponential backoff between [`BACKOFF_MIN`] and [`BACKOFF_MAX`].
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self { next: BACKOFF_MIN }
+    }
+    fn next(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        now
+    }
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
