@@ -213,10 +213,15 @@ fn run(config_path: &Path) -> Result<(), String> {
     // are forgotten); from here on the node keeps the record up to date.
     let restored = node.restore_attachments(cfg.node.state_path());
     tracing::info!(node = %node.name(), pods = cfg.pods.len(), restored = restored.len(), control = %control_path.display(), "node up");
-    for p in &cfg.pods {
+    // The node's view: a pod given without ip shows the address it got.
+    for p in cfg.pods.iter().filter_map(|p| node.pod(&p.name)) {
+        let s = &p.spec;
         println!(
             "pod {:<12} netns {:<12} ip {:<15} e.g. `ip netns exec {} ping {gw}`",
-            p.name, p.netns, p.ip, p.netns
+            s.name,
+            s.netns,
+            s.ip_text(),
+            s.netns
         );
     }
     let handler = Arc::new(NodeHandler::new(Arc::clone(&node)));
@@ -393,7 +398,7 @@ fn print_pods(pods: &[PodStatus]) {
         println!(
             "{:<14} {:<18} {:<17} {:<8} {:<12} {:>4} {:>10} {:>12} {:>10} {:>12} {:>8}  {}",
             s.name,
-            format!("{}/{}", s.ip, p.prefix_len),
+            format!("{}/{}", s.ip_text(), p.prefix_len),
             p.mac.to_string(),
             s.ifname,
             container,
