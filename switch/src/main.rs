@@ -206,8 +206,13 @@ fn run(config_path: &Path) -> Result<(), String> {
     // Claim the control socket first: a second daemon for the same node stops here, before it
     // touches any namespace. The error names the socket.
     let socket = ControlSocket::bind(&control_path).map_err(|e| e.to_string())?;
-    let node =
-        Arc::new(Node::start(cfg.node.clone(), &cfg.pods, &cfg.peers).map_err(|e| e.to_string())?);
+    // The recorded CNI attachments' addresses are kept from the file's pods without ip, so
+    // each attachment comes back below with its own.
+    let reserved = podswitch::node::recorded_addresses(&cfg.node.state_path());
+    let node = Arc::new(
+        Node::start_reserving(cfg.node.clone(), &cfg.pods, &cfg.peers, &reserved)
+            .map_err(|e| e.to_string())?,
+    );
     let gw = cfg.node.gateway();
     // CNI attachments recorded by an earlier run come back (those whose namespace is gone
     // are forgotten); from here on the node keeps the record up to date.

@@ -992,6 +992,12 @@ fn pods_without_ip_get_the_lowest_free_addresses_and_keep_them() {
         unique("drt"),
         unique("dcni"),
     );
+    let (c1_ns, c2_ns, late1_ns, late2_ns) = (
+        unique("dc1"),
+        unique("dc2"),
+        unique("dlate"),
+        unique("dlate"),
+    );
     let dir = tempdir("psauto");
     let control = dir.join("node.sock");
     // "auto" first in the file, without ip; "fixed" holds .10.
@@ -1010,6 +1016,10 @@ fn pods_without_ip_get_the_lowest_free_addresses_and_keep_them() {
             fixed_ns.clone(),
             rt_ns.clone(),
             cni_ns.clone(),
+            c1_ns.clone(),
+            c2_ns.clone(),
+            late1_ns.clone(),
+            late2_ns.clone(),
         ],
     );
     assert_eq!(pod_ip(&d, "auto").to_string(), "10.244.1.2");
@@ -1067,15 +1077,42 @@ fn pods_without_ip_get_the_lowest_free_addresses_and_keep_them() {
     assert_eq!(pod_ip(&d, "cni").to_string(), "10.244.1.4");
     assert_eq!(pod_ip(&d, "auto").to_string(), "10.244.1.2");
     assert!(ping_from(&cni_ns, "10.244.1.2"));
-    // The freed .3 is the next one handed out.
+    // The freed .3 is the next one handed out; two pods added at once get distinct ones.
     let add = d.ctl(&["pod", "add", "--name", "rt2", "--netns", &rt_ns]);
     assert!(add.status.success(), "pod add: {}", stderr(&add));
     assert_eq!(pod_ip(&d, "rt2").to_string(), "10.244.1.3");
+    std::thread::scope(|s| {
+        for (name, ns) in [("c1", &c1_ns), ("c2", &c2_ns)] {
+            let d = &d;
+            s.spawn(move || {
+                let add = d.ctl(&["pod", "add", "--name", name, "--netns", ns]);
+                assert!(add.status.success(), "pod add {name}: {}", stderr(&add));
+            });
+        }
+    });
+    let mut both = [pod_ip(&d, "c1").to_string(), pod_ip(&d, "c2").to_string()];
+    both.sort();
+    assert_eq!(both, ["10.244.1.5", "10.244.1.6"]);
+
+    // The file gains two pods without ip: they leave the recorded attachment's .4 alone.
+    let out = d.stop();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cfg = cfg
+        + &format!("\n[[pods]]\nname = \"late1\"\nnetns = \"{late1_ns}\"\n")
+        + &format!("\n[[pods]]\nname = \"late2\"\nnetns = \"{late2_ns}\"\n");
+    std::fs::write(dir.join("node.toml"), cfg).expect("config");
+    d.restart();
+    assert_eq!(pod_ip(&d, "cni").to_string(), "10.244.1.4");
+    assert_eq!(pod_ip(&d, "late1").to_string(), "10.244.1.3");
+    assert_eq!(pod_ip(&d, "late2").to_string(), "10.244.1.5");
+    assert!(ping_from(&late2_ns, "10.244.1.4"));
 
     let out = d.stop();
     assert!(out.status.success(), "{}", stderr(&out));
     let left = netns_list();
-    for ns in [&auto_ns, &fixed_ns, &rt_ns] {
+    for ns in [
+        &auto_ns, &fixed_ns, &rt_ns, &c1_ns, &c2_ns, &late1_ns, &late2_ns,
+    ] {
         assert!(
             !left.contains(ns.as_str()),
             "namespace {ns} left behind: {left}"

@@ -170,7 +170,7 @@ impl Config {
     /// never taken by an automatic one earlier). The error names `pods[N].ip` when the range is
     /// full.
     pub fn pods_with_addresses(&self) -> Result<Vec<PodSpec>, ConfigError> {
-        Ok(assign_pod_ips(&self.node, &self.pods)?)
+        Ok(assign_pod_ips(&self.node, &self.pods, &[])?)
     }
 
     /// Checks what depends on the machine rather than the file: the pinned CPUs must be ones

@@ -199,6 +199,19 @@ impl Node {
     /// namespace (the node's "host" namespace). The workers are pinned among the CPUs the
     /// calling thread may run on (`NodeSpec::dataplane_cpus`).
     pub fn start(spec: NodeSpec, pods: &[PodSpec], peers: &[PeerSpec]) -> Result<Node, NodeError> {
+        Self::start_reserving(spec, pods, peers, &[])
+    }
+
+    /// [`Node::start`], keeping `reserved` from the pods without `ip`: the addresses of the
+    /// CNI attachments [`Node::restore_attachments`] will bring back (see
+    /// [`recorded_addresses`]), so each comes back with its address even when the file has
+    /// gained pods without `ip` since.
+    pub fn start_reserving(
+        spec: NodeSpec,
+        pods: &[PodSpec],
+        peers: &[PeerSpec],
+        reserved: &[Ipv4Addr],
+    ) -> Result<Node, NodeError> {
         spec.validate()?;
         let config = spec.switch_config(&crate::dataplane::allowed_cpus())?;
         let tunnel = match spec.tunnel_addr() {
@@ -208,7 +221,7 @@ impl Node {
             ),
             None => None,
         };
-        let pods = spec::assign_pod_ips(&spec, pods)?;
+        let pods = spec::assign_pod_ips(&spec, pods, reserved)?;
         let switch = Switch::start_with_tunnel(config, tunnel).map_err(NodeError::Start)?;
         let node = Node {
             spec,
@@ -491,20 +504,10 @@ impl Node {
     /// file, say), is forgotten with a warning. Returns the names of the pods re-attached.
     pub fn restore_attachments(&self, path: PathBuf) -> Vec<String> {
         let shown = path.display().to_string();
-        let recorded = match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<StateFile>(&bytes) {
-                Ok(state) => state.pods,
-                Err(e) => {
-                    tracing::warn!(path = %shown, "state file unreadable, its attachments are forgotten: {e}");
-                    Vec::new()
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                tracing::warn!(path = %shown, "reading the state file, its attachments are forgotten: {e}");
-                Vec::new()
-            }
-        };
+        let recorded = read_state(&path).unwrap_or_else(|e| {
+            tracing::warn!(path = %shown, "{e}, its attachments are forgotten");
+            Vec::new()
+        });
         let mut back = Vec::new();
         for spec in recorded {
             let ns = if spec.netns_is_path() {
@@ -662,6 +665,29 @@ impl Node {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StateFile {
     pods: Vec<PodSpec>,
+}
+
+/// The pods recorded in the state file `path` (none if it does not exist), or why it cannot be
+/// read.
+fn read_state(path: &Path) -> Result<Vec<PodSpec>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice::<StateFile>(&bytes)
+            .map(|state| state.pods)
+            .map_err(|e| format!("state file unreadable: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("reading the state file: {e}")),
+    }
+}
+
+/// The addresses of the CNI attachments recorded in the state file `path`, for
+/// [`Node::start_reserving`]; none if the file is absent or unreadable
+/// ([`Node::restore_attachments`] says why).
+pub fn recorded_addresses(path: &Path) -> Vec<Ipv4Addr> {
+    read_state(path)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p.ip)
+        .collect()
 }
 
 /// Writes `state` to `path` through a temporary file and a rename, so a reader (or a crash)

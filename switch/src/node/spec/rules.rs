@@ -262,9 +262,15 @@ pub(crate) fn free_pod_ip(
 /// The file's pods, each with its address: a pod with `ip` keeps it; then each pod without one
 /// gets [`free_pod_ip`] in file order. Every fixed address is reserved before the first
 /// automatic one is chosen, so a fixed address later in the file is never taken by an
-/// automatic one earlier. Errors name `pods[N].ip`. Nothing else is checked here.
-pub(crate) fn assign_pod_ips(node: &NodeSpec, pods: &[PodSpec]) -> Result<Vec<PodSpec>, SpecError> {
+/// automatic one earlier. `reserved` are kept free too (the addresses of the CNI attachments a
+/// restart brings back). Errors name `pods[N].ip`. Nothing else is checked here.
+pub(crate) fn assign_pod_ips(
+    node: &NodeSpec,
+    pods: &[PodSpec],
+    reserved: &[Ipv4Addr],
+) -> Result<Vec<PodSpec>, SpecError> {
     let mut taken: Vec<Ipv4Addr> = pods.iter().filter_map(|p| p.ip).collect();
+    taken.extend_from_slice(reserved);
     pods.iter()
         .enumerate()
         .map(|(i, pod)| match pod.ip {
@@ -704,7 +710,7 @@ mod tests {
             pod("c", None),
             pod("d", Some("10.244.1.3")),
         ];
-        let got: Vec<Option<Ipv4Addr>> = assign_pod_ips(&node, &pods)
+        let got: Vec<Option<Ipv4Addr>> = assign_pod_ips(&node, &pods, &[])
             .unwrap()
             .iter()
             .map(|p| p.ip)
@@ -721,9 +727,21 @@ mod tests {
     }
 
     #[test]
+    fn reserved_addresses_are_left_to_their_owners() {
+        let node = NodeSpec::new("n", net("10.244.1.0/24"));
+        let pods = [pod("a", None), pod("b", None)];
+        let got: Vec<Option<Ipv4Addr>> = assign_pod_ips(&node, &pods, &[ip("10.244.1.2")])
+            .unwrap()
+            .iter()
+            .map(|p| p.ip)
+            .collect();
+        assert_eq!(got, [Some(ip("10.244.1.3")), Some(ip("10.244.1.4"))]);
+    }
+
+    #[test]
     fn file_pods_past_the_end_of_the_range_are_named() {
         let node = NodeSpec::new("n", net("10.0.0.4/30"));
-        let e = assign_pod_ips(&node, &[pod("a", None), pod("b", None)]).unwrap_err();
+        let e = assign_pod_ips(&node, &[pod("a", None), pod("b", None)], &[]).unwrap_err();
         assert_eq!(e.field, "pods[1].ip");
         assert!(e
             .reason
