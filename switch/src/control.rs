@@ -625,7 +625,7 @@ mod tests {
         PodSpec {
             name: name.into(),
             netns: name.into(),
-            ip: Ipv4Addr::new(10, 244, 1, 10),
+            ip: Some(Ipv4Addr::new(10, 244, 1, 10)),
             mac,
             container_id: None,
             ifname: "eth0".into(),
@@ -870,6 +870,14 @@ mod tests {
             r#"{"op":"pod_add","name":"cni-c0ffee","netns":"/proc/42/ns/net","ip":"10.244.1.10","container_id":"c0ffee","ifname":"net1"}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), add);
+        // A pod without ip: no "ip" key, and back.
+        let auto = Request::PodAdd(PodSpec {
+            ip: None,
+            ..web("a", None)
+        });
+        let text = serde_json::to_string(&auto).unwrap();
+        assert_eq!(text, r#"{"op":"pod_add","name":"a","netns":"a"}"#);
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), auto);
         // Old requests parse: no container ID, eth0.
         let Request::PodAdd(old) = serde_json::from_str::<Request>(
             r#"{"op":"pod_add","name":"a","netns":"a","ip":"10.244.1.10"}"#,

@@ -155,7 +155,7 @@ impl Lab {
                 PodSpec {
                     name: pod.clone(),
                     netns: pod,
-                    ip,
+                    ip: Some(ip),
                     mac: None,
                     container_id: None,
                     ifname: "eth0".into(),

@@ -313,18 +313,27 @@ async fn start_node(
         }
     };
     let node = tokio::task::spawn_blocking(move || -> Result<Arc<Node>, String> {
+        // The recorded CNI attachments' addresses are kept from the file's pods without ip,
+        // so each attachment comes back below with its own.
+        let reserved = podswitch::node::recorded_addresses(&state_path);
         let node = Arc::new(
-            Node::start(cfg.node.clone(), &cfg.pods, &cfg.peers).map_err(|e| e.to_string())?,
+            Node::start_reserving(cfg.node.clone(), &cfg.pods, &cfg.peers, &reserved)
+                .map_err(|e| e.to_string())?,
         );
         // CNI attachments recorded by an earlier run come back (those whose namespace is gone
         // are forgotten); from here on the node keeps the record up to date.
         let restored = node.restore_attachments(state_path);
         tracing::info!(node = %node.name(), pod_cidr = %node.pod_cidr(), pods = cfg.pods.len(), restored = restored.len(), control = %cfg.node.control_path().display(), "node up");
         let gw = node.gateway();
-        for p in &cfg.pods {
+        // The node's view: a pod given without ip shows the address it got.
+        for p in cfg.pods.iter().filter_map(|p| node.pod(&p.name)) {
+            let s = &p.spec;
             println!(
                 "pod {:<12} netns {:<12} ip {:<15} e.g. `ip netns exec {} ping {gw}`",
-                p.name, p.netns, p.ip, p.netns
+                s.name,
+                s.netns,
+                s.ip_text(),
+                s.netns
             );
         }
         Ok(node)
@@ -509,7 +518,7 @@ fn print_pods(pods: &[PodStatus]) {
         println!(
             "{:<14} {:<18} {:<17} {:<8} {:<12} {:>4} {:>10} {:>12} {:>10} {:>12} {:>8}  {}",
             s.name,
-            format!("{}/{}", s.ip, p.prefix_len),
+            format!("{}/{}", s.ip_text(), p.prefix_len),
             p.mac.to_string(),
             s.ifname,
             container,

@@ -846,7 +846,7 @@ fn pods_attach_by_path_with_a_container_id_and_an_interface_name() {
         &Request::PodAdd(PodSpec {
             name: "a2".into(),
             netns: unique("dother"),
-            ip: "10.244.1.23".parse().unwrap(),
+            ip: Some("10.244.1.23".parse().unwrap()),
             mac: None,
             container_id: Some("ctr-a".into()),
             ifname: "net1".into(),
@@ -970,4 +970,178 @@ fn cni_attachments_survive_a_daemon_restart() {
     wait_for("pod b reaped and forgotten", || {
         pod_status(&d, "b").is_none() && !std::fs::read_to_string(&state).unwrap().contains("ctr-b")
     });
+}
+
+/// The address `pod list` (the control protocol's) gives pod `name`.
+fn pod_ip(d: &Daemon, name: &str) -> std::net::Ipv4Addr {
+    let status = pod_status(d, name).unwrap_or_else(|| panic!("no pod {name}"));
+    status
+        .spec
+        .ip
+        .unwrap_or_else(|| panic!("pod {name} listed without an address"))
+}
+
+#[test]
+fn pods_without_ip_get_the_lowest_free_addresses_and_keep_them() {
+    if !root_or_skip("pods_without_ip_get_the_lowest_free_addresses_and_keep_them") {
+        return;
+    }
+    let (auto_ns, fixed_ns, rt_ns, cni_ns) = (
+        unique("dauto"),
+        unique("dfix"),
+        unique("drt"),
+        unique("dcni"),
+    );
+    let (c1_ns, c2_ns, late1_ns, late2_ns) = (
+        unique("dc1"),
+        unique("dc2"),
+        unique("dlate"),
+        unique("dlate"),
+    );
+    let dir = tempdir("psauto");
+    let control = dir.join("node.sock");
+    // "auto" first in the file, without ip; "fixed" holds .10.
+    let cfg = format!(
+        "{}\n[[pods]]\nname = \"auto\"\nnetns = \"{auto_ns}\"\n",
+        config("node-auto", &control, &[])
+    ) + &format!(
+        "\n[[pods]]\nname = \"fixed\"\nnetns = \"{fixed_ns}\"\nip = \"10.244.1.10\"\n"
+    );
+    let mut d = Daemon::start(
+        &cfg,
+        control.clone(),
+        dir.clone(),
+        vec![
+            auto_ns.clone(),
+            fixed_ns.clone(),
+            rt_ns.clone(),
+            cni_ns.clone(),
+            c1_ns.clone(),
+            c2_ns.clone(),
+            late1_ns.clone(),
+            late2_ns.clone(),
+        ],
+    );
+    assert_eq!(pod_ip(&d, "auto").to_string(), "10.244.1.2");
+    assert_eq!(pod_ip(&d, "fixed").to_string(), "10.244.1.10");
+
+    // At runtime, without --ip: the next free one.
+    let add = d.ctl(&["pod", "add", "--name", "rt", "--netns", &rt_ns]);
+    assert!(add.status.success(), "pod add: {}", stderr(&add));
+    assert_eq!(pod_ip(&d, "rt").to_string(), "10.244.1.3");
+    let list = stdout(&d.ctl(&["pod", "list"]));
+    for needle in [
+        "10.244.1.2/24",
+        "10.244.1.3/24",
+        "10.244.1.10/24",
+        // The derived MACs follow the chosen addresses.
+        "02:42:0a:f4:01:02",
+        "02:42:0a:f4:01:03",
+    ] {
+        assert!(list.contains(needle), "pod list lacks {needle}: {list}");
+    }
+
+    // Everyone reaches everyone, on the addresses listed.
+    assert!(ping_from(&auto_ns, "10.244.1.3"));
+    assert!(ping_from(&rt_ns, "10.244.1.2"));
+    assert!(ping_from(&rt_ns, "10.244.1.10"));
+    assert!(ping_from(&fixed_ns, "10.244.1.2"));
+    // The address is really the pod's, inside its namespace.
+    let addrs = stdout(&run(&[
+        "ip", "netns", "exec", &rt_ns, "ip", "-o", "-4", "addr", "show", "eth0",
+    ]));
+    assert!(addrs.contains("10.244.1.3/24"), "{addrs}");
+
+    // A CNI-style attachment without ip is recorded with the address it got, and comes back
+    // with it after a restart: .3 is freed before, so a fresh choice would give .3, not .4.
+    netns_add(&cni_ns);
+    let add = d.ctl(&[
+        "pod",
+        "add",
+        "--name",
+        "cni",
+        "--netns",
+        &format!("/run/netns/{cni_ns}"),
+        "--container-id",
+        "ctr-auto",
+    ]);
+    assert!(add.status.success(), "pod add: {}", stderr(&add));
+    assert_eq!(pod_ip(&d, "cni").to_string(), "10.244.1.4");
+    let state = std::fs::read_to_string(dir.join("node-auto.pods.json")).expect("state file");
+    assert!(state.contains("\"10.244.1.4\""), "{state}");
+    let del = d.ctl(&["pod", "del", "--name", "rt"]);
+    assert!(del.status.success(), "pod del: {}", stderr(&del));
+    let out = d.stop();
+    assert!(out.status.success(), "{}", stderr(&out));
+    d.restart();
+    assert_eq!(pod_ip(&d, "cni").to_string(), "10.244.1.4");
+    assert_eq!(pod_ip(&d, "auto").to_string(), "10.244.1.2");
+    assert!(ping_from(&cni_ns, "10.244.1.2"));
+    // The freed .3 is the next one handed out; two pods added at once get distinct ones.
+    let add = d.ctl(&["pod", "add", "--name", "rt2", "--netns", &rt_ns]);
+    assert!(add.status.success(), "pod add: {}", stderr(&add));
+    assert_eq!(pod_ip(&d, "rt2").to_string(), "10.244.1.3");
+    std::thread::scope(|s| {
+        for (name, ns) in [("c1", &c1_ns), ("c2", &c2_ns)] {
+            let d = &d;
+            s.spawn(move || {
+                let add = d.ctl(&["pod", "add", "--name", name, "--netns", ns]);
+                assert!(add.status.success(), "pod add {name}: {}", stderr(&add));
+            });
+        }
+    });
+    let mut both = [pod_ip(&d, "c1").to_string(), pod_ip(&d, "c2").to_string()];
+    both.sort();
+    assert_eq!(both, ["10.244.1.5", "10.244.1.6"]);
+
+    // The file gains two pods without ip: they leave the recorded attachment's .4 alone.
+    let out = d.stop();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cfg = cfg
+        + &format!("\n[[pods]]\nname = \"late1\"\nnetns = \"{late1_ns}\"\n")
+        + &format!("\n[[pods]]\nname = \"late2\"\nnetns = \"{late2_ns}\"\n");
+    std::fs::write(dir.join("node.toml"), cfg).expect("config");
+    d.restart();
+    assert_eq!(pod_ip(&d, "cni").to_string(), "10.244.1.4");
+    assert_eq!(pod_ip(&d, "late1").to_string(), "10.244.1.3");
+    assert_eq!(pod_ip(&d, "late2").to_string(), "10.244.1.5");
+    assert!(ping_from(&late2_ns, "10.244.1.4"));
+
+    let out = d.stop();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let left = netns_list();
+    for ns in [
+        &auto_ns, &fixed_ns, &rt_ns, &c1_ns, &c2_ns, &late1_ns, &late2_ns,
+    ] {
+        assert!(
+            !left.contains(ns.as_str()),
+            "namespace {ns} left behind: {left}"
+        );
+    }
+    // The adopted one stays (the switch never deletes what it did not create); Daemon's drop
+    // removes it.
+    assert!(left.contains(&cni_ns));
+}
+
+#[test]
+fn a_full_range_refuses_a_pod_without_ip_by_name() {
+    if !root_or_skip("a_full_range_refuses_a_pod_without_ip_by_name") {
+        return;
+    }
+    let (a, b) = (unique("dfull"), unique("dfull"));
+    let dir = tempdir("psfull");
+    let control = dir.join("node.sock");
+    let cfg = config("node-full", &control, &[("a", &a, "10.244.1.2")])
+        .replace("10.244.1.0/24", "10.244.1.0/30");
+    let d = Daemon::start(&cfg, control, dir, vec![a, b.clone()]);
+    let add = d.ctl(&["pod", "add", "--name", "b", "--netns", &b]);
+    assert!(!add.status.success());
+    assert!(
+        stderr(&add).contains(
+            "pod.ip: the node's range 10.244.1.0/30 has no free address left (1 pod holds addresses in it"
+        ),
+        "{}",
+        stderr(&add)
+    );
+    assert!(!netns_list().contains(&b), "nothing made for a refused pod");
 }

@@ -105,7 +105,7 @@ fn setup() -> Setup {
     let pods = [PodSpec {
         name: "pa".into(),
         netns: pod_a.clone(),
-        ip: Ipv4Addr::new(10, 244, 1, 10),
+        ip: Some(Ipv4Addr::new(10, 244, 1, 10)),
         mac: None,
         container_id: None,
         ifname: "eth0".into(),

@@ -18,7 +18,7 @@ fn plan(netns: &str, last: u8) -> PodSpec {
     PodSpec {
         name: format!("pod{last}"),
         netns: netns.into(),
-        ip: ip(last),
+        ip: Some(ip(last)),
         mac: Some(Mac([0x02, 0x42, 10, 244, 1, last])),
         container_id: None,
         ifname: "eth0".into(),

@@ -42,13 +42,13 @@ pub(super) fn check(env: &Env, mut conf: NetConf) -> Result<(), CniError> {
             "the attachment is gone: ADD it again".into(),
         ));
     };
-    if pod.spec.ip != want.net.addr() {
+    let ip = want.net.addr();
+    if pod.spec.ip != Some(ip) {
         return Err(failed(
             format!(
-                "pod {} has address {}, not prevResult's {}",
+                "pod {} has address {}, not prevResult's {ip}",
                 pod.spec.name,
-                pod.spec.ip,
-                want.net.addr()
+                pod.spec.ip_text(),
             ),
             String::new(),
         ));
@@ -71,12 +71,9 @@ pub(super) fn check(env: &Env, mut conf: NetConf) -> Result<(), CniError> {
     let inside = ns
         .run(|| inspect(ifname))
         .map_err(|e| failed(format!("cannot enter CNI_NETNS {netns}"), e.to_string()))??;
-    if !inside.addresses.contains(&pod.spec.ip) {
+    if !inside.addresses.contains(&ip) {
         return Err(failed(
-            format!(
-                "interface {ifname} in {netns} does not have address {}",
-                pod.spec.ip
-            ),
+            format!("interface {ifname} in {netns} does not have address {ip}"),
             format!("it has {:?}", inside.addresses),
         ));
     }

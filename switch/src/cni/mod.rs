@@ -263,7 +263,7 @@ fn add(env: &Env, mut conf: NetConf) -> Result<Value, CniError> {
         let spec = PodSpec {
             name: pod_name(container_id, ifname),
             netns: netns.to_owned(),
-            ip,
+            ip: Some(ip),
             mac: None,
             container_id: Some(container_id.to_owned()),
             ifname: ifname.to_owned(),
@@ -308,7 +308,15 @@ fn add(env: &Env, mut conf: NetConf) -> Result<Value, CniError> {
             return Err(e);
         }
     };
-    let address = ipnet::Ipv4Net::new(status.spec.ip, status.prefix_len).map_err(|e| {
+    // The daemon keeps the address it is given (the IPAM's); it reports it.
+    let ip = status.spec.ip.ok_or_else(|| {
+        CniError::new(
+            code::OTHER,
+            "the daemon reported the pod without an address",
+            format!("pod {}", status.spec.name),
+        )
+    })?;
+    let address = ipnet::Ipv4Net::new(ip, status.prefix_len).map_err(|e| {
         CniError::new(
             code::OTHER,
             "bad prefix length from the daemon",

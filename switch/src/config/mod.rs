@@ -22,7 +22,7 @@
 //! [[pods]]
 //! name = "web"
 //! netns = "web"                   # /run/netns/web; created if absent, adopted if present
-//! ip = "10.244.1.10"
+//! ip = "10.244.1.10"               # optional: default the lowest free address of pod_cidr
 //! # mac = "02:42:0a:f4:01:0a"     # default derived from the IP
 //!
 //! [[peers]]                       # other nodes, reached over VXLAN
@@ -43,7 +43,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::ClusterSpec;
-use crate::node::spec::{check_range, NodeSpec, PeerSpec, PodSpec, SpecError};
+use crate::node::spec::{assign_pod_ips, check_range, NodeSpec, PeerSpec, PodSpec, SpecError};
 
 #[cfg(test)]
 mod tests;
@@ -150,6 +150,9 @@ impl Config {
 
     /// Checks every rule; the first broken one is returned. Pods are checked against the pods
     /// before them, peers against the peers before them, as a node adding them in order would.
+    /// Pods without `ip` are checked on what they have; then every pod is checked again with
+    /// the address the node will give it ([`Config::pods_with_addresses`]), so a range too
+    /// small for them, or a derived MAC another pod has, is refused here too.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.node.validate()?;
         match &self.cluster {
@@ -177,10 +180,26 @@ impl Config {
         for (i, pod) in self.pods.iter().enumerate() {
             pod.check(&self.node, &self.pods[..i], &format!("pods[{i}]"))?;
         }
+        // A node that leases its CIDR gives the addresses once it has one.
+        if self.node.pod_cidr.is_some() {
+            let pods = self.pods_with_addresses()?;
+            for (i, pod) in pods.iter().enumerate() {
+                pod.check(&self.node, &pods[..i], &format!("pods[{i}]"))?;
+            }
+        }
         for (i, peer) in self.peers.iter().enumerate() {
             peer.check(&self.node, &self.peers[..i], &format!("peers[{i}]"))?;
         }
         Ok(())
+    }
+
+    /// The pods as the node starts them, each with its address: a pod with `ip` keeps it;
+    /// every fixed address is reserved first, then each pod without `ip` gets the lowest free
+    /// host address of `node.pod_cidr` in file order (so a fixed address later in the file is
+    /// never taken by an automatic one earlier). The error names `pods[N].ip` when the range is
+    /// full.
+    pub fn pods_with_addresses(&self) -> Result<Vec<PodSpec>, ConfigError> {
+        Ok(assign_pod_ips(&self.node, &self.pods, &[])?)
     }
 
     /// Checks what depends on the machine rather than the file: the pinned CPUs must be ones

@@ -100,8 +100,11 @@ fn good_config_parses() {
     assert_eq!(c.node.vni, 42);
     assert_eq!(c.node.underlay, Some(Ipv4Addr::new(192, 168, 77, 1)));
     assert_eq!(c.pods.len(), 2);
-    assert_eq!(c.pods[0].mac(), Mac([0x02, 0x42, 10, 244, 1, 10]));
-    assert_eq!(c.pods[1].mac(), Mac([0x02, 0x42, 0xaa, 0xbb, 0xcc, 0xdd]));
+    assert_eq!(c.pods[0].mac(), Some(Mac([0x02, 0x42, 10, 244, 1, 10])));
+    assert_eq!(
+        c.pods[1].mac(),
+        Some(Mac([0x02, 0x42, 0xaa, 0xbb, 0xcc, 0xdd]))
+    );
     assert_eq!(c.pods[1].netns, "db-ns");
     assert_eq!(c.peers.len(), 1);
     assert_eq!(c.peers[0].vtep_mac(), Mac([2, 0xee, 0, 0, 0, 2]));
@@ -676,7 +679,7 @@ fn file_and_runtime_refuse_alike() {
         let spec = PodSpec {
             name: name.into(),
             netns: netns.into(),
-            ip: ip.parse().unwrap(),
+            ip: Some(ip.parse().unwrap()),
             mac: mac.map(|m| m.parse().unwrap()),
             container_id: None,
             ifname: "eth0".into(),
@@ -776,7 +779,7 @@ fn lab_style_configs_serialise_and_read_back() {
         pods: vec![PodSpec {
             name: "p".into(),
             netns: "p".into(),
-            ip: Ipv4Addr::new(10, 244, 1, 10),
+            ip: Some(Ipv4Addr::new(10, 244, 1, 10)),
             mac: None,
             container_id: None,
             ifname: "eth0".into(),
@@ -877,5 +880,85 @@ fn cluster_errors_name_the_field() {
             cl("etcd_endpoints = [\"http://a:1\"]")
         )),
         "config error: peers: are learnt from etcd with [cluster]; remove the [[peers]] entries"
+    );
+}
+
+/// A pod entry without `ip`.
+fn auto_pod(name: &str) -> String {
+    format!("\n[[pods]]\nname = \"{name}\"\nnetns = \"{name}\"\n")
+}
+
+#[test]
+fn pods_without_ip_parse_and_get_the_lowest_free_addresses_in_file_order() {
+    let cfg = Config::from_toml_str(&with(&format!(
+        "{}{}{}",
+        auto_pod("a"),
+        pod("b", "b", "10.244.1.10"),
+        auto_pod("c")
+    )))
+    .unwrap();
+    assert_eq!(cfg.pods[0].ip, None);
+    assert_eq!(cfg.pods[0].mac(), None);
+    assert_eq!(cfg.pods[1].ip, Some(Ipv4Addr::new(10, 244, 1, 10)));
+    let ips: Vec<Option<Ipv4Addr>> = cfg
+        .pods_with_addresses()
+        .unwrap()
+        .iter()
+        .map(|p| p.ip)
+        .collect();
+    assert_eq!(
+        ips,
+        [
+            Some(Ipv4Addr::new(10, 244, 1, 2)),
+            Some(Ipv4Addr::new(10, 244, 1, 10)),
+            Some(Ipv4Addr::new(10, 244, 1, 3)),
+        ]
+    );
+    // Written back, a pod without ip stays without one.
+    let text = cfg.to_toml().unwrap();
+    assert!(!text.contains("10.244.1.2\""), "{text}");
+    assert_eq!(Config::from_toml_str(&text).unwrap(), cfg);
+}
+
+#[test]
+fn a_fixed_ip_later_in_the_file_is_honoured() {
+    // Pod "b" wants .2, the first automatic address: "a", before it, does not take it.
+    let cfg = Config::from_toml_str(&with(&format!(
+        "{}{}",
+        auto_pod("a"),
+        pod("b", "b", "10.244.1.2")
+    )))
+    .unwrap();
+    let pods = cfg.pods_with_addresses().unwrap();
+    assert_eq!(pods[0].ip, Some(Ipv4Addr::new(10, 244, 1, 3)));
+    assert_eq!(pods[1].ip, Some(Ipv4Addr::new(10, 244, 1, 2)));
+}
+
+#[test]
+fn pods_without_ip_beyond_the_range_are_refused_by_name() {
+    let text = format!(
+        "[node]\nname = \"node-a\"\npod_cidr = \"10.244.1.0/30\"\n{}{}",
+        auto_pod("a"),
+        auto_pod("b")
+    );
+    assert_eq!(
+        err(&text),
+        "config error: pods[1].ip: the node's range 10.244.1.0/30 has no free address left (1 pod holds addresses in it, 10.244.1.1 is the gateway): give the pod a free ip, remove a pod, or give the node a wider node.pod_cidr"
+    );
+    // A pod without ip whose derived MAC is another pod's explicit one.
+    let text = with(&format!(
+        "{}{}",
+        pod_with("a", "a", "10.244.1.10", "mac = \"02:42:0a:f4:01:02\""),
+        auto_pod("b")
+    ));
+    assert_eq!(
+        err(&text),
+        "config error: pods[1].mac: 02:42:0a:f4:01:02 is already the MAC of pod \"a\""
+    );
+    // Pods with an ip are checked as before, before any address is chosen.
+    let text = with(&format!("{}{}", auto_pod("a"), pod("b", "b", "10.244.1.1")));
+    assert_eq!(
+        err(&text),
+        "config error: pods[1].ip: 10.244.1.1 is the gateway address"
     );
 }

@@ -23,6 +23,7 @@ mod netlink;
 pub(crate) mod spec;
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -43,7 +44,8 @@ pub use spec::{derived_pod_mac, Mac, MacParseError, NodeSpec, PeerSpec, PodSpec,
 /// A pod as `podswitch pod list` shows it: its spec and its live state.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodStatus {
-    /// What the pod was added as.
+    /// What the pod was added as, with its address: `spec.ip` is always set (the one given,
+    /// or the one the node chose).
     pub spec: PodSpec,
     /// The pod's MAC (`spec.mac`, or the one derived from its IP).
     pub mac: Mac,
@@ -204,7 +206,10 @@ pub(crate) enum PeerChange {
 }
 
 struct PodRecord {
+    /// As added, with the address filled in (`spec.ip` is `Some(ip)`).
     spec: PodSpec,
+    /// The pod's address.
+    ip: Ipv4Addr,
     netns: NetNs,
     created_netns: bool,
     /// Kept in the state file: a CNI attachment (a container ID) added at runtime.
@@ -232,10 +237,28 @@ impl Node {
     /// by the same rules as a runtime `peer add` / `pod add`. If one fails, the pods added are
     /// removed again and the error is returned: the node starts whole or not at all.
     ///
+    /// Pods without `ip` get theirs before any is added: every fixed address is reserved
+    /// first, then each pod without one gets the lowest free address in order (so a fixed
+    /// address later in `pods` is never taken by an automatic one earlier); a full range is an
+    /// error naming `pods[N].ip`. The pods are then attached in the order given.
+    ///
     /// The tunnel socket is bound, and the TAPs are created, in the calling thread's network
     /// namespace (the node's "host" namespace). The workers are pinned among the CPUs the
     /// calling thread may run on (`NodeSpec::dataplane_cpus`).
     pub fn start(spec: NodeSpec, pods: &[PodSpec], peers: &[PeerSpec]) -> Result<Node, NodeError> {
+        Self::start_reserving(spec, pods, peers, &[])
+    }
+
+    /// [`Node::start`], keeping `reserved` from the pods without `ip`: the addresses of the
+    /// CNI attachments [`Node::restore_attachments`] will bring back (see
+    /// [`recorded_addresses`]), so each comes back with its address even when the file has
+    /// gained pods without `ip` since.
+    pub fn start_reserving(
+        spec: NodeSpec,
+        pods: &[PodSpec],
+        peers: &[PeerSpec],
+        reserved: &[Ipv4Addr],
+    ) -> Result<Node, NodeError> {
         spec.validate()?;
         let config = spec.switch_config(&crate::dataplane::allowed_cpus())?;
         let net = config.node.clone();
@@ -246,6 +269,7 @@ impl Node {
             ),
             None => None,
         };
+        let pods = spec::assign_pod_ips(&spec, pods, reserved)?;
         let switch = Switch::start_with_tunnel(config, tunnel).map_err(NodeError::Start)?;
         let node = Node {
             spec,
@@ -258,8 +282,8 @@ impl Node {
         for peer in peers {
             node.add_peer_from(peer, PeerSource::Config)?;
         }
-        for pod in pods {
-            if let Err(e) = node.attach_pod(pod, false) {
+        for pod in &pods {
+            if let Err(e) = node.attach_pod(pod, false, "pod") {
                 node.shutdown();
                 return Err(e);
             }
@@ -286,19 +310,37 @@ impl Node {
     /// `pod.*`). Traffic between other pods is not disturbed. A pod with a container ID is a
     /// CNI attachment: it is kept in the state file (once [`Node::restore_attachments`] set
     /// one) and re-attached when the daemon starts again.
+    ///
+    /// A pod without `ip` gets the lowest free host address of the node's pod CIDR (not the
+    /// network, broadcast or gateway address, nor another pod's), chosen under the pod lock:
+    /// two pods added at once never get the same one. The pod keeps it (its status, the state
+    /// file and a re-attach carry it); a full range is refused, naming `pod.ip`.
     pub fn add_pod(&self, spec: &PodSpec) -> Result<PodStatus, NodeError> {
-        self.attach_pod(spec, spec.container_id.is_some())
+        self.attach_pod(spec, spec.container_id.is_some(), "pod")
     }
 
-    fn attach_pod(&self, spec: &PodSpec, recorded: bool) -> Result<PodStatus, NodeError> {
+    /// Adds a pod; `at` names it in errors (`pod`).
+    fn attach_pod(&self, spec: &PodSpec, recorded: bool, at: &str) -> Result<PodStatus, NodeError> {
         let pod = spec.name.clone();
         let mut pods = lock(&self.pods);
-        spec.check(&self.spec, pods.values().map(|r| &r.spec), "pod")?;
+        // The address first (under the lock), then every rule on the pod as it will be.
+        let ip = match spec.ip {
+            Some(ip) => ip,
+            None => spec::free_pod_ip(
+                self.net.cidr,
+                self.net.gateway,
+                pods.values().map(|r| r.ip),
+                &format!("{at}.ip"),
+            )?,
+        };
+        let spec = &spec.with_ip(ip);
+        let mac = spec.mac_at(ip);
+        spec.check(&self.spec, pods.values().map(|r| &r.spec), at)?;
         // Address checks first: nothing is created for a pod the switch would refuse.
         self.switch
             .tables()
             .topology()
-            .check_pod(spec.ip, spec.mac().into())
+            .check_pod(ip, mac.into())
             .map_err(|e| NodeError::Switch {
                 pod: pod.clone(),
                 source: e.into(),
@@ -315,7 +357,7 @@ impl Node {
                 }
             }
         };
-        let tap = match self.plumb(spec, &netns, created) {
+        let tap = match self.plumb(spec, ip, &netns, created) {
             Ok(tap) => tap,
             Err(e) => {
                 undo_netns(&netns);
@@ -326,18 +368,19 @@ impl Node {
             .into_iter()
             .map(|q| Box::new(q) as Box<dyn crate::port::Port>)
             .collect();
-        let port = match self.switch.attach_queues(spec.port_info(), queues) {
+        let port = match self.switch.attach_queues(spec.port_info(ip), queues) {
             Ok(id) => id,
             Err(source) => {
                 undo_netns(&netns);
                 return Err(NodeError::Switch { pod, source });
             }
         };
-        tracing::info!(pod = %spec.name, netns = %spec.netns, ip = %spec.ip, port, created_netns = created, "pod added");
+        tracing::info!(pod = %spec.name, netns = %spec.netns, ip = %ip, port, created_netns = created, "pod added");
         pods.insert(
             spec.name.clone(),
             PodRecord {
                 spec: spec.clone(),
+                ip,
                 netns,
                 created_netns: created,
                 recorded,
@@ -363,6 +406,7 @@ impl Node {
     fn plumb(
         &self,
         spec: &PodSpec,
+        ip: Ipv4Addr,
         netns: &NetNs,
         created: bool,
     ) -> Result<Vec<TapPort>, NodeError> {
@@ -370,9 +414,9 @@ impl Node {
         let ifname = spec.ifname.as_str();
         let net = netlink::PodNet {
             ifname,
-            ip: spec.ip,
+            ip,
             prefix_len: cfg.cidr.prefix_len(),
-            mac: spec.mac(),
+            mac: spec.mac_at(ip),
             mtu: cfg.mtu,
             gateway: cfg.gateway,
         };
@@ -519,20 +563,10 @@ impl Node {
     /// file, say), is forgotten with a warning. Returns the names of the pods re-attached.
     pub fn restore_attachments(&self, path: PathBuf) -> Vec<String> {
         let shown = path.display().to_string();
-        let recorded = match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<StateFile>(&bytes) {
-                Ok(state) => state.pods,
-                Err(e) => {
-                    tracing::warn!(path = %shown, "state file unreadable, its attachments are forgotten: {e}");
-                    Vec::new()
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                tracing::warn!(path = %shown, "reading the state file, its attachments are forgotten: {e}");
-                Vec::new()
-            }
-        };
+        let recorded = read_state(&path).unwrap_or_else(|e| {
+            tracing::warn!(path = %shown, "{e}, its attachments are forgotten");
+            Vec::new()
+        });
         let mut back = Vec::new();
         for spec in recorded {
             let ns = if spec.netns_is_path() {
@@ -544,7 +578,7 @@ impl Node {
                 tracing::warn!(pod = %spec.name, container_id = ?spec.container_id, "recorded attachment forgotten: {e}");
                 continue;
             }
-            match self.attach_pod(&spec, true) {
+            match self.attach_pod(&spec, true, "pod") {
                 Ok(_) => {
                     tracing::info!(pod = %spec.name, netns = %spec.netns, "recorded attachment re-attached");
                     back.push(spec.name);
@@ -586,7 +620,7 @@ impl Node {
         let port = self.switch.port(name)?;
         Some(PodStatus {
             spec: rec.spec.clone(),
-            mac: rec.spec.mac(),
+            mac: rec.spec.mac_at(rec.ip),
             prefix_len: self.net.cidr.prefix_len(),
             gateway: self.net.gateway,
             port: port.id,
@@ -745,6 +779,29 @@ impl Node {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StateFile {
     pods: Vec<PodSpec>,
+}
+
+/// The pods recorded in the state file `path` (none if it does not exist), or why it cannot be
+/// read.
+fn read_state(path: &Path) -> Result<Vec<PodSpec>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice::<StateFile>(&bytes)
+            .map(|state| state.pods)
+            .map_err(|e| format!("state file unreadable: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("reading the state file: {e}")),
+    }
+}
+
+/// The addresses of the CNI attachments recorded in the state file `path`, for
+/// [`Node::start_reserving`]; none if the file is absent or unreadable
+/// ([`Node::restore_attachments`] says why).
+pub fn recorded_addresses(path: &Path) -> Vec<Ipv4Addr> {
+    read_state(path)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p.ip)
+        .collect()
 }
 
 /// Writes `state` to `path` through a temporary file and a rename, so a reader (or a crash)

@@ -9,7 +9,8 @@
 //! The rules ([`NodeSpec::validate`], [`PodSpec::check`], [`PeerSpec::check`]) are the only
 //! place where a node, pod or peer is refused, so the file and the runtime refuse the same
 //! things with the same reason; only the field's location differs (`pods[1].ip` in the file,
-//! `pod.ip` at runtime). Derived values (gateway, router MAC, pod MAC, VTEP MAC, pod MTU,
+//! `pod.ip` at runtime). A pod without `ip` gets one from the node ([`free_pod_ip`], chosen
+//! under the pod lock before the rules run; [`assign_pod_ips`] for the file). Derived values (gateway, router MAC, pod MAC, VTEP MAC, pod MTU,
 //! control socket, CPUs) are computed here too, and compiled into the data plane's forms
 //! ([`NodeConfig`], [`SwitchConfig`], [`Peer`], [`PortInfo`]).
 
@@ -30,6 +31,7 @@ mod rules;
 pub use mac::{Mac, MacParseError};
 pub(crate) use rules::check_range;
 use rules::cpu_list;
+pub(crate) use rules::{assign_pod_ips, free_pod_ip};
 
 /// Default underlay MTU.
 pub(crate) const DEFAULT_UNDERLAY_MTU: u16 = 1500;
@@ -188,9 +190,12 @@ pub struct PodSpec {
     /// created, never deleted by the switch).
     #[arg(long)]
     pub netns: String,
-    /// Pod IP, inside the node's pod CIDR.
+    /// Pod IP, inside the node's pod CIDR (default: the lowest address of the node's pod CIDR
+    /// that is not the network, broadcast or gateway address nor another pod's; the pod keeps
+    /// it, so pod list, the state file and a re-attach show the address chosen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[arg(long)]
-    pub ip: Ipv4Addr,
+    pub ip: Option<Ipv4Addr>,
     /// Pod MAC (default: 02:42 + the IP's octets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[arg(long)]
@@ -386,9 +391,29 @@ impl NodeSpec {
 }
 
 impl PodSpec {
-    /// The pod MAC: `mac` if given, else [`derived_pod_mac`] of the IP.
-    pub fn mac(&self) -> Mac {
-        self.mac.unwrap_or_else(|| derived_pod_mac(self.ip))
+    /// The pod MAC: `mac` if given, else [`derived_pod_mac`] of the IP. `None`: neither is
+    /// given yet (a pod whose address the node has still to choose). A pod the node runs
+    /// always has its IP, so its MAC is known (see `PodStatus::mac`).
+    pub fn mac(&self) -> Option<Mac> {
+        self.mac.or_else(|| self.ip.map(derived_pod_mac))
+    }
+
+    /// The MAC the pod has at address `ip`: `mac` if given, else [`derived_pod_mac`] of `ip`.
+    pub fn mac_at(&self, ip: Ipv4Addr) -> Mac {
+        self.mac.unwrap_or_else(|| derived_pod_mac(ip))
+    }
+
+    /// The pod with address `ip` (what the node records once it has chosen one).
+    pub fn with_ip(&self, ip: Ipv4Addr) -> PodSpec {
+        PodSpec {
+            ip: Some(ip),
+            ..self.clone()
+        }
+    }
+
+    /// The IP as shown to people: the address, or `auto` if the node has still to choose it.
+    pub fn ip_text(&self) -> String {
+        self.ip.map_or_else(|| "auto".into(), |ip| ip.to_string())
     }
 
     /// True if `netns` is a path to a namespace file (always adopted), not a name under
@@ -397,13 +422,13 @@ impl PodSpec {
         self.netns.starts_with('/')
     }
 
-    /// The switch port identity of the pod.
-    pub(crate) fn port_info(&self) -> PortInfo {
+    /// The switch port identity of the pod at address `ip`.
+    pub(crate) fn port_info(&self, ip: Ipv4Addr) -> PortInfo {
         PortInfo {
             name: self.name.clone(),
             kind: PortKind::Pod {
-                mac: self.mac().into(),
-                ip: self.ip,
+                mac: self.mac_at(ip).into(),
+                ip,
             },
         }
     }

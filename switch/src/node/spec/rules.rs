@@ -1,6 +1,7 @@
 //! The rules: what a node, a pod and a peer may be. The only place where one is refused, so
 //! the file and the runtime refuse alike.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -188,24 +189,29 @@ impl PodSpec {
                 ));
             }
         }
-        let ip = self.ip;
-        // A node still waiting for its leased CIDR checks these when it starts on it.
-        if let Some(cidr) = node.pod_cidr {
-            check_host_address(&f("ip"), ip, cidr)?;
+        // A pod without an address yet (a file's pod before the node starts) has no address
+        // rules to break; the node gives it one before checking it again. A node still
+        // waiting for its leased CIDR checks the range when it starts on it.
+        if let Some(ip) = self.ip {
+            if let Some(cidr) = node.pod_cidr {
+                check_host_address(&f("ip"), ip, cidr)?;
+            }
+            if Some(ip) == node.gateway() {
+                return Err(SpecError::new(
+                    f("ip"),
+                    format!("{ip} is the gateway address"),
+                ));
+            }
+            if let Some(owner) = others().find(|o| o.ip == Some(ip)) {
+                return Err(SpecError::new(
+                    f("ip"),
+                    format!("{ip} is already the address of pod {:?}", owner.name),
+                ));
+            }
         }
-        if Some(ip) == node.gateway() {
-            return Err(SpecError::new(
-                f("ip"),
-                format!("{ip} is the gateway address"),
-            ));
-        }
-        if let Some(owner) = others().find(|o| o.ip == ip) {
-            return Err(SpecError::new(
-                f("ip"),
-                format!("{ip} is already the address of pod {:?}", owner.name),
-            ));
-        }
-        let mac = self.mac();
+        let Some(mac) = self.mac() else {
+            return Ok(());
+        };
         check_unicast_mac(&f("mac"), mac)?;
         if mac == node.router_mac() {
             return Err(SpecError::new(
@@ -213,7 +219,7 @@ impl PodSpec {
                 format!("{mac} is the node's router MAC"),
             ));
         }
-        if let Some(owner) = others().find(|o| o.mac() == mac) {
+        if let Some(owner) = others().find(|o| o.mac() == Some(mac)) {
             return Err(SpecError::new(
                 f("mac"),
                 format!("{mac} is already the MAC of pod {:?}", owner.name),
@@ -221,6 +227,74 @@ impl PodSpec {
         }
         Ok(())
     }
+}
+
+/// The address of a pod given without one: the lowest host address of `cidr` that is not its
+/// network or broadcast address, not `gateway` and not in `taken` (the other pods'
+/// addresses). Called under the pod lock, so two pods added at once never get the same one.
+/// `field` names the pod's `ip` (`pod.ip`, `pods[2].ip`) in the error when none is left.
+///
+/// Takes the CIDR and the gateway rather than a [`NodeSpec`]: it does not care where they come
+/// from.
+pub(crate) fn free_pod_ip(
+    cidr: Ipv4Net,
+    gateway: Ipv4Addr,
+    taken: impl IntoIterator<Item = Ipv4Addr>,
+    field: &str,
+) -> Result<Ipv4Addr, SpecError> {
+    let taken: BTreeSet<Ipv4Addr> = taken.into_iter().filter(|ip| cidr.contains(ip)).collect();
+    let network = u32::from(cidr.network());
+    let broadcast = u32::from(cidr.broadcast());
+    // The host addresses lie strictly between the network and broadcast addresses; at most
+    // `taken.len() + 2` of them are looked at before a free one, however wide the CIDR.
+    (network.saturating_add(1)..broadcast)
+        .map(Ipv4Addr::from)
+        .find(|ip| *ip != gateway && !taken.contains(ip))
+        .ok_or_else(|| {
+            let n = taken.len();
+            SpecError::new(
+                field,
+                format!(
+                    "the node's range {cidr} has no free address left ({n} pod{} hold{} addresses in it, {gateway} is the gateway): give the pod a free ip, remove a pod, or give the node a wider node.pod_cidr",
+                    if n == 1 { "" } else { "s" },
+                    if n == 1 { "s" } else { "" },
+                ),
+            )
+        })
+}
+
+/// The file's pods, each with its address: a pod with `ip` keeps it; then each pod without one
+/// gets [`free_pod_ip`] in file order. Every fixed address is reserved before the first
+/// automatic one is chosen, so a fixed address later in the file is never taken by an
+/// automatic one earlier. `reserved` are kept free too (the addresses of the CNI attachments a
+/// restart brings back). Errors name `pods[N].ip`. Nothing else is checked here.
+pub(crate) fn assign_pod_ips(
+    node: &NodeSpec,
+    pods: &[PodSpec],
+    reserved: &[Ipv4Addr],
+) -> Result<Vec<PodSpec>, SpecError> {
+    let cidr = node.cidr()?;
+    let gateway = node
+        .gateway()
+        .unwrap_or_else(|| NodeConfig::default_gateway(cidr));
+    let mut taken: Vec<Ipv4Addr> = pods.iter().filter_map(|p| p.ip).collect();
+    taken.extend_from_slice(reserved);
+    pods.iter()
+        .enumerate()
+        .map(|(i, pod)| match pod.ip {
+            Some(_) => Ok(pod.clone()),
+            None => {
+                let ip = free_pod_ip(
+                    cidr,
+                    gateway,
+                    taken.iter().copied(),
+                    &format!("pods[{i}].ip"),
+                )?;
+                taken.push(ip);
+                Ok(pod.with_ip(ip))
+            }
+        })
+        .collect()
 }
 
 impl PeerSpec {
@@ -534,4 +608,171 @@ fn check_unicast_ip(field: &str, ip: Ipv4Addr) -> Result<(), SpecError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn free(cidr: &str, gw: &str, taken: &[&str]) -> Result<Ipv4Addr, SpecError> {
+        free_pod_ip(net(cidr), ip(gw), taken.iter().map(|t| ip(t)), "pod.ip")
+    }
+
+    #[test]
+    fn the_free_address_is_the_lowest_host_address_not_the_gateway() {
+        assert_eq!(
+            free("10.244.1.0/24", "10.244.1.1", &[]),
+            Ok(ip("10.244.1.2"))
+        );
+        // A gateway elsewhere leaves .1 free.
+        assert_eq!(
+            free("10.244.1.0/24", "10.244.1.254", &[]),
+            Ok(ip("10.244.1.1"))
+        );
+    }
+
+    #[test]
+    fn the_free_address_skips_taken_ones_and_fills_holes_lowest_first() {
+        assert_eq!(
+            free("10.244.1.0/24", "10.244.1.1", &["10.244.1.2", "10.244.1.3"]),
+            Ok(ip("10.244.1.4"))
+        );
+        assert_eq!(
+            free(
+                "10.244.1.0/24",
+                "10.244.1.1",
+                &["10.244.1.3", "10.244.1.2", "10.244.1.5"]
+            ),
+            Ok(ip("10.244.1.4"))
+        );
+        // Addresses outside the range neither count nor matter.
+        assert_eq!(
+            free("10.244.1.0/24", "10.244.1.1", &["10.244.2.2", "10.244.1.2"]),
+            Ok(ip("10.244.1.3"))
+        );
+    }
+
+    #[test]
+    fn a_slash_30_has_one_pod_address_besides_the_gateway() {
+        assert_eq!(free("10.0.0.4/30", "10.0.0.5", &[]), Ok(ip("10.0.0.6")));
+        // Never the network (.4) or broadcast (.7) address.
+        let e = free("10.0.0.4/30", "10.0.0.5", &["10.0.0.6"]).unwrap_err();
+        assert_eq!(e.field, "pod.ip");
+        assert_eq!(
+            e.reason,
+            "the node's range 10.0.0.4/30 has no free address left (1 pod holds addresses in it, 10.0.0.5 is the gateway): give the pod a free ip, remove a pod, or give the node a wider node.pod_cidr"
+        );
+        // A /31 or /32 has no host address at all.
+        assert!(free("10.0.0.4/31", "10.0.0.4", &[]).is_err());
+        assert!(free("255.255.255.255/32", "255.255.255.255", &[]).is_err());
+    }
+
+    #[test]
+    fn a_full_slash_24_says_so_and_the_last_free_one_is_the_top() {
+        let taken: Vec<String> = (2..=253).map(|i| format!("10.244.1.{i}")).collect();
+        let taken_ref: Vec<&str> = taken.iter().map(String::as_str).collect();
+        assert_eq!(
+            free("10.244.1.0/24", "10.244.1.1", &taken_ref),
+            Ok(ip("10.244.1.254"))
+        );
+        let mut full = taken_ref.clone();
+        full.push("10.244.1.254");
+        let e = free_pod_ip(
+            net("10.244.1.0/24"),
+            ip("10.244.1.1"),
+            full.iter().map(|t| ip(t)),
+            "pods[3].ip",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pods[3].ip: the node's range 10.244.1.0/24 has no free address left (253 pods hold addresses in it, 10.244.1.1 is the gateway): give the pod a free ip, remove a pod, or give the node a wider node.pod_cidr"
+        );
+    }
+
+    fn pod(name: &str, ip: Option<&str>) -> PodSpec {
+        PodSpec {
+            name: name.into(),
+            netns: name.into(),
+            ip: ip.map(|s| s.parse().unwrap()),
+            mac: None,
+            container_id: None,
+            ifname: DEFAULT_IFNAME.into(),
+        }
+    }
+
+    #[test]
+    fn file_pods_get_addresses_in_order_after_the_fixed_ones_are_reserved() {
+        let node = NodeSpec::new("n", net("10.244.1.0/24"));
+        let pods = [
+            pod("a", None),
+            pod("b", Some("10.244.1.2")),
+            pod("c", None),
+            pod("d", Some("10.244.1.3")),
+        ];
+        let got: Vec<Option<Ipv4Addr>> = assign_pod_ips(&node, &pods, &[])
+            .unwrap()
+            .iter()
+            .map(|p| p.ip)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                Some(ip("10.244.1.4")),
+                Some(ip("10.244.1.2")),
+                Some(ip("10.244.1.5")),
+                Some(ip("10.244.1.3"))
+            ]
+        );
+    }
+
+    #[test]
+    fn reserved_addresses_are_left_to_their_owners() {
+        let node = NodeSpec::new("n", net("10.244.1.0/24"));
+        let pods = [pod("a", None), pod("b", None)];
+        let got: Vec<Option<Ipv4Addr>> = assign_pod_ips(&node, &pods, &[ip("10.244.1.2")])
+            .unwrap()
+            .iter()
+            .map(|p| p.ip)
+            .collect();
+        assert_eq!(got, [Some(ip("10.244.1.3")), Some(ip("10.244.1.4"))]);
+    }
+
+    #[test]
+    fn file_pods_past_the_end_of_the_range_are_named() {
+        let node = NodeSpec::new("n", net("10.0.0.4/30"));
+        let e = assign_pod_ips(&node, &[pod("a", None), pod("b", None)], &[]).unwrap_err();
+        assert_eq!(e.field, "pods[1].ip");
+        assert!(e
+            .reason
+            .starts_with("the node's range 10.0.0.4/30 has no free address left (1 pod holds"));
+    }
+
+    #[test]
+    fn a_pod_without_an_address_is_checked_on_what_it_has() {
+        let node = NodeSpec::new("n", net("10.244.1.0/24"));
+        let a = pod("a", Some("10.244.1.2"));
+        assert_eq!(pod("b", None).check(&node, [&a], "pod"), Ok(()));
+        assert_eq!(pod("b", None).mac(), None);
+        // An explicit MAC is still checked.
+        let mut b = pod("b", None);
+        b.mac = a.mac();
+        assert_eq!(
+            b.check(&node, [&a], "pod").unwrap_err().to_string(),
+            "pod.mac: 02:42:0a:f4:01:02 is already the MAC of pod \"a\""
+        );
+        // Given its address, its MAC follows it.
+        assert_eq!(
+            pod("c", None).with_ip(ip("10.244.1.7")).mac(),
+            Some(derived_pod_mac(ip("10.244.1.7")))
+        );
+    }
 }
