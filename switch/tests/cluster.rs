@@ -1,0 +1,565 @@
+//! podswitch nodes in a cluster kept in a real etcd (Debian's etcd 3.4), in flannel's layout:
+//! subnets leased, peers learnt and forgotten, a kernel node configured as flannel would join
+//! through a lease written by hand, and the faults (etcd gone, a node killed, our key deleted,
+//! a range exhausted). Every node, pod and etcd lives in namespaces these tests create on an
+//! underlay of their own (192.168.77.0/24); each test uses its own etcd prefix. Needs root.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::{flannel_network_config, ping, Etcd, KernelFlannelNode, Underlay};
+use common::{tempdir, BIN};
+use podswitch::control::{self, Request, Response};
+use podswitch::node::{PeerSource, PeerStatus, PodStatus};
+use podswitch::testutil::{root_or_skip, unique};
+
+const ETCD_IP: &str = "192.168.77.254";
+
+/// A cluster: an underlay, an etcd on it at .254, and a fresh prefix with flannel's network
+/// config for 10.244.0.0/16 in /24s.
+struct Cluster {
+    underlay: Underlay,
+    etcd: Etcd,
+    prefix: String,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        Self::with_network(&flannel_network_config("10.244.0.0/16", 24))
+    }
+
+    fn with_network(config: &str) -> Self {
+        let mut underlay = Underlay::new();
+        let host = underlay.add_host(ETCD_IP);
+        let etcd = Etcd::start(&host, ETCD_IP, 2379);
+        let prefix = format!("/{}/network", unique("t"));
+        if !config.is_empty() {
+            etcd.put(&format!("{prefix}/config"), config);
+        }
+        Cluster {
+            underlay,
+            etcd,
+            prefix,
+            dir: tempdir("cluster"),
+        }
+    }
+
+    /// The subnet keys in etcd with their values.
+    fn leases(&self) -> Vec<(String, String)> {
+        self.etcd.get_prefix(&format!("{}/subnets/", self.prefix))
+    }
+
+    /// A podswitch node on a new underlay host `192.168.77.<i>` with `pods` (no ip: each gets
+    /// the next address of the leased range), started and not yet checked.
+    fn node(&mut self, i: u8, pods: usize, ttl: u64) -> Node {
+        let host = self.underlay.add_host(&format!("192.168.77.{i}"));
+        let name = format!("node{i}");
+        let control = self.dir.join(format!("{name}.sock"));
+        let mut pod_ns = Vec::new();
+        let mut text = format!(
+            "[node]\nname = \"{name}\"\nnetns = \"{host}\"\nunderlay = \"192.168.77.{i}\"\ncontrol = \"{}\"\ncpus = []\n",
+            control.display()
+        );
+        for p in 0..pods {
+            let ns = unique(&format!("n{i}p{p}"));
+            text += &format!("\n[[pods]]\nname = \"p{p}\"\nnetns = \"{ns}\"\n");
+            pod_ns.push(ns);
+        }
+        text += &format!(
+            "\n[cluster]\netcd_endpoints = [\"{}\"]\netcd_prefix = \"{}\"\nlease_ttl_secs = {ttl}\n",
+            self.etcd.endpoint(),
+            self.prefix
+        );
+        let config = self.dir.join(format!("{name}.toml"));
+        std::fs::write(&config, text).expect("write config");
+        let mut node = Node {
+            name,
+            ip: format!("192.168.77.{i}"),
+            config,
+            control,
+            log: self.dir.join(format!("node{i}.log")),
+            child: None,
+            pod_ns,
+        };
+        node.start();
+        node
+    }
+}
+
+/// One `podswitch run` with `[cluster]`.
+struct Node {
+    name: String,
+    ip: String,
+    config: PathBuf,
+    control: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    pod_ns: Vec<String>,
+}
+
+impl Node {
+    /// Starts the daemon (its log appended to `log`); returns once its control socket exists.
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "{} runs already", self.name);
+        let _ = std::fs::remove_file(&self.control);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn podswitch run");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.control.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{}: no control socket\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn call(&self, req: &Request) -> Response {
+        control::call(&self.control, req, Duration::from_secs(30)).expect("control call")
+    }
+
+    /// Waits (bounded) until the node is up and returns its pod CIDR.
+    fn subnet(&self) -> String {
+        let mut last;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.call(&Request::NodeInfo) {
+                Response::Node { pod_cidr, .. } => return pod_cidr.to_string(),
+                other => last = format!("{other:?}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} is not up: {last}\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn pods(&self) -> Vec<PodStatus> {
+        match self.call(&Request::PodList) {
+            Response::Pods(p) => p,
+            other => panic!("{}: pod list: {other:?}", self.name),
+        }
+    }
+
+    /// The address of its pod `i`.
+    fn pod_ip(&self, i: usize) -> String {
+        let name = format!("p{i}");
+        let pod = self.pods().into_iter().find(|p| p.spec.name == name);
+        let ip: Option<Ipv4Addr> = pod.and_then(|p| p.spec.ip);
+        ip.unwrap_or_else(|| panic!("{}: no pod {name}", self.name))
+            .to_string()
+    }
+
+    fn peers(&self) -> Vec<PeerStatus> {
+        match self.call(&Request::PeerList) {
+            Response::Peers(p) => p,
+            other => panic!("{}: peer list: {other:?}", self.name),
+        }
+    }
+
+    /// The pod CIDRs of its peers from etcd.
+    fn etcd_peers(&self) -> BTreeSet<String> {
+        self.peers()
+            .into_iter()
+            .filter(|p| p.source == PeerSource::Etcd)
+            .map(|p| p.spec.pod_cidr.to_string())
+            .collect()
+    }
+
+    /// Waits (bounded) until its etcd peers are exactly `want`.
+    fn wait_peers(&self, want: &[&str], within: Duration) {
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        let deadline = Instant::now() + within;
+        loop {
+            let have = self.etcd_peers();
+            if have == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: etcd peers {have:?}, want {want:?}\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `podswitch status` as the user reads it.
+    fn status_text(&self) -> String {
+        let out = Command::new(BIN)
+            .args(["status", "--control"])
+            .arg(&self.control)
+            .output()
+            .expect("podswitch status");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    fn wait_status(&self, what: &str, within: Duration, cond: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.status_text();
+            if cond(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: status never showed {what}: {s}\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn signal(&mut self, sig: libc::c_int) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        let _ = child.wait();
+    }
+
+    fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.pod_ns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- {} log ---\n{}", self.name, self.log());
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The subnet of a key `<prefix>/subnets/10.244.5.0-24`: `10.244.5.0/24`.
+fn key_subnet(key: &str) -> String {
+    key.rsplit('/').next().unwrap_or(key).replacen('-', "/", 1)
+}
+
+/// A JSON string field of a lease value.
+fn field(value: &str, name: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(value).expect("lease JSON");
+    let f = v
+        .get(name)
+        .or_else(|| v.get("BackendData").and_then(|d| d.get(name)));
+    f.and_then(|f| f.as_str()).unwrap_or_default().to_string()
+}
+
+#[test]
+fn three_nodes_lease_distinct_subnets_and_reach_each_other_restart_keeps_a_subnet_and_a_killed_node_expires(
+) {
+    if !root_or_skip("three_nodes_lease_distinct_subnets") {
+        return;
+    }
+    let mut c = Cluster::new();
+    // All three start at once: the transactions keep their subnets apart.
+    let mut nodes: Vec<Node> = (1..=3).map(|i| c.node(i, 1, 5)).collect();
+    let subnets: Vec<String> = nodes.iter().map(Node::subnet).collect();
+    let distinct: BTreeSet<&String> = subnets.iter().collect();
+    assert_eq!(distinct.len(), 3, "subnets {subnets:?}");
+
+    // etcd holds one lease per node in flannel's format: PublicIP, vxlan, VNI 1, VTEP MAC.
+    let leases = c.leases();
+    assert_eq!(leases.len(), 3, "{leases:?}");
+    for (node, subnet) in nodes.iter().zip(&subnets) {
+        let (key, value) = leases
+            .iter()
+            .find(|(k, _)| key_subnet(k) == *subnet)
+            .unwrap_or_else(|| panic!("no key for {subnet}: {leases:?}"));
+        assert!(key.starts_with(&format!("{}/subnets/", c.prefix)), "{key}");
+        assert_eq!(field(value, "PublicIP"), node.ip, "{value}");
+        assert_eq!(field(value, "BackendType"), "vxlan", "{value}");
+        assert!(value.contains(r#""PublicIPv6":null"#), "{value}");
+        assert!(value.contains(r#""VNI":1"#), "{value}");
+        let mac = field(value, "VtepMAC");
+        assert_eq!(mac.len(), 17, "{value}");
+        // Every other node knows this one by that lease.
+        for other in nodes.iter().filter(|o| o.name != node.name) {
+            let others: Vec<&str> = subnets
+                .iter()
+                .filter(|s| **s != other.subnet())
+                .map(String::as_str)
+                .collect();
+            other.wait_peers(&others, Duration::from_secs(15));
+            let peer = other
+                .peers()
+                .into_iter()
+                .find(|p| p.spec.pod_cidr.to_string() == *subnet)
+                .expect("peer");
+            assert_eq!(peer.spec.underlay.to_string(), node.ip);
+            assert_eq!(peer.spec.vtep_mac().to_string(), mac);
+            assert!(peer.lease.is_some(), "{peer:?}");
+        }
+    }
+    // Pods reach each other across the three nodes; each pod's address is in its node's subnet.
+    let ips: Vec<String> = nodes.iter().map(|n| n.pod_ip(0)).collect();
+    for (ip, subnet) in ips.iter().zip(&subnets) {
+        let net: ipnet::Ipv4Net = subnet.parse().expect("subnet");
+        assert!(
+            net.contains(&ip.parse::<Ipv4Addr>().expect("ip")),
+            "{ip} in {subnet}"
+        );
+    }
+    for (a, node) in nodes.iter().enumerate() {
+        for (b, ip) in ips.iter().enumerate() {
+            if a != b {
+                assert!(ping(&node.pod_ns[0], ip), "{} pod -> {ip}", node.name);
+            }
+        }
+    }
+    let status = nodes[0].status_text();
+    assert!(
+        status.contains("healthy")
+            && status.contains(&format!("subnets/{}", subnets[0].replace('/', "-"))),
+        "{status}"
+    );
+
+    // A restarted node gets its subnet back (its own PublicIP's lease) and its pod its address.
+    nodes[1].stop();
+    nodes[1].start();
+    assert_eq!(nodes[1].subnet(), subnets[1]);
+    assert_eq!(nodes[1].pod_ip(0), ips[1]);
+    assert_eq!(c.leases().len(), 3, "{:?}", c.leases());
+    assert!(ping(&nodes[0].pod_ns[0], &ips[1]), "after the restart");
+
+    // A node killed outright: its lease (TTL 5 s) expires and the others forget it.
+    nodes[2].kill();
+    let rest = [subnets[1].as_str()];
+    nodes[0].wait_peers(&rest, Duration::from_secs(20));
+    nodes[1].wait_peers(&[subnets[0].as_str()], Duration::from_secs(5));
+    assert_eq!(c.leases().len(), 2, "{:?}", c.leases());
+    assert!(ping(&nodes[0].pod_ns[0], &ips[1]), "the others still talk");
+}
+
+#[test]
+fn a_kernel_vxlan_node_joins_by_a_hand_written_lease_and_leaves_when_it_is_deleted() {
+    if !root_or_skip("a_kernel_vxlan_node_joins_by_a_hand_written_lease") {
+        return;
+    }
+    let mut c = Cluster::new();
+    let nodes: Vec<Node> = (1..=2).map(|i| c.node(i, 1, 30)).collect();
+    let subnets: Vec<String> = nodes.iter().map(Node::subnet).collect();
+    // The kernel node takes a subnet nobody holds and writes its lease as flannel does.
+    let kernel_subnet = "10.244.200.0/24";
+    let kernel = KernelFlannelNode::new(
+        &mut c.underlay,
+        "192.168.77.9",
+        kernel_subnet,
+        "02:aa:bb:cc:dd:09",
+    );
+    let key = kernel.subnet_key(&c.prefix);
+    c.etcd.put_with_lease(&key, &kernel.lease_value(), 60);
+    // ... and configures its side from the podswitch nodes' leases, read back from etcd.
+    for (k, value) in c.leases() {
+        let subnet = key_subnet(&k);
+        if subnet != kernel_subnet {
+            kernel.add_remote(
+                &subnet,
+                &field(&value, "PublicIP"),
+                &field(&value, "VtepMAC"),
+            );
+        }
+    }
+    let mut want = subnets.clone();
+    want.push(kernel_subnet.into());
+    for (i, n) in nodes.iter().enumerate() {
+        let others: Vec<&str> = want
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, s)| s.as_str())
+            .collect();
+        n.wait_peers(&others, Duration::from_secs(15));
+    }
+    // Traffic both ways between the kernel's pod and each podswitch pod.
+    for n in &nodes {
+        let ip = n.pod_ip(0);
+        assert!(ping(kernel.pod_ns(), &ip), "kernel pod -> {ip}");
+        assert!(
+            ping(&n.pod_ns[0], &kernel.pod_ip()),
+            "{} pod -> kernel pod",
+            n.name
+        );
+    }
+    // A changed VtepMAC is applied in place.
+    let moved = kernel
+        .lease_value()
+        .replace("02:aa:bb:cc:dd:09", "02:aa:bb:cc:dd:0a");
+    c.etcd.put_with_lease(&key, &moved, 60);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !nodes[0].peers().iter().any(|p| {
+        p.spec.pod_cidr.to_string() == kernel_subnet
+            && p.spec.vtep_mac().to_string() == "02:aa:bb:cc:dd:0a"
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "new VtepMAC not applied: {:?}",
+            nodes[0].peers()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The lease deleted: the kernel node is no peer any more.
+    c.etcd.del(&key);
+    nodes[0].wait_peers(&[subnets[1].as_str()], Duration::from_secs(10));
+    nodes[1].wait_peers(&[subnets[0].as_str()], Duration::from_secs(10));
+}
+
+#[test]
+fn with_etcd_gone_pods_keep_talking_a_node_restarts_on_its_subnet_and_etcd_back_brings_a_new_node()
+{
+    if !root_or_skip("with_etcd_gone_pods_keep_talking") {
+        return;
+    }
+    let mut c = Cluster::new();
+    let mut nodes: Vec<Node> = (1..=2).map(|i| c.node(i, 1, 30)).collect();
+    let subnets: Vec<String> = nodes.iter().map(Node::subnet).collect();
+    nodes[0].wait_peers(&[subnets[1].as_str()], Duration::from_secs(15));
+    nodes[1].wait_peers(&[subnets[0].as_str()], Duration::from_secs(15));
+    let ips: Vec<String> = nodes.iter().map(|n| n.pod_ip(0)).collect();
+
+    c.etcd.stop();
+    nodes[0].wait_status("etcd unreachable", Duration::from_secs(20), |s| {
+        s.contains("unreachable")
+    });
+    assert!(
+        ping(&nodes[0].pod_ns[0], &ips[1]),
+        "pods talk with etcd gone"
+    );
+    assert!(
+        ping(&nodes[1].pod_ns[0], &ips[0]),
+        "pods talk with etcd gone"
+    );
+    // A node restarted meanwhile comes back on the subnet it held, its pod on its address.
+    nodes[1].stop();
+    nodes[1].start();
+    assert_eq!(nodes[1].subnet(), subnets[1]);
+    assert_eq!(nodes[1].pod_ip(0), ips[1]);
+
+    c.etcd.start_again();
+    // Back: the restarted node holds its lease again, both are healthy, and learn each other.
+    for n in &nodes {
+        n.wait_status("healthy", Duration::from_secs(30), |s| {
+            s.contains(": healthy;")
+        });
+    }
+    nodes[1].wait_peers(&[subnets[0].as_str()], Duration::from_secs(15));
+    assert!(ping(&nodes[1].pod_ns[0], &ips[0]), "after etcd came back");
+    // A new node is seen by the others.
+    let third = c.node(3, 1, 30);
+    let s3 = third.subnet();
+    nodes[0].wait_peers(&[subnets[1].as_str(), s3.as_str()], Duration::from_secs(15));
+    assert!(
+        ping(&nodes[0].pod_ns[0], &third.pod_ip(0)),
+        "to the new node"
+    );
+}
+
+#[test]
+fn the_nodes_own_key_deleted_is_recreated() {
+    if !root_or_skip("the_nodes_own_key_deleted_is_recreated") {
+        return;
+    }
+    let mut c = Cluster::new();
+    let node = c.node(1, 0, 30);
+    let subnet = node.subnet();
+    let key = format!("{}/subnets/{}", c.prefix, subnet.replace('/', "-"));
+    let value = c.etcd.get(&key).expect("our key");
+    c.etcd.del(&key);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.etcd.get(&key).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "key not recreated\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(c.etcd.get(&key).as_deref(), Some(value.as_str()));
+    // Still attached to a live lease: a keep-alive keeps it there.
+    let out = c.etcd.etcdctl_ok(&["get", &key, "-w", "json"]);
+    assert!(out.contains("\"lease\""), "{out}");
+}
+
+#[test]
+fn a_missing_config_and_an_exhausted_range_are_said_and_waited_out() {
+    if !root_or_skip("a_missing_config_and_an_exhausted_range") {
+        return;
+    }
+    // No network config yet.
+    let mut c = Cluster::with_network("");
+    let node = c.node(1, 1, 30);
+    let s = node.wait_status("the missing config", Duration::from_secs(15), |s| {
+        s.contains("config: is missing")
+    });
+    assert!(s.contains(&format!("etcd key {}/config", c.prefix)), "{s}");
+    // A network with room for one /24 only (SubnetMin = SubnetMax = 10.244.1.0), already
+    // held by someone else.
+    c.etcd.put(
+        &format!("{}/subnets/10.244.1.0-24", c.prefix),
+        r#"{"PublicIP":"192.168.77.50","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:aa:00:00:00:50"}}"#,
+    );
+    c.etcd.put(
+        &format!("{}/config", c.prefix),
+        r#"{"Network":"10.244.0.0/22","SubnetLen":24,"SubnetMin":"10.244.1.0","SubnetMax":"10.244.1.0","Backend":{"Type":"vxlan"}}"#,
+    );
+    let s = node.wait_status("an exhausted range", Duration::from_secs(20), |s| {
+        s.contains("no free /24 left")
+    });
+    assert!(s.contains("SubnetMax"), "{s}");
+    // The holder goes away: the node leases the subnet and starts its pod.
+    c.etcd.del(&format!("{}/subnets/10.244.1.0-24", c.prefix));
+    assert_eq!(node.subnet(), "10.244.1.0/24");
+    assert_eq!(node.pod_ip(0), "10.244.1.2");
+    assert!(
+        ping(&node.pod_ns[0], "10.244.1.1"),
+        "the pod reaches its gateway"
+    );
+}
