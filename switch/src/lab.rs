@@ -8,10 +8,21 @@
 //!   `node.netns` set), owning pod CIDR `10.244.<i>.0/24`, with every other node as a VXLAN peer
 //!   and `M` pods `NAME-n<i>p<j>` at `10.244.<i>.<9+j>`.
 //!
-//! `lab down` stops the daemons (they remove their pods) and deletes the node and underlay
-//! namespaces and the state directory. Everything lives in namespaces the lab made, with
-//! addresses in 10.244.0.0/16 and 192.168.77.0/24; nothing is routed to the machine's own
-//! interfaces. Links are made over rtnetlink, like the pods' own.
+//! With `--etcd` the nodes lease their subnets instead, as flannel's do: the lab also runs an
+//! etcd (Debian's `etcd-server`, `/usr/bin/etcd`) in a namespace `NAME-etcd` joined to `br0`
+//! at `192.168.77.254` (clients on port 2379, also on 127.0.0.1 inside that namespace; peers on
+//! 2380; data dir, log and pid file in `/run/podswitch/NAME/`), writes flannel's network config
+//! (`10.244.0.0/16`, `/24` subnets, VXLAN VNI 1 port 8472) at `/coreos.com/network/config`, and
+//! gives every node a `[cluster]` table instead of a pod CIDR and `[[peers]]`. The nodes start
+//! without pods; once each is up, the lab asks it which subnet it leased and adds its pods at
+//! `.10`, `.11`, ... of that subnet, then waits (bounded) until every node has every other
+//! node as a peer from etcd.
+//!
+//! `lab down` stops the daemons (they remove their pods), then etcd if there is one, and
+//! deletes the node, etcd and underlay namespaces and the state directory (etcd's data with
+//! it). Everything lives in namespaces the lab made, with addresses in 10.244.0.0/16 and
+//! 192.168.77.0/24; nothing is routed to the machine's own interfaces. Links are made over
+//! rtnetlink, like the pods' own.
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -24,16 +35,32 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth};
 
+use crate::cluster::ClusterSpec;
 use crate::config::Config;
 use crate::control::{self, Request, Response};
 use crate::netns::NetNs;
 use crate::node::spec::CONTROL_DIR;
-use crate::node::{link_index, with_netlink, NodeSpec, PeerSpec, PodSpec};
+use crate::node::{link_index, with_netlink, NodeSpec, PeerSource, PeerSpec, PodSpec};
 
 /// Most nodes in a lab (one /24 of pod CIDRs each under 10.244.0.0/16, underlay .1-.254).
 pub(crate) const MAX_NODES: usize = 200;
-/// Most pods per node (.10 to .250 of the node's /24).
+/// Most pods per node (.10 to .249 of the node's /24).
 pub(crate) const MAX_PODS: usize = 240;
+
+/// The lab's etcd (`--etcd`) on the underlay: above every node's address.
+const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 254);
+/// etcd's client port.
+const ETCD_CLIENT_PORT: u16 = 2379;
+/// etcd's peer port.
+const ETCD_PEER_PORT: u16 = 2380;
+/// The etcd binary (Debian's `etcd-server`).
+const ETCD_BIN: &str = "/usr/bin/etcd";
+/// Flannel's network config the lab writes at `<prefix>/config`: the same pod network and
+/// VXLAN settings as the lab without etcd.
+pub(crate) const NETWORK_CONFIG: &str =
+    r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#;
+/// How long etcd may take to come up, and the nodes to see each other in it.
+const ETCD_WAIT: Duration = Duration::from_secs(30);
 
 /// Why the lab could not be built or torn down.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +94,8 @@ pub struct Lab {
     pub(crate) pods_per_node: usize,
     /// Data-plane threads per node (`node.workers`).
     pub(crate) workers: usize,
+    /// Run an etcd and let the nodes lease their subnets there (`--etcd`).
+    pub(crate) etcd: bool,
 }
 
 impl Lab {
@@ -95,7 +124,15 @@ impl Lab {
             nodes,
             pods_per_node,
             workers: 1,
+            etcd: false,
         })
+    }
+
+    /// With `etcd`, runs an etcd and lets the nodes lease their subnets there, peers learnt
+    /// from it (flannel's layout), instead of fixed pod CIDRs and static peers.
+    pub fn with_etcd(mut self, etcd: bool) -> Self {
+        self.etcd = etcd;
+        self
     }
 
     /// Runs each node with `workers` data-plane threads (checked by the node's config).
@@ -116,12 +153,38 @@ impl Lab {
         format!("{name}-node{i}")
     }
 
-    /// Pod `j` (1-based) of node `i`: name/namespace and IP.
-    pub(crate) fn pod(&self, i: usize, j: usize) -> (String, Ipv4Addr) {
-        (
-            format!("{}-n{i}p{j}", self.name),
-            Ipv4Addr::new(10, 244, i as u8, 9 + j as u8),
-        )
+    fn etcd_ns(name: &str) -> String {
+        format!("{name}-etcd")
+    }
+
+    /// etcd's client URL on the underlay.
+    fn etcd_endpoint() -> String {
+        format!("http://{ETCD_IP}:{ETCD_CLIENT_PORT}")
+    }
+
+    /// Pod `j` (1-based) of node `i`: its name, also its namespace's.
+    pub(crate) fn pod_name(&self, i: usize, j: usize) -> String {
+        format!("{}-n{i}p{j}", self.name)
+    }
+
+    /// The IP of pod `j` (1-based) of a node whose pod CIDR is `cidr`: `.10`, `.11`, ...;
+    /// `None` if the CIDR is too small for it.
+    pub(crate) fn pod_ip(cidr: Ipv4Net, j: usize) -> Option<Ipv4Addr> {
+        let offset = u32::try_from(9 + j).ok()?;
+        let ip = Ipv4Addr::from(u32::from(cidr.network()).checked_add(offset)?);
+        (cidr.contains(&ip) && ip != cidr.broadcast()).then_some(ip)
+    }
+
+    fn pod_spec(&self, i: usize, j: usize, ip: Ipv4Addr) -> PodSpec {
+        let pod = self.pod_name(i, j);
+        PodSpec {
+            name: pod.clone(),
+            netns: pod,
+            ip: Some(ip),
+            mac: None,
+            container_id: None,
+            ifname: "eth0".into(),
+        }
     }
 
     fn underlay_ip(i: usize) -> Ipv4Addr {
@@ -141,7 +204,8 @@ impl Lab {
         }
     }
 
-    /// The configuration of node `i`: its pods and every other node as a peer.
+    /// The configuration of node `i`: its pods and every other node as a peer; with etcd, a
+    /// `[cluster]` table instead, and no pods (they are added once the node knows its subnet).
     pub(crate) fn node_config(&self, i: usize) -> Config {
         let name = Self::node_ns(&self.name, i);
         let mut node = NodeSpec::new(&name, Self::pod_cidr(i));
@@ -149,18 +213,17 @@ impl Lab {
         node.underlay = Some(Self::underlay_ip(i));
         node.control = Some(self.control(i));
         node.workers = self.workers;
+        if self.etcd {
+            node.pod_cidr = None;
+            return Config {
+                node,
+                pods: Vec::new(),
+                peers: Vec::new(),
+                cluster: Some(ClusterSpec::new(vec![Self::etcd_endpoint()])),
+            };
+        }
         let pods = (1..=self.pods_per_node)
-            .map(|j| {
-                let (pod, ip) = self.pod(i, j);
-                PodSpec {
-                    name: pod.clone(),
-                    netns: pod,
-                    ip: Some(ip),
-                    mac: None,
-                    container_id: None,
-                    ifname: "eth0".into(),
-                }
-            })
+            .filter_map(|j| Some(self.pod_spec(i, j, Self::pod_ip(Self::pod_cidr(i), j)?)))
             .collect();
         let peers = (1..=self.nodes)
             .filter(|&k| k != i)
@@ -234,7 +297,16 @@ impl Lab {
             .map_err(|e| self.step("underlay namespace")(e.to_string()))?
             .map_err(|(what, e)| self.step(what)(e))?;
         for i in 1..=self.nodes {
-            self.wire_node(&underlay, i)?;
+            self.wire_host(
+                &underlay,
+                &Self::node_ns(&self.name, i),
+                &format!("node {i}"),
+                (format!("u{i}"), format!("n{i}")),
+                Self::underlay_ip(i),
+            )?;
+        }
+        if self.etcd {
+            self.start_etcd(&underlay, dir)?;
         }
         let mut children = Vec::new();
         for i in 1..=self.nodes {
@@ -277,23 +349,41 @@ impl Lab {
                     break;
                 }
                 if Instant::now() > deadline {
-                    return Err(self.step(format!("node {i}"))(
-                        "did not answer on its control socket within 30 s".into(),
-                    ));
+                    let log = std::fs::read_to_string(dir.join(format!("node{i}.log")))
+                        .unwrap_or_default();
+                    return Err(self.step(format!("node {i}"))(format!(
+                        "did not answer on its control socket within 30 s:\n{log}"
+                    )));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        Ok(self.describe())
+        let cidrs = if self.etcd {
+            let cidrs = self.add_leased_pods()?;
+            self.wait_for_etcd_peers()?;
+            cidrs
+        } else {
+            (1..=self.nodes).map(Self::pod_cidr).collect()
+        };
+        Ok(self.describe(&cidrs))
     }
 
-    /// Joins node `i` to the underlay bridge and addresses it.
-    fn wire_node(&self, underlay: &NetNs, i: usize) -> Result<(), LabError> {
-        let node = NetNs::create(&Self::node_ns(&self.name, i))
-            .map_err(|e| self.step(format!("node {i} namespace"))(e.to_string()))?;
+    /// Creates namespace `ns` (`what` in errors), joins it to the underlay bridge by a veth
+    /// (`ends`: its names in the underlay namespace, the host's end becoming `eth0`) and gives
+    /// it `ip`/24.
+    fn wire_host(
+        &self,
+        underlay: &NetNs,
+        ns: &str,
+        what: &str,
+        ends: (String, String),
+        ip: Ipv4Addr,
+    ) -> Result<NetNs, LabError> {
+        let node =
+            NetNs::create(ns).map_err(|e| self.step(format!("{what} namespace"))(e.to_string()))?;
         let node_file = std::fs::File::open(node.path())
-            .map_err(|e| self.step(format!("node {i} namespace"))(e.to_string()))?;
-        let (bridge_end, node_end) = (format!("u{i}"), format!("n{i}"));
+            .map_err(|e| self.step(format!("{what} namespace"))(e.to_string()))?;
+        let (bridge_end, node_end) = ends;
         underlay
             .run(|| {
                 with_netlink(|h| async move {
@@ -319,12 +409,11 @@ impl Lab {
                         )
                         .execute()
                         .await
-                        .map_err(|e| ("veth into the node", e.to_string()))
+                        .map_err(|e| ("veth into the namespace", e.to_string()))
                 })
             })
-            .map_err(|e| self.step(format!("node {i} wiring"))(e.to_string()))?
-            .map_err(|(what, e)| self.step(format!("node {i} {what}"))(e))?;
-        let ip = Self::underlay_ip(i);
+            .map_err(|e| self.step(format!("{what} wiring"))(e.to_string()))?
+            .map_err(|(step, e)| self.step(format!("{what} {step}"))(e))?;
         node.run(|| {
             with_netlink(|h| async move {
                 let lo = link_index(&h, "lo").await.map_err(|e| ("lo", e))?;
@@ -343,39 +432,220 @@ impl Lab {
                     .map_err(|e| ("underlay address", e.to_string()))
             })
         })
-        .map_err(|e| self.step(format!("node {i} address"))(e.to_string()))?
-        .map_err(|(what, e)| self.step(format!("node {i} {what}"))(e))
+        .map_err(|e| self.step(format!("{what} address"))(e.to_string()))?
+        .map_err(|(step, e)| self.step(format!("{what} {step}"))(e))?;
+        Ok(node)
     }
 
-    /// How to reach the pods.
-    pub(crate) fn describe(&self) -> String {
+    /// Starts the lab's etcd in its namespace on the underlay (pid file `etcd.pid`, data dir
+    /// `etcd/`, log `etcd.log` in `dir`), waits until it answers and writes the network config.
+    fn start_etcd(&self, underlay: &NetNs, dir: &Path) -> Result<(), LabError> {
+        let member = Self::etcd_ns(&self.name);
+        let ns = self.wire_host(
+            underlay,
+            &member,
+            "etcd",
+            ("ue".into(), "ne".into()),
+            ETCD_IP,
+        )?;
+        let data = dir.join("etcd");
+        let log_path = dir.join("etcd.log");
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| self.step("etcd log file")(format!("{}: {e}", log_path.display())))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| self.step("etcd log file")(format!("{}: {e}", log_path.display())))?;
+        let client = Self::etcd_endpoint();
+        let clients = format!("{client},http://127.0.0.1:{ETCD_CLIENT_PORT}");
+        let peer = format!("http://{ETCD_IP}:{ETCD_PEER_PORT}");
+        // Spawned from a thread inside the namespace: the child is born there.
+        let mut child = ns
+            .run(|| {
+                Command::new(ETCD_BIN)
+                    .args(["--name", &member])
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .args(["--listen-client-urls", &clients])
+                    .args(["--advertise-client-urls", &client])
+                    .args(["--listen-peer-urls", &peer])
+                    .args(["--initial-advertise-peer-urls", &peer])
+                    .args(["--initial-cluster", &format!("{member}={peer}")])
+                    .args(["--initial-cluster-state", "new"])
+                    .args(["--initial-cluster-token", &member])
+                    .stdin(Stdio::null())
+                    .stdout(log)
+                    .stderr(err)
+                    .process_group(0)
+                    .spawn()
+            })
+            .map_err(|e| self.step("etcd namespace")(e.to_string()))?
+            .map_err(|e| {
+                self.step("starting etcd")(format!(
+                    "{ETCD_BIN}: {e} (it comes with Debian's etcd-server package)"
+                ))
+            })?;
+        std::fs::write(dir.join("etcd.pid"), child.id().to_string())
+            .map_err(|e| self.step("etcd pid file")(e.to_string()))?;
+        let key = format!("{}/config", crate::cluster::flannel::DEFAULT_PREFIX);
+        let deadline = Instant::now() + ETCD_WAIT;
+        let written = ns
+            .run(|| -> Result<(), String> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("tokio runtime: {e}"))?;
+                loop {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return Err(format!(
+                            "exited with {status}; its log {}:\n{}",
+                            log_path.display(),
+                            std::fs::read_to_string(&log_path).unwrap_or_default()
+                        ));
+                    }
+                    let put = rt.block_on(put_key(&client, &key, NETWORK_CONFIG));
+                    match put {
+                        Ok(()) => return Ok(()),
+                        Err(e) if Instant::now() > deadline => {
+                            return Err(format!(
+                                "did not take {key} within {} s: {e}; its log: {}",
+                                ETCD_WAIT.as_secs(),
+                                log_path.display()
+                            ))
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                    }
+                }
+            })
+            .map_err(|e| self.step("etcd namespace")(e.to_string()))?;
+        written.map_err(|e| self.step(format!("etcd at {client}"))(e))
+    }
+
+    /// With etcd: asks each node which subnet it leased and adds its pods there (`.10`,
+    /// `.11`, ...), as `podswitch pod add` would. Returns the nodes' subnets.
+    fn add_leased_pods(&self) -> Result<Vec<Ipv4Net>, LabError> {
+        let mut cidrs = Vec::with_capacity(self.nodes);
+        for i in 1..=self.nodes {
+            let control = self.control(i);
+            let step = format!("node {i} leased subnet");
+            let cidr = match control::call(&control, &Request::NodeInfo, Duration::from_secs(5)) {
+                Ok(Response::Node { pod_cidr, .. }) => pod_cidr,
+                Ok(Response::Error { message, .. }) => return Err(self.step(step)(message)),
+                Ok(other) => return Err(self.step(step)(format!("unexpected answer {other:?}"))),
+                Err(e) => return Err(self.step(step)(e.to_string())),
+            };
+            for j in 1..=self.pods_per_node {
+                let step = format!("node {i} pod {}", self.pod_name(i, j));
+                let ip = Self::pod_ip(cidr, j).ok_or_else(|| {
+                    self.step(step.clone())(format!(
+                        "the leased subnet {cidr} has no room for pod {j}"
+                    ))
+                })?;
+                let add = Request::PodAdd(self.pod_spec(i, j, ip));
+                match control::call(&control, &add, Duration::from_secs(30)) {
+                    Ok(Response::Pod(_)) => {}
+                    Ok(Response::Error { message, .. }) => return Err(self.step(step)(message)),
+                    Ok(other) => {
+                        return Err(self.step(step)(format!("unexpected answer {other:?}")))
+                    }
+                    Err(e) => return Err(self.step(step)(e.to_string())),
+                }
+            }
+            cidrs.push(cidr);
+        }
+        Ok(cidrs)
+    }
+
+    /// With etcd: waits (bounded) until every node has every other node as a peer from etcd.
+    fn wait_for_etcd_peers(&self) -> Result<(), LabError> {
+        let deadline = Instant::now() + ETCD_WAIT;
+        let want = self.nodes - 1;
+        for i in 1..=self.nodes {
+            let control = self.control(i);
+            loop {
+                let seen = match control::call(&control, &Request::PeerList, Duration::from_secs(5))
+                {
+                    Ok(Response::Peers(peers)) => Ok(peers
+                        .iter()
+                        .filter(|p| p.source == PeerSource::Etcd)
+                        .count()),
+                    Ok(Response::Error { message, .. }) => Err(message),
+                    Ok(other) => Err(format!("unexpected answer {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                if seen.as_ref().is_ok_and(|&n| n >= want) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let seen = match seen {
+                        Ok(n) => format!("it has {n}"),
+                        Err(e) => format!("peer list: {e}"),
+                    };
+                    return Err(self.step(format!("node {i} peers"))(format!(
+                        "did not learn the other {want} nodes from etcd within {} s ({seen}); see {}",
+                        ETCD_WAIT.as_secs(),
+                        Self::dir(&self.name).join(format!("node{i}.log")).display()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
+    /// How to reach the pods; `cidrs[i - 1]` is node `i`'s pod CIDR.
+    pub(crate) fn describe(&self, cidrs: &[Ipv4Net]) -> String {
         let mut s = format!(
             "lab {:?}: {} nodes on underlay 192.168.77.0/24 (namespace {})\n",
             self.name,
             self.nodes,
             Self::underlay_ns(&self.name)
         );
-        for i in 1..=self.nodes {
+        if self.etcd {
             let _ = writeln!(
                 s,
-                "node {i}: namespace {}, underlay {}, pods 10.244.{i}.0/24, control {}",
+                "etcd: {} (namespace {}), subnets leased under {}/subnets/\n  ip netns exec {} etcdctl get --prefix {}/subnets/",
+                Self::etcd_endpoint(),
+                Self::etcd_ns(&self.name),
+                crate::cluster::flannel::DEFAULT_PREFIX,
+                Self::etcd_ns(&self.name),
+                crate::cluster::flannel::DEFAULT_PREFIX,
+            );
+        }
+        let mut first = None;
+        let mut last = None;
+        for (i, cidr) in (1..=self.nodes).zip(cidrs.iter().copied()) {
+            let _ = writeln!(
+                s,
+                "node {i}: namespace {}, underlay {}, pods {cidr}, control {}",
                 Self::node_ns(&self.name, i),
                 Self::underlay_ip(i),
                 self.control(i).display()
             );
             for j in 1..=self.pods_per_node {
-                let (pod, ip) = self.pod(i, j);
+                let pod = self.pod_name(i, j);
+                let Some(ip) = Self::pod_ip(cidr, j) else {
+                    continue;
+                };
+                if first.is_none() {
+                    first = Some(pod.clone());
+                }
+                if j == 1 {
+                    last = Some(ip);
+                }
                 let _ = writeln!(
                     s,
                     "  pod {pod:<16} {ip:<14} ip netns exec {pod} ping <pod IP>"
                 );
             }
         }
-        let (from, _) = self.pod(1, 1);
-        let (_, to) = self.pod(self.nodes, 1);
+        if let (Some(from), Some(to)) = (first, last) {
+            let _ = write!(s, "try: ip netns exec {from} ping -c3 {to}\n     ");
+        } else {
+            s.push_str("try: ");
+        }
         let _ = write!(
             s,
-            "try: ip netns exec {from} ping -c3 {to}\n     podswitch pod list --control {}\n     podswitch lab down --name {}",
+            "podswitch pod list --control {}\n     podswitch lab down --name {}",
             self.control(1).display(),
             self.name
         );
@@ -383,23 +653,50 @@ impl Lab {
     }
 }
 
-/// Tears down lab `name`: stops its daemons (SIGTERM; they remove their pods), deletes its
-/// namespaces and state. Idempotent; reports what it could not remove.
+/// Writes `key` = `value` in etcd at `endpoint` (one attempt, bounded).
+async fn put_key(endpoint: &str, key: &str, value: &str) -> Result<(), String> {
+    let opts = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(3));
+    let mut client = etcd_client::Client::connect([endpoint], Some(opts))
+        .await
+        .map_err(|e| format!("connecting: {e}"))?;
+    client
+        .put(key, value, None)
+        .await
+        .map_err(|e| format!("put {key}: {e}"))?;
+    Ok(())
+}
+
+/// Tears down lab `name`: stops its daemons (SIGTERM; they remove their pods), then its etcd
+/// if it has one, deletes its namespaces and state (etcd's data dir with it). Idempotent, with
+/// or without etcd; reports what it could not remove.
 pub fn down(name: &str) -> Result<String, LabError> {
     let dir = Lab::dir(name);
-    let mut stopped = 0;
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "pid") {
-                if let Some(pid) = std::fs::read_to_string(&p)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<i32>().ok())
-                {
-                    if stop_process(pid) {
-                        stopped += 1;
-                    }
-                }
+    let mut pid_files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "pid"))
+                .collect()
+        })
+        .unwrap_or_default();
+    // The nodes first, etcd last: nodes never wait for etcd to stop.
+    pid_files.sort_by_key(|p| p.file_stem().is_some_and(|s| s == "etcd"));
+    let (mut stopped, mut etcd) = (0, false);
+    for p in &pid_files {
+        let Some(pid) = std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if stop_process(pid) {
+            if p.file_stem().is_some_and(|s| s == "etcd") {
+                etcd = true;
+            } else {
+                stopped += 1;
             }
         }
     }
@@ -417,10 +714,15 @@ pub fn down(name: &str) -> Result<String, LabError> {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => problems.push(format!("{}: {e}", dir.display())),
+    }
     if problems.is_empty() {
+        let etcd = if etcd { " and etcd" } else { "" };
         Ok(format!(
-            "lab {name:?}: stopped {stopped} nodes, removed {removed} namespaces"
+            "lab {name:?}: stopped {stopped} nodes{etcd}, removed {removed} namespaces"
         ))
     } else {
         Err(LabError::Step {
@@ -450,4 +752,50 @@ fn stop_process(pid: i32) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_are_numbered_from_dot_ten_of_the_nodes_cidr() {
+        let cidr: Ipv4Net = "10.244.7.0/24".parse().unwrap();
+        assert_eq!(Lab::pod_ip(cidr, 1), Some(Ipv4Addr::new(10, 244, 7, 10)));
+        assert_eq!(Lab::pod_ip(cidr, 2), Some(Ipv4Addr::new(10, 244, 7, 11)));
+        assert_eq!(
+            Lab::pod_ip(cidr, MAX_PODS),
+            Some(Ipv4Addr::new(10, 244, 7, 249))
+        );
+        let small: Ipv4Net = "10.244.7.0/28".parse().unwrap();
+        assert_eq!(Lab::pod_ip(small, 5), Some(Ipv4Addr::new(10, 244, 7, 14)));
+        assert_eq!(Lab::pod_ip(small, 6), None, "the broadcast address");
+    }
+
+    #[test]
+    fn with_etcd_a_node_has_a_cluster_table_and_no_cidr_peers_or_pods() {
+        let lab = Lab::new("t", 3, 2).unwrap().with_etcd(true);
+        let cfg = lab.node_config(2);
+        cfg.validate().unwrap();
+        assert_eq!(cfg.node.pod_cidr, None);
+        assert!(cfg.peers.is_empty() && cfg.pods.is_empty());
+        assert_eq!(
+            cfg.cluster,
+            Some(ClusterSpec::new(vec!["http://192.168.77.254:2379".into()]))
+        );
+        let text = lab.node_config_file(2).unwrap();
+        assert!(text.contains("[cluster]"), "{text}");
+
+        let plain = Lab::new("t", 3, 2).unwrap().node_config(2);
+        assert_eq!(plain.node.pod_cidr, Some("10.244.2.0/24".parse().unwrap()));
+        assert_eq!(plain.peers.len(), 2);
+        let ips: Vec<_> = plain.pods.iter().map(|p| p.ip.to_string()).collect();
+        assert_eq!(ips, ["10.244.2.10", "10.244.2.11"]);
+    }
+
+    #[test]
+    fn the_network_config_is_one_flannel_accepts() {
+        let net = crate::cluster::flannel::NetworkConfig::parse(NETWORK_CONFIG.as_bytes());
+        assert!(net.is_ok(), "{net:?}");
+    }
 }

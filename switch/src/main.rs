@@ -84,6 +84,10 @@ enum LabOp {
         /// Lab name: prefix of its namespaces.
         #[arg(long, default_value = "lab")]
         name: String,
+        /// Also run an etcd (Debian's etcd-server) at 192.168.77.254:2379; the nodes lease
+        /// their subnets there and learn their peers from it, in flannel's layout.
+        #[arg(long)]
+        etcd: bool,
     },
     /// Stop the lab's nodes and remove everything it made.
     Down {
@@ -365,11 +369,12 @@ fn lab(op: LabOp) -> Result<(), String> {
             pods_per_node,
             workers,
             name,
+            etcd,
         } => {
             let exe = std::env::current_exe()
                 .map_err(|e| format!("finding the podswitch binary: {e}"))?;
             podswitch::lab::Lab::new(&name, nodes, pods_per_node)
-                .and_then(|lab| lab.with_workers(workers).up(&exe))
+                .and_then(|lab| lab.with_workers(workers).with_etcd(etcd).up(&exe))
                 .map_err(|e| e.to_string())?
         }
         LabOp::Down { name } => podswitch::lab::down(&name).map_err(|e| e.to_string())?,

@@ -424,6 +424,129 @@ fn lab_builds_a_two_node_cluster_and_tears_it_down() {
     drop(guard);
 }
 
+/// The pod IPs `lab up` printed for node `i` (lines `  pod NAME-n<i>p<j> IP ...`).
+fn lab_pod_ips(text: &str, name: &str, i: usize) -> Vec<String> {
+    let prefix = format!("{name}-n{i}p");
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("pod") && w.next()?.starts_with(&prefix))
+                .then(|| w.next().map(str::to_string))
+                .flatten()
+        })
+        .collect()
+}
+
+#[test]
+fn lab_with_etcd_leases_subnets_and_learns_peers_there() {
+    if !root_or_skip("lab_with_etcd_leases_subnets_and_learns_peers_there") {
+        return;
+    }
+    let name = unique("labe");
+    let guard = LabGuard(name.clone());
+    let up = Command::new(BIN)
+        .args([
+            "lab",
+            "up",
+            "--etcd",
+            "--name",
+            &name,
+            "--nodes",
+            "3",
+            "--pods-per-node",
+            "1",
+        ])
+        .output()
+        .expect("lab up --etcd");
+    let text = stdout(&up);
+    assert!(
+        up.status.success(),
+        "lab up --etcd failed: {}\n{}",
+        text,
+        stderr(&up)
+    );
+    let dir = format!("/run/podswitch/{name}");
+    let etcd_pid: i32 = std::fs::read_to_string(format!("{dir}/etcd.pid"))
+        .expect("etcd.pid")
+        .trim()
+        .parse()
+        .expect("etcd.pid holds a pid");
+
+    // Three leases in flannel's layout, one per node's underlay address.
+    let etcd_ns = format!("{name}-etcd");
+    let keys = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &etcd_ns,
+        "etcdctl",
+        "--endpoints",
+        "http://192.168.77.254:2379",
+        "get",
+        "--prefix",
+        "/coreos.com/network/subnets/",
+    ]);
+    let listing = stdout(&keys);
+    assert!(keys.status.success(), "etcdctl: {}", stderr(&keys));
+    let subnet_keys = listing
+        .lines()
+        .filter(|l| l.starts_with("/coreos.com/network/subnets/"))
+        .count();
+    assert_eq!(subnet_keys, 3, "subnet keys: {listing}");
+    for i in 1..=3 {
+        assert!(
+            listing.contains(&format!("\"PublicIP\":\"192.168.77.{i}\"")),
+            "node {i}'s lease: {listing}"
+        );
+    }
+
+    // Each node has the two others as peers from etcd.
+    for i in 1..=3 {
+        let peers = Command::new(BIN)
+            .args(["peer", "list", "--control", &format!("{dir}/node{i}.sock")])
+            .output()
+            .expect("peer list");
+        let peers = stdout(&peers);
+        let from_etcd = peers
+            .lines()
+            .filter(|l| l.split_whitespace().any(|w| w == "etcd"))
+            .count();
+        assert_eq!(from_etcd, 2, "node {i} peer list: {peers}");
+    }
+
+    // The printed addresses are the real ones, in the leased subnets: pods talk right away.
+    let ips: Vec<Vec<String>> = (1..=3).map(|i| lab_pod_ips(&text, &name, i)).collect();
+    assert!(
+        ips.iter().all(|v| v.len() == 1 && v[0].ends_with(".10")),
+        "pod addresses in: {text}"
+    );
+    let n1p1 = format!("{name}-n1p1");
+    assert!(ping_from(&n1p1, &ips[1][0]), "node 1 pod -> node 2 pod");
+    assert!(ping_from(&n1p1, &ips[2][0]), "node 1 pod -> node 3 pod");
+
+    let down = Command::new(BIN)
+        .args(["lab", "down", "--name", &name])
+        .output()
+        .expect("lab down");
+    assert!(down.status.success(), "lab down: {}", stderr(&down));
+    assert!(
+        stdout(&down).contains("etcd"),
+        "lab down says it stopped etcd: {}",
+        stdout(&down)
+    );
+    let left: Vec<String> = netns_list()
+        .lines()
+        .filter(|l| l.starts_with(&name))
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "lab down left namespaces: {left:?}");
+    wait_for("etcd to be gone", || {
+        !Path::new(&format!("/proc/{etcd_pid}")).exists()
+    });
+    assert!(!Path::new(&dir).exists(), "lab state left behind");
+    drop(guard);
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -58,6 +58,15 @@ fn default_ttl() -> u64 {
 }
 
 impl ClusterSpec {
+    /// A `[cluster]` table for `etcd_endpoints` with the default prefix and lease TTL.
+    pub fn new(etcd_endpoints: Vec<String>) -> Self {
+        Self {
+            etcd_endpoints,
+            etcd_prefix: default_prefix(),
+            lease_ttl_secs: default_ttl(),
+        }
+    }
+
     /// Checks the table (fields named `cluster.*`).
     pub(crate) fn validate(&self) -> Result<(), SpecError> {
         if self.etcd_endpoints.is_empty() {
