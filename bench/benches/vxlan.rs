@@ -27,11 +27,14 @@
 //!   merged into one superframe for the pod's TAP ([`Coalescer`]).
 
 use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use podswitch::pipeline::{Action, Pipeline};
+use podswitch::table::Peer;
 use podswitch::testutil::vxlan_wrap;
 use podswitch::wire::vxlan;
+use podswitch::wire::EthernetAddress;
 use podswitch_bench::{
     node_config, node_tables, pod_ip, pod_mac, remote_ip, routed, udp_frame, BATCH, PEER_UNDERLAY,
     PEER_VTEP_MAC, ROUTER_MAC,
@@ -42,8 +45,32 @@ const VNI: u32 = 1;
 const TTL_AT: usize = 14 + 8;
 
 fn pipeline() -> Pipeline {
+    pipeline_with_peers(0)
+}
+
+/// A pipeline whose node also has `extra` peers (`/26`s of 10.245.0.0/16, each on its own
+/// underlay address) besides node-b, as a node in a 1000-node cluster has: their routes are
+/// more specific than node-b's /24, so a scan in prefix order meets them all first.
+fn pipeline_with_peers(extra: usize) -> Pipeline {
     let cfg = node_config();
     let tables = node_tables(&cfg, 1);
+    for i in 0..extra {
+        let i = u32::try_from(i).expect("peer index");
+        let net = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 245, 0, 0)) + i * 64);
+        tables
+            .update_topology(|t| {
+                t.add_peer(Peer {
+                    name: format!("extra-{i}"),
+                    underlay: SocketAddrV4::new(
+                        Ipv4Addr::from(u32::from(Ipv4Addr::new(192, 168, 80, 0)) + i),
+                        8472,
+                    ),
+                    pod_cidr: format!("{net}/26").parse().expect("extra CIDR"),
+                    vtep_mac: EthernetAddress([2, 0xaa, 0, 0, (i >> 8) as u8, i as u8]),
+                })
+            })
+            .expect("extra peer");
+    }
     let mut p = Pipeline::new(cfg, tables);
     p.begin_batch();
     p
@@ -74,8 +101,8 @@ fn encap(c: &mut Criterion) {
 fn encap_routed(c: &mut Criterion) {
     let mut group = c.benchmark_group("vxlan");
     group.throughput(Throughput::Elements(BATCH as u64));
-    for len in [64usize, 1500] {
-        let mut p = pipeline();
+    for (len, extra) in [(64usize, 0usize), (1500, 0), (64, 999)] {
+        let mut p = pipeline_with_peers(extra);
         let template = udp_frame(ROUTER_MAC, pod_mac(0), pod_ip(0), remote_ip(), len);
         let expected = routed(&template, PEER_VTEP_MAC);
         let mut frames = template.repeat(BATCH);
@@ -100,9 +127,11 @@ fn encap_routed(c: &mut Criterion) {
         for o in out.chunks_exact(slot) {
             assert_eq!(vxlan::decapsulate(o), Ok((VNI, &expected[..])));
         }
-        group.bench_function(BenchmarkId::new("encap_routed", len), |b| {
-            b.iter(|| run(&mut p, &mut frames, &mut out))
-        });
+        let id = match extra {
+            0 => BenchmarkId::new("encap_routed", len),
+            n => BenchmarkId::new(format!("encap_routed_{}_peers", n + 1), len),
+        };
+        group.bench_function(id, |b| b.iter(|| run(&mut p, &mut frames, &mut out)));
         assert_eq!(not_encap, 0, "every frame was encapsulated");
         assert_eq!(p.counts().dropped_total(), 0, "{:?}", p.counts());
         assert_eq!(p.counts().rx, p.counts().forwarded);

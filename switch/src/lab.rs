@@ -789,7 +789,7 @@ mod tests {
         let plain = Lab::new("t", 3, 2).unwrap().node_config(2);
         assert_eq!(plain.node.pod_cidr, Some("10.244.2.0/24".parse().unwrap()));
         assert_eq!(plain.peers.len(), 2);
-        let ips: Vec<_> = plain.pods.iter().map(|p| p.ip.to_string()).collect();
+        let ips: Vec<_> = plain.pods.iter().map(|p| p.ip_text()).collect();
         assert_eq!(ips, ["10.244.2.10", "10.244.2.11"]);
     }
 

@@ -73,6 +73,80 @@ pub(crate) struct Route {
     pub(crate) peer: PeerId,
 }
 
+/// Most routes looked up by a scan; more are indexed (see [`Routes`]).
+const SCAN_ROUTES: usize = 8;
+
+/// The routes to peers. Peer CIDRs never overlap each other ([`Topology::add_peer`] refuses
+/// it), so at most one route holds an address and the order of lookup does not matter. Up to
+/// [`SCAN_ROUTES`] routes are scanned (the quickest for the few peers of a small cluster);
+/// beyond that, a lookup is one hash probe per prefix length in use: usually one, as every
+/// node of a flannel network has the same SubnetLen. A 1000-node cluster routes as fast as a
+/// 10-node one.
+#[derive(Debug, Clone, Default)]
+struct Routes {
+    list: Vec<Route>,
+    /// `(netmask, network -> peer)` per prefix length, longest first; empty while the list is
+    /// scanned.
+    by_len: Vec<(u32, FastMap<u32, PeerId>)>,
+}
+
+impl Routes {
+    #[inline]
+    fn lookup(&self, ip: Ipv4Addr) -> Option<PeerId> {
+        if self.by_len.is_empty() {
+            return self
+                .list
+                .iter()
+                .find(|r| r.cidr.contains(&ip))
+                .map(|r| r.peer);
+        }
+        let a = u32::from(ip);
+        self.by_len
+            .iter()
+            .find_map(|(mask, nets)| nets.get(&(a & mask)).copied())
+    }
+
+    fn insert(&mut self, route: Route) {
+        self.list.push(route);
+        if self.list.len() == SCAN_ROUTES + 1 {
+            for r in self.list.clone() {
+                self.index(r);
+            }
+        } else if self.list.len() > SCAN_ROUTES {
+            self.index(route);
+        }
+    }
+
+    fn index(&mut self, r: Route) {
+        let mask = u32::from(r.cidr.netmask());
+        let net = u32::from(r.cidr.network());
+        match self.by_len.iter_mut().find(|(m, _)| *m == mask) {
+            Some((_, nets)) => {
+                nets.insert(net, r.peer);
+            }
+            None => {
+                let mut nets = FastMap::default();
+                nets.insert(net, r.peer);
+                self.by_len.push((mask, nets));
+                self.by_len
+                    .sort_by_key(|(m, _)| std::cmp::Reverse(m.count_ones()));
+            }
+        }
+    }
+
+    fn remove_peer(&mut self, peer: PeerId) {
+        self.list.retain(|r| r.peer != peer);
+        if self.list.len() <= SCAN_ROUTES {
+            self.by_len.clear();
+            return;
+        }
+        for (_, nets) in &mut self.by_len {
+            nets.retain(|_, p| *p != peer);
+        }
+        self.by_len.retain(|(_, nets)| !nets.is_empty());
+    }
+}
+
 /// Why a topology change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopologyError {
@@ -142,7 +216,7 @@ pub struct Topology {
     /// Pod MAC key -> port: every pod's MAC is known without learning.
     pod_macs: FastMap<u64, PortId>,
     peers: Vec<Option<Peer>>,
-    routes: Vec<Route>,
+    routes: Routes,
     peer_by_underlay: FastMap<u32, PeerId>,
 }
 
@@ -158,7 +232,7 @@ impl Topology {
             neighbours: FastMap::default(),
             pod_macs: FastMap::default(),
             peers: Vec::new(),
-            routes: Vec::new(),
+            routes: Routes::default(),
             peer_by_underlay: FastMap::default(),
         }
     }
@@ -204,10 +278,7 @@ impl Topology {
     /// The peer whose CIDR holds `ip` (longest prefix wins).
     #[inline]
     pub(crate) fn route(&self, ip: Ipv4Addr) -> Option<PeerId> {
-        self.routes
-            .iter()
-            .find(|r| r.cidr.contains(&ip))
-            .map(|r| r.peer)
+        self.routes.lookup(ip)
     }
 
     /// Peer by id.
@@ -348,12 +419,10 @@ impl Topology {
         } as PeerId;
         self.peer_by_underlay
             .insert(u32::from(*peer.underlay.ip()), id);
-        self.routes.push(Route {
+        self.routes.insert(Route {
             cidr: peer.pod_cidr,
             peer: id,
         });
-        self.routes
-            .sort_by_key(|r| std::cmp::Reverse(r.cidr.prefix_len()));
         self.peers[usize::from(id)] = Some(peer);
         Ok(id)
     }
@@ -367,7 +436,7 @@ impl Topology {
         let peer = self.peers[usize::from(id)]
             .take()
             .ok_or_else(|| TopologyError::NoSuchPeer(name.into()))?;
-        self.routes.retain(|r| r.peer != id);
+        self.routes.remove_peer(id);
         self.peer_by_underlay
             .remove(&u32::from(*peer.underlay.ip()));
         Ok(peer)
@@ -377,6 +446,62 @@ impl Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Scanned or indexed, the routes answer as a scan of every peer's CIDR would, while
+    /// peers of mixed prefix lengths come and go across the scan limit.
+    #[test]
+    fn routes_scanned_or_indexed_agree_with_a_scan() {
+        let mut t = Topology::new(
+            "10.244.0.0/24".parse().unwrap(),
+            Ipv4Addr::new(10, 244, 0, 1),
+        );
+        let cidr = |i: u32| -> Ipv4Net {
+            if i.is_multiple_of(3) {
+                format!("10.250.{i}.0/24").parse().unwrap()
+            } else {
+                format!("10.251.{}.{}/26", i / 4, (i % 4) * 64)
+                    .parse()
+                    .unwrap()
+            }
+        };
+        let probes: Vec<Ipv4Addr> = (0..64u32)
+            .flat_map(|i| {
+                [
+                    Ipv4Addr::new(10, 250, i as u8, 7),
+                    Ipv4Addr::new(10, 251, (i / 4) as u8, ((i % 4) * 64 + 5) as u8),
+                    Ipv4Addr::new(10, 252, 0, i as u8),
+                ]
+            })
+            .collect();
+        let check = |t: &Topology| {
+            for ip in &probes {
+                let want = t
+                    .peers()
+                    .find(|(_, p)| p.pod_cidr.contains(ip))
+                    .map(|(id, _)| id);
+                assert_eq!(t.route(*ip), want, "{ip}");
+            }
+        };
+        for i in 0..40u32 {
+            t.add_peer(Peer {
+                name: format!("p{i}"),
+                underlay: SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, 10 + i as u8), 8472),
+                pod_cidr: cidr(i),
+                vtep_mac: EthernetAddress([2, 0xee, 0, 0, 0, i as u8]),
+            })
+            .unwrap();
+            check(&t);
+        }
+        for i in (0..40u32)
+            .rev()
+            .step_by(2)
+            .chain((0..40u32).rev().skip(1).step_by(2))
+        {
+            t.remove_peer(&format!("p{i}")).unwrap();
+            check(&t);
+        }
+        assert_eq!(t.route(Ipv4Addr::new(10, 250, 3, 1)), None);
+    }
 
     fn node() -> Topology {
         Topology::new(
