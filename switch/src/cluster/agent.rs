@@ -466,13 +466,11 @@ impl Agent {
             Err(e) => return e,
         };
         if self.held.is_none() {
-            // Started on a remembered subnet while etcd was away: take the lease now.
-            match self.try_acquire().await {
-                Ok(a) if a.subnet == node.pod_cidr() => {}
-                Ok(a) => {
-                    tracing::error!(leased = %a.subnet, running = %node.pod_cidr(), "etcd gave this node another subnet than the one it runs on (its lease expired and was taken while the node was away?); restart the node to move to the new subnet");
-                }
-                Err(e) => return e,
+            // Started on a remembered subnet while etcd was away: lease that one (the pods
+            // have addresses in it), or say who holds it.
+            self.required = Some(node.pod_cidr());
+            if let Err(e) = self.try_acquire().await {
+                return e;
             }
         }
         if let Err(e) = self.ensure_lease(&mut client).await {
