@@ -639,7 +639,11 @@ impl Lab {
             }
         }
         if let (Some(from), Some(to)) = (first, last) {
-            let _ = write!(s, "try: ip netns exec {from} ping -c3 {to}\n     ");
+            let _ = write!(
+                s,
+                "try: ip netns exec {from} ping -c3 {to}\n     ip netns exec {} ping -c3 {to}   (a node reaches every pod through podsw0)\n     ",
+                Self::node_ns(&self.name, 1)
+            );
         } else {
             s.push_str("try: ");
         }

@@ -301,6 +301,11 @@ async fn start_node(
         Some(mut agent) => {
             let acquired = match agent.try_acquire().await {
                 Ok(a) => a,
+                // Only when etcd does not answer: a subnet etcd says is taken is never used.
+                Err(e) if !e.is_unreachable() => {
+                    tracing::warn!("etcd: {e}; waiting for a subnet lease");
+                    agent.acquire().await
+                }
                 Err(e) => match agent.remembered(&cfg.node) {
                     Some(a) => {
                         tracing::warn!(subnet = %a.subnet, "etcd: {e}; starting on the subnet this node held last, leasing it when etcd answers");
@@ -476,7 +481,8 @@ fn print_response(resp: Response) -> Result<(), String> {
                 let health = match c.last_error {
                     None if c.healthy => "healthy".to_string(),
                     None => "not reached yet".to_string(),
-                    Some(e) => format!("unreachable: {e}"),
+                    Some(e) if c.unreachable => format!("unreachable: {e}"),
+                    Some(e) => format!("error: {e}"),
                 };
                 println!(
                     "cluster: etcd {} prefix {}: {health}; {lease}; {} peers from etcd",
@@ -484,6 +490,9 @@ fn print_response(resp: Response) -> Result<(), String> {
                     c.prefix,
                     c.peers
                 );
+                if let Some(conflict) = c.conflict {
+                    println!("CONFLICT: {conflict}");
+                }
             }
         }
         Response::Node {

@@ -9,13 +9,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::{flannel_network_config, ping, Etcd, KernelFlannelNode, Underlay};
-use common::{tempdir, BIN};
-use podswitch::control::{self, Request, Response};
-use podswitch::node::{PeerSource, PeerStatus, PodStatus};
+use common::cluster::{flannel_network_config, ping, Etcd, KernelFlannelNode, Node, Underlay};
+use common::tempdir;
 use podswitch::testutil::{root_or_skip, unique};
 
 const ETCD_IP: &str = "192.168.77.254";
@@ -58,12 +55,17 @@ impl Cluster {
     /// A podswitch node on a new underlay host `192.168.77.<i>` with `pods` (no ip: each gets
     /// the next address of the leased range), started and not yet checked.
     fn node(&mut self, i: u8, pods: usize, ttl: u64) -> Node {
+        self.node_with(i, pods, ttl, "")
+    }
+
+    /// [`Cluster::node`] with `extra` lines in its `[node]` table.
+    fn node_with(&mut self, i: u8, pods: usize, ttl: u64, extra: &str) -> Node {
         let host = self.underlay.add_host(&format!("192.168.77.{i}"));
         let name = format!("node{i}");
         let control = self.dir.join(format!("{name}.sock"));
         let mut pod_ns = Vec::new();
         let mut text = format!(
-            "[node]\nname = \"{name}\"\nnetns = \"{host}\"\nunderlay = \"192.168.77.{i}\"\ncontrol = \"{}\"\ncpus = []\n",
+            "[node]\nname = \"{name}\"\nnetns = \"{host}\"\nunderlay = \"192.168.77.{i}\"\ncontrol = \"{}\"\ncpus = []\n{extra}",
             control.display()
         );
         for p in 0..pods {
@@ -78,198 +80,15 @@ impl Cluster {
         );
         let config = self.dir.join(format!("{name}.toml"));
         std::fs::write(&config, text).expect("write config");
-        let mut node = Node {
+        let log = self.dir.join(format!("node{i}.log"));
+        Node::spawn(
             name,
-            ip: format!("192.168.77.{i}"),
+            format!("192.168.77.{i}"),
             config,
             control,
-            log: self.dir.join(format!("node{i}.log")),
-            child: None,
+            log,
             pod_ns,
-        };
-        node.start();
-        node
-    }
-}
-
-/// One `podswitch run` with `[cluster]`.
-struct Node {
-    name: String,
-    ip: String,
-    config: PathBuf,
-    control: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-    pod_ns: Vec<String>,
-}
-
-impl Node {
-    /// Starts the daemon (its log appended to `log`); returns once its control socket exists.
-    fn start(&mut self) {
-        assert!(self.child.is_none(), "{} runs already", self.name);
-        let _ = std::fs::remove_file(&self.control);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn podswitch run");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.control.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "{}: no control socket\n{}",
-                self.name,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn call(&self, req: &Request) -> Response {
-        control::call(&self.control, req, Duration::from_secs(30)).expect("control call")
-    }
-
-    /// Waits (bounded) until the node is up and returns its pod CIDR.
-    fn subnet(&self) -> String {
-        let mut last;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.call(&Request::NodeInfo) {
-                Response::Node { pod_cidr, .. } => return pod_cidr.to_string(),
-                other => last = format!("{other:?}"),
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} is not up: {last}\n{}",
-                self.name,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn pods(&self) -> Vec<PodStatus> {
-        match self.call(&Request::PodList) {
-            Response::Pods(p) => p,
-            other => panic!("{}: pod list: {other:?}", self.name),
-        }
-    }
-
-    /// The address of its pod `i`.
-    fn pod_ip(&self, i: usize) -> String {
-        let name = format!("p{i}");
-        let pod = self.pods().into_iter().find(|p| p.spec.name == name);
-        let ip: Option<Ipv4Addr> = pod.and_then(|p| p.spec.ip);
-        ip.unwrap_or_else(|| panic!("{}: no pod {name}", self.name))
-            .to_string()
-    }
-
-    fn peers(&self) -> Vec<PeerStatus> {
-        match self.call(&Request::PeerList) {
-            Response::Peers(p) => p,
-            other => panic!("{}: peer list: {other:?}", self.name),
-        }
-    }
-
-    /// The pod CIDRs of its peers from etcd.
-    fn etcd_peers(&self) -> BTreeSet<String> {
-        self.peers()
-            .into_iter()
-            .filter(|p| p.source == PeerSource::Etcd)
-            .map(|p| p.spec.pod_cidr.to_string())
-            .collect()
-    }
-
-    /// Waits (bounded) until its etcd peers are exactly `want`.
-    fn wait_peers(&self, want: &[&str], within: Duration) {
-        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
-        let deadline = Instant::now() + within;
-        loop {
-            let have = self.etcd_peers();
-            if have == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: etcd peers {have:?}, want {want:?}\n{}",
-                self.name,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// `podswitch status` as the user reads it.
-    fn status_text(&self) -> String {
-        let out = Command::new(BIN)
-            .args(["status", "--control"])
-            .arg(&self.control)
-            .output()
-            .expect("podswitch status");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
         )
-    }
-
-    fn wait_status(&self, what: &str, within: Duration, cond: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let s = self.status_text();
-            if cond(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: status never showed {what}: {s}\n{}",
-                self.name,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn signal(&mut self, sig: libc::c_int) {
-        let mut child = self.child.take().expect("running");
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        unsafe { libc::kill(child.id() as libc::pid_t, sig) };
-        let _ = child.wait();
-    }
-
-    fn stop(&mut self) {
-        self.signal(libc::SIGTERM);
-    }
-
-    fn kill(&mut self) {
-        self.signal(libc::SIGKILL);
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.pod_ns {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- {} log ---\n{}", self.name, self.log());
-        }
     }
 }
 
@@ -562,4 +381,27 @@ fn a_missing_config_and_an_exhausted_range_are_said_and_waited_out() {
         ping(&node.pod_ns[0], "10.244.1.1"),
         "the pod reaches its gateway"
     );
+}
+
+#[test]
+fn a_configured_subnet_held_by_another_node_is_waited_for_never_shared() {
+    if !root_or_skip("a_configured_subnet_held_by_another_node") {
+        return;
+    }
+    let mut c = Cluster::new();
+    let key = format!("{}/subnets/10.244.5.0-24", c.prefix);
+    c.etcd.put(
+        &key,
+        r#"{"PublicIP":"192.168.77.50","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:aa:00:00:00:50"}}"#,
+    );
+    let node = c.node_with(1, 1, 30, "pod_cidr = \"10.244.5.0/24\"\n");
+    let s = node.wait_status("who holds the subnet", Duration::from_secs(15), |s| {
+        s.contains("node.pod_cidr 10.244.5.0/24 is held by 192.168.77.50")
+    });
+    assert!(s.contains("not up yet"), "{s}");
+    // The holder goes: the node leases it and starts.
+    c.etcd.del(&key);
+    assert_eq!(node.subnet(), "10.244.5.0/24");
+    let value = c.etcd.get(&key).expect("our lease");
+    assert!(value.contains("192.168.77.1"), "{value}");
 }

@@ -308,6 +308,57 @@ fn lab_builds_a_two_node_cluster_and_tears_it_down() {
     assert!(ping_from(&n1p1, "10.244.2.10"), "node 1 pod -> node 2 pod");
     assert!(ping_from(&n2p1, "10.244.1.11"), "node 2 pod -> node 1 pod");
     assert!(ping_from(&n1p1, "10.244.1.11"), "pods of one node");
+    // The lab's nodes reach their pods and the other node's through their host interface.
+    let node1 = format!("{name}-node1");
+    assert!(ping_from(&node1, "10.244.1.10"), "node 1 -> its pod");
+    assert!(ping_from(&node1, "10.244.2.10"), "node 1 -> node 2's pod");
+    let mut web = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &n1p1,
+            "python3",
+            "-m",
+            "http.server",
+            "-b",
+            "10.244.1.10",
+            "8080",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("http server");
+    wait_for("http server", || {
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &n1p1,
+            "sh",
+            "-c",
+            "ss -ltn | grep -q 8080",
+        ])
+        .status
+        .success()
+    });
+    let page = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &node1,
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "http://10.244.1.10:8080/",
+    ]);
+    let _ = web.kill();
+    let _ = web.wait();
+    assert!(
+        page.status.success() && stdout(&page).contains("Directory listing"),
+        "node 1 fetches from its pod: {}",
+        stderr(&page)
+    );
     let mut server = Command::new("ip")
         .args(["netns", "exec", &n2p1, "iperf3", "-s", "-1"])
         .stdout(Stdio::null())
@@ -568,7 +619,7 @@ fn run_refused(dir: &Path, text: &str) -> String {
 /// A node with a tunnel on the loopback (a UDP port of its own), one peer and one pod.
 fn node_with_peer(control: &Path, netns: &str, port: u16) -> String {
     format!(
-        "[node]\nname = \"node-r\"\npod_cidr = \"10.244.1.0/24\"\nunderlay = \"127.0.0.1\"\nvxlan_port = {port}\ncontrol = \"{}\"\n\n[[pods]]\nname = \"a\"\nnetns = \"{netns}\"\nip = \"10.244.1.10\"\n\n[[peers]]\nname = \"b\"\nunderlay = \"127.0.0.2\"\npod_cidr = \"10.244.2.0/24\"\n",
+        "[node]\nname = \"node-r\"\npod_cidr = \"10.244.1.0/24\"\nunderlay = \"127.0.0.1\"\nvxlan_port = {port}\ncontrol = \"{}\"\nhost_interface = \"\"\n\n[[pods]]\nname = \"a\"\nnetns = \"{netns}\"\nip = \"10.244.1.10\"\n\n[[peers]]\nname = \"b\"\nunderlay = \"127.0.0.2\"\npod_cidr = \"10.244.2.0/24\"\n",
         control.display()
     )
 }

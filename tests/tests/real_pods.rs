@@ -31,6 +31,8 @@ fn start(pods: &[PodSpec]) -> Node {
 
 fn start_with_workers(pods: &[PodSpec], workers: usize) -> Node {
     let mut spec = NodeSpec::new(unique("node"), "10.244.1.0/24".parse().expect("cidr"));
+    // The test's own namespace is the machine's: no host interface there.
+    spec.host_interface = String::new();
     spec.router_mac = Some(Mac([0x02, 0xee, 0, 0, 0, 1]));
     spec.workers = workers;
     spec.cpus = Some(Vec::new());

@@ -38,8 +38,14 @@ use crate::node::{Mac, Node, NodeSpec, PeerChange, PeerSource};
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// HTTP/2 pings on the connection, so a dead etcd is noticed while only a watch is open.
-const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// HTTP/2 pings on the connection, so a dead etcd is noticed while only a watch is open. etcd
+/// answers pings more frequent than its `--grpc-keepalive-min-time` (5 s) with GOAWAY
+/// `too_many_pings`, dropping the connection every few seconds: stay above it.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a node running on a subnet it could not lease tries again.
+const RETRY_LEASE: Duration = Duration::from_secs(5);
 /// First and largest wait between retries.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -73,6 +79,12 @@ pub enum ClusterError {
     /// Our lease expired or was revoked.
     #[error("the node's etcd lease {0:x} is gone")]
     LeaseLost(i64),
+    /// The node's peer updates failed (a panic in the update task).
+    #[error("updating the node's peers: {0}")]
+    Internal(String),
+    /// The node now holds the subnet it runs on: start a new session to keep it alive.
+    #[error("the node holds its subnet again; resyncing")]
+    Resync,
     /// The watch was cancelled (its revision was compacted): list again.
     #[error("the watch of {prefix} was cancelled ({reason}); listing again")]
     WatchCancelled {
@@ -92,6 +104,25 @@ pub struct Acquired {
     pub vni: u32,
     /// VXLAN UDP port (`Backend.Port`).
     pub port: u16,
+}
+
+impl ClusterError {
+    /// True if etcd could not be reached (as opposed to answering with a problem).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Etcd { .. })
+    }
+}
+
+/// Runs `f` on the node off the async runtime (node changes talk netlink, which runs a
+/// runtime of its own, and may take a while for many peers).
+async fn on_node<T: Send + 'static>(
+    node: &Arc<Node>,
+    f: impl FnOnce(&Node) -> T + Send + 'static,
+) -> Result<T, ClusterError> {
+    let n = Arc::clone(node);
+    tokio::task::spawn_blocking(move || f(&n))
+        .await
+        .map_err(|e| ClusterError::Internal(e.to_string()))
 }
 
 impl Acquired {
@@ -138,6 +169,9 @@ pub struct Agent {
     status: Arc<Mutex<ClusterStatus>>,
     /// Keys whose lease the node could not use, with the reason last logged (logged once).
     skipped: HashMap<String, String>,
+    /// Subnets of the last list held by leases the node cannot use (another backend): taken
+    /// all the same.
+    foreign: Vec<Ipv4Net>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -172,6 +206,7 @@ impl Agent {
             held: None,
             status: Arc::new(Mutex::new(status)),
             skipped: HashMap::new(),
+            foreign: Vec::new(),
         })
     }
 
@@ -221,7 +256,22 @@ impl Agent {
     fn failed(&self, e: &ClusterError) {
         let mut s = lock(&self.status);
         s.healthy = false;
+        s.unreachable = e.is_unreachable();
         s.last_error = Some(e.to_string());
+    }
+
+    /// Records (and logs, once per message) that another node holds this node's subnet, or
+    /// clears it (`None`).
+    fn conflict(&self, what: Option<String>) {
+        let mut s = lock(&self.status);
+        if let Some(w) = &what {
+            if s.conflict.as_ref() != Some(w) {
+                tracing::error!("{w}");
+            }
+        } else if s.conflict.is_some() {
+            tracing::info!("the node holds its subnet's key again");
+        }
+        s.conflict = what;
     }
 
     fn healthy(&self) {
@@ -230,6 +280,7 @@ impl Agent {
             tracing::info!(was = %e, "etcd answers again");
         }
         s.healthy = true;
+        s.unreachable = false;
         s.last_error = None;
     }
 
@@ -248,8 +299,12 @@ impl Agent {
         }
         let options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_keep_alive(PING_INTERVAL, PING_INTERVAL)
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive(PING_INTERVAL, PING_TIMEOUT)
+            // A watch is always open; pings without one would only annoy etcd.
+            .with_keep_alive_while_idle(false)
+            // As flannel: a member cut off from its quorum fails the calls instead of serving
+            // stale data silently.
+            .with_require_leader(true);
         let connect = Client::connect(self.spec.etcd_endpoints.clone(), Some(options));
         let client = timed(connect).await.map_err(self.etcd_err("connecting"))?;
         self.client = Some(client.clone());
@@ -262,12 +317,21 @@ impl Agent {
         let network = self.network_config(&mut client).await?;
         let prefix = self.spec.prefix().to_string();
         let (leases, _) = self.list(&mut client).await?;
+        // Every subnet somebody holds, whatever its backend (flannel counts them all).
+        let mut held_by_others: Vec<(Ipv4Net, Ipv4Addr)> = self
+            .foreign
+            .iter()
+            .map(|s| (*s, Ipv4Addr::UNSPECIFIED))
+            .collect();
         let previous = self
             .required
             .or(Memory::load(&self.memory_path).map(|m| m.subnet));
-        let taken = leases
-            .values()
-            .map(|l| (l.lease.subnet, l.lease.attrs.public_ip));
+        held_by_others.extend(
+            leases
+                .values()
+                .map(|l| (l.lease.subnet, l.lease.attrs.public_ip)),
+        );
+        let taken = held_by_others.iter().copied();
         let mut candidates = flannel::candidates(
             &network,
             taken,
@@ -279,10 +343,13 @@ impl Agent {
         if let Some(required) = self.required {
             candidates.retain(|c| c.subnet() == required);
             if candidates.is_empty() {
-                let holder = leases
-                    .values()
-                    .find(|l| l.lease.subnet == required)
-                    .map(|l| format!("is held by {}", l.lease.attrs.public_ip))
+                let holder = held_by_others
+                    .iter()
+                    .find(|(s, _)| *s == required)
+                    .map(|(_, ip)| match ip.is_unspecified() {
+                        true => "is held by a lease of another backend".to_string(),
+                        false => format!("is held by {ip}"),
+                    })
                     .unwrap_or_else(|| {
                         format!(
                             "is not leasable in Network {} (SubnetLen {}, SubnetMin {}, SubnetMax {})",
@@ -322,6 +389,8 @@ impl Agent {
             }
             tracing::debug!(subnet = %subnet, "lost the race for this subnet; next");
         }
+        // Nothing claimed: do not leave the lease to expire on its own.
+        let _ = timed(client.lease_revoke(lease)).await;
         Err(ClusterError::NoSubnet(
             "every candidate subnet was taken meanwhile; trying again".into(),
         ))
@@ -416,6 +485,7 @@ impl Agent {
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut out = BTreeMap::new();
         let mut seen = Vec::new();
+        let mut foreign = Vec::new();
         for kv in resp.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             seen.push(key.clone());
@@ -431,9 +501,15 @@ impl Agent {
                         },
                     );
                 }
-                Err(e) => self.skip(&key, &e.to_string()),
+                Err(e) => {
+                    if let Ok(subnet) = flannel::parse_subnet_key(self.spec.prefix(), &key) {
+                        foreign.push(subnet);
+                    }
+                    self.skip(&key, &e.to_string());
+                }
             }
         }
+        self.foreign = foreign;
         self.skipped.retain(|k, _| seen.contains(k));
         Ok((out, revision))
     }
@@ -451,6 +527,9 @@ impl Agent {
         let mut backoff = Backoff::new();
         loop {
             let e = self.session(&node, &mut backoff).await;
+            if matches!(e, ClusterError::Resync) {
+                continue;
+            }
             self.failed(&e);
             let wait = backoff.next();
             tracing::warn!(retry_in = ?wait, "etcd: {e}");
@@ -467,10 +546,17 @@ impl Agent {
         };
         if self.held.is_none() {
             // Started on a remembered subnet while etcd was away: lease that one (the pods
-            // have addresses in it), or say who holds it.
+            // have addresses in it). If another node holds it, say so and keep following the
+            // peers; `follow` tries again.
             self.required = Some(node.pod_cidr());
-            if let Err(e) = self.try_acquire().await {
-                return e;
+            match self.lease_subnet().await {
+                Ok(_) => self.conflict(None),
+                Err(e) if e.is_unreachable() => return e,
+                Err(e) => self.conflict(Some(format!(
+                    "this node runs on {} but cannot lease it: {e}; its pods' addresses may clash with another node's (restart it on a free subnet: delete {} first)",
+                    node.pod_cidr(),
+                    self.memory_path.display()
+                ))),
             }
         }
         if let Err(e) = self.ensure_lease(&mut client).await {
@@ -527,12 +613,15 @@ impl Agent {
                 let ours = LeaseAttrs::parse(kv.value())
                     .is_ok_and(|a| a.public_ip == self.public_ip && a.vtep_mac == self.vtep_mac);
                 if !ours {
-                    return Err(ClusterError::NoSubnet(format!(
+                    // Not ours to overwrite: wait for it to go (its delete is watched).
+                    self.conflict(Some(format!(
                         "the node's subnet key {key} holds another node's lease: {}",
                         String::from_utf8_lossy(kv.value())
                     )));
+                    return Ok(());
                 }
                 if kv.lease() == held.lease {
+                    self.conflict(None);
                     return Ok(());
                 }
                 Some(kv.mod_revision())
@@ -545,6 +634,7 @@ impl Agent {
             if own_rev.is_none() {
                 tracing::warn!(key = %key, "the node's subnet key was gone; recreated it");
             }
+            self.conflict(None);
             Ok(())
         } else {
             Err(ClusterError::NoSubnet(format!(
@@ -561,10 +651,19 @@ impl Agent {
         node: &Arc<Node>,
     ) -> Result<i64, ClusterError> {
         let (leases, revision) = self.list(client).await?;
-        let own = self.held.map(|h| h.subnet);
+        let own = self.held.map(|h| h.subnet).or(self.required);
         let mut wanted = Vec::new();
         for (key, l) in leases {
             if Some(l.lease.subnet) == own {
+                if l.lease.attrs.public_ip != self.public_ip {
+                    self.skip(
+                        &key,
+                        &format!(
+                            "another node ({}) holds this node's subnet",
+                            l.lease.attrs.public_ip
+                        ),
+                    );
+                }
                 continue;
             }
             wanted.push((key, l));
@@ -596,15 +695,9 @@ impl Agent {
             (removed, applied)
         })
         .await;
-        let (removed, applied) = match results {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!("reconciling peers failed: {e}");
-                (Vec::new(), Vec::new())
-            }
-        };
-        for name in removed {
-            tracing::info!(peer = %name, "peer removed: its lease is gone from etcd");
+        let (removed, applied) = results.map_err(|e| ClusterError::Internal(e.to_string()))?;
+        if !removed.is_empty() {
+            tracing::info!(peers = ?removed, "peers removed: their leases are gone from etcd");
         }
         for (key, r) in applied {
             match r {
@@ -619,12 +712,7 @@ impl Agent {
     }
 
     fn count_peers(&self, node: &Node) {
-        let n = node
-            .peers()
-            .iter()
-            .filter(|p| p.source == PeerSource::Etcd)
-            .count();
-        lock(&self.status).peers = n;
+        lock(&self.status).peers = node.etcd_peers("").0;
     }
 
     /// Keeps the lease alive and applies watch events from `revision + 1` until something
@@ -635,13 +723,16 @@ impl Agent {
         node: &Arc<Node>,
         revision: i64,
     ) -> ClusterError {
-        let Some(held) = self.held else {
-            return ClusterError::NoSubnet("no subnet held".into());
-        };
         let prefix = flannel::subnets_key(self.spec.prefix());
-        let (mut keeper, mut keepalives) = match timed(client.lease_keep_alive(held.lease)).await {
-            Ok(k) => k,
-            Err(e) => return self.etcd_err("keeping the lease alive")(e),
+        // Without a lease (the subnet the node runs on is someone else's), only the watch;
+        // the tick then tries to lease the subnet again.
+        let held = self.held;
+        let mut keep = match held {
+            Some(h) => match timed(client.lease_keep_alive(h.lease)).await {
+                Ok(k) => Some(k),
+                Err(e) => return self.etcd_err("keeping the lease alive")(e),
+            },
+            None => None,
         };
         let options = WatchOptions::new()
             .with_prefix()
@@ -650,21 +741,37 @@ impl Agent {
             Ok(w) => w,
             Err(e) => return self.etcd_err("watching the subnets")(e),
         };
-        let every = Duration::from_secs((self.spec.lease_ttl_secs / 3).max(1));
+        let every = match held {
+            Some(_) => Duration::from_secs((self.spec.lease_ttl_secs / 3).max(1)),
+            None => RETRY_LEASE,
+        };
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    if let Err(e) = timed(keeper.keep_alive()).await {
-                        return self.etcd_err("keeping the lease alive")(e);
-                    }
+            let keepalive = async {
+                match keep.as_mut() {
+                    Some((_, stream)) => stream.message().await,
+                    None => std::future::pending().await,
                 }
-                msg = keepalives.message() => match msg {
+            };
+            tokio::select! {
+                _ = tick.tick() => match keep.as_mut() {
+                    Some((keeper, _)) => {
+                        if let Err(e) = timed(keeper.keep_alive()).await {
+                            return self.etcd_err("keeping the lease alive")(e);
+                        }
+                    }
+                    None => match self.lease_subnet().await {
+                        Ok(_) => return ClusterError::Resync,
+                        Err(e) if e.is_unreachable() => return e,
+                        Err(_) => {}
+                    },
+                },
+                msg = keepalive => match msg {
                     Ok(Some(resp)) if resp.ttl() > 0 => {
                         lock(&self.status).renewed(resp.ttl());
                     }
-                    Ok(Some(_)) => return ClusterError::LeaseLost(held.lease),
+                    Ok(Some(_)) => return ClusterError::LeaseLost(held.map_or(0, |h| h.lease)),
                     Ok(None) => return self.etcd_err("keeping the lease alive")("stream closed".into()),
                     Err(e) => return self.etcd_err("keeping the lease alive")(e.to_string()),
                 },
@@ -715,47 +822,53 @@ impl Agent {
         let name = Lease::peer_name(subnet);
         match put {
             None if ours => self.ensure_key(client).await?,
+            None if Some(subnet) == self.required && self.held.is_none() => {
+                // The subnet this node runs on but could not lease is free now.
+                return Err(ClusterError::Resync);
+            }
             None => {
                 self.skipped.remove(key);
-                let etcd_peer = node
-                    .peers()
-                    .iter()
-                    .any(|p| p.spec.name == name && p.source == PeerSource::Etcd);
-                if etcd_peer {
-                    match node.del_peer(&name) {
-                        Ok(()) => {
-                            tracing::info!(peer = %name, key, "peer removed: its lease was deleted or expired")
-                        }
-                        Err(e) => {
-                            tracing::warn!(peer = %name, "removing a deleted lease's peer: {e}")
-                        }
-                    }
+                let removed = on_node(node, move |n| {
+                    // The node logs the removal.
+                    n.etcd_peers(&name).1.then(|| n.del_peer(&name))
+                })
+                .await?;
+                if let Some(Err(e)) = removed {
+                    tracing::warn!(key, "removing a deleted lease's peer: {e}");
+                }
+                if !self.skipped.is_empty() {
+                    // A lease refused for clashing with this one may fit now.
+                    self.reconcile(client, node).await?;
                 }
             }
             Some(_) if ours => {
-                // Our own write (or someone else's on our key: checked on the next session).
+                // Our own write, or someone else's on our key (reported, not overwritten).
                 self.ensure_key(client).await?;
             }
             Some((value, etcd_lease)) => match Lease::parse(self.spec.prefix(), key, value) {
-                Ok(lease) => match node.apply_etcd_peer(
-                    &lease.to_peer_spec(),
-                    (etcd_lease != 0).then_some(etcd_lease),
-                ) {
-                    Ok(_) => {
-                        self.skipped.remove(key);
+                Ok(lease) => {
+                    let spec = lease.to_peer_spec();
+                    let id = (etcd_lease != 0).then_some(etcd_lease);
+                    let r = on_node(node, move |n| {
+                        n.apply_etcd_peer(&spec, id).map_err(|e| e.to_string())
+                    })
+                    .await?;
+                    match r {
+                        Ok(_) => {
+                            self.skipped.remove(key);
+                        }
+                        Err(e) => self.skip(key, &e),
                     }
-                    Err(e) => self.skip(key, &e.to_string()),
-                },
+                }
                 Err(e) => {
                     self.skip(key, &e.to_string());
                     // A lease that became unusable no longer describes a peer.
-                    if node
-                        .peers()
-                        .iter()
-                        .any(|p| p.spec.name == name && p.source == PeerSource::Etcd)
-                    {
-                        let _ = node.del_peer(&name);
-                    }
+                    on_node(node, move |n| {
+                        if n.etcd_peers(&name).1 {
+                            let _ = n.del_peer(&name);
+                        }
+                    })
+                    .await?;
                 }
             },
         }

@@ -149,6 +149,12 @@ pub struct ClusterStatus {
     pub(crate) renewed_at: Option<std::time::Instant>,
     /// True while the last call to etcd succeeded.
     pub healthy: bool,
+    /// True if the last failure was etcd not answering (not a problem it answered with).
+    #[serde(default)]
+    pub unreachable: bool,
+    /// Another node holds the subnet this node runs on (its pods' addresses may clash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<String>,
     /// The last error from etcd, if the last call failed.
     pub last_error: Option<String>,
     /// Peers currently learnt from etcd.

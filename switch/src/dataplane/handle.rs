@@ -367,7 +367,7 @@ impl Switch {
                 self.detach_id(id);
                 return Err(e.into());
             }
-            if let PortKind::Pod { mac, .. } = info.kind {
+            if let PortKind::Pod { mac, .. } | PortKind::Host { mac } = info.kind {
                 self.shared.tables.mac.insert_static(mac_key(&mac.0), id);
             }
             reg.insert(id, record);

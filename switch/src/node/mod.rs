@@ -19,6 +19,7 @@
 //! concurrent control requests cannot interleave them (and the checks see every pod or peer).
 
 mod handler;
+mod host;
 mod netlink;
 pub(crate) mod spec;
 
@@ -147,6 +148,14 @@ pub enum NodeError {
     /// The switch could not start.
     #[error("starting the switch: {0}")]
     Start(SwitchError),
+    /// The host interface could not be made, or the masquerade rules installed.
+    #[error("node.{field}: {message}")]
+    Host {
+        /// `host_interface` or `masquerade`.
+        field: &'static str,
+        /// What failed.
+        message: String,
+    },
     /// The tunnel socket could not be bound.
     #[error("binding the VXLAN tunnel to {addr}: {source}")]
     Tunnel {
@@ -226,6 +235,10 @@ pub struct Node {
     peers: Mutex<Vec<PeerStatus>>,
     /// The state file of runtime CNI attachments, once [`Node::restore_attachments`] set it.
     state: OnceLock<PathBuf>,
+    /// The host interface's name, if the node has one.
+    host: Option<String>,
+    /// The masquerade rules, while installed.
+    masquerade: Mutex<Option<host::Masquerade>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -271,6 +284,7 @@ impl Node {
         };
         let pods = spec::assign_pod_ips(&spec, pods, reserved)?;
         let switch = Switch::start_with_tunnel(config, tunnel).map_err(NodeError::Start)?;
+        let host = (!spec.host_interface.is_empty()).then(|| spec.host_interface.clone());
         let node = Node {
             spec,
             net,
@@ -278,17 +292,78 @@ impl Node {
             pods: Mutex::new(BTreeMap::new()),
             peers: Mutex::new(Vec::new()),
             state: OnceLock::new(),
+            host,
+            masquerade: Mutex::new(None),
         };
-        for peer in peers {
-            node.add_peer_from(peer, PeerSource::Config)?;
-        }
-        for pod in &pods {
-            if let Err(e) = node.attach_pod(pod, false, "pod") {
-                node.shutdown();
-                return Err(e);
-            }
+        // From here, a failure removes what was made (pods, rules; the TAPs go with the switch).
+        if let Err(e) = node.populate(&pods, peers) {
+            node.shutdown();
+            return Err(e);
         }
         Ok(node)
+    }
+
+    /// The host interface, the masquerade rules, then `peers` and `pods` in order.
+    fn populate(&self, pods: &[PodSpec], peers: &[PeerSpec]) -> Result<(), NodeError> {
+        if let Some(ifname) = &self.host {
+            self.attach_host(ifname)?;
+            if self.spec.masquerade {
+                let m = host::Masquerade::install(&self.spec.name, self.net.cidr, ifname).map_err(
+                    |message| NodeError::Host {
+                        field: "masquerade",
+                        message,
+                    },
+                )?;
+                *lock(&self.masquerade) = Some(m);
+            }
+        }
+        for peer in peers {
+            self.add_peer_from(peer, PeerSource::Config)?;
+        }
+        for (i, pod) in pods.iter().enumerate() {
+            self.attach_pod(pod, false, &format!("pods[{i}]"))?;
+        }
+        Ok(())
+    }
+
+    /// Creates the host interface in the calling thread's namespace and attaches it.
+    fn attach_host(&self, ifname: &str) -> Result<(), NodeError> {
+        let err = |message| NodeError::Host {
+            field: "host_interface",
+            message,
+        };
+        let mac = self.spec.host_mac();
+        let net = host::HostNet {
+            ifname,
+            mac,
+            gateway: self.net.gateway,
+            prefix_len: self.net.cidr.prefix_len(),
+            mtu: self.net.mtu,
+        };
+        let taps = host::create(&net, self.switch.workers()).map_err(err)?;
+        let queues = taps
+            .into_iter()
+            .map(|q| Box::new(q) as Box<dyn crate::port::Port>)
+            .collect();
+        let info = crate::table::PortInfo {
+            name: ifname.into(),
+            kind: crate::table::PortKind::Host { mac: mac.into() },
+        };
+        self.switch
+            .attach_queues(info, queues)
+            .map_err(|e| err(e.to_string()))?;
+        tracing::info!(ifname, gateway = %self.net.gateway, %mac, "host interface up");
+        Ok(())
+    }
+
+    /// Adds or removes the node's route to a peer's CIDR through the host interface. A
+    /// failure is logged: the peer's pods still reach each other, only the node itself not.
+    fn host_route(&self, cidr: ipnet::Ipv4Net, add: bool) {
+        if let Some(ifname) = &self.host {
+            if let Err(e) = host::route(ifname, cidr, add) {
+                tracing::warn!("host route: {e}");
+            }
+        }
     }
 
     /// Node name.
@@ -676,6 +751,7 @@ impl Node {
         self.switch
             .add_peer(spec.to_peer(&self.spec))
             .map_err(NodeError::Peer)?;
+        self.host_route(spec.pod_cidr, true);
         peers.push(PeerStatus {
             spec: spec.clone(),
             source,
@@ -727,6 +803,10 @@ impl Node {
         self.switch
             .replace_peer(&spec.name, spec.to_peer(&self.spec))
             .map_err(NodeError::Peer)?;
+        if peers[at].spec.pod_cidr != spec.pod_cidr {
+            self.host_route(peers[at].spec.pod_cidr, false);
+            self.host_route(spec.pod_cidr, true);
+        }
         tracing::info!(peer = %spec.name, underlay = %spec.underlay, pod_cidr = %spec.pod_cidr, vtep_mac = %spec.vtep_mac(), source = "etcd", "peer updated");
         peers[at].spec = spec.clone();
         Ok(PeerChange::Updated)
@@ -735,10 +815,24 @@ impl Node {
     /// Removes a peer node and its route.
     pub(crate) fn del_peer(&self, name: &str) -> Result<(), NodeError> {
         let mut peers = lock(&self.peers);
-        self.switch.remove_peer(name).map_err(NodeError::Peer)?;
+        let removed = self.switch.remove_peer(name).map_err(NodeError::Peer)?;
+        self.host_route(removed.pod_cidr, false);
         peers.retain(|p| p.spec.name != name);
         tracing::info!(peer = %name, "peer removed");
         Ok(())
+    }
+
+    /// How many peers came from etcd, and whether `name` is one of them (without copying the
+    /// peer list: the etcd agent asks after every event).
+    pub(crate) fn etcd_peers(&self, name: &str) -> (usize, bool) {
+        let peers = lock(&self.peers);
+        let mut n = 0;
+        let mut found = false;
+        for p in peers.iter().filter(|p| p.source == PeerSource::Etcd) {
+            n += 1;
+            found |= p.spec.name == name;
+        }
+        (n, found)
     }
 
     /// Every peer, as added, with where it came from.
@@ -762,9 +856,13 @@ impl Node {
             .collect()
     }
 
-    /// Removes every pod (and the namespaces the switch created). Idempotent. The state file
-    /// keeps the CNI attachments, for the next start to re-attach them.
+    /// Removes every pod (and the namespaces the switch created) and the masquerade rules.
+    /// Idempotent. The state file keeps the CNI attachments, for the next start to re-attach
+    /// them.
     pub fn shutdown(&self) {
+        if let Some(m) = lock(&self.masquerade).take() {
+            m.remove();
+        }
         let mut pods = lock(&self.pods);
         let names: Vec<String> = pods.keys().cloned().collect();
         for name in names {

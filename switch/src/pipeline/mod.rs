@@ -24,6 +24,17 @@
 //! Frames from trunk ports skip the pod checks of rule 1 (their sources are learned, not
 //! known) but may not use a group MAC as source.
 //!
+//! The host port (the node's own interface, `podsw0`, carrying the gateway address) is the
+//! node's way in and out of the pod network:
+//! - its frames must come from its own MAC and never from a pod's address; its ARP requests
+//!   are answered by the switch (a pod's MAC for a pod of this node, the router MAC for an
+//!   address of a peer's CIDR) and never reach the pods, so pods keep the router as their
+//!   gateway;
+//! - routed traffic that no pod and no peer takes goes to it: a pod's packets for the gateway
+//!   address (other than the ping the switch answers) or for anything outside the pod networks
+//!   (the node's routing then delivers or masquerades them), and packets from other nodes for
+//!   the gateway address (replies to the node's own connections).
+//!
 //! Every call ends in exactly one [`Action`], and every action is counted ([`stats::Counts`]).
 
 mod reply;
@@ -296,20 +307,33 @@ impl Core {
         let Some(port) = topo.port(ingress) else {
             return self.drop(DropReason::UnknownPort);
         };
-        if let PortKind::Pod { mac: own_mac, ip } = port.kind {
-            if src != mac_key(&own_mac.0) {
-                return self.drop(DropReason::SpoofedMac);
+        match port.kind {
+            PortKind::Pod { mac: own_mac, ip } => {
+                if src != mac_key(&own_mac.0) {
+                    return self.drop(DropReason::SpoofedMac);
+                }
+                if let Err(r) = check_pod_frame(&eth, ether_type, ip) {
+                    return self.drop(r);
+                }
             }
-            if let Err(r) = check_pod_frame(&eth, ether_type, ip) {
-                return self.drop(r);
+            PortKind::Host { mac: own_mac } => {
+                if src != mac_key(&own_mac.0) {
+                    return self.drop(DropReason::SpoofedMac);
+                }
+                if let Err(r) = check_host_frame(topo, &eth, ether_type) {
+                    return self.drop(r);
+                }
+                if ether_type == ethertype::ARP && is_group_mac(dst) {
+                    return self.answer_host_arp(topo, frame);
+                }
             }
-        } else if is_group_mac(src) {
-            return self.drop(DropReason::SpoofedMac);
+            PortKind::Trunk if is_group_mac(src) => return self.drop(DropReason::SpoofedMac),
+            PortKind::Trunk => {}
         }
         self.learn(mac, src, ingress);
 
         if dst == self.router_key {
-            return self.route(topo, frame, ether_type, gso);
+            return self.route(topo, ingress, frame, ether_type, gso);
         }
         if is_group_mac(dst) {
             if ether_type == ethertype::ARP && self.is_arp_request_for_gateway(frame) {
@@ -345,9 +369,51 @@ impl Core {
             })
     }
 
+    /// An ARP request from the host port: a pod of this node is at its MAC, an address of a
+    /// peer's CIDR at the router's (which routes it). Never flooded to the pods.
+    #[cold]
+    #[inline(never)]
+    fn answer_host_arp(&mut self, topo: &Topology, frame: &mut [u8]) -> Action {
+        let target = EthernetFrame::new_checked(&*frame)
+            .and_then(|e| ArpPacket::new_checked(e.into_payload()))
+            .ok()
+            .filter(|a| a.operation() == arp::OP_REQUEST)
+            .map(|a| a.target_ip());
+        let Some(target) = target else {
+            return self.drop(DropReason::ArpUnanswered);
+        };
+        let mac = match topo.neighbour(target) {
+            Some(n) => crate::wire::mac_from_key(n.mac),
+            None if topo.route(target).is_some() => self.cfg.router_mac,
+            None => return self.drop(DropReason::ArpUnanswered),
+        };
+        reply::arp_reply_in_place(frame, mac, target);
+        self.local()
+    }
+
+    /// Routed delivery to the host port, if there is one (and the frame did not come from it).
+    #[inline]
+    fn deliver_to_host(
+        &mut self,
+        topo: &Topology,
+        eth: EthernetFrame<&mut [u8]>,
+        ip: &mut Ipv4Packet<&mut [u8]>,
+    ) -> Option<Action> {
+        let host = topo.host()?;
+        rewrite_routed(eth, ip, self.router_key, host.mac);
+        Some(self.forwarded(Action::Forward(host.port)))
+    }
+
     /// Rule 4: the frame is addressed to the router MAC.
     #[inline]
-    fn route(&mut self, topo: &Topology, frame: &mut [u8], ether_type: u16, gso: bool) -> Action {
+    fn route(
+        &mut self,
+        topo: &Topology,
+        ingress: PortId,
+        frame: &mut [u8],
+        ether_type: u16,
+        gso: bool,
+    ) -> Action {
         if ether_type == ethertype::ARP {
             if self.is_arp_request_for_gateway(frame) {
                 reply::arp_reply_in_place(frame, self.cfg.router_mac, self.cfg.gateway);
@@ -362,10 +428,16 @@ impl Core {
             return self.drop(DropReason::BadIpv4);
         };
         let dst = ip.dst_addr();
+        let from_host = topo.host().is_some_and(|h| h.port == ingress);
         if dst == self.cfg.gateway {
             if is_echo_request(&ip) {
                 reply::echo_reply_in_place(frame, self.cfg.router_mac, self.cfg.gateway);
                 return self.local();
+            }
+            if !from_host {
+                if let Some(a) = self.deliver_to_host(topo, eth, &mut ip) {
+                    return a;
+                }
             }
             return self.drop(DropReason::GatewayUnsupported);
         }
@@ -381,6 +453,12 @@ impl Core {
         }
         let Some((peer_id, peer)) = topo.route(dst).and_then(|id| Some((id, topo.peer(id)?)))
         else {
+            // Outside every pod network: the node's own routing takes it (egress).
+            if !from_host {
+                if let Some(a) = self.deliver_to_host(topo, eth, &mut ip) {
+                    return a;
+                }
+            }
             return self.reject(DropReason::NoRoute, frame, IcmpError::NetUnreachable);
         };
         if !gso && ip.packet_len() > usize::from(self.cfg.tunnel_mtu) && ip.dont_fragment() {
@@ -415,7 +493,14 @@ impl Core {
             Some((eth, ip)) if eth.ethertype() == ethertype::IPV4 => (eth, ip),
             _ => return self.drop(DropReason::VxlanNotForPod),
         };
-        let Some(n) = topo.neighbour(ip.dst_addr()) else {
+        let dst = ip.dst_addr();
+        let Some(n) = topo.neighbour(dst) else {
+            // A reply to the node's own connection (from its gateway address).
+            if dst == self.cfg.gateway {
+                if let Some(a) = self.deliver_to_host(topo, eth, &mut ip) {
+                    return a;
+                }
+            }
             return self.drop(DropReason::VxlanNotForPod);
         };
         if ip.ttl() <= 1 {
@@ -442,6 +527,32 @@ fn check_pod_frame(
         };
     }
     check_pod_non_ipv4(eth, ether_type, own)
+}
+
+/// The host port's rule: IPv4 and ARP, never from a pod's address (the node may not pose as
+/// one of its pods); other EtherTypes (the node's IPv6 chatter) are dropped.
+#[inline]
+fn check_host_frame(
+    topo: &Topology,
+    eth: &EthernetFrame<&[u8]>,
+    ether_type: u16,
+) -> Result<(), DropReason> {
+    let src = match ether_type {
+        ethertype::IPV4 => ipv4::source_address(eth.payload()).ok_or(DropReason::BadIpv4)?,
+        ethertype::ARP => {
+            let arp = ArpPacket::new_checked(eth.payload()).map_err(|_| DropReason::BadArp)?;
+            if !arp.is_ethernet_ipv4() {
+                return Err(DropReason::BadArp);
+            }
+            arp.sender_ip()
+        }
+        t if ethertype::is_vlan_tag(t) => return Err(DropReason::Vlan),
+        _ => return Err(DropReason::EtherType),
+    };
+    if topo.is_pod_ip(src) {
+        return Err(DropReason::SpoofedIp);
+    }
+    Ok(())
 }
 
 /// The rest of rule 1, out of the per-frame IPv4 path: ARP from the pod's own addresses;

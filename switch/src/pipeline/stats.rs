@@ -46,7 +46,8 @@ drop_reasons! {
     BadArp => "bad_arp",
     /// A pod sent a frame with a source MAC that is not its own.
     SpoofedMac => "spoofed_mac",
-    /// A pod sent an IPv4 packet or ARP with a sender address that is not its own.
+    /// A pod sent an IPv4 packet or ARP with a sender address that is not its own, or the
+    /// host port one with a pod's address.
     SpoofedIp => "spoofed_ip",
     /// A pod sent a VLAN-tagged frame (802.1Q, 802.1ad): pod interfaces are untagged, and a
     /// tag would hide the packet inside from the address checks.
@@ -76,6 +77,8 @@ drop_reasons! {
     NotRoutable => "not_routable",
     /// Addressed to the gateway IP but not a ping the gateway answers.
     GatewayUnsupported => "gateway_unsupported",
+    /// An ARP request from the host port for an address no pod of this node or peer has.
+    ArpUnanswered => "arp_unanswered",
     /// A frame for a peer node while no tunnel port is attached.
     NoTunnel => "no_tunnel",
     /// A superframe or partial-checksum frame for a peer that could not be segmented or

@@ -668,3 +668,210 @@ fn absurd_gso_segment_sizes_are_refused() {
     assert_eq!(n.p.process(0, &mut f, tso(1448)), Action::Forward(1));
     assert_accounted(&n);
 }
+
+const HOST: [u8; 6] = [0x02, 0xef, 0, 0, 0, 1];
+const HOST_PORT: PortId = 4;
+
+impl Node {
+    /// The node with its host port (port 4) attached.
+    fn with_host() -> Self {
+        let mut n = Node::new();
+        n.p.tables
+            .update_topology(|t| {
+                t.add_port(
+                    HOST_PORT,
+                    PortInfo {
+                        name: "podsw0".into(),
+                        kind: PortKind::Host {
+                            mac: EthernetAddress(HOST),
+                        },
+                    },
+                )
+            })
+            .expect("host port");
+        n.p.begin_batch();
+        n
+    }
+}
+
+#[test]
+fn pods_reach_the_node_and_the_outside_through_the_host_port() {
+    let mut n = Node::with_host();
+    let outside = Ipv4Addr::new(198, 51, 100, 1);
+    let payload = udp(1000, 80, b"out");
+    // Outside every pod network: routed to the host port (MACs rewritten, TTL - 1).
+    let mut f = eth(
+        R,
+        pod_mac(10),
+        0x0800,
+        &ipv4(pod_ip(10), outside, 17, 64, &payload),
+    );
+    assert_eq!(n.run(0, &mut f), Action::Forward(HOST_PORT));
+    assert_eq!(
+        f,
+        eth(
+            HOST,
+            R,
+            0x0800,
+            &ipv4(pod_ip(10), outside, 17, 63, &payload)
+        )
+    );
+    // The gateway address, other than the ping the switch answers: the node's own.
+    let mut f = eth(
+        R,
+        pod_mac(10),
+        0x0800,
+        &ipv4(pod_ip(10), gw(), 6, 64, &[0u8; 20]),
+    );
+    assert_eq!(n.run(0, &mut f), Action::Forward(HOST_PORT));
+    // Peers and pods still go where they went.
+    let mut f = eth(
+        R,
+        pod_mac(10),
+        0x0800,
+        &ipv4(pod_ip(10), Ipv4Addr::new(10, 244, 2, 5), 17, 64, &payload),
+    );
+    assert_eq!(n.run(0, &mut f), Action::Encap(0));
+    // Without a host port, outside is unreachable (ICMP net unreachable).
+    let mut plain = Node::new();
+    let mut f = eth(
+        R,
+        pod_mac(10),
+        0x0800,
+        &ipv4(pod_ip(10), outside, 17, 64, &payload),
+    );
+    assert!(matches!(
+        plain.run(0, &mut f),
+        Action::Reject(DropReason::NoRoute, _)
+    ));
+}
+
+#[test]
+fn the_node_reaches_local_and_remote_pods_through_the_host_port() {
+    let mut n = Node::with_host();
+    // ARP from the node: a local pod's MAC, the router's for a peer's address; pods never see it.
+    let mut req = eth(
+        [0xff; 6],
+        HOST,
+        0x0806,
+        &arp(1, HOST, gw(), [0; 6], pod_ip(11)),
+    );
+    assert_eq!(n.run(HOST_PORT, &mut req), Action::Reply);
+    assert_eq!(
+        req,
+        eth(
+            HOST,
+            pod_mac(11),
+            0x0806,
+            &arp(2, pod_mac(11), pod_ip(11), HOST, gw())
+        )
+    );
+    let remote = Ipv4Addr::new(10, 244, 2, 5);
+    let mut req = eth([0xff; 6], HOST, 0x0806, &arp(1, HOST, gw(), [0; 6], remote));
+    assert_eq!(n.run(HOST_PORT, &mut req), Action::Reply);
+    assert_eq!(req, eth(HOST, R, 0x0806, &arp(2, R, remote, HOST, gw())));
+    let nobody = Ipv4Addr::new(10, 244, 1, 99);
+    let mut req = eth([0xff; 6], HOST, 0x0806, &arp(1, HOST, gw(), [0; 6], nobody));
+    assert_eq!(
+        n.run(HOST_PORT, &mut req),
+        Action::Drop(DropReason::ArpUnanswered)
+    );
+    // To a local pod: plain L2 to its MAC.
+    let mut f = eth(
+        pod_mac(11),
+        HOST,
+        0x0800,
+        &ipv4(gw(), pod_ip(11), 6, 64, &[0u8; 20]),
+    );
+    assert_eq!(n.run(HOST_PORT, &mut f), Action::Forward(1));
+    // To a remote pod: routed into the tunnel.
+    let mut f = eth(R, HOST, 0x0800, &ipv4(gw(), remote, 6, 64, &[0u8; 20]));
+    assert_eq!(n.run(HOST_PORT, &mut f), Action::Encap(0));
+    // Its reply from the other node, to the gateway address: to the host port.
+    let peer: SocketAddrV4 = "192.168.77.2:40000".parse().expect("addr");
+    let inner = eth(R, PEER_VTEP, 0x0800, &ipv4(remote, gw(), 6, 64, &[0u8; 20]));
+    let mut dgram = vxlan_wrap(1, &inner);
+    n.p.begin_batch();
+    assert_eq!(
+        n.p.process_tunnel(peer, &mut dgram),
+        Action::Forward(HOST_PORT)
+    );
+    assert_eq!(
+        &dgram[vxlan::HEADER_LEN..],
+        &eth(HOST, R, 0x0800, &ipv4(remote, gw(), 6, 63, &[0u8; 20]))[..]
+    );
+    // A local pod's reply to the node: routed to the host port.
+    let mut f = eth(
+        R,
+        pod_mac(11),
+        0x0800,
+        &ipv4(pod_ip(11), gw(), 6, 64, &[0u8; 20]),
+    );
+    assert_eq!(n.run(1, &mut f), Action::Forward(HOST_PORT));
+    // Nothing loops back: the node's own packet for the outside is refused, not returned.
+    let mut f = eth(
+        R,
+        HOST,
+        0x0800,
+        &ipv4(gw(), Ipv4Addr::new(198, 51, 100, 1), 6, 64, &[0u8; 20]),
+    );
+    assert!(matches!(
+        n.run(HOST_PORT, &mut f),
+        Action::Reject(DropReason::NoRoute, _)
+    ));
+    assert_accounted(&n);
+}
+
+#[test]
+fn the_host_port_may_not_claim_a_pods_address_or_another_mac() {
+    let mut n = Node::with_host();
+    let mut f = eth(
+        pod_mac(11),
+        HOST,
+        0x0800,
+        &ipv4(pod_ip(10), pod_ip(11), 6, 64, &[0u8; 20]),
+    );
+    assert_eq!(
+        n.run(HOST_PORT, &mut f),
+        Action::Drop(DropReason::SpoofedIp)
+    );
+    let mut f = eth(
+        [0xff; 6],
+        HOST,
+        0x0806,
+        &arp(1, HOST, pod_ip(10), [0; 6], pod_ip(11)),
+    );
+    assert_eq!(
+        n.run(HOST_PORT, &mut f),
+        Action::Drop(DropReason::SpoofedIp)
+    );
+    let mut f = eth(
+        pod_mac(11),
+        pod_mac(10),
+        0x0800,
+        &ipv4(gw(), pod_ip(11), 6, 64, &[0u8; 20]),
+    );
+    assert_eq!(
+        n.run(HOST_PORT, &mut f),
+        Action::Drop(DropReason::SpoofedMac)
+    );
+    let mut f = eth([0x33, 0x33, 0, 0, 0, 1], HOST, 0x86dd, &[0u8; 40]);
+    assert_eq!(
+        n.run(HOST_PORT, &mut f),
+        Action::Drop(DropReason::EtherType)
+    );
+    // A second host port is refused.
+    let second = n.p.tables.update_topology(|t| {
+        t.add_port(
+            5,
+            PortInfo {
+                name: "again".into(),
+                kind: PortKind::Host {
+                    mac: EthernetAddress([2, 0xef, 0, 0, 0, 2]),
+                },
+            },
+        )
+    });
+    assert!(second.is_err());
+    assert_accounted(&n);
+}

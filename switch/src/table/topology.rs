@@ -31,6 +31,13 @@ pub enum PortKind {
     },
     /// A segment of many hosts (another bridge, a VM): sources are learned, not checked.
     Trunk,
+    /// The node's own interface (`podsw0`): the node's processes reach pods through it, and
+    /// pod traffic for anything outside the pod networks leaves through it. At most one per
+    /// node. Its frames come from `mac` and never from a pod's address.
+    Host {
+        /// The interface's MAC.
+        mac: EthernetAddress,
+    },
 }
 
 /// A port and its identity.
@@ -201,6 +208,9 @@ pub enum TopologyError {
     /// No peer with that name.
     #[error("no peer named {0:?}")]
     NoSuchPeer(String),
+    /// A node has one host port.
+    #[error("port {0}: the node already has a host port")]
+    SecondHostPort(PortId),
 }
 
 /// Ports, neighbours and routes of one node. Immutable once published; changes build a new one.
@@ -216,6 +226,8 @@ pub struct Topology {
     /// Pod MAC key -> port: every pod's MAC is known without learning.
     pod_macs: FastMap<u64, PortId>,
     peers: Vec<Option<Peer>>,
+    /// The host port, if attached.
+    host: Option<Neighbour>,
     routes: Routes,
     peer_by_underlay: FastMap<u32, PeerId>,
 }
@@ -232,6 +244,7 @@ impl Topology {
             neighbours: FastMap::default(),
             pod_macs: FastMap::default(),
             peers: Vec::new(),
+            host: None,
             routes: Routes::default(),
             peer_by_underlay: FastMap::default(),
         }
@@ -267,6 +280,18 @@ impl Topology {
     #[inline]
     pub fn neighbour(&self, ip: Ipv4Addr) -> Option<Neighbour> {
         self.neighbours.get(&u32::from(ip)).copied()
+    }
+
+    /// The host port (the node's own interface) and its MAC key, if attached.
+    #[inline]
+    pub(crate) fn host(&self) -> Option<Neighbour> {
+        self.host
+    }
+
+    /// True if `ip` is the address of a pod of this node.
+    #[inline]
+    pub(crate) fn is_pod_ip(&self, ip: Ipv4Addr) -> bool {
+        self.neighbours.contains_key(&u32::from(ip))
     }
 
     /// The port of the pod whose MAC key is `mac`, if such a pod is attached.
@@ -344,6 +369,15 @@ impl Topology {
         if self.port(port).is_some() {
             return Err(TopologyError::PortInUse(port));
         }
+        if let PortKind::Host { mac } = info.kind {
+            if self.host.is_some() {
+                return Err(TopologyError::SecondHostPort(port));
+            }
+            self.host = Some(Neighbour {
+                mac: mac_key(&mac.0),
+                port,
+            });
+        }
         if let PortKind::Pod { mac, ip } = info.kind {
             self.check_pod(ip, mac)?;
             self.pod_macs.insert(mac_key(&mac.0), port);
@@ -379,6 +413,9 @@ impl Topology {
         if let PortKind::Pod { ip, mac } = info.kind {
             self.neighbours.remove(&u32::from(ip));
             self.pod_macs.remove(&mac_key(&mac.0));
+        }
+        if matches!(info.kind, PortKind::Host { .. }) {
+            self.host = None;
         }
         self.flood.retain(|&p| p != port);
         self.trunks.retain(|&p| p != port);

@@ -5,15 +5,20 @@
 //!
 //! Addresses: underlay in 192.168.77.0/24, pods in 10.244.0.0/16.
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
+use std::time::{Duration, Instant};
+
 use ipnet::Ipv4Net;
+use podswitch::control::{self, Request, Response};
+use podswitch::node::{PeerSource, PeerStatus, PodStatus};
 use podswitch::testutil::{unique, wait_for};
 
-use super::{run, tempdir};
+use super::{run, tempdir, BIN};
 
 /// The VNI flannel's VXLAN backend uses by default (and the fixtures use).
 pub(crate) const VNI: u32 = 1;
@@ -510,5 +515,214 @@ impl KernelFlannelNode {
 impl Drop for KernelFlannelNode {
     fn drop(&mut self) {
         netns_del(&self.pod);
+    }
+}
+
+/// One `podswitch run` of a node in its own namespace (its config written by the caller),
+/// its log in a file; killed and its pod namespaces deleted on drop.
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) ip: String,
+    pub(crate) config: PathBuf,
+    pub(crate) control: PathBuf,
+    pub(crate) log: PathBuf,
+    pub(crate) child: Option<Child>,
+    pub(crate) pod_ns: Vec<String>,
+}
+
+impl Node {
+    /// Starts `podswitch run --config config` (see [`Node::start`]).
+    pub(crate) fn spawn(
+        name: String,
+        ip: String,
+        config: PathBuf,
+        control: PathBuf,
+        log: PathBuf,
+        pod_ns: Vec<String>,
+    ) -> Self {
+        let mut node = Node {
+            name,
+            ip,
+            config,
+            control,
+            log,
+            child: None,
+            pod_ns,
+        };
+        node.start();
+        node
+    }
+
+    /// Starts the daemon (its log appended to `log`); returns once its control socket exists.
+    pub(crate) fn start(&mut self) {
+        assert!(self.child.is_none(), "{} runs already", self.name);
+        let _ = std::fs::remove_file(&self.control);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn podswitch run");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.control.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{}: no control socket\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub(crate) fn call(&self, req: &Request) -> Response {
+        control::call(&self.control, req, Duration::from_secs(30)).expect("control call")
+    }
+
+    /// Waits (bounded) until the node is up and returns its pod CIDR.
+    pub(crate) fn subnet(&self) -> String {
+        let mut last;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.call(&Request::NodeInfo) {
+                Response::Node { pod_cidr, .. } => return pod_cidr.to_string(),
+                other => last = format!("{other:?}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} is not up: {last}\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub(crate) fn pods(&self) -> Vec<PodStatus> {
+        match self.call(&Request::PodList) {
+            Response::Pods(p) => p,
+            other => panic!("{}: pod list: {other:?}", self.name),
+        }
+    }
+
+    /// The address of its pod `i`.
+    pub(crate) fn pod_ip(&self, i: usize) -> String {
+        let name = format!("p{i}");
+        let pod = self.pods().into_iter().find(|p| p.spec.name == name);
+        let ip: Option<Ipv4Addr> = pod.and_then(|p| p.spec.ip);
+        ip.unwrap_or_else(|| panic!("{}: no pod {name}", self.name))
+            .to_string()
+    }
+
+    pub(crate) fn peers(&self) -> Vec<PeerStatus> {
+        match self.call(&Request::PeerList) {
+            Response::Peers(p) => p,
+            other => panic!("{}: peer list: {other:?}", self.name),
+        }
+    }
+
+    /// The pod CIDRs of its peers from etcd.
+    pub(crate) fn etcd_peers(&self) -> BTreeSet<String> {
+        self.peers()
+            .into_iter()
+            .filter(|p| p.source == PeerSource::Etcd)
+            .map(|p| p.spec.pod_cidr.to_string())
+            .collect()
+    }
+
+    /// Waits (bounded) until its etcd peers are exactly `want`.
+    pub(crate) fn wait_peers(&self, want: &[&str], within: Duration) {
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        let deadline = Instant::now() + within;
+        loop {
+            let have = self.etcd_peers();
+            if have == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: etcd peers {have:?}, want {want:?}\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `podswitch status` as the user reads it.
+    pub(crate) fn status_text(&self) -> String {
+        let out = Command::new(BIN)
+            .args(["status", "--control"])
+            .arg(&self.control)
+            .output()
+            .expect("podswitch status");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    pub(crate) fn wait_status(
+        &self,
+        what: &str,
+        within: Duration,
+        cond: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.status_text();
+            if cond(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: status never showed {what}: {s}\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub(crate) fn signal(&mut self, sig: libc::c_int) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        let _ = child.wait();
+    }
+
+    pub(crate) fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    pub(crate) fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.pod_ns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- {} log ---\n{}", self.name, self.log());
+        }
     }
 }

@@ -96,10 +96,11 @@ pub(crate) fn tempdir(name: &str) -> PathBuf {
     d
 }
 
-/// A node config with `pods` (name, netns, ip), pod CIDR 10.244.1.0/24.
+/// A node config with `pods` (name, netns, ip), pod CIDR 10.244.1.0/24. The daemon runs in
+/// the test's (the machine's) namespace, so it makes no host interface there.
 pub(crate) fn config(node: &str, control: &Path, pods: &[(&str, &str, &str)]) -> String {
     let mut s = format!(
-        "[node]\nname = \"{node}\"\npod_cidr = \"10.244.1.0/24\"\nmtu = 1450\ncontrol = \"{}\"\n",
+        "[node]\nname = \"{node}\"\npod_cidr = \"10.244.1.0/24\"\nmtu = 1450\ncontrol = \"{}\"\nhost_interface = \"\"\n",
         control.display()
     );
     for (name, netns, ip) in pods {

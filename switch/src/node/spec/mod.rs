@@ -156,6 +156,25 @@ pub struct NodeSpec {
     /// giving both with different values is an error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) vtep_mac: Option<Mac>,
+    /// The node's own interface into its pod network (a TAP the switch holds in the node's
+    /// namespace, carrying the gateway address, with routes to every peer's CIDR); `""`: none
+    /// (the node cannot reach its pods, pods cannot leave the pod networks).
+    #[serde(default = "default_host_interface")]
+    pub host_interface: String,
+    /// Masquerade pod traffic that leaves the node for outside the pod networks to the node's
+    /// address (flannel's `ipMasq`); needs the host interface.
+    #[serde(default = "default_masquerade")]
+    pub masquerade: bool,
+}
+
+/// The default host interface.
+pub(crate) const DEFAULT_HOST_INTERFACE: &str = "podsw0";
+
+fn default_host_interface() -> String {
+    DEFAULT_HOST_INTERFACE.into()
+}
+fn default_masquerade() -> bool {
+    true
 }
 
 fn default_underlay_mtu() -> u16 {
@@ -264,7 +283,17 @@ impl NodeSpec {
             vxlan_port: DEFAULT_VXLAN_PORT,
             vni: default_vni(),
             vtep_mac: None,
+            host_interface: default_host_interface(),
+            masquerade: default_masquerade(),
         }
+    }
+
+    /// The host interface's MAC: the router MAC with its second octet `0xef` (the router's is
+    /// `0xee` when derived), so the two never collide.
+    pub(crate) fn host_mac(&self) -> Mac {
+        let mut m = self.router_mac().0;
+        m[1] ^= 0x01;
+        Mac(m)
     }
 
     /// The node's name.

@@ -105,6 +105,9 @@ impl NodeSpec {
         if let Some(ns) = &self.netns {
             check_netns("node.netns", ns)?;
         }
+        if !self.host_interface.is_empty() {
+            check_ifname("node.host_interface", &self.host_interface)?;
+        }
         let control = self.control_path();
         let len = control.as_os_str().len();
         if len == 0 {

@@ -1,0 +1,283 @@
+//! The node and the outside world (Order 8): the host interface (`podsw0`) and pod egress
+//! masqueraded to the node's address. Two podswitch nodes on an underlay of their own, each in
+//! its own namespace, and an "outside" namespace holding a documentation address
+//! (198.51.100.1) that only the nodes route to, through the underlay: the outside has no route
+//! back to the pod networks, so a reply reaches a pod only if its request left with the node's
+//! address. Needs root.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use common::cluster::{ping, sh, Node, Underlay};
+use common::{run, tempdir};
+use podswitch::testutil::{root_or_skip, unique, wait_for};
+
+const OUTSIDE: &str = "198.51.100.1";
+
+/// An HTTP server answering every GET with the client's address as seen by the server.
+const ECHO_SERVER: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = self.client_address[0].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+"#;
+
+/// An echo server in `ns` on `ip:port`; killed on drop.
+struct Server(Child);
+
+impl Server {
+    fn start(ns: &str, ip: &str, port: u16) -> Self {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", ECHO_SERVER, ip])
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 echo server");
+        let probe = format!("ss -ltn | grep -q '{ip}:{port} '");
+        wait_for("the echo server", || {
+            run(&["ip", "netns", "exec", ns, "sh", "-c", &probe])
+                .status
+                .success()
+        });
+        Server(child)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The address the server at `ip:port` saw, fetched from `ns` (None: no answer).
+fn seen_from(ns: &str, ip: &str, port: u16) -> Option<String> {
+    let url = format!("http://{ip}:{port}/");
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        &url,
+    ]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Two nodes (10.244.1.0/24 at .1, 10.244.2.0/24 at .2) with one pod each (.10), peers of
+/// each other, and the outside at .100 holding 198.51.100.1.
+struct Site {
+    underlay: Underlay,
+    hosts: Vec<String>,
+    outside: String,
+    nodes: Vec<Node>,
+    dir: PathBuf,
+}
+
+impl Site {
+    fn new() -> Self {
+        let mut underlay = Underlay::new();
+        let hosts: Vec<String> = (1..=2)
+            .map(|i| underlay.add_host(&format!("192.168.77.{i}")))
+            .collect();
+        let outside = underlay.add_host("192.168.77.100");
+        sh(&outside, &format!("ip addr add {OUTSIDE}/32 dev lo"));
+        for h in &hosts {
+            sh(h, "ip route add 198.51.100.0/24 via 192.168.77.100");
+        }
+        let dir = tempdir("host");
+        let nodes = (1..=2u8).map(|i| Self::node(&dir, &hosts, i)).collect();
+        Site {
+            underlay,
+            hosts,
+            outside,
+            nodes,
+            dir,
+        }
+    }
+
+    fn config(dir: &std::path::Path, hosts: &[String], i: u8, pod_ns: &str) -> (PathBuf, PathBuf) {
+        let other = 3 - i;
+        let control = dir.join(format!("node{i}.sock"));
+        let text = format!(
+            "[node]\nname = \"node{i}\"\nnetns = \"{}\"\npod_cidr = \"10.244.{i}.0/24\"\nunderlay = \"192.168.77.{i}\"\ncontrol = \"{}\"\ncpus = []\n\n[[pods]]\nname = \"p\"\nnetns = \"{pod_ns}\"\nip = \"10.244.{i}.10\"\n\n[[peers]]\nname = \"node{other}\"\nunderlay = \"192.168.77.{other}\"\npod_cidr = \"10.244.{other}.0/24\"\n",
+            hosts[usize::from(i) - 1],
+            control.display()
+        );
+        let config = dir.join(format!("node{i}.toml"));
+        std::fs::write(&config, text).expect("config");
+        (config, control)
+    }
+
+    fn node(dir: &std::path::Path, hosts: &[String], i: u8) -> Node {
+        let pod_ns = unique(&format!("hp{i}"));
+        let (config, control) = Self::config(dir, hosts, i, &pod_ns);
+        let node = Node::spawn(
+            format!("node{i}"),
+            format!("192.168.77.{i}"),
+            config,
+            control,
+            dir.join(format!("node{i}.log")),
+            vec![pod_ns],
+        );
+        node.subnet();
+        node
+    }
+
+    /// The masquerade rules in node `i`'s namespace (nft's listing of podswitch's table).
+    fn rules(&self, i: usize) -> String {
+        let out = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.hosts[i],
+            "nft",
+            "list",
+            "table",
+            "ip",
+            &format!("podswitch-node{}", i + 1),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn has_link(&self, i: usize, name: &str) -> bool {
+        run(&["ip", "-n", &self.hosts[i], "link", "show", name])
+            .status
+            .success()
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = &self.underlay;
+    }
+}
+
+#[test]
+fn pods_reach_the_outside_masqueraded_and_the_node_reaches_its_pods() {
+    if !root_or_skip("pods_reach_the_outside_masqueraded") {
+        return;
+    }
+    let site = Site::new();
+    let (n1, n2) = (&site.nodes[0], &site.nodes[1]);
+    let (pod1, pod2) = (n1.pod_ns[0].clone(), n2.pod_ns[0].clone());
+
+    // A pod fetches a page from the outside, which sees the node's address.
+    let _outside = Server::start(&site.outside, OUTSIDE, 8080);
+    assert_eq!(
+        seen_from(&pod1, OUTSIDE, 8080).as_deref(),
+        Some("192.168.77.1"),
+        "{}",
+        n1.log()
+    );
+    assert_eq!(
+        seen_from(&pod2, OUTSIDE, 8080).as_deref(),
+        Some("192.168.77.2")
+    );
+
+    // Pods serve; across nodes they see each other's pod addresses (never masqueraded).
+    let _s1 = Server::start(&pod1, "10.244.1.10", 8080);
+    let _s2 = Server::start(&pod2, "10.244.2.10", 8080);
+    assert_eq!(
+        seen_from(&pod1, "10.244.2.10", 8080).as_deref(),
+        Some("10.244.1.10")
+    );
+    assert_eq!(
+        seen_from(&pod2, "10.244.1.10", 8080).as_deref(),
+        Some("10.244.2.10")
+    );
+
+    // The node reaches its own pod and the other node's, from its gateway address.
+    let node1 = &site.hosts[0];
+    assert!(ping(node1, "10.244.1.10"), "node 1 -> its pod");
+    assert!(ping(node1, "10.244.2.10"), "node 1 -> node 2's pod");
+    assert_eq!(
+        seen_from(node1, "10.244.1.10", 8080).as_deref(),
+        Some("10.244.1.1")
+    );
+    assert_eq!(
+        seen_from(node1, "10.244.2.10", 8080).as_deref(),
+        Some("10.244.1.1")
+    );
+
+    // A pod reaches a server on the node's own (underlay) address.
+    let _node_server = Server::start(node1, "192.168.77.1", 8081);
+    assert_eq!(
+        seen_from(&pod1, "192.168.77.1", 8081).as_deref(),
+        Some("10.244.1.10")
+    );
+
+    // One masquerade rule, named so it is recognisable.
+    let rules = site.rules(0);
+    assert_eq!(rules.matches("masquerade").count(), 1, "{rules}");
+    assert!(
+        rules.contains("ip saddr 10.244.1.0/24 oifname != \"podsw0\""),
+        "{rules}"
+    );
+}
+
+#[test]
+fn sigterm_leaves_no_rule_or_interface_and_a_restart_after_sigkill_no_duplicate() {
+    if !root_or_skip("sigterm_leaves_no_rule_or_interface") {
+        return;
+    }
+    let mut site = Site::new();
+    assert!(site.has_link(0, "podsw0"));
+    assert_eq!(site.rules(0).matches("masquerade").count(), 1);
+
+    // SIGKILL: the rules stay behind (the interface goes with the process) ...
+    site.nodes[0].kill();
+    assert!(
+        !site.has_link(0, "podsw0"),
+        "the TAP goes with its descriptors"
+    );
+    assert_eq!(site.rules(0).matches("masquerade").count(), 1);
+    // ... and the next start replaces them instead of adding a second set.
+    site.nodes[0].start();
+    site.nodes[0].subnet();
+    assert_eq!(
+        site.rules(0).matches("masquerade").count(),
+        1,
+        "{}",
+        site.rules(0)
+    );
+    assert!(site.has_link(0, "podsw0"));
+    let pod1 = site.nodes[0].pod_ns[0].clone();
+    let _outside = Server::start(&site.outside, OUTSIDE, 8080);
+    assert_eq!(
+        seen_from(&pod1, OUTSIDE, 8080).as_deref(),
+        Some("192.168.77.1")
+    );
+
+    // SIGTERM: nothing left.
+    site.nodes[0].stop();
+    assert!(!site.has_link(0, "podsw0"));
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &site.hosts[0],
+        "nft",
+        "list",
+        "ruleset",
+    ]);
+    let ruleset = String::from_utf8_lossy(&out.stdout);
+    assert!(!ruleset.contains("podswitch"), "{ruleset}");
+}
