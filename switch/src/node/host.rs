@@ -75,26 +75,66 @@ pub(super) fn create(net: &HostNet<'_>, queues: usize) -> Result<Vec<TapPort>, S
     Ok(taps)
 }
 
-/// Adds (`add`) or removes the node's route to `cidr` through the host interface (on-link: the
-/// switch answers ARP for a peer's addresses with the router MAC and routes them).
-pub(super) fn route(ifname: &str, cidr: Ipv4Net, add: bool) -> Result<(), String> {
-    with_netlink(|handle| async move {
-        let idx = link_index(&handle, ifname)
-            .await
-            .map_err(|e| ("the host interface", e))?;
+/// The node's routes through the host interface, over one netlink socket opened in the
+/// node's namespace and kept (a socket and a runtime per route would double the time a node
+/// takes to learn a thousand peers).
+pub(super) struct Routes {
+    rt: tokio::runtime::Runtime,
+    handle: rtnetlink::Handle,
+    ifname: String,
+    index: u32,
+}
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routes")
+            .field("ifname", &self.ifname)
+            .finish()
+    }
+}
+
+impl Routes {
+    /// Opens the socket in the calling thread's namespace, for routes through `ifname`.
+    pub(super) fn open(ifname: &str) -> Result<Self, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| format!("netlink runtime: {e}"))?;
+        let (handle, index) = rt.block_on(async {
+            let (conn, handle, _) =
+                rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
+            // Driven whenever the runtime runs (each `block_on` below).
+            tokio::spawn(conn);
+            let index = link_index(&handle, ifname)
+                .await
+                .map_err(|e| format!("{ifname}: {e}"))?;
+            Ok::<_, String>((handle, index))
+        })?;
+        Ok(Self {
+            rt,
+            handle,
+            ifname: ifname.into(),
+            index,
+        })
+    }
+
+    /// Adds (`add`) or removes the route to `cidr` through the interface (on-link: the switch
+    /// answers ARP for a peer's addresses with the router MAC and routes them).
+    pub(super) fn set(&self, cidr: Ipv4Net, add: bool) -> Result<(), String> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(cidr.network(), cidr.prefix_len())
-            .output_interface(idx)
+            .output_interface(self.index)
             .scope(rtnetlink::packet_route::route::RouteScope::Link)
             .build();
-        let r = if add {
-            handle.route().add(msg).replace().execute().await
-        } else {
-            handle.route().del(msg).execute().await
-        };
-        r.map_err(|e| ("the route", e.to_string()))
-    })
-    .map_err(|(what, e)| format!("{what} to {cidr} via {ifname}: {e}"))
+        let r = self.rt.block_on(async {
+            if add {
+                self.handle.route().add(msg).replace().execute().await
+            } else {
+                self.handle.route().del(msg).execute().await
+            }
+        });
+        r.map_err(|e| format!("the route to {cidr} via {}: {e}", self.ifname))
+    }
 }
 
 /// How the masquerade rules are installed.

@@ -237,6 +237,8 @@ pub struct Node {
     state: OnceLock<PathBuf>,
     /// The host interface's name, if the node has one.
     host: Option<String>,
+    /// The socket for the node's routes through it, once the interface is up.
+    host_routes: Mutex<Option<host::Routes>>,
     /// The masquerade rules, while installed.
     masquerade: Mutex<Option<host::Masquerade>>,
 }
@@ -293,6 +295,7 @@ impl Node {
             peers: Mutex::new(Vec::new()),
             state: OnceLock::new(),
             host,
+            host_routes: Mutex::new(None),
             masquerade: Mutex::new(None),
         };
         // From here, a failure removes what was made (pods, rules; the TAPs go with the switch).
@@ -352,6 +355,8 @@ impl Node {
         self.switch
             .attach_queues(info, queues)
             .map_err(|e| err(e.to_string()))?;
+        let routes = host::Routes::open(ifname).map_err(err)?;
+        *lock(&self.host_routes) = Some(routes);
         tracing::info!(ifname, gateway = %self.net.gateway, %mac, "host interface up");
         Ok(())
     }
@@ -359,8 +364,8 @@ impl Node {
     /// Adds or removes the node's route to a peer's CIDR through the host interface. A
     /// failure is logged: the peer's pods still reach each other, only the node itself not.
     fn host_route(&self, cidr: ipnet::Ipv4Net, add: bool) {
-        if let Some(ifname) = &self.host {
-            if let Err(e) = host::route(ifname, cidr, add) {
+        if let Some(routes) = lock(&self.host_routes).as_ref() {
+            if let Err(e) = routes.set(cidr, add) {
                 tracing::warn!("host route: {e}");
             }
         }
