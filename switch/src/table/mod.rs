@@ -13,9 +13,11 @@
 //! (learning, ageing, control) serialise on a mutex among themselves and never block readers.
 
 mod mac;
+mod service;
 mod topology;
 
 pub use mac::{LearnOutcome, MacEntry, MacSnapshot, MacTable, MacTableConfig};
+pub use service::{Affinity, CompiledService, Proto, Service, Services};
 pub(crate) use topology::PeerId;
 pub use topology::{Neighbour, Peer, PortInfo, PortKind, Topology, TopologyError};
 
