@@ -571,7 +571,9 @@ impl Node {
             .expect("spawn podswitch run");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.control.exists() {
+        // The socket file appears at bind(2), a moment before listen(2): wait until it
+        // accepts a connection.
+        while std::os::unix::net::UnixStream::connect(&self.control).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "{}: no control socket\n{}",
