@@ -1150,7 +1150,7 @@ fn service_rules() {
         ),
         (
             "name = \"b\"\nvip = \"10.96.0.11\"\nport = 80\nbackends = [\"10.244.1.10:80\", \"10.244.2.10:80\", \"10.244.1.10:80\"]",
-            "services[1].backends[2]: 10.244.1.10:80 is already services[1].backends[0]",
+            "services[1].backends[2]: 10.244.1.10:80 is listed twice (also backends[0])",
         ),
     ] {
         assert_err(&two(second), &format!("config error: {want}"));

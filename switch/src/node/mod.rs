@@ -4,6 +4,7 @@
 //! - [`spec`]: what a node, a pod and a peer are ([`NodeSpec`], [`PodSpec`], [`PeerSpec`]) and
 //!   every rule about them;
 //! - this module: the running [`Node`], which refuses pods and peers by those rules;
+//! - `services`: its Services (ClusterIP) at runtime ([`ServiceStatus`], [`FlowStatus`]);
 //! - `netlink`: configuring a pod's interfaces inside its namespace;
 //! - [`handler`]: the control socket's requests carried out on the node.
 //!

@@ -493,7 +493,7 @@ impl ServiceSpec {
             if let Some(j) = self.backends[..i].iter().position(|o| o == b) {
                 return Err(SpecError::new(
                     field,
-                    format!("{b} is already {at}.backends[{j}]"),
+                    format!("{b} is listed twice (also backends[{j}])"),
                 ));
             }
         }
