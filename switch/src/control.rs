@@ -1,5 +1,6 @@
 //! The runtime API of a node: JSON lines on a Unix socket (`podswitch pod add|del|list`,
-//! `fdb`, `status` talk to `podswitch run` through it).
+//! `peer ...`, `service add|del|list`, `conntrack`, `fdb`, `status` talk to `podswitch run`
+//! through it).
 //!
 //! Protocol: the client writes one [`Request`] object per line and reads one [`Response`]
 //! object per line, in order; a connection may carry many requests. Requests are tagged by
@@ -37,7 +38,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use crate::node::{FdbEntry, PeerSpec, PeerStatus, PodSpec, PodStatus};
+use crate::node::{
+    FdbEntry, FlowStatus, PeerSpec, PeerStatus, PodSpec, PodStatus, ServiceSpec, ServiceStatus,
+};
 
 /// Longest request line the server reads, in bytes without the newline.
 pub(crate) const MAX_LINE: usize = 64 * 1024;
@@ -81,6 +84,18 @@ pub enum Request {
     },
     /// List the peer nodes.
     PeerList,
+    /// Add a service, or replace the one of the same name.
+    ServiceAdd(ServiceSpec),
+    /// Remove a service. One the node does not know is an error of kind
+    /// [`ErrorKind::NotFound`].
+    ServiceDel {
+        /// Service name.
+        name: String,
+    },
+    /// List the services ([`Response::Services`]).
+    ServiceList,
+    /// List the flows connection tracking follows ([`Response::Flows`]).
+    Conntrack,
 }
 
 /// The node's answer to a [`Request`].
@@ -97,6 +112,10 @@ pub enum Response {
     Fdb(Vec<FdbEntry>),
     /// The peer nodes.
     Peers(Vec<PeerStatus>),
+    /// The services, by name.
+    Services(Vec<ServiceStatus>),
+    /// The tracked flows through services.
+    Flows(Vec<FlowStatus>),
     /// Node-wide counters: `rx = forwarded + delivered_locally + dropped`.
     Status {
         /// Node name.
@@ -144,7 +163,7 @@ pub enum Response {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
-    /// No such pod or peer (a delete of something the node does not know).
+    /// No such pod, peer or service (a delete of something the node does not know).
     NotFound,
     /// A rule refused the pod or peer (the message names the field).
     Refused,
@@ -647,6 +666,39 @@ mod tests {
         }
     }
 
+    fn web_service() -> ServiceSpec {
+        ServiceSpec {
+            name: "web".into(),
+            vip: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            proto: crate::node::ServiceProto::Tcp,
+            backends: vec![
+                "10.244.1.10:8080".parse().unwrap(),
+                "10.244.2.10:8080".parse().unwrap(),
+            ],
+            affinity: None,
+        }
+    }
+
+    fn sample_service() -> ServiceStatus {
+        ServiceStatus {
+            spec: web_service(),
+            connections: vec![3, 0],
+        }
+    }
+
+    fn sample_flow() -> FlowStatus {
+        FlowStatus {
+            proto: crate::node::ServiceProto::Tcp,
+            client: "10.244.1.11:40000".parse().unwrap(),
+            vip: "10.96.0.10:80".parse().unwrap(),
+            backend: "10.244.2.10:8080".parse().unwrap(),
+            state: "established".into(),
+            age_secs: 5,
+            expires_in_secs: 86395,
+        }
+    }
+
     /// A fake node. `pod_del "hold"` blocks until `pod_del "release"` arrives (to show requests
     /// run concurrently); `pod_del "panic"` panics.
     #[derive(Default)]
@@ -697,6 +749,17 @@ mod tests {
                 Request::PodList => Response::Pods(vec![sample_pod("a"), sample_pod("b")]),
                 Request::PeerAdd(_) | Request::PeerDel { .. } => Response::Ok,
                 Request::PeerList => Response::Peers(Vec::new()),
+                Request::ServiceAdd(spec) if spec.port == 0 => Response::error_of(
+                    ErrorKind::Refused,
+                    "service.port: 0 is not between 1 and 65535 (a TCP or UDP port)",
+                ),
+                Request::ServiceAdd(_) => Response::Ok,
+                Request::ServiceDel { name } if name == "web" => Response::Ok,
+                Request::ServiceDel { name } => {
+                    Response::error_of(ErrorKind::NotFound, format!("no service named {name:?}"))
+                }
+                Request::ServiceList => Response::Services(vec![sample_service()]),
+                Request::Conntrack => Response::Flows(vec![sample_flow()]),
                 Request::Fdb => Response::Fdb(vec![FdbEntry {
                     mac: crate::node::Mac([2, 0x42, 10, 244, 1, 10]),
                     port: 1,
@@ -950,6 +1013,116 @@ mod tests {
             .unwrap(),
             Response::error_of(ErrorKind::Other, "new")
         );
+    }
+
+    #[test]
+    fn service_requests_and_answers_have_a_stable_shape() {
+        let add = Request::ServiceAdd(ServiceSpec {
+            affinity: Some(crate::node::ServiceAffinity::ClientIp),
+            ..web_service()
+        });
+        let text = serde_json::to_string(&add).unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"service_add","name":"web","vip":"10.96.0.10","port":80,"proto":"tcp","backends":["10.244.1.10:8080","10.244.2.10:8080"],"affinity":"client_ip"}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), add);
+        // proto and backends may be left out: tcp, none.
+        let Request::ServiceAdd(min) = serde_json::from_str::<Request>(
+            r#"{"op":"service_add","name":"a","vip":"10.96.0.1","port":53}"#,
+        )
+        .unwrap() else {
+            panic!("not a service_add")
+        };
+        assert_eq!(
+            (min.proto, min.backends.len(), min.affinity),
+            (crate::node::ServiceProto::Tcp, 0, None)
+        );
+        for (text, want) in [
+            (
+                r#"{"op":"service_del","name":"web"}"#,
+                Request::ServiceDel { name: "web".into() },
+            ),
+            (r#"{"op":"service_list"}"#, Request::ServiceList),
+            (r#"{"op":"conntrack"}"#, Request::Conntrack),
+        ] {
+            assert_eq!(serde_json::to_string(&want).unwrap(), text);
+            assert_eq!(serde_json::from_str::<Request>(text).unwrap(), want);
+        }
+        for bad in [
+            r#"{"op":"service_add","name":"a","vip":"10.96.0.1","port":53,"proto":"sctp"}"#,
+            r#"{"op":"service_add","name":"a","vip":"10.96.0.1","port":53,"affinity":"none"}"#,
+            r#"{"op":"service_add","name":"a","vip":"10.96.0.1","port":70000}"#,
+            r#"{"op":"service_add","name":"a","vip":"10.96.0.1","port":53,"backends":["10.244.1.1"]}"#,
+            r#"{"op":"service_add","name":"a","vip":"10.96.0.1","port":53,"x":1}"#,
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+
+        let list = Response::Services(vec![sample_service()]);
+        let text = serde_json::to_string(&list).unwrap();
+        assert_eq!(
+            text,
+            r#"{"result":"services","data":[{"spec":{"name":"web","vip":"10.96.0.10","port":80,"proto":"tcp","backends":["10.244.1.10:8080","10.244.2.10:8080"]},"connections":[3,0]}]}"#
+        );
+        assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), list);
+        let flows = Response::Flows(vec![sample_flow()]);
+        let text = serde_json::to_string(&flows).unwrap();
+        assert_eq!(
+            text,
+            r#"{"result":"flows","data":[{"proto":"tcp","client":"10.244.1.11:40000","vip":"10.96.0.10:80","backend":"10.244.2.10:8080","state":"established","age_secs":5,"expires_in_secs":86395}]}"#
+        );
+        assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), flows);
+    }
+
+    #[test]
+    fn service_requests_round_trip_through_the_socket() {
+        let dir = TempDir::new("services");
+        let path = dir.sock();
+        let server = Server::start(&path, Arc::new(Fake::default()));
+        assert_eq!(
+            call(&path, &Request::ServiceAdd(web_service()), T).unwrap(),
+            Response::Ok
+        );
+        assert_eq!(
+            call(
+                &path,
+                &Request::ServiceAdd(ServiceSpec {
+                    port: 0,
+                    ..web_service()
+                }),
+                T
+            )
+            .unwrap(),
+            Response::error_of(
+                ErrorKind::Refused,
+                "service.port: 0 is not between 1 and 65535 (a TCP or UDP port)"
+            )
+        );
+        assert_eq!(
+            call(&path, &Request::ServiceList, T).unwrap(),
+            Response::Services(vec![sample_service()])
+        );
+        assert_eq!(
+            call(&path, &Request::Conntrack, T).unwrap(),
+            Response::Flows(vec![sample_flow()])
+        );
+        assert_eq!(
+            call(&path, &Request::ServiceDel { name: "web".into() }, T).unwrap(),
+            Response::Ok
+        );
+        assert_eq!(
+            call(
+                &path,
+                &Request::ServiceDel {
+                    name: "nope".into()
+                },
+                T
+            )
+            .unwrap(),
+            Response::error_of(ErrorKind::NotFound, "no service named \"nope\"")
+        );
+        server.stop().unwrap();
     }
 
     #[test]

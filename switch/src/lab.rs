@@ -219,6 +219,7 @@ impl Lab {
                 node,
                 pods: Vec::new(),
                 peers: Vec::new(),
+                services: Vec::new(),
                 cluster: Some(ClusterSpec::new(vec![Self::etcd_endpoint()])),
             };
         }
@@ -238,6 +239,7 @@ impl Lab {
             node,
             pods,
             peers,
+            services: Vec::new(),
             cluster: None,
         }
     }

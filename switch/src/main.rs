@@ -10,7 +10,7 @@ use podswitch::cluster::Agent;
 use podswitch::config::Config;
 use podswitch::control::{self, ControlSocket, Request, Response};
 use podswitch::netns::NetNs;
-use podswitch::node::{Node, PeerSpec, PodSpec, PodStatus};
+use podswitch::node::{FlowStatus, Node, PeerSpec, PodSpec, PodStatus, ServiceSpec, ServiceStatus};
 use podswitch::node::{NodeHandler, StartingHandler};
 
 /// A userspace packet switch for Kubernetes-style pod networking.
@@ -52,6 +52,20 @@ enum Command {
         op: PeerOp,
         /// Control socket of the node (default: the only one in /run/podswitch).
         #[arg(long, env = "PODSWITCH_CONTROL", global = true)]
+        control: Option<PathBuf>,
+    },
+    /// Add, remove or list Services (ClusterIP: a virtual IP and port in front of backends).
+    Service {
+        #[command(subcommand)]
+        op: ServiceOp,
+        /// Control socket of the node (default: the only one in /run/podswitch).
+        #[arg(long, env = "PODSWITCH_CONTROL", global = true)]
+        control: Option<PathBuf>,
+    },
+    /// List the flows through services that connection tracking follows.
+    Conntrack {
+        /// Control socket of the node.
+        #[arg(long, env = "PODSWITCH_CONTROL")]
         control: Option<PathBuf>,
     },
     /// A whole cluster on this machine: nodes in namespaces on a bridged underlay, a podswitch
@@ -113,6 +127,21 @@ enum PeerOp {
 }
 
 #[derive(Subcommand)]
+enum ServiceOp {
+    /// Add a service, or replace the one of the same name (its VIP, port or backends).
+    /// Refused for the same reasons as a [[services]] entry of the config file.
+    Add(ServiceSpec),
+    /// Remove a service.
+    Del {
+        /// Service name.
+        #[arg(long)]
+        name: String,
+    },
+    /// List services with their backends and connections per backend.
+    List,
+}
+
+#[derive(Subcommand)]
 enum PodOp {
     /// Add a pod (like CNI ADD): namespace created if absent, adopted if present. Refused
     /// for the same reasons as a [[pods]] entry of the config file.
@@ -169,6 +198,15 @@ fn main() -> ExitCode {
             };
             client(control, &req)
         }
+        Command::Service { op, control } => {
+            let req = match op {
+                ServiceOp::Add(spec) => Request::ServiceAdd(spec),
+                ServiceOp::Del { name } => Request::ServiceDel { name },
+                ServiceOp::List => Request::ServiceList,
+            };
+            client(control, &req)
+        }
+        Command::Conntrack { control } => client(control, &Request::Conntrack),
         Command::Lab { op } => lab(op),
         Command::Fdb { control } => client(control, &Request::Fdb),
         Command::Status { control } => client(control, &Request::Status),
@@ -326,7 +364,13 @@ async fn start_node(
         // so each attachment comes back below with its own.
         let reserved = podswitch::node::recorded_addresses(&state_path);
         let node = Arc::new(
-            Node::start_reserving(cfg.node.clone(), &cfg.pods, &cfg.peers, &reserved)
+            Node::start_reserving(
+                cfg.node.clone(),
+                &cfg.pods,
+                &cfg.peers,
+                &cfg.services,
+                &reserved,
+            )
                 .map_err(|e| e.to_string())?,
         );
         // CNI attachments recorded by an earlier run come back (those whose namespace is gone
@@ -454,6 +498,8 @@ fn print_response(resp: Response) -> Result<(), String> {
                 );
             }
         }
+        Response::Services(services) => print_services(&services),
+        Response::Flows(flows) => print_flows(&flows),
         Response::Status {
             node,
             pods,
@@ -543,6 +589,57 @@ fn print_pods(pods: &[PodStatus]) {
             c.tx_bytes,
             c.rx_dropped + c.tx_dropped,
             s.netns
+        );
+    }
+}
+
+/// One line per service; the backends come last, each with its connections.
+fn print_services(services: &[ServiceStatus]) {
+    println!(
+        "{:<20} {:<15} {:>5} {:<5} {:<9}  BACKENDS(CONNECTIONS)",
+        "NAME", "VIP", "PORT", "PROTO", "AFFINITY"
+    );
+    for s in services {
+        let p = &s.spec;
+        let backends: Vec<String> = p
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("{b}({})", s.connections.get(i).copied().unwrap_or(0)))
+            .collect();
+        println!(
+            "{:<20} {:<15} {:>5} {:<5} {:<9}  {}",
+            p.name,
+            p.vip.to_string(),
+            p.port,
+            p.proto.to_string(),
+            p.affinity
+                .map_or_else(|| "-".to_string(), |a| a.to_string()),
+            if backends.is_empty() {
+                "-".to_string()
+            } else {
+                backends.join(" ")
+            }
+        );
+    }
+}
+
+/// One line per tracked flow.
+fn print_flows(flows: &[FlowStatus]) {
+    println!(
+        "{:<5} {:<21} {:<21} {:<21} {:<12} {:>6} {:>8}",
+        "PROTO", "CLIENT", "VIP", "BACKEND", "STATE", "AGE", "EXPIRES"
+    );
+    for f in flows {
+        println!(
+            "{:<5} {:<21} {:<21} {:<21} {:<12} {:>6} {:>8}",
+            f.proto.to_string(),
+            f.client.to_string(),
+            f.vip.to_string(),
+            f.backend.to_string(),
+            f.state,
+            f.age_secs,
+            f.expires_in_secs
         );
     }
 }

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use podswitch::control::{ErrorKind, Request, Response};
-use podswitch::node::{PodSpec, PodStatus};
+use podswitch::node::{PodSpec, PodStatus, ServiceProto, ServiceStatus};
 use podswitch::testutil::{root_or_skip, unique, wait_for};
 
 mod common;
@@ -1318,4 +1318,200 @@ fn a_full_range_refuses_a_pod_without_ip_by_name() {
         stderr(&add)
     );
     assert!(!netns_list().contains(&b), "nothing made for a refused pod");
+}
+
+fn service_list(d: &Daemon) -> Vec<ServiceStatus> {
+    match control_call(d, &Request::ServiceList) {
+        Response::Services(s) => s,
+        other => panic!("service list: {other:?}"),
+    }
+}
+
+#[test]
+fn services_from_the_file_and_at_runtime_refused_alike() {
+    if !root_or_skip("services_from_the_file_and_at_runtime_refused_alike") {
+        return;
+    }
+    let dir = tempdir("pss");
+    let control = dir.join("node.sock");
+    let base = format!(
+        "{}\n[[services]]\nname = \"web\"\nvip = \"10.96.0.10\"\nport = 80\nbackends = [\"10.244.1.10:8080\", \"10.244.2.10:8080\"]\n",
+        config("node-s", &control, &[])
+    );
+    let d = Daemon::start(&base, control.clone(), dir.clone(), Vec::new());
+
+    // The file's service, as the CLI and the protocol show it.
+    let list = stdout(&d.ctl(&["service", "list"]));
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("BACKENDS"),
+        "{list}"
+    );
+    let words: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        words,
+        [
+            "web",
+            "10.96.0.10",
+            "80",
+            "tcp",
+            "-",
+            "10.244.1.10:8080(0)",
+            "10.244.2.10:8080(0)"
+        ],
+        "{list}"
+    );
+    let s = service_list(&d);
+    assert_eq!(s.len(), 1);
+    assert_eq!(
+        (s[0].spec.name.as_str(), s[0].connections.as_slice()),
+        ("web", &[0, 0][..])
+    );
+
+    // A second service at runtime (UDP, client affinity).
+    let out = d.ctl(&[
+        "service",
+        "add",
+        "--name",
+        "dns",
+        "--vip",
+        "10.96.0.53",
+        "--port",
+        "53",
+        "--proto",
+        "udp",
+        "--backend",
+        "10.244.1.11:53",
+        "--affinity",
+        "client_ip",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "ok");
+    // `service add` with the name of an existing service replaces it (its backends here).
+    let out = d.ctl(&[
+        "service",
+        "add",
+        "--name",
+        "web",
+        "--vip",
+        "10.96.0.10",
+        "--port",
+        "80",
+        "--backend",
+        "10.244.1.12:8080",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = service_list(&d);
+    let names: Vec<&str> = s.iter().map(|s| s.spec.name.as_str()).collect();
+    assert_eq!(names, ["dns", "web"]);
+    assert_eq!(s[0].spec.proto, ServiceProto::Udp);
+    assert_eq!(
+        s[0].spec.affinity.map(|a| a.to_string()).as_deref(),
+        Some("client_ip")
+    );
+    assert_eq!(s[1].spec.backends, ["10.244.1.12:8080".parse().unwrap()]);
+    assert_eq!(s[1].connections, [0]);
+    let list = stdout(&d.ctl(&["service", "list"]));
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("dns") && l.contains("client_ip") && l.contains("udp")),
+        "{list}"
+    );
+
+    // No connection tracking yet: a header and no flows.
+    let out = d.ctl(&["conntrack"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
+
+    // Refused at runtime as in the file, with the same message.
+    let services: [(&[&str], &str); 6] = [
+        (
+            &["--name", "c", "--vip", "10.112.0.1", "--port", "80"],
+            "name = \"c\"\nvip = \"10.112.0.1\"\nport = 80",
+        ),
+        (
+            &["--name", "c", "--vip", "10.96.0.0", "--port", "80"],
+            "name = \"c\"\nvip = \"10.96.0.0\"\nport = 80",
+        ),
+        (
+            &["--name", "c", "--vip", "10.96.0.10", "--port", "80"],
+            "name = \"c\"\nvip = \"10.96.0.10\"\nport = 80",
+        ),
+        (
+            &["--name", "c", "--vip", "10.96.0.12", "--port", "0"],
+            "name = \"c\"\nvip = \"10.96.0.12\"\nport = 0",
+        ),
+        (
+            &[
+                "--name", "c", "--vip", "10.96.0.12", "--port", "80", "--backend",
+                "10.96.0.10:80",
+            ],
+            "name = \"c\"\nvip = \"10.96.0.12\"\nport = 80\nbackends = [\"10.96.0.10:80\"]",
+        ),
+        (
+            &[
+                "--name", "c", "--vip", "10.96.0.12", "--port", "80", "--backend",
+                "10.244.1.10:80", "--backend", "10.244.1.10:80",
+            ],
+            "name = \"c\"\nvip = \"10.96.0.12\"\nport = 80\nbackends = [\"10.244.1.10:80\", \"10.244.1.10:80\"]",
+        ),
+    ];
+    for (args, entry) in services {
+        refused_alike(&d, &dir, &base, "service", args, entry);
+    }
+    let out = d.ctl(&[
+        "service",
+        "add",
+        "--name",
+        "c",
+        "--vip",
+        "10.112.0.1",
+        "--port",
+        "80",
+    ]);
+    assert_eq!(
+        stderr(&out).trim(),
+        "podswitch: service.vip: 10.112.0.1 is outside node.service_cidr 10.96.0.0/12"
+    );
+    // A malformed backend is refused by the CLI itself, naming the flag.
+    let out = d.ctl(&[
+        "service",
+        "add",
+        "--name",
+        "c",
+        "--vip",
+        "10.96.0.12",
+        "--port",
+        "80",
+        "--backend",
+        "10.244.1.10",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--backend"), "{}", stderr(&out));
+    assert_eq!(service_list(&d).len(), 2, "nothing refused was added");
+
+    // Removal; an unknown name is an error of kind not_found.
+    let out = d.ctl(&["service", "del", "--name", "web"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let names: Vec<String> = service_list(&d).into_iter().map(|s| s.spec.name).collect();
+    assert_eq!(names, ["dns"]);
+    let out = d.ctl(&["service", "del", "--name", "web"]);
+    assert!(!out.status.success());
+    assert_eq!(stderr(&out).trim(), "podswitch: no service named \"web\"");
+    assert_eq!(
+        control_call(&d, &Request::ServiceDel { name: "web".into() }),
+        Response::Error {
+            message: "no service named \"web\"".into(),
+            kind: Some(ErrorKind::NotFound)
+        }
+    );
+
+    // A service CIDR overlapping the pods' is refused before anything starts.
+    let bad = config("node-s2", &dir.join("bad.sock"), &[])
+        .replace("mtu = 1450", "mtu = 1450\nservice_cidr = \"10.244.0.0/16\"");
+    assert_eq!(
+        run_refused(&dir, &bad),
+        "podswitch: config error: node.service_cidr: 10.244.0.0/16 overlaps node.pod_cidr 10.244.1.0/24"
+    );
 }

@@ -18,6 +18,7 @@
 //! # vxlan_port = 8472             # UDP destination port (Linux and flannel default)
 //! # vni = 1
 //! # vtep_mac = "02:ee:..."        # same as router_mac: the router MAC is the VTEP MAC
+//! # service_cidr = "10.96.0.0/12" # where service VIPs come from; not overlapping pod_cidr
 //!
 //! [[pods]]
 //! name = "web"
@@ -30,11 +31,20 @@
 //! underlay = "192.168.77.2"
 //! pod_cidr = "10.244.2.0/24"
 //! # vtep_mac = "02:ee:..."        # default derived from the peer's name, like router_mac
+//!
+//! [[services]]                    # ClusterIP services: a VIP:port in front of backends
+//! name = "web"
+//! vip = "10.96.0.10"              # inside node.service_cidr
+//! port = 80
+//! proto = "tcp"                   # default; or "udp"
+//! backends = ["10.244.1.10:8080", "10.244.2.10:8080"]   # may be empty
+//! # affinity = "client_ip"        # every flow of a client to one backend
 //! ```
 //!
 //! Invariants: a [`Config`] returned by [`Config::from_toml_str`] or [`Config::from_file`] has
 //! passed [`Config::validate`]: the node, every pod and every peer pass the rules of
-//! [`crate::node::spec`] in order, so a node started from it refuses none of them. Every
+//! [`crate::node::spec`] in order (and every service), so a node started from it refuses none
+//! of them. Every
 //! [`ConfigError`] starts with `config error:`, names the field (`node.mtu`, `pods[1].ip`) and
 //! the reason, and gives the line and column when the TOML parser knows them.
 
@@ -43,7 +53,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::ClusterSpec;
-use crate::node::spec::{assign_pod_ips, check_range, NodeSpec, PeerSpec, PodSpec, SpecError};
+use crate::node::spec::{
+    assign_pod_ips, check_range, NodeSpec, PeerSpec, PodSpec, ServiceSpec, SpecError,
+};
 
 #[cfg(test)]
 mod tests;
@@ -60,6 +72,9 @@ pub struct Config {
     /// Other nodes, reached over VXLAN.
     #[serde(default)]
     pub peers: Vec<PeerSpec>,
+    /// Services (ClusterIP) defined with the node, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceSpec>,
     /// The cluster's etcd: the node leases its pod CIDR there and learns its peers from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterSpec>,
@@ -149,7 +164,8 @@ impl Config {
     }
 
     /// Checks every rule; the first broken one is returned. Pods are checked against the pods
-    /// before them, peers against the peers before them, as a node adding them in order would.
+    /// before them, peers against the peers before them, services against the services before
+    /// them (two entries of one name are an error here; at runtime a name is replaced), as a node adding them in order would.
     /// Pods without `ip` are checked on what they have; then every pod is checked again with
     /// the address the node will give it ([`Config::pods_with_addresses`]), so a range too
     /// small for them, or a derived MAC another pod has, is refused here too.
@@ -189,6 +205,9 @@ impl Config {
         }
         for (i, peer) in self.peers.iter().enumerate() {
             peer.check(&self.node, &self.peers[..i], &format!("peers[{i}]"))?;
+        }
+        for (i, service) in self.services.iter().enumerate() {
+            service.check(&self.node, &self.services[..i], &format!("services[{i}]"))?;
         }
         Ok(())
     }

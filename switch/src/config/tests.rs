@@ -5,7 +5,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 
 use super::*;
-use crate::node::spec::{derived_router_mac, Mac};
+use crate::node::spec::{derived_router_mac, Mac, ServiceAffinity, ServiceProto, ServiceSpec};
 use crate::pipeline::NodeConfig;
 use crate::table::MacTableConfig;
 
@@ -790,6 +790,14 @@ fn lab_style_configs_serialise_and_read_back() {
             pod_cidr: "10.244.2.0/24".parse().unwrap(),
             vtep_mac: Some(Mac([2, 0xee, 0, 0, 0, 2])),
         }],
+        services: vec![ServiceSpec {
+            name: "web".into(),
+            vip: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            proto: ServiceProto::Udp,
+            backends: vec!["10.244.1.10:8080".parse().unwrap()],
+            affinity: Some(ServiceAffinity::ClientIp),
+        }],
         cluster: None,
     };
     let text = cfg.to_toml().unwrap();
@@ -960,5 +968,268 @@ fn pods_without_ip_beyond_the_range_are_refused_by_name() {
     assert_eq!(
         err(&text),
         "config error: pods[1].ip: 10.244.1.1 is the gateway address"
+    );
+}
+
+const SERVICES: &str = r#"
+[[services]]
+name = "web"
+vip = "10.96.0.10"
+port = 80
+proto = "tcp"
+backends = ["10.244.1.10:8080", "10.244.2.10:8080"]
+
+[[services]]
+name = "dns"
+vip = "10.96.0.53"
+port = 53
+proto = "udp"
+backends = ["10.244.1.11:53"]
+affinity = "client_ip"
+
+[[services]]
+name = "empty"
+vip = "10.96.0.11"
+port = 80
+"#;
+
+/// A `[[services]]` entry with `lines` (`name`, `vip`, `port`, ... as TOML lines).
+fn service(lines: &str) -> String {
+    format!("\n[[services]]\n{lines}\n")
+}
+
+#[test]
+fn services_parse_with_their_defaults() {
+    let c = Config::from_toml_str(&with(SERVICES)).unwrap();
+    assert_eq!(c.node.service_cidr.to_string(), "10.96.0.0/12");
+    assert_eq!(c.services.len(), 3);
+    let web = &c.services[0];
+    assert_eq!(
+        (
+            web.name.as_str(),
+            web.vip,
+            web.port,
+            web.proto,
+            web.affinity
+        ),
+        (
+            "web",
+            Ipv4Addr::new(10, 96, 0, 10),
+            80,
+            ServiceProto::Tcp,
+            None
+        )
+    );
+    assert_eq!(
+        web.backends,
+        [
+            "10.244.1.10:8080".parse().unwrap(),
+            "10.244.2.10:8080"
+                .parse::<std::net::SocketAddrV4>()
+                .unwrap()
+        ]
+    );
+    assert_eq!(
+        (c.services[1].proto, c.services[1].affinity),
+        (ServiceProto::Udp, Some(ServiceAffinity::ClientIp))
+    );
+    // proto defaults to tcp; no backends is a service that refuses connections.
+    assert_eq!(c.services[2].proto, ServiceProto::Tcp);
+    assert!(c.services[2].backends.is_empty());
+    let s = c.services[1].to_service();
+    assert_eq!(
+        (s.proto, s.affinity),
+        (crate::table::Proto::Udp, crate::table::Affinity::ClientIp)
+    );
+    // Round trip; the default service CIDR is not written out.
+    let text = c.to_toml().unwrap();
+    assert_eq!(Config::from_toml_str(&text).unwrap(), c, "{text}");
+    assert!(!text.contains("service_cidr"), "{text}");
+    // Another service CIDR.
+    let c = Config::from_toml_str(&format!(
+        "{}{}",
+        node_with("service_cidr = \"172.20.0.0/16\""),
+        service("name = \"a\"\nvip = \"172.20.0.10\"\nport = 443")
+    ))
+    .unwrap();
+    assert_eq!(c.node.service_cidr.to_string(), "172.20.0.0/16");
+    let text = c.to_toml().unwrap();
+    assert!(text.contains("service_cidr = \"172.20.0.0/16\""), "{text}");
+}
+
+#[test]
+fn service_cidr_rules() {
+    assert_err(
+        &node_with("service_cidr = \"10.244.0.0/16\""),
+        "config error: node.service_cidr: 10.244.0.0/16 overlaps node.pod_cidr 10.244.1.0/24",
+    );
+    assert_err(
+        &node_with("service_cidr = \"10.244.1.128/25\""),
+        "config error: node.service_cidr: 10.244.1.128/25 overlaps node.pod_cidr 10.244.1.0/24",
+    );
+    assert_err_starts(
+        &node_with("service_cidr = \"10.96.0.1/12\""),
+        "config error: node.service_cidr: 10.96.0.1/12 has host bits set",
+    );
+    assert_err(
+        &node_with("service_cidr = \"10.96.0.0/31\""),
+        "config error: node.service_cidr: 10.96.0.0/31 has no room for service addresses (the prefix length must be at most 30)",
+    );
+    assert_err_starts(
+        &node_with("service_cidr = \"nope\""),
+        "config error: node.service_cidr: ",
+    );
+}
+
+#[test]
+fn service_rules() {
+    let ok = "name = \"b\"\nvip = \"10.96.0.11\"\nport = 80";
+    let web = service(
+        "name = \"web\"\nvip = \"10.96.0.10\"\nport = 80\nbackends = [\"10.244.1.10:8080\"]",
+    );
+    let two = |second: &str| with(&format!("{web}{}", service(second)));
+    Config::from_toml_str(&two(ok)).unwrap();
+    // Same VIP and port, other protocol; same VIP, other port: both fine.
+    Config::from_toml_str(&two(
+        "name = \"b\"\nvip = \"10.96.0.10\"\nport = 80\nproto = \"udp\"",
+    ))
+    .unwrap();
+    Config::from_toml_str(&two("name = \"b\"\nvip = \"10.96.0.10\"\nport = 81")).unwrap();
+    for (second, want) in [
+        (
+            "name = \"web\"\nvip = \"10.96.0.11\"\nport = 80",
+            "services[1].name: \"web\" is already the name of another service",
+        ),
+        (
+            "name = \"b c\"\nvip = \"10.96.0.11\"\nport = 80",
+            "services[1].name: \"b c\" contains ' ' (allowed: letters, digits, '.', '_', '-')",
+        ),
+        (
+            "name = \"\"\nvip = \"10.96.0.11\"\nport = 80",
+            "services[1].name: must not be empty",
+        ),
+        (
+            "name = \"b\"\nvip = \"10.112.0.1\"\nport = 80",
+            "services[1].vip: 10.112.0.1 is outside node.service_cidr 10.96.0.0/12",
+        ),
+        (
+            "name = \"b\"\nvip = \"10.96.0.0\"\nport = 80",
+            "services[1].vip: 10.96.0.0 is the network address of node.service_cidr 10.96.0.0/12",
+        ),
+        (
+            "name = \"b\"\nvip = \"10.111.255.255\"\nport = 80",
+            "services[1].vip: 10.111.255.255 is the broadcast address of node.service_cidr 10.96.0.0/12",
+        ),
+        (
+            "name = \"b\"\nvip = \"10.96.0.11\"\nport = 0",
+            "services[1].port: 0 is not between 1 and 65535 (a TCP or UDP port)",
+        ),
+        (
+            "name = \"b\"\nvip = \"10.96.0.10\"\nport = 80",
+            "services[1].port: 10.96.0.10:80/tcp is already the address of service \"web\"",
+        ),
+        (
+            "name = \"b\"\nvip = \"10.96.0.11\"\nport = 80\nbackends = [\"10.244.1.10:0\"]",
+            "services[1].backends[0]: 10.244.1.10:0 has port 0 (a backend port is 1 to 65535)",
+        ),
+        (
+            "name = \"b\"\nvip = \"10.96.0.11\"\nport = 80\nbackends = [\"10.244.1.10:80\", \"0.0.0.0:80\"]",
+            "services[1].backends[1]: 0.0.0.0 is not a unicast address",
+        ),
+        (
+            "name = \"b\"\nvip = \"10.96.0.11\"\nport = 80\nbackends = [\"255.255.255.255:80\"]",
+            "services[1].backends[0]: 255.255.255.255 is not a unicast address",
+        ),
+        (
+            "name = \"b\"\nvip = \"10.96.0.11\"\nport = 80\nbackends = [\"224.0.0.1:80\"]",
+            "services[1].backends[0]: 224.0.0.1 is not a unicast address",
+        ),
+        (
+            "name = \"b\"\nvip = \"10.96.0.11\"\nport = 80\nbackends = [\"10.96.0.10:80\"]",
+            "services[1].backends[0]: 10.96.0.10:80 is inside node.service_cidr 10.96.0.0/12 (a backend is a pod's address, not a service's)",
+        ),
+        (
+            "name = \"b\"\nvip = \"10.96.0.11\"\nport = 80\nbackends = [\"10.244.1.10:80\", \"10.244.2.10:80\", \"10.244.1.10:80\"]",
+            "services[1].backends[2]: 10.244.1.10:80 is listed twice (also backends[0])",
+        ),
+    ] {
+        assert_err(&two(second), &format!("config error: {want}"));
+    }
+}
+
+#[test]
+fn service_values_the_types_cannot_hold_name_the_field() {
+    let one = |lines: &str| with(&service(lines));
+    assert_err(
+        &one("name = \"b\"\nvip = \"10.96.0.11\"\nport = 70000"),
+        "config error: services[0].port: 70000 is not between 1 and 65535 (a TCP or UDP port) (line 9, column 8)",
+    );
+    assert_err_starts(
+        &one("name = \"b\"\nvip = \"10.96.0.11\"\nport = 80\nproto = \"sctp\""),
+        "config error: services[0].proto: \"sctp\": unknown variant `sctp`, expected `tcp` or `udp`",
+    );
+    assert_err_starts(
+        &one("name = \"b\"\nvip = \"10.96.0.11\"\nport = 80\naffinity = \"none\""),
+        "config error: services[0].affinity: \"none\": unknown variant `none`, expected `client_ip`",
+    );
+    assert_err_starts(
+        &one("name = \"b\"\nvip = \"10.96.0.11\"\nport = 80\nbackends = [\"10.244.1.10\"]"),
+        "config error: services[0].backends[0]: \"10.244.1.10\": ",
+    );
+    assert_err_starts(
+        &one("name = \"b\"\nport = 80"),
+        "config error: services[0].vip: is required",
+    );
+    assert_err_starts(
+        &one("name = \"b\"\nvip = \"10.96.0.11\"\nport = 80\nweight = 1"),
+        "config error: services[0].weight: unknown field",
+    );
+}
+
+/// The file and the runtime refuse a service alike (`services[1].x` / `service.x`); at runtime
+/// the others passed leave out a service of the same name (it is replaced).
+#[test]
+fn services_file_and_runtime_refuse_alike() {
+    let base = Config::from_toml_str(&with(SERVICES)).unwrap();
+    let spec = |name: &str, vip: &str, port: u16, backends: &[&str]| ServiceSpec {
+        name: name.into(),
+        vip: vip.parse().unwrap(),
+        port,
+        proto: ServiceProto::Tcp,
+        backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+        affinity: None,
+    };
+    for bad in [
+        spec("b", "10.112.0.1", 80, &[]),
+        spec("b", "10.96.0.10", 80, &[]),
+        spec("b", "10.96.0.12", 0, &[]),
+        spec("b", "10.96.0.12", 80, &["10.244.1.10:80", "10.244.1.10:80"]),
+        spec("b", "10.96.0.12", 80, &["10.96.0.1:80"]),
+    ] {
+        let mut file = base.clone();
+        file.services.push(bad.clone());
+        let ConfigError::Field { field, reason, .. } = file.validate().unwrap_err() else {
+            panic!("not a field error")
+        };
+        let runtime = bad
+            .check(&base.node, &base.services, "service")
+            .unwrap_err();
+        assert_eq!(
+            runtime.reason.replace("service.", "services[3]."),
+            reason,
+            "{bad:?}"
+        );
+        assert_eq!(
+            runtime.field,
+            field.replacen("services[3]", "service", 1),
+            "{bad:?}"
+        );
+    }
+    // Replacing "web" (the others without it) may reuse its own address.
+    let moved = spec("web", "10.96.0.10", 80, &["10.244.1.20:8080"]);
+    let others: Vec<&ServiceSpec> = base.services.iter().filter(|s| s.name != "web").collect();
+    assert_eq!(
+        moved.check(&base.node, others.iter().copied(), "service"),
+        Ok(())
     );
 }

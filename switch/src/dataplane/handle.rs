@@ -20,7 +20,8 @@ use super::worker::{pin_to, run, Command, IdlePolicy};
 use crate::pipeline::{Metrics, NodeConfig, Pipeline, PortMetrics};
 use crate::port::{mem_port, MemEndpoint, Port, UdpTunnel, Waker};
 use crate::table::{
-    MacTableConfig, Peer, PeerId, PortId, PortInfo, PortKind, Tables, Topology, TopologyError,
+    MacTableConfig, Peer, PeerId, PortId, PortInfo, PortKind, Service, Tables, Topology,
+    TopologyError,
 };
 use crate::wire::mac_key;
 /// Settings of a switch.
@@ -82,6 +83,9 @@ pub enum SwitchError {
     /// The system refused a resource (eventfd, thread).
     #[error("system error: {0}")]
     Io(#[from] std::io::Error),
+    /// No service with that name.
+    #[error("no service named {0:?}")]
+    NoSuchService(String),
 }
 
 /// A port as the control plane sees it.
@@ -120,6 +124,8 @@ pub(super) struct Shared {
     /// Frames each worker has handled (received from its queues, and from the tunnel).
     pub(super) worker_frames: Vec<AtomicU64>,
     registry: Mutex<BTreeMap<PortId, PortRecord>>,
+    /// The services, by name. TODO(order9): publish to the topology.
+    services: Mutex<BTreeMap<String, Service>>,
     pub(super) stop: AtomicBool,
 }
 
@@ -221,6 +227,7 @@ impl Switch {
             workers: handles,
             worker_frames: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             registry: Mutex::new(BTreeMap::new()),
+            services: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
         });
         let mut switch = Self {
@@ -442,6 +449,43 @@ impl Switch {
             .update_topology(|t| t.remove_peer(name))?)
     }
 
+    // TODO(order9): publish to the topology. Stubs for the control plane: the services are
+    // only kept here, no frame sees them yet. The three bodies below are the whole stub.
+
+    /// Adds the service `s`, or replaces the one of the same name.
+    pub(crate) fn upsert_service(&self, s: Service) -> Result<(), SwitchError> {
+        let mut services = self
+            .shared
+            .services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        services.insert(s.name.clone(), s);
+        Ok(())
+    }
+
+    /// Removes the service named `name`.
+    pub(crate) fn remove_service(&self, name: &str) -> Result<Service, SwitchError> {
+        let mut services = self
+            .shared
+            .services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        services
+            .remove(name)
+            .ok_or_else(|| SwitchError::NoSuchService(name.into()))
+    }
+
+    /// Every service, by name.
+    #[allow(dead_code)] // For the topology's publisher and tests; the node lists its specs.
+    pub(crate) fn services(&self) -> Vec<Service> {
+        let services = self
+            .shared
+            .services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        services.values().cloned().collect()
+    }
+
     /// Every attached port.
     pub fn ports(&self) -> Vec<PortRecord> {
         self.shared.registry().values().cloned().collect()
@@ -497,6 +541,32 @@ mod tests {
                 ip: Ipv4Addr::new(10, 244, 1, last),
             },
         }
+    }
+
+    #[test]
+    fn services_are_kept_by_name_and_replaced() {
+        let sw = switch();
+        let web = Service {
+            name: "web".into(),
+            vip: std::net::Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            proto: crate::table::Proto::Tcp,
+            backends: vec!["10.244.1.10:8080".parse().unwrap()],
+            affinity: crate::table::Affinity::None,
+        };
+        sw.upsert_service(web.clone()).unwrap();
+        let moved = Service {
+            backends: vec!["10.244.1.11:8080".parse().unwrap()],
+            ..web.clone()
+        };
+        sw.upsert_service(moved.clone()).unwrap();
+        assert_eq!(sw.services(), std::slice::from_ref(&moved));
+        assert_eq!(sw.remove_service("web").unwrap(), moved);
+        assert!(matches!(
+            sw.remove_service("web"),
+            Err(SwitchError::NoSuchService(n)) if n == "web"
+        ));
+        assert!(sw.services().is_empty());
     }
 
     #[test]

@@ -36,9 +36,9 @@ fn done<T>(r: Result<T, NodeError>, ok: impl FnOnce(T) -> Response) -> Response 
         Ok(v) => ok(v),
         Err(e) => {
             let kind = match &e {
-                NodeError::NoSuchPod(_) | NodeError::NoSuchAttachment { .. } => {
-                    Some(ErrorKind::NotFound)
-                }
+                NodeError::NoSuchPod(_)
+                | NodeError::NoSuchAttachment { .. }
+                | NodeError::NoSuchService(_) => Some(ErrorKind::NotFound),
                 NodeError::Refused(_) => Some(ErrorKind::Refused),
                 _ => None,
             };
@@ -72,6 +72,10 @@ impl ControlHandler for NodeHandler {
             Request::PeerAdd(spec) => done(node.add_peer(&spec), |()| Response::Ok),
             Request::PeerDel { name } => done(node.del_peer(&name), |()| Response::Ok),
             Request::PeerList => Response::Peers(node.peers()),
+            Request::ServiceAdd(spec) => done(node.add_service(&spec), |()| Response::Ok),
+            Request::ServiceDel { name } => done(node.del_service(&name), |()| Response::Ok),
+            Request::ServiceList => Response::Services(node.services()),
+            Request::Conntrack => Response::Flows(node.flows()),
             Request::Fdb => Response::Fdb(node.fdb()),
             Request::Status => {
                 let (rx, forwarded, delivered_locally, dropped) = node.totals();

@@ -4,6 +4,7 @@
 //! - [`spec`]: what a node, a pod and a peer are ([`NodeSpec`], [`PodSpec`], [`PeerSpec`]) and
 //!   every rule about them;
 //! - this module: the running [`Node`], which refuses pods and peers by those rules;
+//! - `services`: its Services (ClusterIP) at runtime ([`ServiceStatus`], [`FlowStatus`]);
 //! - `netlink`: configuring a pod's interfaces inside its namespace;
 //! - [`handler`]: the control socket's requests carried out on the node.
 //!
@@ -21,6 +22,7 @@
 mod handler;
 mod host;
 mod netlink;
+mod services;
 pub(crate) mod spec;
 
 use std::collections::BTreeMap;
@@ -40,7 +42,9 @@ use crate::wire::mac_from_key;
 
 pub use handler::{NodeHandler, StartingHandler};
 pub(crate) use netlink::{link_index, with_netlink};
+pub use services::{FlowStatus, ServiceStatus};
 pub use spec::{derived_pod_mac, Mac, MacParseError, NodeSpec, PeerSpec, PodSpec, SpecError};
+pub use spec::{ServiceAffinity, ServiceProto, ServiceSpec};
 
 /// A pod as `podswitch pod list` shows it: its spec and its live state.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -167,6 +171,12 @@ pub enum NodeError {
     /// The switch refused a peer change (its message names the peer).
     #[error(transparent)]
     Peer(SwitchError),
+    /// No service with that name.
+    #[error("no service named {0:?}")]
+    NoSuchService(String),
+    /// The switch refused a service change (its message names the service).
+    #[error(transparent)]
+    Service(SwitchError),
 }
 
 /// Where a peer came from.
@@ -233,6 +243,8 @@ pub struct Node {
     switch: Switch,
     pods: Mutex<BTreeMap<String, PodRecord>>,
     peers: Mutex<Vec<PeerStatus>>,
+    /// The services, by name (see `services.rs`).
+    services: Mutex<BTreeMap<String, ServiceSpec>>,
     /// The state file of runtime CNI attachments, once [`Node::restore_attachments`] set it.
     state: OnceLock<PathBuf>,
     /// The host interface's name, if the node has one.
@@ -261,17 +273,19 @@ impl Node {
     /// namespace (the node's "host" namespace). The workers are pinned among the CPUs the
     /// calling thread may run on (`NodeSpec::dataplane_cpus`).
     pub fn start(spec: NodeSpec, pods: &[PodSpec], peers: &[PeerSpec]) -> Result<Node, NodeError> {
-        Self::start_reserving(spec, pods, peers, &[])
+        Self::start_reserving(spec, pods, peers, &[], &[])
     }
 
-    /// [`Node::start`], keeping `reserved` from the pods without `ip`: the addresses of the
-    /// CNI attachments [`Node::restore_attachments`] will bring back (see
-    /// [`recorded_addresses`]), so each comes back with its address even when the file has
-    /// gained pods without `ip` since.
+    /// [`Node::start`], then `services` in order (each checked by the rules of a
+    /// `[[services]]` entry, errors naming `services[N].*`), keeping `reserved` from the pods
+    /// without `ip`: the addresses of the CNI attachments [`Node::restore_attachments`] will
+    /// bring back (see [`recorded_addresses`]), so each comes back with its address even when
+    /// the file has gained pods without `ip` since.
     pub fn start_reserving(
         spec: NodeSpec,
         pods: &[PodSpec],
         peers: &[PeerSpec],
+        services: &[ServiceSpec],
         reserved: &[Ipv4Addr],
     ) -> Result<Node, NodeError> {
         spec.validate()?;
@@ -293,21 +307,27 @@ impl Node {
             switch,
             pods: Mutex::new(BTreeMap::new()),
             peers: Mutex::new(Vec::new()),
+            services: Mutex::new(BTreeMap::new()),
             state: OnceLock::new(),
             host,
             host_routes: Mutex::new(None),
             masquerade: Mutex::new(None),
         };
         // From here, a failure removes what was made (pods, rules; the TAPs go with the switch).
-        if let Err(e) = node.populate(&pods, peers) {
+        if let Err(e) = node.populate(&pods, peers, services) {
             node.shutdown();
             return Err(e);
         }
         Ok(node)
     }
 
-    /// The host interface, the masquerade rules, then `peers` and `pods` in order.
-    fn populate(&self, pods: &[PodSpec], peers: &[PeerSpec]) -> Result<(), NodeError> {
+    /// The host interface, the masquerade rules, then `peers`, `pods` and `services` in order.
+    fn populate(
+        &self,
+        pods: &[PodSpec],
+        peers: &[PeerSpec],
+        services: &[ServiceSpec],
+    ) -> Result<(), NodeError> {
         if let Some(ifname) = &self.host {
             self.attach_host(ifname)?;
             if self.spec.masquerade {
@@ -325,6 +345,9 @@ impl Node {
         }
         for (i, pod) in pods.iter().enumerate() {
             self.attach_pod(pod, false, &format!("pods[{i}]"))?;
+        }
+        for (i, service) in services.iter().enumerate() {
+            self.insert_service(service, &format!("services[{i}]"), false)?;
         }
         Ok(())
     }

@@ -5,8 +5,11 @@
 //! - [`PodSpec`]: a pod (a `[[pods]]` entry, `podswitch pod add`, `Request::PodAdd`).
 //! - [`PeerSpec`]: another node (a `[[peers]]` entry, `podswitch peer add`,
 //!   `Request::PeerAdd`).
+//! - [`ServiceSpec`]: a Service (ClusterIP) (a `[[services]]` entry, `podswitch service add`,
+//!   `Request::ServiceAdd`).
 //!
-//! The rules ([`NodeSpec::validate`], [`PodSpec::check`], [`PeerSpec::check`]) are the only
+//! The rules ([`NodeSpec::validate`], [`PodSpec::check`], [`PeerSpec::check`],
+//! [`ServiceSpec::check`]) are the only
 //! place where a node, pod or peer is refused, so the file and the runtime refuse the same
 //! things with the same reason; only the field's location differs (`pods[1].ip` in the file,
 //! `pod.ip` at runtime). A pod without `ip` gets one from the node ([`free_pod_ip`], chosen
@@ -27,11 +30,14 @@ use crate::table::{MacTableConfig, Peer, PortInfo, PortKind};
 
 mod mac;
 mod rules;
+mod service;
 
 pub use mac::{Mac, MacParseError};
 pub(crate) use rules::check_range;
 use rules::cpu_list;
 pub(crate) use rules::{assign_pod_ips, free_pod_ip};
+pub(crate) use service::DEFAULT_SERVICE_CIDR;
+pub use service::{ServiceAffinity, ServiceProto, ServiceSpec};
 
 /// Default underlay MTU.
 pub(crate) const DEFAULT_UNDERLAY_MTU: u16 = 1500;
@@ -54,6 +60,8 @@ pub(crate) const CONTROL_DIR: &str = "/run/podswitch";
 const MAX_NODE_NAME: usize = 63;
 /// Longest pod name (a DNS subdomain, as Kubernetes pod names).
 const MAX_POD_NAME: usize = 253;
+/// Longest service name (as a pod's).
+const MAX_SERVICE_NAME: usize = MAX_POD_NAME;
 /// Longest Unix socket path (`sun_path` is 108 bytes with the terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -165,6 +173,20 @@ pub struct NodeSpec {
     /// address (flannel's `ipMasq`); needs the host interface.
     #[serde(default = "default_masquerade")]
     pub masquerade: bool,
+    /// The range Service virtual IPs come from (Kubernetes' `--service-cluster-ip-range`);
+    /// must not overlap `pod_cidr`.
+    #[serde(
+        default = "default_service_cidr",
+        skip_serializing_if = "is_default_service_cidr"
+    )]
+    pub(crate) service_cidr: Ipv4Net,
+}
+
+fn default_service_cidr() -> Ipv4Net {
+    DEFAULT_SERVICE_CIDR
+}
+fn is_default_service_cidr(cidr: &Ipv4Net) -> bool {
+    *cidr == DEFAULT_SERVICE_CIDR
 }
 
 /// The default host interface.
@@ -285,7 +307,13 @@ impl NodeSpec {
             vtep_mac: None,
             host_interface: default_host_interface(),
             masquerade: default_masquerade(),
+            service_cidr: DEFAULT_SERVICE_CIDR,
         }
+    }
+
+    /// The range Service virtual IPs come from.
+    pub fn service_cidr(&self) -> Ipv4Net {
+        self.service_cidr
     }
 
     /// The host interface's MAC: the router MAC with its second octet `0xef` (the router's is

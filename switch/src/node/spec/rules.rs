@@ -1,4 +1,4 @@
-//! The rules: what a node, a pod and a peer may be. The only place where one is refused, so
+//! The rules: what a node, a pod, a peer and a service may be. The only place where one is refused, so
 //! the file and the runtime refuse alike.
 
 use std::collections::BTreeSet;
@@ -67,12 +67,27 @@ const RANGES: &[Range] = &[
         max: 1023,
         why: "CPU numbers",
     },
+    Range {
+        field: "services.port",
+        min: 1,
+        max: u16::MAX as i128,
+        why: PORT_WHY,
+    },
+    Range {
+        field: "service.port",
+        min: 1,
+        max: u16::MAX as i128,
+        why: PORT_WHY,
+    },
 ];
 
-/// Checks `value` against the range of `field` (`node.mtu`; `node.cpus[2]` uses `node.cpus`'s).
-/// Fields without a range pass.
+/// Why a service's port has its range.
+const PORT_WHY: &str = "a TCP or UDP port";
+
+/// Checks `value` against the range of `field` (`node.mtu`; `node.cpus[2]` uses `node.cpus`'s,
+/// `services[1].port` `services.port`'s). Fields without a range pass.
 pub(crate) fn check_range(field: &str, value: i128) -> Result<(), SpecError> {
-    let base = field.split('[').next().unwrap_or(field);
+    let base = without_indices(field);
     match RANGES.iter().find(|r| r.field == base) {
         Some(r) if !(r.min..=r.max).contains(&value) => Err(SpecError::new(
             field,
@@ -80,6 +95,21 @@ pub(crate) fn check_range(field: &str, value: i128) -> Result<(), SpecError> {
         )),
         _ => Ok(()),
     }
+}
+
+/// `services[1].port` -> `services.port`.
+fn without_indices(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut depth = 0usize;
+    for c in field.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }
 
 impl NodeSpec {
@@ -99,6 +129,22 @@ impl NodeSpec {
             if let Some(gw) = self.gateway {
                 check_host_address("node.gateway", gw, cidr)?;
             }
+        }
+        let services = self.service_cidr;
+        check_cidr("node.service_cidr", services)?;
+        if services.prefix_len() > 30 {
+            return Err(SpecError::new(
+                "node.service_cidr",
+                format!(
+                    "{services} has no room for service addresses (the prefix length must be at most 30)"
+                ),
+            ));
+        }
+        if let Some(pods) = self.pod_cidr.filter(|p| overlaps(*p, services)) {
+            return Err(SpecError::new(
+                "node.service_cidr",
+                format!("{services} overlaps node.pod_cidr {pods}"),
+            ));
         }
         check_range("node.underlay_mtu", self.underlay_mtu.into())?;
         check_range("node.mtu", self.pod_mtu().into())?;
@@ -392,6 +438,69 @@ impl PeerSpec {
     }
 }
 
+impl ServiceSpec {
+    /// Checks the service against `node` and the services already there (`others`). Fields
+    /// are named `<at>.name`, `<at>.vip`, `<at>.backends[2]` (`at` is `services[1]` in the
+    /// file, `service` at runtime). A runtime `service add` replaces the service of the same
+    /// name, so it passes the others *without* that one; the file passes the entries before.
+    pub(crate) fn check<'a>(
+        &self,
+        node: &NodeSpec,
+        others: impl IntoIterator<Item = &'a ServiceSpec> + Clone,
+        at: &str,
+    ) -> Result<(), SpecError> {
+        let f = |name: &str| format!("{at}.{name}");
+        let others = || others.clone().into_iter();
+        check_name(&f("name"), &self.name, MAX_SERVICE_NAME)?;
+        if others().any(|o| o.name == self.name) {
+            return Err(SpecError::new(
+                f("name"),
+                format!("{:?} is already the name of another service", self.name),
+            ));
+        }
+        let cidr = node.service_cidr;
+        check_address_in(&f("vip"), self.vip, cidr, "node.service_cidr")?;
+        check_range(&f("port"), self.port.into())?;
+        if let Some(owner) =
+            others().find(|o| (o.vip, o.port, o.proto) == (self.vip, self.port, self.proto))
+        {
+            return Err(SpecError::new(
+                f("port"),
+                format!(
+                    "{} is already the address of service {:?}",
+                    self.address_text(),
+                    owner.name
+                ),
+            ));
+        }
+        for (i, b) in self.backends.iter().enumerate() {
+            let field = f(&format!("backends[{i}]"));
+            if b.port() == 0 {
+                return Err(SpecError::new(
+                    field,
+                    format!("{b} has port 0 (a backend port is 1 to 65535)"),
+                ));
+            }
+            check_unicast_ip(&field, *b.ip())?;
+            if cidr.contains(b.ip()) {
+                return Err(SpecError::new(
+                    field,
+                    format!(
+                        "{b} is inside node.service_cidr {cidr} (a backend is a pod's address, not a service's)"
+                    ),
+                ));
+            }
+            if let Some(j) = self.backends[..i].iter().position(|o| o == b) {
+                return Err(SpecError::new(
+                    field,
+                    format!("{b} is listed twice (also backends[{j}])"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
@@ -569,10 +678,20 @@ fn check_cidr(field: &str, cidr: Ipv4Net) -> Result<(), SpecError> {
 /// An address of `cidr` usable by a host: inside it, neither its network nor its broadcast
 /// address.
 fn check_host_address(field: &str, ip: Ipv4Addr, cidr: Ipv4Net) -> Result<(), SpecError> {
+    check_address_in(field, ip, cidr, "node.pod_cidr")
+}
+
+/// [`check_host_address`] in the range named `range` (`node.service_cidr`).
+fn check_address_in(
+    field: &str,
+    ip: Ipv4Addr,
+    cidr: Ipv4Net,
+    range: &str,
+) -> Result<(), SpecError> {
     let which = if !cidr.contains(&ip) {
         return Err(SpecError::new(
             field,
-            format!("{ip} is outside node.pod_cidr {cidr}"),
+            format!("{ip} is outside {range} {cidr}"),
         ));
     } else if ip == cidr.network() {
         "network"
@@ -583,7 +702,7 @@ fn check_host_address(field: &str, ip: Ipv4Addr, cidr: Ipv4Net) -> Result<(), Sp
     };
     Err(SpecError::new(
         field,
-        format!("{ip} is the {which} address of node.pod_cidr {cidr}"),
+        format!("{ip} is the {which} address of {range} {cidr}"),
     ))
 }
 
