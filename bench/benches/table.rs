@@ -13,7 +13,8 @@
 //!
 //! `maglev`: building a service's Maglev table (`CompiledService::new`) with 3, 10 and 100
 //! backends (tables of 509, 1021 and 16381 slots), and `Services::pick` for a new flow (one
-//! lookup; the flow hashes are precomputed), per lookup.
+//! lookup; the flow hashes are precomputed), per lookup. Measured here: build 1.0 µs (3),
+//! 3.4 µs (10), 118 µs (100); pick 0.62 ns.
 
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};

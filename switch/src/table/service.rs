@@ -138,7 +138,6 @@ pub struct Services {
 impl Services {
     /// The service at `vip:port` for protocol number `proto`.
     #[inline]
-    #[allow(dead_code)] // used by the Order 9 pipeline
     pub(crate) fn get(&self, vip: Ipv4Addr, port: u16, proto: u8) -> Option<&Arc<CompiledService>> {
         self.by_key.get(&(u32::from(vip), port, proto))
     }
@@ -155,8 +154,8 @@ impl Services {
     }
 
     /// The backend of a new flow of `svc`, as `(backend index, address)`: by the client address
-    /// alone with `client_ip` affinity, else by `flow_hash` (the hash of the 5-tuple). `None` if the
-    /// service has no backends.
+    /// alone with `client_ip` affinity, else by `flow_hash` (the hash of the 5-tuple). `None`
+    /// if the service has no backends.
     #[inline]
     pub fn pick(
         &self,
