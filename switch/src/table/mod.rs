@@ -6,17 +6,22 @@
 //!   writer copies one shard, not the whole table.
 //! - [`Topology`]: the ports and what they are (pod identity for anti-spoofing), the pod
 //!   neighbour table (IP -> MAC, port) and the routes (CIDR -> peer node). Small, changed only by
-//!   the control plane.
+//!   the control plane. It also holds the services ([`Services`]: VIP, port and protocol ->
+//!   backends, each with its Maglev table, see `maglev.rs`).
 //!
 //! Readers (the data plane) load a snapshot once per batch and then use plain `HashMap::get`;
 //! measured on this kind of machine that is as fast as an unsynchronised map (docs/platform-facts.md). Writers
 //! (learning, ageing, control) serialise on a mutex among themselves and never block readers.
 
 mod mac;
+mod maglev;
 mod service;
 mod topology;
 
 pub use mac::{LearnOutcome, MacEntry, MacSnapshot, MacTable, MacTableConfig};
+pub use maglev::MAX_BACKENDS;
+#[allow(unused_imports)] // used by the Order 9 pipeline
+pub(crate) use service::flow_hash;
 pub use service::{Affinity, CompiledService, Proto, Service, Services};
 pub(crate) use topology::PeerId;
 pub use topology::{Neighbour, Peer, PortInfo, PortKind, Topology, TopologyError};

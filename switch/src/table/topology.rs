@@ -8,11 +8,16 @@
 //!   cluster has exactly one owner;
 //! - `flood` lists exactly the attached ports, in id order; `trunks` exactly the attached
 //!   trunk ports, in id order.
+//! - a `(VIP, port, protocol)` belongs to at most one service; a service's id is kept while
+//!   its name lives and never given to another service of this topology.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 
+use super::maglev::MAX_BACKENDS;
+use super::{CompiledService, Proto, Service, Services};
 use super::{FastMap, PortId};
 use crate::wire::{mac_key, EthernetAddress};
 
@@ -211,6 +216,33 @@ pub enum TopologyError {
     /// A node has one host port.
     #[error("port {0}: the node already has a host port")]
     SecondHostPort(PortId),
+    /// Another service has that VIP, port and protocol.
+    #[error("service {name:?}: {vip}:{port}/{proto:?} is already used by service {owner:?}")]
+    DuplicateService {
+        /// The service being added.
+        name: String,
+        /// Its VIP.
+        vip: Ipv4Addr,
+        /// Its port.
+        port: u16,
+        /// Its protocol.
+        proto: Proto,
+        /// The service that has them.
+        owner: String,
+    },
+    /// No service with that name.
+    #[error("no service named {0:?}")]
+    NoSuchService(String),
+    /// More backends than a Maglev table holds.
+    #[error("service {name:?}: {count} backends, at most {max}")]
+    TooManyBackends {
+        /// The service.
+        name: String,
+        /// Its backend count.
+        count: usize,
+        /// The limit ([`MAX_BACKENDS`]).
+        max: usize,
+    },
 }
 
 /// Ports, neighbours and routes of one node. Immutable once published; changes build a new one.
@@ -230,6 +262,10 @@ pub struct Topology {
     host: Option<Neighbour>,
     routes: Routes,
     peer_by_underlay: FastMap<u32, PeerId>,
+    /// The services, shared between copies (a clone copies pointers, not Maglev tables).
+    services: Services,
+    /// The id of the next new service (ids are never reused).
+    next_service_id: u32,
 }
 
 impl Topology {
@@ -247,7 +283,80 @@ impl Topology {
             host: None,
             routes: Routes::default(),
             peer_by_underlay: FastMap::default(),
+            services: Services::default(),
+            next_service_id: 0,
         }
+    }
+
+    /// The services: load the topology once per batch, then look services up here.
+    #[inline]
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// Every service, by name.
+    pub fn services_list(&self) -> Vec<Arc<CompiledService>> {
+        let mut v: Vec<_> = self.services.by_key.values().cloned().collect();
+        v.sort_by(|a, b| a.service.name.cmp(&b.service.name));
+        v
+    }
+
+    /// Adds `s`, or replaces the service of the same name (which keeps its id; a new name gets
+    /// an id never used before in this topology). Refused if another service has the same VIP,
+    /// port and protocol, or if `s` has more than [`MAX_BACKENDS`] backends. Replacing a
+    /// service by an equal one changes nothing (its Maglev table is not rebuilt).
+    pub fn upsert_service(&mut self, s: Service) -> Result<(), TopologyError> {
+        if s.backends.len() > MAX_BACKENDS {
+            return Err(TopologyError::TooManyBackends {
+                name: s.name,
+                count: s.backends.len(),
+                max: MAX_BACKENDS,
+            });
+        }
+        if let Some(owner) = self.services.get(s.vip, s.port, s.proto.number()) {
+            if owner.service.name != s.name {
+                return Err(TopologyError::DuplicateService {
+                    vip: s.vip,
+                    port: s.port,
+                    proto: s.proto,
+                    owner: owner.service.name.clone(),
+                    name: s.name,
+                });
+            }
+        }
+        let id = match self.services.by_name(&s.name) {
+            Some(old) if old.service == s => return Ok(()),
+            Some(old) => {
+                let (id, key) = (old.id, key_of(&old.service));
+                self.services.by_key.remove(&key);
+                id
+            }
+            None => {
+                let id = self.next_service_id;
+                self.next_service_id += 1;
+                id
+            }
+        };
+        self.services
+            .by_key
+            .insert(key_of(&s), Arc::new(CompiledService::new(s, id)));
+        Ok(())
+    }
+
+    /// Removes the service named `name`, returning it.
+    pub fn remove_service(&mut self, name: &str) -> Result<Service, TopologyError> {
+        let key = self
+            .services
+            .by_name(name)
+            .map(|c| key_of(&c.service))
+            .ok_or_else(|| TopologyError::NoSuchService(name.into()))?;
+        let c = self
+            .services
+            .by_key
+            .remove(&key)
+            .ok_or_else(|| TopologyError::NoSuchService(name.into()))?;
+        // Older snapshots usually still hold it: copy the spec rather than wait.
+        Ok(Arc::try_unwrap(c).map_or_else(|c| c.service.clone(), |c| c.service))
     }
 
     /// What is attached at `port`.
@@ -480,6 +589,11 @@ impl Topology {
     }
 }
 
+/// The key of `s` in [`Services`].
+fn key_of(s: &Service) -> (u32, u16, u8) {
+    (u32::from(s.vip), s.port, s.proto.number())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -641,5 +755,127 @@ mod tests {
             Ok(b),
             "freed id reused"
         );
+    }
+
+    fn service(name: &str, vip_last: u8, port: u16, backends: &[u8]) -> Service {
+        Service {
+            name: name.into(),
+            vip: Ipv4Addr::new(10, 96, 0, vip_last),
+            port,
+            proto: Proto::Tcp,
+            backends: backends
+                .iter()
+                .map(|&b| SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, b), 8080))
+                .collect(),
+            affinity: Default::default(),
+        }
+    }
+
+    #[test]
+    fn services_upsert_replace_remove() {
+        let mut t = node();
+        assert!(t.services().is_empty());
+        t.upsert_service(service("web", 10, 80, &[10, 11]))
+            .expect("web");
+        t.upsert_service(service("dns", 53, 53, &[12]))
+            .expect("dns");
+        let web = t
+            .services()
+            .get(Ipv4Addr::new(10, 96, 0, 10), 80, 6)
+            .expect("web")
+            .clone();
+        assert_eq!(
+            (web.service.name.as_str(), web.id, web.table_len()),
+            ("web", 0, 251)
+        );
+        assert_eq!(
+            t.services()
+                .get(Ipv4Addr::new(10, 96, 0, 10), 80, 17)
+                .map(|s| s.id),
+            None
+        );
+        let names: Vec<_> = t
+            .services_list()
+            .iter()
+            .map(|s| s.service.name.clone())
+            .collect();
+        assert_eq!(names, ["dns", "web"]);
+
+        // Same VIP/port/proto under another name: refused, nothing changed.
+        assert!(matches!(
+            t.upsert_service(service("web2", 10, 80, &[13])),
+            Err(TopologyError::DuplicateService { owner, .. }) if owner == "web"
+        ));
+        assert_eq!(t.services().len(), 2);
+        // Same VIP and port, other protocol: another service.
+        let mut udp = service("web-udp", 10, 80, &[13]);
+        udp.proto = Proto::Udp;
+        t.upsert_service(udp).expect("udp");
+        assert_eq!(
+            t.services()
+                .get(Ipv4Addr::new(10, 96, 0, 10), 80, 17)
+                .map(|s| s.id),
+            Some(2)
+        );
+
+        // Replace by name: new VIP, port and backends, same id; the old key is gone.
+        t.upsert_service(service("web", 20, 8080, &[10, 11, 14]))
+            .expect("replace");
+        assert!(t
+            .services()
+            .get(Ipv4Addr::new(10, 96, 0, 10), 80, 6)
+            .is_none());
+        let web2 = t
+            .services()
+            .get(Ipv4Addr::new(10, 96, 0, 20), 8080, 6)
+            .expect("moved");
+        assert_eq!(
+            (web2.id, web2.service.backends.len(), web2.table_len()),
+            (0, 3, 509)
+        );
+        // The freed key can be taken by another service.
+        t.upsert_service(service("other", 10, 80, &[]))
+            .expect("freed key");
+        // An equal spec: nothing rebuilt.
+        let before = Arc::clone(t.services().by_name("web").expect("web"));
+        t.upsert_service(service("web", 20, 8080, &[10, 11, 14]))
+            .expect("same");
+        assert!(Arc::ptr_eq(
+            &before,
+            t.services().by_name("web").expect("web")
+        ));
+
+        // A copy of the topology shares the compiled services.
+        let copy = t.clone();
+        assert!(Arc::ptr_eq(
+            &before,
+            copy.services().by_name("web").expect("web")
+        ));
+
+        assert_eq!(t.remove_service("dns").map(|s| s.port), Ok(53));
+        assert_eq!(
+            t.remove_service("dns"),
+            Err(TopologyError::NoSuchService("dns".into()))
+        );
+        // Ids are never reused: dns had 1, web-udp 2, other 3.
+        t.upsert_service(service("dns", 53, 53, &[12]))
+            .expect("dns again");
+        assert_eq!(t.services().by_name("dns").map(|s| s.id), Some(4));
+        assert_eq!(t.services().len(), 4);
+        assert_eq!(copy.services().len(), 4, "the copy is its own");
+    }
+
+    #[test]
+    fn too_many_backends_refused() {
+        let mut t = node();
+        let mut s = service("big", 10, 80, &[]);
+        s.backends = (0..=MAX_BACKENDS as u32)
+            .map(|i| SocketAddrV4::new(Ipv4Addr::from(0x0af4_0000 + i), 80))
+            .collect();
+        assert!(matches!(
+            t.upsert_service(s),
+            Err(TopologyError::TooManyBackends { count, .. }) if count == MAX_BACKENDS + 1
+        ));
+        assert!(t.services().is_empty());
     }
 }
