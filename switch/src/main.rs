@@ -302,7 +302,11 @@ fn run(config_path: &Path) -> Result<(), String> {
             loop {
                 tick.tick().await;
                 let n = Arc::clone(&reaper_node);
-                let _ = tokio::task::spawn_blocking(move || n.reap_vanished()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    n.reap_vanished();
+                    n.expire_flows();
+                })
+                .await;
             }
         });
         let r = flatten(serve.await);

@@ -53,6 +53,60 @@ pub fn udp(sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
     u
 }
 
+/// The complemented L4 checksum of `segment` (checksum field zeroed by the caller) from `src` to
+/// `dst` with protocol `proto`.
+fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u16 {
+    let mut p = Vec::with_capacity(12 + segment.len());
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&[0, proto]);
+    p.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    p.extend_from_slice(segment);
+    !crate::wire::checksum::checksum_sum(&p)
+}
+
+/// A UDP datagram from `src:sport` to `dst:dport` with its checksum computed.
+pub fn udp_with_checksum(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut u = udp(sport, dport, data);
+    let c = match l4_checksum(src, dst, 17, &u) {
+        0 => 0xffff,
+        c => c,
+    };
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    u
+}
+
+/// A TCP segment (20-byte header, no options, window 65535) from `src:sport` to `dst:dport`
+/// with its checksum computed.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_segment_bytes(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut t = Vec::with_capacity(20 + data.len());
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&seq.to_be_bytes());
+    t.extend_from_slice(&ack.to_be_bytes());
+    t.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend_from_slice(data);
+    let c = l4_checksum(src, dst, 6, &t);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    t
+}
+
 /// An ICMP echo message (`ty` 8 request, 0 reply).
 pub fn icmp_echo(ty: u8, id: u16, seq: u16, data: &[u8]) -> Vec<u8> {
     let mut m = vec![ty, 0, 0, 0];

@@ -124,8 +124,6 @@ pub(super) struct Shared {
     /// Frames each worker has handled (received from its queues, and from the tunnel).
     pub(super) worker_frames: Vec<AtomicU64>,
     registry: Mutex<BTreeMap<PortId, PortRecord>>,
-    /// The services, by name. TODO(order9): publish to the topology.
-    services: Mutex<BTreeMap<String, Service>>,
     pub(super) stop: AtomicBool,
 }
 
@@ -227,7 +225,6 @@ impl Switch {
             workers: handles,
             worker_frames: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             registry: Mutex::new(BTreeMap::new()),
-            services: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
         });
         let mut switch = Self {
@@ -449,41 +446,29 @@ impl Switch {
             .update_topology(|t| t.remove_peer(name))?)
     }
 
-    // TODO(order9): publish to the topology. Stubs for the control plane: the services are
-    // only kept here, no frame sees them yet. The three bodies below are the whole stub.
-
-    /// Adds the service `s`, or replaces the one of the same name.
+    /// Adds the service `s`, or replaces the one of the same name (one topology publish:
+    /// flows of other services and other backends are not disturbed).
     pub(crate) fn upsert_service(&self, s: Service) -> Result<(), SwitchError> {
-        let mut services = self
+        Ok(self
             .shared
-            .services
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        services.insert(s.name.clone(), s);
-        Ok(())
+            .tables
+            .update_topology(|t| t.upsert_service(s))?)
     }
 
     /// Removes the service named `name`.
     pub(crate) fn remove_service(&self, name: &str) -> Result<Service, SwitchError> {
-        let mut services = self
-            .shared
-            .services
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        services
-            .remove(name)
-            .ok_or_else(|| SwitchError::NoSuchService(name.into()))
+        self.shared
+            .tables
+            .update_topology(|t| t.remove_service(name))
+            .map_err(|e| match e {
+                crate::table::TopologyError::NoSuchService(n) => SwitchError::NoSuchService(n),
+                e => e.into(),
+            })
     }
 
-    /// Every service, by name.
-    #[allow(dead_code)] // For the topology's publisher and tests; the node lists its specs.
-    pub(crate) fn services(&self) -> Vec<Service> {
-        let services = self
-            .shared
-            .services
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        services.values().cloned().collect()
+    /// Every service, with its connection-tracking id.
+    pub(crate) fn services(&self) -> Vec<Arc<crate::table::CompiledService>> {
+        self.shared.tables.topology().services_list()
     }
 
     /// Every attached port.
@@ -559,8 +544,12 @@ mod tests {
             backends: vec!["10.244.1.11:8080".parse().unwrap()],
             ..web.clone()
         };
+        let id = sw.services()[0].id;
         sw.upsert_service(moved.clone()).unwrap();
-        assert_eq!(sw.services(), std::slice::from_ref(&moved));
+        let now = sw.services();
+        assert_eq!(now.len(), 1);
+        assert_eq!(now[0].service, moved);
+        assert_eq!(now[0].id, id, "a replaced service keeps its id");
         assert_eq!(sw.remove_service("web").unwrap(), moved);
         assert!(matches!(
             sw.remove_service("web"),

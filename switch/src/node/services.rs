@@ -90,18 +90,49 @@ impl Node {
     /// Every service, by name, with its connections per backend.
     pub(crate) fn services(&self) -> Vec<ServiceStatus> {
         let services: BTreeMap<String, ServiceSpec> = lock(&self.services).clone();
+        let compiled = self.switch.services();
+        let ct = &self.switch.tables().conntrack;
         services
             .into_values()
-            .map(|spec| ServiceStatus {
-                connections: vec![0; spec.backends.len()],
-                spec,
+            .map(|spec| {
+                let connections = compiled
+                    .iter()
+                    .find(|c| c.service.name == spec.name)
+                    .map(|c| ct.per_backend(c.id, spec.backends.len()))
+                    .unwrap_or_else(|| vec![0; spec.backends.len()]);
+                ServiceStatus { spec, connections }
             })
             .collect()
     }
 
     /// The flows connection tracking follows.
     pub(crate) fn flows(&self) -> Vec<FlowStatus> {
-        // TODO(order9): from connection tracking.
-        Vec::new()
+        let tables = self.switch.tables();
+        let mut flows: Vec<FlowStatus> = tables
+            .conntrack
+            .list(tables.mac.now())
+            .into_iter()
+            .map(|f| FlowStatus {
+                proto: if f.proto == 17 {
+                    ServiceProto::Udp
+                } else {
+                    ServiceProto::Tcp
+                },
+                client: f.client,
+                vip: f.vip,
+                backend: f.backend,
+                state: f.state.into(),
+                age_secs: f.age_secs,
+                expires_in_secs: f.expires_in_secs,
+            })
+            .collect();
+        flows.sort_by_key(|f| (f.vip, f.client));
+        flows
+    }
+
+    /// Forgets the flows idle past their timeout (called periodically by the daemon).
+    pub fn expire_flows(&self) -> usize {
+        let tables = self.switch.tables();
+        tables.conntrack.expire(tables.mac.now())
     }
 }

@@ -38,6 +38,7 @@
 //! Every call ends in exactly one [`Action`], and every action is counted ([`stats::Counts`]).
 
 mod reply;
+mod service;
 mod stats;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -46,7 +47,7 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 
 use crate::gso::MIN_GSO_SIZE;
-use crate::table::{MacSnapshot, PeerId, PortId, PortKind, Tables, Topology};
+use crate::table::{Conntrack, MacSnapshot, PeerId, PortId, PortKind, Tables, Topology};
 use crate::wire::arp::{self, ArpPacket};
 use crate::wire::ethernet::{self, ethertype, EthernetFrame};
 use crate::wire::icmp::{msg_type, IcmpPacket};
@@ -71,6 +72,8 @@ pub struct NodeConfig {
     pub mtu: u16,
     /// Largest inner IPv4 packet the tunnel carries; bigger ones get "fragmentation needed".
     pub tunnel_mtu: u16,
+    /// The service (ClusterIP) CIDR: packets for it are for services, never routed as such.
+    pub service_cidr: Ipv4Net,
 }
 
 impl NodeConfig {
@@ -91,6 +94,7 @@ impl NodeConfig {
             vni: 1,
             mtu: 1450,
             tunnel_mtu: 1450,
+            service_cidr: crate::node::spec::DEFAULT_SERVICE_CIDR,
         }
     }
 }
@@ -133,6 +137,8 @@ struct Core {
     router_key: u64,
     /// The pod CIDR as (network, mask), so the per-frame test is one AND and one compare.
     cidr: (u32, u32),
+    /// The service CIDR, likewise.
+    services: (u32, u32),
     now: u32,
     learned: Vec<(u64, PortId)>,
     last_learned: Option<(u64, PortId)>,
@@ -146,6 +152,10 @@ impl Pipeline {
         let core = Core {
             router_key: mac_key(&cfg.router_mac.0),
             cidr: (u32::from(cfg.cidr.network()), u32::from(cfg.cidr.netmask())),
+            services: (
+                u32::from(cfg.service_cidr.network()),
+                u32::from(cfg.service_cidr.netmask()),
+            ),
             cfg,
             now: tables.mac.now(),
             learned: Vec::with_capacity(64),
@@ -223,15 +233,22 @@ impl Pipeline {
     /// must have a segment size of at least `MIN_GSO_SIZE`.
     #[inline]
     pub fn process(&mut self, ingress: PortId, frame: &mut [u8], vnet: VnetHdr) -> Action {
-        self.core
-            .process(&self.topo, &self.mac, ingress, frame, vnet)
+        self.core.process(
+            &self.topo,
+            &self.mac,
+            &self.tables.conntrack,
+            ingress,
+            frame,
+            vnet,
+        )
     }
 
     /// Decides what to do with a VXLAN datagram received from `source` on the underlay. On
     /// [`Action::Forward`], the frame to deliver is `datagram[vxlan::HEADER_LEN..]`, already
     /// rewritten (MACs, TTL).
     pub fn process_tunnel(&mut self, source: SocketAddrV4, datagram: &mut [u8]) -> Action {
-        self.core.process_tunnel(&self.topo, source, datagram)
+        self.core
+            .process_tunnel(&self.topo, &self.tables.conntrack, source, datagram)
     }
 
     #[cfg(test)]
@@ -288,6 +305,7 @@ impl Core {
         &mut self,
         topo: &Topology,
         mac: &MacSnapshot,
+        ct: &Conntrack,
         ingress: PortId,
         frame: &mut [u8],
         vnet: VnetHdr,
@@ -331,9 +349,16 @@ impl Core {
             PortKind::Trunk => {}
         }
         self.learn(mac, src, ingress);
+        let partial = vnet.needs_csum();
+        // A backend's reply to a service client gets the service's address back, whichever
+        // way it goes on (L2 to a local client, or routed).
+        // (The topology is hot; the flow count is another cache line: ask it second.)
+        if ether_type == ethertype::IPV4 && !topo.services().is_empty() && !ct.is_empty() {
+            self.service_out(ct, frame, partial);
+        }
 
         if dst == self.router_key {
-            return self.route(topo, ingress, frame, ether_type, gso);
+            return self.route(topo, ct, ingress, frame, ether_type, gso, partial);
         }
         if is_group_mac(dst) {
             if ether_type == ethertype::ARP && self.is_arp_request_for_gateway(frame) {
@@ -406,13 +431,16 @@ impl Core {
 
     /// Rule 4: the frame is addressed to the router MAC.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn route(
         &mut self,
         topo: &Topology,
+        ct: &Conntrack,
         ingress: PortId,
         frame: &mut [u8],
         ether_type: u16,
         gso: bool,
+        partial: bool,
     ) -> Action {
         if ether_type == ethertype::ARP {
             if self.is_arp_request_for_gateway(frame) {
@@ -423,6 +451,17 @@ impl Core {
         }
         if ether_type != ethertype::IPV4 {
             return self.drop(DropReason::NotRoutable);
+        }
+        // A service address (peeked before the header is validated: `service_in` validates).
+        if !topo.services().is_empty()
+            && frame
+                .get(ethernet::HEADER_LEN..)
+                .and_then(ipv4::destination_address)
+                .is_some_and(|d| self.is_service_ip(d))
+        {
+            if let Err(a) = self.service_in(topo, ct, frame, partial) {
+                return a;
+            }
         }
         let Some((eth, mut ip)) = routed_views(frame) else {
             return self.drop(DropReason::BadIpv4);
@@ -476,6 +515,7 @@ impl Core {
     fn process_tunnel(
         &mut self,
         topo: &Topology,
+        ct: &Conntrack,
         source: SocketAddrV4,
         datagram: &mut [u8],
     ) -> Action {
@@ -489,6 +529,10 @@ impl Core {
             Ok(_) => return self.drop(DropReason::VxlanBadVni),
             Err(_) => return self.drop(DropReason::VxlanMalformed),
         };
+        if !topo.services().is_empty() && !ct.is_empty() {
+            // A remote backend's reply to a client of this node.
+            self.service_out(ct, inner, false);
+        }
         let (eth, mut ip) = match routed_views(inner) {
             Some((eth, ip)) if eth.ethertype() == ethertype::IPV4 => (eth, ip),
             _ => return self.drop(DropReason::VxlanNotForPod),

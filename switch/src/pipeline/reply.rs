@@ -35,6 +35,8 @@ pub(crate) enum IcmpError {
     },
     /// Type 11 code 0.
     TtlExceeded,
+    /// Type 3 code 3.
+    PortUnreachable,
 }
 
 impl IcmpError {
@@ -44,6 +46,7 @@ impl IcmpError {
             Self::HostUnreachable => (msg_type::DST_UNREACHABLE, 1),
             Self::FragmentationNeeded { .. } => (msg_type::DST_UNREACHABLE, 4),
             Self::TtlExceeded => (msg_type::TIME_EXCEEDED, 0),
+            Self::PortUnreachable => (msg_type::DST_UNREACHABLE, 3),
         }
     }
 }
@@ -141,5 +144,81 @@ pub(crate) fn icmp_error(
     }
     icmp.data_mut().copy_from_slice(quoted);
     icmp.fill_checksum();
+    len
+}
+
+/// Builds, in `out`, the TCP reset answering the segment in `frame` (validated Ethernet and
+/// IPv4 headers), from the segment's destination, sent by `mac` (RFC 793's reset generation:
+/// with ACK set in the segment, `seq = SEG.ACK`; else `seq = 0, ack = SEG.SEQ + SEG.LEN` with
+/// ACK). Returns the frame length; 0 for a reset (never answered) or a frame that is not a
+/// whole TCP segment.
+pub(crate) fn tcp_reset(
+    out: &mut [u8; ICMP_ERROR_MAX],
+    frame: &[u8],
+    mac: EthernetAddress,
+) -> usize {
+    const RST: u8 = 0x04;
+    const ACK: u8 = 0x10;
+    const SYN: u8 = 0x02;
+    const FIN: u8 = 0x01;
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return 0;
+    };
+    let Ok(ip) = Ipv4Packet::new_checked_header(eth.payload()) else {
+        return 0;
+    };
+    let Ok(seg) = crate::wire::tcp::TcpPacket::new_checked(ip.payload()) else {
+        return 0;
+    };
+    let flags = seg.flags();
+    if flags & RST != 0 {
+        return 0;
+    }
+    let seg_len =
+        seg.payload().len() as u32 + u32::from(flags & SYN != 0) + u32::from(flags & FIN != 0);
+    let (seq, ack, out_flags) = if flags & ACK != 0 {
+        (seg.ack_number(), 0, RST)
+    } else {
+        (0, seg.seq_number().wrapping_add(seg_len), RST | ACK)
+    };
+    const TCP_LEN: usize = 20;
+    let len = ethernet::HEADER_LEN + ipv4::HEADER_LEN + TCP_LEN;
+    let Some(out) = out.get_mut(..len) else {
+        return 0;
+    };
+    let Ok(mut o) = EthernetFrame::new_checked(&mut *out) else {
+        return 0;
+    };
+    o.set_dst_addr(eth.src_addr());
+    o.set_src_addr(mac.0);
+    o.set_ethertype(ethertype::IPV4);
+    let repr = Ipv4Repr {
+        src: ip.dst_addr(),
+        dst: ip.src_addr(),
+        protocol: protocol::TCP,
+        ttl: TTL,
+        dscp_ecn: 0,
+        payload_len: TCP_LEN as u16,
+    };
+    let packet = o.payload_mut();
+    if repr.emit(packet).is_err() {
+        return 0;
+    }
+    let t = &mut packet[ipv4::HEADER_LEN..ipv4::HEADER_LEN + TCP_LEN];
+    t[0..2].copy_from_slice(&seg.dst_port().to_be_bytes());
+    t[2..4].copy_from_slice(&seg.src_port().to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[12] = 0x50;
+    t[13] = out_flags;
+    t[14..20].fill(0);
+    let mut pseudo = [0u8; 12 + TCP_LEN];
+    pseudo[0..4].copy_from_slice(&ip.dst_addr().octets());
+    pseudo[4..8].copy_from_slice(&ip.src_addr().octets());
+    pseudo[9] = protocol::TCP;
+    pseudo[10..12].copy_from_slice(&(TCP_LEN as u16).to_be_bytes());
+    pseudo[12..].copy_from_slice(t);
+    let c = !crate::wire::checksum::checksum_sum(&pseudo);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
     len
 }

@@ -79,6 +79,15 @@ drop_reasons! {
     GatewayUnsupported => "gateway_unsupported",
     /// An ARP request from the host port for an address no pod of this node or peer has.
     ArpUnanswered => "arp_unanswered",
+    /// A packet for a service address with no service on its port and protocol, a fragment, or
+    /// not TCP/UDP.
+    NoService => "no_service",
+    /// A new flow to a service without backends (TCP reset / ICMP port unreachable sent).
+    NoBackends => "no_backends",
+    /// A packet of a TCP flow whose backend was removed (reset sent: the client reconnects).
+    BackendGone => "backend_gone",
+    /// A new flow to a service while connection tracking is full.
+    ConntrackFull => "conntrack_full",
     /// A frame for a peer node while no tunnel port is attached.
     NoTunnel => "no_tunnel",
     /// A superframe or partial-checksum frame for a peer that could not be segmented or

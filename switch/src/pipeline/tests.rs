@@ -875,3 +875,216 @@ fn the_host_port_may_not_claim_a_pods_address_or_another_mac() {
     assert!(second.is_err());
     assert_accounted(&n);
 }
+
+mod services {
+    use super::*;
+    use crate::table::{Affinity, Proto, Service};
+    use crate::wire::checksum::checksum_sum;
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+    const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
+
+    fn set_service(n: &mut Node, backends: &[&str], proto: Proto) {
+        let service = Service {
+            name: "web".into(),
+            vip: VIP,
+            port: 80,
+            proto,
+            backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+            affinity: Affinity::None,
+        };
+        n.p.tables
+            .update_topology(|t| t.upsert_service(service))
+            .unwrap();
+        n.p.begin_batch();
+    }
+
+    fn l4_ok(ip: &[u8]) -> bool {
+        let seg = &ip[20..];
+        let mut p = ip[12..20].to_vec();
+        p.extend_from_slice(&[0, ip[9]]);
+        p.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+        p.extend_from_slice(seg);
+        checksum_sum(&p) == 0xffff && checksum_sum(&ip[..20]) == 0xffff
+    }
+
+    fn syn(src: Ipv4Addr, sport: u16) -> Vec<u8> {
+        let seg = tcp_segment_bytes(src, sport, VIP, 80, 1000, 0, 0x02, b"");
+        eth(
+            R,
+            pod_mac(src.octets()[3]),
+            0x0800,
+            &ipv4(src, VIP, 6, 64, &seg),
+        )
+    }
+
+    fn ends(f: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+        let ip = &f[14..];
+        let a = |o: usize| Ipv4Addr::new(ip[o], ip[o + 1], ip[o + 2], ip[o + 3]);
+        let p = |o: usize| u16::from_be_bytes([ip[20 + o], ip[21 + o]]);
+        (a(12), p(0), a(16), p(2))
+    }
+
+    #[test]
+    fn new_flows_are_translated_to_a_backend_and_keep_it_and_replies_get_the_vip() {
+        let mut n = Node::new();
+        set_service(&mut n, &["10.244.1.11:8080", "10.244.2.5:8080"], Proto::Tcp);
+        let mut seen = std::collections::BTreeSet::new();
+        for sport in 40000..40064u16 {
+            let mut f = syn(pod_ip(10), sport);
+            let a = n.run(0, &mut f);
+            let (_, _, dst, dport) = ends(&f);
+            assert_eq!(dport, 8080);
+            assert!(l4_ok(&f[14..]), "checksums after DNAT");
+            match a {
+                Action::Forward(1) => assert_eq!(dst, pod_ip(11)),
+                Action::Encap(0) => assert_eq!(dst, REMOTE),
+                other => panic!("{other:?}"),
+            }
+            seen.insert(dst);
+            // The flow keeps its backend.
+            let mut again = syn(pod_ip(10), sport);
+            assert_eq!(n.run(0, &mut again), a);
+        }
+        assert_eq!(seen.len(), 2, "both backends get flows");
+        assert_eq!(n.p.tables.conntrack.len(), 64);
+
+        // Replies: from the local backend at L2, from the remote one through the tunnel.
+        let mut f = syn(pod_ip(10), 40000);
+        let a = n.run(0, &mut f);
+        let (_, _, b, _) = ends(&f);
+        let reply_seg = tcp_segment_bytes(b, 8080, pod_ip(10), 40000, 5, 1001, 0x12, b"");
+        if a == Action::Forward(1) {
+            let mut r = eth(
+                pod_mac(10),
+                pod_mac(11),
+                0x0800,
+                &ipv4(b, pod_ip(10), 6, 64, &reply_seg),
+            );
+            assert_eq!(n.run(1, &mut r), Action::Forward(0));
+            assert_eq!(ends(&r), (VIP, 80, pod_ip(10), 40000));
+            assert!(l4_ok(&r[14..]));
+        } else {
+            let inner = eth(
+                R,
+                PEER_VTEP,
+                0x0800,
+                &ipv4(b, pod_ip(10), 6, 64, &reply_seg),
+            );
+            let mut d = vxlan_wrap(1, &inner);
+            n.p.begin_batch();
+            let peer: SocketAddrV4 = "192.168.77.2:40000".parse().unwrap();
+            assert_eq!(n.p.process_tunnel(peer, &mut d), Action::Forward(0));
+            let r = &d[vxlan::HEADER_LEN..];
+            assert_eq!(ends(r), (VIP, 80, pod_ip(10), 40000));
+            assert!(l4_ok(&r[14..]));
+        }
+    }
+
+    #[test]
+    fn no_backends_answers_tcp_with_a_reset_and_udp_with_port_unreachable() {
+        let mut n = Node::new();
+        set_service(&mut n, &[], Proto::Tcp);
+        let mut f = syn(pod_ip(10), 40000);
+        let Action::Reject(DropReason::NoBackends, len) = n.run(0, &mut f) else {
+            panic!("no reset")
+        };
+        let rst = &n.p.scratch()[..usize::from(len)];
+        assert_eq!(&rst[0..6], &pod_mac(10));
+        assert_eq!(ends(rst), (VIP, 80, pod_ip(10), 40000));
+        assert_eq!(rst[14 + 20 + 13], 0x14, "RST|ACK");
+        assert_eq!(
+            &rst[14 + 20 + 8..14 + 20 + 12],
+            &1001u32.to_be_bytes(),
+            "acks the SYN"
+        );
+        assert!(l4_ok(&rst[14..]));
+
+        set_service(&mut n, &[], Proto::Udp);
+        let seg = udp_with_checksum(pod_ip(10), 5353, VIP, 80, b"q");
+        let mut f = eth(R, pod_mac(10), 0x0800, &ipv4(pod_ip(10), VIP, 17, 64, &seg));
+        let Action::Reject(DropReason::NoBackends, len) = n.run(0, &mut f) else {
+            panic!("no ICMP")
+        };
+        let icmp = &n.p.scratch()[14 + 20..usize::from(len)];
+        assert_eq!((icmp[0], icmp[1]), (3, 3), "port unreachable");
+        // No service on that port at all.
+        let seg = tcp_segment_bytes(pod_ip(10), 1, VIP, 81, 0, 0, 0x02, b"");
+        let mut f = eth(R, pod_mac(10), 0x0800, &ipv4(pod_ip(10), VIP, 6, 64, &seg));
+        assert_eq!(n.run(0, &mut f), Action::Drop(DropReason::NoService));
+        assert_accounted(&n);
+    }
+
+    #[test]
+    fn hairpin_and_a_removed_backend() {
+        let mut n = Node::new();
+        set_service(&mut n, &["10.244.1.10:8080"], Proto::Tcp);
+        let mut f = syn(pod_ip(10), 40000);
+        assert_eq!(
+            n.run(0, &mut f),
+            Action::Forward(0),
+            "back to the client itself"
+        );
+        assert_eq!(
+            ends(&f),
+            (gw(), 40000, pod_ip(10), 8080),
+            "source: the gateway"
+        );
+        assert!(l4_ok(&f[14..]));
+        // Its reply, to the gateway, through the router: back to VIP -> client.
+        let seg = tcp_segment_bytes(pod_ip(10), 8080, gw(), 40000, 5, 1001, 0x12, b"");
+        let mut r = eth(R, pod_mac(10), 0x0800, &ipv4(pod_ip(10), gw(), 6, 64, &seg));
+        assert_eq!(n.run(0, &mut r), Action::Forward(0));
+        assert_eq!(ends(&r), (VIP, 80, pod_ip(10), 40000));
+        assert!(l4_ok(&r[14..]));
+
+        // The backend removed (another takes its place): the flow is reset.
+        set_service(&mut n, &["10.244.1.11:8080"], Proto::Tcp);
+        let seg = tcp_segment_bytes(pod_ip(10), 40000, VIP, 80, 1001, 6, 0x10, b"more");
+        let mut f = eth(R, pod_mac(10), 0x0800, &ipv4(pod_ip(10), VIP, 6, 64, &seg));
+        let Action::Reject(DropReason::BackendGone, len) = n.run(0, &mut f) else {
+            panic!("no reset")
+        };
+        let rst = &n.p.scratch()[..usize::from(len)];
+        assert_eq!(rst[14 + 20 + 13], 0x04, "RST");
+        assert_eq!(
+            &rst[14 + 20 + 4..14 + 20 + 8],
+            &6u32.to_be_bytes(),
+            "seq = its ack"
+        );
+        // A new connection goes to the new backend.
+        let mut f = syn(pod_ip(10), 40001);
+        assert_eq!(n.run(0, &mut f), Action::Forward(1));
+        assert_accounted(&n);
+    }
+
+    #[test]
+    fn partial_checksums_stay_partial_through_dnat() {
+        let mut n = Node::new();
+        set_service(&mut n, &["10.244.1.11:8080"], Proto::Tcp);
+        let mut seg = tcp_segment_bytes(pod_ip(10), 40000, VIP, 80, 1, 0, 0x18, &[1u8; 64]);
+        let pseudo = |src: Ipv4Addr, dst: Ipv4Addr, len: usize| {
+            let mut p = src.octets().to_vec();
+            p.extend_from_slice(&dst.octets());
+            p.extend_from_slice(&[0, 6]);
+            p.extend_from_slice(&(len as u16).to_be_bytes());
+            checksum_sum(&p)
+        };
+        let s = pseudo(pod_ip(10), VIP, seg.len());
+        seg[16..18].copy_from_slice(&s.to_be_bytes());
+        let mut f = eth(R, pod_mac(10), 0x0800, &ipv4(pod_ip(10), VIP, 6, 64, &seg));
+        let vnet = VnetHdr {
+            flags: crate::wire::virtio::FLAG_NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 16,
+            ..VnetHdr::default()
+        };
+        n.p.begin_batch();
+        assert_eq!(n.p.process(0, &mut f, vnet), Action::Forward(1));
+        let ip = &f[14..];
+        assert_eq!(
+            u16::from_be_bytes([ip[36], ip[37]]),
+            pseudo(pod_ip(10), pod_ip(11), seg.len())
+        );
+    }
+}

@@ -13,14 +13,16 @@
 //! measured on this kind of machine that is as fast as an unsynchronised map (docs/platform-facts.md). Writers
 //! (learning, ageing, control) serialise on a mutex among themselves and never block readers.
 
+mod conntrack;
 mod mac;
 mod maglev;
 mod service;
 mod topology;
 
+pub use conntrack::Conntrack;
+pub(crate) use conntrack::{tcp_flags, Flow, FlowKey, Hit};
 pub use mac::{LearnOutcome, MacEntry, MacSnapshot, MacTable, MacTableConfig};
 pub use maglev::MAX_BACKENDS;
-#[allow(unused_imports)] // used by the Order 9 pipeline
 pub(crate) use service::flow_hash;
 pub use service::{Affinity, CompiledService, Proto, Service, Services};
 pub(crate) use topology::PeerId;
@@ -77,6 +79,8 @@ pub struct Tables {
     pub mac: MacTable,
     topology: ArcSwap<Topology>,
     topology_writer: Mutex<()>,
+    /// Connection tracking of the flows to services.
+    pub(crate) conntrack: Conntrack,
 }
 
 impl Tables {
@@ -86,6 +90,7 @@ impl Tables {
             mac: MacTable::new(mac),
             topology: ArcSwap::from_pointee(topology),
             topology_writer: Mutex::new(()),
+            conntrack: Conntrack::new(conntrack::DEFAULT_CAPACITY),
         }
     }
 

@@ -116,7 +116,6 @@ const SEED_CLIENT: u64 = 0xbb67_ae85_84ca_a73b;
 /// The hash of a flow's 5-tuple that picks its backend: stable across runs and nodes, every
 /// input bit affecting every output bit (two rounds of a full-avalanche finaliser).
 #[inline]
-#[allow(dead_code)] // used by the Order 9 pipeline
 pub(crate) fn flow_hash(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8) -> u64 {
     let addrs = (u64::from(u32::from(src)) << 32) | u64::from(u32::from(dst));
     let rest = (u64::from(sport) << 32) | (u64::from(dport) << 16) | u64::from(proto);

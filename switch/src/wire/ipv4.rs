@@ -46,6 +46,14 @@ pub(crate) fn source_address(packet: &[u8]) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from(*b))
 }
 
+/// The destination address of an IPv4 packet, read without validating the header (a peek: the
+/// caller validates before it trusts anything else).
+#[inline(always)]
+pub(crate) fn destination_address(packet: &[u8]) -> Option<Ipv4Addr> {
+    let b: &[u8; 4] = packet.get(field::DST_ADDR)?.try_into().ok()?;
+    Some(Ipv4Addr::from(*b))
+}
+
 /// IP protocol numbers the switch knows.
 pub(crate) mod protocol {
     /// ICMP.

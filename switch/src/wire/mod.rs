@@ -22,6 +22,7 @@ pub(crate) mod checksum;
 pub mod ethernet;
 pub(crate) mod icmp;
 pub(crate) mod ipv4;
+pub(crate) mod nat;
 pub(crate) mod tcp;
 pub(crate) mod udp;
 pub mod virtio;

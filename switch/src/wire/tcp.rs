@@ -88,14 +88,12 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     }
 
     /// Source port.
-    #[cfg(test)]
     #[inline(always)]
     pub(crate) fn src_port(&self) -> u16 {
         self.u16_at(field::PORTS.start)
     }
 
     /// Destination port.
-    #[cfg(test)]
     #[inline(always)]
     pub(crate) fn dst_port(&self) -> u16 {
         self.u16_at(field::PORTS.start + 2)

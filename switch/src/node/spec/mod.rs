@@ -425,6 +425,7 @@ impl NodeSpec {
             vni: self.vni,
             mtu: self.pod_mtu(),
             tunnel_mtu: self.tunnel_mtu(),
+            service_cidr: self.service_cidr,
         })
     }
 

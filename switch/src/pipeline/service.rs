@@ -1,0 +1,176 @@
+//! The service path (ClusterIP), at the client's node:
+//!
+//! - a packet for `VIP:port` of a service: the flow's backend from connection tracking, or,
+//!   for a new flow, from the service's Maglev table (by the 5-tuple, or by the client address
+//!   with `client_ip` affinity); the destination rewritten to the backend (DNAT), and, when the
+//!   client is its own backend (hairpin), the source to the gateway address; the packet then
+//!   goes where its new destination lies (a pod of this node, or a peer through the tunnel);
+//! - a backend's reply (recognised by connection tracking, wherever it comes from: a local pod
+//!   at L2 or through the router, or the tunnel): the source rewritten back to `VIP:port`
+//!   (and the destination back to the client for hairpin);
+//! - a service without backends answers TCP with a reset and UDP with ICMP port unreachable
+//!   (kube-proxy's REJECT); a flow whose backend was removed is reset (TCP) or re-balanced
+//!   (UDP).
+//!
+//! Checksums are updated incrementally (`wire::nat`), partial ones (virtio-net `NEEDS_CSUM`,
+//! superframes) kept partial, so segmentation and coalescing work through the translation.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use super::reply::{self, IcmpError};
+use super::{Action, Core, DropReason};
+use crate::table::{flow_hash, tcp_flags, Conntrack, Flow, FlowKey, Topology};
+use crate::wire::ethernet;
+use crate::wire::ipv4::Ipv4Packet;
+use crate::wire::nat::{self, End};
+
+/// Offset of the TCP flags byte in the TCP header.
+const TCP_FLAGS_AT: usize = 13;
+const TCP: u8 = 6;
+
+/// The TCP flags of the IPv4 packet `ip` (0 for UDP or a short packet).
+#[inline]
+fn flags_of(ip: &[u8], proto: u8) -> u8 {
+    if proto != TCP {
+        return 0;
+    }
+    let ihl = usize::from(ip.first().copied().unwrap_or(0) & 0x0f) * 4;
+    ip.get(ihl + TCP_FLAGS_AT).copied().unwrap_or(0)
+}
+
+impl Core {
+    /// True if `dst` is in the service CIDR (one AND and one compare).
+    #[inline]
+    pub(super) fn is_service_ip(&self, dst: Ipv4Addr) -> bool {
+        u32::from(dst) & self.services.1 == self.services.0
+    }
+
+    /// DNAT of a client's packet for a service address. `Ok`: the
+    /// frame was rewritten and is to be routed by its new destination; `Err`: what to do
+    /// instead.
+    #[inline(never)]
+    pub(super) fn service_in(
+        &mut self,
+        topo: &Topology,
+        ct: &Conntrack,
+        frame: &mut [u8],
+        partial: bool,
+    ) -> Result<(), Action> {
+        if super::routed_views(frame).is_none() {
+            return Err(self.drop(DropReason::BadIpv4));
+        }
+        let ip = frame
+            .get_mut(ethernet::HEADER_LEN..)
+            .ok_or(Action::Drop(DropReason::BadIpv4))?;
+        let fragment = Ipv4Packet::new_checked_header(&*ip).is_ok_and(|p| p.is_fragment());
+        let Some((proto, src, sport, dst, dport)) = nat::endpoints(ip).filter(|_| !fragment) else {
+            return Err(self.drop(DropReason::NoService));
+        };
+        let Some(svc) = topo.services().get(dst, dport, proto) else {
+            return Err(self.drop(DropReason::NoService));
+        };
+        let flags = flags_of(ip, proto);
+        let key = FlowKey::new(src, sport, dst, dport, proto);
+        let known = ct.forward(&key, self.now, flags).filter(|hit| {
+            // Still the service's backend (its index may have moved, its address not)?
+            hit.service == svc.id
+                && svc.service.backends.get(usize::from(hit.backend_index)) == Some(&hit.backend)
+        });
+        let hit = match known {
+            Some(hit) => hit,
+            None => {
+                if ct.forward(&key, self.now, 0).is_some() {
+                    // Its backend is gone: TCP ends (the client reconnects), UDP re-balances.
+                    ct.remove(&key);
+                    if proto == TCP {
+                        return Err(self.reset(frame, DropReason::BackendGone));
+                    }
+                }
+                let hash = flow_hash(src, sport, dst, dport, proto);
+                let Some((idx, backend)) = topo.services().pick(svc, hash, src) else {
+                    return Err(match proto {
+                        TCP => self.reset(frame, DropReason::NoBackends),
+                        _ => self.reject(DropReason::NoBackends, frame, IcmpError::PortUnreachable),
+                    });
+                };
+                if proto == TCP && flags & tcp_flags::RST != 0 {
+                    return Err(self.drop(DropReason::NoService));
+                }
+                let snat = (*backend.ip() == src).then_some(self.cfg.gateway);
+                let flow = Flow::new(
+                    SocketAddrV4::new(src, sport),
+                    SocketAddrV4::new(dst, dport),
+                    backend,
+                    snat,
+                    proto,
+                    svc.id,
+                    idx,
+                    self.now,
+                    flags,
+                );
+                if !ct.insert(flow) {
+                    return Err(self.drop(DropReason::ConntrackFull));
+                }
+                crate::table::Hit {
+                    client: SocketAddrV4::new(src, sport),
+                    vip: SocketAddrV4::new(dst, dport),
+                    backend,
+                    snat,
+                    service: svc.id,
+                    backend_index: idx,
+                }
+            }
+        };
+        let ip = &mut frame[ethernet::HEADER_LEN..];
+        let bad = |_| Action::Drop(DropReason::BadIpv4);
+        nat::rewrite(
+            ip,
+            End::Destination,
+            *hit.backend.ip(),
+            hit.backend.port(),
+            partial,
+        )
+        .map_err(bad)?;
+        if let Some(gw) = hit.snat {
+            nat::rewrite(ip, End::Source, gw, sport, partial).map_err(bad)?;
+        }
+        Ok(())
+    }
+
+    /// The reverse translation of a backend's reply, if the IPv4 packet in `frame` is one.
+    /// True if the frame was rewritten.
+    #[inline(never)]
+    pub(super) fn service_out(&mut self, ct: &Conntrack, frame: &mut [u8], partial: bool) -> bool {
+        let Some(ip) = frame.get_mut(ethernet::HEADER_LEN..) else {
+            return false;
+        };
+        let Some((proto, src, sport, dst, dport)) = nat::endpoints(ip) else {
+            return false;
+        };
+        let key = FlowKey::new(src, sport, dst, dport, proto);
+        let Some(hit) = ct.reply(&key, self.now, flags_of(ip, proto)) else {
+            return false;
+        };
+        let ok = nat::rewrite(ip, End::Source, *hit.vip.ip(), hit.vip.port(), partial).is_ok()
+            && (hit.snat.is_none()
+                || nat::rewrite(
+                    ip,
+                    End::Destination,
+                    *hit.client.ip(),
+                    hit.client.port(),
+                    partial,
+                )
+                .is_ok());
+        ok
+    }
+
+    /// Answers the TCP segment in `frame` with a reset from its destination (counted as a drop
+    /// for `reason`); a reset is never answered.
+    fn reset(&mut self, frame: &[u8], reason: DropReason) -> Action {
+        self.counts.dropped[reason as usize] += 1;
+        match reply::tcp_reset(&mut self.scratch, frame, self.cfg.router_mac) {
+            0 => Action::Drop(reason),
+            len => Action::Reject(reason, len as u16),
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! Connection tracking of the flows to services: which backend each flow went to, so every
+//! packet of a connection keeps its backend (whatever happens to the service's Maglev table)
+//! and replies get the service's address back.
+//!
+//! Two lock-free maps (papaya): `forward`, keyed by the flow as the client sends it
+//! (client -> VIP), holding the [`Flow`]; and `reply`, keyed by the flow as the backend sends
+//! its replies (backend -> client, or -> the gateway for a hairpin flow), holding the forward
+//! key. Readers on the data path never take a lock; inserts and removals are lock-free too.
+//!
+//! Bounded: past `capacity` flows, a new flow is refused (the pipeline counts it as
+//! `conntrack_full`). Expired flows
+//! (by TCP state or UDP timeout, as Linux conntrack with kube-proxy's settings) are removed by
+//! [`Conntrack::expire`], which the control plane calls periodically.
+
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+
+use super::{mix, FastHasher};
+
+/// A flow in one direction: addresses, ports and protocol, packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FlowKey {
+    addrs: u64,
+    rest: u64,
+}
+
+impl FlowKey {
+    #[inline]
+    pub(crate) fn new(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8) -> Self {
+        Self {
+            addrs: (u64::from(u32::from(src)) << 32) | u64::from(u32::from(dst)),
+            rest: (u64::from(sport) << 24) | (u64::from(dport) << 8) | u64::from(proto),
+        }
+    }
+}
+
+impl Hash for FlowKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // One word: FastHasher keeps only the last write.
+        state.write_u64(self.addrs ^ mix(self.rest));
+    }
+}
+
+/// TCP flags the state machine reads.
+pub(crate) mod tcp_flags {
+    pub(crate) const FIN: u8 = 0x01;
+    pub(crate) const SYN: u8 = 0x02;
+    pub(crate) const RST: u8 = 0x04;
+    pub(crate) const ACK: u8 = 0x10;
+}
+
+/// Where a flow is in its life; each state has its timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum FlowState {
+    /// TCP: the client's SYN seen, no reply yet (Linux: SYN_SENT, 120 s).
+    SynSent = 0,
+    /// TCP: both ways seen (kube-proxy sets Linux's established timeout to 86400 s).
+    Established = 1,
+    /// TCP: a FIN seen (Linux: FIN_WAIT / TIME_WAIT, 120 s).
+    Closing = 2,
+    /// TCP: a RST seen (Linux: CLOSE, 10 s).
+    Closed = 3,
+    /// UDP: no reply yet (Linux: 30 s).
+    UdpUnreplied = 4,
+    /// UDP: replied (Linux's UDP stream timeout, 120 s).
+    UdpReplied = 5,
+}
+
+impl FlowState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::SynSent,
+            1 => Self::Established,
+            2 => Self::Closing,
+            3 => Self::Closed,
+            4 => Self::UdpUnreplied,
+            _ => Self::UdpReplied,
+        }
+    }
+
+    /// Seconds a flow in this state lives without a packet.
+    pub(crate) fn timeout(self) -> u32 {
+        match self {
+            Self::SynSent | Self::Closing => 120,
+            Self::Established => 86_400,
+            Self::Closed => 10,
+            Self::UdpUnreplied => 30,
+            Self::UdpReplied => 120,
+        }
+    }
+
+    /// Lower-case name for listings.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::SynSent => "syn_sent",
+            Self::Established => "established",
+            Self::Closing => "closing",
+            Self::Closed => "closed",
+            Self::UdpUnreplied => "unreplied",
+            Self::UdpReplied => "replied",
+        }
+    }
+
+    /// The state after a packet with TCP `flags` (0 for UDP) in direction `reply`.
+    fn next(self, flags: u8, reply: bool) -> Self {
+        use tcp_flags::*;
+        match self {
+            Self::UdpUnreplied | Self::UdpReplied => {
+                if reply {
+                    Self::UdpReplied
+                } else {
+                    self
+                }
+            }
+            _ if flags & RST != 0 => Self::Closed,
+            Self::Closed => self,
+            _ if flags & FIN != 0 => Self::Closing,
+            Self::SynSent if reply => Self::Established,
+            s => s,
+        }
+    }
+}
+
+/// What the table remembers of a flow to a service.
+#[derive(Debug)]
+pub(crate) struct Flow {
+    /// The client's address and port (the flow's source as the client sent it).
+    pub(crate) client: SocketAddrV4,
+    /// The service's address and port.
+    pub(crate) vip: SocketAddrV4,
+    /// The backend chosen.
+    pub(crate) backend: SocketAddrV4,
+    /// Hairpin: the client's address as the backend sees it (the gateway), if rewritten.
+    pub(crate) snat: Option<Ipv4Addr>,
+    /// IPv4 protocol number.
+    pub(crate) proto: u8,
+    /// The service's id and the backend's index in it when the flow began.
+    pub(crate) service: u32,
+    pub(crate) backend_index: u16,
+    state: AtomicU8,
+    last_seen: AtomicU32,
+    since: u32,
+}
+
+impl Flow {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        client: SocketAddrV4,
+        vip: SocketAddrV4,
+        backend: SocketAddrV4,
+        snat: Option<Ipv4Addr>,
+        proto: u8,
+        service: u32,
+        backend_index: u16,
+        now: u32,
+        tcp_flags: u8,
+    ) -> Self {
+        let state = if proto == 17 {
+            FlowState::UdpUnreplied
+        } else if tcp_flags & tcp_flags::SYN != 0 && tcp_flags & tcp_flags::ACK == 0 {
+            FlowState::SynSent
+        } else {
+            // Picked up mid-stream (as Linux's loose tracking does).
+            FlowState::Established
+        };
+        Self {
+            client,
+            vip,
+            backend,
+            snat,
+            proto,
+            service,
+            backend_index,
+            state: AtomicU8::new(state as u8),
+            last_seen: AtomicU32::new(now),
+            since: now,
+        }
+    }
+
+    /// The key of the flow's replies: backend -> client (or -> the gateway, for hairpin).
+    pub(crate) fn reply_key(&self) -> FlowKey {
+        FlowKey::new(
+            *self.backend.ip(),
+            self.backend.port(),
+            self.snat.unwrap_or(*self.client.ip()),
+            self.client.port(),
+            self.proto,
+        )
+    }
+
+    pub(crate) fn forward_key(&self) -> FlowKey {
+        FlowKey::new(
+            *self.client.ip(),
+            self.client.port(),
+            *self.vip.ip(),
+            self.vip.port(),
+            self.proto,
+        )
+    }
+
+    pub(crate) fn state(&self) -> FlowState {
+        FlowState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Records a packet (its TCP flags, 0 for UDP) seen at `now` in direction `reply`.
+    #[inline]
+    fn saw(&self, now: u32, flags: u8, reply: bool) {
+        if self.last_seen.load(Ordering::Relaxed) != now {
+            self.last_seen.store(now, Ordering::Relaxed);
+        }
+        let s = self.state();
+        let n = s.next(flags, reply);
+        if n != s {
+            self.state.store(n as u8, Ordering::Relaxed);
+        }
+    }
+
+    fn expired(&self, now: u32) -> bool {
+        now.saturating_sub(self.last_seen.load(Ordering::Relaxed)) > self.state().timeout()
+    }
+}
+
+/// The translation a packet gets, copied out of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hit {
+    pub(crate) client: SocketAddrV4,
+    pub(crate) vip: SocketAddrV4,
+    pub(crate) backend: SocketAddrV4,
+    pub(crate) snat: Option<Ipv4Addr>,
+    pub(crate) service: u32,
+    pub(crate) backend_index: u16,
+}
+
+impl From<&Flow> for Hit {
+    fn from(f: &Flow) -> Self {
+        Self {
+            client: f.client,
+            vip: f.vip,
+            backend: f.backend,
+            snat: f.snat,
+            service: f.service,
+            backend_index: f.backend_index,
+        }
+    }
+}
+
+/// A flow as `podswitch conntrack` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FlowInfo {
+    pub(crate) proto: u8,
+    pub(crate) client: SocketAddrV4,
+    pub(crate) vip: SocketAddrV4,
+    pub(crate) backend: SocketAddrV4,
+    pub(crate) service: u32,
+    pub(crate) backend_index: u16,
+    pub(crate) state: &'static str,
+    pub(crate) age_secs: u32,
+    pub(crate) expires_in_secs: u32,
+}
+
+type Map<V> = papaya::HashMap<FlowKey, V, BuildHasherDefault<FastHasher>>;
+
+/// The connection-tracking table (see the module docs).
+pub struct Conntrack {
+    forward: Map<Flow>,
+    reply: Map<FlowKey>,
+    count: AtomicUsize,
+    capacity: usize,
+}
+
+impl std::fmt::Debug for Conntrack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conntrack")
+            .field("flows", &self.len())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+/// Default bound on tracked flows.
+pub(crate) const DEFAULT_CAPACITY: usize = 262_144;
+
+impl Conntrack {
+    /// An empty table of at most `capacity` flows.
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            forward: Map::default(),
+            reply: Map::default(),
+            count: AtomicUsize::new(0),
+            capacity,
+        }
+    }
+
+    /// Flows tracked.
+    pub(crate) fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// True if no flow is tracked (the data path then skips reply lookups).
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The flow the client's packet `key` belongs to, recording the packet.
+    #[inline]
+    pub(crate) fn forward(&self, key: &FlowKey, now: u32, flags: u8) -> Option<Hit> {
+        let g = self.forward.pin();
+        let f = g.get(key)?;
+        f.saw(now, flags, false);
+        Some(Hit::from(f))
+    }
+
+    /// The flow the backend's reply `key` belongs to, recording the packet.
+    #[inline]
+    pub(crate) fn reply(&self, key: &FlowKey, now: u32, flags: u8) -> Option<Hit> {
+        let rg = self.reply.pin();
+        let fkey = rg.get(key)?;
+        let g = self.forward.pin();
+        let f = g.get(fkey)?;
+        f.saw(now, flags, true);
+        Some(Hit::from(f))
+    }
+
+    /// Tracks `flow`; false (and counted) if the table is full.
+    pub(crate) fn insert(&self, flow: Flow) -> bool {
+        if self.count.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        let (fkey, rkey) = (flow.forward_key(), flow.reply_key());
+        self.reply.pin().insert(rkey, fkey);
+        if self.forward.pin().insert(fkey, flow).is_some() {
+            // Replaced a flow of the same key (two workers raced): counted once.
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Forgets the flow whose client key is `key`.
+    pub(crate) fn remove(&self, key: &FlowKey) {
+        let g = self.forward.pin();
+        if let Some(f) = g.remove(key) {
+            self.reply.pin().remove(&f.reply_key());
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes the flows idle past their state's timeout at `now`; returns how many.
+    pub(crate) fn expire(&self, now: u32) -> usize {
+        let g = self.forward.pin();
+        let keys: Vec<FlowKey> = g
+            .iter()
+            .filter(|(_, f)| f.expired(now))
+            .map(|(k, _)| *k)
+            .collect();
+        drop(g);
+        for k in &keys {
+            self.remove(k);
+        }
+        keys.len()
+    }
+
+    /// Every flow, for listings.
+    pub(crate) fn list(&self, now: u32) -> Vec<FlowInfo> {
+        let g = self.forward.pin();
+        g.iter()
+            .map(|(_, f)| {
+                let state = f.state();
+                let idle = now.saturating_sub(f.last_seen.load(Ordering::Relaxed));
+                FlowInfo {
+                    proto: f.proto,
+                    client: f.client,
+                    vip: f.vip,
+                    backend: f.backend,
+                    service: f.service,
+                    backend_index: f.backend_index,
+                    state: state.label(),
+                    age_secs: now.saturating_sub(f.since),
+                    expires_in_secs: state.timeout().saturating_sub(idle),
+                }
+            })
+            .collect()
+    }
+
+    /// Flows per backend index of service `service`.
+    pub(crate) fn per_backend(&self, service: u32, backends: usize) -> Vec<u64> {
+        let mut n = vec![0u64; backends];
+        for (_, f) in self.forward.pin().iter() {
+            if f.service == service {
+                if let Some(c) = n.get_mut(usize::from(f.backend_index)) {
+                    *c += 1;
+                }
+            }
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    fn flow(client: &str, backend: &str, proto: u8, flags: u8, now: u32) -> Flow {
+        Flow::new(
+            sa(client),
+            sa("10.96.0.10:80"),
+            sa(backend),
+            None,
+            proto,
+            1,
+            0,
+            now,
+            flags,
+        )
+    }
+
+    #[test]
+    fn forward_and_reply_find_the_flow_and_follow_tcp() {
+        let ct = Conntrack::new(16);
+        let f = flow("10.244.1.10:40000", "10.244.2.7:8080", 6, tcp_flags::SYN, 5);
+        let (fk, rk) = (f.forward_key(), f.reply_key());
+        assert!(ct.insert(f));
+        assert_eq!(ct.len(), 1);
+        assert_eq!(
+            ct.forward(&fk, 5, tcp_flags::SYN).unwrap().backend,
+            sa("10.244.2.7:8080")
+        );
+        let hit = ct.reply(&rk, 6, tcp_flags::SYN | tcp_flags::ACK).unwrap();
+        assert_eq!(
+            (hit.client, hit.vip),
+            (sa("10.244.1.10:40000"), sa("10.96.0.10:80"))
+        );
+        assert_eq!(ct.list(6)[0].state, "established");
+        ct.forward(&fk, 7, tcp_flags::FIN | tcp_flags::ACK);
+        assert_eq!(ct.list(7)[0].state, "closing");
+        assert_eq!(ct.expire(7 + 120), 0);
+        assert_eq!(ct.expire(7 + 121), 1);
+        assert!(ct.is_empty());
+        assert!(ct.reply(&rk, 200, 0).is_none());
+    }
+
+    #[test]
+    fn timeouts_follow_the_state() {
+        let ct = Conntrack::new(16);
+        ct.insert(flow("10.244.1.10:1", "10.244.2.7:53", 17, 0, 0));
+        ct.insert(flow(
+            "10.244.1.10:2",
+            "10.244.2.7:8080",
+            6,
+            tcp_flags::SYN,
+            0,
+        ));
+        let est = flow("10.244.1.10:3", "10.244.2.7:8080", 6, tcp_flags::ACK, 0);
+        let rst_key = est.forward_key();
+        ct.insert(est);
+        ct.insert(flow(
+            "10.244.1.10:4",
+            "10.244.2.7:8080",
+            6,
+            tcp_flags::ACK,
+            0,
+        ));
+        ct.forward(&rst_key, 0, tcp_flags::RST);
+        assert_eq!(ct.expire(11), 1, "the reset flow after 10 s");
+        assert_eq!(ct.expire(31), 1, "the unreplied UDP flow after 30 s");
+        assert_eq!(ct.expire(121), 1, "the SYN without answer after 120 s");
+        assert_eq!(ct.expire(86_400), 0);
+        assert_eq!(ct.expire(86_401), 1, "established after a day");
+    }
+
+    #[test]
+    fn bounded_and_counted_per_backend() {
+        let ct = Conntrack::new(2);
+        assert!(ct.insert(flow("10.244.1.10:1", "10.244.2.7:80", 6, tcp_flags::SYN, 0)));
+        assert!(ct.insert(flow("10.244.1.10:2", "10.244.2.8:80", 6, tcp_flags::SYN, 0)));
+        assert!(!ct.insert(flow("10.244.1.10:3", "10.244.2.7:80", 6, tcp_flags::SYN, 0)));
+        assert_eq!(ct.len(), 2);
+        assert_eq!(ct.per_backend(1, 1), vec![2]);
+        ct.remove(&flow("10.244.1.10:1", "10.244.2.7:80", 6, 0, 0).forward_key());
+        assert_eq!(ct.len(), 1);
+        assert!(ct.insert(flow("10.244.1.10:3", "10.244.2.7:80", 6, tcp_flags::SYN, 0)));
+    }
+}
