@@ -281,3 +281,180 @@ fn sigterm_leaves_no_rule_or_interface_and_a_restart_after_sigkill_no_duplicate(
     let ruleset = String::from_utf8_lossy(&out.stdout);
     assert!(!ruleset.contains("podswitch"), "{ruleset}");
 }
+
+/// An HTTP server answering every GET with `<its own address> <the client's address>`.
+const WHO_SERVER: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    def do_GET(self):
+        b = (sys.argv[1] + " " + self.client_address[0]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+"#;
+
+/// A UDP server answering every datagram with `<its own address> <the datagram>`.
+const UDP_ECHO: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    d, a = s.recvfrom(2048)
+    s.sendto(sys.argv[1].encode() + b" " + d, a)
+"#;
+
+/// A UDP request from `ns` to `ip:port`; the answer (None: none within 2 s).
+fn udp_ask(ns: &str, ip: &str, port: u16, what: &str) -> Option<String> {
+    let script = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(2)\ns.sendto(b'{what}',('{ip}',{port}))\nprint(s.recv(2048).decode())"
+    );
+    let out = run(&["ip", "netns", "exec", ns, "python3", "-c", &script]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn spawn_in(ns: &str, script: &str, ip: &str, port: u16, udp: bool) -> Server {
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", script, ip])
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 server");
+    let probe = if udp {
+        format!("ss -lun | grep -q '{ip}:{port} '")
+    } else {
+        format!("ss -ltn | grep -q '{ip}:{port} '")
+    };
+    wait_for("the server", || {
+        run(&["ip", "netns", "exec", ns, "sh", "-c", &probe])
+            .status
+            .success()
+    });
+    Server(child)
+}
+
+#[test]
+fn services_spread_flows_over_backends_across_nodes_with_hairpin_udp_and_reject() {
+    if !root_or_skip("services_spread_flows_over_backends") {
+        return;
+    }
+    let site = Site::new();
+    let (n1, pod1, pod2) = (
+        &site.nodes[0],
+        site.nodes[0].pod_ns[0].clone(),
+        site.nodes[1].pod_ns[0].clone(),
+    );
+    let _b1 = spawn_in(&pod1, WHO_SERVER, "10.244.1.10", 8080, false);
+    let _b2 = spawn_in(&pod2, WHO_SERVER, "10.244.2.10", 8080, false);
+    let _u2 = spawn_in(&pod2, UDP_ECHO, "10.244.2.10", 5353, true);
+    let ctl = |args: &[&str]| {
+        let out = Command::new(common::BIN)
+            .args(args)
+            .arg("--control")
+            .arg(&n1.control)
+            .output()
+            .expect("podswitch");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // One backend on the client's own node (the client itself: hairpin), one across.
+    ctl(&[
+        "service",
+        "add",
+        "--name",
+        "web",
+        "--vip",
+        "10.96.0.10",
+        "--port",
+        "80",
+        "--backend",
+        "10.244.1.10:8080",
+        "--backend",
+        "10.244.2.10:8080",
+    ]);
+    ctl(&[
+        "service",
+        "add",
+        "--name",
+        "dns",
+        "--vip",
+        "10.96.0.53",
+        "--port",
+        "53",
+        "--proto",
+        "udp",
+        "--backend",
+        "10.244.2.10:5353",
+    ]);
+    ctl(&[
+        "service",
+        "add",
+        "--name",
+        "empty",
+        "--vip",
+        "10.96.0.99",
+        "--port",
+        "80",
+    ]);
+
+    let mut per_backend = std::collections::BTreeMap::new();
+    for _ in 0..60 {
+        let body = seen_from(&pod1, "10.96.0.10", 80).expect("an answer through the VIP");
+        let (backend, client) = body.split_once(' ').expect("two words");
+        // Across nodes the backend sees the client's own address; the client's own server
+        // (hairpin) sees the gateway's.
+        match backend {
+            "10.244.2.10" => assert_eq!(client, "10.244.1.10"),
+            "10.244.1.10" => assert_eq!(client, "10.244.1.1"),
+            other => panic!("answer from {other}"),
+        }
+        *per_backend.entry(backend.to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        per_backend.len(),
+        2,
+        "both backends answer: {per_backend:?}"
+    );
+    let list = ctl(&["service", "list"]);
+    assert!(
+        list.contains("web") && list.contains("10.244.2.10:8080("),
+        "{list}"
+    );
+    let flows = ctl(&["conntrack"]);
+    assert!(flows.contains("10.96.0.10:80"), "{flows}");
+
+    // UDP through its VIP, the answer from the VIP (the client's socket accepts it).
+    assert_eq!(
+        udp_ask(&pod1, "10.96.0.53", 53, "hello").as_deref(),
+        Some("10.244.2.10 hello")
+    );
+    // No backends: refused at once (a reset), not a timeout.
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &pod1,
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "http://10.96.0.99/",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "curl: connection refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
