@@ -36,20 +36,7 @@ struct Server(Child);
 
 impl Server {
     fn start(ns: &str, ip: &str, port: u16) -> Self {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-c", ECHO_SERVER, ip])
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 echo server");
-        let probe = format!("ss -ltn | grep -q '{ip}:{port} '");
-        wait_for("the echo server", || {
-            run(&["ip", "netns", "exec", ns, "sh", "-c", &probe])
-                .status
-                .success()
-        });
-        Server(child)
+        spawn_in(ns, ECHO_SERVER, ip, port, false)
     }
 }
 
@@ -79,8 +66,8 @@ fn seen_from(ns: &str, ip: &str, port: u16) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Two nodes (10.244.1.0/24 at .1, 10.244.2.0/24 at .2) with one pod each (.10), peers of
-/// each other, and the outside at .100 holding 198.51.100.1.
+/// Two nodes (10.244.1.0/24 at .1, 10.244.2.0/24 at .2) with two pods each (.10 and .11),
+/// peers of each other, and the outside at .100 holding 198.51.100.1.
 struct Site {
     underlay: Underlay,
     hosts: Vec<String>,
@@ -111,11 +98,17 @@ impl Site {
         }
     }
 
-    fn config(dir: &std::path::Path, hosts: &[String], i: u8, pod_ns: &str) -> (PathBuf, PathBuf) {
+    fn config(
+        dir: &std::path::Path,
+        hosts: &[String],
+        i: u8,
+        pod_ns: &str,
+        second_ns: &str,
+    ) -> (PathBuf, PathBuf) {
         let other = 3 - i;
         let control = dir.join(format!("node{i}.sock"));
         let text = format!(
-            "[node]\nname = \"node{i}\"\nnetns = \"{}\"\npod_cidr = \"10.244.{i}.0/24\"\nunderlay = \"192.168.77.{i}\"\ncontrol = \"{}\"\ncpus = []\n\n[[pods]]\nname = \"p\"\nnetns = \"{pod_ns}\"\nip = \"10.244.{i}.10\"\n\n[[peers]]\nname = \"node{other}\"\nunderlay = \"192.168.77.{other}\"\npod_cidr = \"10.244.{other}.0/24\"\n",
+            "[node]\nname = \"node{i}\"\nnetns = \"{}\"\npod_cidr = \"10.244.{i}.0/24\"\nunderlay = \"192.168.77.{i}\"\ncontrol = \"{}\"\ncpus = []\n\n[[pods]]\nname = \"p\"\nnetns = \"{pod_ns}\"\nip = \"10.244.{i}.10\"\n\n[[pods]]\nname = \"q\"\nnetns = \"{second_ns}\"\nip = \"10.244.{i}.11\"\n\n[[peers]]\nname = \"node{other}\"\nunderlay = \"192.168.77.{other}\"\npod_cidr = \"10.244.{other}.0/24\"\n",
             hosts[usize::from(i) - 1],
             control.display()
         );
@@ -126,14 +119,15 @@ impl Site {
 
     fn node(dir: &std::path::Path, hosts: &[String], i: u8) -> Node {
         let pod_ns = unique(&format!("hp{i}"));
-        let (config, control) = Self::config(dir, hosts, i, &pod_ns);
+        let second_ns = unique(&format!("hq{i}"));
+        let (config, control) = Self::config(dir, hosts, i, &pod_ns, &second_ns);
         let node = Node::spawn(
             format!("node{i}"),
             format!("192.168.77.{i}"),
             config,
             control,
             dir.join(format!("node{i}.log")),
-            vec![pod_ns],
+            vec![pod_ns, second_ns],
         );
         node.subnet();
         node
@@ -457,4 +451,162 @@ fn services_spread_flows_over_backends_across_nodes_with_hairpin_udp_and_reject(
         "curl: connection refused: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A TCP server answering every line with `<its own address>` and `n` bytes of a pattern.
+const LINE_SERVER: &str = r#"
+import socket, sys, threading
+ip, port = sys.argv[1], int(sys.argv[2])
+body = bytes((i * 7 + 3) % 251 for i in range(20000))
+def serve(c):
+    f = c.makefile("rb")
+    try:
+        for line in f:
+            c.sendall(ip.encode() + b"\n" + body)
+    except OSError:
+        pass
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((ip, port))
+s.listen(512)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// The client: `connections` connections to `vip:port`, one request each, every answer's
+/// bytes checked; then (after `marker` appears) one more request on each. Prints JSON:
+/// backend per connection, then what the second round got (a backend, or "reset").
+const LINE_CLIENT: &str = r#"
+import socket, sys, json, os, time
+vip, port, n, marker = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+body = bytes((i * 7 + 3) % 251 for i in range(20000))
+def ask(c):
+    c.sendall(b"x\n")
+    data = b""
+    while b"\n" not in data:
+        d = c.recv(65536)
+        if not d: raise ConnectionResetError("closed")
+        data += d
+    who, rest = data.split(b"\n", 1)
+    while len(rest) < len(body):
+        d = c.recv(65536)
+        if not d: raise ConnectionResetError("closed")
+        rest += d
+    assert rest == body, "bytes differ"
+    return who.decode()
+conns, first = [], []
+for i in range(n):
+    c = socket.create_connection((vip, port), timeout=5)
+    conns.append(c)
+    first.append(ask(c))
+print(json.dumps(first), flush=True)
+while not os.path.exists(marker): time.sleep(0.02)
+second = []
+for c in conns:
+    t = time.time()
+    try:
+        second.append([ask(c), time.time() - t])
+    except (ConnectionResetError, BrokenPipeError):
+        second.append(["reset", time.time() - t])
+print(json.dumps(second), flush=True)
+"#;
+
+#[test]
+fn three_hundred_connections_over_three_backends_and_a_backend_removed_under_load() {
+    if !root_or_skip("three_hundred_connections_over_three_backends") {
+        return;
+    }
+    let site = Site::new();
+    let n1 = &site.nodes[0];
+    let client = n1.pod_ns[0].clone();
+    let backends = [
+        (n1.pod_ns[1].clone(), "10.244.1.11"),
+        (site.nodes[1].pod_ns[0].clone(), "10.244.2.10"),
+        (site.nodes[1].pod_ns[1].clone(), "10.244.2.11"),
+    ];
+    let _servers: Vec<Server> = backends
+        .iter()
+        .map(|(ns, ip)| spawn_in(ns, LINE_SERVER, ip, 9000, false))
+        .collect();
+    let add = |list: &[&str]| {
+        let mut args = vec![
+            "service",
+            "add",
+            "--name",
+            "lines",
+            "--vip",
+            "10.96.0.30",
+            "--port",
+            "90",
+        ];
+        for b in list {
+            args.push("--backend");
+            args.push(b);
+        }
+        let out = Command::new(common::BIN)
+            .args(&args)
+            .arg("--control")
+            .arg(&n1.control)
+            .output()
+            .expect("podswitch");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    add(&["10.244.1.11:9000", "10.244.2.10:9000", "10.244.2.11:9000"]);
+    let marker = site.dir.join("remove-done");
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &client,
+            "python3",
+            "-c",
+            LINE_CLIENT,
+            "10.96.0.30",
+            "90",
+            "300",
+        ])
+        .arg(&marker)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("client");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("first round");
+    let first: Vec<String> =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(
+        first.len(),
+        300,
+        "every connection answered with all its bytes"
+    );
+    let mut count = std::collections::BTreeMap::new();
+    for b in &first {
+        *count.entry(b.clone()).or_insert(0u32) += 1;
+    }
+    assert_eq!(count.len(), 3, "all three backends: {count:?}");
+    for (b, n) in &count {
+        assert!(*n >= 50, "{b} got {n} of 300: {count:?}");
+    }
+    // Remove one backend while the 300 connections are open.
+    add(&["10.244.1.11:9000", "10.244.2.11:9000"]);
+    std::fs::write(&marker, b"").expect("marker");
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("second round");
+    let _ = child.wait();
+    let second: Vec<(String, f64)> =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    for (before, (after, secs)) in first.iter().zip(&second) {
+        if before == "10.244.2.10" {
+            assert_eq!(after, "reset", "a flow of the removed backend is reset");
+            assert!(*secs < 1.0, "reset at once, not after a timeout: {secs} s");
+        } else {
+            assert_eq!(after, before, "the other flows keep their backend");
+        }
+    }
 }

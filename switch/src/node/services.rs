@@ -98,7 +98,7 @@ impl Node {
                 let connections = compiled
                     .iter()
                     .find(|c| c.service.name == spec.name)
-                    .map(|c| ct.per_backend(c.id, spec.backends.len()))
+                    .map(|c| ct.per_backend(c.id, &spec.backends))
                     .unwrap_or_else(|| vec![0; spec.backends.len()]);
                 ServiceStatus { spec, connections }
             })

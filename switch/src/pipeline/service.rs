@@ -72,9 +72,8 @@ impl Core {
         let flags = flags_of(ip, proto);
         let key = FlowKey::new(src, sport, dst, dport, proto);
         let known = ct.forward(&key, self.now, flags).filter(|hit| {
-            // Still the service's backend (its index may have moved, its address not)?
-            hit.service == svc.id
-                && svc.service.backends.get(usize::from(hit.backend_index)) == Some(&hit.backend)
+            // Still one of the service's backends (its index may have moved)?
+            hit.service == svc.id && svc.index_of(&hit.backend).is_some()
         });
         let hit = match known {
             Some(hit) => hit,
@@ -87,7 +86,7 @@ impl Core {
                     }
                 }
                 let hash = flow_hash(src, sport, dst, dport, proto);
-                let Some((idx, backend)) = topo.services().pick(svc, hash, src) else {
+                let Some((_, backend)) = topo.services().pick(svc, hash, src) else {
                     return Err(match proto {
                         TCP => self.reset(frame, DropReason::NoBackends),
                         _ => self.reject(DropReason::NoBackends, frame, IcmpError::PortUnreachable),
@@ -104,7 +103,6 @@ impl Core {
                     snat,
                     proto,
                     svc.id,
-                    idx,
                     self.now,
                     flags,
                 );
@@ -117,7 +115,6 @@ impl Core {
                     backend,
                     snat,
                     service: svc.id,
-                    backend_index: idx,
                 }
             }
         };

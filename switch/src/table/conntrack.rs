@@ -137,9 +137,8 @@ pub(crate) struct Flow {
     pub(crate) snat: Option<Ipv4Addr>,
     /// IPv4 protocol number.
     pub(crate) proto: u8,
-    /// The service's id and the backend's index in it when the flow began.
+    /// The service's id.
     pub(crate) service: u32,
-    pub(crate) backend_index: u16,
     state: AtomicU8,
     last_seen: AtomicU32,
     since: u32,
@@ -154,7 +153,6 @@ impl Flow {
         snat: Option<Ipv4Addr>,
         proto: u8,
         service: u32,
-        backend_index: u16,
         now: u32,
         tcp_flags: u8,
     ) -> Self {
@@ -173,7 +171,6 @@ impl Flow {
             snat,
             proto,
             service,
-            backend_index,
             state: AtomicU8::new(state as u8),
             last_seen: AtomicU32::new(now),
             since: now,
@@ -231,7 +228,6 @@ pub(crate) struct Hit {
     pub(crate) backend: SocketAddrV4,
     pub(crate) snat: Option<Ipv4Addr>,
     pub(crate) service: u32,
-    pub(crate) backend_index: u16,
 }
 
 impl From<&Flow> for Hit {
@@ -242,7 +238,6 @@ impl From<&Flow> for Hit {
             backend: f.backend,
             snat: f.snat,
             service: f.service,
-            backend_index: f.backend_index,
         }
     }
 }
@@ -255,7 +250,6 @@ pub(crate) struct FlowInfo {
     pub(crate) vip: SocketAddrV4,
     pub(crate) backend: SocketAddrV4,
     pub(crate) service: u32,
-    pub(crate) backend_index: u16,
     pub(crate) state: &'static str,
     pub(crate) age_secs: u32,
     pub(crate) expires_in_secs: u32,
@@ -377,7 +371,6 @@ impl Conntrack {
                     vip: f.vip,
                     backend: f.backend,
                     service: f.service,
-                    backend_index: f.backend_index,
                     state: state.label(),
                     age_secs: now.saturating_sub(f.since),
                     expires_in_secs: state.timeout().saturating_sub(idle),
@@ -386,13 +379,14 @@ impl Conntrack {
             .collect()
     }
 
-    /// Flows per backend index of service `service`.
-    pub(crate) fn per_backend(&self, service: u32, backends: usize) -> Vec<u64> {
-        let mut n = vec![0u64; backends];
+    /// Flows of service `service` to each of `backends` (by address: a backend's index moves
+    /// when another is removed).
+    pub(crate) fn per_backend(&self, service: u32, backends: &[SocketAddrV4]) -> Vec<u64> {
+        let mut n = vec![0u64; backends.len()];
         for (_, f) in self.forward.pin().iter() {
             if f.service == service {
-                if let Some(c) = n.get_mut(usize::from(f.backend_index)) {
-                    *c += 1;
+                if let Some(i) = backends.iter().position(|b| *b == f.backend) {
+                    n[i] += 1;
                 }
             }
         }
@@ -416,7 +410,6 @@ mod tests {
             None,
             proto,
             1,
-            0,
             now,
             flags,
         )
@@ -483,7 +476,10 @@ mod tests {
         assert!(ct.insert(flow("10.244.1.10:2", "10.244.2.8:80", 6, tcp_flags::SYN, 0)));
         assert!(!ct.insert(flow("10.244.1.10:3", "10.244.2.7:80", 6, tcp_flags::SYN, 0)));
         assert_eq!(ct.len(), 2);
-        assert_eq!(ct.per_backend(1, 1), vec![2]);
+        assert_eq!(
+            ct.per_backend(1, &[sa("10.244.2.8:80"), sa("10.244.2.7:80")]),
+            vec![1, 1]
+        );
         ct.remove(&flow("10.244.1.10:1", "10.244.2.7:80", 6, 0, 0).forward_key());
         assert_eq!(ct.len(), 1);
         assert!(ct.insert(flow("10.244.1.10:3", "10.244.2.7:80", 6, tcp_flags::SYN, 0)));

@@ -78,17 +78,39 @@ pub struct CompiledService {
     /// Maglev lookup table: each slot is a backend index (see [`maglev::lookup`]). Empty
     /// without backends.
     pub(crate) maglev: Vec<u16>,
+    /// Backend address and port (packed) -> its index: a tracked flow checks in O(1) that its
+    /// backend is still one (its index may have moved).
+    backend_index: FastMap<u64, u16>,
+}
+
+/// A backend's address and port as one key.
+#[inline]
+fn backend_key(b: &SocketAddrV4) -> u64 {
+    (u64::from(u32::from(*b.ip())) << 16) | u64::from(b.port())
 }
 
 impl CompiledService {
+    /// The index of `backend` among the service's backends, if it is one.
+    #[inline]
+    pub(crate) fn index_of(&self, backend: &SocketAddrV4) -> Option<u16> {
+        self.backend_index.get(&backend_key(backend)).copied()
+    }
+
     /// Compiles `service` under `id`: builds its Maglev table (at most
     /// [`MAX_BACKENDS`](super::MAX_BACKENDS) backends are used; the topology refuses more).
     pub fn new(service: Service, id: u32) -> Self {
         let maglev = maglev::build(&service.backends);
+        let backend_index = service
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (backend_key(b), i as u16))
+            .collect();
         Self {
             service,
             id,
             maglev,
+            backend_index,
         }
     }
 
