@@ -684,6 +684,7 @@ mod tests {
         ServiceStatus {
             spec: web_service(),
             connections: vec![3, 0],
+            source: crate::node::PeerSource::Etcd,
         }
     }
 
@@ -1063,9 +1064,15 @@ mod tests {
         let text = serde_json::to_string(&list).unwrap();
         assert_eq!(
             text,
-            r#"{"result":"services","data":[{"spec":{"name":"web","vip":"10.96.0.10","port":80,"proto":"tcp","backends":["10.244.1.10:8080","10.244.2.10:8080"]},"connections":[3,0]}]}"#
+            r#"{"result":"services","data":[{"spec":{"name":"web","vip":"10.96.0.10","port":80,"proto":"tcp","backends":["10.244.1.10:8080","10.244.2.10:8080"]},"connections":[3,0],"source":"etcd"}]}"#
         );
         assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), list);
+        // An answer without a source (an older daemon) still reads: a runtime service.
+        let old = r#"{"result":"services","data":[{"spec":{"name":"web","vip":"10.96.0.10","port":80},"connections":[]}]}"#;
+        match serde_json::from_str::<Response>(old).unwrap() {
+            Response::Services(s) => assert_eq!(s[0].source, crate::node::PeerSource::Runtime),
+            other => panic!("{other:?}"),
+        }
         let flows = Response::Flows(vec![sample_flow()]);
         let text = serde_json::to_string(&flows).unwrap();
         assert_eq!(

@@ -535,10 +535,11 @@ fn print_response(resp: Response) -> Result<(), String> {
                     Some(e) => format!("error: {e}"),
                 };
                 println!(
-                    "cluster: etcd {} prefix {}: {health}; {lease}; {} peers from etcd",
+                    "cluster: etcd {} prefix {}: {health}; {lease}; {} peers and {} services from etcd",
                     c.endpoints.join(","),
                     c.prefix,
-                    c.peers
+                    c.peers,
+                    c.services
                 );
                 if let Some(conflict) = c.conflict {
                     println!("CONFLICT: {conflict}");
@@ -600,8 +601,8 @@ fn print_pods(pods: &[PodStatus]) {
 /// One line per service; the backends come last, each with its connections.
 fn print_services(services: &[ServiceStatus]) {
     println!(
-        "{:<20} {:<15} {:>5} {:<5} {:<9}  BACKENDS(CONNECTIONS)",
-        "NAME", "VIP", "PORT", "PROTO", "AFFINITY"
+        "{:<20} {:<15} {:>5} {:<5} {:<9} {:<7}  BACKENDS(CONNECTIONS)",
+        "NAME", "VIP", "PORT", "PROTO", "AFFINITY", "SOURCE"
     );
     for s in services {
         let p = &s.spec;
@@ -612,13 +613,14 @@ fn print_services(services: &[ServiceStatus]) {
             .map(|(i, b)| format!("{b}({})", s.connections.get(i).copied().unwrap_or(0)))
             .collect();
         println!(
-            "{:<20} {:<15} {:>5} {:<5} {:<9}  {}",
+            "{:<20} {:<15} {:>5} {:<5} {:<9} {:<7}  {}",
             p.name,
             p.vip.to_string(),
             p.port,
             p.proto.to_string(),
             p.affinity
                 .map_or_else(|| "-".to_string(), |a| a.to_string()),
+            s.source.to_string(),
             if backends.is_empty() {
                 "-".to_string()
             } else {

@@ -12,17 +12,20 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::cluster::{flannel_network_config, ping, Etcd, KernelFlannelNode, Node, Underlay};
-use common::tempdir;
-use podswitch::testutil::{root_or_skip, unique};
+use common::{run, tempdir};
+use podswitch::control::{Request, Response};
+use podswitch::node::{PeerSource, ServiceProto, ServiceSpec};
+use podswitch::testutil::{root_or_skip, unique, wait_for};
 
 const ETCD_IP: &str = "192.168.77.254";
 
 /// A cluster: an underlay, an etcd on it at .254, and a fresh prefix with flannel's network
-/// config for 10.244.0.0/16 in /24s.
+/// config for 10.244.0.0/16 in /24s (and a fresh services prefix).
 struct Cluster {
     underlay: Underlay,
     etcd: Etcd,
     prefix: String,
+    services_prefix: String,
     dir: PathBuf,
 }
 
@@ -35,7 +38,8 @@ impl Cluster {
         let mut underlay = Underlay::new();
         let host = underlay.add_host(ETCD_IP);
         let etcd = Etcd::start(&host, ETCD_IP, 2379);
-        let prefix = format!("/{}/network", unique("t"));
+        let base = unique("t");
+        let prefix = format!("/{base}/network");
         if !config.is_empty() {
             etcd.put(&format!("{prefix}/config"), config);
         }
@@ -43,6 +47,7 @@ impl Cluster {
             underlay,
             etcd,
             prefix,
+            services_prefix: format!("/{base}/services"),
             dir: tempdir("cluster"),
         }
     }
@@ -74,9 +79,10 @@ impl Cluster {
             pod_ns.push(ns);
         }
         text += &format!(
-            "\n[cluster]\netcd_endpoints = [\"{}\"]\netcd_prefix = \"{}\"\nlease_ttl_secs = {ttl}\n",
+            "\n[cluster]\netcd_endpoints = [\"{}\"]\netcd_prefix = \"{}\"\nservices_prefix = \"{}\"\nlease_ttl_secs = {ttl}\n",
             self.etcd.endpoint(),
-            self.prefix
+            self.prefix,
+            self.services_prefix
         );
         let config = self.dir.join(format!("{name}.toml"));
         std::fs::write(&config, text).expect("write config");
@@ -404,4 +410,177 @@ fn a_configured_subnet_held_by_another_node_is_waited_for_never_shared() {
     assert_eq!(node.subnet(), "10.244.5.0/24");
     let value = c.etcd.get(&key).expect("our lease");
     assert!(value.contains("192.168.77.1"), "{value}");
+}
+
+/// An HTTP server answering every GET with `hello from <its address>`.
+const HELLO_SERVER: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = ("hello from " + sys.argv[1]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+"#;
+
+/// A [`HELLO_SERVER`] in `ns` on `ip:port`; killed on drop.
+struct HelloServer(std::process::Child);
+
+impl HelloServer {
+    fn start(ns: &str, ip: &str, port: u16) -> Self {
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", HELLO_SERVER, ip])
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 http server");
+        let probe = format!("ss -ltn | grep -q '{ip}:{port} '");
+        wait_for("the http server", || {
+            run(&["ip", "netns", "exec", ns, "sh", "-c", &probe])
+                .status
+                .success()
+        });
+        HelloServer(child)
+    }
+}
+
+impl Drop for HelloServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `curl url` from namespace `ns`: the body, or None if it failed.
+fn fetch(ns: &str, url: &str) -> Option<String> {
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        url,
+    ]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn a_service_put_in_etcd_is_applied_on_every_node_reached_through_its_vip_and_removed_with_its_key()
+{
+    if !root_or_skip("a_service_put_in_etcd_is_applied_on_every_node") {
+        return;
+    }
+    let mut c = Cluster::new();
+    let mut nodes: Vec<Node> = (1..=2).map(|i| c.node(i, 1, 30)).collect();
+    let subnets: Vec<String> = nodes.iter().map(Node::subnet).collect();
+    nodes[0].wait_peers(&[subnets[1].as_str()], Duration::from_secs(15));
+    nodes[1].wait_peers(&[subnets[0].as_str()], Duration::from_secs(15));
+    let backend = nodes[1].pod_ip(0);
+    let _server = HelloServer::start(&nodes[1].pod_ns[0], &backend, 8080);
+
+    // A key whose JSON names another service: not applied (logged, naming the key). Put first:
+    // once the valid key after it is applied, this one has been seen and refused.
+    let bad_key = format!("{}/other", c.services_prefix);
+    let json = format!(
+        r#"{{"name":"web","vip":"10.96.0.10","port":80,"proto":"tcp","backends":["{backend}:8080"]}}"#
+    );
+    c.etcd.put(&bad_key, &json);
+    let key = format!("{}/web", c.services_prefix);
+    c.etcd.put(&key, &json);
+    for n in &nodes {
+        let services = n.wait_services(&["web"], Duration::from_secs(10));
+        let s = &services[0];
+        assert_eq!(s.source, PeerSource::Etcd, "{s:?}");
+        assert_eq!(s.spec.vip.to_string(), "10.96.0.10");
+        assert_eq!(s.spec.port, 80);
+        assert_eq!(
+            s.spec.backends,
+            vec![format!("{backend}:8080").parse().unwrap()]
+        );
+        let log = n.log();
+        assert!(
+            log.contains(&bad_key) && log.contains("is not the key's last segment"),
+            "{}: the mismatched key is not reported\n{log}",
+            n.name
+        );
+        n.wait_status("a service from etcd", Duration::from_secs(5), |s| {
+            s.contains("1 services from etcd")
+        });
+    }
+    // A pod of node 1 reaches the backend on node 2 through the VIP.
+    let want = format!("hello from {backend}");
+    let mut body = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while body.as_deref() != Some(want.as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "curl through the VIP: {body:?}\n{}",
+            nodes[0].log()
+        );
+        body = fetch(&nodes[0].pod_ns[0], "http://10.96.0.10:80/");
+    }
+    // A runtime service is not replaced by etcd's of the same name (node 1 keeps its own, node
+    // 2 takes etcd's); a VIP outside the service CIDR is refused on both.
+    let local = ServiceSpec {
+        name: "rt".into(),
+        vip: "10.96.0.20".parse().unwrap(),
+        port: 80,
+        proto: ServiceProto::Tcp,
+        backends: Vec::new(),
+        affinity: None,
+    };
+    assert!(matches!(
+        nodes[0].call(&Request::ServiceAdd(local.clone())),
+        Response::Ok
+    ));
+    let rt_key = format!("{}/rt", c.services_prefix);
+    c.etcd
+        .put(&rt_key, r#"{"name":"rt","vip":"10.96.0.21","port":80}"#);
+    let far_key = format!("{}/far", c.services_prefix);
+    c.etcd
+        .put(&far_key, r#"{"name":"far","vip":"10.200.0.1","port":80}"#);
+    let s = nodes[1].wait_services(&["rt", "web"], Duration::from_secs(10));
+    assert_eq!(
+        (s[0].source, s[0].spec.vip.to_string().as_str()),
+        (PeerSource::Etcd, "10.96.0.21")
+    );
+    wait_for("node1 to refuse the etcd service rt and far", || {
+        let log = nodes[0].log();
+        log.contains(&rt_key)
+            && log.contains("is already a service from the runtime")
+            && log.contains(&far_key)
+    });
+    let s = nodes[0].wait_services(&["rt", "web"], Duration::from_secs(1));
+    assert_eq!((s[0].source, &s[0].spec), (PeerSource::Runtime, &local));
+    // A node restarted lists the services: etcd's applied again, the refused still refused.
+    let mut n1 = nodes.remove(0);
+    n1.stop();
+    n1.start();
+    assert_eq!(n1.subnet(), subnets[0]);
+    let s = n1.wait_services(&["rt", "web"], Duration::from_secs(15));
+    assert!(s.iter().all(|s| s.source == PeerSource::Etcd), "{s:?}");
+    nodes.insert(0, n1);
+    c.etcd.del(&rt_key);
+    c.etcd.del(&far_key);
+
+    // The key deleted: the service is gone from both nodes (the mismatched key never was one).
+    c.etcd.del(&key);
+    for n in &nodes {
+        n.wait_services(&[], Duration::from_secs(10));
+    }
+    assert_eq!(
+        fetch(&nodes[0].pod_ns[0], "http://10.96.0.10:80/"),
+        None,
+        "the VIP still answers"
+    );
 }

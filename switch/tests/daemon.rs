@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use podswitch::control::{ErrorKind, Request, Response};
-use podswitch::node::{PodSpec, PodStatus, ServiceProto, ServiceStatus};
+use podswitch::node::{PeerSource, PodSpec, PodStatus, ServiceProto, ServiceStatus};
 use podswitch::testutil::{root_or_skip, unique, wait_for};
 
 mod common;
@@ -1357,6 +1357,7 @@ fn services_from_the_file_and_at_runtime_refused_alike() {
             "80",
             "tcp",
             "-",
+            "config",
             "10.244.1.10:8080(0)",
             "10.244.2.10:8080(0)"
         ],
@@ -1365,8 +1366,12 @@ fn services_from_the_file_and_at_runtime_refused_alike() {
     let s = service_list(&d);
     assert_eq!(s.len(), 1);
     assert_eq!(
-        (s[0].spec.name.as_str(), s[0].connections.as_slice()),
-        ("web", &[0, 0][..])
+        (
+            s[0].spec.name.as_str(),
+            s[0].connections.as_slice(),
+            s[0].source
+        ),
+        ("web", &[0, 0][..], PeerSource::Config)
     );
 
     // A second service at runtime (UDP, client affinity).
@@ -1412,6 +1417,11 @@ fn services_from_the_file_and_at_runtime_refused_alike() {
     );
     assert_eq!(s[1].spec.backends, ["10.244.1.12:8080".parse().unwrap()]);
     assert_eq!(s[1].connections, [0]);
+    // Replaced at runtime: now a runtime service, like the new one.
+    assert_eq!(
+        (s[0].source, s[1].source),
+        (PeerSource::Runtime, PeerSource::Runtime)
+    );
     let list = stdout(&d.ctl(&["service", "list"]));
     assert!(
         list.lines()

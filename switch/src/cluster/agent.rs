@@ -17,6 +17,12 @@
 //!    someone deleted it: flannel exits here) and lists again, which removes peers whose
 //!    leases vanished meanwhile. The data plane never waits for etcd: it forwards on the
 //!    last peers it knew.
+//! 3. Services: the same session lists `<services_prefix>/` too (at a revision of its own) and
+//!    watches it from there. `<services_prefix>/<name>` holds a [`ServiceSpec`] as JSON whose
+//!    `name` is the key's last segment; it is applied by the rules of `service add`, as a
+//!    service whose source is etcd. A list makes the node's etcd services exactly the valid
+//!    keys listed; one the node refuses (or whose name belongs to a config or runtime service)
+//!    is logged once and tried again at the next list.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -32,7 +38,7 @@ use ipnet::Ipv4Net;
 
 use super::flannel::{self, Candidate, Lease, LeaseAttrs, NetworkConfig};
 use super::{ClusterSpec, ClusterStatus, Memory};
-use crate::node::{Mac, Node, NodeSpec, PeerChange, PeerSource};
+use crate::node::{Mac, Node, NodeSpec, PeerChange, PeerSource, ServiceSpec};
 
 /// How long one call to etcd may take before it counts as a failure.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -172,6 +178,10 @@ pub struct Agent {
     /// Subnets of the last list held by leases the node cannot use (another backend): taken
     /// all the same.
     foreign: Vec<Ipv4Net>,
+    /// Service keys not applied, with the reason last logged (logged once).
+    svc_skipped: HashMap<String, String>,
+    /// The revision of the last list of the services: watch events up to it are in it.
+    svc_listed: i64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -207,6 +217,8 @@ impl Agent {
             status: Arc::new(Mutex::new(status)),
             skipped: HashMap::new(),
             foreign: Vec::new(),
+            svc_skipped: HashMap::new(),
+            svc_listed: 0,
         })
     }
 
@@ -569,9 +581,13 @@ impl Agent {
             Ok(r) => r,
             Err(e) => return e,
         };
+        let svc_revision = match self.reconcile_services(&mut client, node).await {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
         self.healthy();
         backoff.reset();
-        self.follow(&mut client, node, revision).await
+        self.follow(&mut client, node, revision, svc_revision).await
     }
 
     /// Checks our lease is alive; grants a new one (and rewrites our key) if it is not.
@@ -715,13 +731,146 @@ impl Agent {
         lock(&self.status).peers = node.etcd_peers("").0;
     }
 
-    /// Keeps the lease alive and applies watch events from `revision + 1` until something
-    /// fails.
+    /// Lists `<services_prefix>/` and makes the node's etcd services exactly the valid keys
+    /// listed. Returns the list's revision.
+    async fn reconcile_services(
+        &mut self,
+        client: &mut Client,
+        node: &Arc<Node>,
+    ) -> Result<i64, ClusterError> {
+        let prefix = format!("{}/", self.spec.services_prefix());
+        let resp = timed(client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())))
+            .await
+            .map_err(self.etcd_err("listing the services"))?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut wanted = Vec::new();
+        let mut seen = Vec::new();
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            seen.push(key.clone());
+            match parse_service(self.spec.services_prefix(), &key, kv.value()) {
+                Ok(spec) => wanted.push((key, spec)),
+                Err(e) => self.skip_service(&key, &e),
+            }
+        }
+        self.svc_skipped.retain(|k, _| seen.contains(k));
+        let node2 = Arc::clone(node);
+        let results = tokio::task::spawn_blocking(move || {
+            let mut removed = Vec::new();
+            for name in node2.etcd_services() {
+                if !wanted.iter().any(|(_, s)| s.name == name) {
+                    match node2.del_etcd_service(&name) {
+                        Ok(_) => removed.push(name),
+                        Err(e) => {
+                            tracing::warn!(service = %name, "removing a vanished service: {e}")
+                        }
+                    }
+                }
+            }
+            let applied: Vec<(String, Result<PeerChange, String>)> = wanted
+                .into_iter()
+                .map(|(key, spec)| {
+                    let r = node2.apply_etcd_service(&spec).map_err(|e| e.to_string());
+                    (key, r)
+                })
+                .collect();
+            (removed, applied)
+        })
+        .await;
+        let (removed, applied) = results.map_err(|e| ClusterError::Internal(e.to_string()))?;
+        if !removed.is_empty() {
+            tracing::info!(services = ?removed, "services removed: their keys are gone from etcd");
+        }
+        for (key, r) in applied {
+            match r {
+                Ok(_) => {
+                    self.svc_skipped.remove(&key);
+                }
+                Err(e) => self.skip_service(&key, &e),
+            }
+        }
+        self.svc_listed = revision;
+        self.count_services(node);
+        Ok(revision)
+    }
+
+    fn count_services(&self, node: &Node) {
+        lock(&self.status).services = node.etcd_services().len();
+    }
+
+    /// Logs once per key and reason that a service key is not applied.
+    fn skip_service(&mut self, key: &str, reason: &str) {
+        if self.svc_skipped.get(key).map(String::as_str) != Some(reason) {
+            tracing::warn!(key, "service ignored: {reason}");
+            self.svc_skipped.insert(key.to_string(), reason.to_string());
+        }
+    }
+
+    /// One watch event under the services prefix (`put`: the new value, `None`: a delete) at
+    /// `revision`.
+    async fn on_service_event(
+        &mut self,
+        client: &mut Client,
+        node: &Arc<Node>,
+        key: &str,
+        put: Option<&[u8]>,
+        revision: i64,
+    ) -> Result<(), ClusterError> {
+        if revision <= self.svc_listed {
+            // Already in the last list (listed again after an earlier event).
+            return Ok(());
+        }
+        let prefix = self.spec.services_prefix().to_string();
+        let name = service_name(&prefix, key).map(str::to_string);
+        match put {
+            None => {
+                self.svc_skipped.remove(key);
+                if let Some(name) = name {
+                    if let Err(e) = on_node(node, move |n| n.del_etcd_service(&name)).await? {
+                        tracing::warn!(key, "removing a deleted service: {e}");
+                    }
+                }
+                if !self.svc_skipped.is_empty() {
+                    // A service refused for clashing with this one may fit now.
+                    self.reconcile_services(client, node).await?;
+                }
+            }
+            Some(value) => match parse_service(&prefix, key, value) {
+                Ok(spec) => {
+                    let r = on_node(node, move |n| {
+                        n.apply_etcd_service(&spec).map_err(|e| e.to_string())
+                    })
+                    .await?;
+                    match r {
+                        Ok(_) => {
+                            self.svc_skipped.remove(key);
+                        }
+                        Err(e) => self.skip_service(key, &e),
+                    }
+                }
+                Err(e) => {
+                    self.skip_service(key, &e);
+                    // A key that became unusable no longer describes a service.
+                    if let Some(name) = name {
+                        if let Err(e) = on_node(node, move |n| n.del_etcd_service(&name)).await? {
+                            tracing::warn!(key, "removing a service whose key is unusable: {e}");
+                        }
+                    }
+                }
+            },
+        }
+        self.count_services(node);
+        Ok(())
+    }
+
+    /// Keeps the lease alive and applies watch events from `revision + 1` (the subnets) and
+    /// `svc_revision + 1` (the services) until something fails.
     async fn follow(
         &mut self,
         client: &mut Client,
         node: &Arc<Node>,
         revision: i64,
+        svc_revision: i64,
     ) -> ClusterError {
         let prefix = flannel::subnets_key(self.spec.prefix());
         // Without a lease (the subnet the node runs on is someone else's), only the watch;
@@ -740,6 +889,14 @@ impl Agent {
         let mut watch = match timed(client.watch(prefix.as_str(), Some(options))).await {
             Ok(w) => w,
             Err(e) => return self.etcd_err("watching the subnets")(e),
+        };
+        let svc_prefix = format!("{}/", self.spec.services_prefix());
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(svc_revision + 1);
+        let mut svc_watch = match timed(client.watch(svc_prefix.as_str(), Some(options))).await {
+            Ok(w) => w,
+            Err(e) => return self.etcd_err("watching the services")(e),
         };
         let every = match held {
             Some(_) => Duration::from_secs((self.spec.lease_ttl_secs / 3).max(1)),
@@ -798,6 +955,31 @@ impl Agent {
                     }
                     Ok(None) => return self.etcd_err("watching the subnets")("stream closed".into()),
                     Err(e) => return self.etcd_err("watching the subnets")(e.to_string()),
+                },
+                msg = svc_watch.message() => match msg {
+                    Ok(Some(resp)) => {
+                        if resp.canceled() {
+                            return ClusterError::WatchCancelled {
+                                prefix: svc_prefix,
+                                reason: if resp.compact_revision() > 0 {
+                                    format!("revision compacted up to {}", resp.compact_revision())
+                                } else {
+                                    resp.cancel_reason().to_string()
+                                },
+                            };
+                        }
+                        for event in resp.events() {
+                            let Some(kv) = event.kv() else { continue };
+                            let key = String::from_utf8_lossy(kv.key()).into_owned();
+                            let put = event.event_type() == EventType::Put;
+                            let value = put.then(|| kv.value());
+                            if let Err(e) = self.on_service_event(client, node, &key, value, kv.mod_revision()).await {
+                                return e;
+                            }
+                        }
+                    }
+                    Ok(None) => return self.etcd_err("watching the services")("stream closed".into()),
+                    Err(e) => return self.etcd_err("watching the services")(e.to_string()),
                 },
             }
         }
@@ -877,6 +1059,32 @@ impl Agent {
     }
 }
 
+/// The service name of a key `<prefix>/<name>` (None: not such a key).
+fn service_name<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
+    let name = key.strip_prefix(prefix)?.strip_prefix('/')?;
+    (!name.is_empty() && !name.contains('/')).then_some(name)
+}
+
+/// The service a key `<prefix>/<name>` holds: a [`ServiceSpec`] as JSON whose name is the key's
+/// last segment (the node checks the rest when it applies it).
+fn parse_service(prefix: &str, key: &str, value: &[u8]) -> Result<ServiceSpec, String> {
+    let Some(name) = service_name(prefix, key) else {
+        return Err(format!("not a service key (want {prefix}/<name>)"));
+    };
+    let spec: ServiceSpec = serde_json::from_slice(value).map_err(|e| {
+        format!(
+            "not a service as JSON (like {{\"name\":\"{name}\",\"vip\":\"10.96.0.10\",\"port\":80,\"backends\":[\"10.244.1.10:8080\"]}}): {e}"
+        )
+    })?;
+    if spec.name != name {
+        return Err(format!(
+            "the service's name {:?} is not the key's last segment {name:?}",
+            spec.name
+        ));
+    }
+    Ok(spec)
+}
+
 /// A listed lease with its etcd metadata.
 #[derive(Debug, Clone, Copy)]
 struct Listed {
@@ -912,5 +1120,47 @@ impl Backoff {
     }
     fn reset(&mut self) {
         self.next = BACKOFF_MIN;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "/podswitch/services";
+
+    #[test]
+    fn service_keys_name_their_service() {
+        assert_eq!(service_name(P, "/podswitch/services/web"), Some("web"));
+        assert_eq!(service_name(P, "/podswitch/services/"), None);
+        assert_eq!(service_name(P, "/podswitch/services/a/b"), None);
+        assert_eq!(service_name(P, "/podswitch/servicesweb"), None);
+        assert_eq!(service_name(P, "/other/web"), None);
+    }
+
+    #[test]
+    fn a_service_value_is_the_service_json_named_as_its_key() {
+        let json = br#"{"name":"web","vip":"10.96.0.10","port":80,"proto":"tcp","backends":["10.244.1.10:8080"],"affinity":"client_ip"}"#;
+        let spec = parse_service(P, "/podswitch/services/web", json).expect("valid");
+        assert_eq!(spec.name, "web");
+        assert_eq!(spec.address_text(), "10.96.0.10:80/tcp");
+        assert_eq!(spec.backends.len(), 1);
+
+        let e = parse_service(P, "/podswitch/services/other", json).unwrap_err();
+        assert_eq!(
+            e,
+            "the service's name \"web\" is not the key's last segment \"other\""
+        );
+        let e = parse_service(P, "/podswitch/services/web", b"{not json").unwrap_err();
+        assert!(e.starts_with("not a service as JSON"), "{e}");
+        let e = parse_service(
+            P,
+            "/podswitch/services/web",
+            br#"{"name":"web","vip":"10.96.0.10","port":80,"extra":1}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
+        let e = parse_service(P, "/podswitch/services/a/b", json).unwrap_err();
+        assert_eq!(e, "not a service key (want /podswitch/services/<name>)");
     }
 }

@@ -48,13 +48,23 @@ pub struct ClusterSpec {
     /// TTL of the node's lease in seconds; kept alive at a third of it.
     #[serde(default = "default_ttl")]
     pub lease_ttl_secs: u64,
+    /// The key prefix of the cluster's Services: `<services_prefix>/<name>` holds a service
+    /// as JSON (the `service add` fields), applied on every node.
+    #[serde(default = "default_services_prefix")]
+    pub services_prefix: String,
 }
+
+/// Default prefix of the Services in etcd.
+pub const DEFAULT_SERVICES_PREFIX: &str = "/podswitch/services";
 
 fn default_prefix() -> String {
     flannel::DEFAULT_PREFIX.into()
 }
 fn default_ttl() -> u64 {
     DEFAULT_LEASE_TTL_SECS
+}
+fn default_services_prefix() -> String {
+    DEFAULT_SERVICES_PREFIX.into()
 }
 
 impl ClusterSpec {
@@ -64,6 +74,7 @@ impl ClusterSpec {
             etcd_endpoints,
             etcd_prefix: default_prefix(),
             lease_ttl_secs: default_ttl(),
+            services_prefix: default_services_prefix(),
         }
     }
 
@@ -111,6 +122,17 @@ impl ClusterSpec {
                 ),
             ));
         }
+        if !self.services_prefix.starts_with('/')
+            || self.services_prefix.trim_end_matches('/').is_empty()
+        {
+            return Err(SpecError::new(
+                "cluster.services_prefix",
+                format!(
+                    "{:?} must start with '/' and name a key (like {DEFAULT_SERVICES_PREFIX:?})",
+                    self.services_prefix,
+                ),
+            ));
+        }
         if !(MIN_LEASE_TTL_SECS..=MAX_LEASE_TTL_SECS).contains(&self.lease_ttl_secs) {
             return Err(SpecError::new(
                 "cluster.lease_ttl_secs",
@@ -126,6 +148,11 @@ impl ClusterSpec {
     /// The prefix without trailing slashes.
     pub(crate) fn prefix(&self) -> &str {
         self.etcd_prefix.trim_end_matches('/')
+    }
+
+    /// The services prefix without trailing slashes.
+    pub(crate) fn services_prefix(&self) -> &str {
+        self.services_prefix.trim_end_matches('/')
     }
 }
 
@@ -159,6 +186,9 @@ pub struct ClusterStatus {
     pub last_error: Option<String>,
     /// Peers currently learnt from etcd.
     pub peers: usize,
+    /// Services currently applied from etcd.
+    #[serde(default)]
+    pub services: usize,
 }
 
 impl ClusterStatus {

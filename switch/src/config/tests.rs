@@ -833,6 +833,7 @@ fn a_cluster_node_may_leave_out_its_pod_cidr() {
     let cluster = c.cluster.expect("cluster");
     assert_eq!(cluster.etcd_prefix, "/coreos.com/network");
     assert_eq!(cluster.lease_ttl_secs, 86400);
+    assert_eq!(cluster.services_prefix, "/podswitch/services");
     assert_eq!(c.node.pod_cidr, None);
     // Given anyway: the subnet this node asks for, checked like any pod CIDR.
     let c = Config::from_toml_str(&format!(
@@ -869,6 +870,10 @@ fn cluster_errors_name_the_field() {
     assert_eq!(
         err(&cl("etcd_endpoints = [\"http://a:1\"]\netcd_prefix = \"coreos.com\"")),
         "config error: cluster.etcd_prefix: \"coreos.com\" must start with '/' and name a key (like \"/coreos.com/network\")"
+    );
+    assert_eq!(
+        err(&cl("etcd_endpoints = [\"http://a:1\"]\nservices_prefix = \"/\"")),
+        "config error: cluster.services_prefix: \"/\" must start with '/' and name a key (like \"/podswitch/services\")"
     );
     assert_eq!(
         err(&cl("etcd_endpoints = [\"http://a:1\"]\nlease_ttl_secs = 1")),

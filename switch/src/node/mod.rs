@@ -179,13 +179,14 @@ pub enum NodeError {
     Service(SwitchError),
 }
 
-/// Where a peer came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Where a peer (or a service) came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PeerSource {
-    /// A `[[peers]]` entry of the config file.
+    /// A `[[peers]]` (`[[services]]`) entry of the config file.
     Config,
-    /// `podswitch peer add`.
+    /// `podswitch peer add` (`service add`); the default for a status without a source.
+    #[default]
     Runtime,
     /// A lease in etcd (`[cluster]`).
     Etcd,
@@ -243,8 +244,8 @@ pub struct Node {
     switch: Switch,
     pods: Mutex<BTreeMap<String, PodRecord>>,
     peers: Mutex<Vec<PeerStatus>>,
-    /// The services, by name (see `services.rs`).
-    services: Mutex<BTreeMap<String, ServiceSpec>>,
+    /// The services, by name, with where each came from (see `services.rs`).
+    services: Mutex<BTreeMap<String, services::ServiceRecord>>,
     /// The state file of runtime CNI attachments, once [`Node::restore_attachments`] set it.
     state: OnceLock<PathBuf>,
     /// The host interface's name, if the node has one.
@@ -347,7 +348,12 @@ impl Node {
             self.attach_pod(pod, false, &format!("pods[{i}]"))?;
         }
         for (i, service) in services.iter().enumerate() {
-            self.insert_service(service, &format!("services[{i}]"), false)?;
+            self.insert_service(
+                service,
+                &format!("services[{i}]"),
+                false,
+                PeerSource::Config,
+            )?;
         }
         Ok(())
     }

@@ -2,7 +2,8 @@
 //! [`ServiceSpec::check`] under the service lock and handed to the switch.
 //!
 //! Invariants: a service is in the node's map exactly while the switch has it (both change under
-//! the service lock); names are unique, and so are `(vip, port, proto)`.
+//! the service lock); names are unique, and so are `(vip, port, proto)`. Each service records
+//! where it came from (config, runtime, etcd); the etcd agent changes only services from etcd.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
@@ -10,7 +11,7 @@ use std::net::SocketAddrV4;
 use serde::{Deserialize, Serialize};
 
 use super::spec::{ServiceProto, ServiceSpec};
-use super::{lock, Node, NodeError};
+use super::{lock, Node, NodeError, PeerChange, PeerSource, SpecError};
 
 /// A service as `podswitch service list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +21,16 @@ pub struct ServiceStatus {
     /// Connections tracked per backend (in the order of `spec.backends`); filled by connection
     /// tracking (zeros until it exists).
     pub connections: Vec<u64>,
+    /// Where it came from: the config file, `service add`, or etcd (`[cluster]`).
+    #[serde(default)]
+    pub source: PeerSource,
+}
+
+/// A service of the node and where it came from.
+#[derive(Debug, Clone)]
+pub(super) struct ServiceRecord {
+    spec: ServiceSpec,
+    source: PeerSource,
 }
 
 /// One tracked flow through a service, as `podswitch conntrack` shows it.
@@ -45,8 +56,9 @@ impl Node {
     /// Adds a service (`service add`), refused by the same rules as a `[[services]]` entry
     /// (fields named `service.*`). A service of the same name is replaced (an update of its
     /// VIP, port or backends); other services are not disturbed.
+    /// A service from etcd of the same name becomes a runtime one.
     pub(crate) fn add_service(&self, spec: &ServiceSpec) -> Result<(), NodeError> {
-        self.insert_service(spec, "service", true)
+        self.insert_service(spec, "service", true, PeerSource::Runtime)
     }
 
     /// Checks `spec` (fields named `<at>.*`) against the other services (all of them unless
@@ -56,21 +68,86 @@ impl Node {
         spec: &ServiceSpec,
         at: &str,
         replace: bool,
+        source: PeerSource,
     ) -> Result<(), NodeError> {
         let mut services = lock(&self.services);
+        self.insert_locked(&mut services, spec, at, replace, source)
+    }
+
+    fn insert_locked(
+        &self,
+        services: &mut BTreeMap<String, ServiceRecord>,
+        spec: &ServiceSpec,
+        at: &str,
+        replace: bool,
+        source: PeerSource,
+    ) -> Result<(), NodeError> {
         spec.check(
             &self.spec,
             services
                 .values()
+                .map(|r| &r.spec)
                 .filter(|s| !replace || s.name != spec.name),
             at,
         )?;
         self.switch
             .upsert_service(spec.to_service())
             .map_err(NodeError::Service)?;
-        let replaced = services.insert(spec.name.clone(), spec.clone()).is_some();
-        tracing::info!(service = %spec.name, address = %spec.address_text(), backends = spec.backends.len(), replaced, "service added");
+        let record = ServiceRecord {
+            spec: spec.clone(),
+            source,
+        };
+        let replaced = services.insert(spec.name.clone(), record).is_some();
+        tracing::info!(service = %spec.name, address = %spec.address_text(), backends = spec.backends.len(), replaced, %source, "service added");
         Ok(())
+    }
+
+    /// Adds or replaces a service from etcd (`[cluster]`), by the same rules as `service add`.
+    /// A service of the same name from the config or `service add` is not touched (refused).
+    pub(crate) fn apply_etcd_service(&self, spec: &ServiceSpec) -> Result<PeerChange, NodeError> {
+        let mut services = lock(&self.services);
+        let change = match services.get(&spec.name) {
+            Some(r) if r.source != PeerSource::Etcd => {
+                return Err(NodeError::Refused(SpecError::new(
+                    "service.name",
+                    format!(
+                        "{:?} is already a service from the {} (not replaced by etcd's)",
+                        spec.name, r.source
+                    ),
+                )))
+            }
+            Some(r) if r.spec == *spec => return Ok(PeerChange::Unchanged),
+            Some(_) => PeerChange::Updated,
+            None => PeerChange::Added,
+        };
+        self.insert_locked(&mut services, spec, "service", true, PeerSource::Etcd)?;
+        Ok(change)
+    }
+
+    /// Removes the service `name` if it came from etcd; false if there is none such.
+    pub(crate) fn del_etcd_service(&self, name: &str) -> Result<bool, NodeError> {
+        let mut services = lock(&self.services);
+        if services
+            .get(name)
+            .is_none_or(|r| r.source != PeerSource::Etcd)
+        {
+            return Ok(false);
+        }
+        self.switch
+            .remove_service(name)
+            .map_err(NodeError::Service)?;
+        services.remove(name);
+        tracing::info!(service = %name, source = "etcd", "service removed");
+        Ok(true)
+    }
+
+    /// The names of the services from etcd.
+    pub(crate) fn etcd_services(&self) -> Vec<String> {
+        lock(&self.services)
+            .iter()
+            .filter(|(_, r)| r.source == PeerSource::Etcd)
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// Removes a service (`service del`); [`NodeError::NoSuchService`] if there is none.
@@ -89,18 +166,22 @@ impl Node {
 
     /// Every service, by name, with its connections per backend.
     pub(crate) fn services(&self) -> Vec<ServiceStatus> {
-        let services: BTreeMap<String, ServiceSpec> = lock(&self.services).clone();
+        let services: BTreeMap<String, ServiceRecord> = lock(&self.services).clone();
         let compiled = self.switch.services();
         let ct = &self.switch.tables().conntrack;
         services
             .into_values()
-            .map(|spec| {
+            .map(|ServiceRecord { spec, source }| {
                 let connections = compiled
                     .iter()
                     .find(|c| c.service.name == spec.name)
                     .map(|c| ct.per_backend(c.id, &spec.backends))
                     .unwrap_or_else(|| vec![0; spec.backends.len()]);
-                ServiceStatus { spec, connections }
+                ServiceStatus {
+                    spec,
+                    connections,
+                    source,
+                }
             })
             .collect()
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use podswitch::control::{self, Request, Response};
-use podswitch::node::{PeerSource, PeerStatus, PodStatus};
+use podswitch::node::{PeerSource, PeerStatus, PodStatus, ServiceStatus};
 use podswitch::testutil::{unique, wait_for};
 
 use super::{run, tempdir, BIN};
@@ -631,6 +631,33 @@ impl Node {
         match self.call(&Request::PeerList) {
             Response::Peers(p) => p,
             other => panic!("{}: peer list: {other:?}", self.name),
+        }
+    }
+
+    /// `service list`.
+    pub(crate) fn services(&self) -> Vec<ServiceStatus> {
+        match self.call(&Request::ServiceList) {
+            Response::Services(s) => s,
+            other => panic!("{}: service list: {other:?}", self.name),
+        }
+    }
+
+    /// Waits (bounded) until the names of its services are exactly `want`; returns them.
+    pub(crate) fn wait_services(&self, want: &[&str], within: Duration) -> Vec<ServiceStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            let have = self.services();
+            let names: Vec<&str> = have.iter().map(|s| s.spec.name.as_str()).collect();
+            if names == want {
+                return have;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: services {names:?}, want {want:?}\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
