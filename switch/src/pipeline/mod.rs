@@ -47,7 +47,7 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 
 use crate::gso::MIN_GSO_SIZE;
-use crate::table::{Conntrack, MacSnapshot, PeerId, PortId, PortKind, Tables, Topology};
+use crate::table::{MacSnapshot, PeerId, PortId, PortKind, Tables, Topology};
 use crate::wire::arp::{self, ArpPacket};
 use crate::wire::ethernet::{self, ethertype, EthernetFrame};
 use crate::wire::icmp::{msg_type, IcmpPacket};
@@ -134,11 +134,15 @@ pub struct Pipeline {
 /// borrows them (no reference-count traffic per frame).
 struct Core {
     cfg: NodeConfig,
+    /// The shared tables (connection tracking, for the service path).
+    tables: Arc<Tables>,
     router_key: u64,
     /// The pod CIDR as (network, mask), so the per-frame test is one AND and one compare.
     cidr: (u32, u32),
     /// The service CIDR, likewise.
     services: (u32, u32),
+    /// Whether any service is defined (this batch's topology).
+    services_on: bool,
     now: u32,
     learned: Vec<(u64, PortId)>,
     last_learned: Option<(u64, PortId)>,
@@ -150,12 +154,14 @@ impl Pipeline {
     /// A pipeline for node `cfg` over `tables`.
     pub fn new(cfg: NodeConfig, tables: Arc<Tables>) -> Self {
         let core = Core {
+            tables: Arc::clone(&tables),
             router_key: mac_key(&cfg.router_mac.0),
             cidr: (u32::from(cfg.cidr.network()), u32::from(cfg.cidr.netmask())),
             services: (
                 u32::from(cfg.service_cidr.network()),
                 u32::from(cfg.service_cidr.netmask()),
             ),
+            services_on: false,
             cfg,
             now: tables.mac.now(),
             learned: Vec::with_capacity(64),
@@ -217,6 +223,8 @@ impl Pipeline {
         self.topo = self.tables.topology();
         self.core.now = self.tables.mac.now();
         self.core.last_learned = None;
+        // Read once per batch, so a frame tests a byte already in cache.
+        self.core.services_on = !self.topo.services().is_empty();
     }
 
     /// Applies what the batch learned (one table write for the whole batch, if anything is new).
@@ -233,22 +241,15 @@ impl Pipeline {
     /// must have a segment size of at least `MIN_GSO_SIZE`.
     #[inline]
     pub fn process(&mut self, ingress: PortId, frame: &mut [u8], vnet: VnetHdr) -> Action {
-        self.core.process(
-            &self.topo,
-            &self.mac,
-            &self.tables.conntrack,
-            ingress,
-            frame,
-            vnet,
-        )
+        self.core
+            .process(&self.topo, &self.mac, ingress, frame, vnet)
     }
 
     /// Decides what to do with a VXLAN datagram received from `source` on the underlay. On
     /// [`Action::Forward`], the frame to deliver is `datagram[vxlan::HEADER_LEN..]`, already
     /// rewritten (MACs, TTL).
     pub fn process_tunnel(&mut self, source: SocketAddrV4, datagram: &mut [u8]) -> Action {
-        self.core
-            .process_tunnel(&self.topo, &self.tables.conntrack, source, datagram)
+        self.core.process_tunnel(&self.topo, source, datagram)
     }
 
     #[cfg(test)]
@@ -305,7 +306,6 @@ impl Core {
         &mut self,
         topo: &Topology,
         mac: &MacSnapshot,
-        ct: &Conntrack,
         ingress: PortId,
         frame: &mut [u8],
         vnet: VnetHdr,
@@ -338,10 +338,11 @@ impl Core {
                 if src != mac_key(&own_mac.0) {
                     return self.drop(DropReason::SpoofedMac);
                 }
-                if let Err(r) = check_host_frame(topo, &eth, ether_type) {
+                if let Err(r) = self.check_host_frame(topo, &eth, ether_type) {
                     return self.drop(r);
                 }
-                if ether_type == ethertype::ARP && is_group_mac(dst) {
+                // Broadcast, or unicast to the router (the kernel re-checking its entry).
+                if ether_type == ethertype::ARP && (is_group_mac(dst) || dst == self.router_key) {
                     return self.answer_host_arp(topo, frame);
                 }
             }
@@ -353,12 +354,12 @@ impl Core {
         // A backend's reply to a service client gets the service's address back, whichever
         // way it goes on (L2 to a local client, or routed).
         // (The topology is hot; the flow count is another cache line: ask it second.)
-        if ether_type == ethertype::IPV4 && !topo.services().is_empty() && !ct.is_empty() {
-            self.service_out(ct, frame, partial);
+        if self.services_on && ether_type == ethertype::IPV4 {
+            self.service_out(frame, partial);
         }
 
         if dst == self.router_key {
-            return self.route(topo, ct, ingress, frame, ether_type, gso, partial);
+            return self.route(topo, ingress, frame, ether_type, gso, partial);
         }
         if is_group_mac(dst) {
             if ether_type == ethertype::ARP && self.is_arp_request_for_gateway(frame) {
@@ -392,6 +393,35 @@ impl Core {
                     && a.operation() == arp::OP_REQUEST
                     && a.target_ip() == self.cfg.gateway
             })
+    }
+
+    /// The host port's rule: IPv4 and ARP, never from an address of the pod networks but the
+    /// gateway's (the node may not pose as a pod of this node or another); other EtherTypes
+    /// (the node's IPv6 chatter) are dropped.
+    #[inline]
+    fn check_host_frame(
+        &self,
+        topo: &Topology,
+        eth: &EthernetFrame<&[u8]>,
+        ether_type: u16,
+    ) -> Result<(), DropReason> {
+        let src = match ether_type {
+            ethertype::IPV4 => ipv4::source_address(eth.payload()).ok_or(DropReason::BadIpv4)?,
+            ethertype::ARP => {
+                let arp = ArpPacket::new_checked(eth.payload()).map_err(|_| DropReason::BadArp)?;
+                if !arp.is_ethernet_ipv4() {
+                    return Err(DropReason::BadArp);
+                }
+                arp.sender_ip()
+            }
+            t if ethertype::is_vlan_tag(t) => return Err(DropReason::Vlan),
+            _ => return Err(DropReason::EtherType),
+        };
+        let local = u32::from(src) & self.cidr.1 == self.cidr.0;
+        if src != self.cfg.gateway && (local || topo.route(src).is_some()) {
+            return Err(DropReason::SpoofedIp);
+        }
+        Ok(())
     }
 
     /// An ARP request from the host port: a pod of this node is at its MAC, an address of a
@@ -431,11 +461,9 @@ impl Core {
 
     /// Rule 4: the frame is addressed to the router MAC.
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     fn route(
         &mut self,
         topo: &Topology,
-        ct: &Conntrack,
         ingress: PortId,
         frame: &mut [u8],
         ether_type: u16,
@@ -453,13 +481,13 @@ impl Core {
             return self.drop(DropReason::NotRoutable);
         }
         // A service address (peeked before the header is validated: `service_in` validates).
-        if !topo.services().is_empty()
+        if self.services_on
             && frame
                 .get(ethernet::HEADER_LEN..)
                 .and_then(ipv4::destination_address)
                 .is_some_and(|d| self.is_service_ip(d))
         {
-            if let Err(a) = self.service_in(topo, ct, frame, partial) {
+            if let Err(a) = self.service_in(topo, frame, partial) {
                 return a;
             }
         }
@@ -467,13 +495,12 @@ impl Core {
             return self.drop(DropReason::BadIpv4);
         };
         let dst = ip.dst_addr();
-        let from_host = topo.host().is_some_and(|h| h.port == ingress);
         if dst == self.cfg.gateway {
             if is_echo_request(&ip) {
                 reply::echo_reply_in_place(frame, self.cfg.router_mac, self.cfg.gateway);
                 return self.local();
             }
-            if !from_host {
+            if topo.host().is_some_and(|h| h.port != ingress) {
                 if let Some(a) = self.deliver_to_host(topo, eth, &mut ip) {
                     return a;
                 }
@@ -493,7 +520,7 @@ impl Core {
         let Some((peer_id, peer)) = topo.route(dst).and_then(|id| Some((id, topo.peer(id)?)))
         else {
             // Outside every pod network: the node's own routing takes it (egress).
-            if !from_host {
+            if topo.host().is_some_and(|h| h.port != ingress) {
                 if let Some(a) = self.deliver_to_host(topo, eth, &mut ip) {
                     return a;
                 }
@@ -515,7 +542,6 @@ impl Core {
     fn process_tunnel(
         &mut self,
         topo: &Topology,
-        ct: &Conntrack,
         source: SocketAddrV4,
         datagram: &mut [u8],
     ) -> Action {
@@ -529,9 +555,9 @@ impl Core {
             Ok(_) => return self.drop(DropReason::VxlanBadVni),
             Err(_) => return self.drop(DropReason::VxlanMalformed),
         };
-        if !topo.services().is_empty() && !ct.is_empty() {
+        if self.services_on && inner.get(12..14) == Some(&ethertype::IPV4.to_be_bytes()[..]) {
             // A remote backend's reply to a client of this node.
-            self.service_out(ct, inner, false);
+            self.service_out(inner, false);
         }
         let (eth, mut ip) = match routed_views(inner) {
             Some((eth, ip)) if eth.ethertype() == ethertype::IPV4 => (eth, ip),
@@ -571,32 +597,6 @@ fn check_pod_frame(
         };
     }
     check_pod_non_ipv4(eth, ether_type, own)
-}
-
-/// The host port's rule: IPv4 and ARP, never from a pod's address (the node may not pose as
-/// one of its pods); other EtherTypes (the node's IPv6 chatter) are dropped.
-#[inline]
-fn check_host_frame(
-    topo: &Topology,
-    eth: &EthernetFrame<&[u8]>,
-    ether_type: u16,
-) -> Result<(), DropReason> {
-    let src = match ether_type {
-        ethertype::IPV4 => ipv4::source_address(eth.payload()).ok_or(DropReason::BadIpv4)?,
-        ethertype::ARP => {
-            let arp = ArpPacket::new_checked(eth.payload()).map_err(|_| DropReason::BadArp)?;
-            if !arp.is_ethernet_ipv4() {
-                return Err(DropReason::BadArp);
-            }
-            arp.sender_ip()
-        }
-        t if ethertype::is_vlan_tag(t) => return Err(DropReason::Vlan),
-        _ => return Err(DropReason::EtherType),
-    };
-    if topo.is_pod_ip(src) {
-        return Err(DropReason::SpoofedIp);
-    }
-    Ok(())
 }
 
 /// The rest of rule 1, out of the per-frame IPv4 path: ARP from the pod's own addresses;

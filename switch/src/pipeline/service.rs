@@ -19,7 +19,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::reply::{self, IcmpError};
 use super::{Action, Core, DropReason};
-use crate::table::{flow_hash, tcp_flags, Conntrack, Flow, FlowKey, Topology};
+use std::sync::Arc;
+
+use crate::table::{flow_hash, tcp_flags, Flow, FlowKey, Topology};
 use crate::wire::ethernet;
 use crate::wire::ipv4::Ipv4Packet;
 use crate::wire::nat::{self, End};
@@ -52,10 +54,11 @@ impl Core {
     pub(super) fn service_in(
         &mut self,
         topo: &Topology,
-        ct: &Conntrack,
         frame: &mut [u8],
         partial: bool,
     ) -> Result<(), Action> {
+        let tables = Arc::clone(&self.tables);
+        let ct = &tables.conntrack;
         if super::routed_views(frame).is_none() {
             return Err(self.drop(DropReason::BadIpv4));
         }
@@ -104,7 +107,6 @@ impl Core {
                     proto,
                     svc.id,
                     self.now,
-                    flags,
                 );
                 if !ct.insert(flow) {
                     return Err(self.drop(DropReason::ConntrackFull));
@@ -137,10 +139,19 @@ impl Core {
     /// The reverse translation of a backend's reply, if the IPv4 packet in `frame` is one.
     /// True if the frame was rewritten.
     #[inline(never)]
-    pub(super) fn service_out(&mut self, ct: &Conntrack, frame: &mut [u8], partial: bool) -> bool {
+    pub(super) fn service_out(&mut self, frame: &mut [u8], partial: bool) -> bool {
+        let tables = Arc::clone(&self.tables);
+        let ct = &tables.conntrack;
+        if ct.is_empty() {
+            return false;
+        }
         let Some(ip) = frame.get_mut(ethernet::HEADER_LEN..) else {
             return false;
         };
+        // A later fragment has no ports (its payload would be read as ports).
+        if Ipv4Packet::new_checked_header(&*ip).map_or(true, |p| !p.is_first_fragment()) {
+            return false;
+        }
         let Some((proto, src, sport, dst, dport)) = nat::endpoints(ip) else {
             return false;
         };

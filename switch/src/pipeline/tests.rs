@@ -855,6 +855,25 @@ fn the_host_port_may_not_claim_a_pods_address_or_another_mac() {
         n.run(HOST_PORT, &mut f),
         Action::Drop(DropReason::SpoofedMac)
     );
+    // Nor a free address of the pod CIDR, nor a peer's.
+    for claimed in [pod_ip(99), Ipv4Addr::new(10, 244, 2, 5)] {
+        let mut f = eth(
+            R,
+            HOST,
+            0x0800,
+            &ipv4(claimed, pod_ip(11), 6, 64, &[0u8; 20]),
+        );
+        assert_eq!(
+            n.run(HOST_PORT, &mut f),
+            Action::Drop(DropReason::SpoofedIp),
+            "{claimed}"
+        );
+    }
+    // The kernel re-checks a cached entry with unicast ARP to the router: answered too.
+    let remote = Ipv4Addr::new(10, 244, 2, 5);
+    let mut req = eth(R, HOST, 0x0806, &arp(1, HOST, gw(), R, remote));
+    assert_eq!(n.run(HOST_PORT, &mut req), Action::Reply);
+    assert_eq!(req, eth(HOST, R, 0x0806, &arp(2, R, remote, HOST, gw())));
     let mut f = eth([0x33, 0x33, 0, 0, 0, 1], HOST, 0x86dd, &[0u8; 40]);
     assert_eq!(
         n.run(HOST_PORT, &mut f),

@@ -116,6 +116,10 @@ impl FlowState {
                 }
             }
             _ if flags & RST != 0 => Self::Closed,
+            // The client's port reused for a new connection.
+            Self::Closing | Self::Closed if !reply && flags & SYN != 0 && flags & ACK == 0 => {
+                Self::SynSent
+            }
             Self::Closed => self,
             _ if flags & FIN != 0 => Self::Closing,
             Self::SynSent if reply => Self::Established,
@@ -145,7 +149,6 @@ pub(crate) struct Flow {
 }
 
 impl Flow {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         client: SocketAddrV4,
         vip: SocketAddrV4,
@@ -154,15 +157,13 @@ impl Flow {
         proto: u8,
         service: u32,
         now: u32,
-        tcp_flags: u8,
     ) -> Self {
+        // TCP: a SYN, or a flow picked up mid-stream (as Linux's loose tracking does), waits
+        // for a reply with the short timeout: stray segments cannot fill the table for a day.
         let state = if proto == 17 {
             FlowState::UdpUnreplied
-        } else if tcp_flags & tcp_flags::SYN != 0 && tcp_flags & tcp_flags::ACK == 0 {
-            FlowState::SynSent
         } else {
-            // Picked up mid-stream (as Linux's loose tracking does).
-            FlowState::Established
+            FlowState::SynSent
         };
         Self {
             client,
@@ -321,12 +322,20 @@ impl Conntrack {
 
     /// Tracks `flow`; false (and counted) if the table is full.
     pub(crate) fn insert(&self, flow: Flow) -> bool {
+        let (fkey, rkey) = (flow.forward_key(), flow.reply_key());
+        // The reply key must be this flow's alone, or another flow's replies would be
+        // translated as this one's (one client port to two VIPs sharing a backend).
+        let rg = self.reply.pin();
+        match rg.try_insert(rkey, fkey) {
+            Ok(_) => {}
+            Err(e) if *e.current == fkey => {}
+            Err(_) => return false,
+        }
         if self.count.fetch_add(1, Ordering::Relaxed) >= self.capacity {
             self.count.fetch_sub(1, Ordering::Relaxed);
+            let _ = rg.remove_if(&rkey, |_, v| *v == fkey);
             return false;
         }
-        let (fkey, rkey) = (flow.forward_key(), flow.reply_key());
-        self.reply.pin().insert(rkey, fkey);
         if self.forward.pin().insert(fkey, flow).is_some() {
             // Replaced a flow of the same key (two workers raced): counted once.
             self.count.fetch_sub(1, Ordering::Relaxed);
@@ -334,13 +343,24 @@ impl Conntrack {
         true
     }
 
+    /// Forgets the flow whose client key is `key`, if `gone` holds for it (checked and
+    /// removed in one step, so a flow refreshed meanwhile stays).
+    fn remove_when(&self, key: &FlowKey, gone: impl Fn(&Flow) -> bool) -> bool {
+        let g = self.forward.pin();
+        match g.remove_if(key, |_, f| gone(f)) {
+            Ok(Some((_, f))) => {
+                let rkey = f.reply_key();
+                let _ = self.reply.pin().remove_if(&rkey, |_, v| v == key);
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Forgets the flow whose client key is `key`.
     pub(crate) fn remove(&self, key: &FlowKey) {
-        let g = self.forward.pin();
-        if let Some(f) = g.remove(key) {
-            self.reply.pin().remove(&f.reply_key());
-            self.count.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.remove_when(key, |_| true);
     }
 
     /// Removes the flows idle past their state's timeout at `now`; returns how many.
@@ -352,10 +372,9 @@ impl Conntrack {
             .map(|(k, _)| *k)
             .collect();
         drop(g);
-        for k in &keys {
-            self.remove(k);
-        }
-        keys.len()
+        keys.iter()
+            .filter(|k| self.remove_when(k, |f| f.expired(now)))
+            .count()
     }
 
     /// Every flow, for listings.
@@ -402,7 +421,7 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn flow(client: &str, backend: &str, proto: u8, flags: u8, now: u32) -> Flow {
+    fn flow(client: &str, backend: &str, proto: u8, now: u32) -> Flow {
         Flow::new(
             sa(client),
             sa("10.96.0.10:80"),
@@ -411,14 +430,13 @@ mod tests {
             proto,
             1,
             now,
-            flags,
         )
     }
 
     #[test]
     fn forward_and_reply_find_the_flow_and_follow_tcp() {
         let ct = Conntrack::new(16);
-        let f = flow("10.244.1.10:40000", "10.244.2.7:8080", 6, tcp_flags::SYN, 5);
+        let f = flow("10.244.1.10:40000", "10.244.2.7:8080", 6, 5);
         let (fk, rk) = (f.forward_key(), f.reply_key());
         assert!(ct.insert(f));
         assert_eq!(ct.len(), 1);
@@ -443,45 +461,69 @@ mod tests {
     #[test]
     fn timeouts_follow_the_state() {
         let ct = Conntrack::new(16);
-        ct.insert(flow("10.244.1.10:1", "10.244.2.7:53", 17, 0, 0));
-        ct.insert(flow(
-            "10.244.1.10:2",
-            "10.244.2.7:8080",
-            6,
-            tcp_flags::SYN,
-            0,
-        ));
-        let est = flow("10.244.1.10:3", "10.244.2.7:8080", 6, tcp_flags::ACK, 0);
+        ct.insert(flow("10.244.1.10:1", "10.244.2.7:53", 17, 0));
+        ct.insert(flow("10.244.1.10:2", "10.244.2.7:8080", 6, 0));
+        let est = flow("10.244.1.10:3", "10.244.2.7:8080", 6, 0);
         let rst_key = est.forward_key();
         ct.insert(est);
-        ct.insert(flow(
-            "10.244.1.10:4",
-            "10.244.2.7:8080",
-            6,
-            tcp_flags::ACK,
-            0,
-        ));
+        let replied = flow("10.244.1.10:4", "10.244.2.7:8080", 6, 0);
+        let replied_reply = replied.reply_key();
+        ct.insert(replied);
+        ct.reply(&replied_reply, 0, tcp_flags::ACK);
         ct.forward(&rst_key, 0, tcp_flags::RST);
         assert_eq!(ct.expire(11), 1, "the reset flow after 10 s");
         assert_eq!(ct.expire(31), 1, "the unreplied UDP flow after 30 s");
         assert_eq!(ct.expire(121), 1, "the SYN without answer after 120 s");
         assert_eq!(ct.expire(86_400), 0);
         assert_eq!(ct.expire(86_401), 1, "established after a day");
+        // A port reused after a reset starts over.
+        let again = flow("10.244.1.10:5", "10.244.2.7:8080", 6, 0);
+        let k = again.forward_key();
+        ct.insert(again);
+        ct.forward(&k, 1, tcp_flags::RST);
+        ct.forward(&k, 2, tcp_flags::SYN);
+        assert_eq!(ct.list(2)[0].state, "syn_sent");
+    }
+
+    #[test]
+    fn a_reply_key_belongs_to_one_flow() {
+        let ct = Conntrack::new(16);
+        let f = |vip: &str, service| {
+            Flow::new(
+                sa("10.244.1.10:40000"),
+                sa(vip),
+                sa("10.244.2.7:8080"),
+                None,
+                6,
+                service,
+                0,
+            )
+        };
+        let (a, b) = (f("10.96.0.10:80", 1), f("10.96.0.11:80", 2));
+        let (ak, rk) = (a.forward_key(), a.reply_key());
+        assert!(ct.insert(a));
+        assert!(!ct.insert(b), "the same reply key as a: refused");
+        assert_eq!(
+            ct.reply(&rk, 1, 0).map(|h| h.vip),
+            Some(sa("10.96.0.10:80"))
+        );
+        ct.remove(&ak);
+        assert!(ct.is_empty() && ct.reply(&rk, 1, 0).is_none());
     }
 
     #[test]
     fn bounded_and_counted_per_backend() {
         let ct = Conntrack::new(2);
-        assert!(ct.insert(flow("10.244.1.10:1", "10.244.2.7:80", 6, tcp_flags::SYN, 0)));
-        assert!(ct.insert(flow("10.244.1.10:2", "10.244.2.8:80", 6, tcp_flags::SYN, 0)));
-        assert!(!ct.insert(flow("10.244.1.10:3", "10.244.2.7:80", 6, tcp_flags::SYN, 0)));
+        assert!(ct.insert(flow("10.244.1.10:1", "10.244.2.7:80", 6, 0)));
+        assert!(ct.insert(flow("10.244.1.10:2", "10.244.2.8:80", 6, 0)));
+        assert!(!ct.insert(flow("10.244.1.10:3", "10.244.2.7:80", 6, 0)));
         assert_eq!(ct.len(), 2);
         assert_eq!(
             ct.per_backend(1, &[sa("10.244.2.8:80"), sa("10.244.2.7:80")]),
             vec![1, 1]
         );
-        ct.remove(&flow("10.244.1.10:1", "10.244.2.7:80", 6, 0, 0).forward_key());
+        ct.remove(&flow("10.244.1.10:1", "10.244.2.7:80", 6, 0).forward_key());
         assert_eq!(ct.len(), 1);
-        assert!(ct.insert(flow("10.244.1.10:3", "10.244.2.7:80", 6, tcp_flags::SYN, 0)));
+        assert!(ct.insert(flow("10.244.1.10:3", "10.244.2.7:80", 6, 0)));
     }
 }

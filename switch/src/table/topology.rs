@@ -397,12 +397,6 @@ impl Topology {
         self.host
     }
 
-    /// True if `ip` is the address of a pod of this node.
-    #[inline]
-    pub(crate) fn is_pod_ip(&self, ip: Ipv4Addr) -> bool {
-        self.neighbours.contains_key(&u32::from(ip))
-    }
-
     /// The port of the pod whose MAC key is `mac`, if such a pod is attached.
     #[inline]
     pub(crate) fn pod_port(&self, mac: u64) -> Option<PortId> {
