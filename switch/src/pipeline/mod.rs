@@ -487,7 +487,7 @@ impl Core {
                 .and_then(ipv4::destination_address)
                 .is_some_and(|d| self.is_service_ip(d))
         {
-            if let Err(a) = self.service_in(topo, frame, partial) {
+            if let Err(a) = self.service_in(topo, frame, partial, gso) {
                 return a;
             }
         }

@@ -56,11 +56,21 @@ impl Core {
         topo: &Topology,
         frame: &mut [u8],
         partial: bool,
+        gso: bool,
     ) -> Result<(), Action> {
         let tables = Arc::clone(&self.tables);
         let ct = &tables.conntrack;
-        if super::routed_views(frame).is_none() {
-            return Err(self.drop(DropReason::BadIpv4));
+        // The checks that answer with an ICMP error come first, so the error quotes the
+        // packet the client sent (to the VIP), which its stack can match.
+        let (ttl, too_big) = match super::routed_views(frame) {
+            None => return Err(self.drop(DropReason::BadIpv4)),
+            Some((_, ip)) => (
+                ip.ttl(),
+                !gso && ip.packet_len() > usize::from(self.cfg.tunnel_mtu) && ip.dont_fragment(),
+            ),
+        };
+        if ttl <= 1 {
+            return Err(self.reject(DropReason::TtlExceeded, frame, IcmpError::TtlExceeded));
         }
         let ip = frame
             .get_mut(ethernet::HEADER_LEN..)
@@ -78,7 +88,11 @@ impl Core {
             // Still one of the service's backends (its index may have moved)?
             hit.service == svc.id && svc.index_of(&hit.backend).is_some()
         });
+        // For a backend through the tunnel, a packet too big for it is answered as routing
+        // would, from the VIP's side (and a new flow is not tracked).
+        let too_big_for = |backend: &SocketAddrV4| too_big && topo.route(*backend.ip()).is_some();
         let hit = match known {
+            Some(hit) if too_big_for(&hit.backend) => return Err(self.too_big(frame)),
             Some(hit) => hit,
             None => {
                 if ct.forward(&key, self.now, 0).is_some() {
@@ -97,6 +111,9 @@ impl Core {
                 };
                 if proto == TCP && flags & tcp_flags::RST != 0 {
                     return Err(self.drop(DropReason::NoService));
+                }
+                if too_big_for(&backend) {
+                    return Err(self.too_big(frame));
                 }
                 let snat = (*backend.ip() == src).then_some(self.cfg.gateway);
                 let flow = Flow::new(
@@ -170,6 +187,16 @@ impl Core {
                 )
                 .is_ok());
         ok
+    }
+
+    /// "Fragmentation needed" for the packet in `frame`, with the tunnel's MTU.
+    fn too_big(&mut self, frame: &[u8]) -> Action {
+        let mtu = self.cfg.tunnel_mtu;
+        self.reject(
+            DropReason::TooBigForTunnel,
+            frame,
+            IcmpError::FragmentationNeeded { mtu },
+        )
     }
 
     /// Answers the TCP segment in `frame` with a reset from its destination (counted as a drop

@@ -1078,6 +1078,41 @@ mod services {
     }
 
     #[test]
+    fn icmp_errors_about_a_service_flow_quote_what_the_client_sent() {
+        let mut n = Node::new();
+        set_service(&mut n, &["10.244.2.5:8080"], Proto::Udp);
+        n.p.set_tunnel_mtu(1000);
+        let seg = udp_with_checksum(pod_ip(10), 5000, VIP, 80, &[0u8; 1200]);
+        let mut big = ipv4(pod_ip(10), VIP, 17, 64, &seg);
+        big[6] |= 0x40; // DF
+        let c = checksum_sum(&{
+            let mut h = big[..20].to_vec();
+            h[10] = 0;
+            h[11] = 0;
+            h
+        });
+        big[10..12].copy_from_slice(&(!c).to_be_bytes());
+        let mut f = eth(R, pod_mac(10), 0x0800, &big);
+        let Action::Reject(DropReason::TooBigForTunnel, len) = n.run(0, &mut f) else {
+            panic!("no fragmentation needed")
+        };
+        let err = &n.p.scratch()[..usize::from(len)];
+        // The quoted header is the client's own: to the VIP.
+        assert_eq!(&err[14 + 20 + 8 + 16..14 + 20 + 8 + 20], &VIP.octets());
+        let seg = udp_with_checksum(pod_ip(10), 5001, VIP, 80, b"x");
+        let mut f = eth(R, pod_mac(10), 0x0800, &ipv4(pod_ip(10), VIP, 17, 1, &seg));
+        let Action::Reject(DropReason::TtlExceeded, len) = n.run(0, &mut f) else {
+            panic!("no time exceeded")
+        };
+        let err = &n.p.scratch()[..usize::from(len)];
+        assert_eq!(&err[14 + 20 + 8 + 16..14 + 20 + 8 + 20], &VIP.octets());
+        assert!(
+            n.p.tables.conntrack.is_empty(),
+            "nothing tracked for refused packets"
+        );
+    }
+
+    #[test]
     fn partial_checksums_stay_partial_through_dnat() {
         let mut n = Node::new();
         set_service(&mut n, &["10.244.1.11:8080"], Proto::Tcp);
