@@ -354,7 +354,7 @@ fn base64_decode(s: &str) -> Vec<u8> {
 
 /// A node namespace (an underlay host) configured exactly as flannel's VXLAN backend configures
 /// a kernel node: `flannel.1` (VNI 1, `local PUBLIC_IP dev eth0 dstport 8472 nolearning`, the
-/// given VTEP MAC, mtu 1450, `tx off`) with `<subnet>.0/32`, `ip_forward=1`, a bridge `cni0`
+/// given VTEP MAC, mtu 1450, offloads at their defaults) with `<subnet>.0/32`, `ip_forward=1`, a bridge `cni0`
 /// with `<subnet>.1/<len>`, and one pod namespace on `cni0` at `<subnet>.10` (default route via
 /// `.1`). The node namespace is deleted with the underlay; the pod namespace by `Drop`.
 pub(crate) struct KernelFlannelNode {
@@ -409,7 +409,6 @@ impl KernelFlannelNode {
                  ip link add flannel.1 address {mac} type vxlan id {VNI} local {public_ip} dev eth0 \
                    dstport {VXLAN_PORT} nolearning && \
                  ip link set flannel.1 mtu 1450 up && ip addr add {zero}/32 dev flannel.1 && \
-                 ethtool -K flannel.1 tx off >/dev/null && \
                  ip link add cni0 type bridge && ip addr add {gw}/{len} dev cni0 && \
                  ip link set cni0 mtu 1450 up && \
                  ip link add vpod type veth peer name eth0 netns {pod} && \
