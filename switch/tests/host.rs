@@ -420,6 +420,9 @@ fn services_spread_flows_over_backends_across_nodes_with_hairpin_udp_and_reject(
         2,
         "both backends answer: {per_backend:?}"
     );
+    // The node itself reaches the service too (from its gateway address, through podsw0).
+    let body = seen_from(&site.hosts[0], "10.96.0.10", 80).expect("the node through the VIP");
+    assert!(body.ends_with(" 10.244.1.1"), "{body}");
     let list = ctl(&["service", "list"]);
     assert!(
         list.contains("web") && list.contains("10.244.2.10:8080("),

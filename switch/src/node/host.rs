@@ -277,6 +277,19 @@ impl Masquerade {
         while run("iptables", &self.iptables_rule("-D"), None).is_ok() {}
     }
 
+    /// Removes the rules a crashed run of node `node` may have left (nftables; silent if there
+    /// are none or no `nft`).
+    pub(super) fn remove_stale(node: &str) {
+        if works("nft") {
+            let t = format!("podswitch-{node}");
+            let _ = run(
+                "nft",
+                &["-f", "-"],
+                Some(&format!("table ip {t}\ndelete table ip {t}\n")),
+            );
+        }
+    }
+
     /// Removes the rules. Idempotent.
     pub(super) fn remove(&self) {
         match self.backend {

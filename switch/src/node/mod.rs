@@ -331,6 +331,10 @@ impl Node {
     ) -> Result<(), NodeError> {
         if let Some(ifname) = &self.host {
             self.attach_host(ifname)?;
+            if !self.spec.masquerade {
+                // Rules a crashed run with masquerade on left behind.
+                host::Masquerade::remove_stale(&self.spec.name);
+            }
             if self.spec.masquerade {
                 let m = host::Masquerade::install(&self.spec.name, self.net.cidr, ifname).map_err(
                     |message| NodeError::Host {
@@ -385,6 +389,8 @@ impl Node {
             .attach_queues(info, queues)
             .map_err(|e| err(e.to_string()))?;
         let routes = host::Routes::open(ifname).map_err(err)?;
+        // The node reaches services too (as kube-proxy lets it), from its gateway address.
+        routes.set(self.net.service_cidr, true).map_err(err)?;
         *lock(&self.host_routes) = Some(routes);
         tracing::info!(ifname, gateway = %self.net.gateway, %mac, "host interface up");
         Ok(())

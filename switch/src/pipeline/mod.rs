@@ -439,7 +439,10 @@ impl Core {
         };
         let mac = match topo.neighbour(target) {
             Some(n) => crate::wire::mac_from_key(n.mac),
-            None if topo.route(target).is_some() => self.cfg.router_mac,
+            // A peer's address or a service address: the router takes it.
+            None if topo.route(target).is_some() || self.is_service_ip(target) => {
+                self.cfg.router_mac
+            }
             None => return self.drop(DropReason::ArpUnanswered),
         };
         reply::arp_reply_in_place(frame, mac, target);
