@@ -19,9 +19,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::reply::{self, IcmpError};
 use super::{Action, Core, DropReason};
-use std::sync::Arc;
-
-use crate::table::{flow_hash, tcp_flags, Flow, FlowKey, Topology};
+use crate::table::{flow_hash, tcp_flags, CompiledService, Flow, FlowKey, Hit, Topology};
 use crate::wire::ethernet;
 use crate::wire::ipv4::Ipv4Packet;
 use crate::wire::nat::{self, End};
@@ -38,6 +36,18 @@ fn flags_of(ip: &[u8], proto: u8) -> u8 {
     }
     let ihl = usize::from(ip.first().copied().unwrap_or(0) & 0x0f) * 4;
     ip.get(ihl + TCP_FLAGS_AT).copied().unwrap_or(0)
+}
+
+/// Why a packet for a service is not translated, and how it is answered.
+enum Refusal {
+    /// Dropped.
+    Drop(DropReason),
+    /// Answered with a TCP reset.
+    Reset(DropReason),
+    /// Answered with an ICMP error.
+    Reject(DropReason, IcmpError),
+    /// Answered with "fragmentation needed".
+    TooBig,
 }
 
 impl Core {
@@ -58,8 +68,6 @@ impl Core {
         partial: bool,
         gso: bool,
     ) -> Result<(), Action> {
-        let tables = Arc::clone(&self.tables);
-        let ct = &tables.conntrack;
         // The checks that answer with an ICMP error come first, so the error quotes the
         // packet the client sent (to the VIP), which its stack can match.
         let (ttl, too_big) = match super::routed_views(frame) {
@@ -84,58 +92,19 @@ impl Core {
         };
         let flags = flags_of(ip, proto);
         let key = FlowKey::new(src, sport, dst, dport, proto);
-        let known = ct.forward(&key, self.now, flags).filter(|hit| {
-            // Still one of the service's backends (its index may have moved)?
-            hit.service == svc.id && svc.index_of(&hit.backend).is_some()
-        });
-        // For a backend through the tunnel, a packet too big for it is answered as routing
-        // would, from the VIP's side (and a new flow is not tracked).
-        let too_big_for = |backend: &SocketAddrV4| too_big && topo.route(*backend.ip()).is_some();
-        let hit = match known {
-            Some(hit) if too_big_for(&hit.backend) => return Err(self.too_big(frame)),
-            Some(hit) => hit,
-            None => {
-                if ct.forward(&key, self.now, 0).is_some() {
-                    // Its backend is gone: TCP ends (the client reconnects), UDP re-balances.
-                    ct.remove(&key);
-                    if proto == TCP {
-                        return Err(self.reset(frame, DropReason::BackendGone));
-                    }
-                }
-                let hash = flow_hash(src, sport, dst, dport, proto);
-                let Some((_, backend)) = topo.services().pick(svc, hash, src) else {
-                    return Err(match proto {
-                        TCP => self.reset(frame, DropReason::NoBackends),
-                        _ => self.reject(DropReason::NoBackends, frame, IcmpError::PortUnreachable),
-                    });
-                };
-                if proto == TCP && flags & tcp_flags::RST != 0 {
-                    return Err(self.drop(DropReason::NoService));
-                }
-                if too_big_for(&backend) {
-                    return Err(self.too_big(frame));
-                }
-                let snat = (*backend.ip() == src).then_some(self.cfg.gateway);
-                let flow = Flow::new(
-                    SocketAddrV4::new(src, sport),
-                    SocketAddrV4::new(dst, dport),
-                    backend,
-                    snat,
-                    proto,
-                    svc.id,
-                    self.now,
-                );
-                if !ct.insert(flow) {
-                    return Err(self.drop(DropReason::ConntrackFull));
-                }
-                crate::table::Hit {
-                    client: SocketAddrV4::new(src, sport),
-                    vip: SocketAddrV4::new(dst, dport),
-                    backend,
-                    snat,
-                    service: svc.id,
-                }
-            }
+        let hit = match self.decide(
+            topo,
+            svc,
+            key,
+            (src, sport, dst, dport, proto),
+            flags,
+            too_big,
+        ) {
+            Ok(hit) => hit,
+            Err(Refusal::Drop(r)) => return Err(self.drop(r)),
+            Err(Refusal::Reset(r)) => return Err(self.reset(frame, r)),
+            Err(Refusal::Reject(r, kind)) => return Err(self.reject(r, frame, kind)),
+            Err(Refusal::TooBig) => return Err(self.too_big(frame)),
         };
         let ip = &mut frame[ethernet::HEADER_LEN..];
         let bad = |_| Action::Drop(DropReason::BadIpv4);
@@ -153,12 +122,70 @@ impl Core {
         Ok(())
     }
 
+    /// The flow's backend: tracked, or chosen and tracked now; or why the packet is refused.
+    /// Reads the switch's state only (the caller counts and answers).
+    fn decide(
+        &self,
+        topo: &Topology,
+        svc: &CompiledService,
+        key: FlowKey,
+        (src, sport, dst, dport, proto): (Ipv4Addr, u16, Ipv4Addr, u16, u8),
+        flags: u8,
+        too_big: bool,
+    ) -> Result<Hit, Refusal> {
+        let ct = &self.tables.conntrack;
+        let known = ct.forward(&key, self.now, flags).filter(|hit| {
+            // Still one of the service's backends (its index may have moved)?
+            hit.service == svc.id && svc.index_of(&hit.backend).is_some()
+        });
+        // For a backend through the tunnel, a packet too big for it is answered as routing
+        // would, from the VIP's side (and a new flow is not tracked).
+        let too_big_for = |backend: &SocketAddrV4| too_big && topo.route(*backend.ip()).is_some();
+        match known {
+            Some(hit) if too_big_for(&hit.backend) => return Err(Refusal::TooBig),
+            Some(hit) => return Ok(hit),
+            None => {}
+        }
+        if ct.forward(&key, self.now, 0).is_some() {
+            // Its backend is gone: TCP ends (the client reconnects), UDP re-balances.
+            ct.remove(&key);
+            if proto == TCP {
+                return Err(Refusal::Reset(DropReason::BackendGone));
+            }
+        }
+        let hash = flow_hash(src, sport, dst, dport, proto);
+        let Some((_, backend)) = topo.services().pick(svc, hash, src) else {
+            return Err(match proto {
+                TCP => Refusal::Reset(DropReason::NoBackends),
+                _ => Refusal::Reject(DropReason::NoBackends, IcmpError::PortUnreachable),
+            });
+        };
+        if proto == TCP && flags & tcp_flags::RST != 0 {
+            return Err(Refusal::Drop(DropReason::NoService));
+        }
+        if too_big_for(&backend) {
+            return Err(Refusal::TooBig);
+        }
+        let snat = (*backend.ip() == src).then_some(self.cfg.gateway);
+        let (client, vip) = (SocketAddrV4::new(src, sport), SocketAddrV4::new(dst, dport));
+        let flow = Flow::new(client, vip, backend, snat, proto, svc.id, self.now);
+        if !ct.insert(flow) {
+            return Err(Refusal::Drop(DropReason::ConntrackFull));
+        }
+        Ok(Hit {
+            client,
+            vip,
+            backend,
+            snat,
+            service: svc.id,
+        })
+    }
+
     /// The reverse translation of a backend's reply, if the IPv4 packet in `frame` is one.
     /// True if the frame was rewritten.
     #[inline(never)]
-    pub(super) fn service_out(&mut self, frame: &mut [u8], partial: bool) -> bool {
-        let tables = Arc::clone(&self.tables);
-        let ct = &tables.conntrack;
+    pub(super) fn service_out(&self, frame: &mut [u8], partial: bool) -> bool {
+        let ct = &self.tables.conntrack;
         if ct.is_empty() {
             return false;
         }
