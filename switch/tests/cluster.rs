@@ -187,6 +187,16 @@ fn three_nodes_lease_distinct_subnets_and_reach_each_other_restart_keeps_a_subne
         "{status}"
     );
 
+    // A peer learnt from etcd is not deleted by hand (it would come back): its lease is.
+    let learnt = nodes[0].peers()[0].spec.name.clone();
+    match nodes[0].call(&podswitch::control::Request::PeerDel { name: learnt }) {
+        podswitch::control::Response::Error { message, .. } => {
+            assert!(message.contains("learnt from etcd"), "{message}")
+        }
+        other => panic!("peer del of an etcd peer: {other:?}"),
+    }
+    assert_eq!(nodes[0].etcd_peers().len(), 2);
+
     // A restarted node gets its subnet back (its own PublicIP's lease) and its pod its address.
     nodes[1].stop();
     nodes[1].start();

@@ -693,7 +693,7 @@ impl Agent {
             let mut removed = Vec::new();
             for p in node2.peers() {
                 if p.source == PeerSource::Etcd && !names.contains(&p.spec.name) {
-                    match node2.del_peer(&p.spec.name) {
+                    match node2.remove_peer(&p.spec.name) {
                         Ok(()) => removed.push(p.spec.name),
                         Err(e) => tracing::warn!(peer = %p.spec.name, "removing a vanished lease's peer: {e}"),
                     }
@@ -1012,7 +1012,7 @@ impl Agent {
                 self.skipped.remove(key);
                 let removed = on_node(node, move |n| {
                     // The node logs the removal.
-                    n.etcd_peers(&name).1.then(|| n.del_peer(&name))
+                    n.etcd_peers(&name).1.then(|| n.remove_peer(&name))
                 })
                 .await?;
                 if let Some(Err(e)) = removed {
@@ -1047,7 +1047,7 @@ impl Agent {
                     // A lease that became unusable no longer describes a peer.
                     on_node(node, move |n| {
                         if n.etcd_peers(&name).1 {
-                            let _ = n.del_peer(&name);
+                            let _ = n.remove_peer(&name);
                         }
                     })
                     .await?;

@@ -852,8 +852,23 @@ impl Node {
         Ok(PeerChange::Updated)
     }
 
-    /// Removes a peer node and its route.
+    /// Removes a peer node and its route (`peer del`). A peer learnt from etcd is refused: it
+    /// would come back at the next list; its lease is what to delete.
     pub(crate) fn del_peer(&self, name: &str) -> Result<(), NodeError> {
+        if lock(&self.peers)
+            .iter()
+            .any(|p| p.spec.name == name && p.source == PeerSource::Etcd)
+        {
+            return Err(NodeError::Refused(SpecError::new(
+                "peer.name",
+                format!("{name:?} is learnt from etcd: delete its lease there instead"),
+            )));
+        }
+        self.remove_peer(name)
+    }
+
+    /// Removes a peer node and its route, whatever its source.
+    pub(crate) fn remove_peer(&self, name: &str) -> Result<(), NodeError> {
         let mut peers = lock(&self.peers);
         let removed = self.switch.remove_peer(name).map_err(NodeError::Peer)?;
         self.host_route(removed.pod_cidr, false);
