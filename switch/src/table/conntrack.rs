@@ -313,9 +313,23 @@ impl Conntrack {
     #[inline]
     pub(crate) fn reply(&self, key: &FlowKey, now: u32, flags: u8) -> Option<Hit> {
         let rg = self.reply.pin();
-        let fkey = rg.get(key)?;
+        let fkey = *rg.get(key)?;
         let g = self.forward.pin();
-        let f = g.get(fkey)?;
+        let f = g.get(&fkey)?;
+        let state = f.state();
+        // A closed flow's tuple reused by a direct connection (its SYN never came through the
+        // VIP): not ours to translate. A backend's SYN-ACK belongs only to a flow waiting for
+        // it; otherwise the entry is stale and goes.
+        if state == FlowState::Closed
+            || (flags & tcp_flags::SYN != 0 && state != FlowState::SynSent && f.proto == 6)
+        {
+            drop(g);
+            drop(rg);
+            if flags & tcp_flags::SYN != 0 {
+                self.remove(&fkey);
+            }
+            return None;
+        }
         f.saw(now, flags, true);
         Some(Hit::from(f))
     }
@@ -483,6 +497,31 @@ mod tests {
         ct.forward(&k, 1, tcp_flags::RST);
         ct.forward(&k, 2, tcp_flags::SYN);
         assert_eq!(ct.list(2)[0].state, "syn_sent");
+    }
+
+    #[test]
+    fn a_closed_flows_tuple_reused_directly_is_not_translated() {
+        let ct = Conntrack::new(16);
+        let f = flow("10.244.1.10:40000", "10.244.2.7:8080", 6, 0);
+        let (fk, rk) = (f.forward_key(), f.reply_key());
+        ct.insert(f);
+        ct.reply(&rk, 0, tcp_flags::SYN | tcp_flags::ACK);
+        ct.forward(&fk, 1, tcp_flags::RST);
+        // A direct connection on the same ports: its SYN-ACK is the backend's own.
+        assert!(ct.reply(&rk, 2, tcp_flags::SYN | tcp_flags::ACK).is_none());
+        assert!(ct.is_empty(), "the stale entry is gone");
+        // Likewise after a FIN (TIME_WAIT): a new SYN-ACK is not the closing flow's.
+        let f = flow("10.244.1.10:40001", "10.244.2.7:8080", 6, 0);
+        let (fk, rk) = (f.forward_key(), f.reply_key());
+        ct.insert(f);
+        ct.reply(&rk, 0, tcp_flags::SYN | tcp_flags::ACK);
+        ct.forward(&fk, 1, tcp_flags::FIN | tcp_flags::ACK);
+        assert!(
+            ct.reply(&rk, 2, tcp_flags::ACK).is_some(),
+            "the closing flow's own ACK"
+        );
+        assert!(ct.reply(&rk, 3, tcp_flags::SYN | tcp_flags::ACK).is_none());
+        assert!(ct.is_empty());
     }
 
     #[test]
