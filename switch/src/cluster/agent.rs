@@ -38,7 +38,7 @@ use ipnet::Ipv4Net;
 
 use super::flannel::{self, Candidate, Lease, LeaseAttrs, NetworkConfig};
 use super::{ClusterSpec, ClusterStatus, Memory};
-use crate::node::{Mac, Node, NodeSpec, PeerChange, PeerSource, ServiceSpec};
+use crate::node::{Mac, Node, NodeError, NodeSpec, PeerSource, ServiceSpec};
 
 /// How long one call to etcd may take before it counts as a failure.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -130,6 +130,44 @@ async fn on_node<T: Send + 'static>(
         .await
         .map_err(|e| ClusterError::Internal(e.to_string()))
 }
+
+/// Makes the node's items from etcd (peers, services) exactly `wanted` (by key), off the
+/// runtime: the node's current ones (`current`, by name) that no wanted item names
+/// (`name_of`) are removed, then every wanted one is applied. Returns the names removed and
+/// each key's outcome (a refusal as text).
+async fn sync_node<T: Send + 'static>(
+    node: &Arc<Node>,
+    wanted: Vec<(String, T)>,
+    current: fn(&Node) -> Vec<String>,
+    name_of: fn(&T) -> String,
+    remove: fn(&Node, &str) -> Result<(), NodeError>,
+    apply: fn(&Node, &T) -> Result<(), NodeError>,
+) -> Result<SyncOutcome, ClusterError> {
+    on_node(node, move |n| {
+        let names: Vec<String> = wanted.iter().map(|(_, t)| name_of(t)).collect();
+        let mut removed = Vec::new();
+        for name in current(n) {
+            if !names.contains(&name) {
+                match remove(n, &name) {
+                    Ok(()) => removed.push(name),
+                    Err(e) => tracing::warn!(name = %name, "removing what vanished from etcd: {e}"),
+                }
+            }
+        }
+        let applied = wanted
+            .into_iter()
+            .map(|(key, t)| {
+                let r = apply(n, &t).map_err(|e| e.to_string());
+                (key, r)
+            })
+            .collect();
+        (removed, applied)
+    })
+    .await
+}
+
+/// What [`sync_node`] did: the names removed, and each wanted key's outcome.
+type SyncOutcome = (Vec<String>, Vec<(String, Result<(), String>)>);
 
 impl Acquired {
     /// Makes `spec` the node this lease describes: its pod CIDR, VNI and port. A VNI or port
@@ -684,34 +722,24 @@ impl Agent {
             }
             wanted.push((key, l));
         }
-        let node2 = Arc::clone(node);
-        let results = tokio::task::spawn_blocking(move || {
-            let names: Vec<String> = wanted
-                .iter()
-                .map(|(_, l)| Lease::peer_name(l.lease.subnet))
-                .collect();
-            let mut removed = Vec::new();
-            for p in node2.peers() {
-                if p.source == PeerSource::Etcd && !names.contains(&p.spec.name) {
-                    match node2.remove_peer(&p.spec.name) {
-                        Ok(()) => removed.push(p.spec.name),
-                        Err(e) => tracing::warn!(peer = %p.spec.name, "removing a vanished lease's peer: {e}"),
-                    }
-                }
-            }
-            let applied: Vec<(String, Result<PeerChange, String>)> = wanted
-                .into_iter()
-                .map(|(key, l)| {
-                    let r = node2
-                        .apply_etcd_peer(&l.lease.to_peer_spec(), (l.etcd_lease != 0).then_some(l.etcd_lease))
-                        .map_err(|e| e.to_string());
-                    (key, r)
-                })
-                .collect();
-            (removed, applied)
-        })
-        .await;
-        let (removed, applied) = results.map_err(|e| ClusterError::Internal(e.to_string()))?;
+        let (removed, applied) = sync_node(
+            node,
+            wanted,
+            |n| {
+                n.peers()
+                    .into_iter()
+                    .filter(|p| p.source == PeerSource::Etcd)
+                    .map(|p| p.spec.name)
+                    .collect()
+            },
+            |l: &Listed| Lease::peer_name(l.lease.subnet),
+            |n, name| n.remove_peer(name).map(|_| ()),
+            |n, l| {
+                let id = (l.etcd_lease != 0).then_some(l.etcd_lease);
+                n.apply_etcd_peer(&l.lease.to_peer_spec(), id).map(|_| ())
+            },
+        )
+        .await?;
         if !removed.is_empty() {
             tracing::info!(peers = ?removed, "peers removed: their leases are gone from etcd");
         }
@@ -754,30 +782,15 @@ impl Agent {
             }
         }
         self.svc_skipped.retain(|k, _| seen.contains(k));
-        let node2 = Arc::clone(node);
-        let results = tokio::task::spawn_blocking(move || {
-            let mut removed = Vec::new();
-            for name in node2.etcd_services() {
-                if !wanted.iter().any(|(_, s)| s.name == name) {
-                    match node2.del_etcd_service(&name) {
-                        Ok(_) => removed.push(name),
-                        Err(e) => {
-                            tracing::warn!(service = %name, "removing a vanished service: {e}")
-                        }
-                    }
-                }
-            }
-            let applied: Vec<(String, Result<PeerChange, String>)> = wanted
-                .into_iter()
-                .map(|(key, spec)| {
-                    let r = node2.apply_etcd_service(&spec).map_err(|e| e.to_string());
-                    (key, r)
-                })
-                .collect();
-            (removed, applied)
-        })
-        .await;
-        let (removed, applied) = results.map_err(|e| ClusterError::Internal(e.to_string()))?;
+        let (removed, applied) = sync_node(
+            node,
+            wanted,
+            |n| n.etcd_services(),
+            |spec: &ServiceSpec| spec.name.clone(),
+            |n, name| n.del_etcd_service(name).map(|_| ()),
+            |n, spec| n.apply_etcd_service(spec).map(|_| ()),
+        )
+        .await?;
         if !removed.is_empty() {
             tracing::info!(services = ?removed, "services removed: their keys are gone from etcd");
         }
