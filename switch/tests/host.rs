@@ -16,27 +16,12 @@ use podswitch::testutil::{root_or_skip, unique, wait_for};
 
 const OUTSIDE: &str = "198.51.100.1";
 
-/// An HTTP server answering every GET with the client's address as seen by the server.
-const ECHO_SERVER: &str = r#"
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        b = self.client_address[0].encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(b)))
-        self.end_headers()
-        self.wfile.write(b)
-    def log_message(self, *a):
-        pass
-http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
-"#;
-
-/// An echo server in `ns` on `ip:port`; killed on drop.
+/// A server in `ns` on `ip:port` ([`WHO_SERVER`] unless spawned otherwise); killed on drop.
 struct Server(Child);
 
 impl Server {
     fn start(ns: &str, ip: &str, port: u16) -> Self {
-        spawn_in(ns, ECHO_SERVER, ip, port, false)
+        spawn_in(ns, WHO_SERVER, ip, port, false)
     }
 }
 
@@ -47,8 +32,15 @@ impl Drop for Server {
     }
 }
 
-/// The address the server at `ip:port` saw, fetched from `ns` (None: no answer).
+/// The address the server at `ip:port` saw as the client's, fetched from `ns` (None: no
+/// answer).
 fn seen_from(ns: &str, ip: &str, port: u16) -> Option<String> {
+    let body = answer_from(ns, ip, port)?;
+    body.split_once(' ').map(|(_, client)| client.to_string())
+}
+
+/// The whole answer of the server at `ip:port` (`<server> <client>`), fetched from `ns`.
+fn answer_from(ns: &str, ip: &str, port: u16) -> Option<String> {
     let url = format!("http://{ip}:{port}/");
     let out = run(&[
         "ip",
@@ -345,23 +337,10 @@ fn services_spread_flows_over_backends_across_nodes_with_hairpin_udp_and_reject(
         site.nodes[0].pod_ns[0].clone(),
         site.nodes[1].pod_ns[0].clone(),
     );
-    let _b1 = spawn_in(&pod1, WHO_SERVER, "10.244.1.10", 8080, false);
-    let _b2 = spawn_in(&pod2, WHO_SERVER, "10.244.2.10", 8080, false);
+    let _b1 = Server::start(&pod1, "10.244.1.10", 8080);
+    let _b2 = Server::start(&pod2, "10.244.2.10", 8080);
     let _u2 = spawn_in(&pod2, UDP_ECHO, "10.244.2.10", 5353, true);
-    let ctl = |args: &[&str]| {
-        let out = Command::new(common::BIN)
-            .args(args)
-            .arg("--control")
-            .arg(&n1.control)
-            .output()
-            .expect("podswitch");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let ctl = |args: &[&str]| n1.ctl(args);
     // One backend on the client's own node (the client itself: hairpin), one across.
     ctl(&[
         "service",
@@ -404,7 +383,7 @@ fn services_spread_flows_over_backends_across_nodes_with_hairpin_udp_and_reject(
 
     let mut per_backend = std::collections::BTreeMap::new();
     for _ in 0..60 {
-        let body = seen_from(&pod1, "10.96.0.10", 80).expect("an answer through the VIP");
+        let body = answer_from(&pod1, "10.96.0.10", 80).expect("an answer through the VIP");
         let (backend, client) = body.split_once(' ').expect("two words");
         // Across nodes the backend sees the client's own address; the client's own server
         // (hairpin) sees the gateway's.
@@ -421,7 +400,7 @@ fn services_spread_flows_over_backends_across_nodes_with_hairpin_udp_and_reject(
         "both backends answer: {per_backend:?}"
     );
     // The node itself reaches the service too (from its gateway address, through podsw0).
-    let body = seen_from(&site.hosts[0], "10.96.0.10", 80).expect("the node through the VIP");
+    let body = answer_from(&site.hosts[0], "10.96.0.10", 80).expect("the node through the VIP");
     assert!(body.ends_with(" 10.244.1.1"), "{body}");
     let list = ctl(&["service", "list"]);
     assert!(
@@ -547,17 +526,7 @@ fn three_hundred_connections_over_three_backends_and_a_backend_removed_under_loa
             args.push("--backend");
             args.push(b);
         }
-        let out = Command::new(common::BIN)
-            .args(&args)
-            .arg("--control")
-            .arg(&n1.control)
-            .output()
-            .expect("podswitch");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        n1.ctl(&args);
     };
     add(&["10.244.1.11:9000", "10.244.2.10:9000", "10.244.2.11:9000"]);
     let marker = site.dir.join("remove-done");

@@ -945,55 +945,30 @@ impl Agent {
                     Ok(None) => return self.etcd_err("keeping the lease alive")("stream closed".into()),
                     Err(e) => return self.etcd_err("keeping the lease alive")(e.to_string()),
                 },
-                msg = watch.message() => match msg {
-                    Ok(Some(resp)) => {
-                        if resp.canceled() {
-                            return ClusterError::WatchCancelled {
-                                prefix,
-                                reason: if resp.compact_revision() > 0 {
-                                    format!("revision compacted up to {}", resp.compact_revision())
-                                } else {
-                                    resp.cancel_reason().to_string()
-                                },
-                            };
-                        }
-                        for event in resp.events() {
-                            let Some(kv) = event.kv() else { continue };
-                            let key = String::from_utf8_lossy(kv.key()).into_owned();
-                            let put = event.event_type() == EventType::Put;
-                            if let Err(e) = self.on_event(client, node, &key, put.then(|| (kv.value(), kv.lease()))).await {
-                                return e;
-                            }
+                msg = watch.message() => {
+                    let events = match self.watched(msg, &prefix, "watching the subnets") {
+                        Ok(events) => events,
+                        Err(e) => return e,
+                    };
+                    for ev in events {
+                        let put = ev.value.as_deref().map(|v| (v, ev.lease));
+                        if let Err(e) = self.on_event(client, node, &ev.key, put).await {
+                            return e;
                         }
                     }
-                    Ok(None) => return self.etcd_err("watching the subnets")("stream closed".into()),
-                    Err(e) => return self.etcd_err("watching the subnets")(e.to_string()),
-                },
-                msg = svc_watch.message() => match msg {
-                    Ok(Some(resp)) => {
-                        if resp.canceled() {
-                            return ClusterError::WatchCancelled {
-                                prefix: svc_prefix,
-                                reason: if resp.compact_revision() > 0 {
-                                    format!("revision compacted up to {}", resp.compact_revision())
-                                } else {
-                                    resp.cancel_reason().to_string()
-                                },
-                            };
-                        }
-                        for event in resp.events() {
-                            let Some(kv) = event.kv() else { continue };
-                            let key = String::from_utf8_lossy(kv.key()).into_owned();
-                            let put = event.event_type() == EventType::Put;
-                            let value = put.then(|| kv.value());
-                            if let Err(e) = self.on_service_event(client, node, &key, value, kv.mod_revision()).await {
-                                return e;
-                            }
+                }
+                msg = svc_watch.message() => {
+                    let events = match self.watched(msg, &svc_prefix, "watching the services") {
+                        Ok(events) => events,
+                        Err(e) => return e,
+                    };
+                    for ev in events {
+                        let value = ev.value.as_deref();
+                        if let Err(e) = self.on_service_event(client, node, &ev.key, value, ev.mod_revision).await {
+                            return e;
                         }
                     }
-                    Ok(None) => return self.etcd_err("watching the services")("stream closed".into()),
-                    Err(e) => return self.etcd_err("watching the services")(e.to_string()),
-                },
+                }
             }
         }
     }
@@ -1096,6 +1071,55 @@ fn parse_service(prefix: &str, key: &str, value: &[u8]) -> Result<ServiceSpec, S
         ));
     }
     Ok(spec)
+}
+
+/// A watch event, owned: the key, the new value (`None`: deleted), its etcd lease and
+/// modification revision.
+struct Watched {
+    key: String,
+    value: Option<Vec<u8>>,
+    lease: i64,
+    mod_revision: i64,
+}
+
+impl Agent {
+    /// The events of one watch message on `prefix`, or why the watch ended (`what`: the
+    /// call, for the error).
+    fn watched(
+        &self,
+        msg: Result<Option<etcd_client::WatchResponse>, etcd_client::Error>,
+        prefix: &str,
+        what: &'static str,
+    ) -> Result<Vec<Watched>, ClusterError> {
+        let resp = match msg {
+            Ok(Some(resp)) => resp,
+            Ok(None) => return Err(self.etcd_err(what)("stream closed".into())),
+            Err(e) => return Err(self.etcd_err(what)(e.to_string())),
+        };
+        if resp.canceled() {
+            return Err(ClusterError::WatchCancelled {
+                prefix: prefix.to_string(),
+                reason: if resp.compact_revision() > 0 {
+                    format!("revision compacted up to {}", resp.compact_revision())
+                } else {
+                    resp.cancel_reason().to_string()
+                },
+            });
+        }
+        Ok(resp
+            .events()
+            .iter()
+            .filter_map(|event| {
+                let kv = event.kv()?;
+                Some(Watched {
+                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                    value: (event.event_type() == EventType::Put).then(|| kv.value().to_vec()),
+                    lease: kv.lease(),
+                    mod_revision: kv.mod_revision(),
+                })
+            })
+            .collect())
+    }
 }
 
 /// A listed lease with its etcd metadata.

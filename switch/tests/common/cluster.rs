@@ -688,6 +688,23 @@ impl Node {
         }
     }
 
+    /// Runs the `podswitch` client with `args` against this node; its output (panics if the
+    /// command fails).
+    pub(crate) fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--control")
+            .arg(&self.control)
+            .output()
+            .expect("podswitch client");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `podswitch status` as the user reads it.
     pub(crate) fn status_text(&self) -> String {
         let out = Command::new(BIN)
