@@ -471,37 +471,56 @@ pub enum ControlError {
 /// Why no default control socket could be chosen ([`find_socket`]).
 #[derive(Debug, thiserror::Error)]
 pub enum FindSocketError {
-    /// No socket in the directory: no node runs here.
-    #[error("no control socket in {dir}: is `podswitch run` running?")]
+    /// No live socket in the directory or its subdirectories: no node runs here.
+    #[error("no podswitch node answers on a control socket in {dir} (or a directory in it): is `podswitch run` running?")]
     NoSocket {
         /// The directory looked in.
         dir: String,
     },
-    /// Several sockets: which node is meant must be said.
-    #[error("{} nodes run here ({}); say which control socket", .found.len(), .found.join(", "))]
+    /// Several live sockets: which node is meant must be said.
+    #[error("{} nodes run here; say which with --control (or PODSWITCH_CONTROL): {}", .found.len(), .found.join(", "))]
     Many {
-        /// The sockets found.
+        /// The live sockets found.
         found: Vec<String>,
     },
 }
 
-/// The control socket a client talks to: `given` if any, else the only `*.sock` in the
-/// directory of the default sockets (`/run/podswitch`, see
-/// [`NodeSpec::control_path`](crate::node::NodeSpec::control_path)). The one rule of the CLI
-/// and the CNI plugin.
+/// The control sockets of the nodes running on this machine: every `*.sock` in the directory
+/// of the default sockets (`/run/podswitch`, see
+/// [`NodeSpec::control_path`](crate::node::NodeSpec::control_path)) and in the directories
+/// directly inside it (a lab's, `/run/podswitch/<lab>/`) that a node listens on (a socket file
+/// left by a killed daemon refuses the connection and is skipped). Sorted.
+pub fn running_sockets() -> Vec<PathBuf> {
+    running_sockets_in(Path::new(crate::node::spec::CONTROL_DIR))
+}
+
+fn running_sockets_in(dir: &Path) -> Vec<PathBuf> {
+    let entries = |d: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(d)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let top = entries(dir);
+    let nested = top.iter().filter(|p| p.is_dir()).flat_map(|d| entries(d));
+    let mut live: Vec<PathBuf> = top
+        .iter()
+        .cloned()
+        .chain(nested)
+        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+        .filter(|p| std::os::unix::net::UnixStream::connect(p).is_ok())
+        .collect();
+    live.sort();
+    live
+}
+
+/// The control socket a client talks to: `given` if any, else the only running node's
+/// ([`running_sockets`]). The one rule of the CLI and the CNI plugin.
 pub fn find_socket(given: Option<PathBuf>) -> Result<PathBuf, FindSocketError> {
     if let Some(p) = given {
         return Ok(p);
     }
     let dir = Path::new(crate::node::spec::CONTROL_DIR);
-    let mut socks: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut socks = running_sockets_in(dir);
     match socks.len() {
         1 => Ok(socks.remove(0)),
         0 => Err(FindSocketError::NoSocket {
@@ -638,6 +657,29 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+
+    #[test]
+    fn running_sockets_are_the_live_ones_here_and_one_directory_down() {
+        use std::os::unix::net::UnixListener;
+        let dir = TempDir::new("running");
+        let lab = dir.0.join("lab");
+        let deep = lab.join("deeper");
+        std::fs::create_dir_all(&deep).unwrap();
+        let _node = UnixListener::bind(dir.0.join("node-a.sock")).unwrap();
+        let _lab1 = UnixListener::bind(lab.join("node1.sock")).unwrap();
+        // A killed daemon's socket file: nobody listens, connecting is refused.
+        drop(UnixListener::bind(lab.join("node2.sock")).unwrap());
+        assert!(lab.join("node2.sock").exists());
+        // Two levels down, or not named *.sock: not a node's.
+        let _deep = UnixListener::bind(deep.join("node3.sock")).unwrap();
+        let _other = UnixListener::bind(dir.0.join("other.socket")).unwrap();
+        std::fs::write(dir.0.join("fake.sock"), b"not a socket").unwrap();
+        assert_eq!(
+            running_sockets_in(&dir.0),
+            vec![dir.0.join("lab/node1.sock"), dir.0.join("node-a.sock")]
+        );
+        assert!(running_sockets_in(&dir.0.join("missing")).is_empty());
     }
 
     fn web(name: &str, mac: Option<crate::node::Mac>) -> PodSpec {

@@ -367,7 +367,7 @@ impl Lab {
         } else {
             (1..=self.nodes).map(Self::pod_cidr).collect()
         };
-        Ok(self.describe(&cidrs))
+        Ok(self.describe(&cidrs, &command_name(exe)))
     }
 
     /// Creates namespace `ns` (`what` in errors), joins it to the underlay bridge by a veth
@@ -594,8 +594,9 @@ impl Lab {
         Ok(())
     }
 
-    /// How to reach the pods; `cidrs[i - 1]` is node `i`'s pod CIDR.
-    pub(crate) fn describe(&self, cidrs: &[Ipv4Net]) -> String {
+    /// How to reach the pods; `cidrs[i - 1]` is node `i`'s pod CIDR, `cmd` how the user runs
+    /// podswitch ([`command_name`]).
+    pub(crate) fn describe(&self, cidrs: &[Ipv4Net], cmd: &str) -> String {
         let mut s = format!(
             "lab {:?}: {} nodes on underlay 192.168.77.0/24 (namespace {})\n",
             self.name,
@@ -651,11 +652,27 @@ impl Lab {
         }
         let _ = write!(
             s,
-            "podswitch pod list --control {}\n     podswitch lab down --name {}",
+            "{cmd} pod list --control {}\n     {cmd} lab down --name {}",
             self.control(1).display(),
             self.name
         );
         s
+    }
+}
+
+/// How a user runs the podswitch binary at `exe` in the hints printed for them: `podswitch`
+/// when that name on `PATH` is this binary (after `scripts/install`), else its full path (a
+/// `target/release/podswitch` started by `cargo run`).
+pub fn command_name(exe: &Path) -> String {
+    let here = std::fs::canonicalize(exe).ok();
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("podswitch"))
+            .find(|p| p.is_file())
+    });
+    match (here, on_path.and_then(|p| std::fs::canonicalize(p).ok())) {
+        (Some(a), Some(b)) if a == b => "podswitch".into(),
+        _ => exe.display().to_string(),
     }
 }
 
@@ -690,14 +707,40 @@ pub fn down(name: &str) -> Result<String, LabError> {
         .unwrap_or_default();
     // The nodes first, etcd last: nodes never wait for etcd to stop.
     pid_files.sort_by_key(|p| p.file_stem().is_some_and(|s| s == "etcd"));
+    let daemons: Vec<(PathBuf, i32)> = pid_files
+        .into_iter()
+        .filter_map(|p| {
+            let pid = std::fs::read_to_string(&p)
+                .ok()?
+                .trim()
+                .parse::<i32>()
+                .ok()?;
+            Some((p, pid))
+        })
+        .collect();
+    let prefix = format!("{name}-");
+    let lab_namespaces = || {
+        std::fs::read_dir(crate::netns::NETNS_RUN_DIR)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    // What users started in the lab's namespaces (an `iperf3 -s -D`, a web server) would keep
+    // those namespaces alive, nameless, after they are deleted: stopped first (the daemons
+    // remove the pods' namespaces as they stop).
+    let daemon_pids: Vec<i32> = daemons.iter().map(|(_, pid)| *pid).collect();
+    let strays = processes_in(&lab_namespaces(), &daemon_pids);
+    for (pid, _) in &strays {
+        stop_process(*pid);
+    }
     let (mut stopped, mut etcd) = (0, false);
-    for p in &pid_files {
-        let Some(pid) = std::fs::read_to_string(p)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for (p, pid) in &daemons {
+        let pid = *pid;
         if stop_process(pid) {
             if p.file_stem().is_some_and(|s| s == "etcd") {
                 etcd = true;
@@ -706,18 +749,12 @@ pub fn down(name: &str) -> Result<String, LabError> {
             }
         }
     }
-    let prefix = format!("{name}-");
     let mut problems = Vec::new();
     let mut removed = 0;
-    if let Ok(entries) = std::fs::read_dir(crate::netns::NETNS_RUN_DIR) {
-        for e in entries.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with(&prefix) {
-                match NetNs::named(&n).and_then(|ns| ns.delete()) {
-                    Ok(()) => removed += 1,
-                    Err(e) => problems.push(e.to_string()),
-                }
-            }
+    for n in lab_namespaces() {
+        match NetNs::named(&n).and_then(|ns| ns.delete()) {
+            Ok(()) => removed += 1,
+            Err(e) => problems.push(e.to_string()),
         }
     }
     match std::fs::remove_dir_all(&dir) {
@@ -727,8 +764,21 @@ pub fn down(name: &str) -> Result<String, LabError> {
     }
     if problems.is_empty() {
         let etcd = if etcd { " and etcd" } else { "" };
+        let strays = if strays.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<String> = strays
+                .iter()
+                .map(|(pid, c)| format!("{c} ({pid})"))
+                .collect();
+            format!(
+                ", stopped {} processes left in its namespaces: {}",
+                strays.len(),
+                names.join(", ")
+            )
+        };
         Ok(format!(
-            "lab {name:?}: stopped {stopped} nodes{etcd}, removed {removed} namespaces"
+            "lab {name:?}: stopped {stopped} nodes{etcd}, removed {removed} namespaces{strays}"
         ))
     } else {
         Err(LabError::Step {
@@ -737,6 +787,35 @@ pub fn down(name: &str) -> Result<String, LabError> {
             message: problems.join("; "),
         })
     }
+}
+
+/// The processes (pid, command name) whose network namespace is one of the named
+/// `namespaces`, but for `except`.
+fn processes_in(namespaces: &[String], except: &[i32]) -> Vec<(i32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let ids: Vec<(u64, u64)> = namespaces
+        .iter()
+        .filter_map(|n| NetNs::named(n).ok())
+        .filter_map(|ns| std::fs::metadata(ns.path()).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id() as i32;
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me && !except.contains(pid))
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|m| ids.contains(&(m.dev(), m.ino())))
+        })
+        .map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (pid, comm.trim().to_string())
+        })
+        .collect()
 }
 
 /// SIGTERM, wait up to 10 s, then SIGKILL. Returns whether the process existed.

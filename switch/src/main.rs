@@ -36,7 +36,7 @@ enum Command {
     Pod {
         #[command(subcommand)]
         op: PodOp,
-        /// Control socket of the node (default: the only one in /run/podswitch).
+        /// Control socket of the node (default: the only running node's, found in /run/podswitch).
         #[arg(long, env = "PODSWITCH_CONTROL", global = true)]
         control: Option<PathBuf>,
     },
@@ -50,7 +50,7 @@ enum Command {
     Peer {
         #[command(subcommand)]
         op: PeerOp,
-        /// Control socket of the node (default: the only one in /run/podswitch).
+        /// Control socket of the node (default: the only running node's, found in /run/podswitch).
         #[arg(long, env = "PODSWITCH_CONTROL", global = true)]
         control: Option<PathBuf>,
     },
@@ -58,7 +58,7 @@ enum Command {
     Service {
         #[command(subcommand)]
         op: ServiceOp,
-        /// Control socket of the node (default: the only one in /run/podswitch).
+        /// Control socket of the node (default: the only running node's, found in /run/podswitch).
         #[arg(long, env = "PODSWITCH_CONTROL", global = true)]
         control: Option<PathBuf>,
     },
@@ -74,6 +74,9 @@ enum Command {
         #[command(subcommand)]
         op: LabOp,
     },
+    /// List the nodes running on this machine (their control sockets, in /run/podswitch and
+    /// the labs' directories inside it): the `--control` to give when there are several.
+    Nodes,
     /// Show a running node's counters.
     Status {
         /// Control socket of the node.
@@ -210,6 +213,10 @@ fn main() -> ExitCode {
         Command::Lab { op } => lab(op),
         Command::Fdb { control } => client(control, &Request::Fdb),
         Command::Status { control } => client(control, &Request::Status),
+        Command::Nodes => {
+            list_nodes();
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -382,6 +389,14 @@ async fn start_node(
         let restored = node.restore_attachments(state_path);
         tracing::info!(node = %node.name(), pod_cidr = %node.pod_cidr(), pods = cfg.pods.len(), restored = restored.len(), control = %cfg.node.control_path().display(), "node up");
         let gw = node.gateway();
+        let cmd = std::env::current_exe()
+            .map(|exe| podswitch::lab::command_name(&exe))
+            .unwrap_or_else(|_| "podswitch".into());
+        println!(
+            "node {} up; try: {cmd} pod list --control {}",
+            node.name(),
+            cfg.node.control_path().display()
+        );
         // The node's view: a pod given without ip shows the address it got.
         for p in cfg.pods.iter().filter_map(|p| node.pod(&p.name)) {
             let s = &p.spec;
@@ -443,18 +458,35 @@ fn enter_netns(name: &str) -> Result<(), String> {
         .map_err(|e| format!("node.netns {name:?}: setns: {e}"))
 }
 
-/// Finds the control socket: the flag, else the only socket in /run/podswitch.
+/// Finds the control socket: the flag, else the only running node's.
 fn control_path(given: Option<PathBuf>) -> Result<PathBuf, String> {
-    control::find_socket(given).map_err(|e| match e {
-        control::FindSocketError::NoSocket { .. } => format!("{e} (or pass --control)"),
-        control::FindSocketError::Many { found } => {
-            format!(
-                "{} nodes run here ({}); pass --control",
-                found.len(),
-                found.join(", ")
-            )
-        }
-    })
+    control::find_socket(given).map_err(|e| e.to_string())
+}
+
+/// `podswitch nodes`: one line per running node, with the `--control` that reaches it.
+fn list_nodes() {
+    let socks = control::running_sockets();
+    if socks.is_empty() {
+        println!("no podswitch node runs here (no live control socket in /run/podswitch)");
+        return;
+    }
+    println!("{:<20} {:>5} {:>6}  CONTROL", "NODE", "PODS", "PEERS");
+    for path in socks {
+        let ask = |req| control::call(&path, &req, Duration::from_secs(2));
+        let (node, pods) = match ask(Request::Status) {
+            Ok(Response::Status { node, pods, .. }) => (node, pods.to_string()),
+            Ok(Response::Error { message, .. }) => (format!("({message})"), "-".into()),
+            Ok(_) | Err(_) => ("(not answering)".into(), "-".into()),
+        };
+        let peers = match ask(Request::PeerList) {
+            Ok(Response::Peers(p)) => p.len().to_string(),
+            _ => "-".into(),
+        };
+        println!(
+            "{node:<20} {pods:>5} {peers:>6}  --control {}",
+            path.display()
+        );
+    }
 }
 
 fn client(control: Option<PathBuf>, req: &Request) -> Result<(), String> {
@@ -470,12 +502,12 @@ fn print_response(resp: Response) -> Result<(), String> {
         Response::Pods(ps) => print_pods(&ps),
         Response::Fdb(entries) => {
             println!(
-                "{:<17}  {:>4}  {:<16} {:<7} {:>5}",
-                "MAC", "PORT", "POD", "TYPE", "AGE"
+                "{:<17}  {:>4}  {:<16} {:<7} {:>7}",
+                "MAC", "PORT", "POD", "TYPE", "AGE(s)"
             );
             for e in entries {
                 println!(
-                    "{:<17}  {:>4}  {:<16} {:<7} {:>5}",
+                    "{:<17}  {:>4}  {:<16} {:<7} {:>7}",
                     e.mac.to_string(),
                     e.port,
                     e.port_name.as_deref().unwrap_or("-"),

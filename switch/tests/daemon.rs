@@ -451,7 +451,45 @@ fn lab_builds_a_two_node_cluster_and_tears_it_down() {
         String::from_utf8_lossy(&overlap.stderr)
     );
     assert!(ping_from(&n1p1, "10.244.2.10"), "node 2 reachable again");
-    let _ = n1p2;
+
+    // `podswitch nodes` names each running node with the --control that reaches it.
+    let nodes = stdout(&run(&[BIN, "nodes"]));
+    for i in 1..=2 {
+        assert!(
+            nodes
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}-node{i} "))
+                    && l.contains(&format!("--control /run/podswitch/{name}/node{i}.sock"))),
+            "nodes lists node {i}: {nodes}"
+        );
+    }
+
+    // A server left running in a pod (as a README walk-through leaves `iperf3 -s -D`) is
+    // stopped by `lab down`, not left holding a nameless namespace.
+    let pidfile = std::env::temp_dir().join(format!("{name}-iperf3.pid"));
+    let daemon = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &n1p2,
+        "iperf3",
+        "-s",
+        "-D",
+        "-p",
+        "5301",
+        "--pidfile",
+        &pidfile.display().to_string(),
+    ]);
+    assert!(daemon.status.success(), "iperf3 -s -D: {}", stderr(&daemon));
+    let mut stray_pid = None;
+    wait_for("iperf3 pid file", || {
+        stray_pid = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().trim_end_matches('\0').parse::<i32>().ok());
+        stray_pid.is_some()
+    });
+    let stray_pid = stray_pid.unwrap_or_default();
+    assert!(Path::new(&format!("/proc/{stray_pid}")).exists());
 
     let down = Command::new(BIN)
         .args(["lab", "down", "--name", &name])
@@ -472,6 +510,15 @@ fn lab_builds_a_two_node_cluster_and_tears_it_down() {
         !Path::new(&format!("/run/podswitch/{name}")).exists(),
         "lab state left behind"
     );
+    assert!(
+        stdout(&down).contains(&format!("iperf3 ({stray_pid})")),
+        "lab down says what it stopped: {}",
+        stdout(&down)
+    );
+    wait_for("the stray iperf3 to be reaped", || {
+        !Path::new(&format!("/proc/{stray_pid}")).exists()
+    });
+    let _ = std::fs::remove_file(&pidfile);
     drop(guard);
 }
 
