@@ -181,7 +181,7 @@ fn daemon_runs_pods_serves_control_and_cleans_up_on_sigterm() {
     assert!(!netns_list().contains("dupns"));
     let fdb = stdout(&d.ctl(&["fdb"]));
     assert!(
-        fdb.contains("02:42:0a:f4:01:0a") && fdb.contains("static"),
+        fdb.contains("02:42:0a:f4:01:0a") && fdb.contains("static") && fdb.contains("AGE(s)"),
         "fdb: {fdb}"
     );
     let del = d.ctl(&["pod", "del", "--name", "extra"]);
@@ -209,6 +209,13 @@ fn daemon_runs_pods_serves_control_and_cleans_up_on_sigterm() {
         "namespaces left behind: {left}"
     );
     assert!(!control.exists(), "control socket left behind");
+    // The log (a pipe here, not a terminal) is plain text with one line per change and why.
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains('\x1b'), "terminal escapes in a log that is not a terminal: {log}");
+    let line = |words: &[&str]| log.lines().any(|l| words.iter().all(|w| l.contains(w)));
+    assert!(line(&["pod added", "pod=extra", "ip=10.244.1.12"]), "{log}");
+    assert!(line(&["pod removed", "pod=\"extra\"", "why=\"pod del\""]), "{log}");
+    assert!(line(&["pod removed", "pod=\"web\"", "why=\"the node stops\""]), "{log}");
 }
 
 #[test]

@@ -733,7 +733,10 @@ impl Agent {
                     .collect()
             },
             |l: &Listed| Lease::peer_name(l.lease.subnet),
-            |n, name| n.remove_peer(name).map(|_| ()),
+            |n, name| {
+                n.remove_peer(name, "its lease is no longer in etcd (found on a re-list)")
+                    .map(|_| ())
+            },
             |n, l| {
                 let id = (l.etcd_lease != 0).then_some(l.etcd_lease);
                 n.apply_etcd_peer(&l.lease.to_peer_spec(), id).map(|_| ())
@@ -1000,7 +1003,9 @@ impl Agent {
                 self.skipped.remove(key);
                 let removed = on_node(node, move |n| {
                     // The node logs the removal.
-                    n.etcd_peers(&name).1.then(|| n.remove_peer(&name))
+                    n.etcd_peers(&name)
+                        .1
+                        .then(|| n.remove_peer(&name, "its lease was deleted or expired in etcd"))
                 })
                 .await?;
                 if let Some(Err(e)) = removed {
@@ -1035,7 +1040,7 @@ impl Agent {
                     // A lease that became unusable no longer describes a peer.
                     on_node(node, move |n| {
                         if n.etcd_peers(&name).1 {
-                            let _ = n.remove_peer(&name);
+                            let _ = n.remove_peer(&name, "its lease in etcd became unusable");
                         }
                     })
                     .await?;

@@ -599,7 +599,7 @@ impl Node {
     /// its namespace if the switch created it (an adopted namespace stays).
     pub fn del_pod(&self, name: &str) -> Result<(), NodeError> {
         let mut pods = lock(&self.pods);
-        self.remove_pod(&mut pods, name, true)
+        self.remove_pod(&mut pods, name, true, "pod del")
     }
 
     /// Removes the pod attached as `ifname` of container `container_id` (CNI DEL, which knows
@@ -616,16 +616,17 @@ impl Node {
                 container_id: container_id.into(),
                 ifname: ifname.into(),
             })?;
-        self.remove_pod(&mut pods, &name, true)
+        self.remove_pod(&mut pods, &name, true, "CNI DEL of its container")
     }
 
     /// Removes pod `name` under the pod lock; `forget`: also from the state file (a shutdown
-    /// keeps it there, to re-attach the pod on the next start).
+    /// keeps it there, to re-attach the pod on the next start). `why` goes in the log line.
     fn remove_pod(
         &self,
         pods: &mut BTreeMap<String, PodRecord>,
         name: &str,
         forget: bool,
+        why: &str,
     ) -> Result<(), NodeError> {
         let rec = pods
             .remove(name)
@@ -643,7 +644,7 @@ impl Node {
                 source,
             })?;
         }
-        tracing::info!(pod = name, "pod removed");
+        tracing::info!(pod = name, why, "pod removed");
         Ok(())
     }
 
@@ -659,7 +660,7 @@ impl Node {
         let mut recorded = false;
         for name in &gone {
             if let Some(rec) = pods.remove(name) {
-                tracing::warn!(pod = %name, netns = %rec.netns.name(), "pod's network went away (namespace deleted?); port removed");
+                tracing::warn!(pod = %name, netns = %rec.netns.name(), why = "its TAP closed under the switch (namespace deleted from outside?)", "pod removed");
                 recorded |= rec.recorded;
                 if rec.created_netns && rec.netns.exists() {
                     let _ = rec.netns.delete();
@@ -864,16 +865,16 @@ impl Node {
                 format!("{name:?} is learnt from etcd: delete its lease there instead"),
             )));
         }
-        self.remove_peer(name)
+        self.remove_peer(name, "peer del")
     }
 
     /// Removes a peer node and its route, whatever its source.
-    pub(crate) fn remove_peer(&self, name: &str) -> Result<(), NodeError> {
+    pub(crate) fn remove_peer(&self, name: &str, why: &str) -> Result<(), NodeError> {
         let mut peers = lock(&self.peers);
         let removed = self.switch.remove_peer(name).map_err(NodeError::Peer)?;
         self.host_route(removed.pod_cidr, false);
         peers.retain(|p| p.spec.name != name);
-        tracing::info!(peer = %name, "peer removed");
+        tracing::info!(peer = %name, why, "peer removed");
         Ok(())
     }
 
@@ -921,7 +922,7 @@ impl Node {
         let mut pods = lock(&self.pods);
         let names: Vec<String> = pods.keys().cloned().collect();
         for name in names {
-            if let Err(e) = self.remove_pod(&mut pods, &name, false) {
+            if let Err(e) = self.remove_pod(&mut pods, &name, false, "the node stops") {
                 tracing::warn!(pod = %name, "shutdown: {e}");
             }
         }
