@@ -23,6 +23,9 @@
 //! - every request line gets exactly one response line, also a malformed one
 //!   ([`Response::Error`], the connection stays open); blank lines are ignored; a line longer
 //!   than `MAX_LINE` bytes gets an error response and the connection is closed;
+//! - bounded ([`Limits`]): at most 128 connections at once (one more gets an error line and is
+//!   closed at once), each closed after 30 s without a complete request, so a flood of clients
+//!   costs bounded memory and descriptors;
 //! - handlers run on tokio's blocking pool (they block on netlink work), so a slow request does
 //!   not hold up other connections;
 //! - the socket file is removed when the server stops (shutdown, error or drop), unless another
@@ -204,6 +207,26 @@ pub trait ControlHandler: Send + Sync + 'static {
 pub struct ControlSocket {
     listener: Option<std::os::unix::net::UnixListener>,
     file: SocketFile,
+    limits: Limits,
+}
+
+/// What one client, or many, may hold of the server.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Connections served at once; one more is told so and closed.
+    pub(crate) connections: usize,
+    /// A connection that sends no complete request for this long is closed.
+    pub(crate) idle: Duration,
+}
+
+impl Limits {
+    /// The daemon's: far more than the CLI, a CNI plugin and scripts use at once, few enough
+    /// that a flood of clients costs a bounded amount of memory (each holds at most a
+    /// `MAX_LINE` buffer) and blocking-pool threads.
+    pub(crate) const DEFAULT: Limits = Limits {
+        connections: 128,
+        idle: Duration::from_secs(30),
+    };
 }
 
 /// The socket file, removed on drop if it is still the one we bound.
@@ -296,7 +319,15 @@ impl ControlSocket {
         Ok(ControlSocket {
             listener: Some(listener),
             file,
+            limits: Limits::DEFAULT,
         })
+    }
+
+    /// Other limits than [`Limits::DEFAULT`].
+    #[cfg(test)]
+    pub(crate) fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The socket path.
@@ -319,15 +350,24 @@ impl ControlSocket {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .map_err(|e| io_context(e, format!("control socket {shown}")))?;
         let mut connections = tokio::task::JoinSet::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.limits.connections));
+        let idle = self.limits.idle;
         tokio::pin!(shutdown);
         tracing::info!(path = %self.path().display(), "control socket listening");
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        connections.spawn(serve_connection(stream, handler.clone()));
-                    }
+                    Ok((stream, _)) => match permits.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let handler = handler.clone();
+                            connections.spawn(async move {
+                                serve_connection(stream, handler, idle).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => refuse(&stream, self.limits.connections),
+                    },
                     Err(e) => {
                         // Out of descriptors and the like: back off instead of spinning.
                         tracing::warn!("control socket: accept: {e}");
@@ -356,19 +396,48 @@ pub(crate) async fn serve(
     ControlSocket::bind(path)?.serve(handler, shutdown).await
 }
 
-/// Serves one connection: one response line per request line.
-async fn serve_connection(stream: tokio::net::UnixStream, handler: Arc<dyn ControlHandler>) {
+/// Tells a client over the connection limit why it is closed, without waiting for it (the
+/// line fits in a new connection's empty socket buffer): no task, no descriptor kept.
+fn refuse(stream: &tokio::net::UnixStream, limit: usize) {
+    let response = Response::error(format!(
+        "the node serves {limit} control connections at once; try again later"
+    ));
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    let _ = stream.try_write(&out);
+}
+
+/// Serves one connection: one response line per request line, until EOF, an error, an
+/// overlong line or `idle` without a complete request.
+async fn serve_connection(
+    stream: tokio::net::UnixStream,
+    handler: Arc<dyn ControlHandler>,
+    idle: Duration,
+) {
     let (read, mut write) = stream.into_split();
     let mut read = tokio::io::BufReader::new(read);
     let mut line = Vec::new();
     loop {
+        // An overlong request's buffer is not kept for the connection's life.
+        if line.capacity() > 8 * 1024 {
+            line = Vec::new();
+        }
         line.clear();
         // Read at most one byte past the limit: enough to tell a long line from a full one.
         let limit = (MAX_LINE + 1) as u64;
-        let n = match (&mut read).take(limit).read_until(b'\n', &mut line).await {
-            Ok(n) => n,
-            Err(e) => {
+        let mut bounded = (&mut read).take(limit);
+        let n = match tokio::time::timeout(idle, bounded.read_until(b'\n', &mut line)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
                 tracing::debug!("control connection: read: {e}");
+                return;
+            }
+            Err(_) => {
+                let response =
+                    Response::error(format!("no request for {idle:?}; closing the connection"));
+                let mut out = serde_json::to_vec(&response).unwrap_or_default();
+                out.push(b'\n');
+                let _ = tokio::time::timeout(Duration::from_secs(1), write.write_all(&out)).await;
                 return;
             }
         };
@@ -832,7 +901,11 @@ mod tests {
 
     impl Server {
         fn start(path: &Path, handler: Arc<dyn ControlHandler>) -> Server {
-            let socket = ControlSocket::bind(path).unwrap();
+            Self::start_with(path, handler, Limits::DEFAULT)
+        }
+
+        fn start_with(path: &Path, handler: Arc<dyn ControlHandler>, limits: Limits) -> Server {
+            let socket = ControlSocket::bind(path).unwrap().with_limits(limits);
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let thread = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -1284,6 +1357,94 @@ mod tests {
         );
         line.clear();
         assert_eq!(reader.read_line(&mut line).unwrap(), 0, "{line}");
+        server.stop().unwrap();
+    }
+
+    /// The one response line a connection gets before the server closes it.
+    fn last_words(stream: &std::os::unix::net::UnixStream) -> String {
+        stream.set_read_timeout(Some(T)).unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let mut rest = String::new();
+        assert_eq!(reader.read_line(&mut rest).unwrap(), 0, "then EOF: {rest}");
+        match serde_json::from_str(&line).unwrap() {
+            Response::Error { message, .. } => message,
+            r => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn connections_over_the_limit_are_told_and_closed_and_a_freed_slot_is_reused() {
+        let dir = TempDir::new("limit");
+        let path = dir.sock();
+        let fake = Arc::new(Fake::default());
+        let limits = Limits {
+            connections: 4,
+            idle: T * 6,
+        };
+        let server = Server::start_with(&path, fake.clone(), limits);
+        let held: Vec<_> = (0..4)
+            .map(|_| {
+                let s = raw_connect(&path);
+                let r = raw_exchange(&s, &mut BufReader::new(&s), b"{\"op\":\"status\"}\n");
+                assert!(matches!(r, Response::Status { .. }), "{r:?}");
+                s
+            })
+            .collect();
+        for _ in 0..3 {
+            let extra = raw_connect(&path);
+            let message = last_words(&extra);
+            assert!(
+                message.contains("serves 4 control connections at once"),
+                "{message}"
+            );
+        }
+        // The held ones still work; one closed frees its slot.
+        let r = raw_exchange(
+            &held[0],
+            &mut BufReader::new(&held[0]),
+            b"{\"op\":\"fdb\"}\n",
+        );
+        assert!(matches!(r, Response::Fdb(_)), "{r:?}");
+        drop(held);
+        crate::testutil::wait_for("a slot to be free", || {
+            let s = raw_connect(&path);
+            s.set_read_timeout(Some(T)).unwrap();
+            let mut reader = BufReader::new(&s);
+            (&s).write_all(b"{\"op\":\"status\"}\n").unwrap();
+            let mut line = String::new();
+            reader.read_line(&mut line).is_ok()
+                && matches!(serde_json::from_str(&line), Ok(Response::Status { .. }))
+        });
+        server.stop().unwrap();
+    }
+
+    #[test]
+    fn an_idle_connection_is_told_and_closed_and_others_are_not() {
+        let dir = TempDir::new("idle");
+        let path = dir.sock();
+        let limits = Limits {
+            connections: 8,
+            idle: Duration::from_secs(1),
+        };
+        let server = Server::start_with(&path, Arc::new(Fake::default()), limits);
+        // Silent, or half a request: both are idle.
+        let silent = raw_connect(&path);
+        let partial = raw_connect(&path);
+        (&partial).write_all(b"{\"op\":").unwrap();
+        for s in [&silent, &partial] {
+            let message = last_words(s);
+            assert!(message.contains("no request for 1s"), "{message}");
+        }
+        // A busy connection is never idle.
+        let busy = raw_connect(&path);
+        let mut reader = BufReader::new(&busy);
+        for _ in 0..5 {
+            let r = raw_exchange(&busy, &mut reader, b"{\"op\":\"status\"}\n");
+            assert!(matches!(r, Response::Status { .. }), "{r:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         server.stop().unwrap();
     }
 

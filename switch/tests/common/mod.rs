@@ -62,6 +62,11 @@ impl Daemon {
         });
     }
 
+    /// The daemon's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub(crate) fn ctl(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(BIN);
         cmd.args(args).env("PODSWITCH_CONTROL", &self.control);
