@@ -339,7 +339,7 @@ fn flatten(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(),
 
 /// Starts the node: with `[cluster]`, on the subnet leased from etcd (or, when etcd does not
 /// answer at first, on the subnet remembered from the last run, leasing it once etcd is
-/// back); then its pods and the CNI attachments recorded by an earlier run.
+/// back); then its pods and the runtime pods recorded by an earlier run.
 async fn start_node(
     mut cfg: Config,
     agent: Option<Agent>,
@@ -371,20 +371,20 @@ async fn start_node(
         }
     };
     let node = tokio::task::spawn_blocking(move || -> Result<Arc<Node>, String> {
-        // The recorded CNI attachments' addresses are kept from the file's pods without ip,
+        // The recorded runtime pods' addresses are kept from the file's pods without ip,
         // so each attachment comes back below with its own.
-        let reserved = podswitch::node::recorded_addresses(&state_path);
+        let recorded = podswitch::node::Recorded::read(&state_path);
         let node = Arc::new(
             Node::start_reserving(
                 cfg.node.clone(),
                 &cfg.pods,
                 &cfg.peers,
                 &cfg.services,
-                &reserved,
+                &recorded,
             )
                 .map_err(|e| e.to_string())?,
         );
-        // CNI attachments recorded by an earlier run come back (those whose namespace is gone
+        // Runtime pods recorded by an earlier run come back (those whose namespace is gone
         // are forgotten); from here on the node keeps the record up to date.
         let restored = node.restore_attachments(state_path);
         tracing::info!(node = %node.name(), pod_cidr = %node.pod_cidr(), pods = cfg.pods.len(), restored = restored.len(), control = %cfg.node.control_path().display(), "node up");

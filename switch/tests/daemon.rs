@@ -1182,7 +1182,8 @@ fn cni_attachments_survive_a_daemon_restart() {
     let out = d.stop();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(netns_list().contains(&named));
-    assert!(std::fs::read_to_string(&state).unwrap().contains("ctr-a"));
+    let after = std::fs::read_to_string(&state).unwrap();
+    assert!(after.contains("ctr-a"), "{after}");
 
     d.restart();
     for name in ["a", "b", "f"] {
@@ -1686,4 +1687,98 @@ fn control_socket_survives_floods_of_clients_garbage_and_huge_lines() {
         ping_from(&web, "10.244.1.1"),
         "the gateway still answers pod web"
     );
+}
+
+#[test]
+fn a_killed_daemon_started_again_takes_its_pods_back_and_connections_live_on() {
+    if !root_or_skip("a_killed_daemon_started_again_takes_its_pods_back_and_connections_live_on") {
+        return;
+    }
+    use common::transfer::Transfer;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    let (web, api, extra) = (unique("kweb"), unique("kapi"), unique("kext"));
+    let dir = tempdir("psk");
+    let control = dir.join("node.sock");
+    let cfg = config(
+        "node-k",
+        &control,
+        &[("web", &web, "10.244.1.10"), ("api", &api, "10.244.1.11")],
+    );
+    let mut d = Daemon::start(
+        &cfg,
+        control.clone(),
+        dir.clone(),
+        vec![web.clone(), api.clone(), extra.clone()],
+    );
+    // A pod added at runtime, in a namespace the daemon creates.
+    let add = d.ctl(&[
+        "pod",
+        "add",
+        "--name",
+        "extra",
+        "--netns",
+        &extra,
+        "--ip",
+        "10.244.1.12",
+    ]);
+    assert!(add.status.success(), "pod add: {}", stderr(&add));
+
+    let t1 = Transfer::start(
+        &web,
+        &api,
+        SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 11), 7001),
+    );
+    let t2 = Transfer::start(
+        &extra,
+        &web,
+        SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 10), 7002),
+    );
+    for (t, what) in [(&t1, "web -> api"), (&t2, "extra -> web")] {
+        t.wait_flowing(what, 1 << 20);
+    }
+    for crash in 1..=2 {
+        d.crash();
+        d.restart();
+        for (t, what) in [(&t1, "web -> api"), (&t2, "extra -> web")] {
+            // More than a receive buffer holds (tcp_rmem's 6 MiB): new segments crossed
+            // the restarted switch.
+            t.wait_flowing(&format!("{what} after crash {crash}"), 8 << 20);
+        }
+        let pods: Vec<PodStatus> = match control_call(&d, &Request::PodList) {
+            Response::Pods(p) => p,
+            r => panic!("{r:?}"),
+        };
+        let owned: Vec<(String, bool)> = pods
+            .iter()
+            .map(|p| (p.spec.name.clone(), p.created_netns))
+            .collect();
+        assert_eq!(
+            owned,
+            [
+                ("api".to_string(), true),
+                ("extra".to_string(), true),
+                ("web".to_string(), true)
+            ],
+            "after crash {crash}: every pod back, each namespace still known as the daemon's own"
+        );
+    }
+    for (t, what) in [(t1, "web -> api"), (t2, "extra -> web")] {
+        let done = t.finish();
+        assert_eq!(done.first_bad, None, "{what}: bytes intact: {done:?}");
+        assert_eq!(
+            done.sent, done.received,
+            "{what}: every byte arrived: {done:?}"
+        );
+    }
+    // SIGTERM now removes every namespace the daemon made, before or after the crashes.
+    let out = d.stop();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = netns_list();
+    for ns in [&web, &api, &extra] {
+        assert!(!left.contains(ns.as_str()), "{ns} left behind: {left}");
+    }
 }

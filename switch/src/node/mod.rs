@@ -225,6 +225,7 @@ pub(crate) enum PeerChange {
     Unchanged,
 }
 
+#[derive(Clone)]
 struct PodRecord {
     /// As added, with the address filled in (`spec.ip` is `Some(ip)`).
     spec: PodSpec,
@@ -232,7 +233,8 @@ struct PodRecord {
     ip: Ipv4Addr,
     netns: NetNs,
     created_netns: bool,
-    /// Kept in the state file: a CNI attachment (a container ID) added at runtime.
+    /// Kept in the state file: added at runtime (a CNI attachment or `pod add`), so brought
+    /// back by the next start.
     recorded: bool,
 }
 
@@ -246,8 +248,12 @@ pub struct Node {
     peers: Mutex<Vec<PeerStatus>>,
     /// The services, by name, with where each came from (see `services.rs`).
     services: Mutex<BTreeMap<String, services::ServiceRecord>>,
-    /// The state file of runtime CNI attachments, once [`Node::restore_attachments`] set it.
+    /// The state file (pods added at runtime, namespaces created), once
+    /// [`Node::restore_attachments`] set it.
     state: OnceLock<PathBuf>,
+    /// Namespaces an earlier run of this node created and did not delete (it was killed): found
+    /// again, they are still the node's to delete.
+    created_before: std::collections::BTreeSet<String>,
     /// The host interface's name, if the node has one.
     host: Option<String>,
     /// The socket for the node's routes through it, once the interface is up.
@@ -274,21 +280,23 @@ impl Node {
     /// namespace (the node's "host" namespace). The workers are pinned among the CPUs the
     /// calling thread may run on (`NodeSpec::dataplane_cpus`).
     pub fn start(spec: NodeSpec, pods: &[PodSpec], peers: &[PeerSpec]) -> Result<Node, NodeError> {
-        Self::start_reserving(spec, pods, peers, &[], &[])
+        Self::start_reserving(spec, pods, peers, &[], &Recorded::default())
     }
 
     /// [`Node::start`], then `services` in order (each checked by the rules of a
-    /// `[[services]]` entry, errors naming `services[N].*`), keeping `reserved` from the pods
-    /// without `ip`: the addresses of the CNI attachments [`Node::restore_attachments`] will
-    /// bring back (see [`recorded_addresses`]), so each comes back with its address even when
-    /// the file has gained pods without `ip` since.
+    /// `[[services]]` entry, errors naming `services[N].*`), with what an earlier run
+    /// `recorded` ([`Recorded::read`]): the addresses of the runtime pods
+    /// [`Node::restore_attachments`] will bring back are kept from the pods without `ip` (so
+    /// each comes back with its address even when the file has gained pods without `ip`
+    /// since), and a namespace the earlier run created is still the node's to delete.
     pub fn start_reserving(
         spec: NodeSpec,
         pods: &[PodSpec],
         peers: &[PeerSpec],
         services: &[ServiceSpec],
-        reserved: &[Ipv4Addr],
+        recorded: &Recorded,
     ) -> Result<Node, NodeError> {
+        let reserved: Vec<Ipv4Addr> = recorded.pods.iter().filter_map(|p| p.ip).collect();
         spec.validate()?;
         let config = spec.switch_config(&crate::dataplane::allowed_cpus())?;
         let net = config.node.clone();
@@ -299,7 +307,7 @@ impl Node {
             ),
             None => None,
         };
-        let pods = spec::assign_pod_ips(&spec, pods, reserved)?;
+        let pods = spec::assign_pod_ips(&spec, pods, &reserved)?;
         let switch = Switch::start_with_tunnel(config, tunnel).map_err(NodeError::Start)?;
         let host = (!spec.host_interface.is_empty()).then(|| spec.host_interface.clone());
         let node = Node {
@@ -310,6 +318,7 @@ impl Node {
             peers: Mutex::new(Vec::new()),
             services: Mutex::new(BTreeMap::new()),
             state: OnceLock::new(),
+            created_before: recorded.created_netns.iter().cloned().collect(),
             host,
             host_routes: Mutex::new(None),
             masquerade: Mutex::new(None),
@@ -422,16 +431,17 @@ impl Node {
     }
 
     /// Adds a pod (CNI ADD), refused by the same rules as a `[[pods]]` entry (fields named
-    /// `pod.*`). Traffic between other pods is not disturbed. A pod with a container ID is a
-    /// CNI attachment: it is kept in the state file (once [`Node::restore_attachments`] set
-    /// one) and re-attached when the daemon starts again.
+    /// `pod.*`). Traffic between other pods is not disturbed. The pod is kept in the state file
+    /// (once [`Node::restore_attachments`] set one) and re-attached when the daemon starts
+    /// again, after a crash too; the file also records whether the node created its
+    /// namespace, so a later stop deletes it.
     ///
     /// A pod without `ip` gets the lowest free host address of the node's pod CIDR (not the
     /// network, broadcast or gateway address, nor another pod's), chosen under the pod lock:
     /// two pods added at once never get the same one. The pod keeps it (its status, the state
     /// file and a re-attach carry it); a full range is refused, naming `pod.ip`.
     pub fn add_pod(&self, spec: &PodSpec) -> Result<PodStatus, NodeError> {
-        self.attach_pod(spec, spec.container_id.is_some(), "pod")
+        self.attach_pod(spec, true, "pod")
     }
 
     /// Adds a pod; `at` names it in errors (`pod`).
@@ -465,6 +475,8 @@ impl Node {
                 pod: pod.clone(),
                 source,
             })?;
+        // Found, but made by this node before it was killed: still the node's.
+        let created = created || self.created_before.contains(&spec.netns);
         let undo_netns = |ns: &NetNs| {
             if created {
                 if let Err(e) = ns.delete() {
@@ -501,7 +513,7 @@ impl Node {
                 recorded,
             },
         );
-        if recorded {
+        if recorded || created {
             self.save_state(&pods);
         }
         drop(pods);
@@ -631,7 +643,7 @@ impl Node {
         let rec = pods
             .remove(name)
             .ok_or_else(|| NodeError::NoSuchPod(name.into()))?;
-        if forget && rec.recorded {
+        if forget && (rec.recorded || rec.created_netns) {
             self.save_state(pods);
         }
         if let Err(e) = self.switch.detach(name) {
@@ -673,14 +685,14 @@ impl Node {
         gone
     }
 
-    /// Re-attaches the CNI attachments recorded in the state file `path` by an earlier run
-    /// (see [`Node::add_pod`]), then keeps recording them there. A recorded pod whose
+    /// Re-attaches the runtime pods (CNI attachments and `pod add`) recorded in the state file
+    /// `path` by an earlier run (see [`Node::add_pod`]), then keeps recording them there. A recorded pod whose
     /// namespace is gone, or that the node now refuses (it conflicts with a pod of the config
     /// file, say), is forgotten with a warning. Returns the names of the pods re-attached.
     pub fn restore_attachments(&self, path: PathBuf) -> Vec<String> {
         let shown = path.display().to_string();
-        let recorded = read_state(&path).unwrap_or_else(|e| {
-            tracing::warn!(path = %shown, "{e}, its attachments are forgotten");
+        let recorded = read_state(&path).map(|s| s.pods).unwrap_or_else(|e| {
+            tracing::warn!(path = %shown, "{e}, its runtime pods are forgotten");
             Vec::new()
         });
         let mut back = Vec::new();
@@ -714,18 +726,27 @@ impl Node {
     /// Writes the recorded pods to the state file, if there is one. A failure is logged: the
     /// pods keep working, only a restart would forget them.
     fn save_state(&self, pods: &BTreeMap<String, PodRecord>) {
+        self.write_state(pods.values());
+    }
+
+    /// Writes the state file for `pods`.
+    fn write_state<'a>(&self, pods: impl Iterator<Item = &'a PodRecord> + Clone) {
         let Some(path) = self.state.get() else {
             return;
         };
         let state = StateFile {
             pods: pods
-                .values()
+                .clone()
                 .filter(|r| r.recorded)
                 .map(|r| r.spec.clone())
                 .collect(),
+            created_netns: pods
+                .filter(|r| r.created_netns)
+                .map(|r| r.spec.netns.clone())
+                .collect(),
         };
         if let Err(e) = write_atomically(path, &state) {
-            tracing::error!(path = %path.display(), "recording the CNI attachments: {e}");
+            tracing::error!(path = %path.display(), "recording the runtime pods: {e}");
         }
     }
 
@@ -913,13 +934,24 @@ impl Node {
     }
 
     /// Removes every pod (and the namespaces the switch created) and the masquerade rules.
-    /// Idempotent. The state file keeps the CNI attachments, for the next start to re-attach
-    /// them.
+    /// Idempotent. The state file keeps the runtime pods in namespaces the node did not create
+    /// (CNI attachments), for the next start to re-attach them.
     pub fn shutdown(&self) {
         if let Some(m) = lock(&self.masquerade).take() {
             m.remove();
         }
         let mut pods = lock(&self.pods);
+        // What the next start needs: the runtime pods in namespaces someone else owns (CNI's),
+        // to re-attach them; a pod whose namespace goes with it cannot come back.
+        let kept: Vec<PodRecord> = pods
+            .values()
+            .filter(|r| r.recorded && !r.created_netns)
+            .cloned()
+            .collect();
+        if !pods.is_empty() {
+            // (Once: a second shutdown finds no pods and must not erase the record.)
+            self.write_state(kept.iter());
+        }
         let names: Vec<String> = pods.keys().cloned().collect();
         for name in names {
             if let Err(e) = self.remove_pod(&mut pods, &name, false, "the node stops") {
@@ -929,33 +961,45 @@ impl Node {
     }
 }
 
-/// The state file: the CNI attachments added at runtime, as added.
-#[derive(serde::Serialize, serde::Deserialize)]
+/// The state file: what a node must know again after a restart, a crash included.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct StateFile {
+    /// The pods added at runtime (CNI attachments and `pod add`), as added.
     pods: Vec<PodSpec>,
+    /// The namespaces the node created (for config and runtime pods) and has not deleted.
+    #[serde(default)]
+    created_netns: Vec<String>,
 }
 
-/// The pods recorded in the state file `path` (none if it does not exist), or why it cannot be
-/// read.
-fn read_state(path: &Path) -> Result<Vec<PodSpec>, String> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice::<StateFile>(&bytes)
-            .map(|state| state.pods)
-            .map_err(|e| format!("state file unreadable: {e}")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(format!("reading the state file: {e}")),
+/// What an earlier run of the node recorded in its state file, for [`Node::start_reserving`].
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// The pods added at runtime, to be restored ([`Node::restore_attachments`]).
+    pods: Vec<PodSpec>,
+    /// The namespaces it created and did not delete.
+    created_netns: Vec<String>,
+}
+
+impl Recorded {
+    /// The record in the state file `path`: empty if the file is absent or unreadable
+    /// ([`Node::restore_attachments`] says why).
+    pub fn read(path: &Path) -> Recorded {
+        let state = read_state(path).unwrap_or_default();
+        Recorded {
+            pods: state.pods,
+            created_netns: state.created_netns,
+        }
     }
 }
 
-/// The addresses of the CNI attachments recorded in the state file `path`, for
-/// [`Node::start_reserving`]; none if the file is absent or unreadable
-/// ([`Node::restore_attachments`] says why).
-pub fn recorded_addresses(path: &Path) -> Vec<Ipv4Addr> {
-    read_state(path)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|p| p.ip)
-        .collect()
+/// The state file `path` (empty if it does not exist), or why it cannot be read.
+fn read_state(path: &Path) -> Result<StateFile, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice::<StateFile>(&bytes)
+            .map_err(|e| format!("state file unreadable: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StateFile::default()),
+        Err(e) => Err(format!("reading the state file: {e}")),
+    }
 }
 
 /// Writes `state` to `path` through a temporary file and a rename, so a reader (or a crash)

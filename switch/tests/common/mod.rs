@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use podswitch::testutil::{unique, wait_for};
 
 pub(crate) mod cluster;
+pub(crate) mod transfer;
 
 /// The daemon and control binary.
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_podswitch");
@@ -71,6 +72,13 @@ impl Daemon {
         let mut cmd = Command::new(BIN);
         cmd.args(args).env("PODSWITCH_CONTROL", &self.control);
         cmd.output().expect("run podswitch client")
+    }
+
+    /// SIGKILL, as a crash: the daemon cleans up nothing.
+    pub(crate) fn crash(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     pub(crate) fn stop(&mut self) -> Output {
