@@ -1722,6 +1722,20 @@ fn a_killed_daemon_started_again_takes_its_pods_back_and_connections_live_on() {
         "10.244.1.12",
     ]);
     assert!(add.status.success(), "pod add: {}", stderr(&add));
+    // And a service added at runtime.
+    let add = d.ctl(&[
+        "service",
+        "add",
+        "--name",
+        "svc",
+        "--vip",
+        "10.96.0.10",
+        "--port",
+        "80",
+        "--backend",
+        "10.244.1.11:7001",
+    ]);
+    assert!(add.status.success(), "service add: {}", stderr(&add));
 
     let t1 = Transfer::start(
         &web,
@@ -1760,6 +1774,12 @@ fn a_killed_daemon_started_again_takes_its_pods_back_and_connections_live_on() {
                 ("web".to_string(), true)
             ],
             "after crash {crash}: every pod back, each namespace still known as the daemon's own"
+        );
+        let services: Vec<String> = service_list(&d).into_iter().map(|s| s.spec.name).collect();
+        assert_eq!(
+            services,
+            ["svc"],
+            "after crash {crash}: the runtime service is back"
         );
     }
     for (t, what) in [(t1, "web -> api"), (t2, "extra -> web")] {

@@ -254,6 +254,9 @@ pub struct Node {
     /// Namespaces an earlier run of this node created and did not delete (it was killed): found
     /// again, they are still the node's to delete.
     created_before: std::collections::BTreeSet<String>,
+    /// What the state file holds. Taken last, after any other lock (pods, peers, services
+    /// each update their part and write the file under it).
+    record: Mutex<StateFile>,
     /// The host interface's name, if the node has one.
     host: Option<String>,
     /// The socket for the node's routes through it, once the interface is up.
@@ -319,6 +322,7 @@ impl Node {
             services: Mutex::new(BTreeMap::new()),
             state: OnceLock::new(),
             created_before: recorded.created_netns.iter().cloned().collect(),
+            record: Mutex::new(StateFile::default()),
             host,
             host_routes: Mutex::new(None),
             masquerade: Mutex::new(None),
@@ -691,12 +695,17 @@ impl Node {
     /// file, say), is forgotten with a warning. Returns the names of the pods re-attached.
     pub fn restore_attachments(&self, path: PathBuf) -> Vec<String> {
         let shown = path.display().to_string();
-        let recorded = read_state(&path).map(|s| s.pods).unwrap_or_else(|e| {
-            tracing::warn!(path = %shown, "{e}, its runtime pods are forgotten");
-            Vec::new()
+        let recorded = read_state(&path).unwrap_or_else(|e| {
+            tracing::warn!(path = %shown, "{e}, its runtime pods, peers and services are forgotten");
+            StateFile::default()
         });
+        for spec in &recorded.peers {
+            if let Err(e) = self.add_peer(spec) {
+                tracing::warn!(peer = %spec.name, "recorded peer not restored, forgotten: {e}");
+            }
+        }
         let mut back = Vec::new();
-        for spec in recorded {
+        for spec in recorded.pods {
             let ns = if spec.netns_is_path() {
                 NetNs::open_path(&spec.netns)
             } else {
@@ -716,37 +725,61 @@ impl Node {
                 }
             }
         }
+        for spec in &recorded.services {
+            if let Err(e) = self.add_service(spec) {
+                tracing::warn!(service = %spec.name, "recorded service not restored, forgotten: {e}");
+            }
+        }
         if self.state.set(path).is_err() {
             tracing::warn!(path = %shown, "a state file is already in use; not switching to this one");
         }
         self.save_state(&lock(&self.pods));
+        self.save_peers(&lock(&self.peers));
+        self.save_services(&lock(&self.services));
         back
     }
 
-    /// Writes the recorded pods to the state file, if there is one. A failure is logged: the
-    /// pods keep working, only a restart would forget them.
+    /// Records the runtime pods and the namespaces the node created, of `pods`.
     fn save_state(&self, pods: &BTreeMap<String, PodRecord>) {
         self.write_state(pods.values());
     }
 
-    /// Writes the state file for `pods`.
+    /// Records the runtime pods and the namespaces the node created, of `pods`.
     fn write_state<'a>(&self, pods: impl Iterator<Item = &'a PodRecord> + Clone) {
-        let Some(path) = self.state.get() else {
-            return;
-        };
-        let state = StateFile {
-            pods: pods
+        self.update_record(|r| {
+            r.pods = pods
                 .clone()
                 .filter(|r| r.recorded)
                 .map(|r| r.spec.clone())
-                .collect(),
-            created_netns: pods
+                .collect();
+            r.created_netns = pods
                 .filter(|r| r.created_netns)
                 .map(|r| r.spec.netns.clone())
-                .collect(),
+                .collect();
+        });
+    }
+
+    /// Records the peers added at runtime (`peer add`), of `peers`.
+    fn save_peers(&self, peers: &[PeerStatus]) {
+        self.update_record(|r| {
+            r.peers = peers
+                .iter()
+                .filter(|p| p.source == PeerSource::Runtime)
+                .map(|p| p.spec.clone())
+                .collect();
+        });
+    }
+
+    /// Changes the record and writes it to the state file, if there is one. A failure is
+    /// logged: the node keeps working, only a restart would forget what is not recorded.
+    pub(super) fn update_record(&self, change: impl FnOnce(&mut StateFile)) {
+        let Some(path) = self.state.get() else {
+            return;
         };
-        if let Err(e) = write_atomically(path, &state) {
-            tracing::error!(path = %path.display(), "recording the runtime pods: {e}");
+        let mut record = lock(&self.record);
+        change(&mut record);
+        if let Err(e) = write_atomically(path, &record) {
+            tracing::error!(path = %path.display(), "recording the runtime state: {e}");
         }
     }
 
@@ -819,6 +852,9 @@ impl Node {
             source,
             lease: None,
         });
+        if source == PeerSource::Runtime {
+            self.save_peers(&peers);
+        }
         tracing::info!(peer = %spec.name, underlay = %spec.underlay, pod_cidr = %spec.pod_cidr, %source, "peer added");
         Ok(())
     }
@@ -895,6 +931,7 @@ impl Node {
         let removed = self.switch.remove_peer(name).map_err(NodeError::Peer)?;
         self.host_route(removed.pod_cidr, false);
         peers.retain(|p| p.spec.name != name);
+        self.save_peers(&peers);
         tracing::info!(peer = %name, why, "peer removed");
         Ok(())
     }
@@ -963,12 +1000,18 @@ impl Node {
 
 /// The state file: what a node must know again after a restart, a crash included.
 #[derive(Default, serde::Serialize, serde::Deserialize)]
-struct StateFile {
+pub(super) struct StateFile {
     /// The pods added at runtime (CNI attachments and `pod add`), as added.
     pods: Vec<PodSpec>,
     /// The namespaces the node created (for config and runtime pods) and has not deleted.
     #[serde(default)]
     created_netns: Vec<String>,
+    /// The peers added at runtime (`peer add`).
+    #[serde(default)]
+    peers: Vec<PeerSpec>,
+    /// The services added at runtime (`service add`).
+    #[serde(default)]
+    pub(super) services: Vec<ServiceSpec>,
 }
 
 /// What an earlier run of the node recorded in its state file, for [`Node::start_reserving`].

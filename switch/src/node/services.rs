@@ -98,6 +98,7 @@ impl Node {
             source,
         };
         let replaced = services.insert(spec.name.clone(), record).is_some();
+        self.save_services(services);
         tracing::info!(service = %spec.name, address = %spec.address_text(), backends = spec.backends.len(), replaced, %source, "service added");
         Ok(())
     }
@@ -160,8 +161,20 @@ impl Node {
             .remove_service(name)
             .map_err(NodeError::Service)?;
         services.remove(name);
+        self.save_services(&services);
         tracing::info!(service = %name, "service removed");
         Ok(())
+    }
+
+    /// Records the services added at runtime (`service add`), of `services`.
+    pub(super) fn save_services(&self, services: &BTreeMap<String, ServiceRecord>) {
+        self.update_record(|r| {
+            r.services = services
+                .values()
+                .filter(|s| s.source == PeerSource::Runtime)
+                .map(|s| s.spec.clone())
+                .collect();
+        });
     }
 
     /// Every service, by name, with its connections per backend.
