@@ -78,6 +78,14 @@ pub enum Request {
     Fdb,
     /// Node-wide counters.
     Status,
+    /// Replace the running daemon's binary without stopping its pods: the daemon execs
+    /// `binary` (default: the one it was started from) in its own process, handing over the
+    /// pods' TAPs and the tracked flows.
+    Upgrade {
+        /// The new binary.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<PathBuf>,
+    },
     /// Add a peer node (its pod CIDR becomes reachable through the tunnel).
     PeerAdd(PeerSpec),
     /// Remove a peer node.
@@ -139,6 +147,14 @@ pub enum Response {
         /// The node's lease and the store's health (with `[cluster]`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cluster: Option<crate::cluster::ClusterStatus>,
+    },
+    /// An upgrade is under way ([`Request::Upgrade`]): the daemon execs `binary` once this
+    /// response is sent.
+    Upgrading {
+        /// The new binary.
+        binary: PathBuf,
+        /// Its `--version`.
+        version: String,
     },
     /// The node's pod network ([`Request::NodeInfo`]).
     Node {
@@ -861,6 +877,10 @@ mod tests {
                 Request::PodList => Response::Pods(vec![sample_pod("a"), sample_pod("b")]),
                 Request::PeerAdd(_) | Request::PeerDel { .. } => Response::Ok,
                 Request::PeerList => Response::Peers(Vec::new()),
+                Request::Upgrade { binary } => Response::Upgrading {
+                    binary: binary.unwrap_or_else(|| "/usr/local/bin/podswitch".into()),
+                    version: "podswitch 0.1.0".into(),
+                },
                 Request::ServiceAdd(spec) if spec.port == 0 => Response::error_of(
                     ErrorKind::Refused,
                     "service.port: 0 is not between 1 and 65535 (a TCP or UDP port)",
@@ -977,6 +997,19 @@ mod tests {
         );
         let parsed: Request = serde_json::from_str(r#"{"op":"pod_del","name":"web"}"#).unwrap();
         assert_eq!(parsed, Request::PodDel { name: "web".into() });
+        assert_eq!(
+            serde_json::to_string(&Request::Upgrade { binary: None }).unwrap(),
+            r#"{"op":"upgrade"}"#
+        );
+        let parsed: Request =
+            serde_json::from_str(r#"{"op":"upgrade","binary":"/usr/local/bin/podswitch"}"#)
+                .unwrap();
+        assert_eq!(
+            parsed,
+            Request::Upgrade {
+                binary: Some("/usr/local/bin/podswitch".into())
+            }
+        );
         assert_eq!(
             serde_json::to_string(&Response::Ok).unwrap(),
             r#"{"result":"ok"}"#

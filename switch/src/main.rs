@@ -11,7 +11,7 @@ use podswitch::config::Config;
 use podswitch::control::{self, ControlSocket, Request, Response};
 use podswitch::netns::NetNs;
 use podswitch::node::{FlowStatus, Node, PeerSpec, PodSpec, PodStatus, ServiceSpec, ServiceStatus};
-use podswitch::node::{NodeHandler, StartingHandler};
+use podswitch::node::{Handover, NodeHandler, StartingHandler, Upgrade};
 
 /// A userspace packet switch for Kubernetes-style pod networking.
 #[derive(Parser)]
@@ -73,6 +73,18 @@ enum Command {
     Lab {
         #[command(subcommand)]
         op: LabOp,
+    },
+    /// Replace the running daemon's binary without stopping its pods: it execs the new one
+    /// in its own process, handing over the pods' TAPs and the tracked flows; established
+    /// connections stay up. Waits until the node answers again.
+    Upgrade {
+        /// The new binary (default: the path the daemon was started from, so installing a new
+        /// build there and running `upgrade` upgrades).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Control socket of the node.
+        #[arg(long, env = "PODSWITCH_CONTROL")]
+        control: Option<PathBuf>,
     },
     /// List the nodes running on this machine (their control sockets, in /run/podswitch and
     /// the labs' directories inside it): the `--control` to give when there are several.
@@ -213,6 +225,7 @@ fn main() -> ExitCode {
         Command::Lab { op } => lab(op),
         Command::Fdb { control } => client(control, &Request::Fdb),
         Command::Status { control } => client(control, &Request::Status),
+        Command::Upgrade { binary, control } => upgrade(control, binary),
         Command::Nodes => {
             list_nodes();
             Ok(())
@@ -246,6 +259,10 @@ fn init_logging(verbose: u8) {
 
 /// `podswitch run`: the node daemon.
 fn run(config_path: &Path) -> Result<(), String> {
+    // An upgrade's handover (if this process was exec'ed by `podswitch upgrade`), read before
+    // any thread exists (it edits the environment).
+    let handover = podswitch::node::Handover::inherited();
+    let upgrade = Arc::new(Upgrade::new());
     // A bad config is reported before anything is created.
     let cfg = Config::from_file(config_path).map_err(|e| e.to_string())?;
     // Enter the node's host namespace first (before any thread exists, so every thread the
@@ -278,13 +295,26 @@ fn run(config_path: &Path) -> Result<(), String> {
         cfg.node.name(),
         agent.as_ref().map(Agent::status),
     ));
+    let node_name = cfg.node.name().to_string();
+    // Serving ends on SIGINT/SIGTERM, or when an upgrade is asked for.
+    let serve_until = |socket: ControlSocket| {
+        let (handler, upgrade) = (Arc::clone(&starting), Arc::clone(&upgrade));
+        tokio::spawn(
+            socket.serve(handler as Arc<dyn control::ControlHandler>, async move {
+                tokio::select! {
+                    _ = shutdown_signal() => {}
+                    _ = upgrade.requested() => {
+                        // The request's response goes out before the connections close.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }),
+        )
+    };
     let (node, served) = rt.block_on(async {
-        let mut serve = tokio::spawn(socket.serve(
-            Arc::clone(&starting) as Arc<dyn control::ControlHandler>,
-            shutdown_signal(),
-        ));
+        let mut serve = serve_until(socket);
         let up = tokio::select! {
-            r = start_node(cfg, agent, state_path) => r,
+            r = start_node(cfg, agent, state_path, handover) => r,
             r = &mut serve => {
                 // Stopped (a signal) before the node was up.
                 return (None, flatten(r));
@@ -297,7 +327,7 @@ fn run(config_path: &Path) -> Result<(), String> {
                 return (None, Err(e));
             }
         };
-        let mut handler = NodeHandler::new(Arc::clone(&node));
+        let mut handler = NodeHandler::new(Arc::clone(&node)).with_upgrade(Arc::clone(&upgrade));
         if let Some(a) = &agent {
             handler = handler.with_cluster(a.status());
         }
@@ -316,7 +346,21 @@ fn run(config_path: &Path) -> Result<(), String> {
                 .await;
             }
         });
-        let r = flatten(serve.await);
+        let mut r = flatten(serve.await);
+        // An upgrade: exec the new binary, which takes the node over. Only a failed exec
+        // comes back here: the node goes on, with its control socket bound again.
+        while let Some(binary) = upgrade.take() {
+            let file = state_dir.join(format!("{node_name}.handover.json"));
+            let e = node.exec_upgrade(&binary, &file);
+            tracing::error!(binary = %binary.display(), "upgrade failed, carrying on: {e}");
+            match ControlSocket::bind(&control_path) {
+                Ok(socket) => r = flatten(serve_until(socket).await),
+                Err(e) => {
+                    r = Err(e.to_string());
+                    break;
+                }
+            }
+        }
         reaper.abort();
         if let Some(t) = agent_task {
             t.abort();
@@ -344,6 +388,7 @@ async fn start_node(
     mut cfg: Config,
     agent: Option<Agent>,
     state_path: PathBuf,
+    handover: Option<Handover>,
 ) -> Result<(Arc<Node>, Option<Agent>), String> {
     let agent = match agent {
         None => None,
@@ -373,20 +418,22 @@ async fn start_node(
     let node = tokio::task::spawn_blocking(move || -> Result<Arc<Node>, String> {
         // The recorded runtime pods' addresses are kept from the file's pods without ip,
         // so each attachment comes back below with its own.
-        let recorded = podswitch::node::Recorded::read(&state_path);
+        let recorded = podswitch::node::Recorded::read(&state_path).with_handover(handover);
         let node = Arc::new(
             Node::start_reserving(
                 cfg.node.clone(),
                 &cfg.pods,
                 &cfg.peers,
                 &cfg.services,
-                &recorded,
+                recorded,
             )
                 .map_err(|e| e.to_string())?,
         );
         // Runtime pods recorded by an earlier run come back (those whose namespace is gone
         // are forgotten); from here on the node keeps the record up to date.
         let restored = node.restore_attachments(state_path);
+        // After an upgrade: the flows tracked again, unclaimed descriptors closed.
+        node.resume();
         tracing::info!(node = %node.name(), pod_cidr = %node.pod_cidr(), pods = cfg.pods.len(), restored = restored.len(), control = %cfg.node.control_path().display(), "node up");
         let gw = node.gateway();
         let cmd = std::env::current_exe()
@@ -461,6 +508,60 @@ fn enter_netns(name: &str) -> Result<(), String> {
 /// Finds the control socket: the flag, else the only running node's.
 fn control_path(given: Option<PathBuf>) -> Result<PathBuf, String> {
     control::find_socket(given).map_err(|e| e.to_string())
+}
+
+/// `podswitch upgrade`: asks for the upgrade on one connection, waits for the old daemon to
+/// close it (it stops serving before the exec), then for the node to answer again.
+fn upgrade(control: Option<PathBuf>, binary: Option<PathBuf>) -> Result<(), String> {
+    use std::io::{BufRead, Read, Write};
+    let path = control_path(control)?;
+    let shown = path.display();
+    let started = std::time::Instant::now();
+    let stream = std::os::unix::net::UnixStream::connect(&path)
+        .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
+    let timeout = Some(Duration::from_secs(30));
+    let _ = (
+        stream.set_read_timeout(timeout),
+        stream.set_write_timeout(timeout),
+    );
+    let mut line = serde_json::to_vec(&Request::Upgrade { binary }).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    (&stream)
+        .write_all(&line)
+        .map_err(|e| format!("talking to {shown}: {e}"))?;
+    let mut reader = std::io::BufReader::new(&stream);
+    let mut answer = String::new();
+    reader
+        .read_line(&mut answer)
+        .map_err(|e| format!("no answer from {shown}: {e}"))?;
+    let resp: Response =
+        serde_json::from_str(&answer).map_err(|e| format!("malformed answer from {shown}: {e}"))?;
+    let (new, version) = match resp {
+        Response::Upgrading { binary, version } => (binary, version),
+        Response::Error { message, .. } => return Err(message),
+        other => return Err(format!("unexpected answer from {shown}: {other:?}")),
+    };
+    println!("upgrading to {} ({version})", new.display());
+    // The old daemon closes every connection as it stops serving.
+    let _ = reader.read_to_end(&mut Vec::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Response::Status { node, pods, .. }) =
+            control::call(&path, &Request::Status, Duration::from_secs(2))
+        {
+            println!(
+                "node {node} is back with its {pods} pods: it answered {} ms after the request",
+                started.elapsed().as_millis()
+            );
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "the node did not answer on {shown} within 60 s of the upgrade: see its log"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// `podswitch nodes`: one line per running node, with the `--control` that reaches it.
@@ -577,6 +678,9 @@ fn print_response(resp: Response) -> Result<(), String> {
                     println!("CONFLICT: {conflict}");
                 }
             }
+        }
+        Response::Upgrading { binary, version } => {
+            println!("upgrading to {} ({version})", binary.display());
         }
         Response::Node {
             name,

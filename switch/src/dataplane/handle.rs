@@ -448,6 +448,18 @@ impl Switch {
 
     /// Adds the service `s`, or replaces the one of the same name (one topology publish:
     /// flows of other services and other backends are not disturbed).
+    /// Services added later under these names get these ids (see
+    /// [`Topology::prefer_service_ids`](crate::table::Topology)).
+    pub(crate) fn prefer_service_ids(
+        &self,
+        ids: std::collections::BTreeMap<String, u32>,
+    ) -> Result<(), SwitchError> {
+        Ok(self.shared.tables.update_topology(|t| {
+            t.prefer_service_ids(ids);
+            Ok(())
+        })?)
+    }
+
     pub(crate) fn upsert_service(&self, s: Service) -> Result<(), SwitchError> {
         Ok(self
             .shared

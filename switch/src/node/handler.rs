@@ -13,6 +13,7 @@ use crate::control::{ControlHandler, ErrorKind, Request, Response};
 pub struct NodeHandler {
     node: Arc<Node>,
     cluster: Option<Arc<Mutex<ClusterStatus>>>,
+    upgrade: Option<Arc<super::Upgrade>>,
 }
 
 impl NodeHandler {
@@ -21,7 +22,15 @@ impl NodeHandler {
         Self {
             node,
             cluster: None,
+            upgrade: None,
         }
+    }
+
+    /// Also takes `upgrade` requests (the daemon execs the new binary; see
+    /// [`super::Upgrade`]).
+    pub fn with_upgrade(mut self, upgrade: Arc<super::Upgrade>) -> Self {
+        self.upgrade = Some(upgrade);
+        self
     }
 
     /// Also reports the node's lease and the store's health (`[cluster]`).
@@ -77,6 +86,13 @@ impl ControlHandler for NodeHandler {
             Request::ServiceList => Response::Services(node.services()),
             Request::Conntrack => Response::Flows(node.flows()),
             Request::Fdb => Response::Fdb(node.fdb()),
+            Request::Upgrade { binary } => match &self.upgrade {
+                None => Response::error("this node is not a daemon: it cannot be upgraded"),
+                Some(u) => match u.request(binary) {
+                    Ok((binary, version)) => Response::Upgrading { binary, version },
+                    Err(e) => Response::error(format!("upgrade refused: {e}")),
+                },
+            },
             Request::Status => {
                 let (rx, forwarded, delivered_locally, dropped) = node.totals();
                 Response::Status {

@@ -24,6 +24,7 @@ mod host;
 mod netlink;
 mod services;
 pub(crate) mod spec;
+mod upgrade;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -45,6 +46,7 @@ pub(crate) use netlink::{link_index, with_netlink};
 pub use services::{FlowStatus, ServiceStatus};
 pub use spec::{derived_pod_mac, Mac, MacParseError, NodeSpec, PeerSpec, PodSpec, SpecError};
 pub use spec::{ServiceAffinity, ServiceProto, ServiceSpec};
+pub use upgrade::{Handover, Upgrade};
 
 /// A pod as `podswitch pod list` shows it: its spec and its live state.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -227,6 +229,9 @@ pub(crate) enum PeerChange {
 
 #[derive(Clone)]
 struct PodRecord {
+    /// The TAP queues' descriptors (open while the switch holds the port), to hand over on an
+    /// upgrade.
+    fds: Vec<std::os::fd::RawFd>,
     /// As added, with the address filled in (`spec.ip` is `Some(ip)`).
     spec: PodSpec,
     /// The pod's address.
@@ -257,6 +262,10 @@ pub struct Node {
     /// What the state file holds. Taken last, after any other lock (pods, peers, services
     /// each update their part and write the file under it).
     record: Mutex<StateFile>,
+    /// The host interface's queue descriptors, to hand over on an upgrade.
+    host_fds: Mutex<Vec<std::os::fd::RawFd>>,
+    /// What the process that exec'ed this one handed over, until [`Node::resume`].
+    inherited: Mutex<Option<upgrade::Handover>>,
     /// The host interface's name, if the node has one.
     host: Option<String>,
     /// The socket for the node's routes through it, once the interface is up.
@@ -283,7 +292,7 @@ impl Node {
     /// namespace (the node's "host" namespace). The workers are pinned among the CPUs the
     /// calling thread may run on (`NodeSpec::dataplane_cpus`).
     pub fn start(spec: NodeSpec, pods: &[PodSpec], peers: &[PeerSpec]) -> Result<Node, NodeError> {
-        Self::start_reserving(spec, pods, peers, &[], &Recorded::default())
+        Self::start_reserving(spec, pods, peers, &[], Recorded::default())
     }
 
     /// [`Node::start`], then `services` in order (each checked by the rules of a
@@ -297,7 +306,7 @@ impl Node {
         pods: &[PodSpec],
         peers: &[PeerSpec],
         services: &[ServiceSpec],
-        recorded: &Recorded,
+        recorded: Recorded,
     ) -> Result<Node, NodeError> {
         let reserved: Vec<Ipv4Addr> = recorded.pods.iter().filter_map(|p| p.ip).collect();
         spec.validate()?;
@@ -323,10 +332,16 @@ impl Node {
             state: OnceLock::new(),
             created_before: recorded.created_netns.iter().cloned().collect(),
             record: Mutex::new(StateFile::default()),
+            host_fds: Mutex::new(Vec::new()),
+            inherited: Mutex::new(recorded.handover),
             host,
             host_routes: Mutex::new(None),
             masquerade: Mutex::new(None),
         };
+        let flows = node.resume_flows();
+        if flows > 0 {
+            tracing::info!(flows, "tracked flows carried over the upgrade");
+        }
         // From here, a failure removes what was made (pods, rules; the TAPs go with the switch).
         if let Err(e) = node.populate(&pods, peers, services) {
             node.shutdown();
@@ -389,7 +404,31 @@ impl Node {
             prefix_len: self.net.cidr.prefix_len(),
             mtu: self.net.mtu,
         };
-        let taps = host::create(&net, self.switch.workers()).map_err(err)?;
+        // Handed over by an upgrade: the interface, its address and routes stay as they are.
+        let inherited = lock(&self.inherited)
+            .as_mut()
+            .map(upgrade::Handover::take_host)
+            .unwrap_or_default();
+        let adopted = (inherited.len() == self.switch.workers())
+            .then(|| {
+                inherited
+                    .into_iter()
+                    .map(|fd| TapPort::adopt(fd, ifname))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        tracing::warn!(
+                            ifname,
+                            "handed-over host interface not adopted ({e}); a new one is made"
+                        )
+                    })
+                    .ok()
+            })
+            .flatten();
+        let taps = match adopted {
+            Some(taps) => taps,
+            None => host::create(&net, self.switch.workers()).map_err(err)?,
+        };
+        *lock(&self.host_fds) = taps.iter().map(TapPort::raw_fd).collect();
         let queues = taps
             .into_iter()
             .map(|q| Box::new(q) as Box<dyn crate::port::Port>)
@@ -488,13 +527,18 @@ impl Node {
                 }
             }
         };
-        let tap = match self.plumb(spec, ip, &netns, created) {
+        let tap = match self.adopt(spec, ip, mac) {
+            Some(tap) => Ok(tap),
+            None => self.plumb(spec, ip, &netns, created),
+        };
+        let tap = match tap {
             Ok(tap) => tap,
             Err(e) => {
                 undo_netns(&netns);
                 return Err(e);
             }
         };
+        let fds = tap.iter().map(TapPort::raw_fd).collect();
         let queues = tap
             .into_iter()
             .map(|q| Box::new(q) as Box<dyn crate::port::Port>)
@@ -510,6 +554,7 @@ impl Node {
         pods.insert(
             spec.name.clone(),
             PodRecord {
+                fds,
                 spec: spec.clone(),
                 ip,
                 netns,
@@ -523,6 +568,29 @@ impl Node {
         drop(pods);
         self.pod(&spec.name)
             .ok_or(NodeError::NoSuchPod(spec.name.clone()))
+    }
+
+    /// The pod's TAP queues handed over by the process that exec'ed this one, if the pod had
+    /// the same address and MAC there and every queue checks out (`TapPort::adopt`): its
+    /// interface stays as it is. Otherwise the handed-over descriptors are closed (the old TAP
+    /// goes) and `None` says to create one.
+    fn adopt(&self, spec: &PodSpec, ip: Ipv4Addr, mac: Mac) -> Option<Vec<TapPort>> {
+        let (fds, was_ip, was_mac) = lock(&self.inherited).as_mut()?.take_pod(&spec.name)?;
+        if was_ip != ip || was_mac != mac || fds.len() != self.switch.workers() {
+            tracing::info!(pod = %spec.name, "handed-over TAP not adopted: the pod's address, MAC or queue count changed; a new one is made");
+            return None;
+        }
+        let adopted: Result<Vec<TapPort>, _> = fds
+            .into_iter()
+            .map(|fd| TapPort::adopt(fd, &spec.ifname))
+            .collect();
+        match adopted {
+            Ok(tap) => Some(tap),
+            Err(e) => {
+                tracing::warn!(pod = %spec.name, "handed-over TAP not adopted ({e}); a new one is made");
+                None
+            }
+        }
     }
 
     /// Creates the pod's TAP and configures it inside the pod's namespace.
@@ -1021,6 +1089,8 @@ pub struct Recorded {
     pods: Vec<PodSpec>,
     /// The namespaces it created and did not delete.
     created_netns: Vec<String>,
+    /// What the process that exec'ed this one handed over (an upgrade).
+    handover: Option<upgrade::Handover>,
 }
 
 impl Recorded {
@@ -1031,7 +1101,14 @@ impl Recorded {
         Recorded {
             pods: state.pods,
             created_netns: state.created_netns,
+            handover: None,
         }
+    }
+
+    /// With the handover of an upgrade ([`upgrade::Handover::inherited`]).
+    pub fn with_handover(mut self, handover: Option<upgrade::Handover>) -> Recorded {
+        self.handover = handover;
+        self
     }
 }
 

@@ -8,11 +8,16 @@
 //!
 //! A TAP whose namespace is deleted is detached by the kernel: reads and writes then fail with
 //! `EBADFD`, which this port reports as [`PortError::Closed`] so the switch forgets it.
+//!
+//! tun-rs creates the device; the port then does its I/O on the bare descriptor (`read`,
+//! `writev`), so a descriptor inherited across an upgrade (`exec`) is adopted the same way
+//! ([`TapPort::adopt`]): tun-rs does not adopt descriptors with `IFF_VNET_HDR`.
 
-use std::io::{ErrorKind, IoSlice};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::fs::File;
+use std::io::{ErrorKind, IoSlice, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
-use tun_rs::{DeviceBuilder, Layer, SyncDevice};
+use tun_rs::{DeviceBuilder, Layer};
 
 use super::{Batch, Port, PortError, SendOutcome};
 use crate::wire::virtio::{self, VnetHdr};
@@ -25,9 +30,9 @@ pub(crate) const MAX_PARTS: usize = 128;
 /// Send buffer asked for with `TUNSETSNDBUF` (the default, ~212 KB, holds three superframes).
 const SNDBUF: libc::c_int = 8 << 20;
 
-/// A TAP device in L2 mode with virtio-net headers.
+/// A TAP device in L2 mode with virtio-net headers: one queue's descriptor.
 pub(crate) struct TapPort {
-    dev: SyncDevice,
+    dev: File,
     name: String,
 }
 
@@ -38,6 +43,15 @@ impl std::fmt::Debug for TapPort {
             .field("fd", &self.dev.as_raw_fd())
             .finish()
     }
+}
+
+/// `struct ifreq` as `TUNGETIFF` fills it: the name, then the flags (the rest of the union is
+/// padding here).
+#[repr(C)]
+struct IfReq {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
 }
 
 impl TapPort {
@@ -57,12 +71,59 @@ impl TapPort {
         }
         devs.insert(0, dev);
         devs.into_iter()
-            .map(|dev| Self::queue(dev, ifname))
+            .map(|dev| {
+                dev.set_nonblocking(true)?;
+                // SAFETY: `into_raw_fd` hands over the open descriptor tun-rs owned; nothing
+                // else closes it.
+                let fd = unsafe { OwnedFd::from_raw_fd(dev.into_raw_fd()) };
+                Self::queue(File::from(fd), ifname)
+            })
             .collect()
     }
 
-    fn queue(dev: SyncDevice, ifname: &str) -> std::io::Result<Self> {
-        dev.set_nonblocking(true)?;
+    /// Takes over `fd`, a queue of TAP `ifname` opened by an earlier process (inherited across
+    /// `exec`): checked to be a TAP of that name with virtio-net headers, made non-blocking.
+    pub(crate) fn adopt(fd: OwnedFd, ifname: &str) -> std::io::Result<Self> {
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        // SAFETY: TUNGETIFF writes one `struct ifreq` (name and flags, as `IfReq` lays them
+        // out, 40 bytes) through the pointer, which points at a live local of that size.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNGETIFF, &mut req as *mut IfReq) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let name: Vec<u8> = req
+            .name
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8)
+            .collect();
+        let want = (libc::IFF_TAP | libc::IFF_VNET_HDR) as libc::c_short;
+        if name != ifname.as_bytes() || req.flags & want != want {
+            return Err(std::io::Error::new(
+                ErrorKind::InvalidData,
+                format!(
+                    "descriptor {} is TAP {:?} with flags {:#x}, not {ifname:?} with virtio-net headers",
+                    fd.as_raw_fd(),
+                    String::from_utf8_lossy(&name),
+                    req.flags
+                ),
+            ));
+        }
+        let dev = File::from(fd);
+        set_nonblocking(&dev)?;
+        Self::queue(dev, ifname)
+    }
+
+    /// The descriptor, to hand over across `exec` (see [`TapPort::adopt`]).
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.dev.as_raw_fd()
+    }
+
+    fn queue(dev: File, ifname: &str) -> std::io::Result<Self> {
         let sndbuf = SNDBUF;
         // SAFETY: TUNSETSNDBUF reads one c_int through the pointer, which points at a live local;
         // the fd is the TAP's own, open for the lifetime of `dev`.
@@ -87,6 +148,20 @@ impl TapPort {
     }
 }
 
+fn set_nonblocking(f: &File) -> std::io::Result<()> {
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl(F_GETFL) on a descriptor `f` keeps open; it touches no memory.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fcntl(F_SETFL) with an int argument on the same open descriptor.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn closed_or(e: std::io::Error) -> PortError {
     if e.raw_os_error() == Some(libc::EBADFD) {
         PortError::Closed
@@ -100,7 +175,7 @@ impl Port for TapPort {
         let mut got = 0;
         while got < max {
             let read = batch.push_from_skipping(READ_MAX, virtio::HEADER_LEN, |buf| {
-                match self.dev.recv(buf) {
+                match self.dev.read(buf) {
                     Ok(n) if n < virtio::HEADER_LEN => Ok(Some((n, VnetHdr::default()))),
                     // An unknown offload type: hand the frame on as plain; the pipeline's
                     // checks (size, headers) decide, and count, what happens to it.
@@ -154,7 +229,7 @@ impl Port for TapPort {
             // The common case (a frame forwarded as it was read) without the large array.
             [frame] => self
                 .dev
-                .send_vectored(&[IoSlice::new(&hdr), IoSlice::new(frame)]),
+                .write_vectored(&[IoSlice::new(&hdr), IoSlice::new(frame)]),
             _ if parts.len() > MAX_PARTS => return Ok(false),
             _ => {
                 let mut iov = [IoSlice::new(&[]); MAX_PARTS + 1];
@@ -162,7 +237,7 @@ impl Port for TapPort {
                 for (slot, part) in iov[1..].iter_mut().zip(parts) {
                     *slot = IoSlice::new(part);
                 }
-                self.dev.send_vectored(&iov[..parts.len() + 1])
+                self.dev.write_vectored(&iov[..parts.len() + 1])
             }
         };
         match sent {

@@ -221,6 +221,20 @@ impl Flow {
     }
 }
 
+/// A flow carried over an upgrade ([`Conntrack::save`], [`Conntrack::resume`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SavedFlow {
+    /// The service's id in the process that saved it.
+    pub(crate) service: u32,
+    pub(crate) proto: u8,
+    pub(crate) client: SocketAddrV4,
+    pub(crate) vip: SocketAddrV4,
+    pub(crate) backend: SocketAddrV4,
+    pub(crate) snat: Option<Ipv4Addr>,
+    /// [`FlowState`]'s code.
+    pub(crate) state: u8,
+}
+
 /// The translation a packet gets, copied out of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Hit {
@@ -412,6 +426,33 @@ impl Conntrack {
             .collect()
     }
 
+    /// Every flow as it stands (the state as its code), to carry over an upgrade; see
+    /// [`Conntrack::resume`].
+    pub(crate) fn save(&self) -> Vec<SavedFlow> {
+        self.forward
+            .pin()
+            .iter()
+            .map(|(_, f)| SavedFlow {
+                service: f.service,
+                proto: f.proto,
+                client: f.client,
+                vip: f.vip,
+                backend: f.backend,
+                snat: f.snat,
+                state: f.state.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Tracks a flow saved by [`Conntrack::save`] again, seen at `now`, with `service` its
+    /// service's id in this process. False if the table is full or the flow clashes.
+    pub(crate) fn resume(&self, f: &SavedFlow, service: u32, now: u32) -> bool {
+        let flow = Flow::new(f.client, f.vip, f.backend, f.snat, f.proto, service, now);
+        flow.state
+            .store(FlowState::from_u8(f.state) as u8, Ordering::Relaxed);
+        self.insert(flow)
+    }
+
     /// Flows of service `service` to each of `backends` (by address: a backend's index moves
     /// when another is removed).
     pub(crate) fn per_backend(&self, service: u32, backends: &[SocketAddrV4]) -> Vec<u64> {
@@ -470,6 +511,46 @@ mod tests {
         assert_eq!(ct.expire(7 + 121), 1);
         assert!(ct.is_empty());
         assert!(ct.reply(&rk, 200, 0).is_none());
+    }
+
+    #[test]
+    fn saved_flows_resume_with_their_state_and_translation() {
+        let old = Conntrack::new(16);
+        let mut hairpin = flow("10.244.1.10:40001", "10.244.1.10:8080", 6, 3);
+        hairpin.snat = Some(Ipv4Addr::new(10, 244, 1, 1));
+        let (hk, hr) = (hairpin.forward_key(), hairpin.reply_key());
+        old.insert(hairpin);
+        old.reply(&hr, 4, tcp_flags::SYN | tcp_flags::ACK); // established
+        old.insert(flow("10.244.1.10:53000", "10.244.2.7:53", 17, 3));
+        let saved = old.save();
+        // Through JSON, as the handover file carries them.
+        let text = serde_json::to_string(&saved).unwrap();
+        let saved: Vec<SavedFlow> = serde_json::from_str(&text).unwrap();
+
+        let new = Conntrack::new(16);
+        assert!(saved.iter().all(|f| new.resume(f, f.service, 100)));
+        let mut was = old.list(4);
+        let mut now = new.list(100);
+        was.sort_by_key(|f| f.client);
+        now.sort_by_key(|f| f.client);
+        let shape = |l: &[FlowInfo]| -> Vec<_> {
+            l.iter()
+                .map(|f| (f.proto, f.client, f.vip, f.backend, f.service, f.state))
+                .collect()
+        };
+        assert_eq!(shape(&was), shape(&now));
+        assert_eq!(now[0].state, "established");
+        // The hairpin flow's replies (to the gateway) still find it.
+        let hit = new.reply(&hr, 101, tcp_flags::ACK).unwrap();
+        assert_eq!(hit.snat, Some(Ipv4Addr::new(10, 244, 1, 1)));
+        assert!(new.forward(&hk, 101, tcp_flags::ACK).is_some());
+        // A full table takes what fits and says so.
+        let small = Conntrack::new(1);
+        let took: Vec<bool> = saved
+            .iter()
+            .map(|f| small.resume(f, f.service, 0))
+            .collect();
+        assert_eq!(took.iter().filter(|t| **t).count(), 1);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - a `(VIP, port, protocol)` belongs to at most one service; a service's id is kept while
 //!   its name lives and never given to another service of this topology.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
@@ -266,6 +267,9 @@ pub struct Topology {
     services: Services,
     /// The id of the next new service (ids are never reused).
     next_service_id: u32,
+    /// Ids to give services of these names when they are added (those they had in the
+    /// process that handed over an upgrade, whose tracked flows carry them).
+    preferred_service_ids: BTreeMap<String, u32>,
 }
 
 impl Topology {
@@ -285,7 +289,17 @@ impl Topology {
             peer_by_underlay: FastMap::default(),
             services: Services::default(),
             next_service_id: 0,
+            preferred_service_ids: BTreeMap::new(),
         }
+    }
+
+    /// Services named in `ids` get those ids when added; new ids start above them. Set before
+    /// any service is added (an id given already is never reused).
+    pub(crate) fn prefer_service_ids(&mut self, ids: BTreeMap<String, u32>) {
+        if let Some(max) = ids.values().max() {
+            self.next_service_id = self.next_service_id.max(max.saturating_add(1));
+        }
+        self.preferred_service_ids = ids;
     }
 
     /// The services: load the topology once per batch, then look services up here.
@@ -331,11 +345,14 @@ impl Topology {
                 self.services.by_key.remove(&key);
                 id
             }
-            None => {
-                let id = self.next_service_id;
-                self.next_service_id += 1;
-                id
-            }
+            None => match self.preferred_service_ids.remove(&s.name) {
+                Some(id) => id,
+                None => {
+                    let id = self.next_service_id;
+                    self.next_service_id += 1;
+                    id
+                }
+            },
         };
         self.services
             .by_key
@@ -763,6 +780,29 @@ mod tests {
                 .collect(),
             affinity: Default::default(),
         }
+    }
+
+    #[test]
+    fn services_get_the_ids_they_had_before_an_upgrade() {
+        let mut t = node();
+        t.prefer_service_ids([("web".to_string(), 7), ("dns".to_string(), 3)].into());
+        t.upsert_service(service("new", 12, 80, &[10]))
+            .expect("new");
+        t.upsert_service(service("dns", 53, 53, &[12]))
+            .expect("dns");
+        t.upsert_service(service("web", 10, 80, &[10, 11]))
+            .expect("web");
+        let id = |t: &Topology, name: &str| t.services().by_name(name).map(|s| s.id);
+        // Carried over; a service the old process did not have gets an id above them all.
+        assert_eq!(
+            (id(&t, "web"), id(&t, "dns"), id(&t, "new")),
+            (Some(7), Some(3), Some(8))
+        );
+        // Removed and added again: a new id (ids are never reused).
+        t.remove_service("dns").expect("dns");
+        t.upsert_service(service("dns", 53, 53, &[12]))
+            .expect("dns");
+        assert_eq!(id(&t, "dns"), Some(9));
     }
 
     #[test]

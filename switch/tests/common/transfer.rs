@@ -45,8 +45,19 @@ fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> std::io::Result<T> + Send) -> T 
 }
 
 impl Transfer {
-    /// Listens on `server` in `server_ns`, connects from `client_ns` and starts streaming.
+    /// Listens on `addr` in `server_ns`, connects from `client_ns` and starts streaming.
     pub(crate) fn start(client_ns: &str, server_ns: &str, addr: SocketAddrV4) -> Transfer {
+        Self::start_via(client_ns, server_ns, addr, addr)
+    }
+
+    /// [`Transfer::start`], the client connecting to `via` (a service address in front of
+    /// `addr`).
+    pub(crate) fn start_via(
+        client_ns: &str,
+        server_ns: &str,
+        addr: SocketAddrV4,
+        via: SocketAddrV4,
+    ) -> Transfer {
         let listener = in_ns(server_ns, || TcpListener::bind(addr));
         let received = Arc::new(AtomicU64::new(0));
         let got = Arc::clone(&received);
@@ -72,7 +83,7 @@ impl Transfer {
                 got.store(at, Ordering::Relaxed);
             }
         });
-        let mut conn = in_ns(client_ns, || TcpStream::connect(addr));
+        let mut conn = in_ns(client_ns, || TcpStream::connect(via));
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let client = std::thread::spawn(move || {

@@ -1,0 +1,329 @@
+//! Upgrading a running daemon in place (`podswitch upgrade`): the new binary is `exec`ed in the
+//! daemon's own process and handed the pods' TAP descriptors and the tracked flows.
+//!
+//! Why `exec` with inherited descriptors rather than persistent TAPs or `SCM_RIGHTS`: the
+//! descriptors stay the ones the switch opened (in its own namespace, so deleting a pod's
+//! namespace from outside still destroys its TAP and tells the switch), the pods' interfaces
+//! never go away (no address or route is flushed; what a pod sends meanwhile waits in its TAP's
+//! queue), and the process keeps its pid, parent, log and pid file, so a supervisor, the lab or
+//! systemd sees one daemon throughout. A crash cannot hand anything over: the next start
+//! recreates each TAP with the same name, MAC, address and routes, and TCP retransmits over the
+//! gap (see `Node::restore_attachments` and the state file).
+//!
+//! The old process: the control request checks the new binary ([`Upgrade::request`]) and
+//! answers; the daemon stops serving control, writes the handover file (which descriptors are
+//! which pod's queues and the host interface's; the tracked flows), clears close-on-exec on
+//! those descriptors and `exec`s the binary with its own arguments and
+//! `PODSWITCH_HANDOVER=<file>` ([`Node::exec_upgrade`]). Everything else (the tunnel socket,
+//! the control socket, etcd's connections) closes on `exec`. If `exec` fails, the daemon goes
+//! on as it was.
+//!
+//! The new process starts as after a crash (config, then the state file's runtime pods, peers
+//! and services), except that first, before any pod is attached, the flows are tracked again
+//! and the services will get the ids they had; and a pod whose queues were handed over, with
+//! the same address and MAC, adopts them (`TapPort::adopt` checks each descriptor is a TAP of
+//! the pod's interface name first) instead of creating a TAP. Descriptors no pod claims are
+//! then closed, their TAPs with them ([`Node::resume`]).
+
+use std::collections::BTreeMap;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{lock, Node};
+use crate::table::SavedFlow;
+
+/// The environment variable that names the handover file for the new process.
+pub(crate) const HANDOVER_ENV: &str = "PODSWITCH_HANDOVER";
+
+/// What the old process hands the new one.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Handover {
+    /// Each pod's TAP queues, by pod name.
+    pods: BTreeMap<String, HandedPod>,
+    /// The host interface's queues.
+    host: Vec<RawFd>,
+    /// The services' ids, by name: the new process gives them the same, so the flows'
+    /// service ids hold.
+    service_ids: BTreeMap<String, u32>,
+    /// The tracked flows.
+    flows: Vec<SavedFlow>,
+}
+
+impl Handover {
+    /// The handover of the process that `exec`ed this one, if any: read from the file
+    /// [`HANDOVER_ENV`] names, which is then deleted, as is the variable (a later upgrade sets
+    /// its own). A file that cannot be read is logged and ignored (the descriptors then stay
+    /// unclaimed: the pods get new TAPs, as after a crash).
+    pub fn inherited() -> Option<Handover> {
+        let path = std::env::var_os(HANDOVER_ENV)?;
+        // SAFETY (of the environment): this runs in `main` before any thread is started.
+        std::env::remove_var(HANDOVER_ENV);
+        let path = PathBuf::from(path);
+        let read = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<Handover>(&b).map_err(|e| e.to_string()));
+        let _ = std::fs::remove_file(&path);
+        match read {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!(path = %path.display(), "handover file unusable, starting as after a crash: {e}");
+                None
+            }
+        }
+    }
+
+    /// Takes pod `name`'s descriptors (each owned from here: closed when dropped) with the
+    /// address and MAC the pod had.
+    pub(super) fn take_pod(
+        &mut self,
+        name: &str,
+    ) -> Option<(Vec<OwnedFd>, std::net::Ipv4Addr, super::Mac)> {
+        self.pods.remove(name).map(|p| (own(p.fds), p.ip, p.mac))
+    }
+
+    /// Takes the host interface's descriptors.
+    pub(super) fn take_host(&mut self) -> Vec<OwnedFd> {
+        own(std::mem::take(&mut self.host))
+    }
+
+    /// Descriptor count, for the log.
+    fn descriptors(&self) -> usize {
+        self.pods.values().map(|p| p.fds.len()).sum::<usize>() + self.host.len()
+    }
+}
+
+/// A pod's TAP as handed over: adopted only by a pod of the same address and MAC (a pod whose
+/// settings changed gets a new TAP).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct HandedPod {
+    /// The queues' descriptor numbers, open in the new process.
+    pub(super) fds: Vec<RawFd>,
+    pub(super) ip: std::net::Ipv4Addr,
+    pub(super) mac: super::Mac,
+}
+
+/// Owns inherited descriptor numbers (negative ones, which cannot be open, are skipped).
+fn own(fds: Vec<RawFd>) -> Vec<OwnedFd> {
+    fds.into_iter()
+        .filter(|fd| *fd >= 0)
+        // SAFETY: the number was an open TAP queue of the process that exec'ed this one, with
+        // close-on-exec cleared, and nothing in this process has opened or claimed it before:
+        // the handover is read once, and each pod's numbers are taken once. `TapPort::adopt`
+        // then checks what it is before any I/O.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect()
+}
+
+/// An upgrade asked for over the control socket, for the daemon's main loop to carry out.
+#[derive(Debug)]
+pub struct Upgrade {
+    /// The binary this process was started from (the default for `--binary`).
+    current: Option<PathBuf>,
+    requested: Mutex<Option<PathBuf>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Default for Upgrade {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Upgrade {
+    /// Remembers this process's binary path now: after a new build is installed over it, the
+    /// path names the new one.
+    pub fn new() -> Self {
+        let current = std::env::current_exe().ok().map(|p| {
+            // The file replaced under a running process reads as "<path> (deleted)".
+            let s = p.to_string_lossy();
+            PathBuf::from(s.strip_suffix(" (deleted)").unwrap_or(&s).to_string())
+        });
+        Self {
+            current,
+            requested: Mutex::new(None),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Asks for an upgrade to `binary` (default: the path this process was started from),
+    /// once it is checked to be a podswitch that runs here (`--version`). Returns it and its
+    /// version line; the daemon execs it after this request's response is sent.
+    pub(crate) fn request(&self, binary: Option<PathBuf>) -> Result<(PathBuf, String), String> {
+        let binary = binary
+            .or_else(|| self.current.clone())
+            .ok_or("the daemon's own binary path is unknown: give --binary")?;
+        let version = check_binary(&binary)?;
+        *lock(&self.requested) = Some(binary.clone());
+        self.notify.notify_one();
+        Ok((binary, version))
+    }
+
+    /// Completes once an upgrade is asked for.
+    pub async fn requested(&self) {
+        self.notify.notified().await;
+    }
+
+    /// The binary asked for, once.
+    pub fn take(&self) -> Option<PathBuf> {
+        lock(&self.requested).take()
+    }
+}
+
+/// `binary --version`, if it is an executable podswitch.
+fn check_binary(binary: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = binary.display();
+    let meta = std::fs::metadata(binary).map_err(|e| format!("{shown}: {e}"))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(format!("{shown} is not an executable file"));
+    }
+    let mut child = std::process::Command::new(binary)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{shown} does not run here: {e}"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{shown} --version did not finish in 5 s"));
+            }
+        }
+    };
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        use std::io::Read;
+        let _ = stdout.read_to_string(&mut out);
+    }
+    let line = out.lines().next().unwrap_or("").trim().to_string();
+    if !status.success() || !line.starts_with("podswitch ") {
+        return Err(format!(
+            "{shown} --version says {line:?}: not a podswitch binary"
+        ));
+    }
+    Ok(line)
+}
+
+/// Sets or clears close-on-exec on `fd`.
+fn set_cloexec(fd: RawFd, on: bool) -> std::io::Result<()> {
+    let flag = if on { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: fcntl(F_SETFD) on a descriptor number; it touches no memory. A number that is
+    // not open fails with EBADF, which is returned.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flag) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Node {
+    /// Hands the node over to `binary`: writes the handover to `file`, lets the pods' and the
+    /// host interface's descriptors survive `exec`, and execs `binary` with this process's
+    /// arguments. Returns only if that failed, having put everything back as it was.
+    pub fn exec_upgrade(&self, binary: &Path, file: &Path) -> std::io::Error {
+        let handover = self.handover();
+        let fds: Vec<RawFd> = handover
+            .pods
+            .values()
+            .flat_map(|p| &p.fds)
+            .chain(&handover.host)
+            .copied()
+            .collect();
+        let written = serde_json::to_vec(&handover)
+            .map_err(std::io::Error::other)
+            .and_then(|text| std::fs::write(file, text));
+        if let Err(e) = written {
+            return e;
+        }
+        if let Some(e) = fds.iter().find_map(|fd| set_cloexec(*fd, false).err()) {
+            fds.iter().for_each(|fd| drop(set_cloexec(*fd, true)));
+            let _ = std::fs::remove_file(file);
+            return e;
+        }
+        tracing::info!(binary = %binary.display(), pods = handover.pods.len(), descriptors = fds.len(), flows = handover.flows.len(), "upgrading: exec");
+        let args: Vec<_> = std::env::args_os().skip(1).collect();
+        use std::os::unix::process::CommandExt;
+        let e = std::process::Command::new(binary)
+            .args(args)
+            .env(HANDOVER_ENV, file)
+            .exec();
+        fds.iter().for_each(|fd| drop(set_cloexec(*fd, true)));
+        let _ = std::fs::remove_file(file);
+        e
+    }
+
+    /// What to hand over: the descriptors by pod, the host interface's, the flows.
+    fn handover(&self) -> Handover {
+        let pods = lock(&self.pods)
+            .iter()
+            .map(|(name, r)| {
+                let pod = HandedPod {
+                    fds: r.fds.clone(),
+                    ip: r.ip,
+                    mac: r.spec.mac_at(r.ip),
+                };
+                (name.clone(), pod)
+            })
+            .collect();
+        let service_ids = self
+            .switch
+            .services()
+            .iter()
+            .map(|c| (c.service.name.clone(), c.id))
+            .collect();
+        Handover {
+            pods,
+            host: lock(&self.host_fds).clone(),
+            service_ids,
+            flows: self.switch.tables().conntrack.save(),
+        }
+    }
+
+    /// At the start of a node from a handover, before any pod or service is attached: the
+    /// services will get the ids they had, and the flows are tracked again (so no packet of a
+    /// flow is seen untracked: a backend's reply let through untranslated would have the client
+    /// reset the connection). Returns the flows tracked.
+    pub(super) fn resume_flows(&self) -> usize {
+        let mut inherited = lock(&self.inherited);
+        let Some(handover) = inherited.as_mut() else {
+            return 0;
+        };
+        let ids = std::mem::take(&mut handover.service_ids);
+        if let Err(e) = self.switch.prefer_service_ids(ids) {
+            tracing::warn!("service ids not carried over: {e}");
+        }
+        let tables = self.switch.tables();
+        let now = tables.mac.now();
+        let flows = std::mem::take(&mut handover.flows);
+        flows
+            .iter()
+            .filter(|f| tables.conntrack.resume(f, f.service, now))
+            .count()
+    }
+
+    /// After a start from a handover: closes the descriptors no pod claimed (their TAPs go).
+    pub fn resume(&self) {
+        let Some(mut handover) = lock(&self.inherited).take() else {
+            return;
+        };
+        let unclaimed = handover.descriptors();
+        drop(handover.take_host());
+        let names: Vec<String> = handover.pods.keys().cloned().collect();
+        for name in names {
+            drop(handover.take_pod(&name));
+        }
+        tracing::info!(
+            unclaimed_descriptors = unclaimed,
+            "resumed after an upgrade"
+        );
+    }
+}
