@@ -119,6 +119,10 @@ fn field(value: &str, name: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn three_nodes_lease_distinct_subnets_and_reach_each_other_restart_keeps_a_subnet_and_a_killed_node_expires(
 ) {
     if !root_or_skip("three_nodes_lease_distinct_subnets") {
@@ -215,6 +219,10 @@ fn three_nodes_lease_distinct_subnets_and_reach_each_other_restart_keeps_a_subne
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn a_kernel_vxlan_node_joins_by_a_hand_written_lease_and_leaves_when_it_is_deleted() {
     if !root_or_skip("a_kernel_vxlan_node_joins_by_a_hand_written_lease") {
         return;
@@ -288,6 +296,10 @@ fn a_kernel_vxlan_node_joins_by_a_hand_written_lease_and_leaves_when_it_is_delet
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn with_etcd_gone_pods_keep_talking_a_node_restarts_on_its_subnet_and_etcd_back_brings_a_new_node()
 {
     if !root_or_skip("with_etcd_gone_pods_keep_talking") {
@@ -338,6 +350,10 @@ fn with_etcd_gone_pods_keep_talking_a_node_restarts_on_its_subnet_and_etcd_back_
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn the_nodes_own_key_deleted_is_recreated() {
     if !root_or_skip("the_nodes_own_key_deleted_is_recreated") {
         return;
@@ -364,6 +380,10 @@ fn the_nodes_own_key_deleted_is_recreated() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn a_missing_config_and_an_exhausted_range_are_said_and_waited_out() {
     if !root_or_skip("a_missing_config_and_an_exhausted_range") {
         return;
@@ -400,6 +420,10 @@ fn a_missing_config_and_an_exhausted_range_are_said_and_waited_out() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn a_configured_subnet_held_by_another_node_is_waited_for_never_shared() {
     if !root_or_skip("a_configured_subnet_held_by_another_node") {
         return;
@@ -485,6 +509,10 @@ fn fetch(ns: &str, url: &str) -> Option<String> {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn a_service_put_in_etcd_is_applied_on_every_node_reached_through_its_vip_and_removed_with_its_key()
 {
     if !root_or_skip("a_service_put_in_etcd_is_applied_on_every_node") {

@@ -220,6 +220,10 @@ fn bad_configs_and_environments_are_the_spec_errors() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn add_check_del_through_the_daemon_and_host_local() {
     if !root_or_skip("add_check_del_through_the_daemon_and_host_local") {
         return;
@@ -353,6 +357,10 @@ fn add_check_del_through_the_daemon_and_host_local() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn daemon_down_is_try_again_later_and_leaves_no_address() {
     if !root_or_skip("daemon_down_is_try_again_later_and_leaves_no_address") {
         return;
@@ -404,6 +412,10 @@ fn daemon_down_is_try_again_later_and_leaves_no_address() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn a_failure_after_ipam_releases_the_address() {
     if !root_or_skip("a_failure_after_ipam_releases_the_address") {
         return;

@@ -44,6 +44,10 @@ fn stdout(o: &Output) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn daemon_runs_pods_serves_control_and_cleans_up_on_sigterm() {
     if !root_or_skip("daemon_runs_pods_serves_control_and_cleans_up_on_sigterm") {
         return;
@@ -228,6 +232,10 @@ fn daemon_runs_pods_serves_control_and_cleans_up_on_sigterm() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn bad_config_names_the_field_and_creates_nothing() {
     if !root_or_skip("bad_config_names_the_field_and_creates_nothing") {
         return;
@@ -284,6 +292,10 @@ fn ping_from(ns: &str, ip: &str) -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn lab_builds_a_two_node_cluster_and_tears_it_down() {
     if !root_or_skip("lab_builds_a_two_node_cluster_and_tears_it_down") {
         return;
@@ -552,6 +564,10 @@ fn lab_pod_ips(text: &str, name: &str, i: usize) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn lab_with_etcd_leases_subnets_and_learns_peers_there() {
     if !root_or_skip("lab_with_etcd_leases_subnets_and_learns_peers_there") {
         return;
@@ -715,6 +731,10 @@ fn refused_alike(d: &Daemon, dir: &Path, base: &str, kind: &str, args: &[&str], 
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn runtime_pod_and_peer_add_refuse_what_the_file_refuses_with_the_same_message() {
     if !root_or_skip("runtime_pod_and_peer_add_refuse_what_the_file_refuses_with_the_same_message")
     {
@@ -820,6 +840,10 @@ fn runtime_pod_and_peer_add_refuse_what_the_file_refuses_with_the_same_message()
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn a_second_daemon_says_what_is_taken() {
     if !root_or_skip("a_second_daemon_says_what_is_taken") {
         return;
@@ -961,6 +985,10 @@ fn pod_status(d: &Daemon, name: &str) -> Option<PodStatus> {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn pods_attach_by_path_with_a_container_id_and_an_interface_name() {
     if !root_or_skip("pods_attach_by_path_with_a_container_id_and_an_interface_name") {
         return;
@@ -1134,6 +1162,10 @@ fn pods_attach_by_path_with_a_container_id_and_an_interface_name() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn cni_attachments_survive_a_daemon_restart() {
     if !root_or_skip("cni_attachments_survive_a_daemon_restart") {
         return;
@@ -1220,6 +1252,10 @@ fn pod_ip(d: &Daemon, name: &str) -> std::net::Ipv4Addr {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn pods_without_ip_get_the_lowest_free_addresses_and_keep_them() {
     if !root_or_skip("pods_without_ip_get_the_lowest_free_addresses_and_keep_them") {
         return;
@@ -1362,6 +1398,10 @@ fn pods_without_ip_get_the_lowest_free_addresses_and_keep_them() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn a_full_range_refuses_a_pod_without_ip_by_name() {
     if !root_or_skip("a_full_range_refuses_a_pod_without_ip_by_name") {
         return;
@@ -1392,6 +1432,10 @@ fn service_list(d: &Daemon) -> Vec<ServiceStatus> {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn services_from_the_file_and_at_runtime_refused_alike() {
     if !root_or_skip("services_from_the_file_and_at_runtime_refused_alike") {
         return;
@@ -1601,6 +1645,10 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn control_socket_survives_floods_of_clients_garbage_and_huge_lines() {
     if !root_or_skip("control_socket_survives_floods_of_clients_garbage_and_huge_lines") {
         return;
@@ -1690,6 +1738,10 @@ fn control_socket_survives_floods_of_clients_garbage_and_huge_lines() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn a_killed_daemon_started_again_takes_its_pods_back_and_connections_live_on() {
     if !root_or_skip("a_killed_daemon_started_again_takes_its_pods_back_and_connections_live_on") {
         return;

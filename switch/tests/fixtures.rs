@@ -9,6 +9,10 @@ use common::cluster::{flannel_network_config, ping, Etcd, KernelFlannelNode, Und
 use podswitch::testutil::{root_or_skip, wait_for};
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn underlay_hosts_ping_each_other() {
     if !root_or_skip("underlay_hosts_ping_each_other") {
         return;
@@ -21,6 +25,10 @@ fn underlay_hosts_ping_each_other() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn etcd_stores_expires_and_survives_a_restart() {
     if !root_or_skip("etcd_stores_expires_and_survives_a_restart") {
         return;
@@ -80,6 +88,10 @@ fn etcd_stores_expires_and_survives_a_restart() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn kernel_flannel_nodes_carry_pod_traffic() {
     if !root_or_skip("kernel_flannel_nodes_carry_pod_traffic") {
         return;

@@ -157,6 +157,10 @@ impl Drop for Site {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn pods_reach_the_outside_masqueraded_and_the_node_reaches_its_pods() {
     if !root_or_skip("pods_reach_the_outside_masqueraded") {
         return;
@@ -220,6 +224,10 @@ fn pods_reach_the_outside_masqueraded_and_the_node_reaches_its_pods() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn sigterm_leaves_no_rule_or_interface_and_a_restart_after_sigkill_no_duplicate() {
     if !root_or_skip("sigterm_leaves_no_rule_or_interface") {
         return;
@@ -327,6 +335,10 @@ fn spawn_in(ns: &str, script: &str, ip: &str, port: u16, udp: bool) -> Server {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn services_spread_flows_over_backends_across_nodes_with_hairpin_udp_and_reject() {
     if !root_or_skip("services_spread_flows_over_backends") {
         return;
@@ -495,6 +507,10 @@ print(json.dumps(second), flush=True)
 "#;
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn three_hundred_connections_over_three_backends_and_a_backend_removed_under_load() {
     if !root_or_skip("three_hundred_connections_over_three_backends") {
         return;

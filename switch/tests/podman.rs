@@ -293,6 +293,10 @@ fn netns_entries() -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn containers_of_a_pod_share_localhost_and_pods_reach_each_other() {
     if !root_or_skip("containers_of_a_pod_share_localhost_and_pods_reach_each_other") {
         return;
@@ -359,6 +363,10 @@ fn containers_of_a_pod_share_localhost_and_pods_reach_each_other() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn pods_get_their_network_back_after_a_daemon_restart() {
     if !root_or_skip("pods_get_their_network_back_after_a_daemon_restart") {
         return;
@@ -392,6 +400,10 @@ fn pods_get_their_network_back_after_a_daemon_restart() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn with_the_daemon_down_a_pod_fails_to_start_and_leaves_nothing() {
     if !root_or_skip("with_the_daemon_down_a_pod_fails_to_start_and_leaves_nothing") {
         return;
@@ -436,6 +448,10 @@ fn with_the_daemon_down_a_pod_fails_to_start_and_leaves_nothing() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn pod_start_time_podswitch_and_stock_bridge() {
     if !root_or_skip("pod_start_time_podswitch_and_stock_bridge") {
         return;

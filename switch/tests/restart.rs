@@ -71,6 +71,10 @@ fn upgrade(node: &Node) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn transfers_survive_five_upgrades_and_two_crashes() {
     if !root_or_skip("transfers_survive_five_upgrades_and_two_crashes") {
         return;

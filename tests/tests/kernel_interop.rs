@@ -218,6 +218,10 @@ fn decode(f: &[u8]) -> Option<Vxlan> {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn podswitch_and_kernel_vxlan_interoperate() {
     if !root_or_skip("podswitch_and_kernel_vxlan_interoperate") {
         return;

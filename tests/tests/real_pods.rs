@@ -58,6 +58,10 @@ fn connect_from(ns: &str, addr: SocketAddrV4) -> TcpStream {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn ping_and_tcp_between_real_pods() {
     if !root_or_skip("ping_and_tcp_between_real_pods") {
         return;
@@ -107,6 +111,10 @@ fn ping_and_tcp_between_real_pods() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn two_workers_share_the_flows_of_multi_queue_taps() {
     if !root_or_skip("two_workers_share_the_flows_of_multi_queue_taps") {
         return;
@@ -226,6 +234,10 @@ fn stdout_of(out: std::process::Output) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn processes_of_one_pod_share_localhost_and_ports() {
     if !root_or_skip("processes_of_one_pod_share_localhost_and_ports") {
         return;
@@ -280,6 +292,10 @@ fn chunk(seq: u64) -> Vec<u8> {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn pods_added_and_removed_while_others_transfer() {
     if !root_or_skip("pods_added_and_removed_while_others_transfer") {
         return;
@@ -348,6 +364,10 @@ fn pods_added_and_removed_while_others_transfer() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn namespace_deleted_from_outside_removes_only_that_pod() {
     if !root_or_skip("namespace_deleted_from_outside_removes_only_that_pod") {
         return;
@@ -381,6 +401,10 @@ fn namespace_deleted_from_outside_removes_only_that_pod() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn adopted_namespace_is_left_as_found() {
     if !root_or_skip("adopted_namespace_is_left_as_found") {
         return;
@@ -404,6 +428,10 @@ fn adopted_namespace_is_left_as_found() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn failed_pod_setup_leaves_nothing_behind() {
     if !root_or_skip("failed_pod_setup_leaves_nothing_behind") {
         return;
@@ -508,6 +536,10 @@ for _ in range(3):
 "#;
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn a_deleted_pods_mac_and_vlan_tagged_spoofing_reach_no_other_pod() {
     if !root_or_skip("a_deleted_pods_mac_and_vlan_tagged_spoofing_reach_no_other_pod") {
         return;
