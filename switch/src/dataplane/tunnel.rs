@@ -11,6 +11,7 @@
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 
+use super::capture::{self, CaptureTap};
 use super::ports::Ports;
 use crate::gso::{self, Coalescer, Segmenter};
 use crate::pipeline::{Action, DropReason, Metrics, Pipeline, PortCounts, PortMetrics};
@@ -34,6 +35,8 @@ pub(super) struct TunnelSlot {
     segmenter: Segmenter,
     /// Largest inner IPv4 packet the tunnel carries (segments are cut to fit).
     tunnel_mtu: usize,
+    /// Captures on peers, by underlay address (usually none; looked at once per batch).
+    pub(super) captures: Vec<(std::net::Ipv4Addr, Arc<CaptureTap>)>,
 }
 
 impl TunnelSlot {
@@ -62,6 +65,7 @@ impl TunnelSlot {
             counts: PortCounts::default(),
             segmenter: Segmenter::default(),
             tunnel_mtu: usize::from(tunnel_mtu),
+            captures: Vec::new(),
         }
     }
 
@@ -109,6 +113,9 @@ impl TunnelSlot {
         if self.tx.is_empty() {
             return;
         }
+        if !self.captures.is_empty() {
+            capture::copy_queued(&self.captures, &self.tx, source);
+        }
         let out = self.tunnel.send_queue(&mut self.tx, source);
         self.counts.tx_frames += out.sent as u64;
         self.counts.tx_bytes += out.bytes as u64;
@@ -135,6 +142,7 @@ impl TunnelSlot {
             segments,
             coalescer,
             counts,
+            captures,
             ..
         } = self;
         rx.clear();
@@ -142,6 +150,9 @@ impl TunnelSlot {
         segments.clear();
         if let Err(e) = tunnel.recv(rx, sources, segments, max) {
             tracing::warn!("tunnel receive: {e}");
+        }
+        if !captures.is_empty() {
+            capture::copy_received(captures, rx, sources, segments);
         }
         let mut datagrams = 0;
         counts.rx_bytes += rx.bytes() as u64;
