@@ -3,12 +3,14 @@
 //! drains ([`CaptureTap::next`], [`CaptureTap::recycle`]).
 //!
 //! Where frames are copied (each place looks at its list of taps once per batch, so a switch
-//! nobody captures on pays one branch per port and round):
+//! nobody captures on pays one branch per port and round; the tunnel's sending side looks per
+//! frame encapsulated, inside the out-of-line encapsulation):
 //! - a port's received batch, before the pipeline edits it (what the pod sent);
 //! - what is handed to a port: its transmit batch before it is sent, or a direct (TAP) write
 //!   as it is made (what the pod receives);
 //! - the tunnel: the inner frames of the datagrams queued for a peer, as sent (after
-//!   segmentation), and of the datagrams received from it, before the pipeline edits them.
+//!   segmentation; looked at per frame encapsulated, in the out-of-line encapsulation), and of
+//!   the datagrams received from it, before the pipeline edits them.
 //!
 //! Frames are copied as the switch holds them: a GSO superframe is one large packet, a frame
 //! with a partial checksum (virtio-net `NEEDS_CSUM`) keeps its unfinished checksum.
@@ -178,16 +180,26 @@ fn peer_taps(
         .map(|(_, t)| t.as_ref())
 }
 
-/// Copies the inner frame of every datagram of `queue` to the taps of `taps` on its peer;
-/// `source` is the buffer the queue refers to.
+/// Copies the inner frames of the datagrams `queue` holds from index `from` on, all for `to`,
+/// to the taps of `taps` on that peer; their bodies lie in `frame`, which starts at `at` of the
+/// buffer the queue refers to.
 #[cold]
 #[inline(never)]
-pub(super) fn copy_queued(taps: &[(Ipv4Addr, Arc<CaptureTap>)], queue: &TxQueue, source: &[u8]) {
+pub(super) fn copy_queued(
+    taps: &[(Ipv4Addr, Arc<CaptureTap>)],
+    queue: &TxQueue,
+    from: usize,
+    to: SocketAddrV4,
+    frame: &[u8],
+    at: usize,
+) {
     let ts = now();
-    queue.for_each(|to, head, body| {
+    queue.for_each_since(from, |head, body| {
         // The head starts with the VXLAN header; rebuilt inner headers may follow it.
         let inner = head.get(vxlan::HEADER_LEN..).unwrap_or_default();
-        let body = source.get(body).unwrap_or_default();
+        let body = frame
+            .get(body.start.saturating_sub(at)..body.end.saturating_sub(at))
+            .unwrap_or_default();
         for tap in peer_taps(taps, *to.ip()) {
             tap.copy(&[inner, body], ts);
         }

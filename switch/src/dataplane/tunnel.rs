@@ -84,6 +84,21 @@ impl TunnelSlot {
         at: usize,
         vnet: VnetHdr,
     ) -> bool {
+        let from = self.tx.len();
+        let queued = self.queue(to, frame, at, vnet);
+        // A peer captured: the datagrams just queued are copied as they will leave (segments
+        // of a superframe one by one). Here, per frame, rather than once per batch at the
+        // flush: a check there, inlined into the round, cost every routed frame between local
+        // pods 6 instructions (callgrind), with no tunnel involved.
+        if !self.captures.is_empty() {
+            capture::copy_queued(&self.captures, &self.tx, from, to, frame, at);
+        }
+        queued
+    }
+
+    /// [`TunnelSlot::encapsulate`] without the capture.
+    #[inline(always)]
+    fn queue(&mut self, to: SocketAddrV4, frame: &mut [u8], at: usize, vnet: VnetHdr) -> bool {
         let hash = vxlan::flow_hash(frame);
         if !vnet.is_gso() {
             if vnet.needs_csum() && gso::complete_checksum(frame, &vnet).is_err() {
@@ -112,9 +127,6 @@ impl TunnelSlot {
     pub(super) fn flush(&mut self, source: &[u8], metrics: &Metrics) {
         if self.tx.is_empty() {
             return;
-        }
-        if !self.captures.is_empty() {
-            capture::copy_queued(&self.captures, &self.tx, source);
         }
         let out = self.tunnel.send_queue(&mut self.tx, source);
         self.counts.tx_frames += out.sent as u64;

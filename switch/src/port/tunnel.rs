@@ -174,21 +174,18 @@ impl TxQueue {
         self.runs.len()
     }
 
-    /// Calls `f(destination, head, body range)` for every datagram queued, in order (what a
-    /// capture copies).
-    pub(crate) fn for_each(&self, mut f: impl FnMut(SocketAddrV4, &[u8], Range<usize>)) {
-        for run in &self.runs {
-            let first = run.first as usize;
-            let datagrams = self.datagrams.get(first..first + run.count as usize);
-            for d in datagrams.unwrap_or_default() {
-                let (ho, hl) = (d.head.0 as usize, d.head.1 as usize);
-                let (bo, bl) = (d.body.0 as usize, d.body.1 as usize);
-                f(
-                    run.to,
-                    self.heads.get(ho..ho + hl).unwrap_or_default(),
-                    bo..bo + bl,
-                );
-            }
+    /// Number of datagrams queued.
+    pub(crate) fn len(&self) -> usize {
+        self.datagrams.len()
+    }
+
+    /// Calls `f(head, body range)` for every datagram queued from index `from` on, in order
+    /// (what a capture copies).
+    pub(crate) fn for_each_since(&self, from: usize, mut f: impl FnMut(&[u8], Range<usize>)) {
+        for d in self.datagrams.get(from..).unwrap_or_default() {
+            let (ho, hl) = (d.head.0 as usize, d.head.1 as usize);
+            let (bo, bl) = (d.body.0 as usize, d.body.1 as usize);
+            f(self.heads.get(ho..ho + hl).unwrap_or_default(), bo..bo + bl);
         }
     }
 
