@@ -1496,6 +1496,150 @@ mod tests {
         server.stop().unwrap();
     }
 
+    /// A handler whose captures are made up: `len` records of 10 bytes (all `i`, from a
+    /// 100-byte frame) and 2 dropped, then gone; endless with `len` None.
+    struct Streamer {
+        len: Option<u64>,
+    }
+
+    struct FakeSource {
+        sent: u64,
+        len: Option<u64>,
+    }
+
+    impl CaptureSource for FakeSource {
+        fn drain(&mut self, out: &mut Vec<u8>, max: u64) -> u64 {
+            let left = self.len.map_or(u64::MAX, |l| l - self.sent);
+            let n = left.min(max).min(3);
+            for _ in 0..n {
+                out.push(CAPTURE_RECORD);
+                let ts = Duration::from_secs(self.sent);
+                out.extend_from_slice(&crate::pcap::record_header(ts, 10, 100));
+                out.extend_from_slice(&[self.sent as u8; 10]);
+                self.sent += 1;
+            }
+            n
+        }
+
+        fn dropped(&self) -> u64 {
+            2
+        }
+
+        fn ended(&self) -> Option<String> {
+            (Some(self.sent) == self.len).then(|| "fake is gone".into())
+        }
+    }
+
+    impl ControlHandler for Streamer {
+        fn handle(&self, _: Request) -> Response {
+            Response::Ok
+        }
+
+        fn capture(&self, spec: CaptureSpec) -> Result<Box<dyn CaptureSource>, Box<Response>> {
+            match spec.pod.as_deref() {
+                Some("nope") => Err(Box::new(Response::error_of(
+                    ErrorKind::NotFound,
+                    "capture: no pod named \"nope\"",
+                ))),
+                _ => Ok(Box::new(FakeSource {
+                    sent: 0,
+                    len: self.len,
+                })),
+            }
+        }
+    }
+
+    fn capture_of(pod: &str, count: Option<u64>) -> CaptureSpec {
+        CaptureSpec {
+            pod: Some(pod.into()),
+            peer: None,
+            snaplen: 64,
+            count,
+        }
+    }
+
+    /// A writer that takes `room` bytes, then reports a closed pipe.
+    struct Pipe {
+        room: usize,
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(std::io::Error::from(IoErrorKind::BrokenPipe));
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_capture_streams_pcap_records_until_its_end() {
+        let dir = TempDir::new("capture");
+        let path = dir.sock();
+        let server = Server::start(&path, Arc::new(Streamer { len: Some(7) }));
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let text = serde_json::to_string(&Request::Capture(capture_of("a", None))).unwrap();
+        assert_eq!(text, r#"{"op":"capture","pod":"a","snaplen":64}"#);
+
+        // The source ends by itself: every record, then its end.
+        let mut out = Vec::new();
+        let end = capture(&path, &capture_of("a", None), &mut out, &stop).unwrap();
+        assert_eq!(
+            end,
+            CaptureEnd {
+                captured: 7,
+                dropped: 2,
+                reason: "fake is gone".into()
+            }
+        );
+        assert_eq!(out.len(), 24 + 7 * (16 + 10));
+        assert_eq!(&out[..24], &crate::pcap::global_header(64));
+        let last = &out[24 + 6 * 26..];
+        assert_eq!(
+            &last[..16],
+            &crate::pcap::record_header(Duration::from_secs(6), 10, 100)
+        );
+        assert_eq!(&last[16..], &[6; 10]);
+
+        // A count stops it there.
+        let mut out = Vec::new();
+        let end = capture(&path, &capture_of("a", Some(5)), &mut out, &stop).unwrap();
+        assert_eq!((end.captured, end.reason.as_str()), (5, "count reached"));
+        assert_eq!(out.len(), 24 + 5 * 26);
+
+        // Refused by name, as the handler says.
+        let err = capture(&path, &capture_of("nope", None), &mut Vec::new(), &stop).unwrap_err();
+        assert_eq!(err.to_string(), "capture: no pod named \"nope\"");
+        server.stop().unwrap();
+    }
+
+    #[test]
+    fn a_capture_stops_on_request_and_when_its_output_closes() {
+        let dir = TempDir::new("capstop");
+        let path = dir.sock();
+        let server = Server::start(&path, Arc::new(Streamer { len: None }));
+        // Ctrl-C before anything came: the client says stop, the server ends.
+        let stop = std::sync::atomic::AtomicBool::new(true);
+        let mut out = Vec::new();
+        let end = capture(&path, &capture_of("a", None), &mut out, &stop).unwrap();
+        assert_eq!(end.reason, "stopped by the client");
+        assert_eq!(&out[..24], &crate::pcap::global_header(64));
+        assert_eq!((out.len() - 24) % 26, 0, "whole records only");
+        // The reader of the output goes away (a closed pipe): stopped, not failed.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mut pipe = Pipe { room: 100 };
+        let end = capture(&path, &capture_of("a", None), &mut pipe, &stop).unwrap();
+        assert_eq!(end.reason, "output closed");
+        assert_eq!(end.dropped, 2);
+        server.stop().unwrap();
+    }
+
     #[test]
     fn request_response_round_trips() {
         let dir = TempDir::new("roundtrip");

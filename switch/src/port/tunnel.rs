@@ -508,6 +508,20 @@ mod tests {
     }
 
     #[test]
+    fn datagrams_queued_since_an_index_are_listed_with_their_heads() {
+        let to = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9);
+        let mut q = TxQueue::default();
+        q.push(to, 1, &[b"ab"], 0..10);
+        let from = q.len();
+        q.push(to, 1, &[b"cd", b"e"], 10..20);
+        q.push(to, 2, &[], 20..25);
+        let mut seen = Vec::new();
+        q.for_each_since(from, |head, body| seen.push((head.to_vec(), body)));
+        assert_eq!(seen, [(b"cde".to_vec(), 10..20), (Vec::new(), 20..25)]);
+        q.for_each_since(9, |_, _| panic!("nothing past the end"));
+    }
+
+    #[test]
     fn a_body_outside_the_source_is_dropped_and_counted() {
         let mut a = UdpTunnel::bind(Ipv4Addr::new(127, 0, 0, 1), 0).expect("bind a");
         let b = UdpTunnel::bind(Ipv4Addr::new(127, 0, 0, 1), 0).expect("bind b");
