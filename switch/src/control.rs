@@ -118,7 +118,7 @@ pub enum Request {
 #[serde(deny_unknown_fields)]
 pub struct CaptureSpec {
     /// The pod whose port to capture on: what it sends and what the switch hands it.
-    #[arg(long, required_unless_present = "peer", conflicts_with = "peer")]
+    #[arg(long, conflicts_with = "peer")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
     /// The peer node whose tunnel traffic to capture, decapsulated: the inner Ethernet frames

@@ -612,6 +612,9 @@ fn capture(
 ) -> Result<(), String> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     use std::io::{IsTerminal, Write};
+    if spec.pod.is_none() && spec.peer.is_none() {
+        return Err("capture: name the pod (--pod NAME) or the peer (--peer NAME)".into());
+    }
     let path = control_path(control)?;
     let mut out: Box<dyn Write> = match write {
         Some(p) if p != Path::new("-") => Box::new(std::io::BufWriter::new(

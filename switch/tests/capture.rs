@@ -225,8 +225,8 @@ fn a_capture_streams_to_tshark_through_a_pipe() {
 }
 
 #[test]
-fn a_closed_reader_stops_the_capture_and_the_node_stops_copying() {
-    if !root_or_skip("a_closed_reader_stops_the_capture_and_the_node_stops_copying") {
+fn a_closed_reader_or_ctrl_c_stops_the_capture_and_the_node_stops_copying() {
+    if !root_or_skip("a_closed_reader_or_ctrl_c_stops_the_capture_and_the_node_stops_copying") {
         return;
     }
     let (mut d, a, _b) = two_pods();
@@ -245,14 +245,32 @@ fn a_closed_reader_stops_the_capture_and_the_node_stops_copying() {
     let said = text(&out.stderr);
     assert!(said.contains("output closed"), "{said}");
 
-    // The node says when it stopped copying.
+    // Ctrl-C (SIGINT) while writing a file: a clean stop, the records so far kept.
+    let file = d.dir.join("int.pcap");
+    let file_arg = file.to_str().expect("utf-8 path");
+    let cap = spawn_piped(&mut capture_cmd(&d, &["--pod", "b", "-w", file_arg]));
+    let ping = ping_forever(&a, "10.244.1.11");
+    wait_for("a record in the file", || {
+        std::fs::metadata(&file).is_ok_and(|m| m.len() > 24)
+    });
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    unsafe { libc::kill(cap.id() as libc::pid_t, libc::SIGINT) };
+    let out = finish(cap, "the capture to stop on SIGINT");
+    drop(ping);
+    assert!(out.status.success(), "capture: {}", text(&out.stderr));
+    let said = text(&out.stderr);
+    assert!(said.contains("stopped by the client"), "{said}");
+
+    // The node says when it stopped copying, for both.
     let log = d.stop();
     let log = text(&log.stderr);
-    assert!(
-        log.contains("capture of pod \"a\" started")
-            && log.contains("capture of pod \"a\" stopped"),
-        "daemon log:\n{log}"
-    );
+    for pod in ["a", "b"] {
+        assert!(
+            log.contains(&format!("capture of pod \"{pod}\" started"))
+                && log.contains(&format!("capture of pod \"{pod}\" stopped")),
+            "daemon log:\n{log}"
+        );
+    }
 }
 
 #[test]
@@ -270,6 +288,7 @@ fn captures_of_what_is_not_there_are_refused_by_name() {
         assert!(!out.status.success(), "{args:?} accepted");
         assert!(said.contains(needle), "{args:?}: {said}");
     };
+    refused(&[], "name the pod (--pod NAME) or the peer (--peer NAME)");
     refused(&["--pod", "nope"], "no pod named \"nope\"");
     refused(&["--peer", "nope"], "no peer named \"nope\"");
     refused(
