@@ -348,3 +348,95 @@ fn a_peer_capture_shows_the_inner_frames_of_the_tunnel() {
     assert_eq!(fields.lines().count(), 6, "six inner frames:\n{fields}");
     assert_echoes(&fields, "10.244.1.10", "10.244.2.10");
 }
+
+#[test]
+fn tcp_superframes_are_captured_as_one_large_packet_each() {
+    if !root_or_skip("tcp_superframes_are_captured_as_one_large_packet_each") {
+        return;
+    }
+    need_tshark();
+    let (d, a, b) = two_pods();
+    let server = Background(
+        Command::new("ip")
+            .args(["netns", "exec", &b, "iperf3", "-s", "-1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("iperf3 server"),
+    );
+    wait_for("iperf3 server", || {
+        common::run(&[
+            "ip",
+            "netns",
+            "exec",
+            &b,
+            "sh",
+            "-c",
+            "ss -ltn | grep -q 5201",
+        ])
+        .status
+        .success()
+    });
+    let file = d.dir.join("tcp.pcap");
+    let file_arg = file.to_str().expect("utf-8 path");
+    let cap = spawn_piped(&mut capture_cmd(
+        &d,
+        &[
+            "--pod",
+            "a",
+            "--count",
+            "200",
+            "--snaplen",
+            "128",
+            "-w",
+            file_arg,
+        ],
+    ));
+    let client = common::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &a,
+        "iperf3",
+        "-c",
+        "10.244.1.11",
+        "-t",
+        "2",
+    ]);
+    assert!(client.status.success(), "iperf3: {}", text(&client.stderr));
+    let out = finish(cap, "the capture of 200 frames");
+    drop(server);
+    assert!(out.status.success(), "capture: {}", text(&out.stderr));
+    let decoded = common::run(&[
+        "tshark",
+        "-r",
+        file_arg,
+        "-T",
+        "fields",
+        "-e",
+        "frame.len",
+        "-e",
+        "frame.cap_len",
+    ]);
+    assert!(
+        decoded.status.success(),
+        "tshark: {}",
+        text(&decoded.stderr)
+    );
+    let lens: Vec<(u32, u32)> = text(&decoded.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (len, cap) = l.split_once('\t')?;
+            Some((len.parse().ok()?, cap.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(lens.len(), 200, "every record decoded");
+    assert!(
+        lens.iter().all(|&(len, cap)| cap == len.min(128)),
+        "cut to the snap length: {lens:?}"
+    );
+    assert!(
+        lens.iter().any(|&(len, _)| len > 1514),
+        "a superframe (longer than a wire frame) among them: {lens:?}"
+    );
+}
