@@ -1,5 +1,5 @@
 //! The runtime API of a node: JSON lines on a Unix socket (`podswitch pod add|del|list`,
-//! `peer ...`, `service add|del|list`, `conntrack`, `fdb`, `status` talk to `podswitch run`
+//! `peer ...`, `service add|del|list`, `conntrack`, `fdb`, `status`, `capture` talk to `podswitch run`
 //! through it).
 //!
 //! Protocol: the client writes one [`Request`] object per line and reads one [`Response`]
@@ -26,13 +26,17 @@
 //! - bounded ([`Limits`]): at most 128 connections at once (one more gets an error line and is
 //!   closed at once), each closed after 30 s without a complete request, so a flood of clients
 //!   costs bounded memory and descriptors;
+//! - the one exception, a capture that starts ([`Request::Capture`]): its response line is
+//!   followed by the capture's binary stream (see [`CaptureSpec`]) and the connection closes
+//!   after it; copies that wait are looked for every few milliseconds (the data plane never
+//!   wakes the server), and a client gone ends the capture;
 //! - handlers run on tokio's blocking pool (they block on netlink work), so a slow request does
 //!   not hold up other connections;
 //! - the socket file is removed when the server stops (shutdown, error or drop), unless another
 //!   file has replaced it meanwhile.
 
 use std::future::Future;
-use std::io::{BufRead, BufReader, ErrorKind as IoErrorKind, Write};
+use std::io::{BufRead, BufReader, ErrorKind as IoErrorKind, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -107,6 +111,71 @@ pub enum Request {
     ServiceList,
     /// List the flows connection tracking follows ([`Response::Flows`]).
     Conntrack,
+    /// Copy the frames of a pod or a peer: answered by [`Response::Capture`], then a stream
+    /// of copies on the same connection until the capture ends (see [`CaptureSpec`]).
+    Capture(CaptureSpec),
+}
+
+/// What `podswitch capture` asks for: the frames one pod's port receives and sends, or the
+/// inner frames exchanged with one peer through the tunnel.
+///
+/// The stream that follows [`Response::Capture`] is binary: frames, each a tag byte and its
+/// body, the last one an end. Tag [`CAPTURE_RECORD`]: a pcap record (16-byte header, then as
+/// many bytes as its captured length says, at most the snap length). Tag [`CAPTURE_END`]: a
+/// [`CaptureEnd`] as one JSON line; the server closes the connection after it. The client
+/// stops a capture by shutting down its side for writing (the server then sends the end), or
+/// by closing the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureSpec {
+    /// The pod whose port to capture on: what it sends and what the switch hands it.
+    #[arg(long, conflicts_with = "peer")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The peer node whose tunnel traffic to capture, decapsulated: the inner Ethernet frames
+    /// sent to it (after segmentation) and received from it.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// Bytes kept of each frame (1 to 262144).
+    #[arg(long, default_value_t = crate::pcap::MAX_SNAPLEN)]
+    #[serde(default = "default_snaplen")]
+    pub snaplen: u32,
+    /// Stop after this many frames.
+    #[arg(long, short = 'c')]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+fn default_snaplen() -> u32 {
+    crate::pcap::MAX_SNAPLEN
+}
+
+/// Tag of a capture stream frame holding one pcap record.
+pub const CAPTURE_RECORD: u8 = b'P';
+/// Tag of the last frame of a capture stream: a [`CaptureEnd`] JSON line.
+pub const CAPTURE_END: u8 = b'E';
+
+/// How a capture ended, as the server tells it last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureEnd {
+    /// Copies sent.
+    pub captured: u64,
+    /// Copies dropped because the reader fell behind.
+    pub dropped: u64,
+    /// Why it ended (the count was reached, the client stopped it, the pod is gone...).
+    pub reason: String,
+}
+
+/// A running capture as the server streams it (see [`ControlHandler::capture`]).
+pub trait CaptureSource: Send {
+    /// Appends the copies waiting, at most `max`, each as a [`CAPTURE_RECORD`] frame, to
+    /// `out`; returns how many.
+    fn drain(&mut self, out: &mut Vec<u8>, max: u64) -> u64;
+    /// Copies dropped so far because the reader fell behind.
+    fn dropped(&self) -> u64;
+    /// Why no more copies will come (the pod or peer is gone), once none will.
+    fn ended(&self) -> Option<String>;
 }
 
 /// The node's answer to a [`Request`].
@@ -167,6 +236,13 @@ pub enum Response {
         /// The pods' MTU.
         mtu: u16,
     },
+    /// A capture started ([`Request::Capture`]); its stream follows this line.
+    Capture {
+        /// Bytes kept of each frame at most.
+        snaplen: u32,
+        /// The pcap link type of the records (1: Ethernet).
+        linktype: u32,
+    },
     /// The request failed; the message says why, the kind (when there is one) what a program
     /// may act on without reading the message.
     Error {
@@ -214,6 +290,12 @@ impl Response {
 pub trait ControlHandler: Send + Sync + 'static {
     /// Carries out `req`. Failures are reported as [`Response::Error`].
     fn handle(&self, req: Request) -> Response;
+
+    /// Starts the capture `spec` (a [`Request::Capture`]); the response if it cannot.
+    fn capture(&self, spec: CaptureSpec) -> Result<Box<dyn CaptureSource>, Box<Response>> {
+        let _ = spec;
+        Err(Box::new(Response::error("this server does not capture")))
+    }
 }
 
 /// A bound control socket, not yet serving. Binding first lets `podswitch run` refuse to start
@@ -471,6 +553,14 @@ async fn serve_connection(
                 continue;
             }
             match serde_json::from_slice::<Request>(text) {
+                Ok(Request::Capture(spec)) => match start_capture(&handler, spec.clone()).await {
+                    Ok(source) => {
+                        // The connection carries the capture until it ends, then closes.
+                        stream_capture(&mut read, &mut write, source, &spec).await;
+                        return;
+                    }
+                    Err(response) => *response,
+                },
                 Ok(req) => run_handler(&handler, req).await,
                 Err(e) => Response::error(format!("malformed request: {e}")),
             }
@@ -502,6 +592,95 @@ async fn run_handler(handler: &Arc<dyn ControlHandler>, req: Request) -> Respons
             Response::error("internal error: the request handler panicked (see the node's log)")
         }
     }
+}
+
+async fn start_capture(
+    handler: &Arc<dyn ControlHandler>,
+    spec: CaptureSpec,
+) -> Result<Box<dyn CaptureSource>, Box<Response>> {
+    let handler = handler.clone();
+    match tokio::task::spawn_blocking(move || handler.capture(spec)).await {
+        Ok(started) => started,
+        Err(e) => {
+            tracing::error!("control capture handler failed: {e}");
+            Err(Box::new(Response::error(
+                "internal error: the capture handler panicked (see the node's log)",
+            )))
+        }
+    }
+}
+
+/// How long a capture with nothing to send waits before looking again (the data plane never
+/// wakes the reader: that would cost it a system call per batch).
+const CAPTURE_IDLE: Duration = Duration::from_millis(5);
+/// Copies sent in one write at most.
+const CAPTURE_BATCH: u64 = 256;
+
+/// Writes the capture header, then the copies of `source` as they come, until the count is
+/// reached, the client stops it (shuts its side down) or the target is gone; then the end.
+/// A client gone (a failed write or read) ends it without an end. Dropping `source` stops the
+/// copying in the data plane.
+async fn stream_capture(
+    read: &mut tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    mut source: Box<dyn CaptureSource>,
+    spec: &CaptureSpec,
+) {
+    let header = Response::Capture {
+        snaplen: spec.snaplen,
+        linktype: crate::pcap::LINKTYPE_ETHERNET,
+    };
+    let mut out = serde_json::to_vec(&header).unwrap_or_default();
+    out.push(b'\n');
+    if write.write_all(&out).await.is_err() {
+        return;
+    }
+    let mut sent = 0u64;
+    let mut scratch = [0u8; 64];
+    let reason = loop {
+        let left = spec.count.map_or(u64::MAX, |c| c.saturating_sub(sent));
+        if left == 0 {
+            break "count reached".to_string();
+        }
+        // Looked at before draining: what came before the end is still sent.
+        let ended = source.ended();
+        out.clear();
+        let n = source.drain(&mut out, left.min(CAPTURE_BATCH));
+        sent += n;
+        if !out.is_empty() && write.write_all(&out).await.is_err() {
+            return;
+        }
+        if let (Some(why), 0) = (&ended, n) {
+            break why.clone();
+        }
+        let busy = n == CAPTURE_BATCH;
+        tokio::select! {
+            biased;
+            r = read.read(&mut scratch) => match r {
+                Ok(0) => break "stopped by the client".to_string(),
+                Ok(_) => {} // Stray bytes: ignored.
+                Err(_) => return,
+            },
+            () = async {
+                if busy {
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(CAPTURE_IDLE).await;
+                }
+            } => {}
+        }
+    };
+    let end = CaptureEnd {
+        captured: sent,
+        dropped: source.dropped(),
+        reason,
+    };
+    drop(source);
+    out.clear();
+    out.push(CAPTURE_END);
+    out.extend_from_slice(&serde_json::to_vec(&end).unwrap_or_default());
+    out.push(b'\n');
+    let _ = write.write_all(&out).await;
 }
 
 /// Why a control call failed.
@@ -551,6 +730,15 @@ pub enum ControlError {
         /// What is wrong with it.
         message: String,
     },
+    /// The node refused the request (a capture of an unknown pod, say); the message says why.
+    #[error("{message}")]
+    Failed {
+        /// The node's message.
+        message: String,
+    },
+    /// Writing the capture's output failed (other than a closed pipe, which stops it).
+    #[error("writing the capture: {0}")]
+    Output(std::io::Error),
 }
 
 /// Why no default control socket could be chosen ([`find_socket`]).
@@ -617,6 +805,22 @@ pub fn find_socket(given: Option<PathBuf>) -> Result<PathBuf, FindSocketError> {
     }
 }
 
+/// Connects to the server at `path`.
+fn connect(path: &Path) -> Result<std::os::unix::net::UnixStream, ControlError> {
+    let shown = path.display().to_string();
+    std::os::unix::net::UnixStream::connect(path).map_err(|source| match source.kind() {
+        IoErrorKind::NotFound | IoErrorKind::ConnectionRefused => ControlError::NotRunning {
+            path: shown,
+            source,
+        },
+        IoErrorKind::PermissionDenied => ControlError::PermissionDenied { path: shown },
+        _ => ControlError::Io {
+            path: shown,
+            source,
+        },
+    })
+}
+
 /// Sends `req` to the server at `path` and waits for its response, blocking, for at most
 /// `timeout` in total (`Duration::ZERO`: no limit).
 pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response, ControlError> {
@@ -638,20 +842,7 @@ pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response, C
             }
         }
     };
-    let stream =
-        std::os::unix::net::UnixStream::connect(path).map_err(|source| match source.kind() {
-            IoErrorKind::NotFound | IoErrorKind::ConnectionRefused => ControlError::NotRunning {
-                path: shown.clone(),
-                source,
-            },
-            IoErrorKind::PermissionDenied => ControlError::PermissionDenied {
-                path: shown.clone(),
-            },
-            _ => ControlError::Io {
-                path: shown.clone(),
-                source,
-            },
-        })?;
+    let stream = connect(path)?;
     // Time left before the deadline; `Err(Timeout)` once it has passed.
     let remaining = || -> Result<Option<Duration>, ControlError> {
         match deadline {
@@ -703,6 +894,178 @@ pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response, C
         path: shown,
         message: e.to_string(),
     })
+}
+
+/// How often a capture client looks at its stop flag while nothing comes.
+const CAPTURE_POLL: Duration = Duration::from_millis(100);
+/// How long a capture client waits for the server's answer, and for its end once stopping.
+const CAPTURE_WAIT: Duration = Duration::from_secs(30);
+
+/// One frame of a capture stream.
+enum CaptureFrame<'a> {
+    /// A pcap record: its header and captured bytes.
+    Record(&'a [u8]),
+    End(CaptureEnd),
+}
+
+/// The first frame of `buf` and its length; `None` if it is not all there yet.
+fn capture_frame(buf: &[u8], snaplen: u32) -> Result<Option<(CaptureFrame<'_>, usize)>, String> {
+    use crate::pcap::RECORD_HEADER_LEN;
+    let Some(&tag) = buf.first() else {
+        return Ok(None);
+    };
+    match tag {
+        CAPTURE_RECORD => {
+            let Some(header) = buf
+                .get(1..1 + RECORD_HEADER_LEN)
+                .and_then(|h| <&[u8; RECORD_HEADER_LEN]>::try_from(h).ok())
+            else {
+                return Ok(None);
+            };
+            let len = crate::pcap::record_captured_len(header);
+            if len > snaplen {
+                return Err(format!(
+                    "a record of {len} bytes, over the snap length {snaplen}"
+                ));
+            }
+            let end = 1 + RECORD_HEADER_LEN + len as usize;
+            Ok(buf.get(1..end).map(|r| (CaptureFrame::Record(r), end)))
+        }
+        CAPTURE_END => {
+            let Some(i) = buf.iter().position(|b| *b == b'\n') else {
+                return Ok(None);
+            };
+            let end = serde_json::from_slice(&buf[1..i]).map_err(|e| e.to_string())?;
+            Ok(Some((CaptureFrame::End(end), i + 1)))
+        }
+        _ => Err(format!("unknown capture frame tag {tag:#04x}")),
+    }
+}
+
+/// Runs the capture `spec` on the server at `path`, writing a pcap file to `out`: the global
+/// header, then each record as it comes, flushed whenever nothing more is waiting (a pipe
+/// reader sees packets promptly). Returns the server's end once it ends the capture (count
+/// reached, pod gone), or once `stop` is set (Ctrl-C) or `out` is closed (a broken pipe,
+/// reason "output closed"): then the server is told to stop and its end, with the copies it
+/// dropped, awaited.
+pub fn capture(
+    path: &Path,
+    spec: &CaptureSpec,
+    out: &mut dyn Write,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<CaptureEnd, ControlError> {
+    let shown = path.display().to_string();
+    let io = |source: std::io::Error| ControlError::Io {
+        path: shown.clone(),
+        source,
+    };
+    let bad = |message: String| ControlError::BadResponse {
+        path: shown.clone(),
+        message,
+    };
+    let stream = connect(path)?;
+    let mut line = serde_json::to_vec(&Request::Capture(spec.clone())).unwrap_or_default();
+    line.push(b'\n');
+    stream.set_write_timeout(Some(CAPTURE_WAIT)).map_err(io)?;
+    (&stream).write_all(&line).map_err(io)?;
+    stream.set_read_timeout(Some(CAPTURE_POLL)).map_err(io)?;
+
+    let started = Instant::now();
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 18);
+    let mut snaplen = None;
+    // Set once stopping: since when, and the reason to report instead of the server's.
+    let mut stopping: Option<(Instant, Option<&str>)> = None;
+    let mut told = false;
+    // A closed output stops the capture; any other output error fails it.
+    let written = |r: std::io::Result<()>| match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == IoErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(ControlError::Output(e)),
+    };
+    loop {
+        let mut used = 0;
+        loop {
+            let rest = &buf[used..];
+            let Some(snap) = snaplen else {
+                let Some(i) = rest.iter().position(|b| *b == b'\n') else {
+                    break;
+                };
+                match serde_json::from_slice(&rest[..i]).map_err(|e| bad(e.to_string()))? {
+                    Response::Capture { snaplen: s, .. } => {
+                        snaplen = Some(s);
+                        if !written(out.write_all(&crate::pcap::global_header(s)))? {
+                            stopping.get_or_insert((Instant::now(), Some("output closed")));
+                        }
+                    }
+                    Response::Error { message, .. } => {
+                        return Err(ControlError::Failed { message })
+                    }
+                    other => return Err(bad(format!("expected a capture, got {other:?}"))),
+                }
+                used += i + 1;
+                continue;
+            };
+            match capture_frame(rest, snap).map_err(&bad)? {
+                None => break,
+                Some((CaptureFrame::Record(record), n)) => {
+                    used += n;
+                    if stopping.is_none() && !written(out.write_all(record))? {
+                        stopping = Some((Instant::now(), Some("output closed")));
+                    }
+                }
+                Some((CaptureFrame::End(mut end), _)) => {
+                    if let Some((_, Some(why))) = stopping {
+                        end.reason = why.into();
+                    }
+                    if stopping.is_none() {
+                        written(out.flush())?;
+                    }
+                    return Ok(end);
+                }
+            }
+        }
+        buf.drain(..used);
+        if stopping.is_none() && !written(out.flush())? {
+            stopping = Some((Instant::now(), Some("output closed")));
+        }
+        if stopping.is_none() && stop.load(std::sync::atomic::Ordering::Relaxed) {
+            stopping = Some((Instant::now(), None));
+        }
+        if stopping.is_some() && !told {
+            // The server answers a shut-down side with its end.
+            told = true;
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+        }
+        match stopping {
+            Some((since, _)) if since.elapsed() > CAPTURE_WAIT => {
+                return Err(ControlError::Timeout {
+                    path: shown,
+                    timeout: CAPTURE_WAIT,
+                });
+            }
+            None if snaplen.is_none() && started.elapsed() > CAPTURE_WAIT => {
+                return Err(ControlError::Timeout {
+                    path: shown,
+                    timeout: CAPTURE_WAIT,
+                });
+            }
+            _ => {}
+        }
+        let old = buf.len();
+        buf.resize(old + (1 << 16), 0);
+        let r = (&stream).read(&mut buf[old..]);
+        buf.truncate(old + *r.as_ref().unwrap_or(&0));
+        match r {
+            Ok(0) => return Err(ControlError::Closed { path: shown }),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    IoErrorKind::WouldBlock | IoErrorKind::TimedOut | IoErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -892,6 +1255,7 @@ mod tests {
                 }
                 Request::ServiceList => Response::Services(vec![sample_service()]),
                 Request::Conntrack => Response::Flows(vec![sample_flow()]),
+                Request::Capture(_) => Response::error("fake: no capture"),
                 Request::Fdb => Response::Fdb(vec![FdbEntry {
                     mac: crate::node::Mac([2, 0x42, 10, 244, 1, 10]),
                     port: 1,
@@ -1277,6 +1641,150 @@ mod tests {
             .unwrap(),
             Response::error_of(ErrorKind::NotFound, "no service named \"nope\"")
         );
+        server.stop().unwrap();
+    }
+
+    /// A handler whose captures are made up: `len` records of 10 bytes (all `i`, from a
+    /// 100-byte frame) and 2 dropped, then gone; endless with `len` None.
+    struct Streamer {
+        len: Option<u64>,
+    }
+
+    struct FakeSource {
+        sent: u64,
+        len: Option<u64>,
+    }
+
+    impl CaptureSource for FakeSource {
+        fn drain(&mut self, out: &mut Vec<u8>, max: u64) -> u64 {
+            let left = self.len.map_or(u64::MAX, |l| l - self.sent);
+            let n = left.min(max).min(3);
+            for _ in 0..n {
+                out.push(CAPTURE_RECORD);
+                let ts = Duration::from_secs(self.sent);
+                out.extend_from_slice(&crate::pcap::record_header(ts, 10, 100));
+                out.extend_from_slice(&[self.sent as u8; 10]);
+                self.sent += 1;
+            }
+            n
+        }
+
+        fn dropped(&self) -> u64 {
+            2
+        }
+
+        fn ended(&self) -> Option<String> {
+            (Some(self.sent) == self.len).then(|| "fake is gone".into())
+        }
+    }
+
+    impl ControlHandler for Streamer {
+        fn handle(&self, _: Request) -> Response {
+            Response::Ok
+        }
+
+        fn capture(&self, spec: CaptureSpec) -> Result<Box<dyn CaptureSource>, Box<Response>> {
+            match spec.pod.as_deref() {
+                Some("nope") => Err(Box::new(Response::error_of(
+                    ErrorKind::NotFound,
+                    "capture: no pod named \"nope\"",
+                ))),
+                _ => Ok(Box::new(FakeSource {
+                    sent: 0,
+                    len: self.len,
+                })),
+            }
+        }
+    }
+
+    fn capture_of(pod: &str, count: Option<u64>) -> CaptureSpec {
+        CaptureSpec {
+            pod: Some(pod.into()),
+            peer: None,
+            snaplen: 64,
+            count,
+        }
+    }
+
+    /// A writer that takes `room` bytes, then reports a closed pipe.
+    struct Pipe {
+        room: usize,
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(std::io::Error::from(IoErrorKind::BrokenPipe));
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_capture_streams_pcap_records_until_its_end() {
+        let dir = TempDir::new("capture");
+        let path = dir.sock();
+        let server = Server::start(&path, Arc::new(Streamer { len: Some(7) }));
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let text = serde_json::to_string(&Request::Capture(capture_of("a", None))).unwrap();
+        assert_eq!(text, r#"{"op":"capture","pod":"a","snaplen":64}"#);
+
+        // The source ends by itself: every record, then its end.
+        let mut out = Vec::new();
+        let end = capture(&path, &capture_of("a", None), &mut out, &stop).unwrap();
+        assert_eq!(
+            end,
+            CaptureEnd {
+                captured: 7,
+                dropped: 2,
+                reason: "fake is gone".into()
+            }
+        );
+        assert_eq!(out.len(), 24 + 7 * (16 + 10));
+        assert_eq!(&out[..24], &crate::pcap::global_header(64));
+        let last = &out[24 + 6 * 26..];
+        assert_eq!(
+            &last[..16],
+            &crate::pcap::record_header(Duration::from_secs(6), 10, 100)
+        );
+        assert_eq!(&last[16..], &[6; 10]);
+
+        // A count stops it there.
+        let mut out = Vec::new();
+        let end = capture(&path, &capture_of("a", Some(5)), &mut out, &stop).unwrap();
+        assert_eq!((end.captured, end.reason.as_str()), (5, "count reached"));
+        assert_eq!(out.len(), 24 + 5 * 26);
+
+        // Refused by name, as the handler says.
+        let err = capture(&path, &capture_of("nope", None), &mut Vec::new(), &stop).unwrap_err();
+        assert_eq!(err.to_string(), "capture: no pod named \"nope\"");
+        server.stop().unwrap();
+    }
+
+    #[test]
+    fn a_capture_stops_on_request_and_when_its_output_closes() {
+        let dir = TempDir::new("capstop");
+        let path = dir.sock();
+        let server = Server::start(&path, Arc::new(Streamer { len: None }));
+        // Ctrl-C before anything came: the client says stop, the server ends.
+        let stop = std::sync::atomic::AtomicBool::new(true);
+        let mut out = Vec::new();
+        let end = capture(&path, &capture_of("a", None), &mut out, &stop).unwrap();
+        assert_eq!(end.reason, "stopped by the client");
+        assert_eq!(&out[..24], &crate::pcap::global_header(64));
+        assert_eq!((out.len() - 24) % 26, 0, "whole records only");
+        // The reader of the output goes away (a closed pipe): stopped, not failed.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mut pipe = Pipe { room: 100 };
+        let end = capture(&path, &capture_of("a", None), &mut pipe, &stop).unwrap();
+        assert_eq!(end.reason, "output closed");
+        assert_eq!(end.dropped, 2);
         server.stop().unwrap();
     }
 

@@ -24,6 +24,7 @@ pub mod gso;
 pub mod lab;
 pub mod netns;
 pub mod node;
+pub mod pcap;
 pub mod pipeline;
 pub mod port;
 pub mod table;

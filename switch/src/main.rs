@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use podswitch::cluster::Agent;
 use podswitch::config::Config;
-use podswitch::control::{self, ControlSocket, Request, Response};
+use podswitch::control::{self, CaptureSpec, ControlSocket, Request, Response};
 use podswitch::netns::NetNs;
 use podswitch::node::{FlowStatus, Node, PeerSpec, PodSpec, PodStatus, ServiceSpec, ServiceStatus};
 use podswitch::node::{Handover, NodeHandler, StartingHandler, Upgrade};
@@ -86,6 +86,20 @@ enum Command {
         #[arg(long, env = "PODSWITCH_CONTROL")]
         control: Option<PathBuf>,
     },
+    /// Capture what a pod's port receives and sends, or the inner frames exchanged with a
+    /// peer, as a pcap file (e.g. `podswitch capture --pod web | tshark -r -`).
+    #[command(after_long_help = CAPTURE_HELP)]
+    Capture {
+        #[command(flatten)]
+        spec: CaptureSpec,
+        /// Where to write the pcap file; `-` is standard output, the default when standard
+        /// output is not a terminal.
+        #[arg(short = 'w', long = "write", value_name = "FILE")]
+        write: Option<PathBuf>,
+        /// Control socket of the node.
+        #[arg(long, env = "PODSWITCH_CONTROL")]
+        control: Option<PathBuf>,
+    },
     /// List the nodes running on this machine (their control sockets, in /run/podswitch and
     /// the labs' directories inside it): the `--control` to give when there are several.
     Nodes,
@@ -96,6 +110,25 @@ enum Command {
         control: Option<PathBuf>,
     },
 }
+
+const CAPTURE_HELP: &str = "\
+The file is classic pcap (link type Ethernet, microsecond timestamps), read by tcpdump, tshark
+and Wireshark. Records are written as they come and flushed whenever none is waiting, so a
+pipe reader sees them at once:
+
+    podswitch capture --pod web -w - | tshark -r -
+    podswitch capture --pod web --count 20 -w web.pcap
+
+Frames appear as the switch sees them: from a pod, as it sent them (before the switch rewrites
+anything); to a pod, as the switch hands them over; for a peer, the inner frames as sent into
+the tunnel (after segmentation) and as received from it. With virtio-net offloads a TCP or UDP
+\"superframe\" of up to 64 KiB is one large packet, and a frame whose checksum the receiver is
+to finish (NEEDS_CSUM) carries a partial checksum that tshark reports as wrong; both are written
+as they are.
+
+Stops after --count frames, on Ctrl-C, or when the output is closed (the reader of the pipe
+exits); the node then stops copying at once. Copies the reader could not take in time are
+dropped, never slowing the switch; the number is printed at the end, with the number captured.";
 
 #[derive(Subcommand)]
 enum LabOp {
@@ -230,6 +263,11 @@ fn main() -> ExitCode {
             list_nodes();
             Ok(())
         }
+        Command::Capture {
+            spec,
+            write,
+            control,
+        } => capture(control, &spec, write.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -688,8 +726,62 @@ fn print_response(resp: Response) -> Result<(), String> {
             gateway,
             mtu,
         } => println!("node {name}: pod CIDR {pod_cidr}, gateway {gateway}, MTU {mtu}"),
+        Response::Capture { .. } => return Err("unexpected capture stream".into()),
         Response::Error { message, .. } => return Err(message),
     }
+    Ok(())
+}
+
+/// Set by SIGINT or SIGTERM during a capture.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `podswitch capture`: a pcap file (or standard output) until the count, Ctrl-C or a closed
+/// output; the counts go to standard error, as tcpdump's.
+fn capture(
+    control: Option<PathBuf>,
+    spec: &CaptureSpec,
+    write: Option<&Path>,
+) -> Result<(), String> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    use std::io::{IsTerminal, Write};
+    if spec.pod.is_none() && spec.peer.is_none() {
+        return Err("capture: name the pod (--pod NAME) or the peer (--peer NAME)".into());
+    }
+    let path = control_path(control)?;
+    let mut out: Box<dyn Write> = match write {
+        Some(p) if p != Path::new("-") => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| format!("creating {}: {e}", p.display()))?,
+        )),
+        None if std::io::stdout().is_terminal() => {
+            return Err(
+                "capture: standard output is a terminal: write the pcap with -w FILE, \
+                        or pipe it (`| tshark -r -`), or force it with -w -"
+                    .into(),
+            )
+        }
+        _ => Box::new(std::io::BufWriter::with_capacity(
+            1 << 16,
+            std::io::stdout().lock(),
+        )),
+    };
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(sig, &action) }
+            .map_err(|e| format!("installing a {sig} handler: {e}"))?;
+    }
+    let end = control::capture(&path, spec, &mut out, &STOP).map_err(|e| e.to_string())?;
+    eprintln!("capture ended: {}", end.reason);
+    eprintln!("{} packets captured", end.captured);
+    eprintln!("{} packets dropped by the capture", end.dropped);
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use podswitch::testutil::{root_or_skip, unique, wait_for};
 
 mod common;
 
-use common::{config, netns_add, run, tempdir, Daemon, BIN};
+use common::{config, netns_add, run, tempdir, Daemon, LabGuard, BIN};
 
 fn netns_list() -> String {
     String::from_utf8_lossy(&run(&["ip", "netns", "list"]).stdout).into_owned()
@@ -272,17 +272,6 @@ fn bad_config_names_the_field_and_creates_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Tears a lab down on drop (also when the test fails midway).
-struct LabGuard(String);
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let _ = Command::new(BIN)
-            .args(["lab", "down", "--name", &self.0])
-            .output();
-    }
-}
-
 fn ping_from(ns: &str, ip: &str) -> bool {
     run(&[
         "ip", "netns", "exec", ns, "ping", "-c", "2", "-i", "0.2", "-W", "2", ip,
@@ -301,20 +290,7 @@ fn lab_builds_a_two_node_cluster_and_tears_it_down() {
         return;
     }
     let name = unique("lab");
-    let guard = LabGuard(name.clone());
-    let up = Command::new(BIN)
-        .args([
-            "lab",
-            "up",
-            "--name",
-            &name,
-            "--nodes",
-            "2",
-            "--pods-per-node",
-            "2",
-        ])
-        .output()
-        .expect("lab up");
+    let (guard, up) = common::lab_up(&name, 2, 2);
     let text = stdout(&up);
     assert!(
         up.status.success(),

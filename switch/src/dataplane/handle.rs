@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{unbounded, Sender};
 
+use super::capture::{CaptureTap, CaptureTarget, CAPTURE_SLOTS};
 use super::round::Dataplane;
 use super::worker::{pin_to, run, Command, IdlePolicy};
 use crate::pipeline::{Metrics, NodeConfig, Pipeline, PortMetrics};
@@ -86,6 +87,9 @@ pub enum SwitchError {
     /// No service with that name.
     #[error("no service named {0:?}")]
     NoSuchService(String),
+    /// Nothing to capture: the port is gone, or (for a peer) the switch has no tunnel.
+    #[error("nothing to capture: {0}")]
+    NothingToCapture(String),
 }
 
 /// A port as the control plane sees it.
@@ -498,6 +502,69 @@ impl Switch {
     }
 }
 
+/// A running capture ([`Switch::capture`]): read copies from [`Capture::tap`]. Dropping it
+/// stops the copying in every worker.
+pub struct Capture {
+    tap: Arc<CaptureTap>,
+    shared: Arc<Shared>,
+}
+
+impl Capture {
+    /// Where the copies arrive.
+    pub fn tap(&self) -> &CaptureTap {
+        &self.tap
+    }
+
+    /// True once no worker copies to the tap any more (for a port: the port is gone).
+    pub fn orphaned(&self) -> bool {
+        Arc::strong_count(&self.tap) == 1
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        for w in &self.shared.workers {
+            w.send(Command::Uncapture(self.tap.id()));
+        }
+    }
+}
+
+impl Switch {
+    /// Starts copying what `target` receives and sends, cut to `snaplen` bytes, into a ring
+    /// of [`CAPTURE_SLOTS`] copies; returns once every worker copies.
+    pub fn capture(&self, target: CaptureTarget, snaplen: usize) -> Result<Capture, SwitchError> {
+        let capture = Capture {
+            tap: CaptureTap::new(snaplen, CAPTURE_SLOTS),
+            shared: Arc::clone(&self.shared),
+        };
+        let workers = self.shared.workers.len();
+        let (ack, acked) = crossbeam_channel::bounded(workers);
+        for w in &self.shared.workers {
+            let cmd = Command::Capture(target, Arc::clone(&capture.tap), ack.clone());
+            if !w.send(cmd) {
+                return Err(SwitchError::NotRunning);
+            }
+        }
+        drop(ack);
+        let mut copying = 0;
+        for _ in 0..workers {
+            match acked.recv() {
+                Ok(true) => copying += 1,
+                Ok(false) => {}
+                Err(_) => return Err(SwitchError::NotRunning),
+            }
+        }
+        if copying == 0 {
+            let what = match target {
+                CaptureTarget::Port(id) => format!("port {id} is not attached"),
+                CaptureTarget::Peer(_) => "the switch has no tunnel".into(),
+            };
+            return Err(SwitchError::NothingToCapture(what));
+        }
+        Ok(capture)
+    }
+}
+
 impl Drop for Switch {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
@@ -614,6 +681,60 @@ mod tests {
         sw.shared.forget_closed(1, id, &old);
         assert_eq!(sw.port("b").map(|r| r.id), Some(id));
         assert!(sw.tables().topology().port(id).is_some());
+    }
+
+    #[test]
+    fn a_capture_copies_what_a_port_receives_and_sends_until_the_port_goes() {
+        use crate::testutil::{eth, ipv4, udp};
+        let sw = switch();
+        let (a, mut ea) = sw.attach_mem_pod(pod("a", 10)).expect("a");
+        let (_, mut eb) = sw.attach_mem_pod(pod("b", 11)).expect("b");
+        let cap = sw.capture(CaptureTarget::Port(a), 20).expect("capture");
+        let frame = |src: u8, dst: u8| {
+            let ip = |n| Ipv4Addr::new(10, 244, 1, n);
+            let packet = ipv4(ip(src), ip(dst), 17, 64, &udp(1, 2, &[src; 30]));
+            eth(
+                [2, 0x42, 10, 244, 1, dst],
+                [2, 0x42, 10, 244, 1, src],
+                0x0800,
+                &packet,
+            )
+        };
+        let (to_b, to_a) = (frame(10, 11), frame(11, 10));
+        ea.send_frame(&to_b).expect("a sends");
+        ea.flush().expect("a flushes");
+        let mut records = Vec::new();
+        crate::testutil::wait_for("a's frame copied", || {
+            records.extend(std::iter::from_fn(|| cap.tap().next()));
+            !records.is_empty()
+        });
+        eb.send_frame(&to_a).expect("b sends");
+        eb.flush().expect("b flushes");
+        crate::testutil::wait_for("the frame to a copied", || {
+            records.extend(std::iter::from_fn(|| cap.tap().next()));
+            records.len() >= 2
+        });
+        let seen: Vec<(&[u8], usize)> = records
+            .iter()
+            .map(|r| (r.data.as_slice(), r.orig_len))
+            .collect();
+        assert_eq!(
+            seen,
+            [(&to_b[..20], to_b.len()), (&to_a[..20], to_a.len())],
+            "what a sent, then what it was handed, cut to 20 bytes"
+        );
+        assert_eq!(cap.tap().dropped(), 0);
+        assert!(!cap.orphaned());
+        sw.detach("a").expect("detach");
+        assert!(cap.orphaned(), "the port gone, nothing copies any more");
+        assert!(matches!(
+            sw.capture(CaptureTarget::Port(a), 20),
+            Err(SwitchError::NothingToCapture(_))
+        ));
+        assert!(matches!(
+            sw.capture(CaptureTarget::Peer(Ipv4Addr::new(192, 168, 77, 2)), 20),
+            Err(SwitchError::NothingToCapture(_))
+        ));
     }
 
     #[test]

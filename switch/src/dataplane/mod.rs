@@ -8,6 +8,8 @@
 //!   (`Ports::send`), with segmenting for ports that cannot take superframes;
 //! - [`tunnel`]: the VXLAN tunnel's queue (encapsulation) and receive side (decapsulation,
 //!   coalescing into superframes);
+//! - [`capture`]: copies of frames for `podswitch capture` (a bounded ring per capture,
+//!   filled by the workers, drained by the control plane);
 //! - [`readiness`]: the epoll set that says which ports have frames waiting;
 //! - [`worker`]: the thread loop, its commands and its idle policy (spin, yield, sleep), CPU
 //!   pinning;
@@ -17,6 +19,7 @@
 //! Data flows one way: port -> pipeline -> port or tunnel. The control plane changes the
 //! tables and sends the workers commands; it never touches a port a worker holds.
 
+mod capture;
 mod handle;
 mod ports;
 mod readiness;
@@ -24,6 +27,7 @@ mod round;
 mod tunnel;
 mod worker;
 
-pub use handle::{PortRecord, Switch, SwitchConfig, SwitchError};
+pub use capture::{CaptureTap, CaptureTarget, Record, CAPTURE_SLOTS};
+pub use handle::{Capture, PortRecord, Switch, SwitchConfig, SwitchError};
 pub use round::Dataplane;
 pub use worker::allowed_cpus;

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use super::capture::{self, CaptureTap};
 use crate::gso::Segmenter;
 use crate::pipeline::{Metrics, PortCounts, PortMetrics};
 use crate::port::{Batch, Port, DEFAULT_BATCH};
@@ -32,6 +33,9 @@ pub(super) struct PortSlot {
     pub(super) metrics: Arc<PortMetrics>,
     pub(super) counts: PortCounts,
     tx: Batch,
+    /// Captures on this port (usually none): looked at once per batch received or sent, and
+    /// on each direct write.
+    pub(super) captures: Vec<Arc<CaptureTap>>,
 }
 
 impl PortSlot {
@@ -47,6 +51,7 @@ impl PortSlot {
             metrics,
             counts: PortCounts::default(),
             tx: Batch::with_capacity(DEFAULT_BATCH, 2048),
+            captures: Vec::new(),
         }
     }
 
@@ -81,6 +86,9 @@ impl PortSlot {
     #[inline(never)]
     fn write_now(&mut self, parts: &[&[u8]], vnet: VnetHdr) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
+        if !self.captures.is_empty() {
+            capture::copy_parts(&self.captures, parts);
+        }
         match self.port.send_now(parts, vnet) {
             Ok(true) => {
                 self.counts.tx_frames += 1;
@@ -143,6 +151,11 @@ impl Ports {
     /// Every port held.
     pub(super) fn iter(&self) -> impl Iterator<Item = &PortSlot> {
         self.slots.iter().flatten()
+    }
+
+    /// Every port held, to change.
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut PortSlot> {
+        self.slots.iter_mut().flatten()
     }
 
     /// True if port `id` takes superframes; `None` if there is no such port.
@@ -241,6 +254,9 @@ impl Ports {
                 slot.direct_dropped = 0;
             }
             if !slot.tx.is_empty() {
+                if !slot.captures.is_empty() {
+                    capture::copy_batch(&slot.captures, &slot.tx);
+                }
                 match slot.port.send(&mut slot.tx) {
                     Ok(out) => {
                         slot.counts.tx_frames += out.sent as u64;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
+use super::capture::{self, CaptureTap, CaptureTarget};
 use super::ports::{PortSlot, Ports};
 use super::readiness::{poll_timeout, Readiness, TUNNEL_TOKEN, WAKER_TOKEN};
 use super::tunnel::TunnelSlot;
@@ -95,6 +96,26 @@ impl Dataplane {
             .is_some_and(|s| Arc::ptr_eq(&s.metrics, metrics));
         if same {
             drop(self.remove_port(id));
+        }
+    }
+
+    /// Starts copying what `target` receives and sends to `tap`. False if this data plane has
+    /// no such port (or, for a peer, no tunnel).
+    pub(crate) fn add_capture(&mut self, target: CaptureTarget, tap: Arc<CaptureTap>) -> bool {
+        match target {
+            CaptureTarget::Port(id) => self.ports.get_mut(id).map(|s| s.captures.push(tap)),
+            CaptureTarget::Peer(ip) => self.tunnel.as_mut().map(|t| t.captures.push((ip, tap))),
+        }
+        .is_some()
+    }
+
+    /// Stops the capture of tap `id`, wherever it copies from.
+    pub(crate) fn remove_capture(&mut self, id: u64) {
+        for slot in self.ports.iter_mut() {
+            slot.captures.retain(|t| t.id() != id);
+        }
+        if let Some(t) = self.tunnel.as_mut() {
+            t.captures.retain(|(_, t)| t.id() != id);
         }
     }
 
@@ -212,6 +233,9 @@ impl Dataplane {
             total += n;
             slot.counts.rx_frames += n as u64;
             slot.counts.rx_bytes += rx.bytes() as u64;
+            if !slot.captures.is_empty() {
+                capture::copy_batch(&slot.captures, rx);
+            }
             for i in 0..rx.len() {
                 let at = rx.offset(i).unwrap_or(0);
                 let Some((frame, vnet)) = rx.get_mut(i) else {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::capture::{CaptureTap, CaptureTarget};
 use super::handle::Shared;
 use super::round::Dataplane;
 use crate::pipeline::PortMetrics;
@@ -22,6 +23,10 @@ pub(super) enum Command {
     Detach(PortId, Sender<Option<Box<dyn Port>>>),
     /// Drop the queue of the attachment with these counters (found closed by another worker).
     Release(PortId, Arc<PortMetrics>),
+    /// Start a capture; the answer says whether this worker has what it captures.
+    Capture(CaptureTarget, Arc<CaptureTap>, Sender<bool>),
+    /// Stop the capture of the tap with this id.
+    Uncapture(u64),
 }
 
 /// When an idle worker spins, yields and sleeps.
@@ -97,6 +102,10 @@ pub(super) fn run(
                     let _ = ack.send(dp.remove_port(id));
                 }
                 Command::Release(id, metrics) => dp.release(id, &metrics),
+                Command::Capture(target, tap, ack) => {
+                    let _ = ack.send(dp.add_capture(target, tap));
+                }
+                Command::Uncapture(id) => dp.remove_capture(id),
             }
         }
         if shared.stop.load(Ordering::SeqCst) {

@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::cluster::ClusterStatus;
 
+use super::CaptureError;
 use super::{Node, NodeError};
-use crate::control::{ControlHandler, ErrorKind, Request, Response};
+use crate::control::{CaptureSource, CaptureSpec, ControlHandler, ErrorKind, Request, Response};
 
 /// Serves control requests against a running node.
 pub struct NodeHandler {
@@ -85,6 +86,11 @@ impl ControlHandler for NodeHandler {
             Request::ServiceDel { name } => done(node.del_service(&name), |()| Response::Ok),
             Request::ServiceList => Response::Services(node.services()),
             Request::Conntrack => Response::Flows(node.flows()),
+            // Streamed: the server calls `capture` instead.
+            Request::Capture(spec) => match self.capture(spec) {
+                Ok(_) => Response::error("capture: a stream, not a single response"),
+                Err(response) => *response,
+            },
             Request::Fdb => Response::Fdb(node.fdb()),
             Request::Upgrade { binary } => match &self.upgrade {
                 None => Response::error("this node is not a daemon: it cannot be upgraded"),
@@ -108,6 +114,19 @@ impl ControlHandler for NodeHandler {
                         .as_ref()
                         .map(|c| c.lock().unwrap_or_else(|e| e.into_inner()).snapshot()),
                 }
+            }
+        }
+    }
+
+    fn capture(&self, spec: CaptureSpec) -> Result<Box<dyn CaptureSource>, Box<Response>> {
+        match self.node.capture(&spec) {
+            Ok(c) => Ok(Box::new(c)),
+            Err(e) => {
+                let kind = match &e {
+                    CaptureError::NoSuchPod(_) | CaptureError::NoSuchPeer(_) => ErrorKind::NotFound,
+                    _ => ErrorKind::Refused,
+                };
+                Err(Box::new(Response::error_of(kind, e.to_string())))
             }
         }
     }
@@ -179,5 +198,12 @@ impl ControlHandler for StartingHandler {
             }
         }
         self.waiting()
+    }
+
+    fn capture(&self, spec: CaptureSpec) -> Result<Box<dyn CaptureSource>, Box<Response>> {
+        match self.node.get() {
+            Some(h) => h.capture(spec),
+            None => Err(Box::new(self.waiting())),
+        }
     }
 }

@@ -19,6 +19,7 @@
 //! lock is held across an add or delete, the peer lock across a peer add or delete, so
 //! concurrent control requests cannot interleave them (and the checks see every pod or peer).
 
+mod capture;
 mod handler;
 mod host;
 mod netlink;
@@ -41,6 +42,7 @@ use crate::port::{TapPort, UdpTunnel};
 use crate::table::PortId;
 use crate::wire::mac_from_key;
 
+pub use capture::{CaptureError, NodeCapture};
 pub use handler::{NodeHandler, StartingHandler};
 pub(crate) use netlink::{link_index, with_netlink};
 pub use services::{FlowStatus, ServiceStatus};

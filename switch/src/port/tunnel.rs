@@ -174,6 +174,21 @@ impl TxQueue {
         self.runs.len()
     }
 
+    /// Number of datagrams queued.
+    pub(crate) fn len(&self) -> usize {
+        self.datagrams.len()
+    }
+
+    /// Calls `f(head, body range)` for every datagram queued from index `from` on, in order
+    /// (what a capture copies).
+    pub(crate) fn for_each_since(&self, from: usize, mut f: impl FnMut(&[u8], Range<usize>)) {
+        for d in self.datagrams.get(from..).unwrap_or_default() {
+            let (ho, hl) = (d.head.0 as usize, d.head.1 as usize);
+            let (bo, bl) = (d.body.0 as usize, d.body.1 as usize);
+            f(self.heads.get(ho..ho + hl).unwrap_or_default(), bo..bo + bl);
+        }
+    }
+
     /// Forgets everything queued, keeping the memory.
     pub(crate) fn clear(&mut self) {
         self.heads.clear();
@@ -490,6 +505,20 @@ mod tests {
         q.push(to, 1, &[], 0..101);
         q.push(to, 1, &[], 0..50);
         assert_eq!(q.runs(), 4, "over the limit: alone, and nothing joins them");
+    }
+
+    #[test]
+    fn datagrams_queued_since_an_index_are_listed_with_their_heads() {
+        let to = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9);
+        let mut q = TxQueue::default();
+        q.push(to, 1, &[b"ab"], 0..10);
+        let from = q.len();
+        q.push(to, 1, &[b"cd", b"e"], 10..20);
+        q.push(to, 2, &[], 20..25);
+        let mut seen = Vec::new();
+        q.for_each_since(from, |head, body| seen.push((head.to_vec(), body)));
+        assert_eq!(seen, [(b"cde".to_vec(), 10..20), (Vec::new(), 20..25)]);
+        q.for_each_since(9, |_, _| panic!("nothing past the end"));
     }
 
     #[test]

@@ -102,6 +102,29 @@ impl Drop for Daemon {
     }
 }
 
+/// Tears a `podswitch lab` down on drop (also when the test fails midway).
+pub(crate) struct LabGuard(pub(crate) String);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN)
+            .args(["lab", "down", "--name", &self.0])
+            .output();
+    }
+}
+
+/// `podswitch lab up` of `nodes` nodes with `pods` pods each, torn down when the guard drops.
+pub(crate) fn lab_up(name: &str, nodes: usize, pods: usize) -> (LabGuard, Output) {
+    let guard = LabGuard(name.to_string());
+    let up = Command::new(BIN)
+        .args(["lab", "up", "--name", name])
+        .args(["--nodes", &nodes.to_string()])
+        .args(["--pods-per-node", &pods.to_string()])
+        .output()
+        .expect("lab up");
+    (guard, up)
+}
+
 /// A fresh directory under the temp dir.
 pub(crate) fn tempdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(unique(name));
