@@ -7,6 +7,11 @@
 //! holding the inner bytes; it is sent before that batch is reused. On the way in, datagrams
 //! are edited where they were received and consecutive TCP segments of a flow are merged into
 //! superframes that refer to them there ([`Coalescer`]).
+//!
+//! Per-peer counters ([`PeerCounts`]) are plain numbers kept for the round, indexed by the
+//! peer's id in the round's topology snapshot, and added to that snapshot's per-peer
+//! [`PortMetrics`] at its end: an id reused by a later topology never gets another peer's
+//! frames, and the per-frame cost is an add to a slot already sized (no allocation, no atomic).
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -15,6 +20,7 @@ use super::ports::Ports;
 use crate::gso::{self, Coalescer, Segmenter};
 use crate::pipeline::{Action, DropReason, Metrics, Pipeline, PortCounts, PortMetrics};
 use crate::port::{Batch, TxQueue, UdpTunnel, DEFAULT_BATCH};
+use crate::table::{PeerId, Topology};
 use crate::wire::virtio::VnetHdr;
 use crate::wire::{ethernet, vxlan};
 
@@ -34,6 +40,70 @@ pub(super) struct TunnelSlot {
     segmenter: Segmenter,
     /// Largest inner IPv4 packet the tunnel carries (segments are cut to fit).
     tunnel_mtu: usize,
+    /// This round's counts per peer.
+    pub(super) peers: PeerCounts,
+}
+
+/// One round's counts per peer: inner frames (datagrams) and their bytes sent to and received
+/// from each peer, and drops by reason. Sized to the topology's peer ids at the start of a
+/// round ([`PeerCounts::fit`]: an allocation only when a topology with more peers appears),
+/// published at its end ([`PeerCounts::publish`]).
+#[derive(Default)]
+pub(super) struct PeerCounts {
+    counts: Vec<PortCounts>,
+    /// Ids counted for this round (each once), so publishing skips idle peers.
+    touched: Vec<PeerId>,
+    /// The last outer source looked up and its peer (a GRO run comes from one source).
+    last_source: Option<(std::net::Ipv4Addr, Option<PeerId>)>,
+}
+
+impl PeerCounts {
+    /// Makes room for every peer id of `topo` (the round's snapshot).
+    pub(super) fn fit(&mut self, topo: &Topology) {
+        let bound = topo.peer_id_bound();
+        if self.counts.len() < bound {
+            self.counts.resize_with(bound, PortCounts::default);
+            self.touched.reserve(bound - self.touched.len());
+        }
+        self.last_source = None;
+    }
+
+    /// The counts of peer `id` for this round (`None` if the id is beyond the snapshot's).
+    #[inline(always)]
+    fn of(&mut self, id: PeerId) -> Option<&mut PortCounts> {
+        let c = self.counts.get_mut(usize::from(id))?;
+        if c.rx_frames == 0 && c.tx_frames == 0 && c.rx_dropped == 0 && c.tx_dropped == 0 {
+            // First count of the round for this peer (`fit` reserved room for every id).
+            self.touched.push(id);
+        }
+        Some(c)
+    }
+
+    /// The peer whose underlay address is `ip`, in `topo` (cached for consecutive lookups).
+    #[inline(always)]
+    fn peer_of(&mut self, topo: &Topology, ip: std::net::Ipv4Addr) -> Option<PeerId> {
+        match self.last_source {
+            Some((last, id)) if last == ip => id,
+            _ => {
+                let id = topo.peer_by_underlay(ip);
+                self.last_source = Some((ip, id));
+                id
+            }
+        }
+    }
+
+    /// Adds this round's counts to the per-peer counters of `topo` (the round's snapshot).
+    pub(super) fn publish(&mut self, topo: &Topology) {
+        for id in self.touched.drain(..) {
+            let Some(c) = self.counts.get_mut(usize::from(id)) else {
+                continue;
+            };
+            match topo.peer_metrics(id) {
+                Some(m) => m.flush(c),
+                None => *c = PortCounts::default(),
+            }
+        }
+    }
 }
 
 impl TunnelSlot {
@@ -62,6 +132,7 @@ impl TunnelSlot {
             counts: PortCounts::default(),
             segmenter: Segmenter::default(),
             tunnel_mtu: usize::from(tunnel_mtu),
+            peers: PeerCounts::default(),
         }
     }
 
@@ -76,6 +147,7 @@ impl TunnelSlot {
     pub(super) fn encapsulate(
         &mut self,
         to: SocketAddrV4,
+        peer: PeerId,
         frame: &mut [u8],
         at: usize,
         vnet: VnetHdr,
@@ -83,10 +155,15 @@ impl TunnelSlot {
         let hash = vxlan::flow_hash(frame);
         if !vnet.is_gso() {
             if vnet.needs_csum() && gso::complete_checksum(frame, &vnet).is_err() {
+                self.count_bad_offload(peer);
                 return false;
             }
             self.tx
                 .push(to, hash, &[&self.header], at..at + frame.len());
+            if let Some(c) = self.peers.of(peer) {
+                c.tx_frames += 1;
+                c.tx_bytes += frame.len() as u64;
+            }
             return true;
         }
         let Self {
@@ -97,11 +174,30 @@ impl TunnelSlot {
             ..
         } = self;
         // Consecutive segments of equal size become one GSO run in the queue.
-        segmenter
-            .segment_for_mtu(frame, &vnet, *tunnel_mtu, |head: &[u8], body| {
-                tx.push(to, hash, &[header, head], at + body.start..at + body.end);
-            })
-            .is_ok()
+        let (mut segments, mut bytes) = (0u64, 0u64);
+        let cut = segmenter.segment_for_mtu(frame, &vnet, *tunnel_mtu, |head: &[u8], body| {
+            segments += 1;
+            bytes += (head.len() + body.len()) as u64;
+            tx.push(to, hash, &[header, head], at + body.start..at + body.end);
+        });
+        if cut.is_err() {
+            self.count_bad_offload(peer);
+            return false;
+        }
+        if let Some(c) = self.peers.of(peer) {
+            c.tx_frames += segments;
+            c.tx_bytes += bytes;
+        }
+        true
+    }
+
+    /// A frame for `peer` that could not be made wire-ready.
+    #[cold]
+    fn count_bad_offload(&mut self, peer: PeerId) {
+        if let Some(c) = self.peers.of(peer) {
+            c.tx_dropped += 1;
+            c.dropped.count(DropReason::BadOffload);
+        }
     }
 
     /// Sends what is queued; `source` is the receive batch the queue refers to.
@@ -135,8 +231,10 @@ impl TunnelSlot {
             segments,
             coalescer,
             counts,
+            peers,
             ..
         } = self;
+        let topo = Arc::clone(pipeline.topology());
         rx.clear();
         sources.clear();
         segments.clear();
@@ -164,18 +262,31 @@ impl TunnelSlot {
             } else {
                 usize::from(seg)
             };
+            let peer = peers.peer_of(&topo, *src.ip());
             let mut start = at;
             while start < at + len {
                 let end = (start + seg).min(at + len);
                 let datagram = start..end;
                 start = end;
                 datagrams += 1;
+                let peer_counts = peer.and_then(|id| peers.of(id));
+                if let Some(c) = peer_counts {
+                    c.rx_frames += 1;
+                    c.rx_bytes += datagram.len() as u64;
+                }
                 let action = match rx.as_bytes_mut().get_mut(datagram.clone()) {
                     Some(d) => pipeline.process_tunnel(src, d),
                     None => break,
                 };
                 let Action::Forward(to) = action else {
-                    counts.rx_dropped += 1;
+                    let reason = match action {
+                        Action::Drop(r) | Action::Reject(r, _) => r,
+                        _ => DropReason::VxlanNotForPod,
+                    };
+                    counts.count_rx_drop(reason);
+                    if let Some(c) = peer.and_then(|id| peers.of(id)) {
+                        c.count_rx_drop(reason);
+                    }
                     continue;
                 };
                 // A forwarded datagram holds at least the VXLAN header.
