@@ -291,7 +291,7 @@ impl Switch {
 
     /// Every peer of the topology with its tunnel counters (inner frames and bytes to and
     /// from it, drops by reason), by name.
-    pub(crate) fn peer_counts(&self) -> BTreeMap<String, crate::pipeline::PortCounts> {
+    pub fn peer_counts(&self) -> BTreeMap<String, crate::pipeline::PortCounts> {
         let topo = self.shared.tables.topology();
         topo.peers()
             .map(|(id, p)| {
