@@ -290,6 +290,7 @@ fn per_peer_counters_follow_the_tunnel() {
     assert_eq!((sent.rx_frames, sent.rx_dropped), (0, 0));
     let got = c.b.peer_counts()["node-a"];
     assert_eq!((got.rx_frames, got.rx_dropped, got.tx_frames), (3, 0, 0));
+    assert_eq!(got.rx_bytes, sent.tx_bytes, "inner frame bytes both ways");
     // A datagram from node A's address with another VNI: a drop of peer node-a, by reason.
     let from_a = UdpSocket::bind("127.0.0.1:0").expect("bind");
     from_a

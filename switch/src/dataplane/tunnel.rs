@@ -272,7 +272,8 @@ impl TunnelSlot {
                 let peer_counts = peer.and_then(|id| peers.of(id));
                 if let Some(c) = peer_counts {
                     c.rx_frames += 1;
-                    c.rx_bytes += datagram.len() as u64;
+                    // Inner frame bytes, as on the way out.
+                    c.rx_bytes += datagram.len().saturating_sub(vxlan::HEADER_LEN) as u64;
                 }
                 let action = match rx.as_bytes_mut().get_mut(datagram.clone()) {
                     Some(d) => pipeline.process_tunnel(src, d),
