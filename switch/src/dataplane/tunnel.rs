@@ -11,7 +11,8 @@
 //! Per-peer counters ([`PeerCounts`]) are plain numbers kept for the round, indexed by the
 //! peer's id in the round's topology snapshot, and added to that snapshot's per-peer
 //! [`PortMetrics`] at its end: an id reused by a later topology never gets another peer's
-//! frames, and the per-frame cost is an add to a slot already sized (no allocation, no atomic).
+//! frames, and the per-frame cost is an add to a slot already sized (no allocation, no atomic;
+//! received datagrams are counted once per GRO run, which comes from one peer).
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -50,57 +51,51 @@ pub(super) struct TunnelSlot {
 /// published at its end ([`PeerCounts::publish`]).
 #[derive(Default)]
 pub(super) struct PeerCounts {
-    counts: Vec<PortCounts>,
+    slots: Vec<PeerSlot>,
     /// Ids counted for this round (each once), so publishing skips idle peers.
     touched: Vec<PeerId>,
-    /// The last outer source looked up and its peer (a GRO run comes from one source).
-    last_source: Option<(std::net::Ipv4Addr, Option<PeerId>)>,
+}
+
+/// One peer's counts for the round.
+#[derive(Default)]
+struct PeerSlot {
+    counts: PortCounts,
+    /// Listed in `touched`.
+    touched: bool,
 }
 
 impl PeerCounts {
     /// Makes room for every peer id of `topo` (the round's snapshot).
     pub(super) fn fit(&mut self, topo: &Topology) {
         let bound = topo.peer_id_bound();
-        if self.counts.len() < bound {
-            self.counts.resize_with(bound, PortCounts::default);
+        if self.slots.len() < bound {
+            self.slots.resize_with(bound, PeerSlot::default);
             self.touched.reserve(bound - self.touched.len());
         }
-        self.last_source = None;
     }
 
     /// The counts of peer `id` for this round (`None` if the id is beyond the snapshot's).
     #[inline(always)]
     fn of(&mut self, id: PeerId) -> Option<&mut PortCounts> {
-        let c = self.counts.get_mut(usize::from(id))?;
-        if c.rx_frames == 0 && c.tx_frames == 0 && c.rx_dropped == 0 && c.tx_dropped == 0 {
+        let slot = self.slots.get_mut(usize::from(id))?;
+        if !slot.touched {
             // First count of the round for this peer (`fit` reserved room for every id).
+            slot.touched = true;
             self.touched.push(id);
         }
-        Some(c)
-    }
-
-    /// The peer whose underlay address is `ip`, in `topo` (cached for consecutive lookups).
-    #[inline(always)]
-    fn peer_of(&mut self, topo: &Topology, ip: std::net::Ipv4Addr) -> Option<PeerId> {
-        match self.last_source {
-            Some((last, id)) if last == ip => id,
-            _ => {
-                let id = topo.peer_by_underlay(ip);
-                self.last_source = Some((ip, id));
-                id
-            }
-        }
+        Some(&mut slot.counts)
     }
 
     /// Adds this round's counts to the per-peer counters of `topo` (the round's snapshot).
     pub(super) fn publish(&mut self, topo: &Topology) {
         for id in self.touched.drain(..) {
-            let Some(c) = self.counts.get_mut(usize::from(id)) else {
+            let Some(slot) = self.slots.get_mut(usize::from(id)) else {
                 continue;
             };
+            slot.touched = false;
             match topo.peer_metrics(id) {
-                Some(m) => m.flush(c),
-                None => *c = PortCounts::default(),
+                Some(m) => m.flush(&mut slot.counts),
+                None => slot.counts = PortCounts::default(),
             }
         }
     }
@@ -234,7 +229,6 @@ impl TunnelSlot {
             peers,
             ..
         } = self;
-        let topo = Arc::clone(pipeline.topology());
         rx.clear();
         sources.clear();
         segments.clear();
@@ -262,19 +256,18 @@ impl TunnelSlot {
             } else {
                 usize::from(seg)
             };
-            let peer = peers.peer_of(&topo, *src.ip());
+            // One entry (a GRO run) comes from one source: one peer's counts for all of it.
+            let mut peer = pipeline
+                .topology()
+                .peer_by_underlay(*src.ip())
+                .and_then(|id| peers.of(id));
+            let first = datagrams;
             let mut start = at;
             while start < at + len {
                 let end = (start + seg).min(at + len);
                 let datagram = start..end;
                 start = end;
                 datagrams += 1;
-                let peer_counts = peer.and_then(|id| peers.of(id));
-                if let Some(c) = peer_counts {
-                    c.rx_frames += 1;
-                    // Inner frame bytes, as on the way out.
-                    c.rx_bytes += datagram.len().saturating_sub(vxlan::HEADER_LEN) as u64;
-                }
                 let action = match rx.as_bytes_mut().get_mut(datagram.clone()) {
                     Some(d) => pipeline.process_tunnel(src, d),
                     None => break,
@@ -285,7 +278,7 @@ impl TunnelSlot {
                         _ => DropReason::VxlanNotForPod,
                     };
                     counts.count_rx_drop(reason);
-                    if let Some(c) = peer.and_then(|id| peers.of(id)) {
+                    if let Some(c) = peer.as_deref_mut() {
                         c.count_rx_drop(reason);
                     }
                     continue;
@@ -304,6 +297,12 @@ impl TunnelSlot {
                     }
                     None => pipeline.count_egress_drop(DropReason::PortGone, 1),
                 }
+            }
+            if let Some(c) = peer {
+                let n = datagrams - first;
+                c.rx_frames += n;
+                // Inner frame bytes, as on the way out.
+                c.rx_bytes += (len as u64).saturating_sub(n * vxlan::HEADER_LEN as u64);
             }
         }
         coalescer.flush(rx.as_bytes(), &mut |p, parts, v| {

@@ -119,6 +119,22 @@ fn none() -> Labels {
     Vec::new()
 }
 
+/// A family of one sample without labels.
+fn single(
+    encoder: &mut DescriptorEncoder,
+    kind: MetricType,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    let mut f = Family::new(name, help);
+    f.count(none(), value);
+    f.encode(encoder, kind)
+}
+
+/// One traffic family: name suffix, help, the value, and whether it is in bytes.
+type TrafficFamily = (&'static str, String, fn(&Traffic) -> u64, bool);
+
 /// The six traffic families of pods (`label` = "pod") or peers ("peer"), and their drops by
 /// reason.
 fn traffic_families<'a>(
@@ -133,7 +149,7 @@ fn traffic_families<'a>(
             ),
         > + Clone,
 ) -> std::fmt::Result {
-    let names: [(&str, String, fn(&Traffic) -> u64, bool); 5] = [
+    let names: [TrafficFamily; 5] = [
         (
             "rx_packets",
             format!("Frames the switch received from the {what}."),
@@ -200,24 +216,27 @@ impl Collector for StateCollector {
         f.gauge(e)?;
 
         let t = &s.totals;
-        let mut f = Family::new(
+        single(
+            e,
+            MetricType::Counter,
             "frames_received",
             "Frames received from every port and the tunnel.",
-        );
-        f.count(none(), t.rx);
-        f.counter(e)?;
-        let mut f = Family::new(
+            t.rx,
+        )?;
+        single(
+            e,
+            MetricType::Counter,
             "frames_forwarded",
             "Frames forwarded to a port, flooded or encapsulated.",
-        );
-        f.count(none(), t.forwarded);
-        f.counter(e)?;
-        let mut f = Family::new(
+            t.forwarded,
+        )?;
+        single(
+            e,
+            MetricType::Counter,
             "frames_delivered_locally",
             "Frames the switch answered itself (ARP, ping of the gateway).",
-        );
-        f.count(none(), t.delivered_locally);
-        f.counter(e)?;
+            t.delivered_locally,
+        )?;
         let mut f = Family::new(
             "frames_dropped",
             "Frames dropped, by reason (received = forwarded + delivered locally + dropped).",
@@ -228,16 +247,21 @@ impl Collector for StateCollector {
             f.count(vec![("reason", reason.label().to_string())], n);
         }
         f.counter(e)?;
-        let mut f = Family::new(
+        single(
+            e,
+            MetricType::Counter,
             "tx_copies_dropped",
             "Transmit copies a full or failed port refused (a flood makes several).",
-        );
-        f.count(none(), t.tx_dropped);
-        f.counter(e)?;
+            t.tx_dropped,
+        )?;
 
-        let mut f = Family::new("pods", "Pods attached.");
-        f.count(none(), s.pods.len() as u64);
-        f.gauge(e)?;
+        single(
+            e,
+            MetricType::Gauge,
+            "pods",
+            "Pods attached.",
+            s.pods.len() as u64,
+        )?;
         traffic_families(
             e,
             "pod",
@@ -247,9 +271,13 @@ impl Collector for StateCollector {
                 .map(|p| (p.name.as_str(), &p.traffic, &p.drops)),
         )?;
 
-        let mut f = Family::new("peers", "Peer nodes.");
-        f.count(none(), s.peers.len() as u64);
-        f.gauge(e)?;
+        single(
+            e,
+            MetricType::Gauge,
+            "peers",
+            "Peer nodes.",
+            s.peers.len() as u64,
+        )?;
         traffic_families(
             e,
             "peer node (inner frames through the tunnel)",
@@ -298,37 +326,56 @@ impl Collector for StateCollector {
             }
         }
 
-        let mut f = Family::new(
+        single(
+            e,
+            MetricType::Gauge,
             "mac_table_entries",
             "MAC table entries (static and learned).",
-        );
-        f.count(none(), s.mac_table.entries);
-        f.gauge(e)?;
-        let mut f = Family::new("mac_table_capacity", "Most learned MAC table entries.");
-        f.count(none(), s.mac_table.capacity);
-        f.gauge(e)?;
-        let mut f = Family::new(
+            s.mac_table.entries,
+        )?;
+        single(
+            e,
+            MetricType::Gauge,
+            "mac_table_capacity",
+            "Most learned MAC table entries.",
+            s.mac_table.capacity,
+        )?;
+        single(
+            e,
+            MetricType::Counter,
             "mac_table_full",
             "MAC learns refused because the table was full.",
-        );
-        f.count(none(), s.mac_table.full_events);
-        f.counter(e)?;
-        let mut f = Family::new("conntrack_entries", "Flows connection tracking follows.");
-        f.count(none(), s.conntrack.entries);
-        f.gauge(e)?;
-        let mut f = Family::new("conntrack_capacity", "Most flows tracked at once.");
-        f.count(none(), s.conntrack.capacity);
-        f.gauge(e)?;
-        let mut f = Family::new(
+            s.mac_table.full_events,
+        )?;
+        single(
+            e,
+            MetricType::Gauge,
+            "conntrack_entries",
+            "Flows connection tracking follows.",
+            s.conntrack.entries,
+        )?;
+        single(
+            e,
+            MetricType::Gauge,
+            "conntrack_capacity",
+            "Most flows tracked at once.",
+            s.conntrack.capacity,
+        )?;
+        single(
+            e,
+            MetricType::Counter,
             "conntrack_full",
             "New service flows refused because connection tracking was full.",
-        );
-        f.count(none(), s.conntrack.full_events);
-        f.counter(e)?;
+            s.conntrack.full_events,
+        )?;
 
-        let mut f = Family::new("services", "Services (ClusterIP).");
-        f.count(none(), s.services.len() as u64);
-        f.gauge(e)?;
+        single(
+            e,
+            MetricType::Gauge,
+            "services",
+            "Services (ClusterIP).",
+            s.services.len() as u64,
+        )?;
         let mut backends = Family::new("service_backends", "Backends of each service.");
         let mut connections = Family::new(
             "service_backend_connections",
@@ -374,12 +421,13 @@ impl Collector for StateCollector {
         idle.counter(e)?;
 
         if let Some(c) = &s.cluster {
-            let mut f = Family::new(
+            single(
+                e,
+                MetricType::Gauge,
                 "etcd_healthy",
                 "1 while the last call to etcd succeeded, else 0.",
-            );
-            f.count(none(), u64::from(c.healthy));
-            f.gauge(e)?;
+                u64::from(c.healthy),
+            )?;
             let mut f = Family::new(
                 "etcd_lease_held",
                 "1 while the node holds a subnet lease, else 0.",
@@ -387,12 +435,13 @@ impl Collector for StateCollector {
             let held = c.key.is_some() && c.lease_id.is_some();
             f.count(none(), u64::from(held));
             f.gauge(e)?;
-            let mut f = Family::new(
+            single(
+                e,
+                MetricType::Gauge,
                 "etcd_subnet_conflict",
                 "1 while another node holds the subnet this node runs on, else 0.",
-            );
-            f.count(none(), u64::from(c.conflict.is_some()));
-            f.gauge(e)?;
+                u64::from(c.conflict.is_some()),
+            )?;
             if let Some(ttl) = c.ttl_secs {
                 let mut f = Family::new(
                     "etcd_lease_ttl",

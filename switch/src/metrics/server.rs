@@ -92,9 +92,9 @@ pub async fn serve(listener: TcpListener, state: impl Fn() -> NodeState + Send +
                 .header_read_timeout(HEAD_TIMEOUT)
                 .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
-                Ok(Err(e)) => tracing::debug!("metrics server: connection: {e}"),
-                Ok(Ok(())) | Err(_) => {}
+            // A connection past its lifetime is dropped (closed); an error is the client's.
+            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                tracing::debug!("metrics server: connection: {e}");
             }
             drop(slot);
         });

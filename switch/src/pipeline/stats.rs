@@ -322,15 +322,33 @@ impl PortMetrics {
                 a.fetch_add(v, Ordering::Relaxed);
             }
         }
-        // Only a round that dropped something looks at the reasons.
-        if c.rx_dropped != 0 || c.tx_dropped != 0 {
+        // A reason is only counted with `rx_dropped` or `tx_dropped`: a round that dropped
+        // nothing neither reads nor resets the reasons (a port flushes every round).
+        let dropped = c.rx_dropped != 0 || c.tx_dropped != 0;
+        if dropped {
             for (a, v) in self.dropped.iter().zip(c.dropped.0) {
                 if v != 0 {
                     a.fetch_add(v, Ordering::Relaxed);
                 }
             }
         }
-        *c = PortCounts::default();
+        let PortCounts {
+            rx_frames,
+            rx_bytes,
+            rx_dropped,
+            tx_frames,
+            tx_bytes,
+            tx_dropped,
+            dropped: reasons,
+        } = c;
+        for v in [
+            rx_frames, rx_bytes, rx_dropped, tx_frames, tx_bytes, tx_dropped,
+        ] {
+            *v = 0;
+        }
+        if dropped {
+            *reasons = DropCounts::default();
+        }
     }
 
     /// A copy of the counters (each read once, relaxed).
