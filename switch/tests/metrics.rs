@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use podswitch::control::{Request, Response};
@@ -15,7 +15,7 @@ use podswitch::testutil::{root_or_skip, unique, wait_for};
 
 mod common;
 
-use common::{config, run, tempdir, Daemon};
+use common::{config, run, run_with_stdin, tempdir, Daemon};
 
 /// A port free on 127.0.0.1 now (the daemon binds it a moment later).
 fn free_port() -> u16 {
@@ -96,24 +96,10 @@ fn ping(ns: &str, ip: &str, count: u32) -> bool {
     .success()
 }
 
-/// Runs `promtool check metrics` on `text`; fails loudly if promtool is missing.
+/// Runs `promtool check metrics` on `text` (Debian's prometheus package; a missing promtool
+/// fails the test).
 fn promtool_check(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run promtool ({e}): install Debian's prometheus package (scripts/setup)")
-        });
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool");
+    let out = run_with_stdin(&["promtool", "check", "metrics"], text);
     assert!(
         out.status.success(),
         "promtool check metrics failed:\n{}{}\n--- the text ---\n{text}",
@@ -166,6 +152,11 @@ fn metrics_pass_promtool_and_follow_pod_traffic_and_drops_by_reason() {
             "{series} moved by {moved}, want >= {at_least}\n{after}"
         );
     }
+
+    // The worker's time: some in rounds that moved frames, most of it idle.
+    let busy = value(&after, "podswitch_worker_busy_seconds_total{worker=\"0\"}");
+    let idle = value(&after, "podswitch_worker_idle_seconds_total{worker=\"0\"}");
+    assert!(busy > 0.0 && idle > busy, "busy {busy} s, idle {idle} s");
 
     // Frames from pod a with a MAC that is not its own: dropped as spoofed_mac, counted
     // node-wide and for pod a.
