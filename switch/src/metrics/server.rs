@@ -169,3 +169,129 @@ fn unavailable() -> Response<Full<Bytes>> {
         "the node's state could not be read\n",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    /// A server of the sample state on its own thread; its address.
+    fn server() -> SocketAddr {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+                tx.send(listener.local_addr().expect("addr")).expect("send");
+                serve(listener, super::super::tests::sample).await;
+            });
+        });
+        rx.recv().expect("address")
+    }
+
+    /// Sends `request` on a new connection and reads the answer until the server closes it.
+    fn ask(addr: SocketAddr, request: &str) -> String {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(request.as_bytes()).expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    }
+
+    fn get(path: &str) -> String {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    }
+
+    #[test]
+    fn routes_methods_and_content_types() {
+        let addr = server();
+        let metrics = ask(addr, &get("/metrics"));
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(metrics.contains(PROMETHEUS_TEXT), "{metrics}");
+        assert!(metrics.contains("podswitch_pod_rx_packets_total{pod=\"web\"} 10"));
+        let open = ask(
+            addr,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text\r\nConnection: close\r\n\r\n",
+        );
+        assert!(
+            open.contains(OPENMETRICS_TEXT) && open.ends_with("# EOF\n"),
+            "{open}"
+        );
+        let state = ask(addr, &get("/api/v1/state"));
+        assert!(state.contains("application/json"), "{state}");
+        let body = state
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(body).expect("json");
+        assert_eq!(v["pods"][0]["name"], "web");
+        let page = ask(addr, &get("/"));
+        assert!(
+            page.contains("text/html") && page.contains("/api/v1/state"),
+            "{page}"
+        );
+        assert!(ask(addr, &get("/etc/passwd")).starts_with("HTTP/1.1 404"));
+        let post = ask(
+            addr,
+            "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+        assert!(
+            post.to_ascii_lowercase().contains("allow: get, head"),
+            "{post}"
+        );
+        let head = ask(
+            addr,
+            "HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.ends_with("\r\n\r\n"), "no body for HEAD: {head}");
+        // A head larger than the bound is refused, not read without end.
+        let huge = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD_BYTES * 2)
+        );
+        let refused = ask(addr, &huge);
+        assert!(
+            refused.is_empty() || refused.starts_with("HTTP/1.1 431"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn connections_beyond_the_bound_wait_for_a_free_slot() {
+        let addr = server();
+        // Every slot held by a client that says nothing.
+        let mut idle: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut late = TcpStream::connect(addr).expect("connect (listen backlog)");
+        late.write_all(get("/metrics").as_bytes()).expect("write");
+        late.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        assert!(
+            late.read(&mut buf).is_err(),
+            "answered while every slot was taken"
+        );
+        // One idle client leaves: the waiting request is served.
+        drop(idle.pop());
+        late.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut out = String::new();
+        late.read_to_string(&mut out).expect("read");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert_eq!(
+            idle.len(),
+            MAX_CONNECTIONS - 1,
+            "the others still hold theirs"
+        );
+    }
+}
