@@ -265,6 +265,22 @@ mod tests {
     }
 
     #[test]
+    fn a_taken_address_names_node_metrics() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _runtime = rt.enter();
+        let e = bind(addr).expect_err("taken").to_string();
+        assert!(
+            e.starts_with(&format!("node.metrics: cannot listen on {addr}: ")),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn connections_beyond_the_bound_wait_for_a_free_slot() {
         let addr = server();
         // Every slot held by a client that says nothing.
