@@ -140,6 +140,7 @@ type TrafficFamily = (&'static str, String, fn(&Traffic) -> u64, bool);
 fn traffic_families<'a>(
     encoder: &mut DescriptorEncoder,
     what: &str,
+    tx_dropped_help: &str,
     label: &'static str,
     items: impl Iterator<
             Item = (
@@ -176,7 +177,7 @@ fn traffic_families<'a>(
         ),
         (
             "tx_dropped",
-            format!("Frames for the {what} refused at egress (full or failed)."),
+            tx_dropped_help.to_string(),
             |t| t.tx_dropped,
             false,
         ),
@@ -193,7 +194,7 @@ fn traffic_families<'a>(
         f.counter(encoder)?;
     }
     let name = format!("{label}_dropped");
-    let help = format!("Frames from (or for) the {what} dropped by the switch, by reason.");
+    let help = format!("Frames from the {what} (or for it) dropped by the switch, by reason.");
     let mut f = Family::new(&name, &help);
     for (who, _, drops) in items {
         for (reason, n) in drops {
@@ -265,6 +266,7 @@ impl Collector for StateCollector {
         traffic_families(
             e,
             "pod",
+            "Frames for the pod refused at egress (its queue full or failed).",
             "pod",
             s.pods
                 .iter()
@@ -280,7 +282,8 @@ impl Collector for StateCollector {
         )?;
         traffic_families(
             e,
-            "peer node (inner frames through the tunnel)",
+            "peer node through the tunnel (inner frames)",
+            "Frames for the peer node that could not be made wire-ready (bad_offload).",
             "peer",
             s.peers
                 .iter()
