@@ -210,6 +210,10 @@ pub enum Response {
         delivered_locally: u64,
         /// Frames dropped, for any reason.
         dropped: u64,
+        /// Frames dropped by reason label (`"spoofed_mac"`), non-zero reasons only; empty from
+        /// older nodes.
+        #[serde(default)]
+        drops_by_reason: std::collections::BTreeMap<String, u64>,
         /// Frames handled by each data-plane thread.
         #[serde(default)]
         workers: Vec<u64>,
@@ -1151,8 +1155,10 @@ mod tests {
             created_netns: true,
             counters: Counters {
                 rx_frames: 3,
+                rx_dropped: 1,
                 ..Counters::default()
             },
+            drops: [("spoofed_mac".to_string(), 1)].into(),
         }
     }
 
@@ -1270,6 +1276,7 @@ mod tests {
                     forwarded: 7,
                     delivered_locally: 2,
                     dropped: 1,
+                    drops_by_reason: [("malformed".to_string(), 1)].into(),
                     workers: vec![9, 1],
                     cluster: None,
                 },
@@ -1592,6 +1599,33 @@ mod tests {
             r#"{"result":"flows","data":[{"proto":"tcp","client":"10.244.1.11:40000","vip":"10.96.0.10:80","backend":"10.244.2.10:8080","state":"established","age_secs":5,"expires_in_secs":86395}]}"#
         );
         assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), flows);
+    }
+
+    #[test]
+    fn drops_by_reason_are_in_the_json_and_optional_for_older_nodes() {
+        let pods = Response::Pods(vec![sample_pod("web")]);
+        let text = serde_json::to_string(&pods).unwrap();
+        assert!(text.contains(r#""drops":{"spoofed_mac":1}"#), "{text}");
+        assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), pods);
+        // An older node's pod: no drops field.
+        let old = text.replace(r#","drops":{"spoofed_mac":1}"#, "");
+        match serde_json::from_str::<Response>(&old).unwrap() {
+            Response::Pods(p) => assert!(p[0].drops.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        let status = Fake::default().handle(Request::Status);
+        let text = serde_json::to_string(&status).unwrap();
+        assert!(
+            text.contains(r#""drops_by_reason":{"malformed":1}"#),
+            "{text}"
+        );
+        let old = text.replace(r#""drops_by_reason":{"malformed":1},"#, "");
+        match serde_json::from_str::<Response>(&old).unwrap() {
+            Response::Status {
+                drops_by_reason, ..
+            } => assert!(drops_by_reason.is_empty()),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod control;
 pub mod dataplane;
 pub mod gso;
 pub mod lab;
+pub mod metrics;
 pub mod netns;
 pub mod node;
 pub mod pcap;

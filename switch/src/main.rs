@@ -318,6 +318,15 @@ fn run(config_path: &Path) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
+    // The metrics address is claimed before the node starts too (a taken one names
+    // node.metrics); it is served once the node is up.
+    let metrics_listener = match cfg.node.metrics {
+        Some(addr) => {
+            let _runtime = rt.enter();
+            Some(podswitch::metrics::bind(addr).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
     let state_path = cfg.node.state_path();
     let state_dir = state_path
         .parent()
@@ -370,6 +379,16 @@ fn run(config_path: &Path) -> Result<(), String> {
             handler = handler.with_cluster(a.status());
         }
         starting.ready(handler);
+        let metrics_task = metrics_listener.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!("metrics and web view on http://{addr}/");
+            }
+            let source = podswitch::metrics::StateSource::new(
+                Arc::clone(&node),
+                agent.as_ref().map(Agent::status),
+            );
+            tokio::spawn(podswitch::metrics::serve(listener, move || source.state()))
+        });
         let agent_task = agent.map(|a| tokio::spawn(a.run(Arc::clone(&node))));
         let reaper_node = Arc::clone(&node);
         let reaper = tokio::spawn(async move {
@@ -400,6 +419,9 @@ fn run(config_path: &Path) -> Result<(), String> {
             }
         }
         reaper.abort();
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
         if let Some(t) = agent_task {
             t.abort();
         }
@@ -684,6 +706,7 @@ fn print_response(resp: Response) -> Result<(), String> {
             dropped,
             workers,
             cluster,
+            ..
         } => {
             println!("node {node}: {pods} pods; frames rx {rx} forwarded {forwarded} local {delivered_locally} dropped {dropped}");
             if workers.len() > 1 {

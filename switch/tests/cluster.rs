@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::cluster::{flannel_network_config, ping, Etcd, KernelFlannelNode, Node, Underlay};
-use common::{run, tempdir};
+use common::{run, run_with_stdin, tempdir};
 use podswitch::control::{Request, Response};
 use podswitch::node::{PeerSource, ServiceProto, ServiceSpec};
 use podswitch::testutil::{root_or_skip, unique, wait_for};
@@ -621,4 +621,80 @@ fn a_service_put_in_etcd_is_applied_on_every_node_reached_through_its_vip_and_re
         None,
         "the VIP still answers"
     );
+}
+
+/// The sample `series` (name and labels as written) of the Prometheus text `text`, if any.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `node.metrics` on 127.0.0.1 inside each node's own namespace: the etcd lease, and the
+/// tunnel traffic of each peer as pods on two nodes ping each other; the text passes promtool.
+#[test]
+fn metrics_in_the_nodes_namespace_show_the_lease_and_each_peers_tunnel_traffic() {
+    if !root_or_skip("metrics_in_the_nodes_namespace_show_the_lease_and_each_peers_tunnel_traffic")
+    {
+        return;
+    }
+    let mut c = Cluster::new();
+    let metrics = "metrics = \"127.0.0.1:9469\"\n";
+    let nodes: Vec<Node> = (1..=2).map(|i| c.node_with(i, 1, 30, metrics)).collect();
+    let subnets: Vec<String> = nodes.iter().map(Node::subnet).collect();
+    nodes[0].wait_peers(&[subnets[1].as_str()], Duration::from_secs(15));
+    nodes[1].wait_peers(&[subnets[0].as_str()], Duration::from_secs(15));
+    // Scraped from inside the node's namespace, the daemon's.
+    let try_scrape = |n: &Node| {
+        let pid = n.child.as_ref().expect("running").id().to_string();
+        let ns = run(&["ip", "netns", "identify", &pid]);
+        let ns = String::from_utf8_lossy(&ns.stdout).trim().to_string();
+        let out = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "curl",
+            "-sf",
+            "--max-time",
+            "10",
+            "http://127.0.0.1:9469/metrics",
+        ]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    wait_for("both nodes serve metrics with their lease", || {
+        nodes.iter().all(|n| {
+            try_scrape(n).is_some_and(|t| sample(&t, "podswitch_etcd_lease_held") == Some(1.0))
+        })
+    });
+    let scrape =
+        |n: &Node| try_scrape(n).unwrap_or_else(|| panic!("{}: scrape\n{}", n.name, n.log()));
+    assert!(
+        ping(&nodes[0].pod_ns[0], &nodes[1].pod_ip(0)),
+        "a pod of node1 pings a pod of node2"
+    );
+    for (n, other) in [(&nodes[0], &nodes[1]), (&nodes[1], &nodes[0])] {
+        let text = scrape(n);
+        let check = run_with_stdin(&["promtool", "check", "metrics"], &text);
+        assert!(check.status.success(), "promtool: {check:?}\n{text}");
+        assert_eq!(sample(&text, "podswitch_etcd_healthy"), Some(1.0), "{text}");
+        let ttl = sample(&text, "podswitch_etcd_lease_ttl_seconds").unwrap_or(0.0);
+        let left = sample(&text, "podswitch_etcd_lease_expiry_seconds").unwrap_or(0.0);
+        assert!(ttl > 0.0 && ttl <= 30.0 && left > 0.0, "{text}");
+        assert_eq!(sample(&text, "podswitch_peers"), Some(1.0), "{text}");
+        let peer = n
+            .peers()
+            .into_iter()
+            .find(|p| p.spec.underlay.to_string() == other.ip)
+            .expect("the other node is a peer");
+        for family in ["tx_packets", "rx_packets"] {
+            let series = format!(
+                "podswitch_peer_{family}_total{{peer=\"{}\"}}",
+                peer.spec.name
+            );
+            let v = sample(&text, &series).unwrap_or(0.0);
+            assert!(v >= 3.0, "{}: {series} = {v}\n{text}", n.name);
+        }
+    }
 }

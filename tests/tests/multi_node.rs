@@ -248,3 +248,69 @@ fn oversized_frame_for_the_tunnel_gets_fragmentation_needed() {
     let (_, t) = c.a.tunnel().expect("tunnel");
     assert_eq!(t.snapshot().tx_frames, 0, "nothing oversized went out");
 }
+
+/// Each peer's tunnel counters: inner frames and bytes sent to it and received from it, and its
+/// datagrams dropped by reason; a stranger's datagram counts for no peer.
+#[test]
+fn per_peer_counters_follow_the_tunnel() {
+    let c = cluster(|_| {});
+    let pod = |sw: &Switch, name: &str, mac: [u8; 6], ip: Ipv4Addr| {
+        sw.attach_mem_pod(PortInfo {
+            name: name.into(),
+            kind: PortKind::Pod {
+                mac: EthernetAddress(mac),
+                ip,
+            },
+        })
+        .expect("pod")
+        .1
+    };
+    let (pa_mac, pb_mac) = ([0x02, 0x42, 10, 244, 1, 10], [0x02, 0x42, 10, 244, 2, 10]);
+    let (pa_ip, pb_ip) = (Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 2, 10));
+    let mut ea = pod(&c.a, "a1", pa_mac, pa_ip);
+    let eb = pod(&c.b, "b1", pb_mac, pb_ip);
+    let frame = eth(
+        VTEP_A,
+        pa_mac,
+        0x0800,
+        &ipv4_tos(pa_ip, pb_ip, 17, 64, 0, false, &udp(1, 2, b"hello")),
+    );
+    for _ in 0..3 {
+        ea.send_frame(&frame).expect("send");
+    }
+    ea.flush().expect("flush");
+    wait_for("three frames through the tunnel", || {
+        c.b.peer_counts()
+            .get("node-a")
+            .is_some_and(|p| p.rx_frames >= 3)
+    });
+    let sent = c.a.peer_counts()["node-b"];
+    assert_eq!(sent.tx_frames, 3, "{sent:?}");
+    assert_eq!(sent.tx_bytes, 3 * frame.len() as u64, "inner frame bytes");
+    assert_eq!((sent.rx_frames, sent.rx_dropped), (0, 0));
+    let got = c.b.peer_counts()["node-a"];
+    assert_eq!((got.rx_frames, got.rx_dropped, got.tx_frames), (3, 0, 0));
+    assert_eq!(got.rx_bytes, sent.tx_bytes, "inner frame bytes both ways");
+    // A datagram from node A's address with another VNI: a drop of peer node-a, by reason.
+    let from_a = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    from_a
+        .send_to(&vxlan_wrap(2, &frame), c.addr_b)
+        .expect("send");
+    let stranger = UdpSocket::bind("127.0.0.9:0").expect("bind stranger");
+    stranger
+        .send_to(&vxlan_wrap(1, &frame), c.addr_b)
+        .expect("send");
+    wait_for("both datagrams judged", || {
+        let m = c.b.metrics().snapshot();
+        m.dropped(DropReason::VxlanBadVni) + m.dropped(DropReason::VxlanUnknownPeer) >= 2
+    });
+    let got = c.b.peer_counts()["node-a"];
+    assert_eq!((got.rx_frames, got.rx_dropped), (4, 1), "{got:?}");
+    assert_eq!(got.dropped.get(DropReason::VxlanBadVni), 1);
+    assert_eq!(
+        got.dropped.get(DropReason::VxlanUnknownPeer),
+        0,
+        "the stranger is no peer"
+    );
+    drop(eb);
+}

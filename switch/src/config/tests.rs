@@ -1238,3 +1238,27 @@ fn services_file_and_runtime_refuse_alike() {
         Ok(())
     );
 }
+
+#[test]
+fn metrics_address_rules() {
+    let c = Config::from_toml_str(&node_with("metrics = \"127.0.0.1:9469\"")).expect("valid");
+    assert_eq!(c.node.metrics, Some("127.0.0.1:9469".parse().unwrap()));
+    assert_eq!(
+        Config::from_toml_str(&node_with(""))
+            .expect("valid")
+            .node
+            .metrics,
+        None,
+        "off when absent"
+    );
+    let e = err(&node_with("metrics = \"localhost\""));
+    assert!(e.contains("node.metrics"), "{e}");
+    assert_err(
+        &node_with("metrics = \"127.0.0.1:0\""),
+        "config error: node.metrics: 127.0.0.1:0 has port 0: give the port scrapers are told, e.g. 127.0.0.1:9469",
+    );
+    assert_err(
+        &node_with("metrics = \"224.0.0.1:9469\""),
+        "config error: node.metrics: 224.0.0.1 is not an address to listen on (multicast or broadcast)",
+    );
+}

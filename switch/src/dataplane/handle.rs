@@ -17,7 +17,7 @@ use crossbeam_channel::{unbounded, Sender};
 
 use super::capture::{CaptureTap, CaptureTarget, CAPTURE_SLOTS};
 use super::round::Dataplane;
-use super::worker::{pin_to, run, Command, IdlePolicy};
+use super::worker::{pin_to, run, Command, IdlePolicy, WorkerTime};
 use crate::pipeline::{Metrics, NodeConfig, Pipeline, PortMetrics};
 use crate::port::{mem_port, MemEndpoint, Port, UdpTunnel, Waker};
 use crate::table::{
@@ -127,6 +127,8 @@ pub(super) struct Shared {
     pub(super) workers: Vec<Worker>,
     /// Frames each worker has handled (received from its queues, and from the tunnel).
     pub(super) worker_frames: Vec<AtomicU64>,
+    /// Time each worker spent busy and idle.
+    pub(super) worker_time: Vec<WorkerTime>,
     registry: Mutex<BTreeMap<PortId, PortRecord>>,
     pub(super) stop: AtomicBool,
 }
@@ -228,6 +230,7 @@ impl Switch {
             metrics: Arc::clone(&metrics),
             workers: handles,
             worker_frames: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            worker_time: (0..workers).map(|_| WorkerTime::default()).collect(),
             registry: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
         });
@@ -277,6 +280,31 @@ impl Switch {
             .worker_frames
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Time each data-plane thread spent in rounds that moved frames and in the others
+    /// (spinning, yielding, asleep), since it started.
+    pub(crate) fn worker_time(&self) -> Vec<(std::time::Duration, std::time::Duration)> {
+        self.shared
+            .worker_time
+            .iter()
+            .map(WorkerTime::read)
+            .collect()
+    }
+
+    /// Every peer of the topology with its tunnel counters (inner frames and bytes to and
+    /// from it, drops by reason), by name.
+    pub fn peer_counts(&self) -> BTreeMap<String, crate::pipeline::PortCounts> {
+        let topo = self.shared.tables.topology();
+        topo.peers()
+            .map(|(id, p)| {
+                let counts = topo
+                    .peer_metrics(id)
+                    .map(|m| m.snapshot())
+                    .unwrap_or_default();
+                (p.name.clone(), counts)
+            })
             .collect()
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::capture::{self, CaptureTap};
 use crate::gso::Segmenter;
-use crate::pipeline::{Metrics, PortCounts, PortMetrics};
+use crate::pipeline::{DropReason, Metrics, PortCounts, PortMetrics};
 use crate::port::{Batch, Port, DEFAULT_BATCH};
 use crate::table::PortId;
 use crate::wire::virtio::VnetHdr;
@@ -231,11 +231,11 @@ impl Ports {
         }
     }
 
-    /// Counts a frame received on `port` that went nowhere.
+    /// Counts a frame received on `port` that went nowhere, and why.
     #[inline]
-    pub(super) fn count_rx_drop(&mut self, port: PortId) {
+    pub(super) fn count_rx_drop(&mut self, port: PortId, reason: DropReason) {
         if let Some(s) = self.get_mut(port) {
-            s.counts.rx_dropped += 1;
+            s.counts.count_rx_drop(reason);
         }
     }
 

@@ -209,6 +209,9 @@ impl Dataplane {
         pipeline.begin_batch();
         // The flood set comes from the same snapshot the pipeline decides with.
         let topo = Arc::clone(pipeline.topology());
+        if let Some(t) = tunnel.as_mut() {
+            t.peers.fit(&topo);
+        }
         let mut total = 0;
         for ingress in 0..ports.id_bound() {
             let ingress = ingress as PortId;
@@ -245,6 +248,7 @@ impl Dataplane {
                     Action::Forward(to) => {
                         if !ports.send(to, frame, vnet) {
                             pipeline.count_egress_drop(DropReason::PortGone, 1);
+                            ports.count_rx_drop(ingress, DropReason::PortGone);
                         }
                     }
                     Action::Flood => ports.flood(topo.flood_ports(), ingress, frame, vnet),
@@ -254,27 +258,27 @@ impl Dataplane {
                     Action::Reply => {
                         ports.send(ingress, frame, VnetHdr::default());
                     }
-                    Action::Reject(_, len) => {
+                    Action::Reject(reason, len) => {
                         let reply = &pipeline.scratch()[..usize::from(len)];
                         ports.send(ingress, reply, VnetHdr::default());
-                        ports.count_rx_drop(ingress);
+                        ports.count_rx_drop(ingress, reason);
                     }
                     Action::Encap(peer) => {
                         let to = topo.peer(peer).map(|p| p.underlay);
                         match (tunnel.as_mut(), to) {
                             (Some(t), Some(to)) => {
-                                if !t.encapsulate(to, frame, at, vnet) {
+                                if !t.encapsulate(to, peer, frame, at, vnet) {
                                     pipeline.count_egress_drop(DropReason::BadOffload, 1);
-                                    ports.count_rx_drop(ingress);
+                                    ports.count_rx_drop(ingress, DropReason::BadOffload);
                                 }
                             }
                             _ => {
                                 pipeline.count_egress_drop(DropReason::NoTunnel, 1);
-                                ports.count_rx_drop(ingress);
+                                ports.count_rx_drop(ingress, DropReason::NoTunnel);
                             }
                         }
                     }
-                    Action::Drop(_) => ports.count_rx_drop(ingress),
+                    Action::Drop(reason) => ports.count_rx_drop(ingress, reason),
                 }
             }
             // The queue refers to this batch's bytes: send before the next port reuses it.
@@ -287,6 +291,7 @@ impl Dataplane {
                 total += t.decapsulate(pipeline, ports, *batch);
             }
             t.metrics.flush(&mut t.counts);
+            t.peers.publish(&topo);
         }
         ports.transmit(metrics, closed);
         for id in closed.drain(..) {

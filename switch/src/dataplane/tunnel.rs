@@ -7,6 +7,12 @@
 //! holding the inner bytes; it is sent before that batch is reused. On the way in, datagrams
 //! are edited where they were received and consecutive TCP segments of a flow are merged into
 //! superframes that refer to them there ([`Coalescer`]).
+//!
+//! Per-peer counters ([`PeerCounts`]) are plain numbers kept for the round, indexed by the
+//! peer's id in the round's topology snapshot, and added to that snapshot's per-peer
+//! [`PortMetrics`] at its end: an id reused by a later topology never gets another peer's
+//! frames, and the per-frame cost is an add to a slot already sized (no allocation, no atomic;
+//! received datagrams are counted once per GRO run, which comes from one peer).
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -16,6 +22,7 @@ use super::ports::Ports;
 use crate::gso::{self, Coalescer, Segmenter};
 use crate::pipeline::{Action, DropReason, Metrics, Pipeline, PortCounts, PortMetrics};
 use crate::port::{Batch, TxQueue, UdpTunnel, DEFAULT_BATCH};
+use crate::table::{PeerId, Topology};
 use crate::wire::virtio::VnetHdr;
 use crate::wire::{ethernet, vxlan};
 
@@ -37,6 +44,64 @@ pub(super) struct TunnelSlot {
     tunnel_mtu: usize,
     /// Captures on peers, by underlay address (usually none; looked at once per batch).
     pub(super) captures: Vec<(std::net::Ipv4Addr, Arc<CaptureTap>)>,
+    /// This round's counts per peer.
+    pub(super) peers: PeerCounts,
+}
+
+/// One round's counts per peer: inner frames (datagrams) and their bytes sent to and received
+/// from each peer, and drops by reason. Sized to the topology's peer ids at the start of a
+/// round ([`PeerCounts::fit`]: an allocation only when a topology with more peers appears),
+/// published at its end ([`PeerCounts::publish`]).
+#[derive(Default)]
+pub(super) struct PeerCounts {
+    slots: Vec<PeerSlot>,
+    /// Ids counted for this round (each once), so publishing skips idle peers.
+    touched: Vec<PeerId>,
+}
+
+/// One peer's counts for the round.
+#[derive(Default)]
+struct PeerSlot {
+    counts: PortCounts,
+    /// Listed in `touched`.
+    touched: bool,
+}
+
+impl PeerCounts {
+    /// Makes room for every peer id of `topo` (the round's snapshot).
+    pub(super) fn fit(&mut self, topo: &Topology) {
+        let bound = topo.peer_id_bound();
+        if self.slots.len() < bound {
+            self.slots.resize_with(bound, PeerSlot::default);
+            self.touched.reserve(bound - self.touched.len());
+        }
+    }
+
+    /// The counts of peer `id` for this round (`None` if the id is beyond the snapshot's).
+    #[inline(always)]
+    fn of(&mut self, id: PeerId) -> Option<&mut PortCounts> {
+        let slot = self.slots.get_mut(usize::from(id))?;
+        if !slot.touched {
+            // First count of the round for this peer (`fit` reserved room for every id).
+            slot.touched = true;
+            self.touched.push(id);
+        }
+        Some(&mut slot.counts)
+    }
+
+    /// Adds this round's counts to the per-peer counters of `topo` (the round's snapshot).
+    pub(super) fn publish(&mut self, topo: &Topology) {
+        for id in self.touched.drain(..) {
+            let Some(slot) = self.slots.get_mut(usize::from(id)) else {
+                continue;
+            };
+            slot.touched = false;
+            match topo.peer_metrics(id) {
+                Some(m) => m.flush(&mut slot.counts),
+                None => slot.counts = PortCounts::default(),
+            }
+        }
+    }
 }
 
 impl TunnelSlot {
@@ -66,6 +131,7 @@ impl TunnelSlot {
             segmenter: Segmenter::default(),
             tunnel_mtu: usize::from(tunnel_mtu),
             captures: Vec::new(),
+            peers: PeerCounts::default(),
         }
     }
 
@@ -80,12 +146,13 @@ impl TunnelSlot {
     pub(super) fn encapsulate(
         &mut self,
         to: SocketAddrV4,
+        peer: PeerId,
         frame: &mut [u8],
         at: usize,
         vnet: VnetHdr,
     ) -> bool {
         let from = self.tx.len();
-        let queued = self.queue(to, frame, at, vnet);
+        let queued = self.queue(to, peer, frame, at, vnet);
         // A peer captured: the datagrams just queued are copied as they will leave (segments
         // of a superframe one by one). Here, per frame, rather than once per batch at the
         // flush: a check there, inlined into the round, cost every routed frame between local
@@ -98,14 +165,26 @@ impl TunnelSlot {
 
     /// [`TunnelSlot::encapsulate`] without the capture.
     #[inline(always)]
-    fn queue(&mut self, to: SocketAddrV4, frame: &mut [u8], at: usize, vnet: VnetHdr) -> bool {
+    fn queue(
+        &mut self,
+        to: SocketAddrV4,
+        peer: PeerId,
+        frame: &mut [u8],
+        at: usize,
+        vnet: VnetHdr,
+    ) -> bool {
         let hash = vxlan::flow_hash(frame);
         if !vnet.is_gso() {
             if vnet.needs_csum() && gso::complete_checksum(frame, &vnet).is_err() {
+                self.count_bad_offload(peer);
                 return false;
             }
             self.tx
                 .push(to, hash, &[&self.header], at..at + frame.len());
+            if let Some(c) = self.peers.of(peer) {
+                c.tx_frames += 1;
+                c.tx_bytes += frame.len() as u64;
+            }
             return true;
         }
         let Self {
@@ -116,11 +195,30 @@ impl TunnelSlot {
             ..
         } = self;
         // Consecutive segments of equal size become one GSO run in the queue.
-        segmenter
-            .segment_for_mtu(frame, &vnet, *tunnel_mtu, |head: &[u8], body| {
-                tx.push(to, hash, &[header, head], at + body.start..at + body.end);
-            })
-            .is_ok()
+        let (mut segments, mut bytes) = (0u64, 0u64);
+        let cut = segmenter.segment_for_mtu(frame, &vnet, *tunnel_mtu, |head: &[u8], body| {
+            segments += 1;
+            bytes += (head.len() + body.len()) as u64;
+            tx.push(to, hash, &[header, head], at + body.start..at + body.end);
+        });
+        if cut.is_err() {
+            self.count_bad_offload(peer);
+            return false;
+        }
+        if let Some(c) = self.peers.of(peer) {
+            c.tx_frames += segments;
+            c.tx_bytes += bytes;
+        }
+        true
+    }
+
+    /// A frame for `peer` that could not be made wire-ready.
+    #[cold]
+    fn count_bad_offload(&mut self, peer: PeerId) {
+        if let Some(c) = self.peers.of(peer) {
+            c.tx_dropped += 1;
+            c.dropped.count(DropReason::BadOffload);
+        }
     }
 
     /// Sends what is queued; `source` is the receive batch the queue refers to.
@@ -155,6 +253,7 @@ impl TunnelSlot {
             coalescer,
             counts,
             captures,
+            peers,
             ..
         } = self;
         rx.clear();
@@ -187,6 +286,12 @@ impl TunnelSlot {
             } else {
                 usize::from(seg)
             };
+            // One entry (a GRO run) comes from one source: one peer's counts for all of it.
+            let mut peer = pipeline
+                .topology()
+                .peer_by_underlay(*src.ip())
+                .and_then(|id| peers.of(id));
+            let first = datagrams;
             let mut start = at;
             while start < at + len {
                 let end = (start + seg).min(at + len);
@@ -198,7 +303,14 @@ impl TunnelSlot {
                     None => break,
                 };
                 let Action::Forward(to) = action else {
-                    counts.rx_dropped += 1;
+                    let reason = match action {
+                        Action::Drop(r) | Action::Reject(r, _) => r,
+                        _ => DropReason::VxlanNotForPod,
+                    };
+                    counts.count_rx_drop(reason);
+                    if let Some(c) = peer.as_deref_mut() {
+                        c.count_rx_drop(reason);
+                    }
                     continue;
                 };
                 // A forwarded datagram holds at least the VXLAN header.
@@ -215,6 +327,12 @@ impl TunnelSlot {
                     }
                     None => pipeline.count_egress_drop(DropReason::PortGone, 1),
                 }
+            }
+            if let Some(c) = peer {
+                let n = datagrams - first;
+                c.rx_frames += n;
+                // Inner frame bytes, as on the way out.
+                c.rx_bytes += (len as u64).saturating_sub(n * vxlan::HEADER_LEN as u64);
             }
         }
         coalescer.flush(rx.as_bytes(), &mut |p, parts, v| {

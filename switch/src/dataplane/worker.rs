@@ -3,8 +3,13 @@
 //! Under load the worker runs rounds back to back. When frames stop it keeps looking for a
 //! while (first busy, then yielding the core), then sleeps until a port, the tunnel or its
 //! waker has something ([`IdlePolicy`]).
+//!
+//! Each worker also accounts its time ([`WorkerTime`]): between two looks at the clock, the
+//! time goes to "busy" if a round in between moved frames, else to "idle" (spinning, yielding
+//! or asleep). Under load the clock is read every `clock_rounds` rounds, so the split is as
+//! fine as that, and costs no extra clock read but one after each sleep.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +32,57 @@ pub(super) enum Command {
     Capture(CaptureTarget, Arc<CaptureTap>, Sender<bool>),
     /// Stop the capture of the tap with this id.
     Uncapture(u64),
+}
+
+/// Time one worker spent in rounds that moved frames and in the others, in nanoseconds since
+/// it started. Written by the worker alone (relaxed stores), read by anyone.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerTime {
+    busy_ns: AtomicU64,
+    idle_ns: AtomicU64,
+}
+
+impl WorkerTime {
+    /// (busy, idle) so far.
+    pub(crate) fn read(&self) -> (Duration, Duration) {
+        (
+            Duration::from_nanos(self.busy_ns.load(Ordering::Relaxed)),
+            Duration::from_nanos(self.idle_ns.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// The worker's side of [`WorkerTime`]: totals kept locally, published on each clock read.
+struct TimeAccount<'a> {
+    published: &'a WorkerTime,
+    last: Instant,
+    busy: u64,
+    idle: u64,
+}
+
+impl<'a> TimeAccount<'a> {
+    fn new(published: &'a WorkerTime, now: Instant) -> Self {
+        Self {
+            published,
+            last: now,
+            busy: 0,
+            idle: 0,
+        }
+    }
+
+    /// The time since the last call goes to busy or idle.
+    #[inline]
+    fn account(&mut self, now: Instant, busy: bool) {
+        let ns = now.saturating_duration_since(self.last).as_nanos() as u64;
+        self.last = now;
+        if busy {
+            self.busy += ns;
+            self.published.busy_ns.store(self.busy, Ordering::Relaxed);
+        } else {
+            self.idle += ns;
+            self.published.idle_ns.store(self.idle, Ordering::Relaxed);
+        }
+    }
 }
 
 /// When an idle worker spins, yields and sleeps.
@@ -75,6 +131,7 @@ pub(super) fn run(
     let frames = &shared.worker_frames[worker];
     dp.watch_waker(waker);
     let mut last_frame = Instant::now();
+    let mut time = TimeAccount::new(&shared.worker_time[worker], last_frame);
     let mut next_ageing = Instant::now() + policy.ageing_every;
     // Busy rounds since the clock was last read: under load the clock (ageing, spinning) is
     // only looked at every `clock_rounds` rounds.
@@ -119,6 +176,7 @@ pub(super) fn run(
             }
         }
         let now = Instant::now();
+        time.account(now, busy_rounds > 0 || n > 0);
         if busy_rounds > 0 {
             // Frames came in the rounds just before this one.
             last_frame = now;
@@ -161,6 +219,8 @@ pub(super) fn run(
             .min(policy.max_sleep);
         dp.sleep(waker, timeout);
         waker.awake();
+        // The sleep is idle time, whatever the next rounds bring.
+        time.account(Instant::now(), false);
     }
 }
 

@@ -108,6 +108,7 @@ impl ControlHandler for NodeHandler {
                     forwarded,
                     delivered_locally,
                     dropped,
+                    drops_by_reason: node.drops_by_label(),
                     workers: node.worker_frames(),
                     cluster: self
                         .cluster

@@ -68,6 +68,10 @@ pub struct PodStatus {
     pub created_netns: bool,
     /// Port counters.
     pub counters: PortCounts,
+    /// Frames from the pod dropped, by reason label (`"spoofed_mac"`); only reasons that
+    /// happened. Absent in answers of older nodes (then empty).
+    #[serde(default)]
+    pub drops: BTreeMap<String, u64>,
 }
 
 /// One MAC table entry as `podswitch fdb` shows it.
@@ -853,11 +857,22 @@ impl Node {
         }
     }
 
+    /// The switch (the metrics server reads its counters and tables).
+    pub(crate) fn switch(&self) -> &Switch {
+        &self.switch
+    }
+
+    /// The pods' MTU.
+    pub(crate) fn pod_mtu(&self) -> u16 {
+        self.spec.pod_mtu()
+    }
+
     /// Status of one pod.
     pub fn pod(&self, name: &str) -> Option<PodStatus> {
         let pods = lock(&self.pods);
         let rec = pods.get(name)?;
         let port = self.switch.port(name)?;
+        let counters = port.metrics.snapshot();
         Some(PodStatus {
             spec: rec.spec.clone(),
             mac: rec.spec.mac_at(rec.ip),
@@ -865,7 +880,8 @@ impl Node {
             gateway: self.net.gateway,
             port: port.id,
             created_netns: rec.created_netns,
-            counters: port.metrics.snapshot(),
+            drops: counters.dropped.by_label(),
+            counters,
         })
     }
 
@@ -1028,6 +1044,14 @@ impl Node {
     pub(crate) fn totals(&self) -> (u64, u64, u64, u64) {
         let m = self.switch.metrics().snapshot();
         (m.rx, m.forwarded, m.delivered_locally, m.dropped_total())
+    }
+
+    /// Drops by reason label, non-zero only (the control protocol's `drops_by_reason`).
+    pub(crate) fn drops_by_label(&self) -> BTreeMap<String, u64> {
+        self.drops()
+            .into_iter()
+            .map(|(r, n)| (r.label().to_string(), n))
+            .collect()
     }
 
     /// Drops by reason (non-zero only).

@@ -55,7 +55,7 @@ use crate::wire::ipv4::{self, protocol, Ipv4Packet};
 use crate::wire::virtio::VnetHdr;
 use crate::wire::{is_group_mac, mac_key, vxlan, EthernetAddress};
 use reply::{IcmpError, ICMP_ERROR_MAX};
-pub use stats::{Counts, DropReason, Metrics, PortCounts, PortMetrics};
+pub use stats::{Counts, DropCounts, DropReason, Metrics, PortCounts, PortMetrics};
 
 /// Static settings of a node's data plane.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -201,8 +201,49 @@ impl Metrics {
     }
 }
 
-/// Per-port counters, readable from any thread; written by the data plane once per batch.
-#[derive(Debug, Default)]
+/// Drops by reason (indexed by `DropReason as usize`), as plain numbers: kept per round by the
+/// data plane for one port or peer, and the copy a snapshot reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropCounts(pub(crate) [u64; DropReason::COUNT]);
+
+impl Default for DropCounts {
+    fn default() -> Self {
+        Self([0; DropReason::COUNT])
+    }
+}
+
+impl DropCounts {
+    /// Counts one drop for `reason`.
+    #[inline(always)]
+    pub(crate) fn count(&mut self, reason: DropReason) {
+        self.0[reason as usize] += 1;
+    }
+
+    /// Drops for one reason.
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason as usize]
+    }
+
+    /// Every reason with a non-zero count, in reason order.
+    pub fn nonzero(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL
+            .iter()
+            .map(|r| (*r, self.get(*r)))
+            .filter(|(_, n)| *n > 0)
+    }
+
+    /// The non-zero counts by label (`"spoofed_mac"`), as the control protocol and the web
+    /// view show them.
+    pub fn by_label(&self) -> std::collections::BTreeMap<String, u64> {
+        self.nonzero()
+            .map(|(r, n)| (r.label().to_string(), n))
+            .collect()
+    }
+}
+
+/// Per-port (and per-peer) counters, readable from any thread; written by the data plane once
+/// per batch.
+#[derive(Debug)]
 pub struct PortMetrics {
     /// Frames received.
     pub(crate) rx_frames: AtomicU64,
@@ -216,6 +257,23 @@ pub struct PortMetrics {
     pub(crate) tx_bytes: AtomicU64,
     /// Frames for this port dropped at egress.
     pub(crate) tx_dropped: AtomicU64,
+    /// Frames of this port dropped by the pipeline, by reason (indexed by `DropReason as
+    /// usize`).
+    pub(crate) dropped: [AtomicU64; DropReason::COUNT],
+}
+
+impl Default for PortMetrics {
+    fn default() -> Self {
+        Self {
+            rx_frames: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+            rx_dropped: AtomicU64::new(0),
+            tx_frames: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+            tx_dropped: AtomicU64::new(0),
+            dropped: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 /// A plain copy of [`PortMetrics`].
@@ -233,6 +291,19 @@ pub struct PortCounts {
     pub tx_bytes: u64,
     /// Frames for this port dropped at egress.
     pub tx_dropped: u64,
+    /// Drops by reason (not serialized here: the control protocol shows the non-zero ones by
+    /// label, see [`DropCounts::by_label`]).
+    #[serde(skip)]
+    pub dropped: DropCounts,
+}
+
+impl PortCounts {
+    /// Counts a received frame dropped for `reason`.
+    #[inline(always)]
+    pub(crate) fn count_rx_drop(&mut self, reason: DropReason) {
+        self.rx_dropped += 1;
+        self.dropped.count(reason);
+    }
 }
 
 impl PortMetrics {
@@ -251,10 +322,36 @@ impl PortMetrics {
                 a.fetch_add(v, Ordering::Relaxed);
             }
         }
-        *c = PortCounts::default();
+        // A reason is only counted with `rx_dropped` or `tx_dropped`: a round that dropped
+        // nothing neither reads nor resets the reasons (a port flushes every round).
+        let dropped = c.rx_dropped != 0 || c.tx_dropped != 0;
+        if dropped {
+            for (a, v) in self.dropped.iter().zip(c.dropped.0) {
+                if v != 0 {
+                    a.fetch_add(v, Ordering::Relaxed);
+                }
+            }
+        }
+        let PortCounts {
+            rx_frames,
+            rx_bytes,
+            rx_dropped,
+            tx_frames,
+            tx_bytes,
+            tx_dropped,
+            dropped: reasons,
+        } = c;
+        for v in [
+            rx_frames, rx_bytes, rx_dropped, tx_frames, tx_bytes, tx_dropped,
+        ] {
+            *v = 0;
+        }
+        if dropped {
+            *reasons = DropCounts::default();
+        }
     }
 
-    /// A copy of the counters.
+    /// A copy of the counters (each read once, relaxed).
     pub fn snapshot(&self) -> PortCounts {
         PortCounts {
             rx_frames: self.rx_frames.load(Ordering::Relaxed),
@@ -263,6 +360,9 @@ impl PortMetrics {
             tx_frames: self.tx_frames.load(Ordering::Relaxed),
             tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
             tx_dropped: self.tx_dropped.load(Ordering::Relaxed),
+            dropped: DropCounts(std::array::from_fn(|i| {
+                self.dropped[i].load(Ordering::Relaxed)
+            })),
         }
     }
 }
@@ -300,5 +400,30 @@ mod tests {
         assert_eq!(s.dropped(DropReason::SpoofedMac), 1);
         assert_eq!(s.tx_dropped, 4);
         assert_eq!(s.rx, s.forwarded + s.delivered_locally + s.dropped_total());
+    }
+
+    #[test]
+    fn port_drops_by_reason_are_flushed_with_the_batch() {
+        let m = PortMetrics::default();
+        let mut c = PortCounts {
+            rx_frames: 4,
+            ..PortCounts::default()
+        };
+        c.count_rx_drop(DropReason::SpoofedMac);
+        c.count_rx_drop(DropReason::SpoofedMac);
+        c.count_rx_drop(DropReason::Malformed);
+        m.flush(&mut c);
+        assert_eq!(c, PortCounts::default(), "reset after the flush");
+        let s = m.snapshot();
+        assert_eq!((s.rx_frames, s.rx_dropped), (4, 3));
+        assert_eq!(s.dropped.get(DropReason::SpoofedMac), 2);
+        let labels = s.dropped.by_label();
+        assert_eq!(labels.len(), 2);
+        assert_eq!(labels["malformed"], 1);
+        let json = serde_json::to_string(&s).expect("json");
+        assert!(
+            !json.contains("dropped\":["),
+            "the reasons are not in the counters' JSON: {json}"
+        );
     }
 }

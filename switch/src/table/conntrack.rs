@@ -303,6 +303,11 @@ impl Conntrack {
         }
     }
 
+    /// Most flows tracked at once.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Flows tracked.
     pub(crate) fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)

@@ -170,8 +170,12 @@ impl MacTable {
         u32::try_from(t.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX)
     }
 
+    /// Most learned (dynamic) entries.
+    pub(crate) fn capacity(&self) -> usize {
+        self.config.capacity
+    }
+
     /// How many learns were refused because the table was full, since it was made.
-    #[cfg(test)]
     pub(crate) fn full_events(&self) -> u64 {
         self.full_events.load(Ordering::Relaxed)
     }

@@ -20,6 +20,7 @@ use ipnet::Ipv4Net;
 use super::maglev::MAX_BACKENDS;
 use super::{CompiledService, Proto, Service, Services};
 use super::{FastMap, PortId};
+use crate::pipeline::PortMetrics;
 use crate::wire::{mac_key, EthernetAddress};
 
 /// Index of a peer node.
@@ -259,6 +260,9 @@ pub struct Topology {
     /// Pod MAC key -> port: every pod's MAC is known without learning.
     pod_macs: FastMap<u64, PortId>,
     peers: Vec<Option<Peer>>,
+    /// Each peer's tunnel counters (same index as `peers`): a new peer (or one replaced)
+    /// starts new counters, so a reused id never adds to its predecessor's.
+    peer_metrics: Vec<Option<Arc<PortMetrics>>>,
     /// The host port, if attached.
     host: Option<Neighbour>,
     routes: Routes,
@@ -284,6 +288,7 @@ impl Topology {
             neighbours: FastMap::default(),
             pod_macs: FastMap::default(),
             peers: Vec::new(),
+            peer_metrics: Vec::new(),
             host: None,
             routes: Routes::default(),
             peer_by_underlay: FastMap::default(),
@@ -438,6 +443,20 @@ impl Topology {
         self.peer_by_underlay.get(&u32::from(ip)).copied()
     }
 
+    /// The tunnel counters of peer `id` (the data plane adds to them once per round).
+    #[inline]
+    pub(crate) fn peer_metrics(&self, id: PeerId) -> Option<&Arc<PortMetrics>> {
+        self.peer_metrics
+            .get(usize::from(id))
+            .and_then(Option::as_ref)
+    }
+
+    /// One past the highest peer id in use (ids below it may be free).
+    #[inline]
+    pub(crate) fn peer_id_bound(&self) -> usize {
+        self.peers.len()
+    }
+
     /// All peers as `(id, peer)`.
     pub(crate) fn peers(&self) -> impl Iterator<Item = (PeerId, &Peer)> {
         self.peers
@@ -581,6 +600,9 @@ impl Topology {
             peer: id,
         });
         self.peers[usize::from(id)] = Some(peer);
+        self.peer_metrics
+            .resize_with(self.peers.len().max(self.peer_metrics.len()), || None);
+        self.peer_metrics[usize::from(id)] = Some(Arc::default());
         Ok(id)
     }
 
@@ -596,6 +618,9 @@ impl Topology {
         self.routes.remove_peer(id);
         self.peer_by_underlay
             .remove(&u32::from(*peer.underlay.ip()));
+        if let Some(m) = self.peer_metrics.get_mut(usize::from(id)) {
+            *m = None;
+        }
         Ok(peer)
     }
 }

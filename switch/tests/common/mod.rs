@@ -21,6 +21,23 @@ pub(crate) fn run(cmd: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
+/// Runs `cmd` to completion with `input` on its standard input. A missing program fails the
+/// test (scripts/setup installs every tool the tests use).
+pub(crate) fn run_with_stdin(cmd: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (scripts/setup installs it)"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).expect("write to stdin");
+    }
+    child.wait_with_output().expect("wait")
+}
+
 /// A running `podswitch run`; killed (SIGKILL) and cleaned up if a test fails midway.
 pub(crate) struct Daemon {
     child: Option<Child>,

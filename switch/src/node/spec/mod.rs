@@ -180,6 +180,11 @@ pub struct NodeSpec {
         skip_serializing_if = "is_default_service_cidr"
     )]
     pub(crate) service_cidr: Ipv4Net,
+    /// Where to serve Prometheus metrics (`GET /metrics`), the node's state as JSON
+    /// (`GET /api/v1/state`) and the web view (`GET /`), e.g. `127.0.0.1:9469`, in the node's
+    /// namespace. Absent: not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 fn default_service_cidr() -> Ipv4Net {
@@ -308,6 +313,7 @@ impl NodeSpec {
             host_interface: default_host_interface(),
             masquerade: default_masquerade(),
             service_cidr: DEFAULT_SERVICE_CIDR,
+            metrics: None,
         }
     }
 

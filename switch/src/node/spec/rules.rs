@@ -151,6 +151,9 @@ impl NodeSpec {
         if let Some(ns) = &self.netns {
             check_netns("node.netns", ns)?;
         }
+        if let Some(addr) = self.metrics {
+            check_metrics_addr(addr)?;
+        }
         if !self.host_interface.is_empty() {
             check_ifname("node.host_interface", &self.host_interface)?;
         }
@@ -561,6 +564,26 @@ const MAX_CONTAINER_ID: usize = 255;
 const MAX_IFNAME: usize = 15;
 
 /// A pod's namespace: an absolute path to a namespace file, or a file name in `/run/netns`.
+/// `node.metrics`: a port to listen on (0 would be a new one each start: no scraper could
+/// find it), and not a multicast or broadcast address.
+fn check_metrics_addr(addr: std::net::SocketAddr) -> Result<(), SpecError> {
+    if addr.port() == 0 {
+        return Err(SpecError::new(
+            "node.metrics",
+            format!("{addr} has port 0: give the port scrapers are told, e.g. 127.0.0.1:9469"),
+        ));
+    }
+    let ip = addr.ip();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_multicast() || broadcast {
+        return Err(SpecError::new(
+            "node.metrics",
+            format!("{ip} is not an address to listen on (multicast or broadcast)"),
+        ));
+    }
+    Ok(())
+}
+
 fn check_netns(field: &str, netns: &str) -> Result<(), SpecError> {
     if netns.starts_with('/') {
         if netns.contains('\0') {

@@ -1,0 +1,316 @@
+//! `node.metrics` on a real node (`podswitch run`, pods in namespaces behind TAPs): the
+//! Prometheus text passes `promtool check metrics` and its counters follow real traffic and
+//! real drops; the web view, in a real headless Chromium, shows the pods and live counters.
+//! Needs root (see `root_or_skip`), `promtool` (Debian's `prometheus`) and `chromium`
+//! (`scripts/setup` installs both): a missing tool fails the test, it is never skipped.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use podswitch::control::{Request, Response};
+use podswitch::testutil::{root_or_skip, unique, wait_for};
+
+mod common;
+
+use common::{config, run, run_with_stdin, tempdir, Daemon};
+
+/// A port free on 127.0.0.1 now (the daemon binds it a moment later).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// A node with pods `a` (10.244.1.10) and `b` (10.244.1.11), serving metrics on a free port.
+fn node(tag: &str) -> (Daemon, SocketAddr, String, String) {
+    let (na, nb) = (unique(&format!("{tag}a")), unique(&format!("{tag}b")));
+    let dir = tempdir(tag);
+    let control = dir.join("node.sock");
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let cfg = config(
+        "node-m",
+        &control,
+        &[("a", &na, "10.244.1.10"), ("b", &nb, "10.244.1.11")],
+    )
+    .replace(
+        "host_interface = \"\"\n",
+        &format!("host_interface = \"\"\nmetrics = \"{addr}\"\n"),
+    );
+    let d = Daemon::start(&cfg, control, dir, vec![na.clone(), nb.clone()]);
+    wait_for("the metrics endpoint", || {
+        get(addr, "GET", "/metrics").is_ok_and(|(status, _)| status == 200)
+    });
+    (d, addr, na, nb)
+}
+
+/// One HTTP/1.1 request (`Connection: close`): the status and the body.
+fn get(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let (status, body) = get(addr, "GET", "/metrics").expect("scrape");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The value of the sample `series` (name and labels, as written) in `text`; 0 if absent.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn ping(ns: &str, ip: &str, count: u32) -> bool {
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "ping",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        ip,
+    ])
+    .status
+    .success()
+}
+
+/// Runs `promtool check metrics` on `text` (Debian's prometheus package; a missing promtool
+/// fails the test).
+fn promtool_check(text: &str) {
+    let out = run_with_stdin(&["promtool", "check", "metrics"], text);
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- the text ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Sends `count` frames with a source MAC that is not the pod's out of `eth0` of namespace
+/// `ns` (a packet socket, as any process in the pod could).
+const SEND_SPOOFED_PY: &str = r#"
+import socket, sys
+count = int(sys.argv[1])
+frame = bytes.fromhex("ffffffffffff" + "020000000099" + "0800") + bytes(46)
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+for _ in range(count):
+    s.send(frame)
+"#;
+
+#[test]
+fn metrics_pass_promtool_and_follow_pod_traffic_and_drops_by_reason() {
+    if !root_or_skip("metrics_pass_promtool_and_follow_pod_traffic_and_drops_by_reason") {
+        return;
+    }
+    let (d, addr, na, _nb) = node("pm");
+    let before = scrape(addr);
+    promtool_check(&before);
+    assert!(
+        before.contains("podswitch_build_info{version=\""),
+        "{before}"
+    );
+    assert_eq!(value(&before, "podswitch_pods"), 2.0);
+
+    // Traffic: pod a pings pod b.
+    assert!(ping(&na, "10.244.1.11", 3), "a pings b");
+    let after = scrape(addr);
+    promtool_check(&after);
+    for (series, at_least) in [
+        ("podswitch_pod_rx_packets_total{pod=\"a\"}", 3.0),
+        ("podswitch_pod_tx_packets_total{pod=\"a\"}", 3.0),
+        ("podswitch_pod_rx_packets_total{pod=\"b\"}", 3.0),
+        ("podswitch_pod_tx_packets_total{pod=\"b\"}", 3.0),
+        ("podswitch_pod_rx_bytes_total{pod=\"a\"}", 3.0 * 98.0),
+        ("podswitch_frames_forwarded_total", 6.0),
+    ] {
+        let moved = value(&after, series) - value(&before, series);
+        assert!(
+            moved >= at_least,
+            "{series} moved by {moved}, want >= {at_least}\n{after}"
+        );
+    }
+
+    // The worker's time: some in rounds that moved frames, most of it idle.
+    let busy = value(&after, "podswitch_worker_busy_seconds_total{worker=\"0\"}");
+    let idle = value(&after, "podswitch_worker_idle_seconds_total{worker=\"0\"}");
+    assert!(busy > 0.0 && idle > busy, "busy {busy} s, idle {idle} s");
+
+    // Frames from pod a with a MAC that is not its own: dropped as spoofed_mac, counted
+    // node-wide and for pod a.
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &na,
+        "python3",
+        "-c",
+        SEND_SPOOFED_PY,
+        "5",
+    ]);
+    assert!(
+        out.status.success(),
+        "send spoofed frames: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pod_series = "podswitch_pod_dropped_total{pod=\"a\",reason=\"spoofed_mac\"}";
+    let node_series = "podswitch_frames_dropped_total{reason=\"spoofed_mac\"}";
+    wait_for("the spoofed frames counted", || {
+        value(&scrape(addr), pod_series) >= 5.0
+    });
+    let dropped = scrape(addr);
+    promtool_check(&dropped);
+    assert_eq!(value(&dropped, pod_series), 5.0, "{dropped}");
+    assert_eq!(value(&dropped, node_series), 5.0, "{dropped}");
+    assert_eq!(
+        value(
+            &dropped,
+            "podswitch_pod_dropped_total{pod=\"b\",reason=\"spoofed_mac\"}"
+        ),
+        0.0,
+        "pod b dropped nothing"
+    );
+
+    // The control protocol says the same.
+    let call = |req: &Request| {
+        podswitch::control::call(&d.control, req, Duration::from_secs(10)).expect("control")
+    };
+    match call(&Request::PodList) {
+        Response::Pods(pods) => {
+            let a = pods.iter().find(|p| p.spec.name == "a").expect("pod a");
+            assert_eq!(a.drops.get("spoofed_mac"), Some(&5), "{:?}", a.drops);
+            let b = pods.iter().find(|p| p.spec.name == "b").expect("pod b");
+            assert!(b.drops.is_empty(), "{:?}", b.drops);
+        }
+        other => panic!("{other:?}"),
+    }
+    match call(&Request::Status) {
+        Response::Status {
+            drops_by_reason, ..
+        } => assert_eq!(drops_by_reason.get("spoofed_mac"), Some(&5)),
+        other => panic!("{other:?}"),
+    }
+
+    // The JSON state, and what the server refuses.
+    let (status, body) = get(addr, "GET", "/api/v1/state").expect("state");
+    assert_eq!(status, 200);
+    let state: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(state["node"]["name"], "node-m");
+    assert_eq!(state["pods"][0]["name"], "a");
+    assert_eq!(state["pods"][0]["drops"]["spoofed_mac"], 5);
+    assert_eq!(get(addr, "GET", "/nowhere").expect("404").0, 404);
+    assert_eq!(get(addr, "POST", "/metrics").expect("405").0, 405);
+    assert_eq!(get(addr, "HEAD", "/").expect("head").0, 200);
+}
+
+/// Chromium's DOM of the page after its script has fetched the state (fails loudly if
+/// chromium is missing).
+fn dump_dom(addr: SocketAddr, profile: &Path) -> String {
+    let out = chromium(addr, profile, &["--dump-dom"]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn chromium(addr: SocketAddr, profile: &Path, extra: &[&str]) -> std::process::Output {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(format!("http://{addr}/"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run chromium ({e}): install Debian's chromium package (scripts/setup)")
+        });
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The number in the element whose id is `id` (`<td id="..." ...>123</td>`).
+fn shown(dom: &str, id: &str) -> u64 {
+    let at = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no element {id} in the page:\n{dom}"));
+    let rest = &dom[at..];
+    let text = rest
+        .split_once('>')
+        .and_then(|(_, t)| t.split_once('<'))
+        .map(|(t, _)| t)
+        .unwrap_or_default();
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{id} shows {text:?}"))
+}
+
+#[test]
+fn web_view_shows_the_pods_and_live_counters_in_headless_chromium() {
+    if !root_or_skip("web_view_shows_the_pods_and_live_counters_in_headless_chromium") {
+        return;
+    }
+    let (_d, addr, na, _nb) = node("pw");
+    let profile = tempdir("chromium");
+    let first = dump_dom(addr, &profile);
+    assert!(
+        first.contains("node-m"),
+        "the node's name is shown:\n{first}"
+    );
+    for name in ["a", "b"] {
+        assert!(
+            first.contains(&format!("<td class=\"pod-name\">{name}</td>")),
+            "pod {name} is shown:\n{first}"
+        );
+    }
+    let rx_before = shown(&first, "pod-a-rx-packets");
+
+    assert!(ping(&na, "10.244.1.11", 3), "a pings b");
+    let second = dump_dom(addr, &profile);
+    let rx_after = shown(&second, "pod-a-rx-packets");
+    assert!(
+        rx_after >= rx_before + 3,
+        "pod a's rx packets shown went from {rx_before} to {rx_after}"
+    );
+
+    let shot = profile.join("page.png");
+    chromium(
+        addr,
+        &profile,
+        &[
+            "--window-size=1280,900",
+            &format!("--screenshot={}", shot.display()),
+        ],
+    );
+    let png = std::fs::read(&shot).expect("the screenshot is written");
+    assert!(png.len() > 1000, "a screenshot of {} bytes", png.len());
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+    let _ = std::fs::remove_dir_all(&profile);
+}
