@@ -211,7 +211,11 @@ enum PodOp {
         ifname: String,
     },
     /// List pods with their counters.
-    List,
+    List {
+        /// Also each pod's dropped frames by reason (what the DROPPED column adds up).
+        #[arg(long)]
+        drops: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -219,6 +223,10 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Run { config } => run(&config),
+        Command::Pod {
+            op: PodOp::List { drops: true },
+            control,
+        } => pod_drops(control),
         Command::Pod { op, control } => {
             let req = match op {
                 PodOp::Add(spec) => Ok(Request::PodAdd(spec)),
@@ -234,7 +242,7 @@ fn main() -> ExitCode {
                     (Some(name), None) => Ok(Request::PodDel { name }),
                     (None, None) => Err("pod del: give --name or --container-id".to_string()),
                 },
-                PodOp::List => Ok(Request::PodList),
+                PodOp::List { .. } => Ok(Request::PodList),
             };
             req.and_then(|req| client(control, &req))
         }
@@ -706,9 +714,13 @@ fn print_response(resp: Response) -> Result<(), String> {
             dropped,
             workers,
             cluster,
+            drops_by_reason,
             ..
         } => {
             println!("node {node}: {pods} pods; frames rx {rx} forwarded {forwarded} local {delivered_locally} dropped {dropped}");
+            if !drops_by_reason.is_empty() {
+                println!("dropped by reason: {}", by_reason(&drops_by_reason));
+            }
             if workers.len() > 1 {
                 let per: Vec<String> = workers.iter().map(u64::to_string).collect();
                 println!("frames per worker: {}", per.join(" "));
@@ -805,6 +817,37 @@ fn capture(
     eprintln!("capture ended: {}", end.reason);
     eprintln!("{} packets captured", end.captured);
     eprintln!("{} packets dropped by the capture", end.dropped);
+    Ok(())
+}
+
+/// `a 5, b 1`: the reasons by count, most first (names as in the metrics' `reason` label).
+fn by_reason(drops: &std::collections::BTreeMap<String, u64>) -> String {
+    let mut v: Vec<(&String, &u64)> = drops.iter().filter(|(_, n)| **n > 0).collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let v: Vec<String> = v.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    v.join(", ")
+}
+
+/// `pod list --drops`: each pod's drops by reason, one line per pod.
+fn pod_drops(control: Option<PathBuf>) -> Result<(), String> {
+    let path = control_path(control)?;
+    let pods = match control::call(&path, &Request::PodList, Duration::from_secs(30))
+        .map_err(|e| e.to_string())?
+    {
+        Response::Pods(p) => p,
+        Response::Error { message, .. } => return Err(message),
+        other => return Err(format!("unexpected answer: {other:?}")),
+    };
+    println!("{:<14} {:>8}  BY REASON", "NAME", "DROPPED");
+    for p in pods {
+        let total: u64 = p.drops.values().sum();
+        let reasons = if total == 0 {
+            "-".to_string()
+        } else {
+            by_reason(&p.drops)
+        };
+        println!("{:<14} {total:>8}  {reasons}", p.spec.name);
+    }
     Ok(())
 }
 

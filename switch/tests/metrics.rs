@@ -212,6 +212,22 @@ fn metrics_pass_promtool_and_follow_pod_traffic_and_drops_by_reason() {
         } => assert_eq!(drops_by_reason.get("spoofed_mac"), Some(&5)),
         other => panic!("{other:?}"),
     }
+    // And the command line, as an operator reads it.
+    let text = |args: &[&str]| String::from_utf8_lossy(&d.ctl(args).stdout).into_owned();
+    let status = text(&["status"]);
+    assert!(
+        status.contains("dropped by reason: spoofed_mac 5"),
+        "{status}"
+    );
+    let drops = text(&["pod", "list", "--drops"]);
+    let line = |pod: &str| {
+        drops
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(pod))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+    };
+    assert_eq!(line("a").as_deref(), Some("a 5 spoofed_mac 5"), "{drops}");
+    assert_eq!(line("b").as_deref(), Some("b 0 -"), "{drops}");
 
     // The JSON state, and what the server refuses.
     let (status, body) = get(addr, "GET", "/api/v1/state").expect("state");
