@@ -186,9 +186,58 @@ fn maglev(c: &mut Criterion) {
     group.finish();
 }
 
+/// RFC 2889's address learning rate, as the table sees it: a batch of 64 new addresses
+/// learned per call into a table that holds at most 1M, until it is full; then the same calls
+/// on the full table (the addresses refused, counted, the table unchanged: a pod flooding
+/// source MACs from a trunk cannot grow it).
+fn learning(c: &mut Criterion) {
+    let mut group = c.benchmark_group("learning");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    const CAP: usize = 1 << 20;
+    let pairs: Vec<(u64, PortId)> = mac_keys(4 * CAP).into_iter().map(|k| (k, 1)).collect();
+    let config = MacTableConfig {
+        capacity: CAP,
+        ageing: Duration::from_secs(3600),
+    };
+    let mut table = MacTable::new(config);
+    let mut at = 0usize;
+    group.bench_function(BenchmarkId::new("new_addresses", "to_1M"), |b| {
+        b.iter(|| {
+            if at + BATCH > CAP {
+                // Full: start again with an empty table (the rate is of learning, not refusing).
+                table = MacTable::new(config);
+                at = 0;
+            }
+            at += BATCH;
+            black_box(table.learn(&pairs[at - BATCH..at], table.now()))
+        })
+    });
+    let full = MacTable::new(config);
+    for chunk in pairs[..CAP].chunks(4096) {
+        full.learn(chunk, full.now());
+    }
+    assert_eq!(full.load().len(), CAP, "filled");
+    let mut at = CAP;
+    group.bench_function(BenchmarkId::new("new_addresses", "full_1M"), |b| {
+        b.iter(|| {
+            if at + BATCH > pairs.len() {
+                at = CAP;
+            }
+            at += BATCH;
+            black_box(full.learn(&pairs[at - BATCH..at], full.now()))
+        })
+    });
+    assert_eq!(
+        full.load().len(),
+        CAP,
+        "a full table stays full, not larger"
+    );
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = podswitch_bench::criterion_config();
-    targets = table, maglev
+    targets = table, maglev, learning
 }
 criterion_main!(benches);

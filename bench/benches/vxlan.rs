@@ -175,6 +175,46 @@ fn decap(c: &mut Criterion) {
     group.finish();
 }
 
+/// What a datagram the tunnel refuses costs (a stranger flooding the VXLAN port): from an
+/// address that is no peer, and from the peer with garbage after the UDP header (truncated,
+/// no I flag); each must be dropped and counted, never delivered.
+fn drop_garbage(c: &mut Criterion) {
+    let mut group = c.benchmark_group("vxlan");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let inner = udp_frame(ROUTER_MAC, PEER_VTEP_MAC, remote_ip(), pod_ip(0), 64);
+    let good = vxlan_wrap(VNI, &inner);
+    let stranger = SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, 99), 8472);
+    let mut garbage = good.clone();
+    garbage[0] = 0; // no I flag
+    for (name, from, template) in [
+        ("drop_unknown_peer", stranger, good),
+        ("drop_malformed", PEER_UNDERLAY, garbage),
+    ] {
+        let mut p = pipeline();
+        let slot = template.len();
+        let mut datagrams = template.repeat(BATCH);
+        let mut forwarded = 0u64;
+        group.bench_function(BenchmarkId::new(name, 64), |b| {
+            b.iter(|| {
+                p.begin_batch();
+                for d in datagrams.chunks_exact_mut(slot) {
+                    if matches!(p.process_tunnel(from, d), Action::Forward(_)) {
+                        forwarded += 1;
+                    }
+                }
+                p.end_batch();
+            })
+        });
+        assert_eq!(forwarded, 0, "{name}: nothing delivered");
+        assert_eq!(
+            p.counts().rx,
+            p.counts().dropped_total(),
+            "{name}: every datagram counted"
+        );
+    }
+    group.finish();
+}
+
 /// A TCP/IPv4 frame with a timestamp option, from pod 10.244.1.10 to 10.244.2.10.
 fn tcp_frame(seq: u32, payload: &[u8], partial: bool) -> Vec<u8> {
     use podswitch::testutil::{eth, ipv4_tos};
@@ -277,6 +317,6 @@ fn coalesce(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = podswitch_bench::criterion_config();
-    targets = encap, encap_routed, decap, segment_tso, coalesce
+    targets = encap, encap_routed, decap, drop_garbage, segment_tso, coalesce
 }
 criterion_main!(benches);
