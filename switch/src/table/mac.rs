@@ -186,36 +186,54 @@ impl MacTable {
     }
 
     /// Learns `(mac key, port)` pairs seen at `now`: new MACs are added, MACs seen on a new port
-    /// move (unless static). One copy-on-write per touched shard for the whole slice.
+    /// move (unless static). Known MACs on their port are only touched, and new MACs a full
+    /// table refuses are only counted, both without copying anything: only a slice with an
+    /// addition or a move copies (once per shard it changes) and publishes a snapshot. A flood
+    /// of new source MACs into a full table thus costs a lookup each, not a shard copy.
     pub fn learn(&self, seen: &[(u64, PortId)], now: u32) -> LearnOutcome {
         let mut out = LearnOutcome::default();
         if seen.is_empty() {
             return out;
         }
         let _w = self.lock();
-        let mut next = MacSnapshot::clone(&self.snapshot.load());
+        let current = self.snapshot.load();
+        // What changes the table, found on the published snapshot (most batches: nothing).
+        let mut writes = Vec::new();
+        let mut adding = 0;
         for &(key, port) in seen {
-            let shard = Arc::make_mut(&mut next.shards[shard_of(key)]);
-            match shard.get(&key) {
+            match current.shards[shard_of(key)].get(&key) {
                 Some(e) if e.is_static || e.port == port => e.touch(now),
-                Some(_) => {
-                    shard.insert(key, entry(port, false, now));
-                    out.moved += 1;
-                }
-                None if next.dynamic_len >= self.config.capacity => out.refused += 1,
+                Some(_) => writes.push((key, port)),
+                None if current.dynamic_len + adding >= self.config.capacity => out.refused += 1,
                 None => {
-                    shard.insert(key, entry(port, false, now));
-                    next.dynamic_len += 1;
-                    out.added += 1;
+                    writes.push((key, port));
+                    adding += 1;
                 }
             }
+        }
+        if !writes.is_empty() {
+            let mut next = MacSnapshot::clone(&current);
+            for (key, port) in writes {
+                let shard = Arc::make_mut(&mut next.shards[shard_of(key)]);
+                match shard.get(&key) {
+                    // A new MAC seen twice in the slice: added by the first.
+                    Some(e) if e.port == port => e.touch(now),
+                    Some(_) => {
+                        shard.insert(key, entry(port, false, now));
+                        out.moved += 1;
+                    }
+                    None => {
+                        shard.insert(key, entry(port, false, now));
+                        next.dynamic_len += 1;
+                        out.added += 1;
+                    }
+                }
+            }
+            self.snapshot.store(Arc::new(next));
         }
         if out.refused > 0 {
             self.full_events
                 .fetch_add(out.refused as u64, Ordering::Relaxed);
-        }
-        if out.added + out.moved > 0 {
-            self.snapshot.store(Arc::new(next));
         }
         out
     }
@@ -294,6 +312,29 @@ fn entry(port: PortId, is_static: bool, now: u32) -> MacEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn touches_and_refusals_publish_nothing_and_copy_nothing() {
+        let t = table(4, 300);
+        let out = t.learn(&[(1, 1), (2, 1), (3, 2), (4, 2)], 5);
+        assert_eq!((out.added, out.moved, out.refused), (4, 0, 0));
+        let before = t.load();
+        // Known MACs on their ports, and new ones a full table refuses: the snapshot stays
+        // the same object (no copy, no publish); the touch is seen through it.
+        let out = t.learn(&[(1, 1), (3, 2), (9, 1), (10, 3)], 7);
+        assert_eq!((out.added, out.moved, out.refused), (0, 0, 2));
+        assert!(Arc::ptr_eq(&before, &t.load()), "nothing copied");
+        assert_eq!(before.get(1).map(MacEntry::last_seen), Some(7));
+        assert_eq!(t.full_events(), 2);
+        // A move (and a new MAC seen twice in one slice, once there is room) does publish.
+        let out = t.learn(&[(1, 2)], 8);
+        assert_eq!((out.added, out.moved), (0, 1));
+        assert!(!Arc::ptr_eq(&before, &t.load()));
+        let t = table(8, 300);
+        let out = t.learn(&[(5, 1), (5, 1), (6, 1)], 1);
+        assert_eq!((out.added, out.moved, out.refused), (2, 0, 0));
+        assert_eq!(t.load().len(), 2);
+    }
 
     fn table(capacity: usize, ageing_s: u64) -> MacTable {
         MacTable::new(MacTableConfig {
