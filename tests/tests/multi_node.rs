@@ -314,3 +314,98 @@ fn per_peer_counters_follow_the_tunnel() {
     );
     drop(eb);
 }
+
+#[test]
+fn a_garbage_flood_on_the_tunnel_port_is_counted_and_the_peer_gets_through_after() {
+    let c = cluster(|_| {});
+    let (pa_mac, pb_mac) = ([0x02, 0x42, 10, 244, 1, 10], [0x02, 0x42, 10, 244, 2, 10]);
+    let (pa_ip, pb_ip) = (Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 2, 10));
+    let attach = |sw: &Switch, name: &str, mac: [u8; 6], ip: Ipv4Addr| {
+        sw.attach_mem_pod(PortInfo {
+            name: name.into(),
+            kind: PortKind::Pod {
+                mac: EthernetAddress(mac),
+                ip,
+            },
+        })
+        .expect("pod")
+        .1
+    };
+    let mut ea = attach(&c.a, "a1", pa_mac, pa_ip);
+    let mut eb = attach(&c.b, "b1", pb_mac, pb_ip);
+    // 200k datagrams at node B: from a stranger (a VXLAN frame), and from node A's own
+    // address with garbage (no I flag, truncated, random bytes).
+    const EACH: u32 = 50_000;
+    let addr_b = c.addr_b;
+    let inner = eth(
+        VTEP_B,
+        VTEP_A,
+        0x0800,
+        &ipv4_tos(pa_ip, pb_ip, 17, 64, 0, false, &udp(1, 2, b"flood")),
+    );
+    let flood = std::thread::spawn(move || {
+        let stranger = UdpSocket::bind("127.0.0.9:0").expect("bind stranger");
+        let spoof = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let good = vxlan_wrap(1, &inner);
+        let mut no_i = good.clone();
+        no_i[0] = 0;
+        let mut rng = 7u64;
+        let mut sent = 0u32;
+        for i in 0..EACH {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let noise: Vec<u8> = (0..(rng >> 59) as usize * 8)
+                .map(|k| (rng >> (k % 56)) as u8)
+                .collect();
+            for (sock, bytes) in [
+                (&stranger, &good[..]),
+                (&spoof, &no_i[..]),
+                (&spoof, &good[..(i % 16) as usize]),
+                (&spoof, &noise[..]),
+            ] {
+                if sock.send_to(bytes, addr_b).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    });
+    let sent = flood.join().expect("flood");
+    assert!(sent > 150_000, "the flood was sent: {sent}");
+    // Everything node B read of it was judged and dropped; nothing reached its pod.
+    wait_for("the flood judged", || {
+        let m = c.b.metrics().snapshot();
+        std::thread::sleep(Duration::from_millis(50));
+        let again = c.b.metrics().snapshot();
+        m.rx == again.rx && m.rx > 0
+    });
+    let m = c.b.metrics().snapshot();
+    assert_eq!(m.rx, m.dropped_total(), "{m:?}");
+    assert_eq!(m.forwarded, 0);
+    assert!(
+        m.dropped(DropReason::VxlanUnknownPeer) > 0 && m.dropped(DropReason::VxlanMalformed) > 0,
+        "{m:?}"
+    );
+    assert!(matches!(eb.try_recv(), Ok(None)), "garbage reached the pod");
+    // The real peer's traffic gets through as before.
+    let frame = eth(
+        VTEP_A,
+        pa_mac,
+        0x0800,
+        &ipv4_tos(pa_ip, pb_ip, 17, 64, 0, false, &udp(1, 2, b"real")),
+    );
+    ea.send_frame(&frame).expect("send");
+    ea.flush().expect("flush");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        if let Some(b) = eb.recv_timeout(Duration::from_millis(100)).expect("open") {
+            break b.get(0).map(|(f, _)| f.to_vec()).expect("frame");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the peer's frame never arrived"
+        );
+    };
+    assert!(got.ends_with(b"real"), "the peer's frame arrived");
+}
