@@ -332,7 +332,7 @@ fn a_garbage_flood_on_the_tunnel_port_is_counted_and_the_peer_gets_through_after
         .1
     };
     let mut ea = attach(&c.a, "a1", pa_mac, pa_ip);
-    let mut eb = attach(&c.b, "b1", pb_mac, pb_ip);
+    let eb = attach(&c.b, "b1", pb_mac, pb_ip);
     // 200k datagrams at node B: from a stranger (a VXLAN frame), and from node A's own
     // address with garbage (no I flag, truncated, random bytes).
     const EACH: u32 = 50_000;
