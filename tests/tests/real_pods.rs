@@ -754,3 +754,70 @@ fn a_pod_sending_from_a_million_source_macs_is_dropped_bounded_and_isolated() {
         "and a, with its own MAC, still reaches b"
     );
 }
+
+/// The receive-buffer errors of UDP in namespace `ns` (`/proc/net/snmp`'s `RcvbufErrors`).
+fn udp_rcvbuf_errors(ns: &str) -> u64 {
+    let out = in_ns(ns, &["cat", "/proc/net/snmp"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (udp.next().unwrap_or(""), udp.next().unwrap_or(""));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
+fn a_pod_that_stops_reading_does_not_hold_up_the_others() {
+    if !root_or_skip("a_pod_that_stops_reading_does_not_hold_up_the_others") {
+        return;
+    }
+    let (na, nb, nc) = (unique("pra"), unique("prb"), unique("prc"));
+    let node = start(&[plan(&na, 10), plan(&nb, 11), plan(&nc, 12)]);
+    // Pod c has a socket it never reads: its buffer fills, then its kernel drops.
+    let deaf = socket_in(&nc, || {
+        std::net::UdpSocket::bind(SocketAddrV4::new(ip(12), 9999))
+    });
+    let blast_ns = na.clone();
+    let blast = std::thread::spawn(move || {
+        let s = socket_in(&blast_ns, || std::net::UdpSocket::bind("0.0.0.0:0"));
+        let payload = [7u8; 1400];
+        let mut sent = 0u32;
+        for _ in 0..100_000 {
+            if s.send_to(&payload, SocketAddrV4::new(ip(12), 9999)).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    });
+    // Meanwhile pod b sends pod a 32 MiB over TCP, bytes verified.
+    const LEN: usize = 32 << 20;
+    let listener = listen_in(&na, SocketAddrV4::new(ip(10), 5302));
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut got = vec![0u8; LEN];
+        conn.read_exact(&mut got).expect("a reads");
+        got
+    });
+    let mut conn = connect_from(&nb, SocketAddrV4::new(ip(10), 5302));
+    conn.write_all(&pattern(4, LEN)).expect("b writes");
+    assert!(
+        server.join().expect("server") == pattern(4, LEN),
+        "b -> a bytes intact"
+    );
+    let sent = blast.join().expect("blast");
+    assert!(sent > 50_000, "the blast left pod a: {sent}");
+    // What reached pod c overflowed its socket there, in its own kernel: the switch wrote
+    // every frame and moved on.
+    let c = node.pod("pod12").expect("pod c").counters;
+    assert!(c.tx_frames > 1000, "the switch delivered to pod c: {c:?}");
+    assert!(udp_rcvbuf_errors(&nc) > 0, "pod c's socket overflowed");
+    drop(deaf);
+    assert!(ping(&nb, "10.244.1.12", 1), "pod c still reachable");
+}
