@@ -1034,6 +1034,51 @@ mod services {
         assert_accounted(&n);
     }
 
+    /// Found by the `pipeline` fuzz target (fuzz/regressions/pipeline/): a TCP packet for a
+    /// service whose header ends before its checksum field got a backend and a tracked flow,
+    /// then failed translation and was dropped without being counted.
+    #[test]
+    fn a_service_packet_cut_short_of_its_checksum_is_a_counted_drop_and_tracks_nothing() {
+        // As the fuzzer sent it: IPv4 total length 0, 12 bytes of TCP header.
+        const FRAME: [u8; 46] = [
+            0x02, 0xee, 0x00, 0x00, 0x00, 0x01, 0x02, 0x42, 0x0a, 0xf4, 0x01, 0x0a, 0x08, 0x00,
+            0x45, 0x28, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x40, 0x06, 0x64, 0x69, 0x0a, 0xf4,
+            0x01, 0x0a, 0x0a, 0x60, 0x00, 0x0a, 0x9c, 0x21, 0x00, 0x50, 0x00, 0x02, 0xee, 0x00,
+            0xc4, 0x94, 0xff, 0x12,
+        ];
+        let mut n = Node::new();
+        set_service(&mut n, &["10.244.1.11:8080", "10.244.2.5:8080"], Proto::Tcp);
+        let mut f = FRAME;
+        assert_eq!(n.run(0, &mut f), Action::Drop(DropReason::BadIpv4));
+        // The same with a consistent total length, and UDP cut short of its checksum.
+        let tcp = tcp_segment_bytes(pod_ip(10), 40000, VIP, 80, 1, 0, 0x02, b"");
+        let mut f = eth(
+            R,
+            pod_mac(10),
+            0x0800,
+            &ipv4(pod_ip(10), VIP, 6, 64, &tcp[..17]),
+        );
+        assert_eq!(n.run(0, &mut f), Action::Drop(DropReason::BadIpv4));
+        set_service(&mut n, &["10.244.1.11:8080"], Proto::Udp);
+        let mut f = eth(
+            R,
+            pod_mac(10),
+            0x0800,
+            &ipv4(pod_ip(10), VIP, 17, 64, &[0, 1, 0, 80, 0, 8, 0]),
+        );
+        assert_eq!(n.run(0, &mut f), Action::Drop(DropReason::BadIpv4));
+        assert_eq!(n.p.counts().dropped(DropReason::BadIpv4), 3);
+        assert!(n.p.tables.conntrack.is_empty(), "no flow tracked");
+        assert_accounted(&n);
+        // A whole header still goes through.
+        set_service(&mut n, &["10.244.1.11:8080"], Proto::Tcp);
+        let mut f = syn(pod_ip(10), 40000);
+        assert!(matches!(
+            n.run(0, &mut f),
+            Action::Forward(_) | Action::Encap(_)
+        ));
+    }
+
     #[test]
     fn hairpin_and_a_removed_backend() {
         let mut n = Node::new();
