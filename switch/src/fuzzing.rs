@@ -449,9 +449,8 @@ pub fn fuzz_pipeline(data: &[u8]) {
 /// The segmentation target: `data` is a virtio-net header (10 bytes; unparseable ones are
 /// skipped), a limit (u16 LE) and the frame. The frame's checksum is completed in place (on a
 /// copy) and it is segmented with the limit as the payload per segment and as the IP MTU.
-/// Invariants: a segment of a superframe fits the MTU, has a valid IPv4 header checksum and
-/// a total length equal to its length; the payload of the segments, back to back, is the
-/// superframe's payload.
+/// Invariants: each segment of a superframe is checked by [`check_segment`]; the payloads of
+/// the segments, back to back, are as long as the superframe's payload.
 pub fn fuzz_segment(data: &[u8]) {
     let Some((head, frame)) = data.split_at_checked(virtio::HEADER_LEN + 2) else {
         return;
@@ -463,40 +462,46 @@ pub fn fuzz_segment(data: &[u8]) {
     let mut copy = frame.to_vec();
     let _ = gso::complete_checksum(&mut copy, &vnet);
     let mut s = Segmenter::default();
-    let _ = s.segment(frame, &vnet, limit, |_, _| {});
-    let mut payload = 0usize;
-    let mut headers = None;
-    let cut = s.segment_for_mtu(frame, &vnet, limit, |head, body| {
-        if !vnet.is_gso() {
-            return;
+    let _ = s.segment(frame, &vnet, limit, |head, body| {
+        if vnet.is_gso() {
+            check_segment(&[head, body].concat(), usize::MAX);
         }
-        let seg = [head, frame.get(body.clone()).unwrap_or_default()].concat();
-        let ip = seg.get(ethernet::HEADER_LEN..).unwrap_or_default();
-        assert!(
-            ip.len() <= limit,
-            "segment of {} bytes > MTU {limit}",
-            ip.len()
-        );
-        let p = Ipv4Packet::new_checked(ip);
-        assert!(p.is_ok(), "segment is not IPv4: {p:?}");
-        if let Ok(p) = p {
-            assert!(p.verify_checksum(), "segment's IPv4 checksum");
-            assert_eq!(
-                usize::from(p.total_len()),
-                ip.len(),
-                "segment's total length"
-            );
-        }
-        payload += body.len();
-        headers = Some(head.len());
     });
-    if let (Ok(_), Some(_)) = (cut, headers) {
+    let (mut payload, mut headers) = (0, 0);
+    let cut = s.segment_for_mtu(frame, &vnet, limit, |head, body| {
+        if vnet.is_gso() {
+            check_segment(
+                &[head, frame.get(body.clone()).unwrap_or_default()].concat(),
+                limit,
+            );
+            payload += body.len();
+            headers = head.len();
+        }
+    });
+    if cut.is_ok() && vnet.is_gso() {
         let whole = Ipv4Packet::new_checked(frame.get(ethernet::HEADER_LEN..).unwrap_or_default());
-        let l4 = whole.map(|p| p.payload().len()).unwrap_or_default();
-        assert!(
-            payload <= l4,
-            "segments carry {payload} bytes of a {l4}-byte L4 packet"
+        let end = ethernet::HEADER_LEN + whole.map(|p| p.packet_len()).unwrap_or_default();
+        assert_eq!(payload, end - headers, "payload bytes segmented");
+    }
+}
+
+/// Checks one segment cut from a superframe: an IPv4 packet of at most `mtu` bytes whose
+/// total length is its length and whose IPv4 and L4 checksums are complete and valid.
+pub fn check_segment(frame: &[u8], mtu: usize) {
+    let ip = frame.get(ethernet::HEADER_LEN..).unwrap_or_default();
+    assert!(ip.len() <= mtu, "segment of {} bytes > MTU {mtu}", ip.len());
+    let p = Ipv4Packet::new_checked(ip);
+    assert!(p.is_ok(), "segment is not IPv4: {p:?}");
+    if let Ok(p) = p {
+        assert!(p.verify_checksum(), "segment's IPv4 checksum");
+        assert_eq!(
+            usize::from(p.total_len()),
+            ip.len(),
+            "segment's total length"
         );
+        let l4 = p.payload();
+        let sum = p.pseudo_header_accumulate(l4.len()) + checksum_accumulate(l4);
+        assert_eq!(checksum_fold(sum), 0xffff, "segment's L4 checksum");
     }
 }
 
