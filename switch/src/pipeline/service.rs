@@ -70,7 +70,7 @@ impl Core {
     ) -> Result<(), Action> {
         // The checks that answer with an ICMP error come first, so the error quotes the
         // packet the client sent (to the VIP), which its stack can match.
-        let (ttl, too_big) = match super::routed_views(frame) {
+        let (ttl, too_big) = match super::routed_views(frame, gso) {
             None => return Err(self.drop(DropReason::BadIpv4)),
             Some((_, ip)) => (
                 ip.ttl(),

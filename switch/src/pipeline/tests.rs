@@ -669,6 +669,33 @@ fn absurd_gso_segment_sizes_are_refused() {
     assert_accounted(&n);
 }
 
+/// An IPv4 total length of 0 means "to the end of the buffer" only in a GSO superframe (BIG
+/// TCP); in a plain frame, routed from a pod or received through the tunnel, it is malformed.
+#[test]
+fn a_total_length_of_zero_is_a_superframe_only() {
+    let mut n = Node::new();
+    let tcp = tcp_segment_bytes(pod_ip(10), 1, pod_ip(11), 2, 0, 0, 0x10, &[7; 100]);
+    let mut ip = ipv4(pod_ip(10), pod_ip(11), 6, 64, &tcp);
+    ip[2..4].fill(0);
+    ip[10..12].fill(0);
+    let c = !crate::wire::checksum_sum(&ip[..20]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let frame = eth(R, pod_mac(10), 0x0800, &ip);
+    let mut f = frame.clone();
+    assert_eq!(n.run(0, &mut f), Action::Drop(DropReason::BadIpv4));
+    let mut f = frame.clone();
+    n.p.begin_batch();
+    assert_eq!(n.p.process(0, &mut f, tso(1448)), Action::Forward(1));
+    let inner = eth(R, PEER_VTEP, 0x0800, &ip);
+    let mut d = vxlan_wrap(1, &inner);
+    let from = "192.168.77.2:8472".parse().expect("addr");
+    assert_eq!(
+        n.p.process_tunnel(from, &mut d),
+        Action::Drop(DropReason::VxlanNotForPod)
+    );
+    assert_accounted(&n);
+}
+
 const HOST: [u8; 6] = [0x02, 0xef, 0, 0, 0, 1];
 const HOST_PORT: PortId = 4;
 
