@@ -20,6 +20,8 @@ pub mod cni;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gso;
 pub mod lab;
 pub mod metrics;

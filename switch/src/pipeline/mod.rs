@@ -494,7 +494,7 @@ impl Core {
                 return a;
             }
         }
-        let Some((eth, mut ip)) = routed_views(frame) else {
+        let Some((eth, mut ip)) = routed_views(frame, gso) else {
             return self.drop(DropReason::BadIpv4);
         };
         let dst = ip.dst_addr();
@@ -562,7 +562,7 @@ impl Core {
             // A remote backend's reply to a client of this node.
             self.service_out(inner, false);
         }
-        let (eth, mut ip) = match routed_views(inner) {
+        let (eth, mut ip) = match routed_views(inner, false) {
             Some((eth, ip)) if eth.ethertype() == ethertype::IPV4 => (eth, ip),
             _ => return self.drop(DropReason::VxlanNotForPod),
         };
@@ -636,11 +636,15 @@ fn check_pod_non_ipv4(
 
 /// The Ethernet and IPv4 headers of a frame to route, as two views over the two parts of
 /// `frame`: the IPv4 header validated (version, lengths, a total length of 0 only as a
-/// superframe's, checksum). Parsed once; the views then rewrite the frame in place.
+/// superframe's, `gso`, checksum). Parsed once; the views then rewrite the frame in place.
 #[inline(always)]
-fn routed_views(frame: &mut [u8]) -> Option<RoutedViews<'_>> {
+fn routed_views(frame: &mut [u8], gso: bool) -> Option<RoutedViews<'_>> {
     let (eth, ip) = frame.split_at_mut_checked(ethernet::HEADER_LEN)?;
-    let ip = Ipv4Packet::new_checked_superframe(ip).ok()?;
+    let ip = match gso {
+        true => Ipv4Packet::new_checked_superframe(ip),
+        false => Ipv4Packet::new_checked(ip),
+    }
+    .ok()?;
     if !ip.verify_checksum() {
         return None;
     }

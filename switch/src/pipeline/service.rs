@@ -70,7 +70,7 @@ impl Core {
     ) -> Result<(), Action> {
         // The checks that answer with an ICMP error come first, so the error quotes the
         // packet the client sent (to the VIP), which its stack can match.
-        let (ttl, too_big) = match super::routed_views(frame) {
+        let (ttl, too_big) = match super::routed_views(frame, gso) {
             None => return Err(self.drop(DropReason::BadIpv4)),
             Some((_, ip)) => (
                 ip.ttl(),
@@ -80,9 +80,9 @@ impl Core {
         if ttl <= 1 {
             return Err(self.reject(DropReason::TtlExceeded, frame, IcmpError::TtlExceeded));
         }
-        let ip = frame
-            .get_mut(ethernet::HEADER_LEN..)
-            .ok_or(Action::Drop(DropReason::BadIpv4))?;
+        let Some(ip) = frame.get_mut(ethernet::HEADER_LEN..) else {
+            return Err(self.drop(DropReason::BadIpv4));
+        };
         let fragment = Ipv4Packet::new_checked_header(&*ip).is_ok_and(|p| p.is_fragment());
         let Some((proto, src, sport, dst, dport)) = nat::endpoints(ip).filter(|_| !fragment) else {
             return Err(self.drop(DropReason::NoService));
@@ -90,6 +90,11 @@ impl Core {
         let Some(svc) = topo.services().get(dst, dport, proto) else {
             return Err(self.drop(DropReason::NoService));
         };
+        // Before the flow is tracked: a TCP or UDP header cut short of its checksum field is
+        // malformed, and dropped (counted) without leaving a flow behind.
+        if !nat::translatable(ip) {
+            return Err(self.drop(DropReason::BadIpv4));
+        }
         let flags = flags_of(ip, proto);
         let key = FlowKey::new(src, sport, dst, dport, proto);
         let hit = match self.decide(
@@ -106,18 +111,15 @@ impl Core {
             Err(Refusal::Reject(r, kind)) => return Err(self.reject(r, frame, kind)),
             Err(Refusal::TooBig) => return Err(self.too_big(frame)),
         };
-        let ip = &mut frame[ethernet::HEADER_LEN..];
-        let bad = |_| Action::Drop(DropReason::BadIpv4);
-        nat::rewrite(
-            ip,
-            End::Destination,
-            *hit.backend.ip(),
-            hit.backend.port(),
-            partial,
-        )
-        .map_err(bad)?;
-        if let Some(gw) = hit.snat {
-            nat::rewrite(ip, End::Source, gw, sport, partial).map_err(bad)?;
+        let ip = frame.get_mut(ethernet::HEADER_LEN..).unwrap_or_default();
+        let (backend, port) = (*hit.backend.ip(), hit.backend.port());
+        // Cannot fail (`translatable` above); a failure is still a counted drop.
+        let done = nat::rewrite(ip, End::Destination, backend, port, partial).is_ok()
+            && hit
+                .snat
+                .is_none_or(|gw| nat::rewrite(ip, End::Source, gw, sport, partial).is_ok());
+        if !done {
+            return Err(self.drop(DropReason::BadIpv4));
         }
         Ok(())
     }
@@ -199,6 +201,10 @@ impl Core {
         let Some((proto, src, sport, dst, dport)) = nat::endpoints(ip) else {
             return false;
         };
+        // Too short to translate: not looked up, so it changes no flow's state.
+        if !nat::translatable(ip) {
+            return false;
+        }
         let key = FlowKey::new(src, sport, dst, dport, proto);
         let Some(hit) = ct.reply(&key, self.now, flags_of(ip, proto)) else {
             return false;

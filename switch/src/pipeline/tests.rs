@@ -669,6 +669,33 @@ fn absurd_gso_segment_sizes_are_refused() {
     assert_accounted(&n);
 }
 
+/// An IPv4 total length of 0 means "to the end of the buffer" only in a GSO superframe (BIG
+/// TCP); in a plain frame, routed from a pod or received through the tunnel, it is malformed.
+#[test]
+fn a_total_length_of_zero_is_a_superframe_only() {
+    let mut n = Node::new();
+    let tcp = tcp_segment_bytes(pod_ip(10), 1, pod_ip(11), 2, 0, 0, 0x10, &[7; 100]);
+    let mut ip = ipv4(pod_ip(10), pod_ip(11), 6, 64, &tcp);
+    ip[2..4].fill(0);
+    ip[10..12].fill(0);
+    let c = !crate::wire::checksum_sum(&ip[..20]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let frame = eth(R, pod_mac(10), 0x0800, &ip);
+    let mut f = frame.clone();
+    assert_eq!(n.run(0, &mut f), Action::Drop(DropReason::BadIpv4));
+    let mut f = frame.clone();
+    n.p.begin_batch();
+    assert_eq!(n.p.process(0, &mut f, tso(1448)), Action::Forward(1));
+    let inner = eth(R, PEER_VTEP, 0x0800, &ip);
+    let mut d = vxlan_wrap(1, &inner);
+    let from = "192.168.77.2:8472".parse().expect("addr");
+    assert_eq!(
+        n.p.process_tunnel(from, &mut d),
+        Action::Drop(DropReason::VxlanNotForPod)
+    );
+    assert_accounted(&n);
+}
+
 const HOST: [u8; 6] = [0x02, 0xef, 0, 0, 0, 1];
 const HOST_PORT: PortId = 4;
 
@@ -1032,6 +1059,51 @@ mod services {
         let mut f = eth(R, pod_mac(10), 0x0800, &ipv4(pod_ip(10), VIP, 6, 64, &seg));
         assert_eq!(n.run(0, &mut f), Action::Drop(DropReason::NoService));
         assert_accounted(&n);
+    }
+
+    /// Found by the `pipeline` fuzz target (fuzz/regressions/pipeline/): a TCP packet for a
+    /// service whose header ends before its checksum field got a backend and a tracked flow,
+    /// then failed translation and was dropped without being counted.
+    #[test]
+    fn a_service_packet_cut_short_of_its_checksum_is_a_counted_drop_and_tracks_nothing() {
+        // As the fuzzer sent it: IPv4 total length 0, 12 bytes of TCP header.
+        const FRAME: [u8; 46] = [
+            0x02, 0xee, 0x00, 0x00, 0x00, 0x01, 0x02, 0x42, 0x0a, 0xf4, 0x01, 0x0a, 0x08, 0x00,
+            0x45, 0x28, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x40, 0x06, 0x64, 0x69, 0x0a, 0xf4,
+            0x01, 0x0a, 0x0a, 0x60, 0x00, 0x0a, 0x9c, 0x21, 0x00, 0x50, 0x00, 0x02, 0xee, 0x00,
+            0xc4, 0x94, 0xff, 0x12,
+        ];
+        let mut n = Node::new();
+        set_service(&mut n, &["10.244.1.11:8080", "10.244.2.5:8080"], Proto::Tcp);
+        let mut f = FRAME;
+        assert_eq!(n.run(0, &mut f), Action::Drop(DropReason::BadIpv4));
+        // The same with a consistent total length, and UDP cut short of its checksum.
+        let tcp = tcp_segment_bytes(pod_ip(10), 40000, VIP, 80, 1, 0, 0x02, b"");
+        let mut f = eth(
+            R,
+            pod_mac(10),
+            0x0800,
+            &ipv4(pod_ip(10), VIP, 6, 64, &tcp[..17]),
+        );
+        assert_eq!(n.run(0, &mut f), Action::Drop(DropReason::BadIpv4));
+        set_service(&mut n, &["10.244.1.11:8080"], Proto::Udp);
+        let mut f = eth(
+            R,
+            pod_mac(10),
+            0x0800,
+            &ipv4(pod_ip(10), VIP, 17, 64, &[0, 1, 0, 80, 0, 8, 0]),
+        );
+        assert_eq!(n.run(0, &mut f), Action::Drop(DropReason::BadIpv4));
+        assert_eq!(n.p.counts().dropped(DropReason::BadIpv4), 3);
+        assert!(n.p.tables.conntrack.is_empty(), "no flow tracked");
+        assert_accounted(&n);
+        // A whole header still goes through.
+        set_service(&mut n, &["10.244.1.11:8080"], Proto::Tcp);
+        let mut f = syn(pod_ip(10), 40000);
+        assert!(matches!(
+            n.run(0, &mut f),
+            Action::Forward(_) | Action::Encap(_)
+        ));
     }
 
     #[test]

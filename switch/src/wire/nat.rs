@@ -100,6 +100,31 @@ fn read16(b: &[u8], r: std::ops::Range<usize>) -> u16 {
     u16::from_be_bytes([b[r.start], b[r.start + 1]])
 }
 
+/// The IPv4 header length, protocol and L4 checksum range of `ip` if it holds all that
+/// [`rewrite`] reads and writes: an IPv4 header of at least 20 bytes, then a TCP or UDP
+/// header up to its checksum field.
+#[inline]
+fn layout(ip: &[u8]) -> Result<(usize, u8, std::ops::Range<usize>), NatError> {
+    let ihl = usize::from(*ip.first().ok_or(NatError::Truncated)? & 0x0f) * 4;
+    let proto = *ip.get(field::PROTOCOL).ok_or(NatError::Truncated)?;
+    let sum_at = match proto {
+        TCP => field::TCP_CHECKSUM,
+        UDP => field::UDP_CHECKSUM,
+        _ => return Err(NatError::Truncated),
+    };
+    if ihl < 20 || ip.len() < ihl + sum_at.end {
+        return Err(NatError::Truncated);
+    }
+    Ok((ihl, proto, sum_at))
+}
+
+/// True if [`rewrite`] can translate `ip` (see `layout`): checked before a flow is tracked,
+/// so a packet too short to translate is dropped before it changes any state.
+#[inline]
+pub(crate) fn translatable(ip: &[u8]) -> bool {
+    layout(ip).is_ok()
+}
+
 /// Rewrites one end of the TCP/UDP packet `ip` (an IPv4 packet, header first) to
 /// `addr:port`, updating both checksums incrementally. `partial`: the L4 checksum is partial
 /// (see the module docs).
@@ -111,16 +136,7 @@ pub(crate) fn rewrite(
     port: u16,
     partial: bool,
 ) -> Result<(), NatError> {
-    let ihl = usize::from(*ip.first().ok_or(NatError::Truncated)? & 0x0f) * 4;
-    let proto = *ip.get(field::PROTOCOL).ok_or(NatError::Truncated)?;
-    let sum_at = match proto {
-        TCP => field::TCP_CHECKSUM,
-        UDP => field::UDP_CHECKSUM,
-        _ => return Err(NatError::Truncated),
-    };
-    if ihl < 20 || ip.len() < ihl + sum_at.end {
-        return Err(NatError::Truncated);
-    }
+    let (ihl, proto, sum_at) = layout(ip)?;
     let (addr_at, port_at) = match end {
         End::Source => (field::SRC_ADDR, field::SRC_PORT),
         End::Destination => (field::DST_ADDR, field::DST_PORT),
@@ -182,6 +198,37 @@ mod tests {
     const C: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
     const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
     const B: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 7);
+
+    #[test]
+    fn translatable_needs_the_l4_checksum_field() {
+        let tcp = tcp_segment_bytes(
+            Ipv4Addr::new(10, 0, 0, 1),
+            1,
+            Ipv4Addr::new(10, 0, 0, 2),
+            2,
+            0,
+            0,
+            2,
+            b"",
+        );
+        let p = ipv4(
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+            6,
+            64,
+            &tcp,
+        );
+        assert!(translatable(&p));
+        for cut in 0..20 + 18 {
+            assert!(!translatable(&p[..cut]), "{cut} bytes");
+            let mut b = p[..cut].to_vec();
+            assert_eq!(
+                rewrite(&mut b, End::Source, Ipv4Addr::LOCALHOST, 9, false),
+                Err(NatError::Truncated)
+            );
+        }
+        assert!(translatable(&p[..20 + 18]));
+    }
 
     #[test]
     fn dnat_and_back_keep_both_checksums_valid_tcp_and_udp() {

@@ -1,0 +1,5 @@
+//! Fuzz target `segment`: see `podswitch::fuzzing::fuzz_segment` for the input format and the
+//! invariants it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| podswitch::fuzzing::fuzz_segment(data));
