@@ -873,7 +873,13 @@ pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response, C
     let mut response = Vec::new();
     loop {
         stream.set_read_timeout(remaining()?).map_err(io)?;
-        let buf = reader.fill_buf().map_err(io)?;
+        let buf = match reader.fill_buf() {
+            Ok(buf) => buf,
+            // A signal arrived during the read (a test harness's or a CLI's child exiting):
+            // read again, as `read_line` would.
+            Err(e) if e.kind() == IoErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(e)),
+        };
         if buf.is_empty() {
             return Err(ControlError::Closed { path: shown });
         }
