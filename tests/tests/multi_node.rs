@@ -251,24 +251,26 @@ fn oversized_frame_for_the_tunnel_gets_fragmentation_needed() {
 
 /// Each peer's tunnel counters: inner frames and bytes sent to it and received from it, and its
 /// datagrams dropped by reason; a stranger's datagram counts for no peer.
+/// An in-memory pod `name` (MAC, IP) on switch `sw`: its end of the port.
+fn mem_pod(sw: &Switch, name: &str, mac: [u8; 6], ip: Ipv4Addr) -> podswitch::port::MemEndpoint {
+    sw.attach_mem_pod(PortInfo {
+        name: name.into(),
+        kind: PortKind::Pod {
+            mac: EthernetAddress(mac),
+            ip,
+        },
+    })
+    .expect("pod")
+    .1
+}
+
 #[test]
 fn per_peer_counters_follow_the_tunnel() {
     let c = cluster(|_| {});
-    let pod = |sw: &Switch, name: &str, mac: [u8; 6], ip: Ipv4Addr| {
-        sw.attach_mem_pod(PortInfo {
-            name: name.into(),
-            kind: PortKind::Pod {
-                mac: EthernetAddress(mac),
-                ip,
-            },
-        })
-        .expect("pod")
-        .1
-    };
     let (pa_mac, pb_mac) = ([0x02, 0x42, 10, 244, 1, 10], [0x02, 0x42, 10, 244, 2, 10]);
     let (pa_ip, pb_ip) = (Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 2, 10));
-    let mut ea = pod(&c.a, "a1", pa_mac, pa_ip);
-    let eb = pod(&c.b, "b1", pb_mac, pb_ip);
+    let mut ea = mem_pod(&c.a, "a1", pa_mac, pa_ip);
+    let eb = mem_pod(&c.b, "b1", pb_mac, pb_ip);
     let frame = eth(
         VTEP_A,
         pa_mac,
@@ -320,19 +322,8 @@ fn a_garbage_flood_on_the_tunnel_port_is_counted_and_the_peer_gets_through_after
     let c = cluster(|_| {});
     let (pa_mac, pb_mac) = ([0x02, 0x42, 10, 244, 1, 10], [0x02, 0x42, 10, 244, 2, 10]);
     let (pa_ip, pb_ip) = (Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 2, 10));
-    let attach = |sw: &Switch, name: &str, mac: [u8; 6], ip: Ipv4Addr| {
-        sw.attach_mem_pod(PortInfo {
-            name: name.into(),
-            kind: PortKind::Pod {
-                mac: EthernetAddress(mac),
-                ip,
-            },
-        })
-        .expect("pod")
-        .1
-    };
-    let mut ea = attach(&c.a, "a1", pa_mac, pa_ip);
-    let eb = attach(&c.b, "b1", pb_mac, pb_ip);
+    let mut ea = mem_pod(&c.a, "a1", pa_mac, pa_ip);
+    let eb = mem_pod(&c.b, "b1", pb_mac, pb_ip);
     // 200k datagrams at node B: from a stranger (a VXLAN frame), and from node A's own
     // address with garbage (no I flag, truncated, random bytes).
     const EACH: u32 = 50_000;
