@@ -7,8 +7,9 @@
 //! them reach the crate-private header views without making those public; the targets in
 //! `fuzz/fuzz_targets/` are one line each.
 //!
-//! [`seeds`] builds the seed corpora (`fuzz/corpus/<target>/`) from real frames; the ignored
-//! test `write_seeds` writes them, and `replay_corpus` runs every committed corpus and
+//! [`seeds`] builds the seed corpora (`fuzz/corpus/<target>/`) from real frames; the test
+//! `committed_seeds_are_the_generated_ones` checks the committed files are those (and writes
+//! them with `PODSWITCH_WRITE_SEEDS=1`), and `replay_corpus` runs every committed corpus and
 //! regression input through its target in the ordinary `cargo test`.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -798,23 +799,37 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
     }
 
-    /// Writes the seed corpora: `cargo test -p podswitch write_seeds -- --ignored`.
+    /// The seed corpora in `fuzz/corpus/` are the ones [`seeds`] makes (and the example
+    /// configs). `PODSWITCH_WRITE_SEEDS=1 cargo test -p podswitch committed_seeds` writes
+    /// them after a change to the seeds.
     #[test]
-    #[ignore = "writes fuzz/corpus; run by hand after changing the seeds"]
-    fn write_seeds() {
-        for (target, name, bytes) in seeds() {
-            let dir = fuzz_dir().join("corpus").join(target);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join(name), bytes).unwrap();
-        }
+    fn committed_seeds_are_the_generated_ones() {
+        let write = std::env::var("PODSWITCH_WRITE_SEEDS").as_deref() == Ok("1");
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut all: Vec<(PathBuf, Vec<u8>)> = seeds()
+            .into_iter()
+            .map(|(target, name, bytes)| (fuzz_dir().join("corpus").join(target).join(name), bytes))
+            .collect();
         for e in std::fs::read_dir(examples).unwrap() {
             let path = e.unwrap().path();
             if path.extension().is_some_and(|x| x == "toml") {
-                let dir = fuzz_dir().join("corpus/config");
-                std::fs::create_dir_all(&dir).unwrap();
-                std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+                let to = fuzz_dir()
+                    .join("corpus/config")
+                    .join(path.file_name().unwrap());
+                all.push((to, std::fs::read(&path).unwrap()));
             }
+        }
+        for (path, bytes) in all {
+            if write {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, &bytes).unwrap();
+            }
+            let committed = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                committed == bytes,
+                "{} differs from its seed: PODSWITCH_WRITE_SEEDS=1 cargo test -p podswitch committed_seeds",
+                path.display()
+            );
         }
     }
 
