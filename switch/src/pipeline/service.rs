@@ -21,12 +21,12 @@ use super::reply::{self, IcmpError};
 use super::{Action, Core, DropReason};
 use crate::table::{flow_hash, tcp_flags, CompiledService, Flow, FlowKey, Hit, Topology};
 use crate::wire::ethernet;
+use crate::wire::ipv4::protocol::TCP;
 use crate::wire::ipv4::Ipv4Packet;
 use crate::wire::nat::{self, End};
 
 /// Offset of the TCP flags byte in the TCP header.
 const TCP_FLAGS_AT: usize = 13;
-const TCP: u8 = 6;
 
 /// The TCP flags of the IPv4 packet `ip` (0 for UDP or a short packet).
 #[inline]

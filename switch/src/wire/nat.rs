@@ -16,6 +16,7 @@
 use std::net::Ipv4Addr;
 
 use super::checksum::checksum_fold;
+use super::ipv4::protocol::{TCP, UDP};
 
 mod field {
     use std::ops::Range;
@@ -30,9 +31,6 @@ mod field {
     pub(super) const TCP_CHECKSUM: Range<usize> = 16..18;
     pub(super) const UDP_CHECKSUM: Range<usize> = 6..8;
 }
-
-const TCP: u8 = 6;
-const UDP: u8 = 17;
 
 /// Which end of the packet to rewrite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
