@@ -38,12 +38,58 @@ pub(crate) fn run_with_stdin(cmd: &[&str], input: &str) -> Output {
     child.wait_with_output().expect("wait")
 }
 
-/// A running `podswitch run`; killed (SIGKILL) and cleaned up if a test fails midway.
+/// A running `podswitch run`; killed (SIGKILL) and cleaned up if a test fails midway, and
+/// then its log is printed with the failure.
 pub(crate) struct Daemon {
     child: Option<Child>,
+    /// The daemon's stdout and stderr, read as they come: a pipe nobody reads fills at 64 KiB
+    /// and then blocks whichever daemon thread logs next.
+    output: Option<Drain>,
+    /// What earlier runs (before `crash`) logged, for the failure report.
+    earlier_log: Vec<u8>,
     pub(crate) control: PathBuf,
     pub(crate) dir: PathBuf,
     namespaces: Vec<String>,
+}
+
+/// Threads that read a child's stdout and stderr to their end.
+struct Drain {
+    stdout: std::thread::JoinHandle<Vec<u8>>,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
+}
+
+impl Drain {
+    fn start(child: &mut Child) -> Self {
+        fn read_all(
+            mut r: impl std::io::Read + Send + 'static,
+        ) -> std::thread::JoinHandle<Vec<u8>> {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = r.read_to_end(&mut v);
+                v
+            })
+        }
+        Drain {
+            stdout: read_all(child.stdout.take().expect("piped stdout")),
+            stderr: read_all(child.stderr.take().expect("piped stderr")),
+        }
+    }
+
+    /// Stdout and stderr once the child has exited. A descendant still holding the pipes
+    /// (nothing should) is given 10 s, then what was read is lost rather than the test hung.
+    fn finish(self) -> (Vec<u8>, Vec<u8>) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !(self.stdout.is_finished() && self.stderr.is_finished()) {
+            if std::time::Instant::now() > deadline {
+                return (Vec::new(), b"(the daemon's pipes were still open)".to_vec());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        (
+            self.stdout.join().unwrap_or_default(),
+            self.stderr.join().unwrap_or_default(),
+        )
+    }
 }
 
 impl Daemon {
@@ -56,6 +102,8 @@ impl Daemon {
         std::fs::write(dir.join("node.toml"), config).expect("write config");
         let mut d = Daemon {
             child: None,
+            output: None,
+            earlier_log: Vec::new(),
             control,
             dir,
             namespaces,
@@ -74,6 +122,8 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn podswitch run");
+        let mut child = child;
+        self.output = Some(Drain::start(&mut child));
         self.child = Some(child);
         wait_for("the control socket", || {
             self.control.exists() && self.ctl(&["status"]).status.success()
@@ -96,13 +146,29 @@ impl Daemon {
         let mut child = self.child.take().expect("running");
         let _ = child.kill();
         let _ = child.wait();
+        self.keep_log();
     }
 
     pub(crate) fn stop(&mut self) -> Output {
-        let child = self.child.take().expect("running");
+        let mut child = self.child.take().expect("running");
         // SAFETY: kill(2) on our own child's pid; no memory is involved.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        child.wait_with_output().expect("daemon exits")
+        let status = child.wait().expect("daemon exits");
+        let (stdout, stderr) = self.output.take().map(Drain::finish).unwrap_or_default();
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Moves what the exited daemon wrote into `earlier_log`.
+    fn keep_log(&mut self) {
+        if let Some(drain) = self.output.take() {
+            let (stdout, stderr) = drain.finish();
+            self.earlier_log.extend_from_slice(&stdout);
+            self.earlier_log.extend_from_slice(&stderr);
+        }
     }
 }
 
@@ -111,6 +177,14 @@ impl Drop for Daemon {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            self.keep_log();
+            eprintln!(
+                "--- log of the daemon on {} ---\n{}--- end of log ---",
+                self.control.display(),
+                String::from_utf8_lossy(&self.earlier_log)
+            );
         }
         for ns in &self.namespaces {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
@@ -124,6 +198,22 @@ pub(crate) struct LabGuard(pub(crate) String);
 
 impl Drop for LabGuard {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The nodes' logs, for the failure report (lab down removes them).
+            let dir = Path::new("/run/podswitch").join(&self.0);
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map(|rd| rd.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+            logs.sort();
+            for log in logs {
+                eprintln!(
+                    "--- {} ---\n{}",
+                    log.display(),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        }
         let _ = Command::new(BIN)
             .args(["lab", "down", "--name", &self.0])
             .output();
