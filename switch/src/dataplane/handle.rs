@@ -515,6 +515,17 @@ impl Switch {
         self.shared.tables.topology().services_list()
     }
 
+    /// Sends `frames` (built by the control plane: probes) out of port `to`, through the
+    /// first worker (every worker holds a queue of every port).
+    pub(crate) fn send_frames(&self, to: PortId, frames: Vec<Vec<u8>>) -> Result<(), SwitchError> {
+        let first = self.shared.workers.first().ok_or(SwitchError::NotRunning)?;
+        if first.send(Command::Send(to, frames)) {
+            Ok(())
+        } else {
+            Err(SwitchError::NotRunning)
+        }
+    }
+
     /// Every attached port.
     pub fn ports(&self) -> Vec<PortRecord> {
         self.shared.registry().values().cloned().collect()

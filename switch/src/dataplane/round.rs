@@ -109,6 +109,14 @@ impl Dataplane {
         .is_some()
     }
 
+    /// Hands `frames`, which the control plane built (probes), to port `to`; they go out with
+    /// the next round's transmit. False if this data plane has no such port.
+    pub(super) fn send_frames(&mut self, to: PortId, frames: &[Vec<u8>]) -> bool {
+        frames
+            .iter()
+            .all(|f| self.ports.send(to, f, VnetHdr::default()))
+    }
+
     /// Stops the capture of tap `id`, wherever it copies from.
     pub(crate) fn remove_capture(&mut self, id: u64) {
         for slot in self.ports.iter_mut() {

@@ -32,6 +32,8 @@ pub(super) enum Command {
     Capture(CaptureTarget, Arc<CaptureTap>, Sender<bool>),
     /// Stop the capture of the tap with this id.
     Uncapture(u64),
+    /// Send these frames, built by the control plane, to a port.
+    Send(PortId, Vec<Vec<u8>>),
 }
 
 /// Time one worker spent in rounds that moved frames and in the others, in nanoseconds since
@@ -163,6 +165,9 @@ pub(super) fn run(
                     let _ = ack.send(dp.add_capture(target, tap));
                 }
                 Command::Uncapture(id) => dp.remove_capture(id),
+                Command::Send(to, frames) => {
+                    dp.send_frames(to, &frames);
+                }
             }
         }
         if shared.stop.load(Ordering::SeqCst) {

@@ -93,6 +93,9 @@ impl Node {
         self.switch
             .upsert_service(spec.to_service())
             .map_err(NodeError::Service)?;
+        if let Some(svc) = self.compiled_service(&spec.name) {
+            self.reset_stranded(&spec.name, svc.id, |b| svc.index_of(b).is_some());
+        }
         let record = ServiceRecord {
             spec: spec.clone(),
             source,
@@ -134,9 +137,7 @@ impl Node {
         {
             return Ok(false);
         }
-        self.switch
-            .remove_service(name)
-            .map_err(NodeError::Service)?;
+        self.remove_from_switch(name)?;
         services.remove(name);
         tracing::info!(service = %name, source = "etcd", "service removed");
         Ok(true)
@@ -157,13 +158,78 @@ impl Node {
         if !services.contains_key(name) {
             return Err(NodeError::NoSuchService(name.into()));
         }
-        self.switch
-            .remove_service(name)
-            .map_err(NodeError::Service)?;
+        self.remove_from_switch(name)?;
         services.remove(name);
         self.save_services(&services);
         tracing::info!(service = %name, "service removed");
         Ok(())
+    }
+
+    /// Takes service `name` out of the switch; its established connections are ended.
+    fn remove_from_switch(&self, name: &str) -> Result<(), NodeError> {
+        let id = self.compiled_service(name).map(|s| s.id);
+        self.switch
+            .remove_service(name)
+            .map_err(NodeError::Service)?;
+        if let Some(id) = id {
+            self.reset_stranded(name, id, |_| false);
+        }
+        Ok(())
+    }
+
+    /// The switch's compiled service `name`.
+    fn compiled_service(
+        &self,
+        name: &str,
+    ) -> Option<std::sync::Arc<crate::table::CompiledService>> {
+        self.switch
+            .services()
+            .into_iter()
+            .find(|s| s.service.name == name)
+    }
+
+    /// Ends the established connections of service `id` whose backend `keep` refuses (it was
+    /// removed, or the service was): each client is sent two probes from the VIP, whose
+    /// answer (an ACK with the sequence number the client expects) the data path resets as
+    /// a flow whose backend is gone. So a client that is only waiting, and would send
+    /// nothing for hours, learns at once, like one that sends. Returns how many flows.
+    fn reset_stranded(&self, name: &str, id: u32, keep: impl Fn(&SocketAddrV4) -> bool) -> usize {
+        use crate::pipeline::{tcp_probes, TCP_SEGMENT_FRAME_LEN};
+        use crate::table::PortKind;
+        let stranded = self.switch.tables().conntrack.stranded(id, keep);
+        if stranded.is_empty() {
+            return 0;
+        }
+        let node = self.switch.node();
+        // The clients are on this node (a flow is translated at its client's node): a pod,
+        // or the node itself through its host interface (the gateway address).
+        let ports: std::collections::HashMap<std::net::Ipv4Addr, _> = self
+            .switch
+            .ports()
+            .into_iter()
+            .filter_map(|p| match p.info.kind {
+                PortKind::Pod { ip, mac } => Some((ip, (p.id, mac))),
+                PortKind::Host { mac } => Some((node.gateway, (p.id, mac))),
+                PortKind::Trunk => None,
+            })
+            .collect();
+        let mut by_port: BTreeMap<_, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut buf = [0u8; 2 * TCP_SEGMENT_FRAME_LEN];
+        for (client, vip) in &stranded {
+            let Some(&(port, mac)) = ports.get(client.ip()) else {
+                continue;
+            };
+            let len = tcp_probes(&mut buf, *vip, *client, mac, node.router_mac);
+            let frames = by_port.entry(port).or_default();
+            frames.extend(buf[..len].chunks(TCP_SEGMENT_FRAME_LEN).map(<[u8]>::to_vec));
+        }
+        for (port, frames) in by_port {
+            if let Err(e) = self.switch.send_frames(port, frames) {
+                tracing::warn!(service = %name, "probes to end its connections not sent: {e}");
+            }
+        }
+        tracing::info!(service = %name, flows = stranded.len(), "connections to removed backends ended");
+        stranded.len()
     }
 
     /// Records the services added at runtime (`service add`), of `services`.

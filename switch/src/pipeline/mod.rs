@@ -54,6 +54,7 @@ use crate::wire::icmp::{msg_type, IcmpPacket};
 use crate::wire::ipv4::{self, protocol, Ipv4Packet};
 use crate::wire::virtio::VnetHdr;
 use crate::wire::{is_group_mac, mac_key, vxlan, EthernetAddress};
+pub(crate) use reply::{tcp_probes, TCP_SEGMENT_FRAME_LEN};
 use reply::{IcmpError, ICMP_ERROR_MAX};
 pub use stats::{Counts, DropCounts, DropReason, Metrics, PortCounts, PortMetrics};
 
@@ -141,7 +142,8 @@ struct Core {
     cidr: (u32, u32),
     /// The service CIDR, likewise.
     services: (u32, u32),
-    /// Whether any service is defined (this batch's topology).
+    /// Whether any service is defined (this batch's topology), or flows are still tracked (of
+    /// a service since deleted: their packets are reset).
     services_on: bool,
     now: u32,
     learned: Vec<(u64, PortId)>,
@@ -224,7 +226,8 @@ impl Pipeline {
         self.core.now = self.tables.mac.now();
         self.core.last_learned = None;
         // Read once per batch, so a frame tests a byte already in cache.
-        self.core.services_on = !self.topo.services().is_empty();
+        self.core.services_on =
+            !self.topo.services().is_empty() || !self.tables.conntrack.is_empty();
     }
 
     /// Applies what the batch learned (one table write for the whole batch, if anything is new).

@@ -1,7 +1,7 @@
 //! Frames the switch writes itself: ARP replies and ICMP echo replies for the gateway (built in
 //! place over the request), and ICMP errors (built into a small scratch buffer).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::wire::arp::{self, ArpPacket};
 use crate::wire::ethernet::{self, ethertype, EthernetFrame};
@@ -181,20 +181,51 @@ pub(crate) fn tcp_reset(
     } else {
         (0, seg.seq_number().wrapping_add(seg_len), RST | ACK)
     };
-    const TCP_LEN: usize = 20;
-    let len = ethernet::HEADER_LEN + ipv4::HEADER_LEN + TCP_LEN;
+    let segment = Segment {
+        from: SocketAddrV4::new(ip.dst_addr(), seg.dst_port()),
+        to: SocketAddrV4::new(ip.src_addr(), seg.src_port()),
+        seq,
+        ack,
+        flags: out_flags,
+    };
+    write_segment(out, &segment, EthernetAddress(eth.src_addr()), mac)
+}
+
+/// A bare TCP segment (no options, no payload) the switch sends.
+struct Segment {
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+}
+
+/// Length of a bare TCP header.
+const TCP_LEN: usize = 20;
+/// Length of a frame carrying a bare TCP segment.
+pub(crate) const TCP_SEGMENT_FRAME_LEN: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN + TCP_LEN;
+
+/// Writes `segment` in an Ethernet frame from `src_mac` to `dst_mac` at the start of `out`,
+/// checksums filled. Returns the frame length, 0 if `out` is too short.
+fn write_segment(
+    out: &mut [u8],
+    segment: &Segment,
+    dst_mac: EthernetAddress,
+    src_mac: EthernetAddress,
+) -> usize {
+    let len = TCP_SEGMENT_FRAME_LEN;
     let Some(out) = out.get_mut(..len) else {
         return 0;
     };
     let Ok(mut o) = EthernetFrame::new_checked(&mut *out) else {
         return 0;
     };
-    o.set_dst_addr(eth.src_addr());
-    o.set_src_addr(mac.0);
+    o.set_dst_addr(dst_mac.0);
+    o.set_src_addr(src_mac.0);
     o.set_ethertype(ethertype::IPV4);
     let repr = Ipv4Repr {
-        src: ip.dst_addr(),
-        dst: ip.src_addr(),
+        src: *segment.from.ip(),
+        dst: *segment.to.ip(),
         protocol: protocol::TCP,
         ttl: TTL,
         dscp_ecn: 0,
@@ -205,20 +236,57 @@ pub(crate) fn tcp_reset(
         return 0;
     }
     let t = &mut packet[ipv4::HEADER_LEN..ipv4::HEADER_LEN + TCP_LEN];
-    t[0..2].copy_from_slice(&seg.dst_port().to_be_bytes());
-    t[2..4].copy_from_slice(&seg.src_port().to_be_bytes());
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[0..2].copy_from_slice(&segment.from.port().to_be_bytes());
+    t[2..4].copy_from_slice(&segment.to.port().to_be_bytes());
+    t[4..8].copy_from_slice(&segment.seq.to_be_bytes());
+    t[8..12].copy_from_slice(&segment.ack.to_be_bytes());
     t[12] = 0x50;
-    t[13] = out_flags;
+    t[13] = segment.flags;
     t[14..20].fill(0);
     let mut pseudo = [0u8; 12 + TCP_LEN];
-    pseudo[0..4].copy_from_slice(&ip.dst_addr().octets());
-    pseudo[4..8].copy_from_slice(&ip.src_addr().octets());
+    pseudo[0..4].copy_from_slice(&segment.from.ip().octets());
+    pseudo[4..8].copy_from_slice(&segment.to.ip().octets());
     pseudo[9] = protocol::TCP;
     pseudo[10..12].copy_from_slice(&(TCP_LEN as u16).to_be_bytes());
     pseudo[12..].copy_from_slice(t);
     let c = !crate::wire::checksum::checksum_sum(&pseudo);
     t[16..18].copy_from_slice(&c.to_be_bytes());
     len
+}
+
+/// The two probes that make an idle TCP endpoint show where its connection stands: bare
+/// ACKs from `from` to `to` (sent by `src_mac` to `dst_mac`), written one after the other
+/// into `out` (room for two frames of [`TCP_SEGMENT_FRAME_LEN`]). Returns the bytes written.
+///
+/// Their sequence numbers are 2^31 apart and a receive window is smaller than 2^31, so at
+/// least one is outside the window, and a TCP receiving a segment outside its window
+/// answers with an ACK carrying the sequence number it expects (RFC 793, "If a segment's
+/// contents straddle..."; RFC 5961 keeps that answer). That answer is what the switch needs
+/// to send a reset the endpoint accepts (its `seq = SEG.ACK`) without having tracked
+/// sequence numbers. The other probe, if inside the window, carries no data and an
+/// acknowledgement the endpoint ignores or answers the same way.
+pub(crate) fn tcp_probes(
+    out: &mut [u8],
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+    dst_mac: EthernetAddress,
+    src_mac: EthernetAddress,
+) -> usize {
+    const ACK: u8 = 0x10;
+    // Any pair 2^31 apart works; a fixed one keeps the probes reproducible in captures.
+    let mut written = 0;
+    for seq in [0x1234_5678u32, 0x1234_5678 ^ 0x8000_0000] {
+        let segment = Segment {
+            from,
+            to,
+            seq,
+            ack: seq,
+            flags: ACK,
+        };
+        let Some(rest) = out.get_mut(written..) else {
+            return written;
+        };
+        written += write_segment(rest, &segment, dst_mac, src_mac);
+    }
+    written
 }

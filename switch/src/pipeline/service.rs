@@ -88,7 +88,7 @@ impl Core {
             return Err(self.drop(DropReason::NoService));
         };
         let Some(svc) = topo.services().get(dst, dport, proto) else {
-            return Err(self.drop(DropReason::NoService));
+            return Err(self.no_service(frame, FlowKey::new(src, sport, dst, dport, proto)));
         };
         // Before the flow is tracked: a TCP or UDP header cut short of its checksum field is
         // malformed, and dropped (counted) without leaving a flow behind.
@@ -220,6 +220,22 @@ impl Core {
                 )
                 .is_ok());
         ok
+    }
+
+    /// A packet for an address of the service CIDR that is no service (now): dropped, but
+    /// a TCP flow of a service since deleted is reset, as one whose backend is gone.
+    #[cold]
+    fn no_service(&mut self, frame: &[u8], key: FlowKey) -> Action {
+        let ct = &self.tables.conntrack;
+        if ct.is_empty() || ct.forward(&key, self.now, 0).is_none() {
+            return self.drop(DropReason::NoService);
+        }
+        ct.remove(&key);
+        if key.proto() == TCP {
+            self.reset(frame, DropReason::BackendGone)
+        } else {
+            self.drop(DropReason::NoService)
+        }
     }
 
     /// "Fragmentation needed" for the packet in `frame`, with the tunnel's MTU.

@@ -1150,6 +1150,87 @@ mod services {
     }
 
     #[test]
+    fn an_idle_client_of_a_removed_backend_is_probed_and_its_answer_reset() {
+        let mut n = Node::new();
+        set_service(&mut n, &["10.244.1.11:8080"], Proto::Tcp);
+        let mut f = syn(pod_ip(10), 40000);
+        assert_eq!(n.run(0, &mut f), Action::Forward(1));
+        // The backend's SYN-ACK, straight to the client at L2: the flow is established.
+        let seg = tcp_segment_bytes(pod_ip(11), 8080, pod_ip(10), 40000, 5000, 1001, 0x12, b"");
+        let mut r = eth(
+            pod_mac(10),
+            pod_mac(11),
+            0x0800,
+            &ipv4(pod_ip(11), pod_ip(10), 6, 64, &seg),
+        );
+        assert_eq!(n.run(1, &mut r), Action::Forward(0));
+        let id = n.p.topology().services().by_name("web").unwrap().id;
+        let client: SocketAddrV4 = "10.244.1.10:40000".parse().unwrap();
+        let vip = SocketAddrV4::new(VIP, 80);
+        let ct = &n.p.tables.conntrack;
+        assert!(
+            ct.stranded(id, |b| b.port() == 8080).is_empty(),
+            "its backend kept"
+        );
+        assert_eq!(ct.stranded(id, |_| false), vec![(client, vip)]);
+        assert!(
+            ct.stranded(id + 1, |_| false).is_empty(),
+            "another service's"
+        );
+
+        // The probes: bare ACKs from the VIP to the client, sequence numbers 2^31 apart.
+        let mut buf = [0u8; 2 * TCP_SEGMENT_FRAME_LEN];
+        let len = tcp_probes(
+            &mut buf,
+            vip,
+            client,
+            EthernetAddress(pod_mac(10)),
+            EthernetAddress(R),
+        );
+        assert_eq!(len, 2 * TCP_SEGMENT_FRAME_LEN);
+        let seqs: Vec<u32> = buf
+            .chunks(TCP_SEGMENT_FRAME_LEN)
+            .map(|p| {
+                assert_eq!(&p[..6], &pod_mac(10), "to the client MAC");
+                assert_eq!(&p[6..12], &R, "from the router");
+                assert_eq!(ends(p), (VIP, 80, pod_ip(10), 40000));
+                assert_eq!(p[14 + 20 + 13], 0x10, "ACK alone");
+                assert!(l4_ok(&p[14..]), "checksums");
+                u32::from_be_bytes([p[38], p[39], p[40], p[41]])
+            })
+            .collect();
+        assert_eq!(seqs[0] ^ seqs[1], 0x8000_0000);
+
+        // The service deleted; the client's answer (its ACK says what it expects: 777) is
+        // reset from the VIP with exactly that sequence number, and the flow forgotten.
+        n.p.tables
+            .update_topology(|t| t.remove_service("web"))
+            .unwrap();
+        n.p.begin_batch();
+        let seg = tcp_segment_bytes(pod_ip(10), 40000, VIP, 80, 1001, 777, 0x10, b"");
+        let mut f = eth(R, pod_mac(10), 0x0800, &ipv4(pod_ip(10), VIP, 6, 64, &seg));
+        let Action::Reject(DropReason::BackendGone, len) = n.run(0, &mut f) else {
+            panic!("no reset")
+        };
+        let rst = &n.p.scratch()[..usize::from(len)];
+        assert_eq!(ends(rst), (VIP, 80, pod_ip(10), 40000));
+        assert_eq!(rst[14 + 20 + 13], 0x04, "RST");
+        assert_eq!(&rst[38..42], &777u32.to_be_bytes(), "seq = its ack");
+        assert!(l4_ok(&rst[14..]));
+        assert!(n.p.tables.conntrack.is_empty());
+        let mut f = eth(R, pod_mac(10), 0x0800, &ipv4(pod_ip(10), VIP, 6, 64, &seg));
+        let again = n.run(0, &mut f);
+        assert!(
+            !matches!(
+                again,
+                Action::Forward(_) | Action::Reject(DropReason::BackendGone, _)
+            ),
+            "the flow is gone: {again:?}"
+        );
+        assert_accounted(&n);
+    }
+
+    #[test]
     fn icmp_errors_about_a_service_flow_quote_what_the_client_sent() {
         let mut n = Node::new();
         set_service(&mut n, &["10.244.2.5:8080"], Proto::Udp);

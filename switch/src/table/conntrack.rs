@@ -17,6 +17,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 use super::{mix, FastHasher};
+use crate::wire::ipv4::protocol;
 
 /// A flow in one direction: addresses, ports and protocol, packed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,12 @@ impl FlowKey {
             addrs: (u64::from(u32::from(src)) << 32) | u64::from(u32::from(dst)),
             rest: (u64::from(sport) << 24) | (u64::from(dport) << 8) | u64::from(proto),
         }
+    }
+
+    /// The IPv4 protocol number.
+    #[inline]
+    pub(crate) fn proto(&self) -> u8 {
+        self.rest as u8
     }
 }
 
@@ -160,7 +167,7 @@ impl Flow {
     ) -> Self {
         // TCP: a SYN, or a flow picked up mid-stream (as Linux's loose tracking does), waits
         // for a reply with the short timeout: stray segments cannot fill the table for a day.
-        let state = if proto == 17 {
+        let state = if proto == protocol::UDP {
             FlowState::UdpUnreplied
         } else {
             FlowState::SynSent
@@ -340,7 +347,9 @@ impl Conntrack {
         // VIP): not ours to translate. A backend's SYN-ACK belongs only to a flow waiting for
         // it; otherwise the entry is stale and goes.
         if state == FlowState::Closed
-            || (flags & tcp_flags::SYN != 0 && state != FlowState::SynSent && f.proto == 6)
+            || (flags & tcp_flags::SYN != 0
+                && state != FlowState::SynSent
+                && f.proto == protocol::TCP)
         {
             drop(g);
             drop(rg);
@@ -408,6 +417,26 @@ impl Conntrack {
         keys.iter()
             .filter(|k| self.remove_when(k, |f| f.expired(now)))
             .count()
+    }
+
+    /// The established TCP flows of service `service` whose backend `keep` no longer accepts,
+    /// as (client, VIP): their clients may be idle, and are told the connection is gone
+    /// ([`crate::pipeline::reply`]'s probes draw the packet a reset answers).
+    pub(crate) fn stranded(
+        &self,
+        service: u32,
+        keep: impl Fn(&SocketAddrV4) -> bool,
+    ) -> Vec<(SocketAddrV4, SocketAddrV4)> {
+        let g = self.forward.pin();
+        g.iter()
+            .filter(|(_, f)| {
+                f.service == service
+                    && f.proto == protocol::TCP
+                    && f.state() == FlowState::Established
+                    && !keep(&f.backend)
+            })
+            .map(|(_, f)| (f.client, f.vip))
+            .collect()
     }
 
     /// Every flow, for listings.
