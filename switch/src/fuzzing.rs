@@ -108,6 +108,7 @@ fn read_arp(b: &[u8]) {
 
 fn read_ipv4(b: &[u8]) {
     let _ = nat::endpoints(b);
+    let _ = nat::quoted_endpoints(b);
     for view in [
         Ipv4Packet::new_checked(b),
         Ipv4Packet::new_checked_superframe(b),
@@ -173,6 +174,14 @@ fn write_views(b: &mut [u8]) {
         let _ = nat::rewrite(ip, end, Ipv4Addr::new(10, 96, 0, 10), 80, false);
         let _ = nat::rewrite(ip, end, Ipv4Addr::new(10, 244, 1, 10), 8080, true);
     }
+    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+    let hairpin = nat::IcmpErrorNat {
+        quoted_dst: vip,
+        quoted_src: Some(SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 10), 40000)),
+        outer_src: Some(*vip.ip()),
+        outer_dst: Some(Ipv4Addr::new(10, 244, 1, 10)),
+    };
+    let _ = nat::rewrite_icmp_error(ip, &hairpin);
     if let Ok(mut p) = Ipv4Packet::new_checked_header(&mut *ip) {
         let valid = p.verify_checksum();
         let ttl = p.decrement_ttl();
@@ -598,6 +607,21 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         IPV4,
         &ipv4(b, a, 6, 64, &syn_ack_seg),
     );
+    // The backend's "port unreachable" about the translated SYN (its 8 bytes of TCP).
+    let syn_translated = ipv4(
+        a,
+        b,
+        6,
+        63,
+        &tcp_segment_bytes(a, 40000, b, 8080, 1000, 0, 0x02, b""),
+    );
+    let icmp_error = {
+        let mut m = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&syn_translated[..28]);
+        let c = !crate::wire::checksum::checksum_sum(&m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        eth(pod_mac(0), pod_mac(1), IPV4, &ipv4(b, a, 1, 64, &m))
+    };
     let pod_to_pod = eth(
         pod_mac(1),
         pod_mac(0),
@@ -655,6 +679,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         ("udp", &pod_to_pod),
         ("vxlan", &datagram),
         ("tso-superframe", &tso),
+        ("icmp-error", &icmp_error),
     ] {
         add("wire_views", name, f.clone());
     }
@@ -674,6 +699,8 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     add("pipeline", "vxlan-from-peer", record(&[1, 0], &datagram));
     let service = [frame_rec(0, plain, &syn), frame_rec(1, plain, &syn_ack)].concat();
     add("pipeline", "service-syn-and-reply", service);
+    let refused = [frame_rec(0, plain, &syn), frame_rec(1, plain, &icmp_error)].concat();
+    add("pipeline", "service-icmp-error", refused);
     add("pipeline", "udp-service", frame_rec(0, plain, &dns));
 
     let seg_in =

@@ -302,6 +302,17 @@ while True:
     s.sendto(sys.argv[1].encode() + b" " + d, a)
 "#;
 
+/// What a connected UDP socket in `ns` gets for a datagram to `ip:port`: "refused" (the ICMP
+/// port unreachable reached it, as about its own datagram), "timeout" (nothing in 5 s), or
+/// the answer.
+fn udp_connected(ns: &str, ip: &str, port: u16) -> String {
+    let script = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(5)\ns.connect(('{ip}',{port}))\ns.send(b'x')\ntry:\n    print(s.recv(2048).decode())\nexcept ConnectionRefusedError:\n    print('refused')\nexcept socket.timeout:\n    print('timeout')"
+    );
+    let out = run(&["ip", "netns", "exec", ns, "python3", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// A UDP request from `ns` to `ip:port`; the answer (None: none within 2 s).
 fn udp_ask(ns: &str, ip: &str, port: u16, what: &str) -> Option<String> {
     let script = format!(
@@ -445,6 +456,30 @@ fn services_spread_flows_over_backends_across_nodes_with_hairpin_udp_and_reject(
         "curl: connection refused: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A backend's ICMP port unreachable (nothing listens on its port) is translated back to
+    // be about the client's datagram to the VIP: the client's socket is refused, not left to
+    // time out. Across nodes (through the tunnel), and hairpin (the error goes to the
+    // gateway address and comes back to the client).
+    for (name, vip, backend) in [
+        ("closed", "10.96.0.54", "10.244.2.10:5354"),
+        ("closed-self", "10.96.0.55", "10.244.1.10:5354"),
+    ] {
+        ctl(&[
+            "service",
+            "add",
+            "--name",
+            name,
+            "--vip",
+            vip,
+            "--port",
+            "53",
+            "--proto",
+            "udp",
+            "--backend",
+            backend,
+        ]);
+        assert_eq!(udp_connected(&pod1, vip, 53), "refused", "{name}");
+    }
 }
 
 /// A TCP server answering every line with `<its own address>` and `n` bytes of a pattern.

@@ -21,8 +21,8 @@ use super::reply::{self, IcmpError};
 use super::{Action, Core, DropReason};
 use crate::table::{flow_hash, tcp_flags, CompiledService, Flow, FlowKey, Hit, Topology};
 use crate::wire::ethernet;
-use crate::wire::ipv4::protocol::TCP;
-use crate::wire::ipv4::Ipv4Packet;
+use crate::wire::ipv4::protocol::{ICMP, TCP};
+use crate::wire::ipv4::{self, Ipv4Packet};
 use crate::wire::nat::{self, End};
 
 /// Offset of the TCP flags byte in the TCP header.
@@ -198,6 +198,9 @@ impl Core {
         if Ipv4Packet::new_checked_header(&*ip).map_or(true, |p| !p.is_first_fragment()) {
             return false;
         }
+        if ip.get(ipv4::field::PROTOCOL) == Some(&ICMP) {
+            return self.icmp_error_out(ip);
+        }
         let Some((proto, src, sport, dst, dport)) = nat::endpoints(ip) else {
             return false;
         };
@@ -236,6 +239,31 @@ impl Core {
         } else {
             self.drop(DropReason::NoService)
         }
+    }
+
+    /// An ICMP error (from a backend, or a router or switch on its way) about a packet of a
+    /// translated flow, in the IPv4 packet `ip`: rewritten to be about the packet the client
+    /// sent (to the VIP), and from the VIP if the backend sent it, so the client's stack
+    /// matches it to its socket (a refused UDP port, a path MTU). True if rewritten.
+    #[cold]
+    fn icmp_error_out(&self, ip: &mut [u8]) -> bool {
+        // The quoted packet went client (or, hairpin, the gateway) -> backend: reversed, it is
+        // the flow's reply key.
+        let Some((proto, qsrc, qsport, qdst, qdport)) = nat::quoted_endpoints(ip) else {
+            return false;
+        };
+        let key = FlowKey::new(qdst, qdport, qsrc, qsport, proto);
+        let Some(hit) = self.tables.conntrack.peek_reply(&key) else {
+            return false;
+        };
+        let from_backend = ip.get(ipv4::field::SRC_ADDR) == Some(&hit.backend.ip().octets()[..]);
+        let translation = nat::IcmpErrorNat {
+            quoted_dst: hit.vip,
+            quoted_src: hit.snat.map(|_| hit.client),
+            outer_src: from_backend.then_some(*hit.vip.ip()),
+            outer_dst: hit.snat.map(|_| *hit.client.ip()),
+        };
+        nat::rewrite_icmp_error(ip, &translation).is_ok()
     }
 
     /// "Fragmentation needed" for the packet in `frame`, with the tunnel's MTU.

@@ -1231,6 +1231,36 @@ mod services {
     }
 
     #[test]
+    fn a_backends_icmp_error_reaches_the_client_about_the_vip() {
+        let mut n = Node::new();
+        set_service(&mut n, &["10.244.1.11:5353"], Proto::Udp);
+        let seg = udp_with_checksum(pod_ip(10), 5000, VIP, 80, b"q");
+        let mut f = eth(R, pod_mac(10), 0x0800, &ipv4(pod_ip(10), VIP, 17, 64, &seg));
+        assert_eq!(n.run(0, &mut f), Action::Forward(1));
+        // Port unreachable from the backend, quoting the datagram it got, to the client at L2.
+        let mut m = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&f[14..]);
+        let c = !checksum_sum(&m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        let mut e = eth(
+            pod_mac(10),
+            pod_mac(11),
+            0x0800,
+            &ipv4(pod_ip(11), pod_ip(10), 1, 64, &m),
+        );
+        assert_eq!(n.run(1, &mut e), Action::Forward(0));
+        let ip = &e[14..];
+        assert_eq!(&ip[12..16], &VIP.octets(), "from the VIP");
+        assert_eq!(checksum_sum(&ip[..20]), 0xffff);
+        assert_eq!(checksum_sum(&ip[20..]), 0xffff, "ICMP checksum");
+        assert_eq!(ends(&e[28..]), (pod_ip(10), 5000, VIP, 80), "about the VIP");
+        assert!(l4_ok(&ip[28..]));
+        let flows = n.p.tables.conntrack.list(0);
+        assert_eq!(flows[0].state, "unreplied", "an error is no reply");
+        assert_accounted(&n);
+    }
+
+    #[test]
     fn icmp_errors_about_a_service_flow_quote_what_the_client_sent() {
         let mut n = Node::new();
         set_service(&mut n, &["10.244.2.5:8080"], Proto::Udp);

@@ -362,6 +362,15 @@ impl Conntrack {
         Some(Hit::from(f))
     }
 
+    /// The flow whose replies have key `key`, without recording a packet (for an ICMP error
+    /// about the flow, which says nothing of its state).
+    pub(crate) fn peek_reply(&self, key: &FlowKey) -> Option<Hit> {
+        let rg = self.reply.pin();
+        let fkey = *rg.get(key)?;
+        let g = self.forward.pin();
+        g.get(&fkey).map(Hit::from)
+    }
+
     /// Tracks `flow`; false (and counted) if the table is full.
     pub(crate) fn insert(&self, flow: Flow) -> bool {
         let (fkey, rkey) = (flow.forward_key(), flow.reply_key());

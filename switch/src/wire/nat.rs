@@ -11,25 +11,33 @@
 //!   the ports are part of the data the completion sums;
 //! - UDP's zero ("no checksum") stays zero.
 //!
+//! An ICMP error about a translated packet (destination unreachable, time exceeded, parameter
+//! problem) quotes the packet as translated; [`rewrite_icmp_error`] turns the quote (and the
+//! error's own addresses) back into what the client sent, so its stack finds the socket.
+//!
 //! Never panics: a packet too short for its headers is refused with [`NatError`].
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
-use super::checksum::checksum_fold;
-use super::ipv4::protocol::{TCP, UDP};
+use super::checksum::{checksum_fold, checksum_sum};
+use super::ipv4::protocol::{ICMP, TCP, UDP};
 
 mod field {
     use std::ops::Range;
-    pub(super) const IHL_BYTE: usize = 0;
-    pub(super) const PROTOCOL: usize = 9;
-    pub(super) const CHECKSUM: Range<usize> = 10..12;
-    pub(super) const SRC_ADDR: Range<usize> = 12..16;
-    pub(super) const DST_ADDR: Range<usize> = 16..20;
+    // In the IPv4 header.
+    pub(super) use crate::wire::ipv4::field::{
+        CHECKSUM, DST_ADDR, FLG_OFF, PROTOCOL, SRC_ADDR, VER_IHL as IHL_BYTE,
+    };
     // In the L4 header.
     pub(super) const SRC_PORT: Range<usize> = 0..2;
     pub(super) const DST_PORT: Range<usize> = 2..4;
     pub(super) const TCP_CHECKSUM: Range<usize> = 16..18;
     pub(super) const UDP_CHECKSUM: Range<usize> = 6..8;
+    // In an ICMP message.
+    pub(super) const ICMP_TYPE: usize = 0;
+    pub(super) const ICMP_CHECKSUM: Range<usize> = 2..4;
+    /// Where an error's quoted packet starts.
+    pub(super) const ICMP_QUOTE: usize = 8;
 }
 
 /// Which end of the packet to rewrite.
@@ -141,15 +149,8 @@ pub(crate) fn rewrite(
     };
     let (hdr, l4) = ip.split_at_mut(ihl);
     let new_addr = addr.octets();
-    let mut old_addr = [0u8; 4];
-    old_addr.copy_from_slice(&hdr[addr_at.clone()]);
     let old_port = read16(l4, port_at.clone());
-
-    // IPv4 header checksum: complemented, covers the address.
-    let hc = read16(hdr, field::CHECKSUM);
-    let hc = !replace_addr(!hc, old_addr, new_addr);
-    hdr[field::CHECKSUM].copy_from_slice(&hc.to_be_bytes());
-    hdr[addr_at].copy_from_slice(&new_addr);
+    let old_addr = set_addr(hdr, addr_at, addr);
 
     let c = read16(l4, sum_at.clone());
     let c = if proto == UDP && c == 0 && !partial {
@@ -167,6 +168,105 @@ pub(crate) fn rewrite(
     };
     l4[sum_at].copy_from_slice(&c.to_be_bytes());
     l4[port_at].copy_from_slice(&port.to_be_bytes());
+    Ok(())
+}
+
+/// Writes `new` over the address at `at` of the IPv4 header `hdr`, updating its checksum;
+/// returns the address it replaced.
+fn set_addr(hdr: &mut [u8], at: std::ops::Range<usize>, new: Ipv4Addr) -> [u8; 4] {
+    let mut old = [0u8; 4];
+    old.copy_from_slice(&hdr[at.clone()]);
+    let hc = read16(hdr, field::CHECKSUM);
+    let hc = !replace_addr(!hc, old, new.octets());
+    hdr[field::CHECKSUM].copy_from_slice(&hc.to_be_bytes());
+    hdr[at].copy_from_slice(&new.octets());
+    old
+}
+
+/// The header length of the IPv4 packet `ip`, if it holds at least that much (and 20).
+fn header_len(ip: &[u8]) -> Option<usize> {
+    let ihl = usize::from(*ip.first()? & 0x0f) * 4;
+    (ihl >= 20 && ip.len() >= ihl).then_some(ihl)
+}
+
+/// Where the packet quoted by the ICMP error `ip` starts, if `ip` is one (an IPv4 packet
+/// carrying ICMP destination unreachable, time exceeded or parameter problem, not a later
+/// fragment) quoting an IPv4 header.
+fn quote_at(ip: &[u8]) -> Option<usize> {
+    let ihl = header_len(ip)?;
+    let not_later_fragment = ip
+        .get(field::FLG_OFF)
+        .is_some_and(|f| f[0] & 0x1f == 0 && f[1] == 0);
+    if *ip.get(field::PROTOCOL)? != ICMP || !not_later_fragment {
+        return None;
+    }
+    // 3: destination unreachable, 11: time exceeded, 12: parameter problem (RFC 792).
+    if !matches!(ip.get(ihl + field::ICMP_TYPE)?, 3 | 11 | 12) {
+        return None;
+    }
+    let at = ihl + field::ICMP_QUOTE;
+    header_len(ip.get(at..)?)?;
+    Some(at)
+}
+
+/// The endpoints `(protocol, src, sport, dst, dport)` of the TCP or UDP packet that the ICMP
+/// error `ip` quotes; `None` if `ip` is no such error, or quotes less than the ports.
+#[inline]
+pub(crate) fn quoted_endpoints(ip: &[u8]) -> Option<(u8, Ipv4Addr, u16, Ipv4Addr, u16)> {
+    endpoints(ip.get(quote_at(ip)?..)?)
+}
+
+/// How [`rewrite_icmp_error`] turns an error about a translated packet back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IcmpErrorNat {
+    /// The quoted packet's destination: the service address the client sent to.
+    pub(crate) quoted_dst: SocketAddrV4,
+    /// The quoted packet's source, if it was rewritten too (hairpin: the client's own).
+    pub(crate) quoted_src: Option<SocketAddrV4>,
+    /// The error's source, if it came from the backend itself (then: the service address).
+    pub(crate) outer_src: Option<Ipv4Addr>,
+    /// The error's destination, if it went to a rewritten source (hairpin: the client).
+    pub(crate) outer_dst: Option<Ipv4Addr>,
+}
+
+/// Rewrites the ICMP error `ip` (see [`quoted_endpoints`]) as `nat` says: the quoted IPv4
+/// header's checksum and, if the quote holds it, the quoted TCP/UDP checksum are updated
+/// incrementally; the error's IPv4 header checksum likewise, and the ICMP checksum is
+/// computed again over the message.
+pub(crate) fn rewrite_icmp_error(ip: &mut [u8], nat: &IcmpErrorNat) -> Result<(), NatError> {
+    let at = quote_at(ip).ok_or(NatError::Truncated)?;
+    endpoints(&ip[at..]).ok_or(NatError::Truncated)?;
+    let ihl = at - field::ICMP_QUOTE;
+    let quoted = &mut ip[at..];
+    for (end, to) in [
+        (End::Destination, Some(nat.quoted_dst)),
+        (End::Source, nat.quoted_src),
+    ] {
+        let Some(to) = to else { continue };
+        if translatable(quoted) {
+            rewrite(quoted, end, *to.ip(), to.port(), false)?;
+        } else {
+            // A short quote (RFC 792's 8 bytes of TCP): no L4 checksum to update.
+            let (addr_at, port_at) = match end {
+                End::Source => (field::SRC_ADDR, field::SRC_PORT),
+                End::Destination => (field::DST_ADDR, field::DST_PORT),
+            };
+            let qihl = header_len(quoted).ok_or(NatError::Truncated)?;
+            set_addr(quoted, addr_at, *to.ip());
+            let port_at = qihl + port_at.start..qihl + port_at.end;
+            quoted[port_at].copy_from_slice(&to.port().to_be_bytes());
+        }
+    }
+    if let Some(src) = nat.outer_src {
+        set_addr(ip, field::SRC_ADDR, src);
+    }
+    if let Some(dst) = nat.outer_dst {
+        set_addr(ip, field::DST_ADDR, dst);
+    }
+    let icmp = &mut ip[ihl..];
+    icmp[field::ICMP_CHECKSUM].fill(0);
+    let c = !checksum_sum(icmp);
+    icmp[field::ICMP_CHECKSUM].copy_from_slice(&c.to_be_bytes());
     Ok(())
 }
 
@@ -301,5 +401,106 @@ mod tests {
             Err(NatError::Truncated)
         );
         assert_eq!(endpoints(&icmp), None);
+    }
+
+    /// An ICMP error of `ty`/`code` from `from` to `to` quoting `quoted`.
+    fn icmp_error(from: Ipv4Addr, to: Ipv4Addr, ty: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+        let mut m = vec![ty, code, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(quoted);
+        let c = !checksum_sum(&m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        ipv4(from, to, ICMP, 64, &m)
+    }
+
+    fn addr_at(ip: &[u8], at: usize) -> Ipv4Addr {
+        Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3])
+    }
+
+    #[test]
+    fn a_port_unreachable_from_the_backend_is_about_the_vip_again() {
+        // What the backend got: the client's datagram after DNAT, quoted whole.
+        let sent = ipv4(
+            C,
+            B,
+            UDP,
+            63,
+            &udp_with_checksum(C, 5000, B, 8080, b"hello"),
+        );
+        let mut err = icmp_error(B, C, 3, 3, &sent);
+        assert_eq!(quoted_endpoints(&err), Some((UDP, C, 5000, B, 8080)));
+        let nat = IcmpErrorNat {
+            quoted_dst: SocketAddrV4::new(VIP, 80),
+            quoted_src: None,
+            outer_src: Some(VIP),
+            outer_dst: None,
+        };
+        rewrite_icmp_error(&mut err, &nat).unwrap();
+        assert_eq!((addr_at(&err, 12), addr_at(&err, 16)), (VIP, C));
+        assert!(header_ok(&err));
+        assert_eq!(checksum_sum(&err[20..]), 0xffff, "ICMP checksum");
+        let quoted = &err[28..];
+        assert_eq!(endpoints(quoted), Some((UDP, C, 5000, VIP, 80)));
+        assert!(header_ok(quoted));
+        assert!(
+            l4_ok(quoted),
+            "the quoted datagram's checksum, as the client sent it"
+        );
+        assert_eq!(&quoted[28..], b"hello");
+    }
+
+    #[test]
+    fn a_short_quote_of_a_hairpin_flow_gets_both_ends_back() {
+        // A hairpin flow (source: the gateway) quoted with RFC 792's 8 bytes of TCP.
+        let gw = Ipv4Addr::new(10, 244, 1, 1);
+        let seg = tcp_segment_bytes(gw, 40000, C, 8080, 1, 0, 0x02, b"");
+        let sent = ipv4(gw, C, TCP, 63, &seg);
+        let mut err = icmp_error(Ipv4Addr::new(10, 244, 9, 9), gw, 11, 0, &sent[..28]);
+        assert_eq!(quoted_endpoints(&err), Some((TCP, gw, 40000, C, 8080)));
+        let nat = IcmpErrorNat {
+            quoted_dst: SocketAddrV4::new(VIP, 80),
+            quoted_src: Some(SocketAddrV4::new(C, 40000)),
+            outer_src: None,
+            outer_dst: Some(C),
+        };
+        rewrite_icmp_error(&mut err, &nat).unwrap();
+        assert_eq!(
+            (addr_at(&err, 12), addr_at(&err, 16)),
+            (Ipv4Addr::new(10, 244, 9, 9), C),
+            "a router's error keeps its source"
+        );
+        assert!(header_ok(&err));
+        assert_eq!(checksum_sum(&err[20..]), 0xffff);
+        assert_eq!(endpoints(&err[28..]), Some((TCP, C, 40000, VIP, 80)));
+        assert!(header_ok(&err[28..]));
+    }
+
+    #[test]
+    fn only_errors_quoting_tcp_or_udp_are_rewritten() {
+        let sent = ipv4(C, B, UDP, 63, &udp_with_checksum(C, 5000, B, 8080, b"x"));
+        let nat = IcmpErrorNat {
+            quoted_dst: SocketAddrV4::new(VIP, 80),
+            quoted_src: None,
+            outer_src: None,
+            outer_dst: None,
+        };
+        // An echo request carrying the same bytes is no error.
+        let mut echo = icmp_error(B, C, 8, 0, &sent);
+        assert_eq!(quoted_endpoints(&echo), None);
+        assert_eq!(
+            rewrite_icmp_error(&mut echo, &nat),
+            Err(NatError::Truncated)
+        );
+        // A quote cut inside the ports, or of ICMP itself.
+        for quoted in [&sent[..22], &icmp_error(C, B, 8, 0, b"ping")[..]] {
+            let mut err = icmp_error(B, C, 3, 3, quoted);
+            let before = err.clone();
+            assert_eq!(quoted_endpoints(&err), None);
+            assert_eq!(rewrite_icmp_error(&mut err, &nat), Err(NatError::Truncated));
+            assert_eq!(err, before, "left as it was");
+        }
+        // A later fragment of an error has no quote at its start.
+        let mut frag = icmp_error(B, C, 3, 3, &sent);
+        frag[7] = 1;
+        assert_eq!(quoted_endpoints(&frag), None);
     }
 }
