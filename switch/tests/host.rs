@@ -505,9 +505,10 @@ while True:
 
 /// The client: `connections` connections to `vip:port`, one request each, every answer's
 /// bytes checked. Then `marker` appears, holding a number n: it waits, sending nothing, until
-/// n connections are reset (at most 30 s), and asks once more on each of the others. Prints
-/// JSON: the backend per connection, then what each got after the marker (a backend,
-/// "idle_reset", or "reset" when asking).
+/// n connections are reset (at most 30 s), and asks once more on each of the others. Then
+/// `marker.2` appears, with another n: it waits again for n more idle resets. Prints JSON:
+/// the backend per connection, then what each got after the marker (a backend,
+/// "idle_reset", or "reset" when asking), then the connections reset after `marker.2`.
 const LINE_CLIENT: &str = r#"
 import socket, sys, json, os, time, select
 vip, port, n, marker = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -532,21 +533,24 @@ for i in range(n):
     conns.append(c)
     first.append(ask(c))
 print(json.dumps(first), flush=True)
-while not os.path.exists(marker) or not open(marker).read(): time.sleep(0.02)
-expected = int(open(marker).read())
-idle_reset = set()
-deadline = time.time() + 30
-while len(idle_reset) < expected and time.time() < deadline:
-    live = [c for c in conns if c not in idle_reset]
-    readable, _, _ = select.select(live, [], [], max(0, deadline - time.time()))
-    for c in readable:
-        try:
-            got = c.recv(1, socket.MSG_DONTWAIT)
-            sys.exit("an idle connection received %r" % got)
-        except ConnectionResetError:
-            idle_reset.add(c)
-        except BlockingIOError:
-            pass
+def idle_resets(marker, live):
+    while not os.path.exists(marker) or not open(marker).read(): time.sleep(0.02)
+    expected = int(open(marker).read())
+    reset = set()
+    deadline = time.time() + 30
+    while len(reset) < expected and time.time() < deadline:
+        waiting = [c for c in live if c not in reset]
+        readable, _, _ = select.select(waiting, [], [], max(0, deadline - time.time()))
+        for c in readable:
+            try:
+                got = c.recv(1, socket.MSG_DONTWAIT)
+                sys.exit("an idle connection received %r" % got)
+            except ConnectionResetError:
+                reset.add(c)
+            except BlockingIOError:
+                pass
+    return reset
+idle_reset = idle_resets(marker, conns)
 second = []
 for c in conns:
     if c in idle_reset:
@@ -557,6 +561,8 @@ for c in conns:
     except (ConnectionResetError, BrokenPipeError):
         second.append("reset")
 print(json.dumps(second), flush=True)
+left = [c for c in conns if c not in idle_reset]
+print(json.dumps(len(idle_resets(marker + ".2", left))), flush=True)
 "#;
 
 #[test]
@@ -640,6 +646,18 @@ fn three_hundred_connections_over_three_backends_and_a_backend_removed_under_loa
     std::fs::write(&marker, count["10.244.2.10"].to_string()).expect("marker");
     line.clear();
     std::io::BufRead::read_line(&mut out, &mut line).expect("second round");
+    // The service deleted: every connection left is reset while idle.
+    n1.ctl(&["service", "del", "--name", "lines"]);
+    let left = 300 - count["10.244.2.10"];
+    let marker2 = site.dir.join("remove-done.2");
+    std::fs::write(&marker2, left.to_string()).expect("marker");
+    let mut third = String::new();
+    std::io::BufRead::read_line(&mut out, &mut third).expect("third round");
+    assert_eq!(
+        third.trim(),
+        left.to_string(),
+        "reset after the service went"
+    );
     let status = child.wait().expect("client");
     let mut err = String::new();
     let _ = std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut err);

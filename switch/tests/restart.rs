@@ -155,6 +155,10 @@ fn transfers_survive_five_upgrades_and_two_crashes() {
         log.contains("tracked flows carried over the upgrade flows=1"),
         "node 1's upgrades carried the VIP flow's tracking over:\n{log}"
     );
+    assert!(
+        !log.contains("connections to removed backends ended"),
+        "an upgrade ends no connection:\n{log}"
+    );
     for n in &mut nodes {
         n.kill();
         n.start();

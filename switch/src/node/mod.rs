@@ -356,7 +356,7 @@ impl Node {
         Ok(node)
     }
 
-    /// The host interface, the masquerade rules, then `peers`, `pods` and `services` in order.
+    /// The host interface, the masquerade rules, then `peers`, `services` and `pods` in order.
     fn populate(
         &self,
         pods: &[PodSpec],
@@ -382,9 +382,8 @@ impl Node {
         for peer in peers {
             self.add_peer_from(peer, PeerSource::Config)?;
         }
-        for (i, pod) in pods.iter().enumerate() {
-            self.attach_pod(pod, false, &format!("pods[{i}]"))?;
-        }
+        // Services before pods: after an upgrade, a pod's first packets to a VIP find their
+        // service (and the flow carried over) instead of being dropped.
         for (i, service) in services.iter().enumerate() {
             self.insert_service(
                 service,
@@ -392,6 +391,9 @@ impl Node {
                 false,
                 PeerSource::Config,
             )?;
+        }
+        for (i, pod) in pods.iter().enumerate() {
+            self.attach_pod(pod, false, &format!("pods[{i}]"))?;
         }
         Ok(())
     }

@@ -94,7 +94,9 @@ impl Node {
             .upsert_service(spec.to_service())
             .map_err(NodeError::Service)?;
         if let Some(svc) = self.compiled_service(&spec.name) {
-            self.reset_stranded(&spec.name, svc.id, |b| svc.index_of(b).is_some());
+            let conntrack = &self.switch.tables().conntrack;
+            let stranded = conntrack.stranded(svc.id, |b| svc.index_of(b).is_some());
+            self.end_connections(&spec.name, &stranded);
         }
         let record = ServiceRecord {
             spec: spec.clone(),
@@ -172,7 +174,9 @@ impl Node {
             .remove_service(name)
             .map_err(NodeError::Service)?;
         if let Some(id) = id {
-            self.reset_stranded(name, id, |_| false);
+            // Marked before the probes go, so the clients' answers find them ended.
+            let stranded = self.switch.tables().conntrack.end_service(id);
+            self.end_connections(name, &stranded);
         }
         Ok(())
     }
@@ -188,17 +192,16 @@ impl Node {
             .find(|s| s.service.name == name)
     }
 
-    /// Ends the established connections of service `id` whose backend `keep` refuses (it was
-    /// removed, or the service was): each client is sent two probes from the VIP, whose
-    /// answer (an ACK with the sequence number the client expects) the data path resets as
-    /// a flow whose backend is gone. So a client that is only waiting, and would send
-    /// nothing for hours, learns at once, like one that sends. Returns how many flows.
-    fn reset_stranded(&self, name: &str, id: u32, keep: impl Fn(&SocketAddrV4) -> bool) -> usize {
+    /// Ends the established connections `stranded` (client, VIP) of service `name`, whose
+    /// backend was removed, or the service: each client is sent two probes from the VIP,
+    /// whose answer (an ACK with the sequence number the client expects) the data path resets
+    /// as a flow whose backend is gone. So a client that is only waiting, and would send
+    /// nothing for hours, learns at once, like one that sends.
+    fn end_connections(&self, name: &str, stranded: &[(SocketAddrV4, SocketAddrV4)]) {
         use crate::pipeline::{tcp_probes, TCP_SEGMENT_FRAME_LEN};
         use crate::table::PortKind;
-        let stranded = self.switch.tables().conntrack.stranded(id, keep);
         if stranded.is_empty() {
-            return 0;
+            return;
         }
         let node = self.switch.node();
         // The clients are on this node (a flow is translated at its client's node): a pod,
@@ -215,7 +218,7 @@ impl Node {
             .collect();
         let mut by_port: BTreeMap<_, Vec<Vec<u8>>> = BTreeMap::new();
         let mut buf = [0u8; 2 * TCP_SEGMENT_FRAME_LEN];
-        for (client, vip) in &stranded {
+        for (client, vip) in stranded {
             let Some(&(port, mac)) = ports.get(client.ip()) else {
                 continue;
             };
@@ -229,7 +232,6 @@ impl Node {
             }
         }
         tracing::info!(service = %name, flows = stranded.len(), "connections to removed backends ended");
-        stranded.len()
     }
 
     /// Records the services added at runtime (`service add`), of `services`.

@@ -19,11 +19,16 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::reply::{self, IcmpError};
 use super::{Action, Core, DropReason};
-use crate::table::{flow_hash, tcp_flags, CompiledService, Flow, FlowKey, Hit, Topology};
+use crate::table::{
+    flow_hash, tcp_flags, CompiledService, Flow, FlowKey, Hit, Topology, HAIRPIN_PORTS,
+};
 use crate::wire::ethernet;
 use crate::wire::ipv4::protocol::{ICMP, TCP};
 use crate::wire::ipv4::{self, Ipv4Packet};
 use crate::wire::nat::{self, End};
+
+/// Ports tried for a new hairpin flow before it is refused (`hairpin_ports_busy`).
+const HAIRPIN_TRIES: u64 = 16;
 
 /// Offset of the TCP flags byte in the TCP header.
 const TCP_FLAGS_AT: usize = 13;
@@ -117,7 +122,7 @@ impl Core {
         let done = nat::rewrite(ip, End::Destination, backend, port, partial).is_ok()
             && hit
                 .snat
-                .is_none_or(|gw| nat::rewrite(ip, End::Source, gw, sport, partial).is_ok());
+                .is_none_or(|s| nat::rewrite(ip, End::Source, *s.ip(), s.port(), partial).is_ok());
         if !done {
             return Err(self.drop(DropReason::BadIpv4));
         }
@@ -168,7 +173,12 @@ impl Core {
         if too_big_for(&backend) {
             return Err(Refusal::TooBig);
         }
-        let snat = (*backend.ip() == src).then_some(self.cfg.gateway);
+        let snat = if *backend.ip() == src {
+            let source = self.hairpin_source(&backend, proto, hash);
+            Some(source.ok_or(Refusal::Drop(DropReason::HairpinPortsBusy))?)
+        } else {
+            None
+        };
         let (client, vip) = (SocketAddrV4::new(src, sport), SocketAddrV4::new(dst, dport));
         let flow = Flow::new(client, vip, backend, snat, proto, svc.id, self.now);
         if !ct.insert(flow) {
@@ -181,6 +191,21 @@ impl Core {
             snat,
             service: svc.id,
         })
+    }
+
+    /// The source of a new hairpin flow to `backend`, as the backend will see it: the gateway
+    /// address and a port of [`HAIRPIN_PORTS`] that no flow to this backend holds (so its
+    /// replies are this flow's alone, and not the node's own connections': those take ports
+    /// of the ephemeral range below). Tried from a port picked by `hash`; `None` if the
+    /// [`HAIRPIN_TRIES`] ports tried are all taken.
+    fn hairpin_source(&self, backend: &SocketAddrV4, proto: u8, hash: u64) -> Option<SocketAddrV4> {
+        let (first, count) = (*HAIRPIN_PORTS.start(), HAIRPIN_PORTS.len() as u64);
+        (0..HAIRPIN_TRIES)
+            .map(|i| SocketAddrV4::new(self.cfg.gateway, first + ((hash + i) % count) as u16))
+            .find(|s| {
+                let reply = FlowKey::new(*backend.ip(), backend.port(), *s.ip(), s.port(), proto);
+                !self.tables.conntrack.replies_to(&reply)
+            })
     }
 
     /// The reverse translation of a backend's reply, if the IPv4 packet in `frame` is one.
@@ -226,11 +251,13 @@ impl Core {
     }
 
     /// A packet for an address of the service CIDR that is no service (now): dropped, but
-    /// a TCP flow of a service since deleted is reset, as one whose backend is gone.
+    /// a TCP flow of a service since deleted is reset, as one whose backend is gone. (A flow
+    /// carried over an upgrade whose service is not back yet is only dropped: its service is
+    /// on its way.)
     #[cold]
     fn no_service(&mut self, frame: &[u8], key: FlowKey) -> Action {
         let ct = &self.tables.conntrack;
-        if ct.is_empty() || ct.forward(&key, self.now, 0).is_none() {
+        if ct.is_empty() || !ct.is_ended(&key) {
             return self.drop(DropReason::NoService);
         }
         ct.remove(&key);

@@ -88,6 +88,9 @@ drop_reasons! {
     BackendGone => "backend_gone",
     /// A new flow to a service while connection tracking is full.
     ConntrackFull => "conntrack_full",
+    /// A new hairpin flow (a pod to its own service, picked as the backend) while the hairpin
+    /// source ports tried for that backend were all taken.
+    HairpinPortsBusy => "hairpin_ports_busy",
     /// A frame for a peer node while no tunnel port is attached.
     NoTunnel => "no_tunnel",
     /// A superframe or partial-checksum frame for a peer that could not be segmented or

@@ -924,7 +924,7 @@ fn the_host_port_may_not_claim_a_pods_address_or_another_mac() {
 
 mod services {
     use super::*;
-    use crate::table::{Affinity, Proto, Service};
+    use crate::table::{Affinity, Flow, Proto, Service, HAIRPIN_PORTS};
     use crate::wire::checksum::checksum_sum;
 
     const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -1116,18 +1116,36 @@ mod services {
             Action::Forward(0),
             "back to the client itself"
         );
+        let (src, hairpin_port, dst, dport) = ends(&f);
         assert_eq!(
-            ends(&f),
-            (gw(), 40000, pod_ip(10), 8080),
+            (src, dst, dport),
+            (gw(), pod_ip(10), 8080),
             "source: the gateway"
         );
+        assert!(
+            HAIRPIN_PORTS.contains(&hairpin_port),
+            "a hairpin port: {hairpin_port}"
+        );
         assert!(l4_ok(&f[14..]));
-        // Its reply, to the gateway, through the router: back to VIP -> client.
+        // The node's own connection from the gateway address, with the client's port, to the
+        // same backend: its replies are not taken for the hairpin flow's.
         let seg = tcp_segment_bytes(pod_ip(10), 8080, gw(), 40000, 5, 1001, 0x12, b"");
+        let mut own = eth(R, pod_mac(10), 0x0800, &ipv4(pod_ip(10), gw(), 6, 64, &seg));
+        n.run(0, &mut own);
+        assert_eq!(ends(&own), (pod_ip(10), 8080, gw(), 40000), "untouched");
+        // The hairpin flow's reply, to the gateway, through the router: back to VIP -> client.
+        let seg = tcp_segment_bytes(pod_ip(10), 8080, gw(), hairpin_port, 5, 1001, 0x12, b"");
         let mut r = eth(R, pod_mac(10), 0x0800, &ipv4(pod_ip(10), gw(), 6, 64, &seg));
         assert_eq!(n.run(0, &mut r), Action::Forward(0));
         assert_eq!(ends(&r), (VIP, 80, pod_ip(10), 40000));
         assert!(l4_ok(&r[14..]));
+        // Each hairpin flow to the backend has a port of its own.
+        let mut ports = std::collections::BTreeSet::from([hairpin_port]);
+        for sport in 40001..40101 {
+            let mut f = syn(pod_ip(10), sport);
+            assert_eq!(n.run(0, &mut f), Action::Forward(0));
+            assert!(ports.insert(ends(&f).1), "port reused");
+        }
 
         // The backend removed (another takes its place): the flow is reset.
         set_service(&mut n, &["10.244.1.11:8080"], Proto::Tcp);
@@ -1144,8 +1162,35 @@ mod services {
             "seq = its ack"
         );
         // A new connection goes to the new backend.
-        let mut f = syn(pod_ip(10), 40001);
+        let mut f = syn(pod_ip(10), 40200);
         assert_eq!(n.run(0, &mut f), Action::Forward(1));
+        assert_accounted(&n);
+    }
+
+    #[test]
+    fn a_hairpin_flow_is_refused_by_name_when_its_ports_are_taken() {
+        let mut n = Node::new();
+        set_service(&mut n, &["10.244.1.10:8080"], Proto::Tcp);
+        let id = n.p.topology().services().by_name("web").unwrap().id;
+        let backend: SocketAddrV4 = "10.244.1.10:8080".parse().unwrap();
+        for port in HAIRPIN_PORTS {
+            let flow = Flow::new(
+                SocketAddrV4::new(pod_ip(10), port),
+                SocketAddrV4::new(VIP, 80),
+                backend,
+                Some(SocketAddrV4::new(gw(), port)),
+                6,
+                id,
+                0,
+            );
+            assert!(n.p.tables.conntrack.insert(flow));
+        }
+        let mut f = syn(pod_ip(10), 1234);
+        assert_eq!(n.run(0, &mut f), Action::Drop(DropReason::HairpinPortsBusy));
+        // Another client's flows are no hairpin: they go on.
+        set_service(&mut n, &["10.244.1.10:8080"], Proto::Tcp);
+        let mut f = syn(pod_ip(11), 1234);
+        assert_eq!(n.run(1, &mut f), Action::Forward(0));
         assert_accounted(&n);
     }
 
@@ -1207,7 +1252,15 @@ mod services {
             .update_topology(|t| t.remove_service("web"))
             .unwrap();
         n.p.begin_batch();
+        // Until its flows are ended (a service not back yet after an upgrade), dropped.
         let seg = tcp_segment_bytes(pod_ip(10), 40000, VIP, 80, 1001, 777, 0x10, b"");
+        let mut f = eth(R, pod_mac(10), 0x0800, &ipv4(pod_ip(10), VIP, 6, 64, &seg));
+        assert_eq!(n.run(0, &mut f), Action::Drop(DropReason::NoService));
+        assert_eq!(
+            n.p.tables.conntrack.end_service(id),
+            vec![(client, vip)],
+            "the established flows ended"
+        );
         let mut f = eth(R, pod_mac(10), 0x0800, &ipv4(pod_ip(10), VIP, 6, 64, &seg));
         let Action::Reject(DropReason::BackendGone, len) = n.run(0, &mut f) else {
             panic!("no reset")

@@ -74,6 +74,9 @@ pub(crate) enum FlowState {
     UdpUnreplied = 4,
     /// UDP: replied (Linux's UDP stream timeout, 120 s).
     UdpReplied = 5,
+    /// Its service was deleted: the client's next packet is answered with a reset (TCP) and
+    /// the flow forgotten; replies are no longer translated (120 s).
+    Ended = 6,
 }
 
 impl FlowState {
@@ -84,14 +87,15 @@ impl FlowState {
             2 => Self::Closing,
             3 => Self::Closed,
             4 => Self::UdpUnreplied,
-            _ => Self::UdpReplied,
+            5 => Self::UdpReplied,
+            _ => Self::Ended,
         }
     }
 
     /// Seconds a flow in this state lives without a packet.
     pub(crate) fn timeout(self) -> u32 {
         match self {
-            Self::SynSent | Self::Closing => 120,
+            Self::SynSent | Self::Closing | Self::Ended => 120,
             Self::Established => 86_400,
             Self::Closed => 10,
             Self::UdpUnreplied => 30,
@@ -108,6 +112,7 @@ impl FlowState {
             Self::Closed => "closed",
             Self::UdpUnreplied => "unreplied",
             Self::UdpReplied => "replied",
+            Self::Ended => "ended",
         }
     }
 
@@ -115,6 +120,7 @@ impl FlowState {
     fn next(self, flags: u8, reply: bool) -> Self {
         use tcp_flags::*;
         match self {
+            Self::Ended => self,
             Self::UdpUnreplied | Self::UdpReplied => {
                 if reply {
                     Self::UdpReplied
@@ -144,8 +150,9 @@ pub(crate) struct Flow {
     pub(crate) vip: SocketAddrV4,
     /// The backend chosen.
     pub(crate) backend: SocketAddrV4,
-    /// Hairpin: the client's address as the backend sees it (the gateway), if rewritten.
-    pub(crate) snat: Option<Ipv4Addr>,
+    /// Hairpin: the client's address and port as the backend sees them (the gateway and a
+    /// port of [`HAIRPIN_PORTS`]), if rewritten.
+    pub(crate) snat: Option<SocketAddrV4>,
     /// IPv4 protocol number.
     pub(crate) proto: u8,
     /// The service's id.
@@ -160,7 +167,7 @@ impl Flow {
         client: SocketAddrV4,
         vip: SocketAddrV4,
         backend: SocketAddrV4,
-        snat: Option<Ipv4Addr>,
+        snat: Option<SocketAddrV4>,
         proto: u8,
         service: u32,
         now: u32,
@@ -187,11 +194,12 @@ impl Flow {
 
     /// The key of the flow's replies: backend -> client (or -> the gateway, for hairpin).
     pub(crate) fn reply_key(&self) -> FlowKey {
+        let to = self.snat.unwrap_or(self.client);
         FlowKey::new(
             *self.backend.ip(),
             self.backend.port(),
-            self.snat.unwrap_or(*self.client.ip()),
-            self.client.port(),
+            *to.ip(),
+            to.port(),
             self.proto,
         )
     }
@@ -237,7 +245,12 @@ pub(crate) struct SavedFlow {
     pub(crate) client: SocketAddrV4,
     pub(crate) vip: SocketAddrV4,
     pub(crate) backend: SocketAddrV4,
+    /// Hairpin: the gateway address the backend sees.
     pub(crate) snat: Option<Ipv4Addr>,
+    /// Hairpin: the port the backend sees (absent from older versions, which kept the
+    /// client's).
+    #[serde(default)]
+    pub(crate) snat_port: Option<u16>,
     /// [`FlowState`]'s code.
     pub(crate) state: u8,
 }
@@ -248,7 +261,7 @@ pub(crate) struct Hit {
     pub(crate) client: SocketAddrV4,
     pub(crate) vip: SocketAddrV4,
     pub(crate) backend: SocketAddrV4,
-    pub(crate) snat: Option<Ipv4Addr>,
+    pub(crate) snat: Option<SocketAddrV4>,
     pub(crate) service: u32,
 }
 
@@ -295,6 +308,11 @@ impl std::fmt::Debug for Conntrack {
             .finish()
     }
 }
+
+/// The source ports of hairpin flows (as the backend sees them, from the gateway address):
+/// above Linux's default ephemeral range (32768-60999), so they do not meet the node's own
+/// connections from that address, and each is given to one flow per backend at a time.
+pub(crate) const HAIRPIN_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
 
 /// Default bound on tracked flows.
 pub(crate) const DEFAULT_CAPACITY: usize = 262_144;
@@ -346,7 +364,7 @@ impl Conntrack {
         // A closed flow's tuple reused by a direct connection (its SYN never came through the
         // VIP): not ours to translate. A backend's SYN-ACK belongs only to a flow waiting for
         // it; otherwise the entry is stale and goes.
-        if state == FlowState::Closed
+        if matches!(state, FlowState::Closed | FlowState::Ended)
             || (flags & tcp_flags::SYN != 0
                 && state != FlowState::SynSent
                 && f.proto == protocol::TCP)
@@ -369,6 +387,11 @@ impl Conntrack {
         let fkey = *rg.get(key)?;
         let g = self.forward.pin();
         g.get(&fkey).map(Hit::from)
+    }
+
+    /// True if a flow's replies have key `key` (a hairpin source port is taken).
+    pub(crate) fn replies_to(&self, key: &FlowKey) -> bool {
+        self.reply.pin().contains_key(key)
     }
 
     /// Tracks `flow`; false (and counted) if the table is full.
@@ -448,6 +471,29 @@ impl Conntrack {
             .collect()
     }
 
+    /// Marks every flow of service `service` (deleted) as ended. Returns the established TCP
+    /// ones among them, as [`Conntrack::stranded`] does.
+    pub(crate) fn end_service(&self, service: u32) -> Vec<(SocketAddrV4, SocketAddrV4)> {
+        let g = self.forward.pin();
+        g.iter()
+            .filter(|(_, f)| f.service == service)
+            .filter_map(|(_, f)| {
+                let was =
+                    FlowState::from_u8(f.state.swap(FlowState::Ended as u8, Ordering::Relaxed));
+                (f.proto == protocol::TCP && was == FlowState::Established)
+                    .then_some((f.client, f.vip))
+            })
+            .collect()
+    }
+
+    /// True if the client's flow `key` is tracked and ended ([`Conntrack::end_service`]).
+    pub(crate) fn is_ended(&self, key: &FlowKey) -> bool {
+        self.forward
+            .pin()
+            .get(key)
+            .is_some_and(|f| f.state() == FlowState::Ended)
+    }
+
     /// Every flow, for listings.
     pub(crate) fn list(&self, now: u32) -> Vec<FlowInfo> {
         let g = self.forward.pin();
@@ -481,7 +527,8 @@ impl Conntrack {
                 client: f.client,
                 vip: f.vip,
                 backend: f.backend,
-                snat: f.snat,
+                snat: f.snat.map(|s| *s.ip()),
+                snat_port: f.snat.map(|s| s.port()),
                 state: f.state.load(Ordering::Relaxed),
             })
             .collect()
@@ -490,7 +537,10 @@ impl Conntrack {
     /// Tracks a flow saved by [`Conntrack::save`] again, seen at `now`, with `service` its
     /// service's id in this process. False if the table is full or the flow clashes.
     pub(crate) fn resume(&self, f: &SavedFlow, service: u32, now: u32) -> bool {
-        let flow = Flow::new(f.client, f.vip, f.backend, f.snat, f.proto, service, now);
+        let snat = f
+            .snat
+            .map(|ip| SocketAddrV4::new(ip, f.snat_port.unwrap_or(f.client.port())));
+        let flow = Flow::new(f.client, f.vip, f.backend, snat, f.proto, service, now);
         flow.state
             .store(FlowState::from_u8(f.state) as u8, Ordering::Relaxed);
         self.insert(flow)
@@ -560,7 +610,7 @@ mod tests {
     fn saved_flows_resume_with_their_state_and_translation() {
         let old = Conntrack::new(16);
         let mut hairpin = flow("10.244.1.10:40001", "10.244.1.10:8080", 6, 3);
-        hairpin.snat = Some(Ipv4Addr::new(10, 244, 1, 1));
+        hairpin.snat = Some("10.244.1.1:61000".parse().unwrap());
         let (hk, hr) = (hairpin.forward_key(), hairpin.reply_key());
         old.insert(hairpin);
         old.reply(&hr, 4, tcp_flags::SYN | tcp_flags::ACK); // established
@@ -585,7 +635,7 @@ mod tests {
         assert_eq!(now[0].state, "established");
         // The hairpin flow's replies (to the gateway) still find it.
         let hit = new.reply(&hr, 101, tcp_flags::ACK).unwrap();
-        assert_eq!(hit.snat, Some(Ipv4Addr::new(10, 244, 1, 1)));
+        assert_eq!(hit.snat, Some("10.244.1.1:61000".parse().unwrap()));
         assert!(new.forward(&hk, 101, tcp_flags::ACK).is_some());
         // A full table takes what fits and says so.
         let small = Conntrack::new(1);

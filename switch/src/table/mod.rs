@@ -20,7 +20,7 @@ mod service;
 mod topology;
 
 pub use conntrack::Conntrack;
-pub(crate) use conntrack::{tcp_flags, Flow, FlowKey, Hit, SavedFlow};
+pub(crate) use conntrack::{tcp_flags, Flow, FlowKey, Hit, SavedFlow, HAIRPIN_PORTS};
 pub use mac::{LearnOutcome, MacEntry, MacSnapshot, MacTable, MacTableConfig};
 pub use maglev::MAX_BACKENDS;
 pub(crate) use service::flow_hash;
