@@ -681,6 +681,17 @@ fn metrics_in_the_nodes_namespace_show_the_lease_and_each_peers_tunnel_traffic()
         ping(&nodes[0].pod_ns[0], &nodes[1].pod_ip(0)),
         "a pod of node1 pings a pod of node2"
     );
+    // Node 1 itself pings its pod, through its host interface.
+    let pid = nodes[0].child.as_ref().expect("running").id().to_string();
+    let ns = run(&["ip", "netns", "identify", &pid]);
+    let ns = String::from_utf8_lossy(&ns.stdout).trim().to_string();
+    assert!(ping(&ns, &nodes[0].pod_ip(0)), "node 1 pings its pod");
+    let text = scrape(&nodes[0]);
+    for family in ["rx_packets", "tx_packets"] {
+        let series = format!("podswitch_host_{family}_total{{host=\"podsw0\"}}");
+        let v = sample(&text, &series).unwrap_or(0.0);
+        assert!(v >= 3.0, "{series} = {v}\n{text}");
+    }
     for (n, other) in [(&nodes[0], &nodes[1]), (&nodes[1], &nodes[0])] {
         let text = scrape(n);
         let check = run_with_stdin(&["promtool", "check", "metrics"], &text);

@@ -273,6 +273,16 @@ impl Collector for StateCollector {
                 .map(|p| (p.name.as_str(), &p.traffic, &p.drops)),
         )?;
 
+        traffic_families(
+            e,
+            "node's host interface",
+            "Frames for the host interface refused at egress (its queue full or failed).",
+            "host",
+            s.host
+                .iter()
+                .map(|h| (h.ifname.as_str(), &h.traffic, &h.drops)),
+        )?;
+
         single(
             e,
             MetricType::Gauge,
@@ -508,6 +518,8 @@ mod tests {
         has("podswitch_pod_tx_bytes_total{pod=\"web\"} 800");
         has("podswitch_pod_dropped_total{pod=\"web\",reason=\"spoofed_mac\"} 2");
         has("podswitch_peer_tx_bytes_total{peer=\"node-b\"} 800");
+        has("podswitch_host_rx_packets_total{host=\"podsw0\"} 10");
+        has("podswitch_host_tx_bytes_total{host=\"podsw0\"} 800");
         has("podswitch_peer_dropped_total{peer=\"node-b\",reason=\"vxlan_bad_vni\"} 2");
         has("podswitch_tunnel_rx_datagrams_total 10");
         has("podswitch_mac_table_entries 3");
@@ -545,6 +557,7 @@ mod tests {
     fn a_node_without_pods_peers_or_cluster_leaves_their_families_out() {
         let mut s = sample();
         s.pods.clear();
+        s.host = None;
         s.peers.clear();
         s.tunnel = None;
         s.cluster = None;
@@ -552,6 +565,7 @@ mod tests {
         assert!(text.contains("podswitch_pods 0"), "{text}");
         for gone in [
             "podswitch_pod_",
+            "podswitch_host_",
             "podswitch_peer_",
             "podswitch_tunnel_",
             "podswitch_etcd_",

@@ -55,6 +55,9 @@ pub struct NodeState {
     pub workers: Vec<WorkerState>,
     /// Pods, by name.
     pub pods: Vec<PodState>,
+    /// The node's host interface, if it has one.
+    #[serde(default)]
+    pub host: Option<HostState>,
     /// Peer nodes, by name.
     pub peers: Vec<PeerState>,
     /// The VXLAN tunnel (all peers together), if the node has one.
@@ -154,6 +157,20 @@ pub struct PodState {
     pub mac: String,
     /// Its switch port.
     pub port: u16,
+    /// Its counters.
+    pub traffic: Traffic,
+    /// Its frames dropped, by reason label (non-zero only).
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// The node's host interface (`podsw0`): the node's own traffic to pods and services, and
+/// pod egress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostState {
+    /// Its name on the node.
+    pub ifname: String,
+    /// Its MAC.
+    pub mac: String,
     /// Its counters.
     pub traffic: Traffic,
     /// Its frames dropped, by reason label (non-zero only).
@@ -277,6 +294,18 @@ impl StateSource {
                 drops: p.drops,
             })
             .collect();
+        let host = switch.ports().into_iter().find_map(|r| match r.info.kind {
+            crate::table::PortKind::Host { mac } => {
+                let c = r.metrics.snapshot();
+                Some(HostState {
+                    ifname: r.info.name,
+                    mac: mac.to_string(),
+                    traffic: Traffic::from(&c),
+                    drops: c.dropped.by_label(),
+                })
+            }
+            _ => None,
+        });
         let mut peer_counts = switch.peer_counts();
         let peers = node
             .peers()
@@ -359,6 +388,7 @@ impl StateSource {
             },
             workers,
             pods,
+            host,
             peers,
             tunnel,
             services,
@@ -416,6 +446,12 @@ pub(crate) mod tests {
                 traffic,
                 drops: spoofed,
             }],
+            host: Some(HostState {
+                ifname: "podsw0".into(),
+                mac: "02:ef:00:00:00:01".into(),
+                traffic,
+                drops: BTreeMap::new(),
+            }),
             peers: vec![PeerState {
                 name: "node-b".into(),
                 underlay: Ipv4Addr::new(192, 168, 77, 2),
@@ -477,6 +513,7 @@ pub(crate) mod tests {
             [
                 "cluster",
                 "conntrack",
+                "host",
                 "mac_table",
                 "node",
                 "peers",
@@ -491,6 +528,11 @@ pub(crate) mod tests {
             ]
         );
         assert_eq!(v["schema"], 1);
+        assert_eq!(
+            keys(&v["host"]),
+            ["drops", "ifname", "mac", "traffic"],
+            "the host interface"
+        );
         assert_eq!(
             keys(&v["pods"][0]),
             ["drops", "ip", "mac", "name", "netns", "port", "traffic"]
