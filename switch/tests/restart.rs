@@ -13,6 +13,7 @@ use std::process::Command;
 use common::cluster::{Node, Underlay};
 use common::transfer::Transfer;
 use common::{tempdir, BIN};
+use podswitch::control::{Request, Response};
 use podswitch::testutil::{root_or_skip, unique};
 
 /// Node `i` (1 or 2) of a two-node cluster: underlay 192.168.77.<i>, pods 10.244.<i>.0/24,
@@ -140,10 +141,27 @@ fn transfers_survive_five_upgrades_and_two_crashes() {
             "{binary}: {err}"
         );
     }
+    // Frames received from each pod and node-wide, as the control socket reports them.
+    let counted = |n: &Node| -> (Vec<u64>, u64) {
+        let pods = n.pods().iter().map(|p| p.counters.rx_frames).collect();
+        match n.call(&Request::Status) {
+            Response::Status { rx, .. } => (pods, rx),
+            other => panic!("{other:?}"),
+        }
+    };
     for k in 0..5 {
         let n = &nodes[k % 2];
+        let before = counted(n);
         let said = upgrade(n);
         assert!(said.contains("is back with its 2 pods"), "{said}");
+        // The counters go on from where they were (a restart at zero would be far below:
+        // seconds of transfers before, milliseconds after).
+        let after = counted(n);
+        assert!(
+            after.1 >= before.1 && after.0.iter().zip(&before.0).all(|(a, b)| a >= b),
+            "{}: counters before {before:?}, after the upgrade {after:?}",
+            n.name
+        );
         flowing(&format!("upgrade {} of {}", k + 1, n.name));
     }
     let log = nodes[0].log();

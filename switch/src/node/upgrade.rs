@@ -32,6 +32,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{lock, Node};
+use crate::dataplane::Switch;
+use crate::pipeline::{Counts, DropCounts, PortCounts, PortMetrics};
 use crate::table::SavedFlow;
 
 /// The environment variable that names the handover file for the new process.
@@ -49,6 +51,118 @@ pub struct Handover {
     service_ids: BTreeMap<String, u32>,
     /// The tracked flows.
     flows: Vec<SavedFlow>,
+    /// The counters, so they go on rather than start again at zero (absent from older
+    /// versions).
+    #[serde(default)]
+    counters: SavedCounters,
+}
+
+/// The switch's counters as an upgrade carries them: node-wide, per port (pods and the host
+/// interface, by name), per peer (by name) and the tunnel's. Drops go by reason label, so a
+/// version with other reasons reads them. Worker times are the process's own and start again.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct SavedCounters {
+    totals: SavedTotals,
+    ports: BTreeMap<String, SavedPort>,
+    peers: BTreeMap<String, SavedPort>,
+    tunnel: Option<SavedPort>,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct SavedTotals {
+    rx: u64,
+    forwarded: u64,
+    delivered_locally: u64,
+    tx_dropped: u64,
+    drops: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct SavedPort {
+    #[serde(flatten)]
+    counts: PortCounts,
+    drops: BTreeMap<String, u64>,
+}
+
+impl From<&PortCounts> for SavedPort {
+    fn from(c: &PortCounts) -> Self {
+        Self {
+            counts: *c,
+            drops: c.dropped.by_label(),
+        }
+    }
+}
+
+impl SavedPort {
+    /// Adds what was saved to `metrics`.
+    fn add_to(&self, metrics: &PortMetrics) {
+        let mut c = self.counts;
+        c.dropped = DropCounts::from_labels(&self.drops);
+        metrics.flush(&mut c);
+    }
+}
+
+impl SavedCounters {
+    /// What `switch` counted so far.
+    fn save(switch: &Switch) -> Self {
+        let t = switch.metrics().snapshot();
+        let totals = SavedTotals {
+            rx: t.rx,
+            forwarded: t.forwarded,
+            delivered_locally: t.delivered_locally,
+            tx_dropped: t.tx_dropped,
+            drops: DropCounts(t.dropped).by_label(),
+        };
+        let ports = switch
+            .ports()
+            .into_iter()
+            .map(|r| (r.info.name, SavedPort::from(&r.metrics.snapshot())))
+            .collect();
+        let peers = switch
+            .peer_counts()
+            .iter()
+            .map(|(name, c)| (name.clone(), SavedPort::from(c)))
+            .collect();
+        let tunnel = switch.tunnel().map(|(_, m)| SavedPort::from(&m.snapshot()));
+        Self {
+            totals,
+            ports,
+            peers,
+            tunnel,
+        }
+    }
+
+    /// Adds the saved counters to `switch`'s: node-wide, and for each port and peer it has
+    /// by the same name. Returns the ports and peers that took their counts.
+    fn restore(self, switch: &Switch) -> usize {
+        let t = &self.totals;
+        let mut totals = Counts {
+            rx: t.rx,
+            forwarded: t.forwarded,
+            delivered_locally: t.delivered_locally,
+            dropped: DropCounts::from_labels(&t.drops).0,
+            tx_dropped: t.tx_dropped,
+        };
+        switch.metrics().flush(&mut totals);
+        let mut restored = 0;
+        for r in switch.ports() {
+            if let Some(saved) = self.ports.get(&r.info.name) {
+                saved.add_to(&r.metrics);
+                restored += 1;
+            }
+        }
+        let topo = switch.tables().topology();
+        for (id, peer) in topo.peers() {
+            if let (Some(saved), Some(m)) = (self.peers.get(&peer.name), topo.peer_metrics(id)) {
+                saved.add_to(m);
+                restored += 1;
+            }
+        }
+        if let (Some(saved), Some((_, m))) = (&self.tunnel, switch.tunnel()) {
+            saved.add_to(&m);
+        }
+        restored
+    }
 }
 
 impl Handover {
@@ -285,6 +399,7 @@ impl Node {
             host: lock(&self.host_fds).clone(),
             service_ids,
             flows: self.switch.tables().conntrack.save(),
+            counters: SavedCounters::save(&self.switch),
         }
     }
 
@@ -315,6 +430,7 @@ impl Node {
         let Some(mut handover) = lock(&self.inherited).take() else {
             return;
         };
+        let counted = std::mem::take(&mut handover.counters).restore(&self.switch);
         let unclaimed = handover.descriptors();
         drop(handover.take_host());
         let names: Vec<String> = handover.pods.keys().cloned().collect();
@@ -323,6 +439,7 @@ impl Node {
         }
         tracing::info!(
             unclaimed_descriptors = unclaimed,
+            counters_carried_over = counted,
             "resumed after an upgrade"
         );
     }

@@ -242,6 +242,16 @@ impl DropCounts {
             .map(|(r, n)| (r.label().to_string(), n))
             .collect()
     }
+
+    /// The counts of [`DropCounts::by_label`]'s map (labels this version does not know are
+    /// left out: another version wrote them).
+    pub(crate) fn from_labels(labels: &std::collections::BTreeMap<String, u64>) -> Self {
+        let mut c = Self::default();
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            c.0[i] = labels.get(r.label()).copied().unwrap_or(0);
+        }
+        c
+    }
 }
 
 /// Per-port (and per-peer) counters, readable from any thread; written by the data plane once
@@ -373,6 +383,18 @@ impl PortMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drops_by_label_read_back_and_unknown_labels_are_left_out() {
+        let mut d = DropCounts::default();
+        d.count(DropReason::SpoofedMac);
+        d.count(DropReason::SpoofedMac);
+        d.count(DropReason::PortGone);
+        let mut labels = d.by_label();
+        assert_eq!(DropCounts::from_labels(&labels), d);
+        labels.insert("a_reason_of_another_version".into(), 7);
+        assert_eq!(DropCounts::from_labels(&labels), d);
+    }
 
     #[test]
     fn labels_are_unique() {
