@@ -315,6 +315,7 @@ fn run(config_path: &Path) -> Result<(), String> {
     // daemon starts lives there too).
     if let Some(ns) = &cfg.node.netns {
         enter_netns(ns)?;
+        podswitch::node::loopback_up().map_err(|e| format!("node.netns {ns:?}: {e}"))?;
     }
     cfg.check_machine(&podswitch::dataplane::allowed_cpus())
         .map_err(|e| e.to_string())?;

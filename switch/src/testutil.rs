@@ -205,3 +205,38 @@ pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every integration test that needs root (it starts with `root_or_skip`) is marked
+    /// `#[cfg_attr(skip_root_tests, ignore = ...)]`, so that without root the harness's own
+    /// summary counts it as ignored, not passed.
+    #[test]
+    fn every_root_test_is_ignored_when_root_tests_are_skipped() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut checked = 0;
+        for dir in [root.join("tests"), root.join("../tests/tests")] {
+            let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}"));
+            for path in entries.flatten().map(|e| e.path()) {
+                if path.extension().is_none_or(|x| x != "rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("test source");
+                for test in text.split("#[test]").skip(1) {
+                    let (attrs, rest) = test.split_once("fn ").unwrap_or((test, ""));
+                    let body: String = rest.chars().take(300).collect();
+                    if body.contains("root_or_skip(") {
+                        let name = rest.split('(').next().unwrap_or("?");
+                        assert!(
+                            attrs.contains("skip_root_tests"),
+                            "{}: {name} needs root but is not marked for skip_root_tests",
+                            path.display()
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 40, "only {checked} root tests found");
+    }
+}

@@ -159,6 +159,10 @@ const TSHARK_FIELDS: [&str; 8] = [
 ];
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn a_pod_capture_written_to_a_file_is_decoded_by_tshark() {
     if !root_or_skip("a_pod_capture_written_to_a_file_is_decoded_by_tshark") {
         return;
@@ -196,6 +200,10 @@ fn a_pod_capture_written_to_a_file_is_decoded_by_tshark() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn a_capture_streams_to_tshark_through_a_pipe() {
     if !root_or_skip("a_capture_streams_to_tshark_through_a_pipe") {
         return;
@@ -225,6 +233,10 @@ fn a_capture_streams_to_tshark_through_a_pipe() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn a_closed_reader_or_ctrl_c_stops_the_capture_and_the_node_stops_copying() {
     if !root_or_skip("a_closed_reader_or_ctrl_c_stops_the_capture_and_the_node_stops_copying") {
         return;
@@ -274,6 +286,10 @@ fn a_closed_reader_or_ctrl_c_stops_the_capture_and_the_node_stops_copying() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn captures_of_what_is_not_there_are_refused_by_name() {
     if !root_or_skip("captures_of_what_is_not_there_are_refused_by_name") {
         return;
@@ -313,6 +329,10 @@ fn captures_of_what_is_not_there_are_refused_by_name() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn a_peer_capture_shows_the_inner_frames_of_the_tunnel() {
     if !root_or_skip("a_peer_capture_shows_the_inner_frames_of_the_tunnel") {
         return;
@@ -350,6 +370,10 @@ fn a_peer_capture_shows_the_inner_frames_of_the_tunnel() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn tcp_superframes_are_captured_as_one_large_packet_each() {
     if !root_or_skip("tcp_superframes_are_captured_as_one_large_packet_each") {
         return;

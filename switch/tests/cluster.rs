@@ -639,6 +639,10 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 /// `node.metrics` on 127.0.0.1 inside each node's own namespace: the etcd lease, and the
 /// tunnel traffic of each peer as pods on two nodes ping each other; the text passes promtool.
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn metrics_in_the_nodes_namespace_show_the_lease_and_each_peers_tunnel_traffic() {
     if !root_or_skip("metrics_in_the_nodes_namespace_show_the_lease_and_each_peers_tunnel_traffic")
     {

@@ -121,6 +121,10 @@ for _ in range(count):
 "#;
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn metrics_pass_promtool_and_follow_pod_traffic_and_drops_by_reason() {
     if !root_or_skip("metrics_pass_promtool_and_follow_pod_traffic_and_drops_by_reason") {
         return;
@@ -318,6 +322,10 @@ fn shown(dom: &str, id: &str) -> u64 {
 }
 
 #[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
 fn web_view_shows_the_pods_and_live_counters_in_headless_chromium() {
     if !root_or_skip("web_view_shows_the_pods_and_live_counters_in_headless_chromium") {
         return;
@@ -358,4 +366,53 @@ fn web_view_shows_the_pods_and_live_counters_in_headless_chromium() {
     assert!(png.len() > 1000, "a screenshot of {} bytes", png.len());
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
     let _ = std::fs::remove_dir_all(&profile);
+}
+
+#[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
+fn a_node_in_a_bare_namespace_serves_metrics_there_with_its_host_interface() {
+    if !root_or_skip("a_node_in_a_bare_namespace_serves_metrics_there_with_its_host_interface") {
+        return;
+    }
+    // `ip netns add` leaves the namespace's loopback down: the daemon brings it up, so the
+    // metrics on 127.0.0.1 answer there.
+    let (node_ns, pod_ns) = (unique("mbare"), unique("mbarep"));
+    common::netns_add(&node_ns);
+    let dir = tempdir("mbare");
+    let control = dir.join("node.sock");
+    let cfg = format!(
+        "[node]\nname = \"node-bare\"\npod_cidr = \"10.244.1.0/24\"\ncontrol = \"{}\"\nnetns = \"{node_ns}\"\nmetrics = \"127.0.0.1:9469\"\n\n[[pods]]\nname = \"a\"\nnetns = \"{pod_ns}\"\nip = \"10.244.1.10\"\n",
+        control.display()
+    );
+    let _d = Daemon::start(&cfg, control, dir, vec![node_ns.clone(), pod_ns]);
+    let state = || {
+        let out = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &node_ns,
+            "curl",
+            "-sf",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:9469/api/v1/state",
+        ]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
+            .flatten()
+    };
+    wait_for("the state on 127.0.0.1 in the node's namespace", || {
+        state().is_some()
+    });
+    // The node itself pings its pod, through its host interface: counted there.
+    assert!(ping(&node_ns, "10.244.1.10", 3), "the node pings its pod");
+    let s = state().expect("state");
+    assert_eq!(s["host"]["ifname"], "podsw0", "{s}");
+    let rx = s["host"]["traffic"]["rx_packets"].as_u64().unwrap_or(0);
+    let tx = s["host"]["traffic"]["tx_packets"].as_u64().unwrap_or(0);
+    assert!(rx >= 3 && tx >= 3, "host interface counters: {}", s["host"]);
 }

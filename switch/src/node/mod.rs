@@ -50,6 +50,12 @@ pub use spec::{derived_pod_mac, Mac, MacParseError, NodeSpec, PeerSpec, PodSpec,
 pub use spec::{ServiceAffinity, ServiceProto, ServiceSpec};
 pub use upgrade::{Handover, Upgrade};
 
+/// Sets the loopback interface up in the calling thread's namespace (the node's, after
+/// `node.netns` was entered: a bare namespace has it down).
+pub fn loopback_up() -> Result<(), String> {
+    netlink::loopback_up().map_err(|(step, e)| format!("{step}: {e}"))
+}
+
 /// A pod as `podswitch pod list` shows it: its spec and its live state.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodStatus {

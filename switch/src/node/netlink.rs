@@ -92,6 +92,21 @@ where
     })
 }
 
+/// Sets `lo` up in the calling thread's namespace. The node's own namespace (`node.netns`) may
+/// be a bare one (`ip netns add` leaves its loopback down), and the metrics and web view are
+/// usually served on 127.0.0.1 there.
+pub(crate) fn loopback_up() -> Result<(), (&'static str, String)> {
+    with_netlink(|handle| async move {
+        let lo = link_index(&handle, "lo").await.map_err(|e| ("lo", e))?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(lo).up().build())
+            .execute()
+            .await
+            .map_err(|e| ("lo up", e.to_string()))
+    })
+}
+
 /// A name for a TAP before it moves into its pod: unique per process and call, ≤ 15 bytes.
 pub(super) fn temporary_ifname() -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -90,14 +90,29 @@ impl Node {
                 .filter(|s| !replace || s.name != spec.name),
             at,
         )?;
+        // Only a replaced service can leave flows behind: those of a backend it lost, or all
+        // of them if its address moved (the table is not scanned for each of a thousand new
+        // services). A move ends the flows before the new address is served, so no new flow
+        // is taken for an old one.
+        let old = services.get(&spec.name).map(|r| &r.spec);
+        let moved = old.is_some_and(|o| o.address_text() != spec.address_text());
+        let lost_backend =
+            old.is_some_and(|o| o.backends.iter().any(|b| !spec.backends.contains(b)));
+        let conntrack = &self.switch.tables().conntrack;
+        let mut stranded = match self.compiled_service(&spec.name) {
+            Some(svc) if moved => conntrack.end_service(svc.id),
+            _ => Vec::new(),
+        };
         self.switch
             .upsert_service(spec.to_service())
             .map_err(NodeError::Service)?;
-        if let Some(svc) = self.compiled_service(&spec.name) {
-            let conntrack = &self.switch.tables().conntrack;
-            let stranded = conntrack.stranded(svc.id, |b| svc.index_of(b).is_some());
-            self.end_connections(&spec.name, &stranded);
+        if let Some(svc) = self
+            .compiled_service(&spec.name)
+            .filter(|_| lost_backend && !moved)
+        {
+            stranded = conntrack.stranded(svc.id, |b| svc.index_of(b).is_some());
         }
+        self.end_connections(&spec.name, &stranded);
         let record = ServiceRecord {
             spec: spec.clone(),
             source,
