@@ -311,6 +311,9 @@ fn run(config_path: &Path) -> Result<(), String> {
     let upgrade = Arc::new(Upgrade::new());
     // A bad config is reported before anything is created.
     let cfg = Config::from_file(config_path).map_err(|e| e.to_string())?;
+    // Without an upgrade's handover, the flows a crashed run last saved.
+    let handover =
+        handover.or_else(|| podswitch::node::Handover::after_crash(&cfg.node.flows_path()));
     // Enter the node's host namespace first (before any thread exists, so every thread the
     // daemon starts lives there too).
     if let Some(ns) = &cfg.node.netns {
@@ -402,12 +405,20 @@ fn run(config_path: &Path) -> Result<(), String> {
         let reaper_node = Arc::clone(&node);
         let reaper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut saved = std::time::Instant::now();
             loop {
                 tick.tick().await;
                 let n = Arc::clone(&reaper_node);
+                let save = saved.elapsed() >= podswitch::node::SAVE_FLOWS_EVERY;
+                if save {
+                    saved = std::time::Instant::now();
+                }
                 let _ = tokio::task::spawn_blocking(move || {
                     n.reap_vanished();
                     n.expire_flows();
+                    if save {
+                        n.save_flows();
+                    }
                 })
                 .await;
             }

@@ -40,6 +40,7 @@ fn node(underlay: &mut Underlay, dir: &std::path::Path, i: u8) -> Node {
     }
     if i == 1 {
         text += "\n[[services]]\nname = \"web\"\nvip = \"10.96.0.10\"\nport = 80\nbackends = [\"10.244.2.10:7003\"]\n";
+        text += "\n[[services]]\nname = \"files\"\nvip = \"10.96.0.11\"\nport = 80\nbackends = [\"10.244.2.10:7004\"]\n";
     }
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(&config, text).expect("write config");
@@ -117,6 +118,17 @@ fn transfers_survive_five_upgrades_and_two_crashes() {
                 SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80),
             ),
         ),
+        (
+            // The backend sends: after a crash its segments reach the client's node first,
+            // and only a flow tracked again gives them the VIP back.
+            "a download through the VIP",
+            Transfer::download_via(
+                &n1p1,
+                &n2p0,
+                SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, 10), 7004),
+                SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 80),
+            ),
+        ),
     ];
     let flowing = |after: &str| {
         for (what, t) in &flows {
@@ -170,7 +182,7 @@ fn transfers_survive_five_upgrades_and_two_crashes() {
         "every upgrade adopted the TAPs it was handed:\n{log}"
     );
     assert!(
-        log.contains("tracked flows carried over the upgrade flows=1"),
+        log.contains("tracked flows carried over the upgrade flows=2"),
         "node 1's upgrades carried the VIP flow's tracking over:\n{log}"
     );
     assert!(
@@ -182,6 +194,14 @@ fn transfers_survive_five_upgrades_and_two_crashes() {
         n.start();
         flowing(&format!("a crash of {}", n.name));
     }
+    // Node 1 (the clients') tracked both VIP flows again from the file its crashed run wrote.
+    let log = nodes[0].log();
+    assert!(
+        log.contains("tracked flows carried over the crash (flows file) flows=2"),
+        "{log}"
+    );
+    let flows_file = |n: &Node| n.control.with_file_name(format!("{}.flows.json", n.name));
+    assert!(flows_file(&nodes[0]).exists());
     for (what, t) in flows {
         let done = t.finish();
         assert_eq!(done.first_bad, None, "{what}: bytes intact: {done:?}");
@@ -192,5 +212,9 @@ fn transfers_survive_five_upgrades_and_two_crashes() {
     }
     for n in &mut nodes {
         n.stop();
+        assert!(
+            !flows_file(n).exists(),
+            "SIGTERM ends the flows: file removed"
+        );
     }
 }

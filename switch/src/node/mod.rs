@@ -48,7 +48,7 @@ pub(crate) use netlink::{link_index, with_netlink};
 pub use services::{FlowStatus, ServiceStatus};
 pub use spec::{derived_pod_mac, Mac, MacParseError, NodeSpec, PeerSpec, PodSpec, SpecError};
 pub use spec::{ServiceAffinity, ServiceProto, ServiceSpec};
-pub use upgrade::{Handover, Upgrade};
+pub use upgrade::{Handover, Upgrade, SAVE_FLOWS_EVERY};
 
 /// Sets the loopback interface up in the calling thread's namespace (the node's, after
 /// `node.netns` was entered: a bare namespace has it down).
@@ -284,6 +284,8 @@ pub struct Node {
     host_routes: Mutex<Option<host::Routes>>,
     /// The masquerade rules, while installed.
     masquerade: Mutex<Option<host::Masquerade>>,
+    /// The connection-tracking generation the flows file was last written at.
+    flows_saved: Mutex<Option<u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -349,9 +351,15 @@ impl Node {
             host,
             host_routes: Mutex::new(None),
             masquerade: Mutex::new(None),
+            flows_saved: Mutex::new(None),
         };
+        let after_crash = lock(&node.inherited)
+            .as_ref()
+            .is_some_and(|h| h.after_crash);
         let flows = node.resume_flows();
-        if flows > 0 {
+        if flows > 0 && after_crash {
+            tracing::info!(flows, "tracked flows carried over the crash (flows file)");
+        } else if flows > 0 {
             tracing::info!(flows, "tracked flows carried over the upgrade");
         }
         // From here, a failure removes what was made (pods, rules; the TAPs go with the switch).
@@ -1079,6 +1087,7 @@ impl Node {
         if let Some(m) = lock(&self.masquerade).take() {
             m.remove();
         }
+        self.forget_flows();
         let mut pods = lock(&self.pods);
         // What the next start needs: the runtime pods in namespaces someone else owns (CNI's),
         // to re-attach them; a pod whose namespace goes with it cannot come back.

@@ -55,7 +55,26 @@ pub struct Handover {
     /// versions).
     #[serde(default)]
     counters: SavedCounters,
+    /// Made from the flows file of a process that crashed, not handed over by an upgrade.
+    #[serde(skip)]
+    pub(super) after_crash: bool,
 }
+
+/// The flows file: the open TCP flows through services and the services' ids, written by the
+/// running node whenever connection tracking changed (at most every [`SAVE_FLOWS_EVERY`]), so
+/// a start after a crash tracks them again.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct FlowsFile {
+    service_ids: BTreeMap<String, u32>,
+    flows: Vec<SavedFlow>,
+}
+
+/// How often the flows file may be written.
+pub const SAVE_FLOWS_EVERY: Duration = Duration::from_secs(1);
+
+/// A flows file older than this is not used: its connections have long timed out (Linux
+/// gives up retransmitting after about 15 minutes).
+const FLOWS_FILE_TOO_OLD: Duration = Duration::from_secs(15 * 60);
 
 /// The switch's counters as an upgrade carries them: node-wide, per port (pods and the host
 /// interface, by name), per peer (by name) and the tunnel's. Drops go by reason label, so a
@@ -166,6 +185,36 @@ impl SavedCounters {
 }
 
 impl Handover {
+    /// After a crash (no handover): the flows the crashed process last saved at `path` (see
+    /// [`Node::save_flows`]), as a handover of flows alone, so they are tracked again before
+    /// any pod is attached. `None` without a file, or with one too old or unreadable (logged).
+    pub fn after_crash(path: &Path) -> Option<Handover> {
+        let bytes = std::fs::read(path).ok()?;
+        let age = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default();
+        if age > FLOWS_FILE_TOO_OLD {
+            tracing::info!(path = %path.display(), age_secs = age.as_secs(), "flows file too old, not used");
+            return None;
+        }
+        match serde_json::from_slice::<FlowsFile>(&bytes) {
+            Ok(file) => Some(Handover {
+                pods: BTreeMap::new(),
+                host: Vec::new(),
+                service_ids: file.service_ids,
+                flows: file.flows,
+                counters: SavedCounters::default(),
+                after_crash: true,
+            }),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "flows file unreadable, not used: {e}");
+                None
+            }
+        }
+    }
+
     /// The handover of the process that `exec`ed this one, if any: read from the file
     /// [`HANDOVER_ENV`] names, which is then deleted, as is the variable (a later upgrade sets
     /// its own). A file that cannot be read is logged and ignored (the descriptors then stay
@@ -388,19 +437,66 @@ impl Node {
                 (name.clone(), pod)
             })
             .collect();
-        let service_ids = self
-            .switch
-            .services()
-            .iter()
-            .map(|c| (c.service.name.clone(), c.id))
-            .collect();
+        let service_ids = self.service_ids();
         Handover {
             pods,
             host: lock(&self.host_fds).clone(),
             service_ids,
             flows: self.switch.tables().conntrack.save(),
             counters: SavedCounters::save(&self.switch),
+            after_crash: false,
         }
+    }
+
+    /// The services' ids, by name.
+    fn service_ids(&self) -> BTreeMap<String, u32> {
+        self.switch
+            .services()
+            .iter()
+            .map(|c| (c.service.name.clone(), c.id))
+            .collect()
+    }
+
+    /// Writes the flows file ([`Handover::after_crash`]) if connection tracking changed since
+    /// the last write: the open TCP flows and the services' ids, to a temporary file renamed
+    /// over the old one (a crash mid-write leaves the old one whole). Returns whether it
+    /// wrote. Called every [`SAVE_FLOWS_EVERY`] by the daemon.
+    pub fn save_flows(&self) -> bool {
+        let conntrack = &self.switch.tables().conntrack;
+        let generation = conntrack.generation();
+        let mut saved = lock(&self.flows_saved);
+        if *saved == Some(generation) {
+            return false;
+        }
+        let file = FlowsFile {
+            service_ids: self.service_ids(),
+            flows: conntrack
+                .save()
+                .into_iter()
+                .filter(SavedFlow::is_open_tcp)
+                .collect(),
+        };
+        let path = self.spec.flows_path();
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec(&file)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        match written {
+            Ok(()) => {
+                *saved = Some(generation);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "flows file not written: {e}");
+                false
+            }
+        }
+    }
+
+    /// Removes the flows file: the node stops, and its flows with it.
+    pub(super) fn forget_flows(&self) {
+        let _ = std::fs::remove_file(self.spec.flows_path());
     }
 
     /// At the start of a node from a handover, before any pod or service is attached: the
@@ -430,6 +526,9 @@ impl Node {
         let Some(mut handover) = lock(&self.inherited).take() else {
             return;
         };
+        if handover.after_crash {
+            return;
+        }
         let counted = std::mem::take(&mut handover.counters).restore(&self.switch);
         let unclaimed = handover.descriptors();
         drop(handover.take_host());
@@ -442,5 +541,48 @@ impl Node {
             counters_carried_over = counted,
             "resumed after an upgrade"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flows_file_is_used_after_a_crash_unless_too_old_or_unreadable() {
+        let dir = std::env::temp_dir().join(crate::testutil::unique("flowsfile"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("n.flows.json");
+        assert!(Handover::after_crash(&path).is_none(), "no file");
+        let flow = SavedFlow {
+            service: 3,
+            proto: 6,
+            client: "10.244.1.10:40000".parse().unwrap(),
+            vip: "10.96.0.10:80".parse().unwrap(),
+            backend: "10.244.2.10:8080".parse().unwrap(),
+            snat: None,
+            snat_port: None,
+            state: 1,
+        };
+        let file = FlowsFile {
+            service_ids: [("web".to_string(), 3)].into(),
+            flows: vec![flow.clone()],
+        };
+        std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+        let h = Handover::after_crash(&path).expect("a fresh file");
+        assert!(h.after_crash && h.pods.is_empty() && h.host.is_empty());
+        assert_eq!(h.flows, vec![flow]);
+        assert_eq!(h.service_ids.get("web"), Some(&3));
+        // Older than a connection outlives a dead peer: ignored.
+        let old = std::time::SystemTime::now() - FLOWS_FILE_TOO_OLD - Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(old))
+            .unwrap();
+        assert!(Handover::after_crash(&path).is_none(), "too old");
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(Handover::after_crash(&path).is_none(), "unreadable");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

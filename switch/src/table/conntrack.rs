@@ -14,7 +14,7 @@
 
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use super::{mix, FastHasher};
 use crate::wire::ipv4::protocol;
@@ -255,6 +255,18 @@ pub(crate) struct SavedFlow {
     pub(crate) state: u8,
 }
 
+impl SavedFlow {
+    /// A TCP flow opening or established: what a restart after a crash must track again,
+    /// or the backend's next segment would reach its client untranslated and be reset.
+    pub(crate) fn is_open_tcp(&self) -> bool {
+        self.proto == protocol::TCP
+            && matches!(
+                FlowState::from_u8(self.state),
+                FlowState::SynSent | FlowState::Established
+            )
+    }
+}
+
 /// The translation a packet gets, copied out of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Hit {
@@ -298,6 +310,9 @@ pub struct Conntrack {
     reply: Map<FlowKey>,
     count: AtomicUsize,
     capacity: usize,
+    /// Bumped by every insert and removal (not by state changes): whether a saved copy is
+    /// out of date.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for Conntrack {
@@ -325,12 +340,18 @@ impl Conntrack {
             reply: Map::default(),
             count: AtomicUsize::new(0),
             capacity,
+            generation: AtomicU64::new(0),
         }
     }
 
     /// Most flows tracked at once.
     pub(crate) fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Changes every time a flow is tracked or forgotten.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// Flows tracked.
@@ -414,6 +435,7 @@ impl Conntrack {
             // Replaced a flow of the same key (two workers raced): counted once.
             self.count.fetch_sub(1, Ordering::Relaxed);
         }
+        self.generation.fetch_add(1, Ordering::Relaxed);
         true
     }
 
@@ -426,6 +448,7 @@ impl Conntrack {
                 let rkey = f.reply_key();
                 let _ = self.reply.pin().remove_if(&rkey, |_, v| v == key);
                 self.count.fetch_sub(1, Ordering::Relaxed);
+                self.generation.fetch_add(1, Ordering::Relaxed);
                 true
             }
             _ => false,

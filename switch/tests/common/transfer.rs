@@ -17,20 +17,21 @@ fn byte_at(i: u64) -> u8 {
     (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
 }
 
-/// A client in one namespace streaming to a server in another until [`Transfer::finish`].
+/// A stream between a client in one namespace and a server in another (the client writes, or
+/// with [`Transfer::download_via`] the server does) until [`Transfer::finish`].
 pub(crate) struct Transfer {
     stop: Arc<AtomicBool>,
     received: Arc<AtomicU64>,
-    client: JoinHandle<std::io::Result<u64>>,
-    server: JoinHandle<std::io::Result<(u64, Option<u64>)>>,
+    writer: JoinHandle<std::io::Result<u64>>,
+    reader: JoinHandle<std::io::Result<(u64, Option<u64>)>>,
 }
 
 /// What a finished transfer saw.
 #[derive(Debug)]
 pub(crate) struct Transferred {
-    /// Bytes the client wrote.
+    /// Bytes the writing side wrote.
     pub(crate) sent: u64,
-    /// Bytes the server read.
+    /// Bytes the reading side read.
     pub(crate) received: u64,
     /// Offset of the first byte that differed from what was sent, if any.
     pub(crate) first_bad: Option<u64>,
@@ -58,11 +59,41 @@ impl Transfer {
         addr: SocketAddrV4,
         via: SocketAddrV4,
     ) -> Transfer {
+        Self::between(client_ns, server_ns, addr, via, false)
+    }
+
+    /// [`Transfer::start_via`] with the server writing and the client reading.
+    pub(crate) fn download_via(
+        client_ns: &str,
+        server_ns: &str,
+        addr: SocketAddrV4,
+        via: SocketAddrV4,
+    ) -> Transfer {
+        Self::between(client_ns, server_ns, addr, via, true)
+    }
+
+    fn between(
+        client_ns: &str,
+        server_ns: &str,
+        addr: SocketAddrV4,
+        via: SocketAddrV4,
+        download: bool,
+    ) -> Transfer {
         let listener = in_ns(server_ns, || TcpListener::bind(addr));
+        // The kernel completes the handshake before `accept` is called.
+        let client = in_ns(client_ns, || TcpStream::connect(via));
+        let (server, _) = listener
+            .accept()
+            .unwrap_or_else(|e| panic!("accept on {addr}: {e}"));
+        let (from, to) = if download {
+            (server, client)
+        } else {
+            (client, server)
+        };
         let received = Arc::new(AtomicU64::new(0));
         let got = Arc::clone(&received);
-        let server = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept()?;
+        let reader = std::thread::spawn(move || {
+            let mut conn = to;
             let mut buf = vec![0u8; 256 * 1024];
             let (mut at, mut first_bad) = (0u64, None);
             loop {
@@ -83,10 +114,10 @@ impl Transfer {
                 got.store(at, Ordering::Relaxed);
             }
         });
-        let mut conn = in_ns(client_ns, || TcpStream::connect(via));
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
-        let client = std::thread::spawn(move || {
+        let writer = std::thread::spawn(move || {
+            let mut conn = from;
             let mut chunk = vec![0u8; 64 * 1024];
             let mut at = 0u64;
             while !stopping.load(Ordering::Relaxed) {
@@ -102,17 +133,17 @@ impl Transfer {
         Transfer {
             stop,
             received,
-            client,
-            server,
+            writer,
+            reader,
         }
     }
 
-    /// Bytes the server has read so far.
+    /// Bytes the reading side has read so far.
     pub(crate) fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
     }
 
-    /// Waits until the server has read `more` bytes beyond what it had: the connection is
+    /// Waits until the reading side has read `more` bytes beyond what it had: the connection is
     /// alive and flowing (with `more` above the receive buffer's size, new segments arrived).
     pub(crate) fn wait_flowing(&self, what: &str, more: u64) {
         let from = self.received();
@@ -126,15 +157,15 @@ impl Transfer {
     pub(crate) fn finish(self) -> Transferred {
         self.stop.store(true, Ordering::Relaxed);
         let sent = self
-            .client
+            .writer
             .join()
-            .expect("client thread")
-            .expect("the client's connection failed");
+            .expect("writer thread")
+            .expect("the writing side's connection failed");
         let (received, first_bad) = self
-            .server
+            .reader
             .join()
-            .expect("server thread")
-            .expect("the server's connection failed");
+            .expect("reader thread")
+            .expect("the reading side's connection failed");
         Transferred {
             sent,
             received,

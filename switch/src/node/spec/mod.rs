@@ -377,6 +377,13 @@ impl NodeSpec {
         dir.join(format!("{}.pods.json", self.name))
     }
 
+    /// Where the daemon keeps its tracked service flows for a start after a crash:
+    /// `<directory of the control socket>/<name>.flows.json`.
+    pub fn flows_path(&self) -> PathBuf {
+        self.state_path()
+            .with_file_name(format!("{}.flows.json", self.name))
+    }
+
     /// Pod MTU: explicit, or the underlay MTU minus VXLAN's overhead, so that every pod packet
     /// fits the tunnel.
     pub(crate) fn pod_mtu(&self) -> u16 {
