@@ -3,14 +3,17 @@
 //! - a packet for `VIP:port` of a service: the flow's backend from connection tracking, or,
 //!   for a new flow, from the service's Maglev table (by the 5-tuple, or by the client address
 //!   with `client_ip` affinity); the destination rewritten to the backend (DNAT), and, when the
-//!   client is its own backend (hairpin), the source to the gateway address; the packet then
-//!   goes where its new destination lies (a pod of this node, or a peer through the tunnel);
+//!   client is its own backend (hairpin), the source to the gateway address and a port of
+//!   [`HAIRPIN_PORTS`] free for that backend; the packet then goes where its new destination
+//!   lies (a pod of this node, or a peer through the tunnel);
 //! - a backend's reply (recognised by connection tracking, wherever it comes from: a local pod
 //!   at L2 or through the router, or the tunnel): the source rewritten back to `VIP:port`
-//!   (and the destination back to the client for hairpin);
+//!   (and the destination back to the client for hairpin); likewise an ICMP error about a
+//!   translated packet, whose quote is rewritten back to what the client sent;
 //! - a service without backends answers TCP with a reset and UDP with ICMP port unreachable
-//!   (kube-proxy's REJECT); a flow whose backend was removed is reset (TCP) or re-balanced
-//!   (UDP).
+//!   (kube-proxy's REJECT); a flow whose backend was removed, or whose service was deleted
+//!   (marked ended), is reset (TCP) or re-balanced (UDP). The control plane probes the idle
+//!   clients of such flows so that they answer, and get the reset, at once.
 //!
 //! Checksums are updated incrementally (`wire::nat`), partial ones (virtio-net `NEEDS_CSUM`,
 //! superframes) kept partial, so segmentation and coalescing work through the translation.
