@@ -214,31 +214,35 @@ impl Node {
     /// nothing for hours, learns at once, like one that sends.
     fn end_connections(&self, name: &str, stranded: &[(SocketAddrV4, SocketAddrV4)]) {
         use crate::pipeline::{tcp_probes, TCP_SEGMENT_FRAME_LEN};
-        use crate::table::PortKind;
+        use crate::wire::ethernet::mac_from_key;
         if stranded.is_empty() {
             return;
         }
         let node = self.switch.node();
+        let topo = self.switch.tables().topology();
         // The clients are on this node (a flow is translated at its client's node): a pod,
         // or the node itself through its host interface (the gateway address).
-        let ports: std::collections::HashMap<std::net::Ipv4Addr, _> = self
-            .switch
-            .ports()
-            .into_iter()
-            .filter_map(|p| match p.info.kind {
-                PortKind::Pod { ip, mac } => Some((ip, (p.id, mac))),
-                PortKind::Host { mac } => Some((node.gateway, (p.id, mac))),
-                PortKind::Trunk => None,
-            })
-            .collect();
+        let client_port = |ip: std::net::Ipv4Addr| {
+            if ip == node.gateway {
+                topo.host()
+            } else {
+                topo.neighbour(ip)
+            }
+        };
         let mut by_port: BTreeMap<_, Vec<Vec<u8>>> = BTreeMap::new();
         let mut buf = [0u8; 2 * TCP_SEGMENT_FRAME_LEN];
         for (client, vip) in stranded {
-            let Some(&(port, mac)) = ports.get(client.ip()) else {
+            let Some(to) = client_port(*client.ip()) else {
                 continue;
             };
-            let len = tcp_probes(&mut buf, *vip, *client, mac, node.router_mac);
-            let frames = by_port.entry(port).or_default();
+            let len = tcp_probes(
+                &mut buf,
+                *vip,
+                *client,
+                mac_from_key(to.mac),
+                node.router_mac,
+            );
+            let frames = by_port.entry(to.port).or_default();
             frames.extend(buf[..len].chunks(TCP_SEGMENT_FRAME_LEN).map(<[u8]>::to_vec));
         }
         for (port, frames) in by_port {
