@@ -46,15 +46,7 @@ impl Memory {
     /// Writes the file (through a temporary file and a rename). A failure is logged: only a
     /// restart with etcd down would miss it.
     pub(crate) fn save(&self, path: &Path) {
-        let write = || -> std::io::Result<()> {
-            let mut text = serde_json::to_vec(self).map_err(std::io::Error::from)?;
-            text.push(b'\n');
-            let mut tmp = path.as_os_str().to_owned();
-            tmp.push(".tmp");
-            std::fs::write(&tmp, &text)?;
-            std::fs::rename(&tmp, path)
-        };
-        if let Err(e) = write() {
+        if let Err(e) = crate::node::write_json_atomically(path, self) {
             tracing::error!(path = %path.display(), "remembering the subnet: {e}");
         }
     }

@@ -868,7 +868,7 @@ impl Node {
         };
         let mut record = lock(&self.record);
         change(&mut record);
-        if let Err(e) = write_atomically(path, &record) {
+        if let Err(e) = write_json_atomically(path, &*record) {
             tracing::error!(path = %path.display(), "recording the runtime state: {e}");
         }
     }
@@ -1165,11 +1165,15 @@ fn read_state(path: &Path) -> Result<StateFile, String> {
     }
 }
 
-/// Writes `state` to `path` through a temporary file and a rename, so a reader (or a crash)
-/// sees the old contents or the new, never a part.
-fn write_atomically(path: &Path, state: &StateFile) -> std::io::Result<()> {
+/// Writes `value` as JSON (and a newline) to `path` through a temporary file and a rename,
+/// so a reader (or a crash) sees the old contents or the new, never a part. The node's files
+/// (state, flows, the subnet held) are all written this way.
+pub(crate) fn write_json_atomically(
+    path: &Path,
+    value: &impl serde::Serialize,
+) -> std::io::Result<()> {
     use std::io::Write;
-    let mut text = serde_json::to_vec_pretty(state).map_err(std::io::Error::from)?;
+    let mut text = serde_json::to_vec_pretty(value).map_err(std::io::Error::from)?;
     text.push(b'\n');
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");

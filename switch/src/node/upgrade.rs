@@ -458,9 +458,8 @@ impl Node {
     }
 
     /// Writes the flows file ([`Handover::after_crash`]) if connection tracking changed since
-    /// the last write: the open TCP flows and the services' ids, to a temporary file renamed
-    /// over the old one (a crash mid-write leaves the old one whole). Returns whether it
-    /// wrote. Called every [`SAVE_FLOWS_EVERY`] by the daemon.
+    /// the last write: the open TCP flows and the services' ids (atomically: a crash
+    /// mid-write leaves the old file whole). Returns whether it wrote. Called every [`SAVE_FLOWS_EVERY`] by the daemon.
     pub fn save_flows(&self) -> bool {
         let conntrack = &self.switch.tables().conntrack;
         let generation = conntrack.generation();
@@ -477,12 +476,7 @@ impl Node {
                 .collect(),
         };
         let path = self.spec.flows_path();
-        let tmp = path.with_extension("json.tmp");
-        let written = serde_json::to_vec(&file)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        match written {
+        match super::write_json_atomically(&path, &file) {
             Ok(()) => {
                 *saved = Some(generation);
                 true
