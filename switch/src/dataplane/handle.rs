@@ -103,6 +103,11 @@ pub struct PortRecord {
     pub metrics: Arc<PortMetrics>,
 }
 
+/// Workers paused by [`Switch::pause`]; they go on when this is dropped.
+pub(crate) struct Paused {
+    _resumes: Vec<Sender<()>>,
+}
+
 /// The control plane's line to one data-plane thread.
 pub(super) struct Worker {
     commands: Sender<Command>,
@@ -515,6 +520,33 @@ impl Switch {
         self.shared.tables.topology().services_list()
     }
 
+    /// Stops every worker between two rounds, their counts published, until the returned
+    /// guard is dropped: what the control plane then reads (counters, connection tracking)
+    /// is one consistent cut. A worker that does not answer within a second (it died) is
+    /// not waited for.
+    pub(crate) fn pause(&self) -> Paused {
+        let (paused, answered) = crossbeam_channel::bounded(self.shared.workers.len());
+        let resumes: Vec<Sender<()>> = self
+            .shared
+            .workers
+            .iter()
+            .filter_map(|w| {
+                let (resume, held) = crossbeam_channel::bounded(1);
+                w.send(Command::Pause(paused.clone(), held))
+                    .then_some(resume)
+            })
+            .collect();
+        for _ in &resumes {
+            if answered
+                .recv_timeout(std::time::Duration::from_secs(1))
+                .is_err()
+            {
+                break;
+            }
+        }
+        Paused { _resumes: resumes }
+    }
+
     /// Sends `frames` (built by the control plane: probes) out of port `to`, through the
     /// first worker (every worker holds a queue of every port).
     pub(crate) fn send_frames(&self, to: PortId, frames: Vec<Vec<u8>>) -> Result<(), SwitchError> {
@@ -720,6 +752,54 @@ mod tests {
         sw.shared.forget_closed(1, id, &old);
         assert_eq!(sw.port("b").map(|r| r.id), Some(id));
         assert!(sw.tables().topology().port(id).is_some());
+    }
+
+    #[test]
+    fn paused_workers_move_no_frame_until_the_guard_goes() {
+        use crate::testutil::{eth, ipv4, udp};
+        let sw = switch_with_workers(2);
+        let queues = |last| {
+            let (q0, e0) = mem_port(Arc::clone(sw.waker()));
+            let (q1, e1) = mem_port(Arc::clone(sw.waker()));
+            let id = sw
+                .attach_queues(
+                    pod(&format!("p{last}"), last),
+                    vec![Box::new(q0), Box::new(q1)],
+                )
+                .expect("attach");
+            (id, e0, e1)
+        };
+        let (_, mut ea, _ea1) = queues(10);
+        let (_, eb0, eb1) = queues(11);
+        let frame = eth(
+            [2, 0x42, 10, 244, 1, 11],
+            [2, 0x42, 10, 244, 1, 10],
+            0x0800,
+            &ipv4(
+                Ipv4Addr::new(10, 244, 1, 10),
+                Ipv4Addr::new(10, 244, 1, 11),
+                17,
+                64,
+                &udp(1, 2, b"x"),
+            ),
+        );
+        let paused = sw.pause();
+        let rx_before = sw.metrics().snapshot().rx;
+        ea.send_frame(&frame).expect("a sends");
+        ea.flush().expect("a flushes");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            matches!((eb0.try_recv(), eb1.try_recv()), (Ok(None), Ok(None))),
+            "a frame moved while paused"
+        );
+        assert_eq!(sw.metrics().snapshot().rx, rx_before, "nothing counted");
+        drop(paused);
+        let got = eb0
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .ok()
+            .flatten()
+            .or_else(|| eb1.try_recv().ok().flatten());
+        assert!(got.is_some_and(|b| b.len() == 1), "forwarded once resumed");
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub(super) enum Command {
     Uncapture(u64),
     /// Send these frames, built by the control plane, to a port.
     Send(PortId, Vec<Vec<u8>>),
+    /// Say so on the first channel (every count of the rounds so far is published), then
+    /// move no frame until the second one gives word or closes.
+    Pause(Sender<()>, Receiver<()>),
 }
 
 /// Time one worker spent in rounds that moved frames and in the others, in nanoseconds since
@@ -167,6 +170,10 @@ pub(super) fn run(
                 Command::Uncapture(id) => dp.remove_capture(id),
                 Command::Send(to, frames) => {
                     dp.send_frames(to, &frames);
+                }
+                Command::Pause(paused, resume) => {
+                    let _ = paused.send(());
+                    let _ = resume.recv();
                 }
             }
         }

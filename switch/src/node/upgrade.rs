@@ -393,6 +393,10 @@ impl Node {
     /// host interface's descriptors survive `exec`, and execs `binary` with this process's
     /// arguments. Returns only if that failed, having put everything back as it was.
     pub fn exec_upgrade(&self, binary: &Path, file: &Path) -> std::io::Error {
+        // The data plane stands still from here to the exec (or, if that fails, to the
+        // return): the counters and flows handed over are one cut, and no frame is counted
+        // by the old process after it. What pods send meanwhile waits in their TAP queues.
+        let _paused = self.switch.pause();
         let handover = self.handover();
         let fds: Vec<RawFd> = handover
             .pods
