@@ -415,4 +415,28 @@ fn a_node_in_a_bare_namespace_serves_metrics_there_with_its_host_interface() {
     let rx = s["host"]["traffic"]["rx_packets"].as_u64().unwrap_or(0);
     let tx = s["host"]["traffic"]["tx_packets"].as_u64().unwrap_or(0);
     assert!(rx >= 3 && tx >= 3, "host interface counters: {}", s["host"]);
+    // The web view, in headless chromium run in the node's namespace, has a row for it.
+    let profile = tempdir("chromium");
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &node_ns,
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--virtual-time-budget=3000",
+        &format!("--user-data-dir={}", profile.display()),
+        "--dump-dom",
+        "http://127.0.0.1:9469/",
+    ]);
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("<td class=\"host-name\">podsw0</td>"),
+        "the host interface's row:\n{dom}"
+    );
+    assert!(shown(&dom, "pod-podsw0-rx-packets") >= 3, "{dom}");
+    let _ = std::fs::remove_dir_all(&profile);
 }
