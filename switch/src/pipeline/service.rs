@@ -260,10 +260,9 @@ impl Core {
     #[cold]
     fn no_service(&mut self, frame: &[u8], key: FlowKey) -> Action {
         let ct = &self.tables.conntrack;
-        if ct.is_empty() || !ct.is_ended(&key) {
+        if ct.is_empty() || !ct.remove_ended(&key) {
             return self.drop(DropReason::NoService);
         }
-        ct.remove(&key);
         if key.proto() == TCP {
             self.reset(frame, DropReason::BackendGone)
         } else {

@@ -509,12 +509,10 @@ impl Conntrack {
             .collect()
     }
 
-    /// True if the client's flow `key` is tracked and ended ([`Conntrack::end_service`]).
-    pub(crate) fn is_ended(&self, key: &FlowKey) -> bool {
-        self.forward
-            .pin()
-            .get(key)
-            .is_some_and(|f| f.state() == FlowState::Ended)
+    /// Forgets the client's flow `key` if it is ended ([`Conntrack::end_service`]), in one
+    /// step; true if it was.
+    pub(crate) fn remove_ended(&self, key: &FlowKey) -> bool {
+        self.remove_when(key, |f| f.state() == FlowState::Ended)
     }
 
     /// Every flow, for listings.
