@@ -243,6 +243,13 @@ fn oversized_frame_for_the_tunnel_gets_fragmentation_needed() {
     assert_eq!((reply[34], reply[35]), (3, 4));
     assert_eq!(u16::from_be_bytes([reply[40], reply[41]]), 1450);
     assert_eq!(&reply[42..62], &big[..20], "quotes the offending header");
+    // The round publishes its counts after it transmits: the reply can be here first.
+    wait_for("the drop counted", || {
+        c.a.metrics()
+            .snapshot()
+            .dropped(DropReason::TooBigForTunnel)
+            >= 1
+    });
     let m = c.a.metrics().snapshot();
     assert_eq!(m.dropped(DropReason::TooBigForTunnel), 1);
     let (_, t) = c.a.tunnel().expect("tunnel");
