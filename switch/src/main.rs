@@ -308,12 +308,29 @@ fn run(config_path: &Path) -> Result<(), String> {
     // An upgrade's handover (if this process was exec'ed by `podswitch upgrade`), read before
     // any thread exists (it edits the environment).
     let handover = podswitch::node::Handover::inherited();
+    let upgraded = handover.is_some();
     let upgrade = Arc::new(Upgrade::new());
     // A bad config is reported before anything is created.
     let cfg = Config::from_file(config_path).map_err(|e| e.to_string())?;
     // Without an upgrade's handover, the flows a crashed run last saved.
     let handover =
         handover.or_else(|| podswitch::node::Handover::after_crash(&cfg.node.flows_path()));
+    // RFS for rx_steering: a host-wide setting, visible only from the host's namespace (an
+    // upgraded daemon starts in the node's and finds it set by the first one).
+    if cfg.node.rx_steering {
+        match podswitch::node::enable_flow_table() {
+            Ok(was) if was < podswitch::node::SOCK_FLOW_ENTRIES => tracing::info!(
+                was,
+                now = podswitch::node::SOCK_FLOW_ENTRIES,
+                "rx_steering: raised net.core.rps_sock_flow_entries (RFS on)"
+            ),
+            Ok(_) => {}
+            Err(e) if upgraded => tracing::debug!("rx_steering: {e}"),
+            Err(e) => tracing::warn!(
+                "rx_steering: RFS not enabled ({e}); unless the host enables it, flows are spread over the CPUs by RPS alone"
+            ),
+        }
+    }
     // Enter the node's host namespace first (before any thread exists, so every thread the
     // daemon starts lives there too).
     if let Some(ns) = &cfg.node.netns {

@@ -889,6 +889,11 @@ fn settings_that_cannot_work_are_refused_at_start() {
         ),
         "{err}"
     );
+    // Steering to the CPUs without a worker, with the workers not pinned: nowhere to steer to.
+    assert_eq!(
+        run_refused(&dir, &node("cpus = []\nrx_steering = true")),
+        "podswitch: config error: node.rx_steering: needs the workers pinned (node.cpus is []): it steers to the CPUs they are not on"
+    );
     // A pod MTU the tunnel cannot carry, with peers.
     let peer = "underlay = \"127.0.0.1\"\nmtu = 1500\n\n[[peers]]\nname = \"b\"\nunderlay = \"127.0.0.2\"\npod_cidr = \"10.244.2.0/24\"";
     assert_eq!(
@@ -1829,4 +1834,99 @@ fn a_killed_daemon_started_again_takes_its_pods_back_and_connections_live_on() {
     for ns in [&web, &api, &extra] {
         assert!(!left.contains(ns.as_str()), "{ns} left behind: {left}");
     }
+}
+
+/// The CPUs of a sysfs bitmap (`rps_cpus`: hex, 32-bit groups separated by commas).
+fn cpus_of_mask(mask: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for (i, group) in mask.trim().rsplit(',').enumerate() {
+        let bits = u32::from_str_radix(group, 16).expect("hex group");
+        cpus.extend((0..32).filter(|b| bits & (1 << b) != 0).map(|b| i * 32 + b));
+    }
+    cpus
+}
+
+/// A receive queue setting of `ifname` in namespace `ns`.
+fn queue_setting(ns: &str, ifname: &str, queue: usize, file: &str) -> String {
+    let path = format!("/sys/class/net/{ifname}/queues/rx-{queue}/{file}");
+    let out = run(&["ip", "netns", "exec", ns, "cat", &path]);
+    assert!(out.status.success(), "cat {path} in {ns}: {}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
+fn rx_steering_sets_rps_and_rfs_on_every_receive_queue() {
+    if !root_or_skip("rx_steering_sets_rps_and_rfs_on_every_receive_queue") {
+        return;
+    }
+    const SOCK_FLOWS: &str = "/proc/sys/net/core/rps_sock_flow_entries";
+    let allowed = podswitch::dataplane::allowed_cpus();
+    let last = *allowed.last().expect("a CPU");
+    let (node_ns, a, b) = (unique("dsn"), unique("dsa"), unique("dsb"));
+    let dir = tempdir("psrx");
+    let control = dir.join("node.sock");
+    // Two workers, both pinned to the last CPU: two queues per TAP, every other CPU free.
+    let text = format!(
+        "[node]\nname = \"node-rx\"\npod_cidr = \"10.244.1.0/24\"\ncontrol = \"{}\"\nnetns = \"{node_ns}\"\nworkers = 2\ncpus = [{last}, {last}]\nrx_steering = true\n\n[[pods]]\nname = \"a\"\nnetns = \"{a}\"\nip = \"10.244.1.10\"\n\n[[pods]]\nname = \"b\"\nnetns = \"{b}\"\nip = \"10.244.1.11\"\n",
+        control.display()
+    );
+    if allowed.len() < 2 {
+        assert_eq!(
+            run_refused(&dir, &text),
+            format!("podswitch: config error: node.rx_steering: the workers are pinned to every CPU this process may run on ({last}): none is left to steer to")
+        );
+        return;
+    }
+    let before = std::fs::read_to_string(SOCK_FLOWS).expect(SOCK_FLOWS);
+    // Host-wide: put back what it was, whatever happens below.
+    struct Restore(String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(SOCK_FLOWS, self.0.trim());
+        }
+    }
+    let _restore = Restore(before.clone());
+    netns_add(&node_ns);
+    let mut d = Daemon::start(
+        &text,
+        control,
+        dir,
+        vec![node_ns.clone(), a.clone(), b.clone()],
+    );
+    let others: Vec<usize> = allowed.iter().copied().filter(|&c| c != last).collect();
+    for (ns, ifname) in [(&a, "eth0"), (&b, "eth0"), (&node_ns, "podsw0")] {
+        for queue in 0..2 {
+            assert_eq!(
+                cpus_of_mask(&queue_setting(ns, ifname, queue, "rps_cpus")),
+                others,
+                "{ifname} rx-{queue} in {ns}: RPS to every CPU but the workers' ({last})"
+            );
+            assert_eq!(
+                queue_setting(ns, ifname, queue, "rps_flow_cnt"),
+                "4096",
+                "{ifname} rx-{queue} in {ns}: RFS flows"
+            );
+        }
+    }
+    let flows: u32 = std::fs::read_to_string(SOCK_FLOWS)
+        .expect(SOCK_FLOWS)
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(
+        flows >= 32768,
+        "RFS's socket flow table raised (was {}, now {flows})",
+        before.trim()
+    );
+    // Steered, frames still arrive: both ways between the pods, and to the node's gateway
+    // through the host interface.
+    assert!(ping_from(&a, "10.244.1.11"), "a -> b");
+    assert!(ping_from(&b, "10.244.1.10"), "b -> a");
+    assert!(ping_from(&a, "10.244.1.1"), "a -> the node through podsw0");
+    let out = d.stop();
+    assert!(out.status.success(), "SIGTERM: {}", stderr(&out));
 }

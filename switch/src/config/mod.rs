@@ -14,6 +14,7 @@
 //! # mac_ageing_secs = 300
 //! # workers = 1                   # data-plane threads; each pod TAP gets one queue per worker
 //! # cpus = [3]                    # pin the workers; default: the last `workers` CPUs; [] = no
+//! # rx_steering = false           # pods' kernel input on the CPUs without a worker (RPS/RFS)
 //! # underlay = "192.168.77.1"     # this node's VXLAN underlay address (needed with peers)
 //! # vxlan_port = 8472             # UDP destination port (Linux and flannel default)
 //! # vni = 1
@@ -222,9 +223,11 @@ impl Config {
     }
 
     /// Checks what depends on the machine rather than the file: the pinned CPUs must be ones
-    /// this process may run on (`allowed`, see `dataplane::allowed_cpus`).
+    /// this process may run on (`allowed`, see `dataplane::allowed_cpus`), and `rx_steering`
+    /// needs one of them left over.
     pub fn check_machine(&self, allowed: &[usize]) -> Result<(), ConfigError> {
         self.node.dataplane_cpus(allowed)?;
+        self.node.rx_steering_cpus(allowed)?;
         Ok(())
     }
 }

@@ -25,6 +25,8 @@ mod host;
 mod netlink;
 mod services;
 pub(crate) mod spec;
+mod steering;
+pub use steering::{enable_flow_table, SOCK_FLOW_ENTRIES};
 mod upgrade;
 
 use std::collections::BTreeMap;
@@ -286,6 +288,8 @@ pub struct Node {
     masquerade: Mutex<Option<host::Masquerade>>,
     /// The connection-tracking generation the flows file was last written at.
     flows_saved: Mutex<Option<u64>>,
+    /// Where the interfaces' receive work goes (`node.rx_steering`), if anywhere.
+    rx_steering: Option<steering::RxSteering>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -324,7 +328,14 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let reserved: Vec<Ipv4Addr> = recorded.pods.iter().filter_map(|p| p.ip).collect();
         spec.validate()?;
-        let config = spec.switch_config(&crate::dataplane::allowed_cpus())?;
+        let allowed = crate::dataplane::allowed_cpus();
+        let config = spec.switch_config(&allowed)?;
+        let rx_steering = spec
+            .rx_steering_cpus(&allowed)?
+            .map(|cpus| steering::RxSteering::to_cpus(&cpus));
+        if let Some(steering) = &rx_steering {
+            tracing::info!(rps_cpus = steering.mask(), "rx_steering on");
+        }
         let net = config.node.clone();
         let tunnel = match spec.tunnel_addr() {
             Some(addr) => Some(
@@ -352,6 +363,7 @@ impl Node {
             host_routes: Mutex::new(None),
             masquerade: Mutex::new(None),
             flows_saved: Mutex::new(None),
+            rx_steering,
         };
         let after_crash = lock(&node.inherited)
             .as_ref()
@@ -450,6 +462,14 @@ impl Node {
             Some(taps) => taps,
             None => host::create(&net, self.switch.workers()).map_err(err)?,
         };
+        if let Some(steering) = &self.rx_steering {
+            if let Err(e) = steering.apply(ifname) {
+                tracing::warn!(
+                    ifname,
+                    "rx_steering not set ({e}); the interface works without it"
+                );
+            }
+        }
         *lock(&self.host_fds) = taps.iter().map(TapPort::raw_fd).collect();
         let queues = taps
             .into_iter()
@@ -560,6 +580,15 @@ impl Node {
                 return Err(e);
             }
         };
+        if let Some(steering) = &self.rx_steering {
+            let set = netns
+                .run(|| steering.apply(&spec.ifname))
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            if let Err(e) = set {
+                tracing::warn!(pod = %spec.name, "rx_steering not set ({e}); the pod works without it");
+            }
+        }
         let fds = tap.iter().map(TapPort::raw_fd).collect();
         let queues = tap
             .into_iter()

@@ -151,6 +151,12 @@ pub struct NodeSpec {
     /// `NodeSpec::dataplane_cpus` for the default. `[]`: not pinned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<Vec<usize>>,
+    /// Run the pods' kernel network input (what a frame written into a pod's TAP costs) on
+    /// the CPUs no worker is pinned to, by RPS and RFS on the pods' and the host interface's
+    /// receive queues, instead of on the worker in its `writev`. More short connections per
+    /// second, less bulk throughput on a small machine; see `node::steering`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rx_steering: bool,
     /// This node's underlay (VXLAN) address. Required when peers are configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub underlay: Option<Ipv4Addr>,
@@ -306,6 +312,7 @@ impl NodeSpec {
             mac_ageing_secs: default_mac_ageing_secs(),
             workers: default_workers(),
             cpus: None,
+            rx_steering: false,
             underlay: None,
             vxlan_port: DEFAULT_VXLAN_PORT,
             vni: default_vni(),
@@ -424,6 +431,40 @@ impl NodeSpec {
                 Ok(allowed[allowed.len() - n..].to_vec())
             }
         }
+    }
+
+    /// The CPUs `rx_steering` sends the interfaces' receive work to: those of `allowed` no
+    /// worker is pinned to. `None` with steering off; an error if the workers are not pinned
+    /// or are pinned to every allowed CPU (nothing to steer to).
+    pub(crate) fn rx_steering_cpus(
+        &self,
+        allowed: &[usize],
+    ) -> Result<Option<Vec<usize>>, SpecError> {
+        if !self.rx_steering {
+            return Ok(None);
+        }
+        let pinned = self.dataplane_cpus(allowed)?;
+        if pinned.is_empty() {
+            return Err(SpecError::new(
+                "node.rx_steering",
+                "needs the workers pinned (node.cpus is []): it steers to the CPUs they are not on",
+            ));
+        }
+        let rest: Vec<usize> = allowed
+            .iter()
+            .copied()
+            .filter(|c| !pinned.contains(c))
+            .collect();
+        if rest.is_empty() {
+            return Err(SpecError::new(
+                "node.rx_steering",
+                format!(
+                    "the workers are pinned to every CPU this process may run on ({}): none is left to steer to",
+                    cpu_list(allowed)
+                ),
+            ));
+        }
+        Ok(Some(rest))
     }
 
     /// The data-plane settings: CIDR, gateway, router MAC, VNI, pod and tunnel MTU.
@@ -583,6 +624,35 @@ mod tests {
         assert_eq!(cpu_list(&[0, 1]), "0-1");
         assert_eq!(cpu_list(&[0, 2, 3, 4, 7]), "0, 2-4, 7");
         assert_eq!(cpu_list(&[]), "none");
+    }
+
+    #[test]
+    fn rx_steering_goes_to_the_cpus_without_a_worker() {
+        let mut n = NodeSpec::new("n", "10.244.1.0/24".parse().unwrap());
+        assert_eq!(n.rx_steering_cpus(&[0, 1]).unwrap(), None, "off by default");
+        n.rx_steering = true;
+        assert_eq!(n.rx_steering_cpus(&[0, 1]).unwrap(), Some(vec![0]));
+        assert_eq!(
+            n.rx_steering_cpus(&[0, 1, 2, 3]).unwrap(),
+            Some(vec![0, 1, 2])
+        );
+        n.cpus = Some(vec![0]);
+        assert_eq!(n.rx_steering_cpus(&[0, 1, 2]).unwrap(), Some(vec![1, 2]));
+        n.cpus = Some(vec![]);
+        assert_eq!(
+            n.rx_steering_cpus(&[0, 1]).unwrap_err().to_string(),
+            "node.rx_steering: needs the workers pinned (node.cpus is []): it steers to the CPUs they are not on"
+        );
+        n.cpus = None;
+        n.workers = 2;
+        assert_eq!(
+            n.rx_steering_cpus(&[0, 1]).unwrap_err().to_string(),
+            "node.rx_steering: the workers are pinned to every CPU this process may run on (0-1): none is left to steer to"
+        );
+        assert!(
+            n.rx_steering_cpus(&[0]).is_err(),
+            "one CPU: nothing to steer to"
+        );
     }
 
     #[test]
