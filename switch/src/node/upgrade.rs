@@ -60,7 +60,7 @@ pub struct Handover {
     pub(super) after_crash: bool,
 }
 
-/// The flows file: the open TCP flows through services and the services' ids, written by the
+/// The flows file: the live flows through services and the services' ids, written by the
 /// running node whenever connection tracking changed (at most every [`SAVE_FLOWS_EVERY`]), so
 /// a start after a crash tracks them again.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -462,7 +462,7 @@ impl Node {
     }
 
     /// Writes the flows file ([`Handover::after_crash`]) if connection tracking changed since
-    /// the last write: the open TCP flows and the services' ids (atomically: a crash
+    /// the last write: the live flows ([`SavedFlow::is_live`]) and the services' ids (atomically: a crash
     /// mid-write leaves the old file whole). Returns whether it wrote. Called every [`SAVE_FLOWS_EVERY`] by the daemon.
     pub fn save_flows(&self) -> bool {
         let conntrack = &self.switch.tables().conntrack;
@@ -476,7 +476,7 @@ impl Node {
             flows: conntrack
                 .save()
                 .into_iter()
-                .filter(SavedFlow::is_open_tcp)
+                .filter(SavedFlow::is_live)
                 .collect(),
         };
         let path = self.spec.flows_path();

@@ -256,14 +256,16 @@ pub(crate) struct SavedFlow {
 }
 
 impl SavedFlow {
-    /// A TCP flow opening or established: what a restart after a crash must track again,
-    /// or the backend's next segment would reach its client untranslated and be reset.
-    pub(crate) fn is_open_tcp(&self) -> bool {
-        self.proto == protocol::TCP
-            && matches!(
-                FlowState::from_u8(self.state),
-                FlowState::SynSent | FlowState::Established
-            )
+    /// A flow still carrying packets: what a restart after a crash must track again, or the
+    /// backend's next segment would reach its client untranslated and be reset (TCP, opening,
+    /// established or half-closed), or its next datagram would go to another backend if the
+    /// backends changed, and its replies untranslated meanwhile (UDP). Reset (`closed`) and
+    /// `ended` flows are left out.
+    pub(crate) fn is_live(&self) -> bool {
+        !matches!(
+            FlowState::from_u8(self.state),
+            FlowState::Closed | FlowState::Ended
+        )
     }
 }
 
@@ -625,6 +627,72 @@ mod tests {
         assert_eq!(ct.expire(7 + 121), 1);
         assert!(ct.is_empty());
         assert!(ct.reply(&rk, 200, 0).is_none());
+    }
+
+    #[test]
+    fn a_crash_carries_the_live_flows_over() {
+        let ct = Conntrack::new(16);
+        let mut expect = Vec::new();
+        // (client port, protocol, packets as (flags, reply), carried over a crash)
+        /// Packets after the insert: TCP flags (0 for UDP) and whether it is a reply.
+        type Packets = &'static [(u8, bool)];
+        let cases: [(u16, u8, Packets, bool); 7] = [
+            (1, 6, &[], true),                                        // syn_sent
+            (2, 6, &[(tcp_flags::SYN | tcp_flags::ACK, true)], true), // established
+            (
+                3,
+                6,
+                &[
+                    (tcp_flags::SYN | tcp_flags::ACK, true),
+                    (tcp_flags::FIN, false),
+                ],
+                true,
+            ), // closing
+            (4, 6, &[(tcp_flags::RST, true)], false),                 // closed
+            (5, 17, &[], true),                                       // unreplied
+            (6, 17, &[(0, true)], true),                              // replied
+            (7, 6, &[(tcp_flags::SYN | tcp_flags::ACK, true)], false), // ended below
+        ];
+        for (port, proto, packets, live) in cases {
+            let f = flow(&format!("10.244.1.10:{port}"), "10.244.2.7:80", proto, 0);
+            let (fk, rk) = (f.forward_key(), f.reply_key());
+            ct.insert(f);
+            for &(flags, reply) in packets {
+                if reply {
+                    ct.reply(&rk, 1, flags);
+                } else {
+                    ct.forward(&fk, 1, flags);
+                }
+            }
+            if live {
+                expect.push(port);
+            }
+        }
+        let mut ended = flow("10.244.1.10:7", "10.244.2.7:80", 6, 0);
+        ended.service = 2;
+        ct.remove(&ended.forward_key());
+        ct.insert(ended);
+        ct.end_service(2);
+        let states: Vec<&str> = ct.list(1).iter().map(|f| f.state).collect();
+        for s in [
+            "syn_sent",
+            "established",
+            "closing",
+            "closed",
+            "unreplied",
+            "replied",
+            "ended",
+        ] {
+            assert!(states.contains(&s), "{s} among {states:?}");
+        }
+        let mut kept: Vec<u16> = ct
+            .save()
+            .into_iter()
+            .filter(SavedFlow::is_live)
+            .map(|f| f.client.port())
+            .collect();
+        kept.sort_unstable();
+        assert_eq!(kept, expect);
     }
 
     #[test]
