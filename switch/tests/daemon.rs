@@ -1927,6 +1927,23 @@ fn rx_steering_sets_rps_and_rfs_on_every_receive_queue() {
     assert!(ping_from(&a, "10.244.1.11"), "a -> b");
     assert!(ping_from(&b, "10.244.1.10"), "b -> a");
     assert!(ping_from(&a, "10.244.1.1"), "a -> the node through podsw0");
+    // Turned off across an upgrade: the handed-over TAPs keep their interfaces and are set
+    // back to the kernel's default.
+    let config = d.dir.join("node.toml");
+    std::fs::write(&config, text.replace("rx_steering = true\n", "")).expect("config");
+    let up = d.ctl(&["upgrade"]);
+    assert!(up.status.success(), "upgrade: {}", stderr(&up));
+    for (ns, ifname) in [(&a, "eth0"), (&b, "eth0"), (&node_ns, "podsw0")] {
+        for queue in 0..2 {
+            let mask = queue_setting(ns, ifname, queue, "rps_cpus");
+            assert!(
+                cpus_of_mask(&mask).is_empty(),
+                "{ifname} rx-{queue} in {ns}: {mask}"
+            );
+            assert_eq!(queue_setting(ns, ifname, queue, "rps_flow_cnt"), "0");
+        }
+    }
+    assert!(ping_from(&a, "10.244.1.11"), "a -> b after the upgrade");
     let out = d.stop();
     assert!(out.status.success(), "SIGTERM: {}", stderr(&out));
 }

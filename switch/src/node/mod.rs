@@ -26,8 +26,9 @@ mod netlink;
 mod services;
 pub(crate) mod spec;
 mod steering;
-pub use steering::{enable_flow_table, SOCK_FLOW_ENTRIES};
 mod upgrade;
+
+pub use steering::{enable_flow_table, SOCK_FLOW_ENTRIES};
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -424,6 +425,37 @@ impl Node {
         Ok(())
     }
 
+    /// Applies `node.rx_steering` to `ifname` in `netns` (else in the calling thread's
+    /// namespace): if on, on every attachment; if off, to a TAP `handed_over` by an upgrade
+    /// (made under the old process's setting, which may have been on). A failure is logged:
+    /// the interface works without it.
+    fn steer(&self, ifname: &str, netns: Option<&NetNs>, handed_over: bool) {
+        let off;
+        let steering = match (&self.rx_steering, handed_over) {
+            (Some(steering), _) => steering,
+            (None, true) => {
+                off = steering::RxSteering::off();
+                &off
+            }
+            (None, false) => return,
+        };
+        let set = match netns {
+            Some(ns) => ns
+                .run(|| steering.apply(ifname))
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string())),
+            None => steering.apply(ifname).map_err(|e| e.to_string()),
+        };
+        if let Err(e) = set {
+            let netns = netns.map_or("", NetNs::name);
+            tracing::warn!(
+                ifname,
+                netns,
+                "rx_steering not set ({e}); the interface works without it"
+            );
+        }
+    }
+
     /// Creates the host interface in the calling thread's namespace and attaches it.
     fn attach_host(&self, ifname: &str) -> Result<(), NodeError> {
         let err = |message| NodeError::Host {
@@ -458,18 +490,12 @@ impl Node {
                     .ok()
             })
             .flatten();
+        let handed_over = adopted.is_some();
         let taps = match adopted {
             Some(taps) => taps,
             None => host::create(&net, self.switch.workers()).map_err(err)?,
         };
-        if let Some(steering) = &self.rx_steering {
-            if let Err(e) = steering.apply(ifname) {
-                tracing::warn!(
-                    ifname,
-                    "rx_steering not set ({e}); the interface works without it"
-                );
-            }
-        }
+        self.steer(ifname, None, handed_over);
         *lock(&self.host_fds) = taps.iter().map(TapPort::raw_fd).collect();
         let queues = taps
             .into_iter()
@@ -569,7 +595,9 @@ impl Node {
                 }
             }
         };
-        let tap = match self.adopt(spec, ip, mac) {
+        let adopted = self.adopt(spec, ip, mac);
+        let handed_over = adopted.is_some();
+        let tap = match adopted {
             Some(tap) => Ok(tap),
             None => self.plumb(spec, ip, &netns, created),
         };
@@ -580,15 +608,7 @@ impl Node {
                 return Err(e);
             }
         };
-        if let Some(steering) = &self.rx_steering {
-            let set = netns
-                .run(|| steering.apply(&spec.ifname))
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            if let Err(e) = set {
-                tracing::warn!(pod = %spec.name, "rx_steering not set ({e}); the pod works without it");
-            }
-        }
+        self.steer(&spec.ifname, Some(&netns), handed_over);
         let fds = tap.iter().map(TapPort::raw_fd).collect();
         let queues = tap
             .into_iter()

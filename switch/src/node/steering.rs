@@ -12,8 +12,9 @@
 //!   which keeps a bulk stream's input beside its reader.
 //!
 //! Off by default: on a small machine it trades bulk throughput for connection rate (figures
-//! in the README, "Services side by side"; why in `docs/design.md`, "Performance shape"). The settings belong to the device, so a TAP handed over across an
-//! upgrade keeps them; they are written again on every attachment, so a changed setting applies.
+//! in the README, "Services side by side"; why in `docs/design.md`, "Performance shape"). The
+//! settings belong to the device, so a TAP handed over across an upgrade keeps them: the new
+//! process writes its own setting (on, or back to off) into every handed-over TAP.
 //!
 //! The interface lives in the pod's namespace, and `/sys/class/net` shows the devices of the
 //! namespace sysfs was mounted from, not the caller's. So the settings are written through a
@@ -54,18 +55,29 @@ pub(crate) enum SteeringError {
     },
 }
 
-/// The steering of a node: the RPS mask its interfaces get.
+/// The steering of a node: what its interfaces' receive queues get.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RxSteering {
     /// `rps_cpus` as the kernel reads it (hex, 32-bit groups separated by commas).
     mask: String,
+    /// `rps_flow_cnt`.
+    flow_cnt: u32,
 }
 
 impl RxSteering {
-    /// Steering to `cpus` (not empty: the spec refuses that).
+    /// Steering to `cpus` (not empty: the spec refuses that), with RFS.
     pub(crate) fn to_cpus(cpus: &[usize]) -> Self {
         Self {
             mask: cpu_mask(cpus),
+            flow_cnt: FLOW_CNT,
+        }
+    }
+
+    /// No steering (the kernel's default): for a TAP handed over by a process that had it on.
+    pub(crate) fn off() -> Self {
+        Self {
+            mask: "0".into(),
+            flow_cnt: 0,
         }
     }
 
@@ -88,7 +100,7 @@ impl RxSteering {
             write_at(
                 &sysfs,
                 &format!("{dir}/{q}/rps_flow_cnt"),
-                &FLOW_CNT.to_string(),
+                &self.flow_cnt.to_string(),
             )?;
         }
         Ok(queues.len())
