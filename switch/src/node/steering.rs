@@ -87,8 +87,8 @@ impl RxSteering {
     }
 
     /// Sets RPS and RFS on every receive queue of `ifname` in the calling thread's network
-    /// namespace. Returns how many queues it set.
-    pub(crate) fn apply(&self, ifname: &str) -> Result<usize, SteeringError> {
+    /// namespace.
+    pub(crate) fn apply(&self, ifname: &str) -> Result<(), SteeringError> {
         let sysfs = sysfs_here().map_err(SteeringError::Sysfs)?;
         let dir = format!("class/net/{ifname}/queues");
         let queues = rx_queues(&sysfs, &dir).map_err(|source| SteeringError::Queues {
@@ -103,7 +103,7 @@ impl RxSteering {
                 &self.flow_cnt.to_string(),
             )?;
         }
-        Ok(queues.len())
+        Ok(())
     }
 }
 
