@@ -315,6 +315,9 @@ fn run(config_path: &Path) -> Result<(), String> {
     // Without an upgrade's handover, the flows a crashed run last saved.
     let handover =
         handover.or_else(|| podswitch::node::Handover::after_crash(&cfg.node.flows_path()));
+    // What the machine refuses (CPUs) is refused before anything changes, here or host-wide.
+    cfg.check_machine(&podswitch::dataplane::allowed_cpus())
+        .map_err(|e| e.to_string())?;
     // RFS for rx_steering: a host-wide setting, visible only from the host's namespace (an
     // upgraded daemon starts in the node's and finds it set by the first one).
     if cfg.node.rx_steering {
@@ -337,8 +340,6 @@ fn run(config_path: &Path) -> Result<(), String> {
         enter_netns(ns)?;
         podswitch::node::loopback_up().map_err(|e| format!("node.netns {ns:?}: {e}"))?;
     }
-    cfg.check_machine(&podswitch::dataplane::allowed_cpus())
-        .map_err(|e| e.to_string())?;
     let control_path = cfg.node.control_path();
     // Claim the control socket first: a second daemon for the same node stops here, before it
     // touches any namespace. The error names the socket.

@@ -657,8 +657,19 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// `podswitch run --config` of `text` (expected to be refused before anything starts).
+/// The error of `podswitch run --config` of `text` (expected to be refused before anything
+/// starts).
 fn run_refused(dir: &Path, text: &str) -> String {
+    // The error is the last line (log lines may come before it).
+    refused_log(dir, text)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// All `podswitch run --config` of `text` writes to stderr (it must be refused).
+fn refused_log(dir: &Path, text: &str) -> String {
     let path = dir.join("refused.toml");
     std::fs::write(&path, text).expect("write config");
     let out = Command::new(BIN)
@@ -667,8 +678,7 @@ fn run_refused(dir: &Path, text: &str) -> String {
         .output()
         .expect("run");
     assert!(!out.status.success(), "accepted:\n{text}");
-    // The error is the last line (log lines may come before it).
-    stderr(&out).lines().last().unwrap_or_default().to_string()
+    stderr(&out)
 }
 
 /// A node with a tunnel on the loopback (a UDP port of its own), one peer and one pod.
@@ -890,10 +900,14 @@ fn settings_that_cannot_work_are_refused_at_start() {
         "{err}"
     );
     // Steering to the CPUs without a worker, with the workers not pinned: nowhere to steer to.
-    assert_eq!(
-        run_refused(&dir, &node("cpus = []\nrx_steering = true")),
-        "podswitch: config error: node.rx_steering: needs the workers pinned (node.cpus is []): it steers to the CPUs they are not on"
+    // Refused before it touches the host-wide RFS table (which it would raise, and log, on a
+    // machine where RFS is off).
+    let log = refused_log(&dir, &node("cpus = []\nrx_steering = true"));
+    assert!(
+        log.ends_with("podswitch: config error: node.rx_steering: needs the workers pinned (node.cpus is []): it steers to the CPUs they are not on\n"),
+        "{log}"
     );
+    assert!(!log.contains("rps_sock_flow_entries"), "{log}");
     // A pod MTU the tunnel cannot carry, with peers.
     let peer = "underlay = \"127.0.0.1\"\nmtu = 1500\n\n[[peers]]\nname = \"b\"\nunderlay = \"127.0.0.2\"\npod_cidr = \"10.244.2.0/24\"";
     assert_eq!(
