@@ -10,19 +10,13 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use podstack::Pod;
 use podswitch::dataplane::{Switch, SwitchConfig};
-use podswitch::table::MacTableConfig;
 use podswitch_bench::{MEASUREMENT, SAMPLES, WARM_UP};
 
 const CHUNK: usize = 8 << 20;
 
 fn tcp_between_pods(c: &mut Criterion) {
     let node = podswitch_bench::node_config();
-    let sw = Switch::start(SwitchConfig {
-        node,
-        mac: MacTableConfig::default(),
-        workers: 1,
-        cpus: Vec::new(),
-    })
+    let sw = Switch::start(SwitchConfig::new(node))
     .expect("switch");
     let a = Pod::attach(&sw, "a", Ipv4Addr::new(10, 244, 1, 10)).expect("pod a");
     let b = Pod::attach(&sw, "b", Ipv4Addr::new(10, 244, 1, 11)).expect("pod b");

@@ -17,7 +17,7 @@ use std::time::Duration;
 use podswitch::dataplane::{Switch, SwitchConfig};
 use podswitch::pipeline::NodeConfig;
 use podswitch::port::UdpTunnel;
-use podswitch::table::{MacTableConfig, Peer, PortInfo, PortKind};
+use podswitch::table::{Peer, PortInfo, PortKind};
 use podswitch::testutil::{eth, ipv4_tos, udp};
 use podswitch::wire::EthernetAddress;
 
@@ -34,12 +34,7 @@ fn main() {
     let (addr_a, addr_b) = (ta.local_addr(), tb.local_addr());
     let sw = |cidr: &str, mac, t| {
         Switch::start_with_tunnel(
-            SwitchConfig {
-                node: NodeConfig::new(cidr.parse().unwrap(), EthernetAddress(mac)),
-                mac: MacTableConfig::default(),
-                workers: 1,
-                cpus: Vec::new(),
-            },
+            SwitchConfig::new(NodeConfig::new(cidr.parse().unwrap(), EthernetAddress(mac))),
             Some(t),
         )
         .expect("switch")

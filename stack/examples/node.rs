@@ -8,7 +8,6 @@ use std::time::Instant;
 use podstack::Pod;
 use podswitch::dataplane::{Switch, SwitchConfig};
 use podswitch::pipeline::NodeConfig;
-use podswitch::table::MacTableConfig;
 use podswitch::wire::EthernetAddress;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,12 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "node: pod CIDR {cidr}, gateway {} ({})",
         node.gateway, node.router_mac
     );
-    let sw = Switch::start(SwitchConfig {
-        node,
-        mac: MacTableConfig::default(),
-        workers: 1,
-        cpus: Vec::new(),
-    })?;
+    let sw = Switch::start(SwitchConfig::new(node))?;
 
     let web = Pod::attach(&sw, "web", Ipv4Addr::new(10, 244, 1, 10))?;
     let db = Pod::attach(&sw, "db", Ipv4Addr::new(10, 244, 1, 11))?;

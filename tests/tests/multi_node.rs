@@ -8,7 +8,7 @@ use podstack::Pod;
 use podswitch::dataplane::{Switch, SwitchConfig};
 use podswitch::pipeline::{DropReason, NodeConfig};
 use podswitch::port::UdpTunnel;
-use podswitch::table::{MacTableConfig, Peer, PortInfo, PortKind};
+use podswitch::table::{Peer, PortInfo, PortKind};
 use podswitch::testutil::{eth, ipv4_tos, pattern, udp, vxlan_wrap, wait_for};
 use podswitch::wire::EthernetAddress;
 
@@ -38,22 +38,12 @@ fn cluster(tweak: impl FnOnce(&mut NodeConfig)) -> Cluster {
         EthernetAddress(VTEP_B),
     );
     let a = Switch::start_with_tunnel(
-        SwitchConfig {
-            node: cfg_a,
-            mac: MacTableConfig::default(),
-            workers: 1,
-            cpus: Vec::new(),
-        },
+        SwitchConfig::new(cfg_a),
         Some(ta),
     )
     .expect("node A");
     let b = Switch::start_with_tunnel(
-        SwitchConfig {
-            node: cfg_b,
-            mac: MacTableConfig::default(),
-            workers: 1,
-            cpus: Vec::new(),
-        },
+        SwitchConfig::new(cfg_b),
         Some(tb),
     )
     .expect("node B");

@@ -10,7 +10,7 @@ use podstack::{NetError, Pod};
 use podswitch::dataplane::{Switch, SwitchConfig};
 use podswitch::pipeline::{DropReason, NodeConfig};
 use podswitch::port::MemEndpoint;
-use podswitch::table::{MacTableConfig, PortInfo, PortKind};
+use podswitch::table::{PortInfo, PortKind};
 use podswitch::testutil::{arp, eth, icmp_echo, ipv4, pattern, udp, wait_for};
 use podswitch::wire::EthernetAddress;
 
@@ -18,12 +18,7 @@ const ROUTER_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
 
 fn node() -> Switch {
     let cidr = "10.244.1.0/24".parse().expect("cidr");
-    Switch::start(SwitchConfig {
-        node: NodeConfig::new(cidr, EthernetAddress(ROUTER_MAC)),
-        mac: MacTableConfig::default(),
-        workers: 1,
-        cpus: Vec::new(),
-    })
+    Switch::start(SwitchConfig::new(NodeConfig::new(cidr, EthernetAddress(ROUTER_MAC))))
     .expect("switch starts")
 }
 

@@ -12,6 +12,7 @@
 //! # router_mac = "02:ee:..."      # default derived from the node name
 //! # mac_table_size = 16384
 //! # mac_ageing_secs = 300
+//! # conntrack_max = 262144
 //! # workers = 1                   # data-plane threads; each pod TAP gets one queue per worker
 //! # cpus = [3]                    # pin the workers; default: the last `workers` CPUs; [] = no
 //! # rx_steering = false           # pods' kernel input on the CPUs without a worker (RPS/RFS)

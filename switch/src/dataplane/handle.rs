@@ -32,6 +32,8 @@ pub struct SwitchConfig {
     pub node: NodeConfig,
     /// MAC table size and ageing.
     pub mac: MacTableConfig,
+    /// Most flows connection tracking follows.
+    pub conntrack_max: usize,
     /// Data-plane threads (at least 1). Each reads its own queue of every port, so with more
     /// than one every port must come with that many queues (multi-queue TAPs); in-memory
     /// ports have one queue and need a single worker.
@@ -49,6 +51,7 @@ impl SwitchConfig {
         Self {
             node,
             mac: MacTableConfig::default(),
+            conntrack_max: crate::table::DEFAULT_CONNTRACK_MAX,
             workers: 1,
             cpus: Vec::new(),
         }
@@ -205,7 +208,7 @@ impl Switch {
     ) -> Result<Self, SwitchError> {
         let workers = cfg.workers.max(1);
         let topology = Topology::new(cfg.node.cidr, cfg.node.gateway);
-        let tables = Arc::new(Tables::new(topology, cfg.mac));
+        let tables = Arc::new(Tables::new(topology, cfg.mac).with_conntrack_max(cfg.conntrack_max));
         let metrics = Arc::new(Metrics::default());
         let tunnel_metrics = tunnel
             .as_ref()

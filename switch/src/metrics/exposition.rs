@@ -381,6 +381,13 @@ impl Collector for StateCollector {
             "New service flows refused because connection tracking was full.",
             s.conntrack.full_events,
         )?;
+        single(
+            e,
+            MetricType::Counter,
+            "conntrack_evicted",
+            "Flows evicted before their timeout to make room (not yet established, reset or closed).",
+            s.conntrack.evicted,
+        )?;
 
         single(
             e,

@@ -240,6 +240,10 @@ pub struct TableState {
     pub capacity: u64,
     /// Entries refused because the table was full, since the node started.
     pub full_events: u64,
+    /// Entries forgotten before their timeout to make room, since the node started
+    /// (connection tracking's not-yet-established or closed flows; 0 for the MAC table).
+    #[serde(default)]
+    pub evicted: u64,
 }
 
 /// Where the server takes its snapshots from: the running node and, with `[cluster]`, the
@@ -356,11 +360,13 @@ impl StateSource {
             entries: tables.mac.load().len() as u64,
             capacity: tables.mac.capacity() as u64,
             full_events: tables.mac.full_events(),
+            evicted: 0,
         };
         let conntrack = TableState {
             entries: tables.conntrack.len() as u64,
             capacity: tables.conntrack.capacity() as u64,
             full_events: totals.dropped(crate::pipeline::DropReason::ConntrackFull),
+            evicted: tables.conntrack.evicted(),
         };
         let cluster = self
             .cluster
@@ -480,11 +486,13 @@ pub(crate) mod tests {
                 entries: 3,
                 capacity: 16384,
                 full_events: 0,
+                evicted: 0,
             },
             conntrack: TableState {
                 entries: 3,
                 capacity: 262_144,
                 full_events: 0,
+                evicted: 0,
             },
             cluster: Some(ClusterStatus {
                 endpoints: vec!["http://127.0.0.1:2379".into()],
@@ -562,7 +570,7 @@ pub(crate) mod tests {
         assert_eq!(v["services"][0]["backends"][0]["connections"], 3);
         assert_eq!(
             keys(&v["mac_table"]),
-            ["capacity", "entries", "full_events"]
+            ["capacity", "entries", "evicted", "full_events"]
         );
         assert_eq!(v["node"]["pod_cidr"], "10.244.1.0/24");
         assert_eq!(v["workers"][0]["busy_seconds"], 0.25);

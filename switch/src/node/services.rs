@@ -5,6 +5,7 @@
 //! the service lock); names are unique, and so are `(vip, port, proto)`. Each service records
 //! where it came from (config, runtime, etcd); the etcd agent changes only services from etcd.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 
@@ -311,9 +312,36 @@ impl Node {
         flows
     }
 
-    /// Forgets the flows idle past their timeout (called periodically by the daemon).
+    /// Forgets the flows idle past their timeout (called periodically by the daemon). After
+    /// a call that forgot many, the next returns the freed memory to the system: a flood's
+    /// flows are freed a little after their removal (lock-free reclamation), in many small
+    /// blocks the allocator would otherwise keep.
     pub fn expire_flows(&self) -> usize {
         let tables = self.switch.tables();
-        tables.conntrack.expire(tables.mac.now())
+        let removed = tables.conntrack.expire(tables.mac.now());
+        let evicted = tables.conntrack.evicted();
+        let gone = removed as u64 + evicted.saturating_sub(EVICTED_SEEN.swap(evicted, Relaxed));
+        if FORGOTTEN.swap(gone, Relaxed) >= TRIM_AFTER_FLOWS {
+            trim_heap();
+        }
+        removed
+    }
+}
+
+/// Flows forgotten (expired or evicted) by one [`Node::expire_flows`] call past which the
+/// next call returns freed memory to the system.
+const TRIM_AFTER_FLOWS: u64 = 4096;
+
+/// What the last [`Node::expire_flows`] call saw forgotten, and the eviction count then (one
+/// node per daemon process).
+static FORGOTTEN: AtomicU64 = AtomicU64::new(0);
+static EVICTED_SEEN: AtomicU64 = AtomicU64::new(0);
+
+/// Returns the allocator's free memory to the system.
+fn trim_heap() {
+    // SAFETY: malloc_trim only walks glibc's own arenas (taking their locks); it touches no
+    // memory of ours and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

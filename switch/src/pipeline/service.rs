@@ -23,7 +23,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use super::reply::{self, IcmpError};
 use super::{Action, Core, DropReason};
 use crate::table::{
-    flow_hash, tcp_flags, CompiledService, Flow, FlowKey, Hit, Topology, HAIRPIN_PORTS,
+    flow_hash, tcp_flags, CompiledService, Flow, FlowKey, Hit, Refused, Topology, HAIRPIN_PORTS,
 };
 use crate::wire::ethernet;
 use crate::wire::ipv4::protocol::{ICMP, TCP};
@@ -177,15 +177,27 @@ impl Core {
             return Err(Refusal::TooBig);
         }
         let snat = if *backend.ip() == src {
-            let source = self.hairpin_source(&backend, proto, hash);
+            let source = self.free_source(self.cfg.gateway, &backend, proto, hash);
             Some(source.ok_or(Refusal::Drop(DropReason::HairpinPortsBusy))?)
+        } else if ct.replies_to(&FlowKey::new(*backend.ip(), backend.port(), src, sport, proto)) {
+            // The client's port already talks to this backend through another VIP: its
+            // replies would be that flow's. Given a free port, as Linux's NAT does.
+            let source = self.free_source(src, &backend, proto, hash);
+            Some(source.ok_or(Refusal::Drop(DropReason::ConntrackClash))?)
         } else {
             None
         };
         let (client, vip) = (SocketAddrV4::new(src, sport), SocketAddrV4::new(dst, dport));
-        let flow = Flow::new(client, vip, backend, snat, proto, svc.id, self.now);
-        if !ct.insert(flow) {
-            return Err(Refusal::Drop(DropReason::ConntrackFull));
+        let mut flow = Flow::new(client, vip, backend, snat, proto, svc.id, self.now);
+        if proto == TCP && flags & tcp_flags::SYN == 0 {
+            flow = flow.picked_up_mid_stream();
+        }
+        if let Err(refused) = ct.try_insert(flow) {
+            return Err(Refusal::Drop(match refused {
+                Refused::Full => DropReason::ConntrackFull,
+                Refused::ClientShare => DropReason::ConntrackClientShare,
+                Refused::Clash => DropReason::ConntrackClash,
+            }));
         }
         Ok(Hit {
             client,
@@ -196,15 +208,22 @@ impl Core {
         })
     }
 
-    /// The source of a new hairpin flow to `backend`, as the backend will see it: the gateway
-    /// address and a port of [`HAIRPIN_PORTS`] that no flow to this backend holds (so its
-    /// replies are this flow's alone, and not the node's own connections': those take ports
+    /// The source of a new flow to `backend`, as the backend will see it, when the client's
+    /// own cannot be (hairpin: `addr` is the gateway; a clash: the client's address): `addr`
+    /// and a port of [`HAIRPIN_PORTS`] that no flow to this backend holds (so its replies are
+    /// this flow's alone, and not the client's or node's own connections': those take ports
     /// of the ephemeral range below). Tried from a port picked by `hash`; `None` if the
     /// [`HAIRPIN_TRIES`] ports tried are all taken.
-    fn hairpin_source(&self, backend: &SocketAddrV4, proto: u8, hash: u64) -> Option<SocketAddrV4> {
+    fn free_source(
+        &self,
+        addr: Ipv4Addr,
+        backend: &SocketAddrV4,
+        proto: u8,
+        hash: u64,
+    ) -> Option<SocketAddrV4> {
         let (first, count) = (*HAIRPIN_PORTS.start(), HAIRPIN_PORTS.len() as u64);
         (0..HAIRPIN_TRIES)
-            .map(|i| SocketAddrV4::new(self.cfg.gateway, first + ((hash + i) % count) as u16))
+            .map(|i| SocketAddrV4::new(addr, first + ((hash + i) % count) as u16))
             .find(|s| {
                 let reply = FlowKey::new(*backend.ip(), backend.port(), *s.ip(), s.port(), proto);
                 !self.tables.conntrack.replies_to(&reply)

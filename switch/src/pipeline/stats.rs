@@ -86,8 +86,15 @@ drop_reasons! {
     NoBackends => "no_backends",
     /// A packet of a TCP flow whose backend was removed (reset sent: the client reconnects).
     BackendGone => "backend_gone",
-    /// A new flow to a service while connection tracking is full.
+    /// A new flow to a service while connection tracking is full (and nothing in it could be
+    /// evicted).
     ConntrackFull => "conntrack_full",
+    /// A new flow to a service from a client (a pod, the node) that holds its share of
+    /// connection tracking (a quarter), none of it evictable: one client cannot take the table.
+    ConntrackClientShare => "conntrack_client_share",
+    /// A new flow to a service whose reply tuple another flow holds and no free source port
+    /// was found for it (or two workers raced for it).
+    ConntrackClash => "conntrack_clash",
     /// A new hairpin flow (a pod to its own service, picked as the backend) while the hairpin
     /// source ports tried for that backend were all taken.
     HairpinPortsBusy => "hairpin_ports_busy",

@@ -1107,6 +1107,51 @@ mod services {
     }
 
     #[test]
+    fn one_client_port_to_two_vips_of_one_backend_gets_a_free_port_not_a_refusal() {
+        let mut n = Node::new();
+        set_service(&mut n, &["10.244.1.11:8080"], Proto::Tcp);
+        const VIP2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+        let other = Service {
+            name: "web2".into(),
+            vip: VIP2,
+            port: 80,
+            proto: Proto::Tcp,
+            backends: vec!["10.244.1.11:8080".parse().unwrap()],
+            affinity: Affinity::None,
+        };
+        n.p.tables
+            .update_topology(|t| t.upsert_service(other))
+            .unwrap();
+        n.p.begin_batch();
+        let mut f = syn(pod_ip(10), 40000);
+        assert_eq!(n.run(0, &mut f), Action::Forward(1));
+        assert_eq!(ends(&f), (pod_ip(10), 40000, pod_ip(11), 8080));
+        // The same client port to the second VIP: the same backend, so the same reply tuple.
+        let seg = tcp_segment_bytes(pod_ip(10), 40000, VIP2, 80, 1000, 0, 0x02, b"");
+        let mut g = eth(R, pod_mac(10), 0x0800, &ipv4(pod_ip(10), VIP2, 6, 64, &seg));
+        assert_eq!(n.run(0, &mut g), Action::Forward(1), "not refused");
+        let (src, port, dst, dport) = ends(&g);
+        assert_eq!((src, dst, dport), (pod_ip(10), pod_ip(11), 8080));
+        assert!(HAIRPIN_PORTS.contains(&port), "a free port: {port}");
+        assert!(l4_ok(&g[14..]));
+        // Each flow's reply finds its own VIP and the client's own port.
+        for (from_port, vip) in [(40000, VIP), (port, VIP2)] {
+            let seg = tcp_segment_bytes(pod_ip(11), 8080, pod_ip(10), from_port, 5, 1001, 0x12, b"");
+            let mut r = eth(
+                pod_mac(10),
+                pod_mac(11),
+                0x0800,
+                &ipv4(pod_ip(11), pod_ip(10), 6, 64, &seg),
+            );
+            assert_eq!(n.run(1, &mut r), Action::Forward(0));
+            assert_eq!(ends(&r), (vip, 80, pod_ip(10), 40000));
+            assert!(l4_ok(&r[14..]));
+        }
+        assert_eq!(n.p.tables.conntrack.len(), 2);
+        assert_accounted(&n);
+    }
+
+    #[test]
     fn hairpin_and_a_removed_backend() {
         let mut n = Node::new();
         set_service(&mut n, &["10.244.1.10:8080"], Proto::Tcp);
@@ -1200,7 +1245,8 @@ mod services {
         set_service(&mut n, &["10.244.1.11:8080"], Proto::Tcp);
         let mut f = syn(pod_ip(10), 40000);
         assert_eq!(n.run(0, &mut f), Action::Forward(1));
-        // The backend's SYN-ACK, straight to the client at L2: the flow is established.
+        // The backend's SYN-ACK, straight to the client at L2, and the client's ACK: the
+        // flow is established.
         let seg = tcp_segment_bytes(pod_ip(11), 8080, pod_ip(10), 40000, 5000, 1001, 0x12, b"");
         let mut r = eth(
             pod_mac(10),
@@ -1209,6 +1255,9 @@ mod services {
             &ipv4(pod_ip(11), pod_ip(10), 6, 64, &seg),
         );
         assert_eq!(n.run(1, &mut r), Action::Forward(0));
+        let seg = tcp_segment_bytes(pod_ip(10), 40000, VIP, 80, 1001, 5001, 0x10, b"");
+        let mut a = eth(R, pod_mac(10), 0x0800, &ipv4(pod_ip(10), VIP, 6, 64, &seg));
+        assert_eq!(n.run(0, &mut a), Action::Forward(1));
         let id = n.p.topology().services().by_name("web").unwrap().id;
         let client: SocketAddrV4 = "10.244.1.10:40000".parse().unwrap();
         let vip = SocketAddrV4::new(VIP, 80);

@@ -20,7 +20,8 @@ mod service;
 mod topology;
 
 pub use conntrack::Conntrack;
-pub(crate) use conntrack::{tcp_flags, Flow, FlowKey, Hit, SavedFlow, HAIRPIN_PORTS};
+pub use conntrack::DEFAULT_CAPACITY as DEFAULT_CONNTRACK_MAX;
+pub(crate) use conntrack::{tcp_flags, Flow, FlowKey, Hit, Refused, SavedFlow, HAIRPIN_PORTS};
 pub use mac::{LearnOutcome, MacEntry, MacSnapshot, MacTable, MacTableConfig};
 pub use maglev::MAX_BACKENDS;
 pub(crate) use service::flow_hash;
@@ -90,7 +91,15 @@ impl Tables {
             mac: MacTable::new(mac),
             topology: ArcSwap::from_pointee(topology),
             topology_writer: Mutex::new(()),
-            conntrack: Conntrack::new(conntrack::DEFAULT_CAPACITY),
+            conntrack: Conntrack::new(DEFAULT_CONNTRACK_MAX),
+        }
+    }
+
+    /// The same tables with connection tracking bounded to `max` flows (empty: before use).
+    pub fn with_conntrack_max(self, max: usize) -> Self {
+        Self {
+            conntrack: Conntrack::new(max),
+            ..self
         }
     }
 

@@ -143,6 +143,10 @@ pub struct NodeSpec {
     /// Seconds a learned MAC lives without being seen.
     #[serde(default = "default_mac_ageing_secs")]
     pub(crate) mac_ageing_secs: u64,
+    /// Most flows connection tracking follows (Linux's `nf_conntrack_max`); a client holds
+    /// at most a quarter of them.
+    #[serde(default = "default_conntrack_max")]
+    pub(crate) conntrack_max: usize,
     /// Data-plane threads, 1 to [`MAX_WORKERS`]. Each pod's TAP gets one queue per worker
     /// (`IFF_MULTI_QUEUE`); the kernel spreads a pod's flows over the queues.
     #[serde(default = "default_workers")]
@@ -216,6 +220,10 @@ fn default_underlay_mtu() -> u16 {
 fn default_workers() -> usize {
     1
 }
+fn default_conntrack_max() -> usize {
+    crate::table::DEFAULT_CONNTRACK_MAX
+}
+
 fn default_mac_table_size() -> usize {
     MacTableConfig::default().capacity
 }
@@ -310,6 +318,7 @@ impl NodeSpec {
             router_mac: None,
             mac_table_size: default_mac_table_size(),
             mac_ageing_secs: default_mac_ageing_secs(),
+            conntrack_max: default_conntrack_max(),
             workers: default_workers(),
             cpus: None,
             rx_steering: false,
@@ -496,6 +505,7 @@ impl NodeSpec {
         Ok(SwitchConfig {
             node: self.node_config()?,
             mac: self.mac_table_config(),
+            conntrack_max: self.conntrack_max,
             workers: self.workers,
             cpus: self.dataplane_cpus(allowed)?,
         })

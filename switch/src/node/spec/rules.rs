@@ -44,6 +44,12 @@ const RANGES: &[Range] = &[
         why: "MAC table entries",
     },
     Range {
+        field: "node.conntrack_max",
+        min: 64,
+        max: u32::MAX as i128,
+        why: "flows tracked",
+    },
+    Range {
         field: "node.mac_ageing_secs",
         min: 1,
         max: u32::MAX as i128,
@@ -185,6 +191,7 @@ impl NodeSpec {
         }
         check_range("node.mac_table_size", self.mac_table_size as i128)?;
         check_range("node.mac_ageing_secs", self.mac_ageing_secs.into())?;
+        check_range("node.conntrack_max", self.conntrack_max as i128)?;
         check_range("node.workers", self.workers as i128)?;
         for (i, cpu) in self.cpus.iter().flatten().enumerate() {
             check_range(&format!("node.cpus[{i}]"), *cpu as i128)?;

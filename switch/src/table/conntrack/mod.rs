@@ -7,17 +7,32 @@
 //! its replies (backend -> client, or -> the gateway for a hairpin flow), holding the forward
 //! key. Readers on the data path never take a lock; inserts and removals are lock-free too.
 //!
-//! Bounded: past `capacity` flows, a new flow is refused (the pipeline counts it as
-//! `conntrack_full`). Expired flows
-//! (by TCP state or UDP timeout, as Linux conntrack with kube-proxy's settings) are removed by
-//! [`Conntrack::expire`], which the control plane calls periodically.
+//! Bounded, and shared fairly:
+//! - at most `capacity` flows; one client address (a pod, the node) holds at most its
+//!   `share` of them, so one pod cannot take the table from the others;
+//! - a flow that nothing working depends on ([`FlowState::evictable`]: not yet established,
+//!   reset, closed both ways) may be evicted before its timeout: a client at its share evicts
+//!   its own, any new flow evicts anyone's once the table is nearly full (Linux's
+//!   `early_drop`). Candidates wait in `evictable`, a bounded queue in the order they became
+//!   evictable (oldest evicted first; a candidate of another client is put back);
+//! - a new flow refused says why ([`Refused`]): the table full, the client's share, or its
+//!   reply tuple taken by another flow (the pipeline counts each under a reason of its own).
+//!
+//! Expired flows (by TCP state or UDP timeout, as Linux conntrack with kube-proxy's settings;
+//! [`FlowState`]) are removed by [`Conntrack::expire`], which the control plane calls
+//! periodically.
 
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
+use crossbeam_queue::ArrayQueue;
+
 use super::{mix, FastHasher};
 use crate::wire::ipv4::protocol;
+
+mod state;
+pub(crate) use state::{tcp_flags, FlowState};
 
 /// A flow in one direction: addresses, ports and protocol, packed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,97 +62,6 @@ impl Hash for FlowKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         // One word: FastHasher keeps only the last write.
         state.write_u64(self.addrs ^ mix(self.rest));
-    }
-}
-
-/// TCP flags the state machine reads.
-pub(crate) mod tcp_flags {
-    pub(crate) const FIN: u8 = 0x01;
-    pub(crate) const SYN: u8 = 0x02;
-    pub(crate) const RST: u8 = 0x04;
-    pub(crate) const ACK: u8 = 0x10;
-}
-
-/// Where a flow is in its life; each state has its timeout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum FlowState {
-    /// TCP: the client's SYN seen, no reply yet (Linux: SYN_SENT, 120 s).
-    SynSent = 0,
-    /// TCP: both ways seen (kube-proxy sets Linux's established timeout to 86400 s).
-    Established = 1,
-    /// TCP: a FIN seen (Linux: FIN_WAIT / TIME_WAIT, 120 s).
-    Closing = 2,
-    /// TCP: a RST seen (Linux: CLOSE, 10 s).
-    Closed = 3,
-    /// UDP: no reply yet (Linux: 30 s).
-    UdpUnreplied = 4,
-    /// UDP: replied (Linux's UDP stream timeout, 120 s).
-    UdpReplied = 5,
-    /// Its service was deleted: the client's next packet is answered with a reset (TCP) and
-    /// the flow forgotten; replies are no longer translated (120 s).
-    Ended = 6,
-}
-
-impl FlowState {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            0 => Self::SynSent,
-            1 => Self::Established,
-            2 => Self::Closing,
-            3 => Self::Closed,
-            4 => Self::UdpUnreplied,
-            5 => Self::UdpReplied,
-            _ => Self::Ended,
-        }
-    }
-
-    /// Seconds a flow in this state lives without a packet.
-    pub(crate) fn timeout(self) -> u32 {
-        match self {
-            Self::SynSent | Self::Closing | Self::Ended => 120,
-            Self::Established => 86_400,
-            Self::Closed => 10,
-            Self::UdpUnreplied => 30,
-            Self::UdpReplied => 120,
-        }
-    }
-
-    /// Lower-case name for listings.
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Self::SynSent => "syn_sent",
-            Self::Established => "established",
-            Self::Closing => "closing",
-            Self::Closed => "closed",
-            Self::UdpUnreplied => "unreplied",
-            Self::UdpReplied => "replied",
-            Self::Ended => "ended",
-        }
-    }
-
-    /// The state after a packet with TCP `flags` (0 for UDP) in direction `reply`.
-    fn next(self, flags: u8, reply: bool) -> Self {
-        use tcp_flags::*;
-        match self {
-            Self::Ended => self,
-            Self::UdpUnreplied | Self::UdpReplied => {
-                if reply {
-                    Self::UdpReplied
-                } else {
-                    self
-                }
-            }
-            _ if flags & RST != 0 => Self::Closed,
-            // The client's port reused for a new connection.
-            Self::Closing | Self::Closed if !reply && flags & SYN != 0 && flags & ACK == 0 => {
-                Self::SynSent
-            }
-            Self::Closed => self,
-            _ if flags & FIN != 0 => Self::Closing,
-            Self::SynSent if reply => Self::Established,
-            s => s,
-        }
     }
 }
 
@@ -192,6 +116,13 @@ impl Flow {
         }
     }
 
+    /// The flow, opened by a TCP segment that is not a SYN ([`FlowState::PickedUp`]).
+    pub(crate) fn picked_up_mid_stream(self) -> Self {
+        self.state
+            .store(FlowState::PickedUp as u8, Ordering::Relaxed);
+        self
+    }
+
     /// The key of the flow's replies: backend -> client (or -> the gateway, for hairpin).
     pub(crate) fn reply_key(&self) -> FlowKey {
         let to = self.snat.unwrap_or(self.client);
@@ -219,16 +150,23 @@ impl Flow {
     }
 
     /// Records a packet (its TCP flags, 0 for UDP) seen at `now` in direction `reply`.
+    /// True if the packet made the flow evictable (it was not): the one caller that moved it
+    /// queues it as a candidate.
     #[inline]
-    fn saw(&self, now: u32, flags: u8, reply: bool) {
+    fn saw(&self, now: u32, flags: u8, reply: bool) -> bool {
         if self.last_seen.load(Ordering::Relaxed) != now {
             self.last_seen.store(now, Ordering::Relaxed);
         }
         let s = self.state();
         let n = s.next(flags, reply);
-        if n != s {
-            self.state.store(n as u8, Ordering::Relaxed);
-        }
+        // One worker moves the flow (another may see the same change on another packet).
+        n != s
+            && self
+                .state
+                .compare_exchange(s as u8, n as u8, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            && n.evictable()
+            && !s.evictable()
     }
 
     fn expired(&self, now: u32) -> bool {
@@ -256,16 +194,10 @@ pub(crate) struct SavedFlow {
 }
 
 impl SavedFlow {
-    /// A flow still carrying packets: what a restart after a crash must track again, or the
-    /// backend's next segment would reach its client untranslated and be reset (TCP, opening,
-    /// established or half-closed), or its next datagram would go to another backend if the
-    /// backends changed, and its replies untranslated meanwhile (UDP). Reset (`closed`) and
-    /// `ended` flows are left out.
+    /// A flow a restart after a crash must track again ([`FlowState::carried_over_a_crash`]):
+    /// what the flows file keeps, so it stays as small as the working connections.
     pub(crate) fn is_live(&self) -> bool {
-        !matches!(
-            FlowState::from_u8(self.state),
-            FlowState::Closed | FlowState::Ended
-        )
+        FlowState::from_u8(self.state).carried_over_a_crash()
     }
 }
 
@@ -306,12 +238,31 @@ pub(crate) struct FlowInfo {
 
 type Map<V> = papaya::HashMap<FlowKey, V, BuildHasherDefault<FastHasher>>;
 
+/// Why a new flow is not tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The table holds `capacity` flows and none could be evicted.
+    Full,
+    /// The client holds its share of the table and none of its flows could be evicted.
+    ClientShare,
+    /// Another flow's replies have the same tuple (two workers raced for it).
+    Clash,
+}
+
 /// The connection-tracking table (see the module docs).
 pub struct Conntrack {
     forward: Map<Flow>,
     reply: Map<FlowKey>,
+    /// Flows per client address (absent: none).
+    clients: papaya::HashMap<u32, u32, BuildHasherDefault<FastHasher>>,
+    /// Candidates for eviction, oldest first (may name flows since gone or moved on: checked
+    /// when taken).
+    evictable: ArrayQueue<FlowKey>,
     count: AtomicUsize,
     capacity: usize,
+    share: usize,
+    /// Flows evicted before their timeout.
+    evicted: AtomicU64,
     /// Bumped by every insert and removal (not by state changes): whether a saved copy is
     /// out of date.
     generation: AtomicU64,
@@ -322,28 +273,62 @@ impl std::fmt::Debug for Conntrack {
         f.debug_struct("Conntrack")
             .field("flows", &self.len())
             .field("capacity", &self.capacity)
+            .field("share", &self.share)
             .finish()
     }
 }
 
-/// The source ports of hairpin flows (as the backend sees them, from the gateway address):
-/// above Linux's default ephemeral range (32768-60999), so they do not meet the node's own
-/// connections from that address, and each is given to one flow per backend at a time.
+/// The source ports the switch gives a flow whose client's own would clash (as the backend
+/// sees them): a hairpin flow's, from the gateway address, and a flow whose reply tuple
+/// another flow holds (one client port to two VIPs sharing a backend), from the client's.
+/// Above Linux's default ephemeral range (32768-60999), so they do not meet the connections
+/// the client (or the node) opens itself; each is given to one flow per backend at a time.
 pub(crate) const HAIRPIN_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
 
 /// Default bound on tracked flows.
-pub(crate) const DEFAULT_CAPACITY: usize = 262_144;
+pub const DEFAULT_CAPACITY: usize = 262_144;
+
+/// A client's share of the table: one in this many flows.
+const SHARE_DIVISOR: usize = 4;
+
+/// Past `capacity - capacity / NEARLY_FULL_DIVISOR` flows, a new flow first evicts others'.
+const NEARLY_FULL_DIVISOR: usize = 16;
+
+/// Candidates looked at per eviction attempt (bounded work on the data path).
+const EVICT_TRIES: usize = 8;
 
 impl Conntrack {
-    /// An empty table of at most `capacity` flows.
+    /// An empty table of at most `capacity` flows, a quarter of them per client.
     pub(crate) fn new(capacity: usize) -> Self {
+        Self::with_share(capacity, (capacity / SHARE_DIVISOR).max(1))
+    }
+
+    /// An empty table of at most `capacity` flows, `share` of them per client.
+    pub(crate) fn with_share(capacity: usize, share: usize) -> Self {
         Self {
             forward: Map::default(),
             reply: Map::default(),
+            clients: papaya::HashMap::default(),
+            evictable: ArrayQueue::new((capacity / SHARE_DIVISOR).max(1)),
             count: AtomicUsize::new(0),
             capacity,
+            share,
+            evicted: AtomicU64::new(0),
             generation: AtomicU64::new(0),
         }
+    }
+
+    /// Flows evicted before their timeout, since the start.
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Flows the client at `client` holds.
+    pub(crate) fn client_flows(&self, client: Ipv4Addr) -> usize {
+        self.clients
+            .pin()
+            .get(&u32::from(client))
+            .map_or(0, |n| *n as usize)
     }
 
     /// Most flows tracked at once.
@@ -372,7 +357,9 @@ impl Conntrack {
     pub(crate) fn forward(&self, key: &FlowKey, now: u32, flags: u8) -> Option<Hit> {
         let g = self.forward.pin();
         let f = g.get(key)?;
-        f.saw(now, flags, false);
+        if f.saw(now, flags, false) {
+            self.candidate(*key);
+        }
         Some(Hit::from(f))
     }
 
@@ -389,7 +376,7 @@ impl Conntrack {
         // it; otherwise the entry is stale and goes.
         if matches!(state, FlowState::Closed | FlowState::Ended)
             || (flags & tcp_flags::SYN != 0
-                && state != FlowState::SynSent
+                && !matches!(state, FlowState::SynSent | FlowState::SynRecv)
                 && f.proto == protocol::TCP)
         {
             drop(g);
@@ -399,7 +386,9 @@ impl Conntrack {
             }
             return None;
         }
-        f.saw(now, flags, true);
+        if f.saw(now, flags, true) {
+            self.candidate(fkey);
+        }
         Some(Hit::from(f))
     }
 
@@ -417,28 +406,83 @@ impl Conntrack {
         self.reply.pin().contains_key(key)
     }
 
-    /// Tracks `flow`; false (and counted) if the table is full.
-    pub(crate) fn insert(&self, flow: Flow) -> bool {
+    /// Tracks `flow`, evicting what the module docs say may be evicted to make room; or says
+    /// why not.
+    pub(crate) fn try_insert(&self, flow: Flow) -> Result<(), Refused> {
         let (fkey, rkey) = (flow.forward_key(), flow.reply_key());
+        let client = u32::from(*flow.client.ip());
+        if self.client_flows(*flow.client.ip()) >= self.share
+            && !self.evict(|f| u32::from(*f.client.ip()) == client)
+            && self.client_flows(*flow.client.ip()) >= self.share
+        {
+            return Err(Refused::ClientShare);
+        }
+        if self.len() >= self.capacity - self.capacity / NEARLY_FULL_DIVISOR {
+            self.evict(|_| true);
+        }
         // The reply key must be this flow's alone, or another flow's replies would be
-        // translated as this one's (one client port to two VIPs sharing a backend).
+        // translated as this one's.
         let rg = self.reply.pin();
         match rg.try_insert(rkey, fkey) {
             Ok(_) => {}
             Err(e) if *e.current == fkey => {}
-            Err(_) => return false,
+            Err(_) => return Err(Refused::Clash),
         }
         if self.count.fetch_add(1, Ordering::Relaxed) >= self.capacity {
             self.count.fetch_sub(1, Ordering::Relaxed);
             let _ = rg.remove_if(&rkey, |_, v| *v == fkey);
-            return false;
+            return Err(Refused::Full);
         }
-        if self.forward.pin().insert(fkey, flow).is_some() {
+        let evictable = flow.state().evictable();
+        match self.forward.pin().insert(fkey, flow) {
             // Replaced a flow of the same key (two workers raced): counted once.
-            self.count.fetch_sub(1, Ordering::Relaxed);
+            Some(_) => {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+            }
+            None => {
+                self.clients.pin().update_or_insert(client, |n| n + 1, 1);
+            }
+        }
+        if evictable {
+            self.candidate(fkey);
         }
         self.generation.fetch_add(1, Ordering::Relaxed);
-        true
+        Ok(())
+    }
+
+    /// Tracks `flow`; false if it is refused (see [`Conntrack::try_insert`]).
+    pub(crate) fn insert(&self, flow: Flow) -> bool {
+        self.try_insert(flow).is_ok()
+    }
+
+    /// Queues the flow `key` as a candidate for eviction; when the queue is full, the oldest
+    /// candidate makes way (it still expires by its timeout).
+    fn candidate(&self, key: FlowKey) {
+        let _ = self.evictable.force_push(key);
+    }
+
+    /// Evicts the oldest evictable flow for which `whose` holds, looking at up to
+    /// [`EVICT_TRIES`] candidates; true if one went. Candidates of others are put back.
+    fn evict(&self, whose: impl Fn(&Flow) -> bool) -> bool {
+        for _ in 0..EVICT_TRIES {
+            let Some(key) = self.evictable.pop() else {
+                return false;
+            };
+            let (evictable, mine) = match self.forward.pin().get(&key) {
+                None => continue,
+                Some(f) => (f.state().evictable(), whose(f)),
+            };
+            if !evictable {
+                // Queued again if it becomes evictable.
+                continue;
+            }
+            if mine && self.remove_when(&key, |f| f.state().evictable()) {
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            let _ = self.evictable.push(key);
+        }
+        false
     }
 
     /// Forgets the flow whose client key is `key`, if `gone` holds for it (checked and
@@ -450,6 +494,13 @@ impl Conntrack {
                 let rkey = f.reply_key();
                 let _ = self.reply.pin().remove_if(&rkey, |_, v| v == key);
                 self.count.fetch_sub(1, Ordering::Relaxed);
+                self.clients
+                    .pin()
+                    .compute(u32::from(*f.client.ip()), |held| match held {
+                        Some((_, &n)) if n > 1 => papaya::Operation::Insert(n - 1),
+                        Some(_) => papaya::Operation::Remove,
+                        None => papaya::Operation::Abort(()),
+                    });
                 self.generation.fetch_add(1, Ordering::Relaxed);
                 true
             }
@@ -584,248 +635,6 @@ impl Conntrack {
     }
 }
 
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sa(s: &str) -> SocketAddrV4 {
-        s.parse().unwrap()
-    }
-
-    fn flow(client: &str, backend: &str, proto: u8, now: u32) -> Flow {
-        Flow::new(
-            sa(client),
-            sa("10.96.0.10:80"),
-            sa(backend),
-            None,
-            proto,
-            1,
-            now,
-        )
-    }
-
-    #[test]
-    fn forward_and_reply_find_the_flow_and_follow_tcp() {
-        let ct = Conntrack::new(16);
-        let f = flow("10.244.1.10:40000", "10.244.2.7:8080", 6, 5);
-        let (fk, rk) = (f.forward_key(), f.reply_key());
-        assert!(ct.insert(f));
-        assert_eq!(ct.len(), 1);
-        assert_eq!(
-            ct.forward(&fk, 5, tcp_flags::SYN).unwrap().backend,
-            sa("10.244.2.7:8080")
-        );
-        let hit = ct.reply(&rk, 6, tcp_flags::SYN | tcp_flags::ACK).unwrap();
-        assert_eq!(
-            (hit.client, hit.vip),
-            (sa("10.244.1.10:40000"), sa("10.96.0.10:80"))
-        );
-        assert_eq!(ct.list(6)[0].state, "established");
-        ct.forward(&fk, 7, tcp_flags::FIN | tcp_flags::ACK);
-        assert_eq!(ct.list(7)[0].state, "closing");
-        assert_eq!(ct.expire(7 + 120), 0);
-        assert_eq!(ct.expire(7 + 121), 1);
-        assert!(ct.is_empty());
-        assert!(ct.reply(&rk, 200, 0).is_none());
-    }
-
-    #[test]
-    fn a_crash_carries_the_live_flows_over() {
-        let ct = Conntrack::new(16);
-        let mut expect = Vec::new();
-        // (client port, protocol, packets as (flags, reply), carried over a crash)
-        /// Packets after the insert: TCP flags (0 for UDP) and whether it is a reply.
-        type Packets = &'static [(u8, bool)];
-        let cases: [(u16, u8, Packets, bool); 7] = [
-            (1, 6, &[], true),                                        // syn_sent
-            (2, 6, &[(tcp_flags::SYN | tcp_flags::ACK, true)], true), // established
-            (
-                3,
-                6,
-                &[
-                    (tcp_flags::SYN | tcp_flags::ACK, true),
-                    (tcp_flags::FIN, false),
-                ],
-                true,
-            ), // closing
-            (4, 6, &[(tcp_flags::RST, true)], false),                 // closed
-            (5, 17, &[], true),                                       // unreplied
-            (6, 17, &[(0, true)], true),                              // replied
-            (7, 6, &[(tcp_flags::SYN | tcp_flags::ACK, true)], false), // ended below
-        ];
-        for (port, proto, packets, live) in cases {
-            let f = flow(&format!("10.244.1.10:{port}"), "10.244.2.7:80", proto, 0);
-            let (fk, rk) = (f.forward_key(), f.reply_key());
-            ct.insert(f);
-            for &(flags, reply) in packets {
-                if reply {
-                    ct.reply(&rk, 1, flags);
-                } else {
-                    ct.forward(&fk, 1, flags);
-                }
-            }
-            if live {
-                expect.push(port);
-            }
-        }
-        let mut ended = flow("10.244.1.10:7", "10.244.2.7:80", 6, 0);
-        ended.service = 2;
-        ct.remove(&ended.forward_key());
-        ct.insert(ended);
-        ct.end_service(2);
-        let states: Vec<&str> = ct.list(1).iter().map(|f| f.state).collect();
-        for s in [
-            "syn_sent",
-            "established",
-            "closing",
-            "closed",
-            "unreplied",
-            "replied",
-            "ended",
-        ] {
-            assert!(states.contains(&s), "{s} among {states:?}");
-        }
-        let mut kept: Vec<u16> = ct
-            .save()
-            .into_iter()
-            .filter(SavedFlow::is_live)
-            .map(|f| f.client.port())
-            .collect();
-        kept.sort_unstable();
-        assert_eq!(kept, expect);
-    }
-
-    #[test]
-    fn saved_flows_resume_with_their_state_and_translation() {
-        let old = Conntrack::new(16);
-        let mut hairpin = flow("10.244.1.10:40001", "10.244.1.10:8080", 6, 3);
-        hairpin.snat = Some("10.244.1.1:61000".parse().unwrap());
-        let (hk, hr) = (hairpin.forward_key(), hairpin.reply_key());
-        old.insert(hairpin);
-        old.reply(&hr, 4, tcp_flags::SYN | tcp_flags::ACK); // established
-        old.insert(flow("10.244.1.10:53000", "10.244.2.7:53", 17, 3));
-        let saved = old.save();
-        // Through JSON, as the handover file carries them.
-        let text = serde_json::to_string(&saved).unwrap();
-        let saved: Vec<SavedFlow> = serde_json::from_str(&text).unwrap();
-
-        let new = Conntrack::new(16);
-        assert!(saved.iter().all(|f| new.resume(f, f.service, 100)));
-        let mut was = old.list(4);
-        let mut now = new.list(100);
-        was.sort_by_key(|f| f.client);
-        now.sort_by_key(|f| f.client);
-        let shape = |l: &[FlowInfo]| -> Vec<_> {
-            l.iter()
-                .map(|f| (f.proto, f.client, f.vip, f.backend, f.service, f.state))
-                .collect()
-        };
-        assert_eq!(shape(&was), shape(&now));
-        assert_eq!(now[0].state, "established");
-        // The hairpin flow's replies (to the gateway) still find it.
-        let hit = new.reply(&hr, 101, tcp_flags::ACK).unwrap();
-        assert_eq!(hit.snat, Some("10.244.1.1:61000".parse().unwrap()));
-        assert!(new.forward(&hk, 101, tcp_flags::ACK).is_some());
-        // A full table takes what fits and says so.
-        let small = Conntrack::new(1);
-        let took: Vec<bool> = saved
-            .iter()
-            .map(|f| small.resume(f, f.service, 0))
-            .collect();
-        assert_eq!(took.iter().filter(|t| **t).count(), 1);
-    }
-
-    #[test]
-    fn timeouts_follow_the_state() {
-        let ct = Conntrack::new(16);
-        ct.insert(flow("10.244.1.10:1", "10.244.2.7:53", 17, 0));
-        ct.insert(flow("10.244.1.10:2", "10.244.2.7:8080", 6, 0));
-        let est = flow("10.244.1.10:3", "10.244.2.7:8080", 6, 0);
-        let rst_key = est.forward_key();
-        ct.insert(est);
-        let replied = flow("10.244.1.10:4", "10.244.2.7:8080", 6, 0);
-        let replied_reply = replied.reply_key();
-        ct.insert(replied);
-        ct.reply(&replied_reply, 0, tcp_flags::ACK);
-        ct.forward(&rst_key, 0, tcp_flags::RST);
-        assert_eq!(ct.expire(11), 1, "the reset flow after 10 s");
-        assert_eq!(ct.expire(31), 1, "the unreplied UDP flow after 30 s");
-        assert_eq!(ct.expire(121), 1, "the SYN without answer after 120 s");
-        assert_eq!(ct.expire(86_400), 0);
-        assert_eq!(ct.expire(86_401), 1, "established after a day");
-        // A port reused after a reset starts over.
-        let again = flow("10.244.1.10:5", "10.244.2.7:8080", 6, 0);
-        let k = again.forward_key();
-        ct.insert(again);
-        ct.forward(&k, 1, tcp_flags::RST);
-        ct.forward(&k, 2, tcp_flags::SYN);
-        assert_eq!(ct.list(2)[0].state, "syn_sent");
-    }
-
-    #[test]
-    fn a_closed_flows_tuple_reused_directly_is_not_translated() {
-        let ct = Conntrack::new(16);
-        let f = flow("10.244.1.10:40000", "10.244.2.7:8080", 6, 0);
-        let (fk, rk) = (f.forward_key(), f.reply_key());
-        ct.insert(f);
-        ct.reply(&rk, 0, tcp_flags::SYN | tcp_flags::ACK);
-        ct.forward(&fk, 1, tcp_flags::RST);
-        // A direct connection on the same ports: its SYN-ACK is the backend's own.
-        assert!(ct.reply(&rk, 2, tcp_flags::SYN | tcp_flags::ACK).is_none());
-        assert!(ct.is_empty(), "the stale entry is gone");
-        // Likewise after a FIN (TIME_WAIT): a new SYN-ACK is not the closing flow's.
-        let f = flow("10.244.1.10:40001", "10.244.2.7:8080", 6, 0);
-        let (fk, rk) = (f.forward_key(), f.reply_key());
-        ct.insert(f);
-        ct.reply(&rk, 0, tcp_flags::SYN | tcp_flags::ACK);
-        ct.forward(&fk, 1, tcp_flags::FIN | tcp_flags::ACK);
-        assert!(
-            ct.reply(&rk, 2, tcp_flags::ACK).is_some(),
-            "the closing flow's own ACK"
-        );
-        assert!(ct.reply(&rk, 3, tcp_flags::SYN | tcp_flags::ACK).is_none());
-        assert!(ct.is_empty());
-    }
-
-    #[test]
-    fn a_reply_key_belongs_to_one_flow() {
-        let ct = Conntrack::new(16);
-        let f = |vip: &str, service| {
-            Flow::new(
-                sa("10.244.1.10:40000"),
-                sa(vip),
-                sa("10.244.2.7:8080"),
-                None,
-                6,
-                service,
-                0,
-            )
-        };
-        let (a, b) = (f("10.96.0.10:80", 1), f("10.96.0.11:80", 2));
-        let (ak, rk) = (a.forward_key(), a.reply_key());
-        assert!(ct.insert(a));
-        assert!(!ct.insert(b), "the same reply key as a: refused");
-        assert_eq!(
-            ct.reply(&rk, 1, 0).map(|h| h.vip),
-            Some(sa("10.96.0.10:80"))
-        );
-        ct.remove(&ak);
-        assert!(ct.is_empty() && ct.reply(&rk, 1, 0).is_none());
-    }
-
-    #[test]
-    fn bounded_and_counted_per_backend() {
-        let ct = Conntrack::new(2);
-        assert!(ct.insert(flow("10.244.1.10:1", "10.244.2.7:80", 6, 0)));
-        assert!(ct.insert(flow("10.244.1.10:2", "10.244.2.8:80", 6, 0)));
-        assert!(!ct.insert(flow("10.244.1.10:3", "10.244.2.7:80", 6, 0)));
-        assert_eq!(ct.len(), 2);
-        assert_eq!(
-            ct.per_backend(1, &[sa("10.244.2.8:80"), sa("10.244.2.7:80")]),
-            vec![1, 1]
-        );
-        ct.remove(&flow("10.244.1.10:1", "10.244.2.7:80", 6, 0).forward_key());
-        assert_eq!(ct.len(), 1);
-        assert!(ct.insert(flow("10.244.1.10:3", "10.244.2.7:80", 6, 0)));
-    }
-}
+mod tests;
