@@ -16,8 +16,7 @@ const CHUNK: usize = 8 << 20;
 
 fn tcp_between_pods(c: &mut Criterion) {
     let node = podswitch_bench::node_config();
-    let sw = Switch::start(SwitchConfig::new(node))
-    .expect("switch");
+    let sw = Switch::start(SwitchConfig::new(node)).expect("switch");
     let a = Pod::attach(&sw, "a", Ipv4Addr::new(10, 244, 1, 10)).expect("pod a");
     let b = Pod::attach(&sw, "b", Ipv4Addr::new(10, 244, 1, 11)).expect("pod b");
     let (client_c, server_c) = (a.container("client"), b.container("server"));

@@ -217,6 +217,9 @@ pub enum Response {
         /// Frames handled by each data-plane thread.
         #[serde(default)]
         workers: Vec<u64>,
+        /// Data-plane stalls (rounds over 100 ms), all workers together.
+        #[serde(default)]
+        stalls: u64,
         /// The node's lease and the store's health (with `[cluster]`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cluster: Option<crate::cluster::ClusterStatus>,
@@ -1284,6 +1287,7 @@ mod tests {
                     dropped: 1,
                     drops_by_reason: [("malformed".to_string(), 1)].into(),
                     workers: vec![9, 1],
+                    stalls: 0,
                     cluster: None,
                 },
             }

@@ -743,11 +743,15 @@ fn print_response(resp: Response) -> Result<(), String> {
             delivered_locally,
             dropped,
             workers,
+            stalls,
             cluster,
             drops_by_reason,
             ..
         } => {
             println!("node {node}: {pods} pods; frames rx {rx} forwarded {forwarded} local {delivered_locally} dropped {dropped}");
+            if stalls > 0 {
+                println!("data-plane stalls (rounds over 100 ms): {stalls}");
+            }
             if !drops_by_reason.is_empty() {
                 println!("dropped by reason: {}", by_reason(&drops_by_reason));
             }

@@ -97,12 +97,8 @@ fn a_syn_flood_from_pods_leaves_other_pods_service_connections_working() {
     }
     let dir = tempdir("ctflood");
     let control = dir.join("ctl.sock");
-    let (resets, silent, client, backend) = (
-        unique("ctr"),
-        unique("cts"),
-        unique("ctc"),
-        unique("ctb"),
-    );
+    let (resets, silent, client, backend) =
+        (unique("ctr"), unique("cts"), unique("ctc"), unique("ctb"));
     for ns in [&resets, &silent, &client, &backend] {
         netns_add(ns);
     }
@@ -123,7 +119,12 @@ fn a_syn_flood_from_pods_leaves_other_pods_service_connections_working() {
         &cfg,
         control,
         dir,
-        vec![resets.clone(), silent.clone(), client.clone(), backend.clone()],
+        vec![
+            resets.clone(),
+            silent.clone(),
+            client.clone(),
+            backend.clone(),
+        ],
     );
     // The backend: answers each connection with a line; a large backlog (the flood's
     // half-open connections are the kernel's, SYN cookies answer past it).

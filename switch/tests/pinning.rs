@@ -1,5 +1,7 @@
-//! The data-plane threads run on the CPUs they are pinned to. In its own test binary (its own
-//! process), so no other switch's threads share the names looked for.
+//! The data-plane threads run on the CPUs they are pinned to, and only when asked. In its own
+//! test binary (its own process), so no other switch's threads share the names looked for.
+
+mod common;
 
 use podswitch::dataplane::{allowed_cpus, Switch, SwitchConfig};
 use podswitch::pipeline::NodeConfig;
@@ -7,8 +9,13 @@ use podswitch::wire::EthernetAddress;
 
 /// `Cpus_allowed_list` of every thread of this process named `name`.
 fn affinity_of_threads(name: &str) -> Vec<String> {
+    affinity_of_threads_of("self", name)
+}
+
+/// `Cpus_allowed_list` of every thread of process `pid` named `name`.
+fn affinity_of_threads_of(pid: &str, name: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task") {
         let dir = task.expect("task").path();
         let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
         if comm.trim() != name {
@@ -54,4 +61,46 @@ fn workers_run_on_the_cpus_they_are_pinned_to() {
         affinity_of_threads("podswitch-dp").is_empty(),
         "the workers stop with the switch"
     );
+}
+
+#[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
+fn a_node_pins_its_worker_only_when_asked() {
+    use podswitch::testutil::{root_or_skip, unique, wait_for};
+    if !root_or_skip("a_node_pins_its_worker_only_when_asked") {
+        return;
+    }
+    let mine = std::fs::read_to_string("/proc/self/status")
+        .expect("status")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Cpus_allowed_list:")
+                .map(|v| v.trim().to_string())
+        })
+        .expect("Cpus_allowed_list");
+    let allowed = allowed_cpus();
+    let last = *allowed.last().expect("a CPU");
+    // Two nodes on one machine (as `lab` runs them): by default neither worker is pinned,
+    // so neither is tied to a CPU the other (or anything else) keeps busy.
+    let mut nodes = Vec::new();
+    for cpus in ["", &format!("cpus = [{last}]\n")] {
+        let dir = common::tempdir("pin");
+        let control = dir.join("ctl.sock");
+        let cfg = common::config(&unique("pin"), &control, &[])
+            .replace("mtu = 1450\n", &format!("mtu = 1450\n{cpus}"));
+        nodes.push(common::Daemon::start(&cfg, control, dir, Vec::new()));
+    }
+    let mut got = Vec::new();
+    wait_for("the workers' affinity", || {
+        got = nodes
+            .iter()
+            .map(|d| affinity_of_threads_of(&d.pid().to_string(), "podswitch-dp"))
+            .collect();
+        got.iter().all(|a| a.len() == 1)
+    });
+    assert_eq!(got[0], vec![mine.clone()], "unpinned by default");
+    assert_eq!(got[1], vec![last.to_string()], "pinned when asked");
 }

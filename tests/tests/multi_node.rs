@@ -37,16 +37,8 @@ fn cluster(tweak: impl FnOnce(&mut NodeConfig)) -> Cluster {
         "10.244.2.0/24".parse().expect("cidr"),
         EthernetAddress(VTEP_B),
     );
-    let a = Switch::start_with_tunnel(
-        SwitchConfig::new(cfg_a),
-        Some(ta),
-    )
-    .expect("node A");
-    let b = Switch::start_with_tunnel(
-        SwitchConfig::new(cfg_b),
-        Some(tb),
-    )
-    .expect("node B");
+    let a = Switch::start_with_tunnel(SwitchConfig::new(cfg_a), Some(ta)).expect("node A");
+    let b = Switch::start_with_tunnel(SwitchConfig::new(cfg_b), Some(tb)).expect("node B");
     a.add_peer(Peer {
         name: "node-b".into(),
         underlay: addr_b,

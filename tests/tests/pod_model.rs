@@ -18,7 +18,10 @@ const ROUTER_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
 
 fn node() -> Switch {
     let cidr = "10.244.1.0/24".parse().expect("cidr");
-    Switch::start(SwitchConfig::new(NodeConfig::new(cidr, EthernetAddress(ROUTER_MAC))))
+    Switch::start(SwitchConfig::new(NodeConfig::new(
+        cidr,
+        EthernetAddress(ROUTER_MAC),
+    )))
     .expect("switch starts")
 }
 

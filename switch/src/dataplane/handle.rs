@@ -291,6 +291,15 @@ impl Switch {
             .collect()
     }
 
+    /// Stalls of each data-plane thread (stretches of rounds over 100 ms), since the start.
+    pub(crate) fn worker_stalls(&self) -> Vec<u64> {
+        self.shared
+            .worker_time
+            .iter()
+            .map(WorkerTime::stalls)
+            .collect()
+    }
+
     /// Time each data-plane thread spent in rounds that moved frames and in the others
     /// (spinning, yielding, asleep), since it started.
     pub(crate) fn worker_time(&self) -> Vec<(std::time::Duration, std::time::Duration)> {

@@ -45,7 +45,15 @@ pub(super) enum Command {
 pub(crate) struct WorkerTime {
     busy_ns: AtomicU64,
     idle_ns: AtomicU64,
+    /// Stretches between two looks at the clock (control commands, then up to `clock_rounds`
+    /// busy rounds, or one idle round) that took longer than [`STALL`].
+    stalls: AtomicU64,
 }
+
+/// A loop iteration longer than this is a stall: counted and logged. An iteration that moves
+/// a full batch takes tens of microseconds; this long means the thread did not run (a busy or
+/// contended CPU) or a system call blocked.
+pub(crate) const STALL: Duration = Duration::from_millis(100);
 
 impl WorkerTime {
     /// (busy, idle) so far.
@@ -54,6 +62,33 @@ impl WorkerTime {
             Duration::from_nanos(self.busy_ns.load(Ordering::Relaxed)),
             Duration::from_nanos(self.idle_ns.load(Ordering::Relaxed)),
         )
+    }
+
+    /// Stalls so far ([`STALL`]).
+    pub(crate) fn stalls(&self) -> u64 {
+        self.stalls.load(Ordering::Relaxed)
+    }
+
+    /// Counts and logs a loop iteration of `took` if it is a stall.
+    #[inline]
+    fn check(&self, worker: usize, took: Duration, rounds: u32, commands: usize) {
+        if took > STALL {
+            self.stall(worker, took, rounds, commands);
+        }
+    }
+
+    #[cold]
+    fn stall(&self, worker: usize, took: Duration, rounds: u32, commands: usize) {
+        let n = self.stalls.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(
+            worker,
+            ms = took.as_millis() as u64,
+            rounds,
+            commands,
+            stalls = n,
+            "data plane stalled: {rounds} round(s) of reading and forwarding (after {commands} control command(s)) took over {} ms; the thread did not get a CPU (a busy or contended CPU: see node.cpus) or a write blocked",
+            STALL.as_millis()
+        );
     }
 }
 
@@ -153,8 +188,12 @@ pub(super) fn run(
         }
         (n, closed.len())
     };
+    // Start of the loop iteration being timed (for stalls).
+    let mut iteration = Instant::now();
     loop {
+        let mut handled = 0usize;
         while let Ok(cmd) = commands.try_recv() {
+            handled += 1;
             match cmd {
                 Command::Attach(id, port, metrics, ack) => {
                     dp.add_port(id, port, metrics);
@@ -174,6 +213,8 @@ pub(super) fn run(
                 Command::Pause(paused, resume) => {
                     let _ = paused.send(());
                     let _ = resume.recv();
+                    // Paused on purpose: not a stall.
+                    iteration = Instant::now();
                 }
             }
         }
@@ -187,7 +228,12 @@ pub(super) fn run(
                 continue;
             }
         }
+        // The stall check costs no clock read of its own: under load it covers the rounds
+        // since the last read (at most `clock_rounds`, normally a few milliseconds together).
         let now = Instant::now();
+        let rounds = busy_rounds.max(1);
+        shared.worker_time[worker].check(worker, now - iteration, rounds, handled);
+        iteration = now;
         time.account(now, busy_rounds > 0 || n > 0);
         if busy_rounds > 0 {
             // Frames came in the rounds just before this one.
@@ -231,8 +277,9 @@ pub(super) fn run(
             .min(policy.max_sleep);
         dp.sleep(waker, timeout);
         waker.awake();
-        // The sleep is idle time, whatever the next rounds bring.
-        time.account(Instant::now(), false);
+        // The sleep is idle time, whatever the next rounds bring (and no stall).
+        iteration = Instant::now();
+        time.account(iteration, false);
     }
 }
 

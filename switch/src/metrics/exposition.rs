@@ -430,15 +430,21 @@ impl Collector for StateCollector {
             "Time each data-plane thread spent without frames (spinning, yielding, asleep).",
         )
         .seconds();
+        let mut stalls = Family::new(
+            "worker_stalls",
+            "Stretches of rounds of each data-plane thread that took over 100 ms (the thread did not get a CPU, or a write blocked).",
+        );
         for (k, w) in s.workers.iter().enumerate() {
             let worker = || vec![("worker", k.to_string())];
             frames.count(worker(), w.frames);
             busy.sample(worker(), w.busy_seconds);
             idle.sample(worker(), w.idle_seconds);
+            stalls.count(worker(), w.stalls);
         }
         frames.counter(e)?;
         busy.counter(e)?;
         idle.counter(e)?;
+        stalls.counter(e)?;
 
         if let Some(c) = &s.cluster {
             single(

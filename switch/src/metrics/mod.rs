@@ -142,6 +142,9 @@ pub struct WorkerState {
     pub busy_seconds: f64,
     /// Seconds spent idle (looking for frames, yielding, asleep).
     pub idle_seconds: f64,
+    /// Stretches of rounds that took over 100 ms (the thread did not get a CPU).
+    #[serde(default)]
+    pub stalls: u64,
 }
 
 /// One pod.
@@ -279,10 +282,12 @@ impl StateSource {
             .worker_time()
             .into_iter()
             .zip(frames)
-            .map(|((busy, idle), frames)| WorkerState {
+            .zip(switch.worker_stalls())
+            .map(|(((busy, idle), frames), stalls)| WorkerState {
                 frames,
                 busy_seconds: busy.as_secs_f64(),
                 idle_seconds: idle.as_secs_f64(),
+                stalls,
             })
             .collect();
         let pods = node
@@ -442,6 +447,7 @@ pub(crate) mod tests {
                 frames: 30,
                 busy_seconds: 0.25,
                 idle_seconds: 9.75,
+                stalls: 0,
             }],
             pods: vec![PodState {
                 name: "web".into(),

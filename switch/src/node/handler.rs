@@ -110,6 +110,7 @@ impl ControlHandler for NodeHandler {
                     dropped,
                     drops_by_reason: node.drops_by_label(),
                     workers: node.worker_frames(),
+                    stalls: node.worker_stalls().iter().sum(),
                     cluster: self
                         .cluster
                         .as_ref()

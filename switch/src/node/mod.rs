@@ -961,6 +961,11 @@ impl Node {
         self.switch.worker_frames()
     }
 
+    /// Data-plane stalls (rounds over 100 ms) of each worker, since the start.
+    pub fn worker_stalls(&self) -> Vec<u64> {
+        self.switch.worker_stalls()
+    }
+
     /// The MAC table.
     pub(crate) fn fdb(&self) -> Vec<FdbEntry> {
         let names: BTreeMap<PortId, String> = self

@@ -5,9 +5,9 @@
 //! the service lock); names are unique, and so are `(vip, port, proto)`. Each service records
 //! where it came from (config, runtime, etcd); the etcd agent changes only services from etcd.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
 

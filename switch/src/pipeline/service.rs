@@ -179,7 +179,13 @@ impl Core {
         let snat = if *backend.ip() == src {
             let source = self.free_source(self.cfg.gateway, &backend, proto, hash);
             Some(source.ok_or(Refusal::Drop(DropReason::HairpinPortsBusy))?)
-        } else if ct.replies_to(&FlowKey::new(*backend.ip(), backend.port(), src, sport, proto)) {
+        } else if ct.replies_to(&FlowKey::new(
+            *backend.ip(),
+            backend.port(),
+            src,
+            sport,
+            proto,
+        )) {
             // The client's port already talks to this backend through another VIP: its
             // replies would be that flow's. Given a free port, as Linux's NAT does.
             let source = self.free_source(src, &backend, proto, hash);

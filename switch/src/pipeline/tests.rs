@@ -1136,7 +1136,8 @@ mod services {
         assert!(l4_ok(&g[14..]));
         // Each flow's reply finds its own VIP and the client's own port.
         for (from_port, vip) in [(40000, VIP), (port, VIP2)] {
-            let seg = tcp_segment_bytes(pod_ip(11), 8080, pod_ip(10), from_port, 5, 1001, 0x12, b"");
+            let seg =
+                tcp_segment_bytes(pod_ip(11), 8080, pod_ip(10), from_port, 5, 1001, 0x12, b"");
             let mut r = eth(
                 pod_mac(10),
                 pod_mac(11),

@@ -152,7 +152,7 @@ pub struct NodeSpec {
     #[serde(default = "default_workers")]
     pub workers: usize,
     /// CPUs the workers are pinned to (worker `k` on `cpus[k % len]`); see
-    /// `NodeSpec::dataplane_cpus` for the default. `[]`: not pinned.
+    /// `NodeSpec::dataplane_cpus` for the default (not pinned). `[]`: not pinned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<Vec<usize>>,
     /// Run the pods' kernel network input (what a frame written into a pod's TAP costs) on
@@ -418,9 +418,13 @@ impl NodeSpec {
     }
 
     /// The CPUs to pin the workers to, given the CPUs this process may run on: `cpus` if given
-    /// (each must be allowed: a worker cannot run elsewhere), else the last `workers` allowed
-    /// CPUs (the first ones usually take the machine's interrupts), reused round-robin when
-    /// there are fewer. Empty: not pinned.
+    /// (each must be allowed: a worker cannot run elsewhere); else, only with `rx_steering`
+    /// (which needs CPUs without a worker), the last `workers` allowed CPUs (the first ones
+    /// usually take the machine's interrupts), reused round-robin when there are fewer.
+    /// Empty: not pinned, the default. A pinned worker cannot move when its CPU is busy with
+    /// something else (another daemon, a pod, a build): nodes pinned by default were seen
+    /// forwarding nothing for seconds on a shared machine, so pinning is asked for, never
+    /// assumed.
     pub(crate) fn dataplane_cpus(&self, allowed: &[usize]) -> Result<Vec<usize>, SpecError> {
         match &self.cpus {
             Some(cpus) => {
@@ -435,10 +439,11 @@ impl NodeSpec {
                 }
                 Ok(cpus.clone())
             }
-            None => {
+            None if self.rx_steering => {
                 let n = self.workers.min(allowed.len());
                 Ok(allowed[allowed.len() - n..].to_vec())
             }
+            None => Ok(Vec::new()),
         }
     }
 
@@ -669,9 +674,15 @@ mod tests {
     fn cpus_must_be_ones_the_process_may_run_on() {
         let mut n = NodeSpec::new("n", "10.244.1.0/24".parse().unwrap());
         n.workers = 4;
+        assert!(
+            n.dataplane_cpus(&[0, 1, 2, 3, 4, 5]).unwrap().is_empty(),
+            "not pinned unless asked"
+        );
+        n.rx_steering = true;
         assert_eq!(n.dataplane_cpus(&[0, 1, 2, 3, 4, 5]).unwrap(), [2, 3, 4, 5]);
         assert_eq!(n.dataplane_cpus(&[0, 1]).unwrap(), [0, 1]);
         assert!(n.dataplane_cpus(&[]).unwrap().is_empty());
+        n.rx_steering = false;
         n.cpus = Some(vec![1, 0]);
         assert_eq!(n.dataplane_cpus(&[0, 1]).unwrap(), [1, 0]);
         n.cpus = Some(vec![]);

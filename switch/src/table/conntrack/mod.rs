@@ -635,6 +635,5 @@ impl Conntrack {
     }
 }
 
-
 #[cfg(test)]
 mod tests;

@@ -216,7 +216,12 @@ mod tests {
         );
         // The backend closing first.
         assert_eq!(
-            walk(&[(SYN | ACK, true), (ACK, false), (FIN | ACK, true), (FIN, false)]),
+            walk(&[
+                (SYN | ACK, true),
+                (ACK, false),
+                (FIN | ACK, true),
+                (FIN, false)
+            ]),
             [SynRecv, Established, Closing, TimeWait]
         );
         // A half-closed flow still carries data: not evictable, carried over a crash.

@@ -32,7 +32,11 @@ fn forward_and_reply_find_the_flow_and_follow_tcp() {
         (hit.client, hit.vip),
         (sa("10.244.1.10:40000"), sa("10.96.0.10:80"))
     );
-    assert_eq!(ct.list(6)[0].state, "syn_recv", "not before the client's ACK");
+    assert_eq!(
+        ct.list(6)[0].state,
+        "syn_recv",
+        "not before the client's ACK"
+    );
     ct.forward(&fk, 6, tcp_flags::ACK);
     assert_eq!(ct.list(6)[0].state, "established");
     ct.forward(&fk, 7, tcp_flags::FIN | tcp_flags::ACK);
@@ -53,25 +57,25 @@ fn a_crash_carries_the_live_flows_over() {
     const SYN_ACK: (u8, bool) = (tcp_flags::SYN | tcp_flags::ACK, true);
     const ACK: (u8, bool) = (tcp_flags::ACK, false);
     let cases: [(u16, u8, Packets, bool); 9] = [
-        (1, 6, &[], false),             // syn_sent: picked up again by its next packet
-        (8, 6, &[SYN_ACK], false),      // syn_recv: likewise
-        (2, 6, &[SYN_ACK, ACK], true),  // established
-        (
-            3,
-            6,
-            &[SYN_ACK, ACK, (tcp_flags::FIN, false)],
-            true,
-        ), // closing
+        (1, 6, &[], false),            // syn_sent: picked up again by its next packet
+        (8, 6, &[SYN_ACK], false),     // syn_recv: likewise
+        (2, 6, &[SYN_ACK, ACK], true), // established
+        (3, 6, &[SYN_ACK, ACK, (tcp_flags::FIN, false)], true), // closing
         (
             9,
             6,
-            &[SYN_ACK, ACK, (tcp_flags::FIN, false), (tcp_flags::FIN, true)],
+            &[
+                SYN_ACK,
+                ACK,
+                (tcp_flags::FIN, false),
+                (tcp_flags::FIN, true),
+            ],
             false,
         ), // time_wait
         (4, 6, &[(tcp_flags::RST, true)], false), // closed
-        (5, 17, &[], false),                      // unreplied
-        (6, 17, &[(0, true)], true),              // replied
-        (7, 6, &[SYN_ACK, ACK], false),           // ended below
+        (5, 17, &[], false),           // unreplied
+        (6, 17, &[(0, true)], true),   // replied
+        (7, 6, &[SYN_ACK, ACK], false), // ended below
     ];
     for (port, proto, packets, live) in cases {
         let f = flow(&format!("10.244.1.10:{port}"), "10.244.2.7:80", proto, 0);
@@ -181,7 +185,11 @@ fn timeouts_follow_the_state() {
         2,
         "the unreplied UDP flow and the SYN without answer after 30 s"
     );
-    assert_eq!(ct.expire(61), 1, "the SYN-ACK the client never acknowledged after 60 s");
+    assert_eq!(
+        ct.expire(61),
+        1,
+        "the SYN-ACK the client never acknowledged after 60 s"
+    );
     assert_eq!(ct.expire(86_400), 0);
     assert_eq!(ct.expire(86_401), 1, "established after a day");
     // A port reused after a reset starts over.
@@ -194,7 +202,12 @@ fn timeouts_follow_the_state() {
 }
 
 /// A TCP flow from `client` port `port` to the backend, taken to `packets` ((flags, reply)).
-fn tcp_flow(ct: &Conntrack, client: &str, port: u16, packets: &[(u8, bool)]) -> Result<(), Refused> {
+fn tcp_flow(
+    ct: &Conntrack,
+    client: &str,
+    port: u16,
+    packets: &[(u8, bool)],
+) -> Result<(), Refused> {
     let f = flow(&format!("{client}:{port}"), "10.244.2.7:8080", 6, 0);
     let (fk, rk) = (f.forward_key(), f.reply_key());
     ct.try_insert(f)?;
@@ -272,7 +285,11 @@ fn a_nearly_full_table_evicts_anyones_unfinished_flows_first() {
         tcp_flow(&ct, "10.244.1.99", port, &[]).unwrap();
     }
     assert_eq!(ct.len(), 30);
-    let states: Vec<(Ipv4Addr, &str)> = ct.list(0).iter().map(|f| (*f.client.ip(), f.state)).collect();
+    let states: Vec<(Ipv4Addr, &str)> = ct
+        .list(0)
+        .iter()
+        .map(|f| (*f.client.ip(), f.state))
+        .collect();
     let working = states.iter().filter(|(_, s)| *s == "established").count();
     assert_eq!(working, 16, "{states:?}");
     assert_eq!(ct.evicted(), 6);

@@ -1,0 +1,101 @@
+//! SIGTERM during a start: the daemon stops, and leaves nothing of what it made (the
+//! namespaces it created for its pods).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{config, tempdir, BIN};
+use podswitch::testutil::{root_or_skip, unique, wait_for};
+
+fn namespaces() -> String {
+    String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip")
+            .stdout,
+    )
+    .to_string()
+}
+
+#[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
+fn sigterm_while_pods_are_being_made_leaves_none_behind() {
+    if !root_or_skip("sigterm_while_pods_are_being_made_leaves_none_behind") {
+        return;
+    }
+    let dir = tempdir("startstop");
+    let control = dir.join("ctl.sock");
+    let prefix = unique("ss");
+    let names: Vec<(String, String, String)> = (0..40)
+        .map(|i| {
+            (
+                format!("p{i}"),
+                format!("{prefix}p{i}"),
+                format!("10.244.1.{}", 10 + i),
+            )
+        })
+        .collect();
+    let pods: Vec<(&str, &str, &str)> = names
+        .iter()
+        .map(|(n, ns, ip)| (n.as_str(), ns.as_str(), ip.as_str()))
+        .collect();
+    std::fs::write(
+        dir.join("node.toml"),
+        config(&unique("ss"), &control, &pods),
+    )
+    .expect("config");
+    struct Cleanup(Vec<String>, std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for ns in &self.0 {
+                let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            }
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let _cleanup = Cleanup(names.iter().map(|n| n.1.clone()).collect(), dir.clone());
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(dir.join("node.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("podswitch run");
+    // Once the first pod's namespace exists, the start is under way.
+    wait_for("the first pod's namespace", || {
+        namespaces().contains(&names[0].1)
+    });
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not stop within 60 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut log);
+    }
+    assert!(status.success(), "a clean stop: {status:?}\n{log}");
+    let left = namespaces();
+    let leftover: Vec<&str> = names
+        .iter()
+        .map(|n| n.1.as_str())
+        .filter(|ns| left.contains(ns))
+        .collect();
+    assert!(leftover.is_empty(), "left behind: {leftover:?}\n{log}");
+    assert!(!control.exists(), "the control socket is gone");
+}
