@@ -517,6 +517,29 @@ impl PeerSpec {
 }
 
 impl ServiceSpec {
+    /// A runtime service may not take the name of a service of the config file (`file`): it
+    /// would shadow it, and, recorded, replace it at the next start, so an edit of the file
+    /// would show no effect. Refused, naming both (`<at>.name`).
+    pub(crate) fn check_not_shadowing<'a>(
+        &self,
+        file: impl IntoIterator<Item = &'a ServiceSpec>,
+        at: &str,
+    ) -> Result<(), SpecError> {
+        match file.into_iter().find(|f| f.name == self.name) {
+            Some(f) => Err(SpecError::new(
+                format!("{at}.name"),
+                format!(
+                    "{:?} ({}) would shadow the config file's service {:?} ({}): change that one in the file (and restart), or give this one another name",
+                    self.name,
+                    self.address_text(),
+                    f.name,
+                    f.address_text()
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Checks the service against `node` and the services already there (`others`). Fields
     /// are named `<at>.name`, `<at>.vip`, `<at>.backends[2]` (`at` is `services[1]` in the
     /// file, `service` at runtime). A runtime `service add` replaces the service of the same
