@@ -176,8 +176,9 @@ enum PeerOp {
 
 #[derive(Subcommand)]
 enum ServiceOp {
-    /// Add a service, or replace the one of the same name (its VIP, port or backends).
-    /// Refused for the same reasons as a [[services]] entry of the config file.
+    /// Add a service, or replace the runtime one of the same name (its VIP, port or
+    /// backends). Refused for the same reasons as a [[services]] entry of the config file, and
+    /// with the name of one (a runtime service never shadows the file's).
     Add(ServiceSpec),
     /// Remove a service.
     Del {

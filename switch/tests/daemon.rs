@@ -1496,7 +1496,10 @@ fn services_from_the_file_and_at_runtime_refused_alike() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "ok");
-    // `service add` with the name of an existing service replaces it (its backends here).
+    // A runtime service may not shadow the file's (config_truth.rs); deleted, its name is free.
+    let out = d.ctl(&["service", "del", "--name", "web"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Added again at runtime, with another backend.
     let out = d.ctl(&[
         "service",
         "add",

@@ -223,12 +223,13 @@ impl Config {
         Ok(assign_pod_ips(&self.node, &self.pods, &[])?)
     }
 
-    /// Checks what depends on the machine rather than the file: the pinned CPUs must be ones
-    /// this process may run on (`allowed`, see `dataplane::allowed_cpus`), and `rx_steering`
-    /// needs one of them left over.
+    /// Checks what depends on the machine rather than the file: no more workers than CPUs
+    /// this process may run on (`allowed`, see `dataplane::allowed_cpus`), the pinned CPUs
+    /// among them, and `rx_steering` needs one of them left over.
     pub fn check_machine(&self, allowed: &[usize]) -> Result<(), ConfigError> {
         self.node.dataplane_cpus(allowed)?;
         self.node.rx_steering_cpus(allowed)?;
+        self.node.check_workers(allowed)?;
         Ok(())
     }
 }

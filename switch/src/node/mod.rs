@@ -1136,12 +1136,15 @@ impl Node {
 
     /// Removes every pod (and the namespaces the switch created) and the masquerade rules.
     /// Idempotent. The state file keeps the runtime pods in namespaces the node did not create
-    /// (CNI attachments), for the next start to re-attach them.
+    /// (CNI attachments), for the next start to re-attach them; the runtime services are
+    /// forgotten (after a clean stop the config file is the truth; a crash or an upgrade
+    /// does not come here and keeps them).
     pub fn shutdown(&self) {
         if let Some(m) = lock(&self.masquerade).take() {
             m.remove();
         }
         self.forget_flows();
+        self.update_record(|r| r.services.clear());
         let mut pods = lock(&self.pods);
         // What the next start needs: the runtime pods in namespaces someone else owns (CNI's),
         // to re-attach them; a pod whose namespace goes with it cannot come back.

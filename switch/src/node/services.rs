@@ -55,11 +55,18 @@ pub struct FlowStatus {
 
 impl Node {
     /// Adds a service (`service add`), refused by the same rules as a `[[services]]` entry
-    /// (fields named `service.*`). A service of the same name is replaced (an update of its
-    /// VIP, port or backends); other services are not disturbed.
-    /// A service from etcd of the same name becomes a runtime one.
+    /// (fields named `service.*`). A runtime service of the same name is replaced (an update
+    /// of its VIP, port or backends); other services are not disturbed. A service from etcd
+    /// of the same name becomes a runtime one; one of the config file is not shadowed
+    /// (refused, see [`ServiceSpec::check_not_shadowing`]).
     pub(crate) fn add_service(&self, spec: &ServiceSpec) -> Result<(), NodeError> {
-        self.insert_service(spec, "service", true, PeerSource::Runtime)
+        let mut services = lock(&self.services);
+        let file = services
+            .values()
+            .filter(|r| r.source == PeerSource::Config)
+            .map(|r| &r.spec);
+        spec.check_not_shadowing(file, "service")?;
+        self.insert_locked(&mut services, spec, "service", true, PeerSource::Runtime)
     }
 
     /// Checks `spec` (fields named `<at>.*`) against the other services (all of them unless

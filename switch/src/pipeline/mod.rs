@@ -37,6 +37,7 @@
 //!
 //! Every call ends in exactly one [`Action`], and every action is counted ([`stats::Counts`]).
 
+mod absent_backend;
 mod reply;
 mod service;
 mod stats;
@@ -487,6 +488,7 @@ impl Core {
             return self.drop(DropReason::NotRoutable);
         }
         // A service address (peeked before the header is validated: `service_in` validates).
+        let mut translated = false;
         if self.services_on
             && frame
                 .get(ethernet::HEADER_LEN..)
@@ -496,6 +498,7 @@ impl Core {
             if let Err(a) = self.service_in(topo, frame, partial, gso) {
                 return a;
             }
+            translated = true;
         }
         let Some((eth, mut ip)) = routed_views(frame, gso) else {
             return self.drop(DropReason::BadIpv4);
@@ -518,6 +521,9 @@ impl Core {
         }
         if u32::from(dst) & self.cidr.1 == self.cidr.0 {
             let Some(n) = topo.neighbour(dst) else {
+                if translated {
+                    return self.no_such_backend(frame, partial);
+                }
                 return self.reject(DropReason::NoSuchPod, frame, IcmpError::HostUnreachable);
             };
             rewrite_routed(eth, &mut ip, self.router_key, n.mac);

@@ -204,6 +204,26 @@ impl NodeSpec {
     }
 }
 
+impl NodeSpec {
+    /// `node.workers` against the CPUs this process may run on (`allowed`; empty: unknown).
+    /// More workers than CPUs would have them take turns on one (and stall each other under
+    /// any other load), so it is refused.
+    pub(crate) fn check_workers(&self, allowed: &[usize]) -> Result<(), SpecError> {
+        if allowed.is_empty() || self.workers <= allowed.len() {
+            return Ok(());
+        }
+        Err(SpecError::new(
+            "node.workers",
+            format!(
+                "{} is more than the {} CPUs this process may run on ({}): workers sharing a CPU stall each other",
+                self.workers,
+                allowed.len(),
+                cpu_list(allowed)
+            ),
+        ))
+    }
+}
+
 impl PodSpec {
     /// Checks the pod against `node` and the pods already there (`others`). Fields are named
     /// `<at>.name`, `<at>.ip`, ... (`at` is `pods[1]` in the file, `pod` at runtime).
@@ -399,6 +419,7 @@ impl PeerSpec {
             ));
         }
         check_unicast_ip(&f("underlay"), self.underlay)?;
+        self.check_underlay_is_elsewhere(node, underlay, at)?;
         if self.underlay == underlay {
             return Err(SpecError::new(
                 f("underlay"),
@@ -419,6 +440,24 @@ impl PeerSpec {
             return Err(SpecError::new(
                 f("pod_cidr"),
                 format!("{} overlaps node.pod_cidr {own}", self.pod_cidr),
+            ));
+        }
+        if overlaps(self.pod_cidr, node.service_cidr) {
+            return Err(SpecError::new(
+                f("pod_cidr"),
+                format!(
+                    "{} overlaps node.service_cidr {} (the Services' virtual IPs: they are translated on this node, never routed to a peer)",
+                    self.pod_cidr, node.service_cidr
+                ),
+            ));
+        }
+        if self.pod_cidr.contains(&self.underlay) {
+            return Err(SpecError::new(
+                f("underlay"),
+                format!(
+                    "{} is inside the peer's own pod_cidr {} (the tunnel to it would be routed into itself)",
+                    self.underlay, self.pod_cidr
+                ),
             ));
         }
         if let Some(owner) = others().find(|o| overlaps(o.pod_cidr, self.pod_cidr)) {
@@ -448,7 +487,66 @@ impl PeerSpec {
     }
 }
 
+impl PeerSpec {
+    /// The peer's underlay is another machine's address: not loopback (unless this node's own
+    /// underlay is, a one-machine setup), not an address of this node's pods or Services.
+    fn check_underlay_is_elsewhere(
+        &self,
+        node: &NodeSpec,
+        underlay: Ipv4Addr,
+        at: &str,
+    ) -> Result<(), SpecError> {
+        let field = format!("{at}.underlay");
+        let ip = self.underlay;
+        if ip.is_loopback() && !underlay.is_loopback() {
+            return Err(SpecError::new(
+                field,
+                format!("{ip} is a loopback address (127.0.0.0/8): VXLAN sent there never leaves this machine (node.underlay {underlay} is not on loopback)"),
+            ));
+        }
+        if let Some(own) = node.pod_cidr.filter(|c| c.contains(&ip)) {
+            return Err(SpecError::new(
+                field,
+                format!("{ip} is inside node.pod_cidr {own} (an address of this node's pods, not another node's tunnel endpoint)"),
+            ));
+        }
+        if node.service_cidr.contains(&ip) {
+            return Err(SpecError::new(
+                field,
+                format!(
+                    "{ip} is inside node.service_cidr {} (a Service address, not another node's tunnel endpoint)",
+                    node.service_cidr
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl ServiceSpec {
+    /// A runtime service may not take the name of a service of the config file (`file`): it
+    /// would shadow it, and, recorded, replace it at the next start, so an edit of the file
+    /// would show no effect. Refused, naming both (`<at>.name`).
+    pub(crate) fn check_not_shadowing<'a>(
+        &self,
+        file: impl IntoIterator<Item = &'a ServiceSpec>,
+        at: &str,
+    ) -> Result<(), SpecError> {
+        match file.into_iter().find(|f| f.name == self.name) {
+            Some(f) => Err(SpecError::new(
+                format!("{at}.name"),
+                format!(
+                    "{:?} ({}) would shadow the config file's service {:?} ({}): change that one in the file (and restart), or give this one another name",
+                    self.name,
+                    self.address_text(),
+                    f.name,
+                    f.address_text()
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Checks the service against `node` and the services already there (`others`). Fields
     /// are named `<at>.name`, `<at>.vip`, `<at>.backends[2]` (`at` is `services[1]` in the
     /// file, `service` at runtime). A runtime `service add` replaces the service of the same
@@ -492,6 +590,12 @@ impl ServiceSpec {
                 ));
             }
             check_unicast_ip(&field, *b.ip())?;
+            if b.ip().is_loopback() {
+                return Err(SpecError::new(
+                    field,
+                    format!("{b} is a loopback address (127.0.0.0/8): it would be each client's own namespace, not a pod"),
+                ));
+            }
             if cidr.contains(b.ip()) {
                 return Err(SpecError::new(
                     field,
@@ -677,6 +781,12 @@ fn check_ifname(field: &str, name: &str) -> Result<(), SpecError> {
             ),
         ));
     }
+    if name == "lo" {
+        return Err(SpecError::new(
+            field,
+            "\"lo\" is the loopback interface every namespace already has",
+        ));
+    }
     if name == "." || name == ".." {
         return Err(SpecError::new(
             field,
@@ -763,168 +873,4 @@ fn check_unicast_ip(field: &str, ip: Ipv4Addr) -> Result<(), SpecError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ip(s: &str) -> Ipv4Addr {
-        s.parse().unwrap()
-    }
-
-    fn net(s: &str) -> Ipv4Net {
-        s.parse().unwrap()
-    }
-
-    fn free(cidr: &str, gw: &str, taken: &[&str]) -> Result<Ipv4Addr, SpecError> {
-        free_pod_ip(net(cidr), ip(gw), taken.iter().map(|t| ip(t)), "pod.ip")
-    }
-
-    #[test]
-    fn the_free_address_is_the_lowest_host_address_not_the_gateway() {
-        assert_eq!(
-            free("10.244.1.0/24", "10.244.1.1", &[]),
-            Ok(ip("10.244.1.2"))
-        );
-        // A gateway elsewhere leaves .1 free.
-        assert_eq!(
-            free("10.244.1.0/24", "10.244.1.254", &[]),
-            Ok(ip("10.244.1.1"))
-        );
-    }
-
-    #[test]
-    fn the_free_address_skips_taken_ones_and_fills_holes_lowest_first() {
-        assert_eq!(
-            free("10.244.1.0/24", "10.244.1.1", &["10.244.1.2", "10.244.1.3"]),
-            Ok(ip("10.244.1.4"))
-        );
-        assert_eq!(
-            free(
-                "10.244.1.0/24",
-                "10.244.1.1",
-                &["10.244.1.3", "10.244.1.2", "10.244.1.5"]
-            ),
-            Ok(ip("10.244.1.4"))
-        );
-        // Addresses outside the range neither count nor matter.
-        assert_eq!(
-            free("10.244.1.0/24", "10.244.1.1", &["10.244.2.2", "10.244.1.2"]),
-            Ok(ip("10.244.1.3"))
-        );
-    }
-
-    #[test]
-    fn a_slash_30_has_one_pod_address_besides_the_gateway() {
-        assert_eq!(free("10.0.0.4/30", "10.0.0.5", &[]), Ok(ip("10.0.0.6")));
-        // Never the network (.4) or broadcast (.7) address.
-        let e = free("10.0.0.4/30", "10.0.0.5", &["10.0.0.6"]).unwrap_err();
-        assert_eq!(e.field, "pod.ip");
-        assert_eq!(
-            e.reason,
-            "the node's range 10.0.0.4/30 has no free address left (1 pod holds addresses in it, 10.0.0.5 is the gateway): give the pod a free ip, remove a pod, or give the node a wider node.pod_cidr"
-        );
-        // A /31 or /32 has no host address at all.
-        assert!(free("10.0.0.4/31", "10.0.0.4", &[]).is_err());
-        assert!(free("255.255.255.255/32", "255.255.255.255", &[]).is_err());
-    }
-
-    #[test]
-    fn a_full_slash_24_says_so_and_the_last_free_one_is_the_top() {
-        let taken: Vec<String> = (2..=253).map(|i| format!("10.244.1.{i}")).collect();
-        let taken_ref: Vec<&str> = taken.iter().map(String::as_str).collect();
-        assert_eq!(
-            free("10.244.1.0/24", "10.244.1.1", &taken_ref),
-            Ok(ip("10.244.1.254"))
-        );
-        let mut full = taken_ref.clone();
-        full.push("10.244.1.254");
-        let e = free_pod_ip(
-            net("10.244.1.0/24"),
-            ip("10.244.1.1"),
-            full.iter().map(|t| ip(t)),
-            "pods[3].ip",
-        )
-        .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "pods[3].ip: the node's range 10.244.1.0/24 has no free address left (253 pods hold addresses in it, 10.244.1.1 is the gateway): give the pod a free ip, remove a pod, or give the node a wider node.pod_cidr"
-        );
-    }
-
-    fn pod(name: &str, ip: Option<&str>) -> PodSpec {
-        PodSpec {
-            name: name.into(),
-            netns: name.into(),
-            ip: ip.map(|s| s.parse().unwrap()),
-            mac: None,
-            container_id: None,
-            ifname: DEFAULT_IFNAME.into(),
-        }
-    }
-
-    #[test]
-    fn file_pods_get_addresses_in_order_after_the_fixed_ones_are_reserved() {
-        let node = NodeSpec::new("n", net("10.244.1.0/24"));
-        let pods = [
-            pod("a", None),
-            pod("b", Some("10.244.1.2")),
-            pod("c", None),
-            pod("d", Some("10.244.1.3")),
-        ];
-        let got: Vec<Option<Ipv4Addr>> = assign_pod_ips(&node, &pods, &[])
-            .unwrap()
-            .iter()
-            .map(|p| p.ip)
-            .collect();
-        assert_eq!(
-            got,
-            [
-                Some(ip("10.244.1.4")),
-                Some(ip("10.244.1.2")),
-                Some(ip("10.244.1.5")),
-                Some(ip("10.244.1.3"))
-            ]
-        );
-    }
-
-    #[test]
-    fn reserved_addresses_are_left_to_their_owners() {
-        let node = NodeSpec::new("n", net("10.244.1.0/24"));
-        let pods = [pod("a", None), pod("b", None)];
-        let got: Vec<Option<Ipv4Addr>> = assign_pod_ips(&node, &pods, &[ip("10.244.1.2")])
-            .unwrap()
-            .iter()
-            .map(|p| p.ip)
-            .collect();
-        assert_eq!(got, [Some(ip("10.244.1.3")), Some(ip("10.244.1.4"))]);
-    }
-
-    #[test]
-    fn file_pods_past_the_end_of_the_range_are_named() {
-        let node = NodeSpec::new("n", net("10.0.0.4/30"));
-        let e = assign_pod_ips(&node, &[pod("a", None), pod("b", None)], &[]).unwrap_err();
-        assert_eq!(e.field, "pods[1].ip");
-        assert!(e
-            .reason
-            .starts_with("the node's range 10.0.0.4/30 has no free address left (1 pod holds"));
-    }
-
-    #[test]
-    fn a_pod_without_an_address_is_checked_on_what_it_has() {
-        let node = NodeSpec::new("n", net("10.244.1.0/24"));
-        let a = pod("a", Some("10.244.1.2"));
-        assert_eq!(pod("b", None).check(&node, [&a], "pod"), Ok(()));
-        assert_eq!(pod("b", None).mac(), None);
-        // An explicit MAC is still checked.
-        let mut b = pod("b", None);
-        b.mac = a.mac();
-        assert_eq!(
-            b.check(&node, [&a], "pod").unwrap_err().to_string(),
-            "pod.mac: 02:42:0a:f4:01:02 is already the MAC of pod \"a\""
-        );
-        // Given its address, its MAC follows it.
-        assert_eq!(
-            pod("c", None).with_ip(ip("10.244.1.7")).mac(),
-            Some(derived_pod_mac(ip("10.244.1.7")))
-        );
-    }
-}
+mod tests;

@@ -75,8 +75,8 @@ impl std::fmt::Display for ServiceAffinity {
     }
 }
 
-/// A service: a `[[services]]` entry, or a runtime `service add` (which replaces the service
-/// of the same name, as an update of its endpoints).
+/// A service: a `[[services]]` entry, or a runtime `service add` (which replaces the runtime
+/// service of the same name, as an update of its endpoints; never one of the config file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
