@@ -22,10 +22,14 @@
 //!   the node), in a directory created 0700 when missing;
 //! - every request line gets exactly one response line, also a malformed one
 //!   ([`Response::Error`], the connection stays open); blank lines are ignored; a line longer
-//!   than `MAX_LINE` bytes gets an error response and the connection is closed;
-//! - bounded ([`Limits`]): at most 128 connections at once (one more gets an error line and is
-//!   closed at once), each closed after 30 s without a complete request, so a flood of clients
-//!   costs bounded memory and descriptors;
+//!   than [`MAX_LINE`] (16 MiB, some 700 000 backends in one `service_add`) gets an error
+//!   response naming the limit and the connection is closed;
+//! - bounded ([`Limits`]): at most 128 connections at once, each closed after 30 s without a
+//!   complete request, so a flood of clients costs bounded memory and descriptors; when all are
+//!   taken, the connection that has waited longest for a request gives its slot up to the new
+//!   one (it is told why and closed, see `slots.rs`), so idle or leaked connections never lock
+//!   the CLI or the CNI plugin out; only when every connection is inside a request is one more
+//!   told so and closed at once;
 //! - the one exception, a capture that starts ([`Request::Capture`]): its response line is
 //!   followed by the capture's binary stream (see [`CaptureSpec`]) and the connection closes
 //!   after it; copies that wait are looked for every few milliseconds (the data plane never
@@ -49,8 +53,13 @@ use crate::node::{
     FdbEntry, FlowStatus, PeerSpec, PeerStatus, PodSpec, PodStatus, ServiceSpec, ServiceStatus,
 };
 
-/// Longest request line the server reads, in bytes without the newline.
-pub(crate) const MAX_LINE: usize = 64 * 1024;
+#[cfg(test)]
+mod leak_tests;
+mod slots;
+
+/// Longest request line the server reads, in bytes without the newline: 16 MiB, some 700 000
+/// backends in one `service_add`. A connection's buffer grows only as its line arrives.
+pub const MAX_LINE: usize = 16 * 1024 * 1024;
 /// Longest response line the client reads, in bytes (a full MAC table fits many times).
 pub(crate) const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 
@@ -326,8 +335,10 @@ pub(crate) struct Limits {
 
 impl Limits {
     /// The daemon's: far more than the CLI, a CNI plugin and scripts use at once, few enough
-    /// that a flood of clients costs a bounded amount of memory (each holds at most a
-    /// `MAX_LINE` buffer) and blocking-pool threads.
+    /// that a flood of clients costs a bounded number of descriptors and blocking-pool
+    /// threads (each connection's buffer grows only with the line it is sent, at most
+    /// [`MAX_LINE`]). A new connection when all are taken takes the slot of the one that has
+    /// waited longest for a request (`slots.rs`).
     pub(crate) const DEFAULT: Limits = Limits {
         connections: 128,
         idle: Duration::from_secs(30),
@@ -455,7 +466,7 @@ impl ControlSocket {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .map_err(|e| io_context(e, format!("control socket {shown}")))?;
         let mut connections = tokio::task::JoinSet::new();
-        let permits = Arc::new(tokio::sync::Semaphore::new(self.limits.connections));
+        let slots = slots::Slots::new(self.limits.connections);
         let idle = self.limits.idle;
         tokio::pin!(shutdown);
         tracing::info!(path = %self.path().display(), "control socket listening");
@@ -463,15 +474,15 @@ impl ControlSocket {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => match permits.clone().try_acquire_owned() {
-                        Ok(permit) => {
+                    Ok((stream, _)) => match slots.take() {
+                        Some(slot) => {
                             let handler = handler.clone();
+                            let limit = self.limits.connections;
                             connections.spawn(async move {
-                                serve_connection(stream, handler, idle).await;
-                                drop(permit);
+                                serve_connection(stream, handler, idle, &slot, limit).await;
                             });
                         }
-                        Err(_) => refuse(&stream, self.limits.connections),
+                        None => refuse(&stream, self.limits.connections),
                     },
                     Err(e) => {
                         // Out of descriptors and the like: back off instead of spinning.
@@ -513,11 +524,14 @@ fn refuse(stream: &tokio::net::UnixStream, limit: usize) {
 }
 
 /// Serves one connection: one response line per request line, until EOF, an error, an
-/// overlong line or `idle` without a complete request.
+/// overlong line, `idle` without a complete request, or its slot taken by a new connection
+/// while it waits for a request (one of `connections`).
 async fn serve_connection(
     stream: tokio::net::UnixStream,
     handler: Arc<dyn ControlHandler>,
     idle: Duration,
+    slot: &slots::Slot,
+    connections: usize,
 ) {
     let (read, mut write) = stream.into_split();
     let mut read = tokio::io::BufReader::new(read);
@@ -531,18 +545,27 @@ async fn serve_connection(
         // Read at most one byte past the limit: enough to tell a long line from a full one.
         let limit = (MAX_LINE + 1) as u64;
         let mut bounded = (&mut read).take(limit);
-        let n = match tokio::time::timeout(idle, bounded.read_until(b'\n', &mut line)).await {
+        slot.waiting();
+        let got = tokio::select! {
+            got = tokio::time::timeout(idle, bounded.read_until(b'\n', &mut line)) => got,
+            () = slot.evicted() => {
+                last_words(&mut write, format!("the node serves {connections} control connections at once and a new one came while this one had waited longest for a request; closing it")).await;
+                return;
+            }
+        };
+        slot.busy();
+        let n = match got {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {
                 tracing::debug!("control connection: read: {e}");
                 return;
             }
             Err(_) => {
-                let response =
-                    Response::error(format!("no request for {idle:?}; closing the connection"));
-                let mut out = serde_json::to_vec(&response).unwrap_or_default();
-                out.push(b'\n');
-                let _ = tokio::time::timeout(Duration::from_secs(1), write.write_all(&out)).await;
+                last_words(
+                    &mut write,
+                    format!("no request for {idle:?}; closing the connection"),
+                )
+                .await;
                 return;
             }
         };
@@ -552,7 +575,8 @@ async fn serve_connection(
         let too_long = line.last() != Some(&b'\n') && line.len() > MAX_LINE;
         let response = if too_long {
             Response::error(format!(
-                "request line longer than {MAX_LINE} bytes; closing the connection"
+                "request longer than the control socket's limit of {} MiB ({MAX_LINE} bytes); closing the connection",
+                MAX_LINE >> 20
             ))
         } else {
             let text = line.trim_ascii();
@@ -588,6 +612,13 @@ async fn serve_connection(
             return;
         }
     }
+}
+
+/// Writes `message` as an error line, waiting at most a second for the client to take it.
+async fn last_words(write: &mut tokio::net::unix::OwnedWriteHalf, message: String) {
+    let mut out = serde_json::to_vec(&Response::error(message)).unwrap_or_default();
+    out.push(b'\n');
+    let _ = tokio::time::timeout(Duration::from_secs(1), write.write_all(&out)).await;
 }
 
 async fn run_handler(handler: &Arc<dyn ControlHandler>, req: Request) -> Response {
@@ -870,9 +901,37 @@ pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response, C
     })?;
     line.push(b'\n');
     stream.set_write_timeout(remaining()?).map_err(io)?;
-    (&stream).write_all(&line).map_err(io)?;
+    // A server that answers before it has read the whole request (one over its limit, a
+    // connection it cannot take) closes the connection: the write fails, and the answer it
+    // sent first says why, so it is read before the write's error is reported.
+    let write_failed = match (&stream).write_all(&line) {
+        Ok(()) => None,
+        Err(e)
+            if matches!(
+                e.kind(),
+                IoErrorKind::BrokenPipe | IoErrorKind::ConnectionReset
+            ) =>
+        {
+            Some(e)
+        }
+        Err(e) => return Err(io(e)),
+    };
+    let answer = read_answer(&stream, &shown, &remaining, &io);
+    match (answer, write_failed) {
+        (Ok(response), _) => Ok(response),
+        (Err(_), Some(e)) => Err(io(e)),
+        (Err(e), None) => Err(e),
+    }
+}
 
-    let mut reader = BufReader::new(&stream);
+/// Reads one response line from `stream`, each read bounded by `remaining`.
+fn read_answer(
+    stream: &std::os::unix::net::UnixStream,
+    shown: &str,
+    remaining: &dyn Fn() -> Result<Option<Duration>, ControlError>,
+    io: &dyn Fn(std::io::Error) -> ControlError,
+) -> Result<Response, ControlError> {
+    let mut reader = BufReader::new(stream);
     let mut response = Vec::new();
     loop {
         stream.set_read_timeout(remaining()?).map_err(io)?;
@@ -884,7 +943,9 @@ pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response, C
             Err(e) => return Err(io(e)),
         };
         if buf.is_empty() {
-            return Err(ControlError::Closed { path: shown });
+            return Err(ControlError::Closed {
+                path: shown.to_string(),
+            });
         }
         let (chunk, done) = match buf.iter().position(|b| *b == b'\n') {
             Some(i) => (&buf[..i], true),
@@ -892,7 +953,7 @@ pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response, C
         };
         if response.len() + chunk.len() > MAX_RESPONSE {
             return Err(ControlError::BadResponse {
-                path: shown,
+                path: shown.to_string(),
                 message: format!("longer than {MAX_RESPONSE} bytes"),
             });
         }
@@ -904,7 +965,7 @@ pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response, C
         }
     }
     serde_json::from_slice(&response).map_err(|e| ControlError::BadResponse {
-        path: shown,
+        path: shown.to_string(),
         message: e.to_string(),
     })
 }
@@ -1969,26 +2030,56 @@ mod tests {
             idle: T * 6,
         };
         let server = Server::start_with(&path, fake.clone(), limits);
+        // Four connections inside a request each (held in the handler): none can make room.
         let held: Vec<_> = (0..4)
             .map(|_| {
                 let s = raw_connect(&path);
-                let r = raw_exchange(&s, &mut BufReader::new(&s), b"{\"op\":\"status\"}\n");
-                assert!(matches!(r, Response::Status { .. }), "{r:?}");
+                (&s).write_all(b"{\"op\":\"pod_del\",\"name\":\"hold\"}\n")
+                    .unwrap();
                 s
             })
             .collect();
+        crate::testutil::wait_for("four requests in the handler", || {
+            fake.calls.load(Ordering::Relaxed) == 4
+        });
         for _ in 0..3 {
             let extra = raw_connect(&path);
             let message = last_words(&extra);
             assert!(
-                message.contains("serves 4 control connections at once"),
+                message.contains("serves 4 control connections at once; try again later"),
                 "{message}"
             );
         }
-        // The held ones still work; one closed frees its slot.
+        // Answered, the held ones wait for their next request: a new connection takes the
+        // slot of the one that has waited longest, which is told so and closed.
+        *fake.gate.lock().unwrap() = true;
+        fake.opened.notify_all();
+        for s in &held {
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Response>(&line).unwrap(),
+                Response::Ok
+            );
+        }
+        // The first is made the one waiting longest: the others ask again.
+        std::thread::sleep(Duration::from_millis(20));
+        for s in &held[1..] {
+            let r = raw_exchange(s, &mut BufReader::new(s), b"{\"op\":\"fdb\"}\n");
+            assert!(matches!(r, Response::Fdb(_)), "{r:?}");
+        }
+        let fresh = raw_connect(&path);
+        let r = raw_exchange(&fresh, &mut BufReader::new(&fresh), b"{\"op\":\"fdb\"}\n");
+        assert!(matches!(r, Response::Fdb(_)), "{r:?}");
+        let message = last_words(&held[0]);
+        assert!(
+            message.contains("had waited longest for a request"),
+            "{message}"
+        );
+        // The others still work; closed ones free their slots.
         let r = raw_exchange(
-            &held[0],
-            &mut BufReader::new(&held[0]),
+            &held[1],
+            &mut BufReader::new(&held[1]),
             b"{\"op\":\"fdb\"}\n",
         );
         assert!(matches!(r, Response::Fdb(_)), "{r:?}");
@@ -2002,6 +2093,7 @@ mod tests {
             reader.read_line(&mut line).is_ok()
                 && matches!(serde_json::from_str(&line), Ok(Response::Status { .. }))
         });
+        drop(fresh);
         server.stop().unwrap();
     }
 
@@ -2057,7 +2149,9 @@ mod tests {
         let r: Response = serde_json::from_str(&line).unwrap();
         assert_eq!(
             r,
-            Response::error("request line longer than 65536 bytes; closing the connection")
+            Response::error(
+                "request longer than the control socket's limit of 16 MiB (16777216 bytes); closing the connection"
+            )
         );
         let mut rest = Vec::new();
         match reader.read_to_end(&mut rest) {
