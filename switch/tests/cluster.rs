@@ -600,8 +600,8 @@ fn a_service_put_in_etcd_is_applied_on_every_node_reached_through_its_vip_and_re
     });
     let s = nodes[0].wait_services(&["rt", "web"], Duration::from_secs(1));
     assert_eq!((s[0].source, &s[0].spec), (PeerSource::Runtime, &local));
-    // A node restarted lists the services: etcd's applied again; its own runtime service comes
-    // back from its state file, and so still keeps etcd's of the same name out.
+    // A node stopped cleanly (SIGTERM) forgets its runtime services: restarted, it lists
+    // etcd's, the one its runtime service kept out included.
     let mut n1 = nodes.remove(0);
     n1.stop();
     n1.start();
@@ -610,18 +610,18 @@ fn a_service_put_in_etcd_is_applied_on_every_node_reached_through_its_vip_and_re
     let sources: Vec<_> = s.iter().map(|s| (s.spec.name.as_str(), s.source)).collect();
     assert_eq!(
         sources,
-        [("rt", PeerSource::Runtime), ("web", PeerSource::Etcd)],
+        [("rt", PeerSource::Etcd), ("web", PeerSource::Etcd)],
         "{s:?}"
     );
-    assert_eq!(s[0].spec, local);
+    assert_eq!(s[0].spec.vip.to_string(), "10.96.0.21", "etcd's rt");
     nodes.insert(0, n1);
     c.etcd.del(&rt_key);
     c.etcd.del(&far_key);
 
-    // The key deleted: the service is gone from both nodes (the mismatched key never was one);
-    // node 1's runtime one stays until `service del`.
+    // The keys deleted: the services are gone from both nodes (the mismatched key never was
+    // one).
     c.etcd.del(&key);
-    nodes[0].wait_services(&["rt"], Duration::from_secs(10));
+    nodes[0].wait_services(&[], Duration::from_secs(10));
     nodes[1].wait_services(&[], Duration::from_secs(10));
     assert_eq!(
         fetch(&nodes[0].pod_ns[0], "http://10.96.0.10:80/"),
