@@ -55,7 +55,12 @@ use crate::node::{
 
 #[cfg(test)]
 mod leak_tests;
+mod peer;
 mod slots;
+mod upgrade_client;
+
+pub use peer::{log_since, log_size, peer_pid, process_alive, server_pid, stderr_of};
+pub use upgrade_client::upgrade;
 
 /// Longest request line the server reads, in bytes without the newline: 16 MiB, some 700 000
 /// backends in one `service_add`. A connection's buffer grows only as its line arrives.
