@@ -23,7 +23,8 @@
 //! - every request line gets exactly one response line, also a malformed one
 //!   ([`Response::Error`], the connection stays open); blank lines are ignored; a line longer
 //!   than [`MAX_LINE`] (16 MiB, some 700 000 backends in one `service_add`) gets an error
-//!   response naming the limit and the connection is closed;
+//!   response naming the limit and the connection is closed; lines past 64 KiB are read
+//!   two at a time (`LARGE_AT_ONCE`; small ones never wait for them);
 //! - bounded ([`Limits`]): at most 128 connections at once, each closed after 30 s without a
 //!   complete request, so a flood of clients costs bounded memory and descriptors; when all are
 //!   taken, the connection that has waited longest for a request gives its slot up to the new
@@ -469,6 +470,7 @@ impl ControlSocket {
             .map_err(|e| io_context(e, format!("control socket {shown}")))?;
         let mut connections = tokio::task::JoinSet::new();
         let slots = slots::Slots::new(self.limits.connections);
+        let large = Arc::new(tokio::sync::Semaphore::new(LARGE_AT_ONCE));
         let idle = self.limits.idle;
         tokio::pin!(shutdown);
         tracing::info!(path = %self.path().display(), "control socket listening");
@@ -478,11 +480,14 @@ impl ControlSocket {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => match slots.take() {
                         Some(slot) => {
-                            let handler = handler.clone();
+                            let (handler, large) = (handler.clone(), Arc::clone(&large));
                             let limit = self.limits.connections;
                             connections.spawn(async move {
-                                serve_connection(stream, handler, idle, &slot, limit).await;
+                                serve_connection(stream, handler, idle, &slot, limit, &large)
+                                    .await;
                             });
+                            // Lets a connection told to make room close before the next accept.
+                            tokio::task::yield_now().await;
                         }
                         None => refuse(&stream, self.limits.connections),
                     },
@@ -534,6 +539,7 @@ async fn serve_connection(
     idle: Duration,
     slot: &slots::Slot,
     connections: usize,
+    large: &Arc<tokio::sync::Semaphore>,
 ) {
     let (read, mut write) = stream.into_split();
     let mut read = tokio::io::BufReader::new(read);
@@ -544,20 +550,18 @@ async fn serve_connection(
             line = Vec::new();
         }
         line.clear();
-        // Read at most one byte past the limit: enough to tell a long line from a full one.
-        let limit = (MAX_LINE + 1) as u64;
-        let mut bounded = (&mut read).take(limit);
         slot.waiting();
         let got = tokio::select! {
-            got = tokio::time::timeout(idle, bounded.read_until(b'\n', &mut line)) => got,
+            got = tokio::time::timeout(idle, read_request(&mut read, &mut line, large)) => got,
             () = slot.evicted() => {
                 last_words(&mut write, format!("the node serves {connections} control connections at once and a new one came while this one had waited longest for a request; closing it")).await;
                 return;
             }
         };
         slot.busy();
-        let n = match got {
-            Ok(Ok(n)) => n,
+        // A large line's permit is held until it is handled (its buffer goes at the next turn).
+        let (n, _large) = match got {
+            Ok(Ok(read)) => read,
             Ok(Err(e)) => {
                 tracing::debug!("control connection: read: {e}");
                 return;
@@ -614,6 +618,38 @@ async fn serve_connection(
             return;
         }
     }
+}
+
+/// Past this many bytes a request line is large: it waits for one of [`LARGE_AT_ONCE`] turns.
+const SMALL_LINE: usize = 64 * 1024;
+/// Connections that may read a large line at once: a flood of them costs the memory of a few.
+const LARGE_AT_ONCE: usize = 2;
+
+/// Reads one request line into `line`: at most one byte past [`MAX_LINE`] (enough to tell a
+/// long line from a full one). Past [`SMALL_LINE`] bytes it first waits for a turn of
+/// `large` (the permit is returned with the count read, for the caller to hold while the
+/// line is handled); small requests never wait for large ones.
+async fn read_request(
+    read: &mut tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+    line: &mut Vec<u8>,
+    large: &Arc<tokio::sync::Semaphore>,
+) -> std::io::Result<(usize, Option<tokio::sync::OwnedSemaphorePermit>)> {
+    let small = (&mut *read)
+        .take(SMALL_LINE as u64 + 1)
+        .read_until(b'\n', line)
+        .await?;
+    if small <= SMALL_LINE || line.last() == Some(&b'\n') {
+        return Ok((small, None));
+    }
+    let turn = Arc::clone(large)
+        .acquire_owned()
+        .await
+        .map_err(std::io::Error::other)?;
+    let rest = (&mut *read)
+        .take((MAX_LINE - SMALL_LINE) as u64)
+        .read_until(b'\n', line)
+        .await?;
+    Ok((small + rest, Some(turn)))
 }
 
 /// Writes `message` as an error line, waiting at most a second for the client to take it.

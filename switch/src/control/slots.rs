@@ -15,6 +15,11 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
+/// Connections told to give their slot up that may not have closed yet: past this, a new
+/// connection is refused rather than another evicted, so a storm of new connections holds at
+/// most the limit plus these.
+const EVICTING_AT_MOST: usize = 8;
+
 /// The slots of one server.
 #[derive(Debug)]
 pub(super) struct Slots {
@@ -61,11 +66,16 @@ impl Slots {
 
     /// A slot for a new connection: a free one, else the slot of the connection that has
     /// waited longest for a request (which is told to close, see [`Slot::evicted`]). `None`
-    /// when every connection is inside a request.
+    /// when every connection is inside a request, or [`EVICTING_AT_MOST`] told to close have
+    /// not yet.
     pub(super) fn take(self: &Arc<Self>) -> Option<Slot> {
         let mut held = self.held();
-        let counted = held.by_id.values().filter(|s| !s.evicted).count();
+        let evicting = held.by_id.values().filter(|s| s.evicted).count();
+        let counted = held.by_id.len() - evicting;
         if counted >= self.limit {
+            if evicting >= EVICTING_AT_MOST {
+                return None;
+            }
             let (_, victim) = held
                 .by_id
                 .iter_mut()
@@ -161,5 +171,20 @@ mod tests {
         assert!(told(&d));
         drop((a, c, d, e));
         assert!(slots.held().by_id.is_empty(), "dropped slots are freed");
+    }
+
+    #[test]
+    fn a_storm_of_new_connections_holds_at_most_the_limit_plus_those_closing() {
+        let slots = Slots::new(1);
+        // Each new one takes the slot of the one before, which has not closed yet.
+        let storm: Vec<Slot> = (0..=EVICTING_AT_MOST)
+            .map(|i| slots.take().unwrap_or_else(|| panic!("connection {i}")))
+            .collect();
+        assert!(
+            slots.take().is_none(),
+            "refused while {EVICTING_AT_MOST} are closing"
+        );
+        drop(storm);
+        assert!(slots.take().is_some(), "served once they closed");
     }
 }

@@ -51,7 +51,7 @@ use super::upgrade::HANDOVER_ENV;
 /// Set for the guard's process: what it guards (JSON of `GuardArgs`).
 pub const GUARD_ENV: &str = "PODSWITCH_UPGRADE_GUARD";
 /// Set for the new process: the descriptor to write one byte to once the node is up.
-pub(crate) const READY_ENV: &str = "PODSWITCH_UPGRADE_READY";
+pub const READY_ENV: &str = "PODSWITCH_UPGRADE_READY";
 /// How long the guard waits for the new process to be up.
 pub const GUARD_WAIT: Duration = Duration::from_secs(120);
 /// The path the daemon's old binary is started from again (its running image).
