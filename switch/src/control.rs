@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::node::{
     FdbEntry, FlowStatus, PeerSpec, PeerStatus, PodSpec, PodStatus, ServiceSpec, ServiceStatus,
@@ -470,7 +470,7 @@ impl ControlSocket {
             .map_err(|e| io_context(e, format!("control socket {shown}")))?;
         let mut connections = tokio::task::JoinSet::new();
         let slots = slots::Slots::new(self.limits.connections);
-        let large = Arc::new(tokio::sync::Semaphore::new(LARGE_AT_ONCE));
+        let large = Arc::new(tokio::sync::Semaphore::new(slots::LARGE_AT_ONCE));
         let idle = self.limits.idle;
         tokio::pin!(shutdown);
         tracing::info!(path = %self.path().display(), "control socket listening");
@@ -552,7 +552,7 @@ async fn serve_connection(
         line.clear();
         slot.waiting();
         let got = tokio::select! {
-            got = tokio::time::timeout(idle, read_request(&mut read, &mut line, large)) => got,
+            got = tokio::time::timeout(idle, slots::read_request(&mut read, &mut line, large)) => got,
             () = slot.evicted() => {
                 last_words(&mut write, format!("the node serves {connections} control connections at once and a new one came while this one had waited longest for a request; closing it")).await;
                 return;
@@ -618,38 +618,6 @@ async fn serve_connection(
             return;
         }
     }
-}
-
-/// Past this many bytes a request line is large: it waits for one of [`LARGE_AT_ONCE`] turns.
-const SMALL_LINE: usize = 64 * 1024;
-/// Connections that may read a large line at once: a flood of them costs the memory of a few.
-const LARGE_AT_ONCE: usize = 2;
-
-/// Reads one request line into `line`: at most one byte past [`MAX_LINE`] (enough to tell a
-/// long line from a full one). Past [`SMALL_LINE`] bytes it first waits for a turn of
-/// `large` (the permit is returned with the count read, for the caller to hold while the
-/// line is handled); small requests never wait for large ones.
-async fn read_request(
-    read: &mut tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
-    line: &mut Vec<u8>,
-    large: &Arc<tokio::sync::Semaphore>,
-) -> std::io::Result<(usize, Option<tokio::sync::OwnedSemaphorePermit>)> {
-    let small = (&mut *read)
-        .take(SMALL_LINE as u64 + 1)
-        .read_until(b'\n', line)
-        .await?;
-    if small <= SMALL_LINE || line.last() == Some(&b'\n') {
-        return Ok((small, None));
-    }
-    let turn = Arc::clone(large)
-        .acquire_owned()
-        .await
-        .map_err(std::io::Error::other)?;
-    let rest = (&mut *read)
-        .take((MAX_LINE - SMALL_LINE) as u64)
-        .read_until(b'\n', line)
-        .await?;
-    Ok((small + rest, Some(turn)))
 }
 
 /// Writes `message` as an error line, waiting at most a second for the client to take it.

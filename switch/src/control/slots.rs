@@ -8,11 +8,16 @@
 //! that leak connections (connect and never send, or never close) cannot lock the CLI or the
 //! CNI plugin out: a fresh connection is served at once, whatever the leaked ones do, and
 //! the leak costs at most the limit in descriptors and buffers.
+//!
+//! Request lines past [`SMALL_LINE`] take turns too ([`read_request`]): [`LARGE_AT_ONCE`]
+//! connections read one at a time, so a flood of large requests costs the memory of a few,
+//! and small requests never wait for them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::sync::Notify;
 
 /// Connections told to give their slot up that may not have closed yet: past this, a new
@@ -133,6 +138,38 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.slots.held().by_id.remove(&self.id);
     }
+}
+
+/// Past this many bytes a request line is large: it waits for one of [`LARGE_AT_ONCE`] turns.
+pub(super) const SMALL_LINE: usize = 64 * 1024;
+/// Connections that may read a large line at once: a flood of them costs the memory of a few.
+pub(super) const LARGE_AT_ONCE: usize = 2;
+
+/// Reads one request line into `line`: at most one byte past [`MAX_LINE`](super::MAX_LINE) (enough to tell a
+/// long line from a full one). Past [`SMALL_LINE`] bytes it first waits for a turn of
+/// `large` (the permit is returned with the count read, for the caller to hold while the
+/// line is handled); small requests never wait for large ones.
+pub(super) async fn read_request(
+    read: &mut tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+    line: &mut Vec<u8>,
+    large: &Arc<tokio::sync::Semaphore>,
+) -> std::io::Result<(usize, Option<tokio::sync::OwnedSemaphorePermit>)> {
+    let small = (&mut *read)
+        .take(SMALL_LINE as u64 + 1)
+        .read_until(b'\n', line)
+        .await?;
+    if small <= SMALL_LINE || line.last() == Some(&b'\n') {
+        return Ok((small, None));
+    }
+    let turn = Arc::clone(large)
+        .acquire_owned()
+        .await
+        .map_err(std::io::Error::other)?;
+    let rest = (&mut *read)
+        .take((super::MAX_LINE - SMALL_LINE) as u64)
+        .read_until(b'\n', line)
+        .await?;
+    Ok((small + rest, Some(turn)))
 }
 
 #[cfg(test)]
