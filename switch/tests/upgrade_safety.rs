@@ -104,6 +104,20 @@ impl Node {
         .success()
     }
 
+    /// Pod a's `eth0` as `ip link` shows it (its index and MAC: another TAP would differ).
+    fn eth0(&self) -> String {
+        let out = run(&["ip", "-n", &self.a, "-o", "link", "show", "eth0"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let index = text.split(':').next().unwrap_or("").trim().to_string();
+        let mac = text
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap_or("");
+        assert!(out.status.success() && !index.is_empty(), "ip link: {text}");
+        format!("{index} {mac}")
+    }
+
     /// `pod list` answers with both pods.
     fn lists_its_pods(&self) -> bool {
         let out = self.ctl(&["pod", "list"]);
@@ -258,42 +272,67 @@ fn a_binary_that_exits_after_the_exec_gives_the_pods_back_to_the_old_one() {
     }
     let node = Node::start("usdie");
     assert!(node.forwards(), "a -> b before any upgrade");
-    let pid = server_pid(&node.control).expect("the node's pid");
-    // Passes every check, then exits at start, as a release that panics would.
+    let eth0 = node.eth0();
+    // Passes every check, then exits at start, as a release that panics would; and a real
+    // podswitch that fails at start (it reads the handover, then cannot read its config).
     let dies = node.script(
         "dies",
         "case \"$*\" in *--version*) echo 'podswitch 99.0.0'; exit 0;; esac\n\
          case \"$*\" in *--check-config*) exit 0;; esac\n\
          echo 'thread main panicked: 99.0.0 cannot start' >&2\nexit 1\n",
     );
-    let started = Instant::now();
-    let out = node.upgrade(&dies);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{}", text(&out));
-    // The CLI says what happened and shows the daemon's last log lines (the dead binary's
-    // words among them), rather than waiting for a minute.
-    assert!(
-        err.contains("exited") && err.contains("given back to the old binary"),
-        "{}",
-        text(&out)
+    let fails = node.script(
+        "fails",
+        &format!(
+            "case \"$*\" in *--version*|*--check-config*) exec {BIN} \"$@\";; esac\n\
+             exec {BIN} run --config /nonexistent/podswitch-99.toml\n"
+        ),
     );
-    assert!(
-        err.contains("thread main panicked: 99.0.0 cannot start"),
-        "the log's last lines: {}",
-        text(&out)
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(55),
-        "the CLI noticed before its 60 s wait"
-    );
-    // The node is back: the old binary, from the handover, with the pods' interfaces.
-    assert!(node.lists_its_pods(), "pod list after the failed upgrade");
-    assert!(node.forwards(), "a -> b after the failed upgrade");
-    let back = server_pid(&node.control).expect("a pid");
-    assert_ne!(
-        back, pid,
-        "the old binary runs again, in the guard's process"
-    );
+    let mut back = server_pid(&node.control).expect("the node's pid");
+    for (binary, said) in [
+        (&dies, "thread main panicked: 99.0.0 cannot start"),
+        (&fails, "/nonexistent/podswitch-99.toml"),
+    ] {
+        let shown = binary.display();
+        let started = Instant::now();
+        let out = node.upgrade(binary);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{shown}: {}", text(&out));
+        // The CLI says what happened and shows what the daemon logged since the request (the
+        // dead binary's words among them), rather than waiting for a minute.
+        assert!(
+            err.contains("exited") && err.contains("given back to the old binary"),
+            "{shown}: {}",
+            text(&out)
+        );
+        assert!(
+            err.contains(said),
+            "{shown}: the log's last lines: {}",
+            text(&out)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(55),
+            "{shown}: the CLI noticed before its 60 s wait"
+        );
+        // The node is back: the old binary, from the handover, with the pods' interfaces (the
+        // same TAPs, held by the guard meanwhile).
+        assert!(
+            node.lists_its_pods(),
+            "{shown}: pod list after the failed upgrade"
+        );
+        assert!(node.forwards(), "{shown}: a -> b after the failed upgrade");
+        assert_eq!(
+            node.eth0(),
+            eth0,
+            "{shown}: pod a's interface is the one it had"
+        );
+        let now = server_pid(&node.control).expect("a pid");
+        assert_ne!(
+            now, back,
+            "{shown}: the old binary runs again, in the guard's process"
+        );
+        back = now;
+    }
     let log = node.log();
     assert!(
         log.contains("starting the old binary again from the handover"),
