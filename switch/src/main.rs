@@ -427,7 +427,9 @@ fn run(config_path: &Path) -> Result<(), String> {
         let up = tokio::select! {
             r = start_node(cfg, agent, state_path, handover) => r,
             r = &mut serve => {
-                // Stopped (a signal) before the node was up.
+                // Stopped (a signal) before the node was up: on purpose, so an upgrade's
+                // guard does not start the old binary again.
+                guard_ready.signal();
                 return (None, flatten(r));
             }
         };

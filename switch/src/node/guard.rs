@@ -20,9 +20,9 @@
 //! - the read end of a pipe whose write end only the new process holds ([`READY_ENV`]), and a
 //!   pidfd of the daemon's process.
 //!
-//! The new process, once its node is up (pods attached, control socket answering), writes
-//! one byte to the pipe ([`Ready::signal`]): the guard closes its descriptors, deletes its
-//! copy and exits. If instead the pipe reaches its end (the process exited: the write end is
+//! The new process, once its node is up (pods attached, control socket answering), or when
+//! stopped on purpose (SIGTERM) before that, writes one byte to the pipe ([`Ready::signal`]):
+//! the guard closes its descriptors, deletes its copy and exits. If instead the pipe reaches its end (the process exited: the write end is
 //! closed with it, and close-on-exec is set at once so no child of the new process holds it)
 //! or the pidfd says the process is gone, the guard `exec`s the old binary with the handover
 //! copy: the old daemon starts again as after an upgrade, adopts the TAPs and the flows, and
@@ -218,12 +218,14 @@ impl Ready {
         Ready(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    /// The node is up: the guard stands down (its descriptors close, its copy goes).
-    pub fn signal(self) {
-        if let Some(fd) = self.0 {
-            match write_fd(&fd, b"R") {
-                Ok(_) => tracing::debug!("upgrade: told the guard the node is up"),
-                Err(e) => tracing::warn!("upgrade: telling the guard the node is up: {e}"),
+    /// The node is up, or was stopped on purpose (SIGTERM) before: the guard stands down (its
+    /// descriptors close, its copy goes) rather than start the old binary again. Once is
+    /// enough; more are harmless.
+    pub fn signal(&self) {
+        if let Some(fd) = &self.0 {
+            match write_fd(fd, b"R") {
+                Ok(_) => tracing::debug!("upgrade: told the guard to stand down"),
+                Err(e) => tracing::warn!("upgrade: telling the guard to stand down: {e}"),
             }
         }
     }
@@ -248,17 +250,19 @@ pub fn run_if_asked() -> Option<ExitCode> {
     };
     // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1; no
     // memory is passed.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, args.pid, 0) };
-    if pidfd < 0 {
-        tracing::error!(
-            pid = args.pid,
-            "upgrade guard: pidfd_open: {}",
-            std::io::Error::last_os_error()
-        );
-        return Some(ExitCode::FAILURE);
-    }
-    // SAFETY: pidfd_open returned a new descriptor (close-on-exec), owned here only.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, args.pid, 0) };
+    let pidfd = if raw >= 0 {
+        // SAFETY: pidfd_open returned a new descriptor (close-on-exec), owned here only.
+        Some(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+    } else {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOSYS) {
+            tracing::error!(pid = args.pid, "upgrade guard: pidfd_open: {e}");
+            return Some(ExitCode::FAILURE);
+        }
+        // A kernel before 5.3: the pipe's end alone tells the process is gone.
+        None
+    };
     // SAFETY: the daemon's pipe end was inherited open under this number and nothing else in
     // this process has claimed it (the variable is read once and removed).
     let ready = unsafe { OwnedFd::from_raw_fd(args.ready_fd) };
@@ -274,7 +278,7 @@ pub fn run_if_asked() -> Option<ExitCode> {
         // The parent: the daemon waits for it; the guard goes on alone.
         _ => return Some(ExitCode::SUCCESS),
     }
-    Some(guard(&args, &ready, &pidfd))
+    Some(guard(&args, &ready, pidfd.as_ref()))
 }
 
 /// What the guard saw.
@@ -287,7 +291,7 @@ enum Seen {
     Silent,
 }
 
-fn watch(ready: &OwnedFd, pidfd: &OwnedFd) -> Seen {
+fn watch(ready: &OwnedFd, pidfd: Option<&OwnedFd>) -> Seen {
     let deadline = std::time::Instant::now() + GUARD_WAIT;
     loop {
         let mut polls = [
@@ -297,7 +301,8 @@ fn watch(ready: &OwnedFd, pidfd: &OwnedFd) -> Seen {
                 revents: 0,
             },
             libc::pollfd {
-                fd: pidfd.as_raw_fd(),
+                // A negative descriptor is ignored by poll(2).
+                fd: pidfd.map_or(-1, AsRawFd::as_raw_fd),
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -348,7 +353,7 @@ fn watch(ready: &OwnedFd, pidfd: &OwnedFd) -> Seen {
     }
 }
 
-fn guard(args: &GuardArgs, ready: &OwnedFd, pidfd: &OwnedFd) -> ExitCode {
+fn guard(args: &GuardArgs, ready: &OwnedFd, pidfd: Option<&OwnedFd>) -> ExitCode {
     let me = std::process::id();
     match watch(ready, pidfd) {
         Seen::StandDown => {
