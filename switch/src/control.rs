@@ -23,7 +23,8 @@
 //! - every request line gets exactly one response line, also a malformed one
 //!   ([`Response::Error`], the connection stays open); blank lines are ignored; a line longer
 //!   than [`MAX_LINE`] (16 MiB, some 700 000 backends in one `service_add`) gets an error
-//!   response naming the limit and the connection is closed;
+//!   response naming the limit and the connection is closed; lines past 64 KiB are read
+//!   two at a time (`LARGE_AT_ONCE`; small ones never wait for them);
 //! - bounded ([`Limits`]): at most 128 connections at once, each closed after 30 s without a
 //!   complete request, so a flood of clients costs bounded memory and descriptors; when all are
 //!   taken, the connection that has waited longest for a request gives its slot up to the new
@@ -47,7 +48,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::node::{
     FdbEntry, FlowStatus, PeerSpec, PeerStatus, PodSpec, PodStatus, ServiceSpec, ServiceStatus,
@@ -55,7 +56,12 @@ use crate::node::{
 
 #[cfg(test)]
 mod leak_tests;
+mod peer;
 mod slots;
+mod upgrade_client;
+
+pub use peer::{log_since, log_size, peer_pid, process_alive, server_pid, stderr_of};
+pub use upgrade_client::upgrade;
 
 /// Longest request line the server reads, in bytes without the newline: 16 MiB, some 700 000
 /// backends in one `service_add`. A connection's buffer grows only as its line arrives.
@@ -467,6 +473,7 @@ impl ControlSocket {
             .map_err(|e| io_context(e, format!("control socket {shown}")))?;
         let mut connections = tokio::task::JoinSet::new();
         let slots = slots::Slots::new(self.limits.connections);
+        let large = Arc::new(tokio::sync::Semaphore::new(slots::LARGE_AT_ONCE));
         let idle = self.limits.idle;
         tokio::pin!(shutdown);
         tracing::info!(path = %self.path().display(), "control socket listening");
@@ -476,11 +483,14 @@ impl ControlSocket {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => match slots.take() {
                         Some(slot) => {
-                            let handler = handler.clone();
+                            let (handler, large) = (handler.clone(), Arc::clone(&large));
                             let limit = self.limits.connections;
                             connections.spawn(async move {
-                                serve_connection(stream, handler, idle, &slot, limit).await;
+                                serve_connection(stream, handler, idle, &slot, limit, &large)
+                                    .await;
                             });
+                            // Lets a connection told to make room close before the next accept.
+                            tokio::task::yield_now().await;
                         }
                         None => refuse(&stream, self.limits.connections),
                     },
@@ -532,6 +542,7 @@ async fn serve_connection(
     idle: Duration,
     slot: &slots::Slot,
     connections: usize,
+    large: &Arc<tokio::sync::Semaphore>,
 ) {
     let (read, mut write) = stream.into_split();
     let mut read = tokio::io::BufReader::new(read);
@@ -542,20 +553,18 @@ async fn serve_connection(
             line = Vec::new();
         }
         line.clear();
-        // Read at most one byte past the limit: enough to tell a long line from a full one.
-        let limit = (MAX_LINE + 1) as u64;
-        let mut bounded = (&mut read).take(limit);
         slot.waiting();
         let got = tokio::select! {
-            got = tokio::time::timeout(idle, bounded.read_until(b'\n', &mut line)) => got,
+            got = tokio::time::timeout(idle, slots::read_request(&mut read, &mut line, large)) => got,
             () = slot.evicted() => {
                 last_words(&mut write, format!("the node serves {connections} control connections at once and a new one came while this one had waited longest for a request; closing it")).await;
                 return;
             }
         };
         slot.busy();
-        let n = match got {
-            Ok(Ok(n)) => n,
+        // A large line's permit is held until it is handled (its buffer goes at the next turn).
+        let (n, _large) = match got {
+            Ok(Ok(read)) => read,
             Ok(Err(e)) => {
                 tracing::debug!("control connection: read: {e}");
                 return;

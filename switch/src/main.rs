@@ -31,6 +31,11 @@ enum Command {
         /// Node config (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Only check the config (parse, validate, check the machine: CPUs, namespaces) and
+        /// exit 0, or 1 with the error; nothing is created or changed. An upgrade runs the
+        /// new binary so before handing the node over.
+        #[arg(long)]
+        check_config: bool,
     },
     /// Add, remove or list pods of a running node.
     Pod {
@@ -222,8 +227,16 @@ enum PodOp {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    // An upgrade's guard (started by the daemon before it execs a new binary).
+    if let Some(code) = podswitch::node::guard::run_if_asked() {
+        return code;
+    }
     let result = match cli.command {
-        Command::Run { config } => run(&config),
+        Command::Run {
+            config,
+            check_config: true,
+        } => check_config(&config),
+        Command::Run { config, .. } => run(&config),
         Command::Pod {
             op: PodOp::List { drops: true },
             control,
@@ -304,11 +317,32 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+/// `podswitch run --check-config`: what `run` checks before it touches anything.
+fn check_config(config_path: &Path) -> Result<(), String> {
+    let cfg = Config::from_file(config_path).map_err(|e| e.to_string())?;
+    cfg.check_machine(&podswitch::dataplane::allowed_cpus())
+        .map_err(|e| e.to_string())?;
+    if let Some(ns) = &cfg.node.netns {
+        NetNs::open(ns).map_err(|e| format!("node.netns: {e}"))?;
+    }
+    println!(
+        "config {} is good for node {}: {} pods, {} peers, {} services",
+        config_path.display(),
+        cfg.node.name(),
+        cfg.pods.len(),
+        cfg.peers.len(),
+        cfg.services.len()
+    );
+    Ok(())
+}
+
 /// `podswitch run`: the node daemon.
 fn run(config_path: &Path) -> Result<(), String> {
     // An upgrade's handover (if this process was exec'ed by `podswitch upgrade`), read before
     // any thread exists (it edits the environment).
     let handover = podswitch::node::Handover::inherited();
+    // The upgrade's guard waits for word that the node is up (see node/guard.rs).
+    let guard_ready = podswitch::node::guard::Ready::inherited();
     let upgraded = handover.is_some();
     let upgrade = Arc::new(Upgrade::new());
     // A bad config is reported before anything is created.
@@ -394,7 +428,9 @@ fn run(config_path: &Path) -> Result<(), String> {
         let up = tokio::select! {
             r = start_node(cfg, agent, state_path, handover) => r,
             r = &mut serve => {
-                // Stopped (a signal) before the node was up.
+                // Stopped (a signal) before the node was up: on purpose, so an upgrade's
+                // guard does not start the old binary again.
+                guard_ready.signal();
                 return (None, flatten(r));
             }
         };
@@ -410,6 +446,7 @@ fn run(config_path: &Path) -> Result<(), String> {
             handler = handler.with_cluster(a.status());
         }
         starting.ready(handler);
+        guard_ready.signal();
         let metrics_task = metrics_listener.map(|listener| {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!("metrics and web view on http://{addr}/");
@@ -609,58 +646,12 @@ fn control_path(given: Option<PathBuf>) -> Result<PathBuf, String> {
     control::find_socket(given).map_err(|e| e.to_string())
 }
 
-/// `podswitch upgrade`: asks for the upgrade on one connection, waits for the old daemon to
-/// close it (it stops serving before the exec), then for the node to answer again.
+/// `podswitch upgrade` ([`control::upgrade`]).
 fn upgrade(control: Option<PathBuf>, binary: Option<PathBuf>) -> Result<(), String> {
-    use std::io::{BufRead, Read, Write};
     let path = control_path(control)?;
-    let shown = path.display();
-    let started = std::time::Instant::now();
-    let stream = std::os::unix::net::UnixStream::connect(&path)
-        .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
-    let timeout = Some(Duration::from_secs(30));
-    let _ = (
-        stream.set_read_timeout(timeout),
-        stream.set_write_timeout(timeout),
-    );
-    let mut line = serde_json::to_vec(&Request::Upgrade { binary }).map_err(|e| e.to_string())?;
-    line.push(b'\n');
-    (&stream)
-        .write_all(&line)
-        .map_err(|e| format!("talking to {shown}: {e}"))?;
-    let mut reader = std::io::BufReader::new(&stream);
-    let mut answer = String::new();
-    reader
-        .read_line(&mut answer)
-        .map_err(|e| format!("no answer from {shown}: {e}"))?;
-    let resp: Response =
-        serde_json::from_str(&answer).map_err(|e| format!("malformed answer from {shown}: {e}"))?;
-    let (new, version) = match resp {
-        Response::Upgrading { binary, version } => (binary, version),
-        Response::Error { message, .. } => return Err(message),
-        other => return Err(format!("unexpected answer from {shown}: {other:?}")),
-    };
-    println!("upgrading to {} ({version})", new.display());
-    // The old daemon closes every connection as it stops serving.
-    let _ = reader.read_to_end(&mut Vec::new());
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Response::Status { node, pods, .. }) =
-            control::call(&path, &Request::Status, Duration::from_secs(2))
-        {
-            println!(
-                "node {node} is back with its {pods} pods: it answered {} ms after the request",
-                started.elapsed().as_millis()
-            );
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(format!(
-                "the node did not answer on {shown} within 60 s of the upgrade: see its log"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let back = control::upgrade(&path, binary, &mut |line| println!("{line}"))?;
+    println!("{back}");
+    Ok(())
 }
 
 /// `podswitch nodes`: one line per running node, with the `--control` that reaches it.

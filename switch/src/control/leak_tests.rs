@@ -175,3 +175,39 @@ fn a_client_refused_before_its_request_is_read_reports_the_nodes_message() {
     }
     drop(held);
 }
+
+#[test]
+fn large_requests_take_turns_and_small_ones_never_wait_for_them() {
+    let server = Server::start("turns", Limits::DEFAULT);
+    let path = server.path();
+    // Three large requests arrive in part (more than 64 KiB each, no newline yet): two read
+    // on, the third waits for a turn.
+    let big: Vec<_> = (0..3)
+        .map(|_| {
+            let s = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            let mut head = b"{\"op\":\"pod_del\",\"name\":\"".to_vec();
+            head.extend(std::iter::repeat_n(b'x', 200 * 1024));
+            (&s).write_all(&head).expect("write");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    match call(&path, &Request::PodList, Duration::from_secs(10)) {
+        Ok(Response::Pods(_)) => {}
+        other => panic!("a small request while large ones read: {other:?}"),
+    }
+    // Finished, each is served in turn, whole.
+    for s in &big {
+        (&*s).write_all(b"\"}\n").expect("write");
+    }
+    for s in &big {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line).expect("answer");
+        assert_eq!(
+            serde_json::from_str::<Response>(&line).expect("a response"),
+            Response::error(format!("no pod of {} bytes", 200 * 1024))
+        );
+    }
+}

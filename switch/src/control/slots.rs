@@ -8,12 +8,22 @@
 //! that leak connections (connect and never send, or never close) cannot lock the CLI or the
 //! CNI plugin out: a fresh connection is served at once, whatever the leaked ones do, and
 //! the leak costs at most the limit in descriptors and buffers.
+//!
+//! Request lines past [`SMALL_LINE`] take turns too ([`read_request`]): [`LARGE_AT_ONCE`]
+//! connections read one at a time, so a flood of large requests costs the memory of a few,
+//! and small requests never wait for them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::sync::Notify;
+
+/// Connections told to give their slot up that may not have closed yet: past this, a new
+/// connection is refused rather than another evicted, so a storm of new connections holds at
+/// most the limit plus these.
+const EVICTING_AT_MOST: usize = 8;
 
 /// The slots of one server.
 #[derive(Debug)]
@@ -61,11 +71,16 @@ impl Slots {
 
     /// A slot for a new connection: a free one, else the slot of the connection that has
     /// waited longest for a request (which is told to close, see [`Slot::evicted`]). `None`
-    /// when every connection is inside a request.
+    /// when every connection is inside a request, or [`EVICTING_AT_MOST`] told to close have
+    /// not yet.
     pub(super) fn take(self: &Arc<Self>) -> Option<Slot> {
         let mut held = self.held();
-        let counted = held.by_id.values().filter(|s| !s.evicted).count();
+        let evicting = held.by_id.values().filter(|s| s.evicted).count();
+        let counted = held.by_id.len() - evicting;
         if counted >= self.limit {
+            if evicting >= EVICTING_AT_MOST {
+                return None;
+            }
             let (_, victim) = held
                 .by_id
                 .iter_mut()
@@ -125,6 +140,38 @@ impl Drop for Slot {
     }
 }
 
+/// Past this many bytes a request line is large: it waits for one of [`LARGE_AT_ONCE`] turns.
+pub(super) const SMALL_LINE: usize = 64 * 1024;
+/// Connections that may read a large line at once: a flood of them costs the memory of a few.
+pub(super) const LARGE_AT_ONCE: usize = 2;
+
+/// Reads one request line into `line`: at most one byte past [`MAX_LINE`](super::MAX_LINE) (enough to tell a
+/// long line from a full one). Past [`SMALL_LINE`] bytes it first waits for a turn of
+/// `large` (the permit is returned with the count read, for the caller to hold while the
+/// line is handled); small requests never wait for large ones.
+pub(super) async fn read_request(
+    read: &mut tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+    line: &mut Vec<u8>,
+    large: &Arc<tokio::sync::Semaphore>,
+) -> std::io::Result<(usize, Option<tokio::sync::OwnedSemaphorePermit>)> {
+    let small = (&mut *read)
+        .take(SMALL_LINE as u64 + 1)
+        .read_until(b'\n', line)
+        .await?;
+    if small <= SMALL_LINE || line.last() == Some(&b'\n') {
+        return Ok((small, None));
+    }
+    let turn = Arc::clone(large)
+        .acquire_owned()
+        .await
+        .map_err(std::io::Error::other)?;
+    let rest = (&mut *read)
+        .take((super::MAX_LINE - SMALL_LINE) as u64)
+        .read_until(b'\n', line)
+        .await?;
+    Ok((small + rest, Some(turn)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +208,20 @@ mod tests {
         assert!(told(&d));
         drop((a, c, d, e));
         assert!(slots.held().by_id.is_empty(), "dropped slots are freed");
+    }
+
+    #[test]
+    fn a_storm_of_new_connections_holds_at_most_the_limit_plus_those_closing() {
+        let slots = Slots::new(1);
+        // Each new one takes the slot of the one before, which has not closed yet.
+        let storm: Vec<Slot> = (0..=EVICTING_AT_MOST)
+            .map(|i| slots.take().unwrap_or_else(|| panic!("connection {i}")))
+            .collect();
+        assert!(
+            slots.take().is_none(),
+            "refused while {EVICTING_AT_MOST} are closing"
+        );
+        drop(storm);
+        assert!(slots.take().is_some(), "served once they closed");
     }
 }

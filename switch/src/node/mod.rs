@@ -20,6 +20,7 @@
 //! concurrent control requests cannot interleave them (and the checks see every pod or peer).
 
 mod capture;
+pub mod guard;
 mod handler;
 mod host;
 mod netlink;

@@ -10,13 +10,17 @@
 //! recreates each TAP with the same name, MAC, address and routes, and TCP retransmits over the
 //! gap (see `Node::restore_attachments` and the state file).
 //!
-//! The old process: the control request checks the new binary ([`Upgrade::request`]) and
-//! answers; the daemon stops serving control, writes the handover file (which descriptors are
-//! which pod's queues and the host interface's; the tracked flows), clears close-on-exec on
-//! those descriptors and `exec`s the binary with its own arguments and
-//! `PODSWITCH_HANDOVER=<file>` ([`Node::exec_upgrade`]). Everything else (the tunnel socket,
-//! the control socket, etcd's connections) closes on `exec`. If `exec` fails, the daemon goes
-//! on as it was.
+//! The old process: the control request checks the new binary ([`Upgrade::request`]: it must
+//! answer `--version` as a podswitch, and `run --check-config` with the daemon's own arguments
+//! must pass, or the upgrade is refused with the new binary's own message) and answers; the
+//! daemon stops serving control, writes the handover file (which descriptors are which pod's
+//! queues and the host interface's; the tracked flows), clears close-on-exec on those
+//! descriptors, starts the guard (`guard.rs`: it holds the descriptors and a copy of the
+//! handover, and starts the old binary again from it if the new process exits before its node
+//! is up) and `exec`s the binary with its own arguments and `PODSWITCH_HANDOVER=<file>`
+//! ([`Node::exec_upgrade`]). Everything else (the tunnel socket, the control socket, etcd's
+//! connections) closes on `exec`. If `exec` fails, the daemon goes on as it was (and the guard
+//! stands down).
 //!
 //! The new process starts as after a crash (config, then the state file's runtime pods, peers
 //! and services), except that first, before any pod is attached, the flows are tracked again
@@ -318,6 +322,7 @@ impl Upgrade {
             .or_else(|| self.current.clone())
             .ok_or("the daemon's own binary path is unknown: give --binary")?;
         let version = check_binary(&binary)?;
+        check_config(&binary)?;
         *lock(&self.requested) = Some(binary.clone());
         self.notify.notify_one();
         Ok((binary, version))
@@ -342,32 +347,12 @@ fn check_binary(binary: &Path) -> Result<String, String> {
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
         return Err(format!("{shown} is not an executable file"));
     }
-    let mut child = std::process::Command::new(binary)
-        .arg("--version")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{shown} does not run here: {e}"))?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Ok(None) | Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{shown} --version did not finish in 5 s"));
-            }
-        }
-    };
-    let mut out = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        use std::io::Read;
-        let _ = stdout.read_to_string(&mut out);
-    }
+    let ran = run_briefly(
+        std::process::Command::new(binary).arg("--version"),
+        Duration::from_secs(5),
+    )
+    .map_err(|e| format!("{shown} --version: {e}"))?;
+    let (status, out) = (ran.status, String::from_utf8_lossy(&ran.stdout));
     let line = out.lines().next().unwrap_or("").trim().to_string();
     if !status.success() || !line.starts_with("podswitch ") {
         return Err(format!(
@@ -375,6 +360,71 @@ fn check_binary(binary: &Path) -> Result<String, String> {
         ));
     }
     Ok(line)
+}
+
+/// `binary run --check-config` with this daemon's own arguments: the new binary parses and
+/// validates the node's config and checks the machine, touching nothing. Its own message if
+/// it refuses.
+fn check_config(binary: &Path) -> Result<(), String> {
+    let shown = binary.display();
+    let ran = run_briefly(
+        std::process::Command::new(binary)
+            .args(std::env::args_os().skip(1))
+            .arg("--check-config"),
+        CHECK_CONFIG_WAIT,
+    )
+    .map_err(|e| format!("{shown} run --check-config: {e}"))?;
+    if ran.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&ran.stderr);
+    let lines: Vec<&str> = said.lines().filter(|l| !l.trim().is_empty()).collect();
+    let said = lines[lines.len().saturating_sub(10)..].join("\n");
+    if said.contains("--check-config") && said.contains("unexpected argument") {
+        return Err(format!(
+            "{shown} does not know `run --check-config` (a release older than the upgrade's checks): it cannot check the node's config, so the node is not handed to it; stop the node and start that release instead"
+        ));
+    }
+    let said = if said.is_empty() {
+        "it said nothing".to_string()
+    } else {
+        said
+    };
+    Err(format!(
+        "{shown} refuses the node's config ({}): {said}",
+        ran.status
+    ))
+}
+
+/// How long a new binary's config check may take.
+const CHECK_CONFIG_WAIT: Duration = Duration::from_secs(20);
+
+/// Runs `cmd` (standard input empty, output captured) for at most `wait`; killed after.
+fn run_briefly(
+    cmd: &mut std::process::Command,
+    wait: Duration,
+) -> Result<std::process::Output, String> {
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("does not run here: {e}"))?;
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(wait) {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of a child not yet reaped (its waiting thread has
+            // not returned), so the pid is still ours; no memory is involved.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            Err(format!("did not finish in {} s", wait.as_secs()))
+        }
+    }
 }
 
 /// Sets or clears close-on-exec on `fd`.
@@ -411,20 +461,41 @@ impl Node {
         if let Err(e) = written {
             return e;
         }
-        if let Some(e) = fds.iter().find_map(|fd| set_cloexec(*fd, false).err()) {
+        let undo = || {
             fds.iter().for_each(|fd| drop(set_cloexec(*fd, true)));
             let _ = std::fs::remove_file(file);
+        };
+        if let Some(e) = fds.iter().find_map(|fd| set_cloexec(*fd, false).err()) {
+            undo();
             return e;
         }
+        // The guard holds the descriptors and a copy of the handover until the new process
+        // says its node is up; no upgrade without it.
+        let guard = match super::guard::Guard::start(file) {
+            Ok(g) => g,
+            Err(e) => {
+                undo();
+                return std::io::Error::other(format!("no upgrade without its guard: {e}"));
+            }
+        };
+        let ready = match guard.env() {
+            Ok(kv) => kv,
+            Err(e) => {
+                guard.cancel();
+                undo();
+                return e;
+            }
+        };
         tracing::info!(binary = %binary.display(), pods = handover.pods.len(), descriptors = fds.len(), flows = handover.flows.len(), "upgrading: exec");
         let args: Vec<_> = std::env::args_os().skip(1).collect();
         use std::os::unix::process::CommandExt;
         let e = std::process::Command::new(binary)
             .args(args)
             .env(HANDOVER_ENV, file)
+            .env(ready.0, ready.1)
             .exec();
-        fds.iter().for_each(|fd| drop(set_cloexec(*fd, true)));
-        let _ = std::fs::remove_file(file);
+        guard.cancel();
+        undo();
         e
     }
 
