@@ -377,20 +377,39 @@ fn io_context(e: std::io::Error, what: String) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
+/// Makes the directory of the socket `path` if it is missing and under `own` (mode 0700);
+/// elsewhere a missing directory is a mistyped path, refused.
+fn make_parent(path: &Path, own: &Path) -> std::io::Result<()> {
+    let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if !parent.starts_with(own) && !parent.is_dir() {
+        return Err(std::io::Error::new(
+            IoErrorKind::NotFound,
+            format!(
+                "control socket {}: directory {} does not exist (podswitch makes directories only under {})",
+                path.display(),
+                parent.display(),
+                own.display()
+            ),
+        ));
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .map_err(|e| io_context(e, format!("creating directory {}", parent.display())))
+}
+
 impl ControlSocket {
-    /// Binds the control socket at `path`: creates the parent directory if missing (0700),
-    /// refuses if another server answers on `path` ([`IoErrorKind::AddrInUse`]) or if `path`
+    /// Binds the control socket at `path`: creates the parent directory if missing (0700) and
+    /// under podswitch's own `/run/podswitch` (elsewhere it must exist: a mistyped path is
+    /// refused, not made), refuses if another server answers on `path` ([`IoErrorKind::AddrInUse`]) or if `path`
     /// exists and is not a socket, replaces a stale socket, binds and sets mode 0600. Needs no
     /// runtime.
     pub fn bind(path: &Path) -> std::io::Result<ControlSocket> {
         let shown = path.display();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(|e| io_context(e, format!("creating directory {}", parent.display())))?;
-        }
+        make_parent(path, Path::new(crate::node::spec::CONTROL_DIR))?;
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => {
                 match std::os::unix::net::UnixStream::connect(path) {
@@ -2291,15 +2310,22 @@ mod tests {
     }
 
     #[test]
-    fn shutdown_removes_the_socket_and_creates_missing_dirs() {
+    fn shutdown_removes_the_socket_and_creates_missing_dirs_only_its_own() {
+        // Elsewhere, a missing directory is a mistyped path: refused, not made.
         let dir = TempDir::new("shutdown");
-        let path = dir.0.join("run/podswitch/node.sock");
-        let server = Server::start(&path, Arc::new(Fake::default()));
+        let typo = dir.0.join("run/podswitch/node.sock");
+        let e = ControlSocket::bind(&typo).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        assert!(!dir.0.join("run").exists());
+        // Under its own directory (here the temporary one), made with mode 0700.
+        make_parent(&typo, &dir.0).unwrap();
         let mode = std::fs::metadata(dir.0.join("run/podswitch"))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o700);
+        let path = typo;
+        let server = Server::start(&path, Arc::new(Fake::default()));
         // An idle open connection does not hold up shutdown.
         let idle = raw_connect(&path);
         assert_eq!(

@@ -71,6 +71,9 @@ pub enum LabError {
     /// A lab of that name exists.
     #[error("lab {0:?} is already up (run `podswitch lab down --name {0}` first)")]
     Exists(String),
+    /// No lab of that name is up (nor anything left of one).
+    #[error("no lab called {0:?} is up (nothing of it found in /run/podswitch or /run/netns)")]
+    NoSuchLab(String),
     /// Building or tearing down failed at a step.
     #[error("lab {lab:?}: {step}: {message}")]
     Step {
@@ -614,8 +617,10 @@ impl Lab {
                 crate::cluster::flannel::DEFAULT_PREFIX,
             );
         }
-        let mut first = None;
-        let mut last = None;
+        // (pod, ip) of the first pod, and of another to ping from it: the first of another
+        // node if there is one, else the second of the same node.
+        let mut first: Option<String> = None;
+        let mut other: Option<Ipv4Addr> = None;
         for (i, cidr) in (1..=self.nodes).zip(cidrs.iter().copied()) {
             let _ = writeln!(
                 s,
@@ -629,11 +634,11 @@ impl Lab {
                 let Some(ip) = Self::pod_ip(cidr, j) else {
                     continue;
                 };
-                if first.is_none() {
-                    first = Some(pod.clone());
-                }
-                if j == 1 {
-                    last = Some(ip);
+                match first {
+                    None => first = Some(pod.clone()),
+                    // Another node's first pod is the better example (VXLAN).
+                    Some(_) if j == 1 || other.is_none() => other = Some(ip),
+                    Some(_) => {}
                 }
                 let _ = writeln!(
                     s,
@@ -641,7 +646,7 @@ impl Lab {
                 );
             }
         }
-        if let (Some(from), Some(to)) = (first, last) {
+        if let (Some(from), Some(to)) = (first, other) {
             let _ = write!(
                 s,
                 "try: ip netns exec {from} ping -c3 {to}\n     ip netns exec {} ping -c3 {to}   (a node reaches every pod through podsw0)\n     ",
@@ -719,7 +724,7 @@ pub fn down(name: &str) -> Result<String, LabError> {
         })
         .collect();
     let prefix = format!("{name}-");
-    let lab_namespaces = || {
+    let lab_namespaces = || -> Vec<String> {
         std::fs::read_dir(crate::netns::NETNS_RUN_DIR)
             .map(|entries| {
                 entries
@@ -733,6 +738,9 @@ pub fn down(name: &str) -> Result<String, LabError> {
     // What users started in the lab's namespaces (an `iperf3 -s -D`, a web server) would keep
     // those namespaces alive, nameless, after they are deleted: stopped first (the daemons
     // remove the pods' namespaces as they stop).
+    if !dir.exists() && lab_namespaces().is_empty() {
+        return Err(LabError::NoSuchLab(name.into()));
+    }
     let daemon_pids: Vec<i32> = daemons.iter().map(|(_, pid)| *pid).collect();
     let strays = processes_in(&lab_namespaces(), &daemon_pids);
     for (pid, _) in &strays {

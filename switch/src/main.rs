@@ -231,6 +231,18 @@ fn main() -> ExitCode {
     if let Some(code) = podswitch::node::guard::run_if_asked() {
         return code;
     }
+    let daemon = matches!(cli.command, Command::Run { .. });
+    if !daemon {
+        // A listing piped into `head` ends quietly when its reader goes, as other tools do
+        // (Rust ignores SIGPIPE, and `println!` would panic on the closed pipe). Not in the
+        // daemon: its clients closing their sockets must not stop it.
+        // SAFETY: signal(2) with the default action, before any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    // SAFETY: geteuid(2) has no preconditions and touches no memory.
+    let root = unsafe { libc::geteuid() } == 0;
     let result = match cli.command {
         Command::Run {
             config,
@@ -295,6 +307,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("podswitch: {e}");
+            if daemon && !root {
+                eprintln!("podswitch: (`podswitch run` needs root: it makes network namespaces, TAP devices and routes)");
+            }
             ExitCode::FAILURE
         }
     }
@@ -880,8 +895,21 @@ fn pod_drops(control: Option<PathBuf>) -> Result<(), String> {
 /// One line per pod; the container ID is shortened to 12 characters (as runtimes show it) and
 /// the namespace, a name or a path of any length, comes last.
 fn print_pods(pods: &[PodStatus]) {
+    // As wide as the longest name (a CNI pod's is `cni-` and a container id): columns stay.
+    let w = pods
+        .iter()
+        .map(|p| p.spec.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(14);
+    let wi = pods
+        .iter()
+        .map(|p| p.spec.ifname.len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
     println!(
-        "{:<14} {:<18} {:<17} {:<8} {:<12} {:>4} {:>10} {:>12} {:>10} {:>12} {:>8}  NETNS",
+        "{:<w$} {:<18} {:<17} {:<wi$} {:<12} {:>4} {:>10} {:>12} {:>10} {:>12} {:>8}  NETNS",
         "NAME",
         "IP",
         "MAC",
@@ -901,7 +929,7 @@ fn print_pods(pods: &[PodStatus]) {
             None => "-".into(),
         };
         println!(
-            "{:<14} {:<18} {:<17} {:<8} {:<12} {:>4} {:>10} {:>12} {:>10} {:>12} {:>8}  {}",
+            "{:<w$} {:<18} {:<17} {:<wi$} {:<12} {:>4} {:>10} {:>12} {:>10} {:>12} {:>8}  {}",
             s.name,
             format!("{}/{}", s.ip_text(), p.prefix_len),
             p.mac.to_string(),

@@ -34,6 +34,9 @@ pub enum NetnsError {
     /// No namespace with that name (when opening).
     #[error("network namespace {0:?} does not exist")]
     Missing(String),
+    /// The file exists but is no namespace (not a bind mount of one, not a `/proc` link).
+    #[error("{0:?} is not a network namespace")]
+    NotNamespace(String),
     /// The system refused (with the step that failed).
     #[error("network namespace {name:?}: {step}: {source}")]
     Sys {
@@ -180,10 +183,24 @@ impl NetNs {
     /// The existing namespace called `name`.
     pub fn open(name: &str) -> Result<Self, NetnsError> {
         let ns = Self::named(name)?;
-        if ns.exists() {
-            Ok(ns)
-        } else {
-            Err(NetnsError::Missing(name.into()))
+        ns.check_exists()?;
+        Ok(ns)
+    }
+
+    /// Ok if the namespace file exists and is a namespace; else why not, as the system said
+    /// it (a file that is there but may not be opened is not "missing").
+    fn check_exists(&self) -> Result<(), NetnsError> {
+        match std::fs::File::open(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(NetnsError::Missing(self.name.clone()))
+            }
+            Err(e) => Err(NetnsError::Sys {
+                name: self.name.clone(),
+                step: "open",
+                source: e,
+            }),
+            Ok(_) if !self.exists() => Err(NetnsError::NotNamespace(self.name.clone())),
+            Ok(_) => Ok(()),
         }
     }
 
@@ -198,11 +215,8 @@ impl NetNs {
             name: path.into(),
             path: PathBuf::from(path),
         };
-        if ns.exists() {
-            Ok(ns)
-        } else {
-            Err(NetnsError::Missing(path.into()))
-        }
+        ns.check_exists()?;
+        Ok(ns)
     }
 
     /// The namespace a pod names: an absolute path is opened ([`NetNs::open_path`], never
@@ -214,7 +228,10 @@ impl NetNs {
         }
         match Self::open(name) {
             Ok(ns) => Ok((ns, false)),
-            Err(NetnsError::Missing(_)) => Self::create(name).map(|ns| (ns, true)),
+            // A file left in /run/netns without its mount (a crash) is made again.
+            Err(NetnsError::Missing(_) | NetnsError::NotNamespace(_)) => {
+                Self::create(name).map(|ns| (ns, true))
+            }
             Err(e) => Err(e),
         }
     }
@@ -288,6 +305,22 @@ fn ensure_run_dir(name: &str) -> Result<(), NetnsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_that_cannot_be_opened_says_why_not_that_it_is_missing() {
+        let missing = NetNs::open_path("/nonexistent-podswitch-test/ns").unwrap_err();
+        assert!(matches!(missing, NetnsError::Missing(_)), "{missing}");
+        // Not "does not exist": the system's own reason (as permission denied would be).
+        let e = NetNs::open_path("/etc/hostname/ns")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "network namespace \"/etc/hostname/ns\": open: Not a directory (os error 20)"
+        );
+        let e = NetNs::open_path("/etc/hostname").unwrap_err().to_string();
+        assert_eq!(e, "\"/etc/hostname\" is not a network namespace");
+    }
 
     #[test]
     fn names_are_checked() {

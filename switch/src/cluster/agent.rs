@@ -1141,8 +1141,29 @@ async fn timed<T>(
 ) -> Result<T, String> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => Err(brief(&e)),
         Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
+    }
+}
+
+/// An etcd client error in one short line: a gRPC status as its code and message (not the
+/// status's debug dump of details and metadata, logged at every retry), and the innermost
+/// cause of anything else ("Connection refused (os error 111)").
+fn brief(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            let message = s.message();
+            // A connect failure is reported as a status whose message holds the chain.
+            let cause = message.rsplit(": ").next().unwrap_or(message);
+            format!("{:?}: {cause}", s.code())
+        }
+        other => {
+            let mut last: &dyn std::error::Error = other;
+            while let Some(next) = last.source() {
+                last = next;
+            }
+            last.to_string()
+        }
     }
 }
 
@@ -1170,6 +1191,23 @@ mod tests {
     use super::*;
 
     const P: &str = "/podswitch/services";
+
+    #[test]
+    fn etcd_errors_are_one_short_line() {
+        let status = tonic_status_unavailable();
+        let text = brief(&status);
+        assert_eq!(text, "Unavailable: Connection refused (os error 111)");
+        assert!(status.to_string().len() > 2 * text.len(), "{status}");
+        let other = etcd_client::Error::WatchError("watch canceled".into());
+        assert_eq!(brief(&other), "watch error: watch canceled");
+    }
+
+    /// The error a client gets when nothing listens at the endpoint, as etcd-client builds it.
+    fn tonic_status_unavailable() -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
+            "error trying to connect: tcp connect error: Connection refused (os error 111)",
+        ))
+    }
 
     #[test]
     fn service_keys_name_their_service() {

@@ -184,10 +184,11 @@ fn control_error(e: ControlError) -> CniError {
 /// One request; an error response is code 999.
 fn call(path: &std::path::Path, req: &Request) -> Result<Response, CniError> {
     match control::call(path, req, CONTROL_TIMEOUT).map_err(control_error)? {
+        // The runtime shows `msg: details`: the reason once, in the details.
         Response::Error { message, .. } => Err(CniError::new(
             code::OTHER,
-            format!("podswitch refused: {message}"),
-            message.clone(),
+            "podswitch refused the request",
+            message,
         )),
         other => Ok(other),
     }
@@ -273,8 +274,8 @@ fn add(env: &Env, mut conf: NetConf) -> Result<Value, CniError> {
             // A refusal names the pod's field, not the network config's: not code 7.
             Ok(Response::Error { message, .. }) => Err(CniError::new(
                 code::OTHER,
-                format!("podswitch refused the pod: {message}"),
-                message.clone(),
+                "podswitch refused the pod",
+                message,
             )),
             Ok(other) => Err(unexpected("pod_add", &other)),
             Err(e) => {

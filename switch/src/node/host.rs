@@ -29,6 +29,17 @@ pub(super) struct HostNet<'a> {
     pub(super) mtu: u16,
 }
 
+/// True if the calling thread's network namespace has a link called `name` (sysfs shows the
+/// namespace it was mounted in, so it is read from the thread's own `/proc` view).
+fn link_exists_here(name: &str) -> bool {
+    std::fs::read_to_string("/proc/thread-self/net/dev").is_ok_and(|dev| {
+        dev.lines()
+            .skip(2)
+            .filter_map(|l| l.split_once(':'))
+            .any(|(n, _)| n.trim() == name)
+    })
+}
+
 /// Creates the host interface in the calling thread's namespace (one queue per worker) and
 /// configures it: MAC, MTU, the gateway address, up, IPv6 off. The TAP goes away with its
 /// queues' descriptors.
@@ -37,6 +48,12 @@ pub(super) fn create(net: &HostNet<'_>, queues: usize) -> Result<Vec<TapPort>, S
         if e.raw_os_error() == Some(libc::EBUSY) {
             format!(
                 "{} exists in this namespace already (another podswitch node here?): {e}",
+                net.ifname
+            )
+        } else if e.raw_os_error() == Some(libc::EINVAL) && link_exists_here(net.ifname) {
+            // TUNSETIFF on a name a device of another kind holds.
+            format!(
+                "{} is an interface of this namespace already, not a TAP podswitch can open (set node.host_interface to a free name, such as the default podsw0, or \"\" for none)",
                 net.ifname
             )
         } else {

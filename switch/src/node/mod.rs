@@ -852,7 +852,7 @@ impl Node {
                 NetNs::open(&spec.netns)
             };
             if let Err(e) = ns {
-                tracing::warn!(pod = %spec.name, container_id = ?spec.container_id, "recorded attachment forgotten: {e}");
+                tracing::warn!(pod = %spec.name, container_id = spec.container_id.as_deref().unwrap_or("-"), "recorded attachment forgotten: {e}");
                 continue;
             }
             match self.attach_pod(&spec, true, "pod") {
@@ -861,7 +861,7 @@ impl Node {
                     back.push(spec.name);
                 }
                 Err(e) => {
-                    tracing::warn!(pod = %spec.name, container_id = ?spec.container_id, "recorded attachment not re-attached, forgotten: {e}");
+                    tracing::warn!(pod = %spec.name, container_id = spec.container_id.as_deref().unwrap_or("-"), "recorded attachment not re-attached, forgotten: {e}");
                 }
             }
         }
@@ -918,6 +918,16 @@ impl Node {
         };
         let mut record = lock(&self.record);
         change(&mut record);
+        // Nothing to remember (a clean stop): no file, rather than an empty one.
+        if record.is_empty() {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::error!(path = %path.display(), "removing the empty state file: {e}");
+                }
+                _ => {}
+            }
+            return;
+        }
         if let Err(e) = write_json_atomically(path, &*record) {
             tracing::error!(path = %path.display(), "recording the runtime state: {e}");
         }
@@ -1181,6 +1191,16 @@ pub(super) struct StateFile {
     /// The services added at runtime (`service add`).
     #[serde(default)]
     pub(super) services: Vec<ServiceSpec>,
+}
+
+impl StateFile {
+    /// True if it records nothing (read back, an absent file is the same).
+    fn is_empty(&self) -> bool {
+        self.pods.is_empty()
+            && self.created_netns.is_empty()
+            && self.peers.is_empty()
+            && self.services.is_empty()
+    }
 }
 
 /// What an earlier run of the node recorded in its state file, for [`Node::start_reserving`].
