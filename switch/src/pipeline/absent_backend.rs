@@ -3,9 +3,10 @@
 //! (`no_such_pod`); an ICMP error about the translated packet (to the backend's address) would
 //! match no socket of the client, which connected to the VIP, so the client would wait out
 //! its timeouts. Instead the translation is undone and the client is answered about the
-//! packet it sent: a TCP reset from the VIP, or ICMP host unreachable quoting its packet to the
-//! VIP, so its connection fails at once. The flow, which never reached a backend, is
-//! forgotten.
+//! packet it sent, as a service without backends answers: a TCP reset from the VIP, or ICMP
+//! port unreachable quoting its packet to the VIP (not host unreachable: Linux reports that
+//! soft error to a UDP socket only with `IP_RECVERR`, so the client would still wait), so its
+//! connection fails at once. The flow, which never reached a backend, is forgotten.
 
 use super::reply::{self, IcmpError};
 use super::{Action, Core, DropReason};
@@ -53,7 +54,7 @@ impl Core {
             return self.drop(REASON);
         }
         if proto != TCP {
-            return self.reject(REASON, frame, IcmpError::HostUnreachable);
+            return self.reject(REASON, frame, IcmpError::PortUnreachable);
         }
         self.counts.dropped[REASON as usize] += 1;
         match reply::tcp_reset(&mut self.scratch, frame, self.cfg.router_mac) {
@@ -160,7 +161,7 @@ mod tests {
     }
 
     #[test]
-    fn a_udp_client_of_a_backend_without_its_pod_gets_host_unreachable_about_the_vip() {
+    fn a_udp_client_of_a_backend_without_its_pod_gets_port_unreachable_about_the_vip() {
         let mut p = node(Proto::Udp);
         let dgram = udp_with_checksum(CLIENT, 5353, VIP, 80, b"q");
         let mut f = eth(
@@ -175,7 +176,11 @@ mod tests {
         let err = &p.scratch()[..usize::from(len)];
         assert_eq!(&err[0..6], &CLIENT_MAC);
         let icmp = &err[14 + 20..];
-        assert_eq!((icmp[0], icmp[1]), (3, 1), "host unreachable");
+        assert_eq!(
+            (icmp[0], icmp[1]),
+            (3, 3),
+            "port unreachable (a hard error)"
+        );
         // The quote is the packet the client sent: to the VIP, which its socket matches.
         let quoted = &icmp[8..];
         let q = |o: usize| Ipv4Addr::new(quoted[o], quoted[o + 1], quoted[o + 2], quoted[o + 3]);
