@@ -15,6 +15,15 @@ use common::{config, run, tempdir, Daemon, BIN};
 use podswitch::netns::NetNs;
 use podswitch::testutil::{root_or_skip, unique};
 
+/// A namespace of the test's, deleted on drop (also when the test fails midway).
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run(&["ip", "netns", "del", &self.0]);
+    }
+}
+
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -35,18 +44,19 @@ fn the_missing_rules_are_refused_at_runtime_by_field() {
     if !root_or_skip("the_missing_rules_are_refused_at_runtime_by_field") {
         return;
     }
-    let (node_ns, a, b) = (unique("mrn"), unique("mra"), unique("mrb"));
+    let (a, b) = (unique("mra"), unique("mrb"));
+    let guard = Netns(unique("mrn"));
+    let node_ns = &guard.0;
     let dir = tempdir("psmr");
     let control = dir.join("node.sock");
     // The node in a namespace of its own, with an underlay address there (not loopback).
-    assert!(run(&["ip", "netns", "add", &node_ns]).status.success());
-    let mut d = None;
+    assert!(run(&["ip", "netns", "add", node_ns]).status.success());
     let setup = [
-        vec!["ip", "-n", &node_ns, "link", "set", "lo", "up"],
+        vec!["ip", "-n", node_ns, "link", "set", "lo", "up"],
         vec![
             "ip",
             "-n",
-            &node_ns,
+            node_ns,
             "addr",
             "add",
             "192.168.77.1/32",
@@ -62,12 +72,8 @@ fn the_missing_rules_are_refused_at_runtime_by_field() {
         "host_interface = \"\"\n",
         &format!("host_interface = \"\"\nnetns = \"{node_ns}\"\nunderlay = \"192.168.77.1\"\n"),
     );
-    let daemon = d.insert(Daemon::start(
-        &text,
-        control,
-        dir,
-        vec![a.clone(), b.clone(), node_ns.clone()],
-    ));
+    let d = Daemon::start(&text, control, dir, vec![a.clone(), b.clone()]);
+    let daemon = &d;
 
     // A pod interface the kernel would refuse, or that every namespace already has.
     assert_eq!(
