@@ -10,9 +10,10 @@
 //!
 //! Across an upgrade's `exec` the lock is kept, not taken again (which would leave a moment
 //! for another daemon): close-on-exec is cleared on its descriptor just before the `exec`
-//! ([`NodeLock::keep_across_exec`]), and the new process, finding the file names its own pid
-//! and a descriptor it has open on the same file, adopts that descriptor. An flock belongs to
-//! the open file description, which the descriptor carries through `exec`.
+//! ([`NodeLock::keep_across_exec`]), and the new process, finding the file names a descriptor
+//! it has open on the same file, adopts that descriptor. An flock belongs to the open file
+//! description, which the descriptor carries through `exec` (a process started with it open,
+//! at the number the file records, adopts it alike).
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -204,27 +205,25 @@ fn identity(fd: RawFd) -> Option<(u64, u64)> {
 }
 
 /// The lock this process already holds through a descriptor inherited from its previous
-/// image (an upgrade's `exec`): the file names this pid and a descriptor, other than `file`'s,
-/// open on the same file. It is then owned (close-on-exec set again) and locked (a no-op for
-/// the open file description that holds it), and `file` closed.
+/// image (an upgrade's `exec`; or from a process that started this one with it open): the
+/// file names a descriptor, other than `file`'s, that is open here on the same file, though
+/// this image has opened none. It is then owned (close-on-exec set again) and locked (a no-op
+/// for the open file description that holds it), and `file` closed.
 fn inherited(file: &File) -> Option<File> {
     if TAKEN.load(Ordering::Relaxed) {
         return None;
     }
-    let holder = holder_of(file);
-    let fd = holder
-        .fd
-        .filter(|_| holder.pid == Some(std::process::id()))?;
+    let fd = holder_of(file).fd?;
     let own = file.as_raw_fd();
     if fd == own || identity(fd)? != identity(own)? {
         return None;
     }
-    // SAFETY: `fd` is open (fstat succeeded) on this very lock file, and the file says this
-    // process (the same pid: an `exec` keeps it) holds the lock through that number, and no
-    // lock was taken in this image (`TAKEN`): the previous image of this process left it open
-    // across its `exec` for this. Nothing in this image has claimed it: the lock is the first
-    // thing the daemon takes, and this is the only place that takes over a recorded
-    // descriptor.
+    // SAFETY: `fd` is open (fstat succeeded) on this very lock file, which this image has not
+    // opened but as `file` (`own`, a different number) and has taken no lock on (`TAKEN`), and
+    // nothing else in the daemon opens: so `fd` was inherited, left open across an `exec` (or a
+    // spawn) by the process that held the lock, for this. Nothing in this image has claimed
+    // it: the lock is the first thing the daemon takes, and this is the only place that takes
+    // over a recorded descriptor.
     let inherited = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     if set_cloexec(fd, true).is_err() || !matches!(try_lock(&inherited), Ok(true)) {
         // Not ours after all: leave the number to whoever it is.
@@ -292,5 +291,42 @@ mod tests {
             }
         );
         assert_eq!(Holder::parse(""), Holder::default());
+    }
+
+    #[test]
+    fn a_second_lock_of_the_node_is_refused_naming_the_first_until_it_goes() {
+        let dir = std::env::temp_dir().join(crate::testutil::unique("nodelock"));
+        let mut node = NodeSpec::new("n", "10.244.1.0/24".parse().unwrap());
+        node.control = Some(dir.join("sub").join("n.sock"));
+        let first = NodeLock::take(&node).expect("first");
+        let path = dir.join("sub").join("n.lock");
+        assert_eq!(first.path(), path);
+        // Another socket in the same directory: the same node's lock. (A second take in one
+        // image never adopts the first's descriptor.)
+        let mut other = node.clone();
+        other.control = Some(dir.join("sub").join("other.sock"));
+        assert_eq!(
+            NodeLock::take(&other).unwrap_err(),
+            format!(
+                "node \"n\" already runs here: pid {}, control socket {} (lock {}): one daemon per node name; stop that one first, or give this node another node.name",
+                std::process::id(),
+                dir.join("sub").join("n.sock").display(),
+                path.display()
+            )
+        );
+        drop(first);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "",
+            "names nobody once released"
+        );
+        let again = NodeLock::take(&other).expect("free again");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains(&format!("control {}", dir.join("sub/other.sock").display())),
+            "{text}"
+        );
+        drop(again);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
