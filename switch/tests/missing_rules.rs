@@ -70,7 +70,8 @@ fn the_missing_rules_are_refused_at_runtime_by_field() {
     }
     let text = config("node-mr", &control, &[("a", &a, "10.244.1.10")]).replace(
         "host_interface = \"\"\n",
-        &format!("host_interface = \"\"\nnetns = \"{node_ns}\"\nunderlay = \"192.168.77.1\"\n"),
+        // The node's own interface (its routes to Services and peers), in its namespace.
+        &format!("host_interface = \"podsw0\"\nmasquerade = false\nnetns = \"{node_ns}\"\nunderlay = \"192.168.77.1\"\n"),
     );
     let d = Daemon::start(&text, control, dir, vec![a.clone(), b.clone()]);
     let daemon = &d;
@@ -139,6 +140,15 @@ fn the_missing_rules_are_refused_at_runtime_by_field() {
         "10.244.2.0/24",
     ]);
     assert!(ok.status.success(), "{}", stderr(&ok));
+    // The node's route to every Service is still there, also once a peer is deleted.
+    let del = daemon.ctl(&["peer", "del", "--name", "p"]);
+    assert!(del.status.success(), "{}", stderr(&del));
+    let routes = run(&["ip", "-n", node_ns, "route", "show", "10.96.0.0/12"]);
+    assert!(
+        String::from_utf8_lossy(&routes.stdout).contains("podsw0"),
+        "no route to the Services: {}",
+        String::from_utf8_lossy(&routes.stdout)
+    );
 }
 
 #[test]
