@@ -11,7 +11,7 @@ use podswitch::config::Config;
 use podswitch::control::{self, CaptureSpec, ControlSocket, Request, Response};
 use podswitch::netns::NetNs;
 use podswitch::node::{FlowStatus, Node, PeerSpec, PodSpec, PodStatus, ServiceSpec, ServiceStatus};
-use podswitch::node::{Handover, NodeHandler, StartingHandler, Upgrade};
+use podswitch::node::{Handover, NodeHandler, NodeLock, StartingHandler, Upgrade};
 
 /// A userspace packet switch for Kubernetes-style pod networking.
 #[derive(Parser)]
@@ -353,6 +353,12 @@ fn check_config(config_path: &Path) -> Result<(), String> {
 
 /// `podswitch run`: the node daemon.
 fn run(config_path: &Path) -> Result<(), String> {
+    // A bad config is reported before anything is created.
+    let cfg = Config::from_file(config_path).map_err(|e| e.to_string())?;
+    // One daemon per node name: the node's lock, before anything of the node is read or
+    // changed (a second daemon stops here, naming the first). Held until `run` returns, and
+    // across an upgrade's exec (inherited: an upgraded process adopts it here).
+    let node_lock = NodeLock::take(&cfg.node)?;
     // An upgrade's handover (if this process was exec'ed by `podswitch upgrade`), read before
     // any thread exists (it edits the environment).
     let handover = podswitch::node::Handover::inherited();
@@ -360,8 +366,6 @@ fn run(config_path: &Path) -> Result<(), String> {
     let guard_ready = podswitch::node::guard::Ready::inherited();
     let upgraded = handover.is_some();
     let upgrade = Arc::new(Upgrade::new());
-    // A bad config is reported before anything is created.
-    let cfg = Config::from_file(config_path).map_err(|e| e.to_string())?;
     // Without an upgrade's handover, the flows a crashed run last saved.
     let handover =
         handover.or_else(|| podswitch::node::Handover::after_crash(&cfg.node.flows_path()));
@@ -499,7 +503,13 @@ fn run(config_path: &Path) -> Result<(), String> {
         // comes back here: the node goes on, with its control socket bound again.
         while let Some(binary) = upgrade.take() {
             let file = state_dir.join(format!("{node_name}.handover.json"));
+            // The new process inherits the node's lock (a failed exec sets it back).
+            let kept = node_lock.keep_across_exec();
+            if let Err(e) = &kept {
+                tracing::warn!(lock = %node_lock.path().display(), "the node's lock is not kept across the exec (the new process takes it again): {e}");
+            }
             let e = node.exec_upgrade(&binary, &file);
+            drop(kept);
             tracing::error!(binary = %binary.display(), "upgrade failed, carrying on: {e}");
             match ControlSocket::bind(&control_path) {
                 Ok(socket) => r = flatten(serve_until(socket).await),

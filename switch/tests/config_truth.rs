@@ -119,6 +119,9 @@ fn a_clean_stop_forgets_runtime_services_a_crash_keeps_them() {
     d.crash();
     d.restart();
     assert_eq!(services(&d), both, "a crash keeps the runtime service");
+    let up = d.ctl(&["upgrade"]);
+    assert!(up.status.success(), "upgrade: {}", stderr(&up));
+    assert_eq!(services(&d), both, "an upgrade keeps the runtime service");
     let out = d.stop();
     assert!(out.status.success(), "SIGTERM: {}", stderr(&out));
     let state = std::fs::read_to_string(d.dir.join("node-clean.pods.json")).unwrap_or_default();

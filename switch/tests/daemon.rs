@@ -841,13 +841,15 @@ fn a_second_daemon_says_what_is_taken() {
     let first = node_with_peer(&control, &a, port);
     let d = Daemon::start(&first, control.clone(), dir.clone(), vec![a.clone()]);
 
-    // Same control socket: named once.
+    // Same node (node_lock.rs): the running daemon named, once.
     let err = run_refused(&dir, &first);
     assert_eq!(
         err,
         format!(
-            "podswitch: control socket {} is in use by another podswitch",
-            control.display()
+            "podswitch: node \"node-r\" already runs here: pid {}, control socket {} (lock {}): one daemon per node name; stop that one first, or give this node another node.name",
+            d.pid(),
+            control.display(),
+            dir.join("node-r.lock").display()
         )
     );
     // Another socket and tunnel port, the same pod namespace: says which namespace and what to

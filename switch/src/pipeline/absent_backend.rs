@@ -3,16 +3,24 @@
 //! (`no_such_pod`); an ICMP error about the translated packet (to the backend's address) would
 //! match no socket of the client, which connected to the VIP, so the client would wait out
 //! its timeouts. Instead the translation is undone and the client is answered about the
-//! packet it sent: a TCP reset from the VIP, or ICMP host unreachable quoting its packet to the
-//! VIP, so its connection fails at once. The flow, which never reached a backend, is
+//! packet it sent, as a service without backends answers: a TCP connection attempt (SYN) with
+//! a reset from the VIP, a UDP datagram with ICMP port unreachable quoting its packet to the
+//! VIP (not host unreachable: Linux reports that soft error to a UDP socket only with
+//! `IP_RECVERR`, so the client would still wait), so the client fails at once. The flow is
 //! forgotten.
+//!
+//! A TCP segment of a connection under way is not: its backend's pod may be away for a moment
+//! (re-attached by a restart or an upgrade, whose connections must live on), so it is answered
+//! as before (an error the client's stack ignores: it retransmits) and its flow is kept.
 
 use super::reply::{self, IcmpError};
 use super::{Action, Core, DropReason};
 use crate::table::FlowKey;
 use crate::wire::ethernet;
 use crate::wire::ipv4::protocol::TCP;
+use crate::wire::ipv4::Ipv4Packet;
 use crate::wire::nat::{self, End};
+use crate::wire::tcp::{flags, TcpPacket};
 
 impl Core {
     /// The answer to `frame`, translated by the service path to an address of the pod CIDR
@@ -34,6 +42,9 @@ impl Core {
         let Some((proto, hit)) = hit else {
             return self.reject(REASON, frame, IcmpError::HostUnreachable);
         };
+        if proto == TCP && !is_connection_attempt(frame) {
+            return self.reject(REASON, frame, IcmpError::HostUnreachable);
+        }
         let (client, vip) = (hit.client, hit.vip);
         ct.remove(&FlowKey::new(
             *client.ip(),
@@ -53,7 +64,7 @@ impl Core {
             return self.drop(REASON);
         }
         if proto != TCP {
-            return self.reject(REASON, frame, IcmpError::HostUnreachable);
+            return self.reject(REASON, frame, IcmpError::PortUnreachable);
         }
         self.counts.dropped[REASON as usize] += 1;
         match reply::tcp_reset(&mut self.scratch, frame, self.cfg.router_mac) {
@@ -62,6 +73,18 @@ impl Core {
             len => Action::Reject(REASON, len as u16),
         }
     }
+}
+
+/// True if `frame` holds a TCP segment opening a connection (SYN without ACK).
+fn is_connection_attempt(frame: &[u8]) -> bool {
+    let Some(ip) = frame
+        .get(ethernet::HEADER_LEN..)
+        .and_then(|b| Ipv4Packet::new_checked_header(b).ok())
+    else {
+        return false;
+    };
+    TcpPacket::new_checked(ip.payload())
+        .is_ok_and(|t| t.flags() & (flags::SYN | flags::ACK) == flags::SYN)
 }
 
 #[cfg(test)]
@@ -160,7 +183,31 @@ mod tests {
     }
 
     #[test]
-    fn a_udp_client_of_a_backend_without_its_pod_gets_host_unreachable_about_the_vip() {
+    fn an_established_flow_whose_backend_pod_is_away_is_left_to_retransmit() {
+        // A connection that reached its backend (tracked, replied) while the backend's pod is
+        // away for a moment (re-attached by a restart or an upgrade): not reset. The error
+        // about the translated packet matches no socket of the client, which retransmits,
+        // and the flow stays.
+        let mut p = node(Proto::Tcp);
+        let syn = tcp_segment_bytes(CLIENT, 40001, VIP, 80, 1000, 0, 0x02, b"");
+        let mut f = eth(ROUTER, CLIENT_MAC, 0x0800, &ipv4(CLIENT, VIP, 6, 64, &syn));
+        assert!(matches!(
+            run(&mut p, &mut f),
+            Action::Reject(DropReason::NoSuchPod, _)
+        ));
+        let ack = tcp_segment_bytes(CLIENT, 40002, VIP, 80, 1001, 5001, 0x18, b"data");
+        let mut f = eth(ROUTER, CLIENT_MAC, 0x0800, &ipv4(CLIENT, VIP, 6, 64, &ack));
+        let Action::Reject(DropReason::NoSuchPod, len) = run(&mut p, &mut f) else {
+            panic!("not counted as no_such_pod")
+        };
+        let err = &p.scratch()[..usize::from(len)];
+        assert_eq!(err[14 + 9], 1, "an ICMP error, not a reset");
+        assert_eq!((err[14 + 20], err[14 + 20 + 1]), (3, 1), "host unreachable");
+        assert_eq!(p.tables().conntrack.len(), 1, "the flow is kept");
+    }
+
+    #[test]
+    fn a_udp_client_of_a_backend_without_its_pod_gets_port_unreachable_about_the_vip() {
         let mut p = node(Proto::Udp);
         let dgram = udp_with_checksum(CLIENT, 5353, VIP, 80, b"q");
         let mut f = eth(
@@ -175,7 +222,11 @@ mod tests {
         let err = &p.scratch()[..usize::from(len)];
         assert_eq!(&err[0..6], &CLIENT_MAC);
         let icmp = &err[14 + 20..];
-        assert_eq!((icmp[0], icmp[1]), (3, 1), "host unreachable");
+        assert_eq!(
+            (icmp[0], icmp[1]),
+            (3, 3),
+            "port unreachable (a hard error)"
+        );
         // The quote is the packet the client sent: to the VIP, which its socket matches.
         let quoted = &icmp[8..];
         let q = |o: usize| Ipv4Addr::new(quoted[o], quoted[o + 1], quoted[o + 2], quoted[o + 3]);
