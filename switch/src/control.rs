@@ -353,7 +353,7 @@ impl Limits {
 
 /// The socket file, removed on drop if it is still the one we bound.
 #[derive(Debug)]
-struct SocketFile {
+pub struct SocketFile {
     path: PathBuf,
     dev: u64,
     ino: u64,
@@ -379,7 +379,7 @@ fn io_context(e: std::io::Error, what: String) -> std::io::Error {
 
 /// Makes the directory of the socket `path` if it is missing and under `own` (mode 0700);
 /// elsewhere a missing directory is a mistyped path, refused.
-fn make_parent(path: &Path, own: &Path) -> std::io::Result<()> {
+pub(crate) fn make_parent(path: &Path, own: &Path) -> std::io::Result<()> {
     let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
         return Ok(());
     };
@@ -387,7 +387,7 @@ fn make_parent(path: &Path, own: &Path) -> std::io::Result<()> {
         return Err(std::io::Error::new(
             IoErrorKind::NotFound,
             format!(
-                "control socket {}: directory {} does not exist (podswitch makes directories only under {})",
+                "{}: directory {} does not exist (podswitch makes directories only under {})",
                 path.display(),
                 parent.display(),
                 own.display()
@@ -474,6 +474,19 @@ impl ControlSocket {
     /// The socket path.
     pub(crate) fn path(&self) -> &Path {
         &self.file.path
+    }
+
+    /// The socket's file, to be removed when the returned value drops instead of when serving
+    /// ends: a daemon removes it last, after its pods (a client that finds no socket finds
+    /// no node).
+    pub fn keep_file(&mut self) -> SocketFile {
+        let disarmed = SocketFile {
+            path: self.file.path.clone(),
+            // No file has these: the one left here removes nothing.
+            dev: u64::MAX,
+            ino: u64::MAX,
+        };
+        std::mem::replace(&mut self.file, disarmed)
     }
 
     /// Serves connections until `shutdown` completes, then stops accepting, closes open

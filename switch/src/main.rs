@@ -232,10 +232,11 @@ fn main() -> ExitCode {
         return code;
     }
     let daemon = matches!(cli.command, Command::Run { .. });
-    if !daemon {
+    if !daemon && !matches!(cli.command, Command::Capture { .. }) {
         // A listing piped into `head` ends quietly when its reader goes, as other tools do
         // (Rust ignores SIGPIPE, and `println!` would panic on the closed pipe). Not in the
-        // daemon: its clients closing their sockets must not stop it.
+        // daemon (its clients closing their sockets must not stop it), nor in a capture
+        // (a closed output ends it cleanly, with the node told to stop copying).
         // SAFETY: signal(2) with the default action, before any other thread exists.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -428,8 +429,12 @@ fn run(config_path: &Path) -> Result<(), String> {
     ));
     let node_name = cfg.node.name().to_string();
     // Serving ends on SIGINT/SIGTERM, or when an upgrade is asked for.
-    let serve_until = |socket: ControlSocket| {
+    // The socket file stays until the pods are gone (a client that finds no socket finds no
+    // node): dropped after `node.shutdown()`, or before an upgrade's exec.
+    let socket_file = std::cell::RefCell::new(None::<control::SocketFile>);
+    let serve_until = |mut socket: ControlSocket| {
         let (handler, upgrade) = (Arc::clone(&starting), Arc::clone(&upgrade));
+        socket_file.replace(Some(socket.keep_file()));
         tokio::spawn(
             socket.serve(handler as Arc<dyn control::ControlHandler>, async move {
                 tokio::select! {
@@ -508,6 +513,8 @@ fn run(config_path: &Path) -> Result<(), String> {
             if let Err(e) = &kept {
                 tracing::warn!(lock = %node_lock.path().display(), "the node's lock is not kept across the exec (the new process takes it again): {e}");
             }
+            // The new process binds the socket again.
+            drop(socket_file.take());
             let e = node.exec_upgrade(&binary, &file);
             drop(kept);
             tracing::error!(binary = %binary.display(), "upgrade failed, carrying on: {e}");
@@ -532,6 +539,7 @@ fn run(config_path: &Path) -> Result<(), String> {
         tracing::info!("shutting down: removing pods");
         node.shutdown();
     }
+    drop(socket_file.take());
     served
 }
 

@@ -99,3 +99,63 @@ fn sigterm_while_pods_are_being_made_leaves_none_behind() {
     assert!(leftover.is_empty(), "left behind: {leftover:?}\n{log}");
     assert!(!control.exists(), "the control socket is gone");
 }
+
+#[test]
+#[cfg_attr(
+    skip_root_tests,
+    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
+)]
+fn the_control_socket_goes_last_on_a_clean_stop() {
+    if !root_or_skip("the_control_socket_goes_last_on_a_clean_stop") {
+        return;
+    }
+    let dir = tempdir("socklast");
+    let control = dir.join("ctl.sock");
+    let prefix = unique("sl");
+    let names: Vec<(String, String, String)> = (0..30)
+        .map(|i| {
+            (
+                format!("p{i}"),
+                format!("{prefix}p{i}"),
+                format!("10.244.1.{}", 10 + i),
+            )
+        })
+        .collect();
+    let pods: Vec<(&str, &str, &str)> = names
+        .iter()
+        .map(|(n, ns, ip)| (n.as_str(), ns.as_str(), ip.as_str()))
+        .collect();
+    let mut d = common::Daemon::start(
+        &config(&unique("sl"), &control, &pods),
+        control.clone(),
+        dir,
+        names.iter().map(|n| n.1.clone()).collect(),
+    );
+    let pid = d.pid();
+    assert!(control.exists());
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    // The moment the socket is gone (a CNI plugin or the CLI would say "no node"), the pods
+    // it made are gone too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while control.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still there after 60 s"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let left = namespaces();
+    let still: Vec<&str> = names
+        .iter()
+        .map(|n| n.1.as_str())
+        .filter(|ns| left.contains(ns))
+        .collect();
+    assert!(
+        still.is_empty(),
+        "pods still there without a socket: {still:?}"
+    );
+    // (A second SIGTERM while stopping changes nothing.)
+    let out = d.stop();
+    assert!(out.status.success(), "{out:?}");
+}

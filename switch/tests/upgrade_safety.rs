@@ -288,10 +288,21 @@ fn a_binary_that_exits_after_the_exec_gives_the_pods_back_to_the_old_one() {
              exec {BIN} run --config /nonexistent/podswitch-99.toml\n"
         ),
     );
+    // A real podswitch that fails later, once it holds the node's lock (its config asks for
+    // more workers than the machine has): the old binary must still get the lock back.
+    let fails_locked = node.script(
+        "fails-locked",
+        &format!(
+            "case \"$*\" in *--version*|*--check-config*) exec {BIN} \"$@\";; esac\n\
+             sed 's/^\\[node\\]$/[node]\\nworkers = 64/' \"$3\" > \"$3.w64.toml\"\n\
+             exec {BIN} run --config \"$3.w64.toml\"\n"
+        ),
+    );
     let mut back = server_pid(&node.control).expect("the node's pid");
     for (binary, said) in [
         (&dies, "thread main panicked: 99.0.0 cannot start"),
         (&fails, "/nonexistent/podswitch-99.toml"),
+        (&fails_locked, "node.workers"),
     ] {
         let shown = binary.display();
         let started = Instant::now();

@@ -17,7 +17,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -82,13 +82,10 @@ impl NodeLock {
     pub fn take(node: &NodeSpec) -> Result<NodeLock, String> {
         let path = Self::path_of(node);
         let shown = path.display();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| format!("creating directory {}: {e}", dir.display()))?;
-        }
+        // The control socket's directory: made only under podswitch's own (a mistyped
+        // `node.control` elsewhere is refused, not made).
+        crate::control::make_parent(&path, Path::new(super::spec::CONTROL_DIR))
+            .map_err(|e| format!("node.control: {e}"))?;
         // A file replaced between open and lock (by hand) is opened again.
         for _ in 0..3 {
             let file = std::fs::OpenOptions::new()
@@ -205,19 +202,23 @@ fn identity(fd: RawFd) -> Option<(u64, u64)> {
 }
 
 /// The lock this process already holds through a descriptor inherited from its previous
-/// image (an upgrade's `exec`; or from a process that started this one with it open): the
-/// file names a descriptor, other than `file`'s, that is open here on the same file, though
-/// this image has opened none. It is then owned (close-on-exec set again) and locked (a no-op
-/// for the open file description that holds it), and `file` closed.
+/// image (an upgrade's `exec`; or from a process that started this one with it open, as the
+/// upgrade's guard starts the old binary again): a descriptor, other than `file`'s, open here
+/// on the same file, though this image has opened none. It is found among the process's open
+/// descriptors, not by what the file says (a holder that failed empties the file as it goes).
+/// It is then owned (close-on-exec set again) and locked (a no-op for the open file
+/// description that holds it), and `file` closed.
 fn inherited(file: &File) -> Option<File> {
     if TAKEN.load(Ordering::Relaxed) {
         return None;
     }
-    let fd = holder_of(file).fd?;
     let own = file.as_raw_fd();
-    if fd == own || identity(fd)? != identity(own)? {
-        return None;
-    }
+    let same = identity(own)?;
+    let fd = std::fs::read_dir("/proc/self/fd")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<RawFd>().ok())
+        .find(|&fd| fd != own && identity(fd) == Some(same))?;
     // SAFETY: `fd` is open (fstat succeeded) on this very lock file, which this image has not
     // opened but as `file` (`own`, a different number) and has taken no lock on (`TAKEN`), and
     // nothing else in the daemon opens: so `fd` was inherited, left open across an `exec` (or a
@@ -296,6 +297,8 @@ mod tests {
     #[test]
     fn a_second_lock_of_the_node_is_refused_naming_the_first_until_it_goes() {
         let dir = std::env::temp_dir().join(crate::testutil::unique("nodelock"));
+        // Outside /run/podswitch the directory must exist (a mistyped path is not made).
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
         let mut node = NodeSpec::new("n", "10.244.1.0/24".parse().unwrap());
         node.control = Some(dir.join("sub").join("n.sock"));
         let first = NodeLock::take(&node).expect("first");

@@ -319,28 +319,33 @@ impl Node {
         flows
     }
 
-    /// Forgets the flows idle past their timeout (called periodically by the daemon). After
-    /// a call that forgot many, the next returns the freed memory to the system: a flood's
-    /// flows are freed a little after their removal (lock-free reclamation), in many small
-    /// blocks the allocator would otherwise keep.
+    /// Forgets the flows idle past their timeout (called periodically by the daemon). Once
+    /// many have gone (a flood's flows expiring over a minute, a few hundred per call), the
+    /// first call that forgets none, or every [`TRIM_EVERY_FLOWS`], returns the freed memory
+    /// to the system: the flows are freed a little after their removal (lock-free
+    /// reclamation), in many small blocks the allocator would otherwise keep.
     pub fn expire_flows(&self) -> usize {
         let tables = self.switch.tables();
         let removed = tables.conntrack.expire(tables.mac.now());
         let evicted = tables.conntrack.evicted();
         let gone = removed as u64 + evicted.saturating_sub(EVICTED_SEEN.swap(evicted, Relaxed));
-        if FORGOTTEN.swap(gone, Relaxed) >= TRIM_AFTER_FLOWS {
+        let pending = FORGOTTEN.fetch_add(gone, Relaxed) + gone;
+        if pending >= TRIM_AFTER_FLOWS && (gone == 0 || pending >= TRIM_EVERY_FLOWS) {
+            FORGOTTEN.store(0, Relaxed);
             trim_heap();
         }
         removed
     }
 }
 
-/// Flows forgotten (expired or evicted) by one [`Node::expire_flows`] call past which the
-/// next call returns freed memory to the system.
+/// Flows forgotten (expired or evicted) past which the memory they held is returned.
 const TRIM_AFTER_FLOWS: u64 = 4096;
 
-/// What the last [`Node::expire_flows`] call saw forgotten, and the eviction count then (one
-/// node per daemon process).
+/// Flows forgotten past which the memory is returned even while more are going.
+const TRIM_EVERY_FLOWS: u64 = 65_536;
+
+/// Flows forgotten since memory was last returned, and the eviction count last seen (one node
+/// per daemon process).
 static FORGOTTEN: AtomicU64 = AtomicU64::new(0);
 static EVICTED_SEEN: AtomicU64 = AtomicU64::new(0);
 

@@ -51,7 +51,7 @@ const RANGES: &[Range] = &[
     Range {
         field: "node.conntrack_max",
         min: 64,
-        max: u32::MAX as i128,
+        max: 1 << 24,
         why: "flows tracked",
     },
     Range {

@@ -423,24 +423,31 @@ impl Conntrack {
         // The reply key must be this flow's alone, or another flow's replies would be
         // translated as this one's.
         let rg = self.reply.pin();
-        match rg.try_insert(rkey, fkey) {
-            Ok(_) => {}
-            Err(e) if *e.current == fkey => {}
+        let took_reply = match rg.try_insert(rkey, fkey) {
+            Ok(_) => true,
+            // A racing worker's flow of the same key holds it: not ours to remove below.
+            Err(e) if *e.current == fkey => false,
             Err(_) => return Err(Refused::Clash),
-        }
+        };
         if self.count.fetch_add(1, Ordering::Relaxed) >= self.capacity {
             self.count.fetch_sub(1, Ordering::Relaxed);
-            let _ = rg.remove_if(&rkey, |_, v| *v == fkey);
+            if took_reply {
+                let _ = rg.remove_if(&rkey, |_, v| *v == fkey);
+            }
             return Err(Refused::Full);
         }
+        // Counted before the flow is visible: a removal racing this insert then always finds
+        // its client's count.
+        self.clients.pin().update_or_insert(client, |n| n + 1, 1);
         let evictable = flow.state().evictable();
-        match self.forward.pin().insert(fkey, flow) {
-            // Replaced a flow of the same key (two workers raced): counted once.
-            Some(_) => {
-                self.count.fetch_sub(1, Ordering::Relaxed);
-            }
-            None => {
-                self.clients.pin().update_or_insert(client, |n| n + 1, 1);
+        if let Some(old) = self.forward.pin().insert(fkey, flow) {
+            // Replaced a flow of the same key (two workers raced): counted once, and the
+            // replaced flow's reply key goes if it was another (a source port it was given).
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            self.uncount_client(client);
+            let old_rkey = old.reply_key();
+            if old_rkey != rkey {
+                let _ = rg.remove_if(&old_rkey, |_, v| *v == fkey);
             }
         }
         if evictable {
@@ -453,6 +460,15 @@ impl Conntrack {
     /// Tracks `flow`; false if it is refused (see [`Conntrack::try_insert`]).
     pub(crate) fn insert(&self, flow: Flow) -> bool {
         self.try_insert(flow).is_ok()
+    }
+
+    /// One flow fewer for the client at `client` (its entry goes with its last flow).
+    fn uncount_client(&self, client: u32) {
+        self.clients.pin().compute(client, |held| match held {
+            Some((_, &n)) if n > 1 => papaya::Operation::Insert(n - 1),
+            Some(_) => papaya::Operation::Remove,
+            None => papaya::Operation::Abort(()),
+        });
     }
 
     /// Queues the flow `key` as a candidate for eviction; when the queue is full, the oldest
@@ -494,13 +510,7 @@ impl Conntrack {
                 let rkey = f.reply_key();
                 let _ = self.reply.pin().remove_if(&rkey, |_, v| v == key);
                 self.count.fetch_sub(1, Ordering::Relaxed);
-                self.clients
-                    .pin()
-                    .compute(u32::from(*f.client.ip()), |held| match held {
-                        Some((_, &n)) if n > 1 => papaya::Operation::Insert(n - 1),
-                        Some(_) => papaya::Operation::Remove,
-                        None => papaya::Operation::Abort(()),
-                    });
+                self.uncount_client(u32::from(*f.client.ip()));
                 self.generation.fetch_add(1, Ordering::Relaxed);
                 true
             }
