@@ -22,7 +22,7 @@
 //!   the node), in a directory created 0700 when missing;
 //! - every request line gets exactly one response line, also a malformed one
 //!   ([`Response::Error`], the connection stays open); blank lines are ignored; a line longer
-//!   than [`MAX_LINE`] (16 MiB, some 700 000 backends in one `service_add`) gets an error
+//!   than [`MAX_LINE`] (16 MiB; a service's at most 6552 backends take some 150 KiB) gets an error
 //!   response naming the limit and the connection is closed; lines past 64 KiB are read
 //!   two at a time (`LARGE_AT_ONCE`; small ones never wait for them);
 //! - bounded ([`Limits`]): at most 128 connections at once, each closed after 30 s without a
@@ -63,8 +63,8 @@ mod upgrade_client;
 pub use peer::{log_since, log_size, peer_pid, process_alive, server_pid, stderr_of};
 pub use upgrade_client::upgrade;
 
-/// Longest request line the server reads, in bytes without the newline: 16 MiB, some 700 000
-/// backends in one `service_add`. A connection's buffer grows only as its line arrives.
+/// Longest request line the server reads, in bytes without the newline: 16 MiB (a service's
+/// at most 6552 backends take some 150 KiB). A connection's buffer grows only as its line arrives.
 pub const MAX_LINE: usize = 16 * 1024 * 1024;
 /// Longest response line the client reads, in bytes (a full MAC table fits many times).
 pub(crate) const MAX_RESPONSE: usize = 64 * 1024 * 1024;

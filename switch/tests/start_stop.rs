@@ -20,6 +20,27 @@ fn namespaces() -> String {
     .to_string()
 }
 
+/// `n` pods (name, namespace with a unique prefix, address from .10).
+fn many_pods(prefix: &str, n: usize) -> Vec<(String, String, String)> {
+    let prefix = unique(prefix);
+    (0..n)
+        .map(|i| {
+            (
+                format!("p{i}"),
+                format!("{prefix}p{i}"),
+                format!("10.244.1.{}", 10 + i),
+            )
+        })
+        .collect()
+}
+
+/// `pods` as [`config`] takes them.
+fn as_config(pods: &[(String, String, String)]) -> Vec<(&str, &str, &str)> {
+    pods.iter()
+        .map(|(n, ns, ip)| (n.as_str(), ns.as_str(), ip.as_str()))
+        .collect()
+}
+
 #[test]
 #[cfg_attr(
     skip_root_tests,
@@ -31,20 +52,8 @@ fn sigterm_while_pods_are_being_made_leaves_none_behind() {
     }
     let dir = tempdir("startstop");
     let control = dir.join("ctl.sock");
-    let prefix = unique("ss");
-    let names: Vec<(String, String, String)> = (0..40)
-        .map(|i| {
-            (
-                format!("p{i}"),
-                format!("{prefix}p{i}"),
-                format!("10.244.1.{}", 10 + i),
-            )
-        })
-        .collect();
-    let pods: Vec<(&str, &str, &str)> = names
-        .iter()
-        .map(|(n, ns, ip)| (n.as_str(), ns.as_str(), ip.as_str()))
-        .collect();
+    let names = many_pods("ss", 40);
+    let pods = as_config(&names);
     std::fs::write(
         dir.join("node.toml"),
         config(&unique("ss"), &control, &pods),
@@ -111,20 +120,8 @@ fn the_control_socket_goes_last_on_a_clean_stop() {
     }
     let dir = tempdir("socklast");
     let control = dir.join("ctl.sock");
-    let prefix = unique("sl");
-    let names: Vec<(String, String, String)> = (0..30)
-        .map(|i| {
-            (
-                format!("p{i}"),
-                format!("{prefix}p{i}"),
-                format!("10.244.1.{}", 10 + i),
-            )
-        })
-        .collect();
-    let pods: Vec<(&str, &str, &str)> = names
-        .iter()
-        .map(|(n, ns, ip)| (n.as_str(), ns.as_str(), ip.as_str()))
-        .collect();
+    let names = many_pods("sl", 30);
+    let pods = as_config(&names);
     let mut d = common::Daemon::start(
         &config(&unique("sl"), &control, &pods),
         control.clone(),

@@ -14,7 +14,7 @@
 //! # mac_ageing_secs = 300
 //! # conntrack_max = 262144
 //! # workers = 1                   # data-plane threads; each pod TAP gets one queue per worker
-//! # cpus = [3]                    # pin the workers; default: the last `workers` CPUs; [] = no
+//! # cpus = [3]                    # pin the workers; default: not pinned (with rx_steering: the last `workers` CPUs)
 //! # rx_steering = false           # pods' kernel input on the CPUs without a worker (RPS/RFS)
 //! # underlay = "192.168.77.1"     # this node's VXLAN underlay address (needed with peers)
 //! # vxlan_port = 8472             # UDP destination port (Linux and flannel default)

@@ -586,6 +586,16 @@ impl ServiceSpec {
                 ),
             ));
         }
+        if self.backends.len() > crate::table::MAX_BACKENDS {
+            return Err(SpecError::new(
+                f("backends"),
+                format!(
+                    "{} backends: a service has at most {} (its Maglev table's size)",
+                    self.backends.len(),
+                    crate::table::MAX_BACKENDS
+                ),
+            ));
+        }
         for (i, b) in self.backends.iter().enumerate() {
             let field = f(&format!("backends[{i}]"));
             if b.port() == 0 {

@@ -273,6 +273,26 @@ fn a_loopback_backend_is_refused_a_pod_cidr_one_without_a_pod_is_not() {
 }
 
 #[test]
+fn more_backends_than_the_maglev_table_holds_are_refused_not_dropped() {
+    let node = NodeSpec::new("n", net("10.244.1.0/24"));
+    let backends: Vec<String> = (0..=crate::table::MAX_BACKENDS)
+        .map(|i| format!("10.244.{}.{}:80", 2 + i / 250, 1 + i % 250))
+        .collect();
+    let all: Vec<&str> = backends.iter().map(String::as_str).collect();
+    assert_eq!(
+        service(&all)
+            .check(&node, [], "service")
+            .unwrap_err()
+            .to_string(),
+        "service.backends: 6553 backends: a service has at most 6552 (its Maglev table's size)"
+    );
+    assert_eq!(
+        service(&all[..crate::table::MAX_BACKENDS]).check(&node, [], "service"),
+        Ok(())
+    );
+}
+
+#[test]
 fn more_workers_than_cpus_are_refused() {
     let mut n = NodeSpec::new("n", net("10.244.1.0/24"));
     n.workers = 2;
