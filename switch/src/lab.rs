@@ -216,6 +216,7 @@ impl Lab {
         node.underlay = Some(Self::underlay_ip(i));
         node.control = Some(self.control(i));
         node.workers = self.workers;
+        node.cpus = spread_cpus(i, self.workers, &crate::dataplane::allowed_cpus());
         if self.etcd {
             node.pod_cidr = None;
             return Config {
@@ -699,6 +700,23 @@ async fn put_key(endpoint: &str, key: &str, value: &str) -> Result<(), String> {
 /// Tears down lab `name`: stops its daemons (SIGTERM; they remove their pods), then its etcd
 /// if it has one, deletes its namespaces and state (etcd's data dir with it). Idempotent, with
 /// or without etcd; reports what it could not remove.
+/// The CPUs of node `i`'s `workers` on a machine whose process may use `allowed`: the nodes
+/// spread over the CPUs from the last one down (node 1 on the last, node 2 on the one before,
+/// ...), so that no two nodes share a CPU while there are CPUs enough (nodes on one CPU take
+/// turns at forwarding: one that does not get it stalls). `None` (not pinned) if the kernel
+/// does not say which CPUs are allowed.
+fn spread_cpus(i: usize, workers: usize, allowed: &[usize]) -> Option<Vec<usize>> {
+    if allowed.is_empty() {
+        return None;
+    }
+    let first = (i - 1) * workers;
+    Some(
+        (first..first + workers)
+            .map(|k| allowed[allowed.len() - 1 - k % allowed.len()])
+            .collect(),
+    )
+}
+
 pub fn down(name: &str) -> Result<String, LabError> {
     let dir = Lab::dir(name);
     let mut pid_files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -850,6 +868,23 @@ fn stop_process(pid: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_spread_over_the_cpus_from_the_last() {
+        assert_eq!(spread_cpus(1, 1, &[0, 1]), Some(vec![1]));
+        assert_eq!(spread_cpus(2, 1, &[0, 1]), Some(vec![0]));
+        assert_eq!(spread_cpus(3, 1, &[0, 1]), Some(vec![1]), "more nodes than CPUs");
+        assert_eq!(spread_cpus(2, 2, &[0, 1, 2, 3]), Some(vec![1, 0]));
+        assert_eq!(spread_cpus(1, 1, &[]), None);
+        // Every node's config carries its own.
+        let lab = Lab::new("t", 2, 1).expect("lab");
+        let cpus: Vec<_> = (1..=2).map(|i| lab.node_config(i).node.cpus).collect();
+        let allowed = crate::dataplane::allowed_cpus();
+        assert!(
+            cpus[0] != cpus[1] || allowed.len() < 2,
+            "two nodes on {allowed:?}: {cpus:?}"
+        );
+    }
 
     #[test]
     fn pods_are_numbered_from_dot_ten_of_the_nodes_cidr() {
