@@ -697,9 +697,6 @@ async fn put_key(endpoint: &str, key: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Tears down lab `name`: stops its daemons (SIGTERM; they remove their pods), then its etcd
-/// if it has one, deletes its namespaces and state (etcd's data dir with it). Idempotent, with
-/// or without etcd; reports what it could not remove.
 /// The CPUs of node `i`'s `workers` on a machine whose process may use `allowed`: the nodes
 /// spread over the CPUs from the last one down (node 1 on the last, node 2 on the one before,
 /// ...), so that no two nodes share a CPU while there are CPUs enough (nodes on one CPU take
@@ -717,6 +714,10 @@ fn spread_cpus(i: usize, workers: usize, allowed: &[usize]) -> Option<Vec<usize>
     )
 }
 
+/// Tears down lab `name`: stops its daemons (SIGTERM; they remove their pods), then its etcd
+/// if it has one, deletes its namespaces and state (etcd's data dir with it); reports what it
+/// could not remove. A lab of which nothing is left (never up, a typo, already down) is
+/// [`LabError::NoSuchLab`].
 pub fn down(name: &str) -> Result<String, LabError> {
     let dir = Lab::dir(name);
     let mut pid_files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -873,7 +874,11 @@ mod tests {
     fn nodes_spread_over_the_cpus_from_the_last() {
         assert_eq!(spread_cpus(1, 1, &[0, 1]), Some(vec![1]));
         assert_eq!(spread_cpus(2, 1, &[0, 1]), Some(vec![0]));
-        assert_eq!(spread_cpus(3, 1, &[0, 1]), Some(vec![1]), "more nodes than CPUs");
+        assert_eq!(
+            spread_cpus(3, 1, &[0, 1]),
+            Some(vec![1]),
+            "more nodes than CPUs"
+        );
         assert_eq!(spread_cpus(2, 2, &[0, 1, 2, 3]), Some(vec![1, 0]));
         assert_eq!(spread_cpus(1, 1, &[]), None);
         // Every node's config carries its own.

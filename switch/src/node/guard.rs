@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::upgrade::HANDOVER_ENV;
+use super::upgrade::{set_cloexec, HANDOVER_ENV};
 
 /// Set for the guard's process: what it guards (JSON of `GuardArgs`).
 pub const GUARD_ENV: &str = "PODSWITCH_UPGRADE_GUARD";
@@ -65,17 +65,6 @@ struct GuardArgs {
     pid: i32,
     /// The copy of the handover the guard starts the old binary from.
     handover: PathBuf,
-}
-
-/// Sets or clears close-on-exec on `fd`.
-fn set_cloexec(fd: RawFd, on: bool) -> std::io::Result<()> {
-    let flag = if on { libc::FD_CLOEXEC } else { 0 };
-    // SAFETY: fcntl(F_SETFD) on a descriptor number touches no memory; one not open fails with
-    // EBADF, returned.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, flag) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// The guard of one upgrade, held by the old process until its `exec`.

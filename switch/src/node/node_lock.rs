@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::spec::NodeSpec;
+use super::upgrade::set_cloexec;
 
 /// Set once this process image has taken a node lock. An `exec` starts a new image with it
 /// clear: only then may a descriptor the file names be one inherited rather than one a live
@@ -172,17 +173,6 @@ fn try_lock(file: &File) -> std::io::Result<bool> {
         Some(libc::EWOULDBLOCK) => Ok(false),
         _ => Err(e),
     }
-}
-
-/// Sets or clears close-on-exec on `fd`.
-fn set_cloexec(fd: RawFd, on: bool) -> std::io::Result<()> {
-    let flag = if on { libc::FD_CLOEXEC } else { 0 };
-    // SAFETY: fcntl(F_SETFD) on a descriptor number; it touches no memory. A number that is
-    // not open fails with EBADF, which is returned.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, flag) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// (device, inode) of the open descriptor `fd`, if it is open.

@@ -410,25 +410,44 @@ fn run_briefly(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| format!("does not run here: {e}"))?;
-    let pid = child.id() as libc::pid_t;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(wait) {
-        Ok(Ok(out)) => Ok(out),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => {
-            // SAFETY: kill(2) on the pid of a child not yet reaped (its waiting thread has
-            // not returned), so the pid is still ours; no memory is involved.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            Err(format!("did not finish in {} s", wait.as_secs()))
+    let mut child = child;
+    // Read as they come (a full pipe would stop the child); waited for here, so the child is
+    // killed through its handle while it is surely not reaped.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = std::time::Instant::now() + wait;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("did not finish in {} s", wait.as_secs()));
+            }
+            Err(e) => return Err(e.to_string()),
         }
-    }
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
 }
 
 /// Sets or clears close-on-exec on `fd`.
-fn set_cloexec(fd: RawFd, on: bool) -> std::io::Result<()> {
+pub(super) fn set_cloexec(fd: RawFd, on: bool) -> std::io::Result<()> {
     let flag = if on { libc::FD_CLOEXEC } else { 0 };
     // SAFETY: fcntl(F_SETFD) on a descriptor number; it touches no memory. A number that is
     // not open fails with EBADF, which is returned.

@@ -184,10 +184,11 @@ mod tests {
 
     #[test]
     fn an_established_flow_whose_backend_pod_is_away_is_left_to_retransmit() {
-        // A connection that reached its backend (tracked, replied) while the backend's pod is
-        // away for a moment (re-attached by a restart or an upgrade): not reset. The error
-        // about the translated packet matches no socket of the client, which retransmits,
-        // and the flow stays.
+        // A segment of a connection under way (not a SYN: here one this node picks up
+        // mid-stream, as after a restart that lost the flow) while the backend's pod is away
+        // for a moment (re-attached by a restart or an upgrade): not reset. The error about
+        // the translated packet matches no socket of the client, which retransmits, and the
+        // flow stays. (The SYN before it, on another port, was refused at once.)
         let mut p = node(Proto::Tcp);
         let syn = tcp_segment_bytes(CLIENT, 40001, VIP, 80, 1000, 0, 0x02, b"");
         let mut f = eth(ROUTER, CLIENT_MAC, 0x0800, &ipv4(CLIENT, VIP, 6, 64, &syn));
