@@ -175,6 +175,23 @@ while True:
         syn_flood(&resets, "10.244.1.10", (MAX * 4) as u32);
         syn_flood(&silent, "10.244.1.11", (MAX * 4) as u32);
     }
+    // The flood's last frames are still queued at the pods' TAPs when the senders exit: the
+    // table is read once the switch has taken them all (a listing is no snapshot: a flow
+    // evicted for a new one while it is read may show beside it).
+    let rx = |d: &Daemon| -> String {
+        let s = String::from_utf8_lossy(&d.ctl(&["status"]).stdout).to_string();
+        s.split("frames rx ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut last = rx(&d);
+    podswitch::testutil::wait_for("the switch to take the whole flood", || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now = rx(&d);
+        std::mem::replace(&mut last, now) == last
+    });
     let per = flows_per_client(&d);
     let total: usize = per.values().sum();
     assert!(total <= MAX, "at most the table: {per:?}");

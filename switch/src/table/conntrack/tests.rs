@@ -379,3 +379,47 @@ fn bounded_and_counted_per_backend() {
     assert_eq!(ct.len(), 1);
     assert!(ct.insert(flow("10.244.1.10:3", "10.244.2.7:80", 6, 0)));
 }
+
+#[test]
+fn per_client_counts_match_the_flows_through_a_flood() {
+    use std::collections::BTreeMap;
+    let ct = Conntrack::with_share(1024, 256);
+    let mut seed = 0x1234_5678u64;
+    let mut rand = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for step in 0..40_000u32 {
+        let now = step / 400;
+        let client = if rand() % 2 == 0 {
+            "10.244.1.10"
+        } else {
+            "10.244.1.11"
+        };
+        let port = 1024 + (rand() % 60_000) as u16;
+        let f = flow(&format!("{client}:{port}"), "10.244.1.13:8080", 6, now);
+        let (fk, rk) = (f.forward_key(), f.reply_key());
+        if ct.forward(&fk, now, tcp_flags::SYN).is_none() {
+            let _ = ct.try_insert(f);
+        }
+        ct.reply(&rk, now, tcp_flags::SYN | tcp_flags::ACK);
+        if client.ends_with(".10") {
+            ct.forward(&fk, now, tcp_flags::RST);
+        }
+        if step % 500 == 0 {
+            ct.expire(now);
+        }
+        let mut listed: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+        if step % 97 == 0 {
+            for f in ct.list(now) {
+                *listed.entry(*f.client.ip()).or_default() += 1;
+            }
+            for (ip, n) in &listed {
+                assert_eq!(ct.client_flows(*ip), *n, "step {step}: {listed:?}");
+                assert!(*n <= 256, "step {step}: {listed:?}");
+            }
+        }
+    }
+}
