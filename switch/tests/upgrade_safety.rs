@@ -6,12 +6,12 @@
 
 mod common;
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{netns_add, run, tempdir, BIN};
+use podswitch::control;
 use podswitch::testutil::{root_or_skip, unique, wait_for};
 
 /// A node in its own namespace with pods `a` (10.244.1.10) and `b` (10.244.1.11), its log in
@@ -135,38 +135,14 @@ impl Node {
     }
 }
 
-/// The pid of the process serving `control` (SO_PEERCRED), if one answers.
+/// The pid of the process serving `control`, if one answers (as a pid for kill(2)).
 fn server_pid(control: &Path) -> Option<i32> {
-    let s = std::os::unix::net::UnixStream::connect(control).ok()?;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt(SO_PEERCRED) writes at most `len` bytes into `cred`, a ucred that
-    // lives across the call; the descriptor is the stream's, open for the call.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (r == 0 && cred.pid > 0).then_some(cred.pid)
+    control::server_pid(control).and_then(|p| i32::try_from(p).ok())
 }
 
 /// Whether `pid` runs (a zombie does not).
 fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().to_string())
-        })
-        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+    u32::try_from(pid).is_ok_and(control::process_alive)
 }
 
 impl Drop for Node {

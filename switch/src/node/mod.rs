@@ -292,6 +292,8 @@ pub struct Node {
     masquerade: Mutex<Option<host::Masquerade>>,
     /// The connection-tracking generation the flows file was last written at.
     flows_saved: Mutex<Option<u64>>,
+    /// When freed flows' memory goes back to the system ([`Node::expire_flows`]).
+    heap_trim: Mutex<services::HeapTrim>,
     /// Where the interfaces' receive work goes (`node.rx_steering`), if anywhere.
     rx_steering: Option<steering::RxSteering>,
 }
@@ -367,6 +369,7 @@ impl Node {
             host_routes: Mutex::new(None),
             masquerade: Mutex::new(None),
             flows_saved: Mutex::new(None),
+            heap_trim: Mutex::default(),
             rx_steering,
         };
         let after_crash = lock(&node.inherited)

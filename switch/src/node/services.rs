@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
 
@@ -327,27 +326,40 @@ impl Node {
     pub fn expire_flows(&self) -> usize {
         let tables = self.switch.tables();
         let removed = tables.conntrack.expire(tables.mac.now());
-        let evicted = tables.conntrack.evicted();
-        let gone = removed as u64 + evicted.saturating_sub(EVICTED_SEEN.swap(evicted, Relaxed));
-        let pending = FORGOTTEN.fetch_add(gone, Relaxed) + gone;
-        if pending >= TRIM_AFTER_FLOWS && (gone == 0 || pending >= TRIM_EVERY_FLOWS) {
-            FORGOTTEN.store(0, Relaxed);
+        if lock(&self.heap_trim).due(tables.conntrack.forgotten()) {
             trim_heap();
         }
         removed
     }
 }
 
-/// Flows forgotten (expired or evicted) past which the memory they held is returned.
+/// Flows forgotten past which the memory they held is returned.
 const TRIM_AFTER_FLOWS: u64 = 4096;
 
 /// Flows forgotten past which the memory is returned even while more are going.
 const TRIM_EVERY_FLOWS: u64 = 65_536;
 
-/// Flows forgotten since memory was last returned, and the eviction count last seen (one node
-/// per daemon process).
-static FORGOTTEN: AtomicU64 = AtomicU64::new(0);
-static EVICTED_SEEN: AtomicU64 = AtomicU64::new(0);
+/// When to return freed flows' memory: what connection tracking had forgotten at the last
+/// look, and since the memory was last returned.
+#[derive(Debug, Default)]
+pub(super) struct HeapTrim {
+    seen: u64,
+    pending: u64,
+}
+
+impl HeapTrim {
+    /// True if the memory is to be returned now, `forgotten` being the table's count.
+    fn due(&mut self, forgotten: u64) -> bool {
+        let gone = forgotten.saturating_sub(std::mem::replace(&mut self.seen, forgotten));
+        self.pending += gone;
+        let due =
+            self.pending >= TRIM_AFTER_FLOWS && (gone == 0 || self.pending >= TRIM_EVERY_FLOWS);
+        if due {
+            self.pending = 0;
+        }
+        due
+    }
+}
 
 /// Returns the allocator's free memory to the system.
 fn trim_heap() {
@@ -355,5 +367,27 @@ fn trim_heap() {
     // memory of ours and is safe to call from any thread at any time.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_goes_back_once_a_wave_of_forgotten_flows_has_passed() {
+        let mut t = HeapTrim::default();
+        // A flood's flows expiring a few hundred at a time: not while they go...
+        let mut forgotten = 0;
+        for _ in 0..20 {
+            forgotten += 300;
+            assert!(!t.due(forgotten));
+        }
+        // ...but at the first look that finds none gone, once.
+        assert!(t.due(forgotten));
+        assert!(!t.due(forgotten));
+        // A few flows are not worth it; a long wave is, every 65536.
+        assert!(!t.due(forgotten + 100) && !t.due(forgotten + 100));
+        assert!(t.due(forgotten + 100 + TRIM_EVERY_FLOWS));
     }
 }

@@ -263,6 +263,8 @@ pub struct Conntrack {
     share: usize,
     /// Flows evicted before their timeout.
     evicted: AtomicU64,
+    /// Flows forgotten, whatever the reason (expired, evicted, removed).
+    forgotten: AtomicU64,
     /// Bumped by every insert and removal (not by state changes): whether a saved copy is
     /// out of date.
     generation: AtomicU64,
@@ -314,6 +316,7 @@ impl Conntrack {
             capacity,
             share,
             evicted: AtomicU64::new(0),
+            forgotten: AtomicU64::new(0),
             generation: AtomicU64::new(0),
         }
     }
@@ -321,6 +324,11 @@ impl Conntrack {
     /// Flows evicted before their timeout, since the start.
     pub(crate) fn evicted(&self) -> u64 {
         self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Flows forgotten for any reason, since the start.
+    pub(crate) fn forgotten(&self) -> u64 {
+        self.forgotten.load(Ordering::Relaxed)
     }
 
     /// Flows the client at `client` holds.
@@ -511,6 +519,7 @@ impl Conntrack {
                 let _ = self.reply.pin().remove_if(&rkey, |_, v| v == key);
                 self.count.fetch_sub(1, Ordering::Relaxed);
                 self.uncount_client(u32::from(*f.client.ip()));
+                self.forgotten.fetch_add(1, Ordering::Relaxed);
                 self.generation.fetch_add(1, Ordering::Relaxed);
                 true
             }
