@@ -9,8 +9,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use podstack::Pod;
-use podswitch::dataplane::{Switch, SwitchConfig};
 use podswitch_bench::{MEASUREMENT, SAMPLES, WARM_UP};
+use podswitch_dataplane::switch::{Switch, SwitchConfig};
 
 const CHUNK: usize = 8 << 20;
 

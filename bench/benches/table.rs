@@ -23,10 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use podswitch::table::{
+use podswitch_bench::{mac_keys, splitmix64, BATCH};
+use podswitch_dataplane::table::{
     Affinity, CompiledService, MacTable, MacTableConfig, PortId, Proto, Service, Services,
 };
-use podswitch_bench::{mac_keys, splitmix64, BATCH};
 
 /// Precomputed lookups (a power of two).
 const LOOKUPS: usize = 1 << 16;

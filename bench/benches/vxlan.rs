@@ -30,15 +30,15 @@ use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use podswitch::pipeline::{Action, Pipeline};
-use podswitch::table::Peer;
-use podswitch::testutil::vxlan_wrap;
-use podswitch::wire::vxlan;
-use podswitch::wire::EthernetAddress;
 use podswitch_bench::{
     node_config, node_tables, pod_ip, pod_mac, remote_ip, routed, udp_frame, BATCH, PEER_UNDERLAY,
     PEER_VTEP_MAC, ROUTER_MAC,
 };
+use podswitch_dataplane::pipeline::{Action, Pipeline};
+use podswitch_dataplane::table::Peer;
+use podswitch_dataplane::testutil::vxlan_wrap;
+use podswitch_dataplane::wire::vxlan;
+use podswitch_dataplane::wire::EthernetAddress;
 
 const VNI: u32 = 1;
 /// Offset of the TTL in an Ethernet/IPv4 frame; TTL, protocol, checksum follow.
@@ -217,8 +217,8 @@ fn drop_garbage(c: &mut Criterion) {
 
 /// A TCP/IPv4 frame with a timestamp option, from pod 10.244.1.10 to 10.244.2.10.
 fn tcp_frame(seq: u32, payload: &[u8], partial: bool) -> Vec<u8> {
-    use podswitch::testutil::{eth, ipv4_tos};
-    use podswitch::wire::checksum_sum;
+    use podswitch_dataplane::testutil::{eth, ipv4_tos};
+    use podswitch_dataplane::wire::checksum_sum;
     let mut t = vec![0u8; 32];
     t[0..2].copy_from_slice(&40000u16.to_be_bytes());
     t[2..4].copy_from_slice(&5201u16.to_be_bytes());
@@ -254,8 +254,8 @@ fn tcp_frame(seq: u32, payload: &[u8], partial: bool) -> Vec<u8> {
 }
 
 fn segment_tso(c: &mut Criterion) {
-    use podswitch::gso::Segmenter;
-    use podswitch::wire::virtio::{GsoType, VnetHdr, FLAG_NEEDS_CSUM};
+    use podswitch_dataplane::gso::Segmenter;
+    use podswitch_dataplane::wire::virtio::{GsoType, VnetHdr, FLAG_NEEDS_CSUM};
     let payload = vec![0x5au8; 45 * 1448];
     let frame = tcp_frame(1, &payload, true);
     let vnet = VnetHdr {
@@ -286,7 +286,7 @@ fn segment_tso(c: &mut Criterion) {
 }
 
 fn coalesce(c: &mut Criterion) {
-    use podswitch::gso::Coalescer;
+    use podswitch_dataplane::gso::Coalescer;
     // The segments back to back, as they sit in a receive batch.
     let mut source = Vec::new();
     let mut ranges = Vec::new();

@@ -7,19 +7,19 @@
 //! ```sh
 //! cargo build --profile bench -p podswitch-bench --example tunnel_ir
 //! valgrind --tool=callgrind \
-//!   --toggle-collect='podswitch::dataplane::tunnel::TunnelSlot::encapsulate' \
-//!   --toggle-collect='podswitch::dataplane::tunnel::TunnelSlot::decapsulate' \
+//!   --toggle-collect='podswitch_dataplane::switch::tunnel::TunnelSlot::encapsulate' \
+//!   --toggle-collect='podswitch_dataplane::switch::tunnel::TunnelSlot::decapsulate' \
 //!   target/release/examples/tunnel_ir 20000
 //! ```
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use podswitch::dataplane::{Switch, SwitchConfig};
-use podswitch::pipeline::NodeConfig;
-use podswitch::port::UdpTunnel;
-use podswitch::table::{Peer, PortInfo, PortKind};
-use podswitch::testutil::{eth, ipv4_tos, udp};
-use podswitch::wire::EthernetAddress;
+use podswitch_dataplane::pipeline::NodeConfig;
+use podswitch_dataplane::port::UdpTunnel;
+use podswitch_dataplane::switch::{Switch, SwitchConfig};
+use podswitch_dataplane::table::{Peer, PortInfo, PortKind};
+use podswitch_dataplane::testutil::{eth, ipv4_tos, udp};
+use podswitch_dataplane::wire::EthernetAddress;
 
 const VTEP_A: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
 const VTEP_B: [u8; 6] = [0x02, 0xee, 0, 0, 0, 2];

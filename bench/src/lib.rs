@@ -8,13 +8,15 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
-use podswitch::dataplane::Dataplane;
-use podswitch::pipeline::{Metrics, NodeConfig, Pipeline, PortMetrics};
-use podswitch::port::{mem_port, MemEndpoint, Waker, DEFAULT_BATCH};
-use podswitch::table::{MacTableConfig, Peer, PortId, PortInfo, PortKind, Tables, Topology};
-use podswitch::testutil::{eth, ipv4, udp};
-use podswitch::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
-use podswitch::wire::{mac_key, EthernetAddress};
+use podswitch_dataplane::pipeline::{Metrics, NodeConfig, Pipeline, PortMetrics};
+use podswitch_dataplane::port::{mem_port, MemEndpoint, Waker, DEFAULT_BATCH};
+use podswitch_dataplane::switch::Dataplane;
+use podswitch_dataplane::table::{
+    MacTableConfig, Peer, PortId, PortInfo, PortKind, Tables, Topology,
+};
+use podswitch_dataplane::testutil::{eth, ipv4, udp};
+use podswitch_dataplane::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
+use podswitch_dataplane::wire::{mac_key, EthernetAddress};
 
 /// The router (gateway and VTEP) MAC of the benchmarked node.
 pub const ROUTER_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
@@ -25,7 +27,7 @@ pub const PEER_UNDERLAY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168
 /// Frames per batch, as the runtime moves them.
 pub const BATCH: usize = DEFAULT_BATCH;
 /// EtherType of IPv4.
-pub use podswitch::wire::ethernet::ethertype::IPV4 as ETHERTYPE_IPV4;
+pub use podswitch_dataplane::wire::ethernet::ethertype::IPV4 as ETHERTYPE_IPV4;
 /// Bytes of Ethernet + IPv4 + UDP headers in the frames built here.
 const HEADERS: usize = ETHERNET_HEADER_LEN + 20 + 8;
 
@@ -127,7 +129,7 @@ pub fn routed(frame: &[u8], next_hop: [u8; 6]) -> Vec<u8> {
     let ip = &mut f[ETHERNET_HEADER_LEN..];
     ip[8] -= 1;
     ip[10..12].fill(0);
-    let c = !podswitch::wire::checksum_sum(&ip[..20]);
+    let c = !podswitch_dataplane::wire::checksum_sum(&ip[..20]);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     f
 }

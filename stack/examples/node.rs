@@ -6,9 +6,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
 
 use podstack::Pod;
-use podswitch::dataplane::{Switch, SwitchConfig};
-use podswitch::pipeline::NodeConfig;
-use podswitch::wire::EthernetAddress;
+use podswitch_dataplane::pipeline::NodeConfig;
+use podswitch_dataplane::switch::{Switch, SwitchConfig};
+use podswitch_dataplane::wire::EthernetAddress;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cidr = "10.244.1.0/24".parse()?;

@@ -9,9 +9,9 @@
 
 use std::collections::VecDeque;
 
-use podswitch::port::{EndpointError, MemEndpoint};
-use podswitch::wire::arp::{self, ArpPacket};
-use podswitch::wire::ethernet::{ethertype, EthernetFrame};
+use podswitch_dataplane::port::{EndpointError, MemEndpoint};
+use podswitch_dataplane::wire::arp::{self, ArpPacket};
+use podswitch_dataplane::wire::ethernet::{ethertype, EthernetFrame};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
@@ -79,7 +79,7 @@ impl PodDevice {
     }
 
     /// Queues the frames of a batch received from the switch.
-    pub fn accept_batch(&mut self, batch: podswitch::port::Batch) {
+    pub fn accept_batch(&mut self, batch: podswitch_dataplane::port::Batch) {
         Self::queue(&mut self.rx, &mut self.pool, &mut self.counts, &batch);
         if let Some(endpoint) = self.endpoint.as_ref() {
             endpoint.recycle(batch);
@@ -90,7 +90,7 @@ impl PodDevice {
         rx: &mut VecDeque<Vec<u8>>,
         pool: &mut Vec<Vec<u8>>,
         counts: &mut DeviceCounts,
-        batch: &podswitch::port::Batch,
+        batch: &podswitch_dataplane::port::Batch,
     ) {
         for (frame, _) in batch.iter() {
             let mut buf = pool.pop().unwrap_or_default();
@@ -141,7 +141,9 @@ impl PodDevice {
     }
 
     /// The endpoint's receiving channel, to wait on.
-    pub fn receiver(&self) -> Option<crossbeam_channel::Receiver<podswitch::port::Batch>> {
+    pub fn receiver(
+        &self,
+    ) -> Option<crossbeam_channel::Receiver<podswitch_dataplane::port::Batch>> {
         self.endpoint.as_ref().map(|e| e.receiver().clone())
     }
 
@@ -217,7 +219,7 @@ impl phy::Device for PodDevice {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = self.mtu + podswitch::wire::ethernet::HEADER_LEN;
+        caps.max_transmission_unit = self.mtu + podswitch_dataplane::wire::ethernet::HEADER_LEN;
         caps
     }
 }

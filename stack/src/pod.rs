@@ -7,10 +7,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant as StdInstant};
 
 use crossbeam_channel::{bounded, never, select, Receiver, Sender};
-use podswitch::dataplane::{Switch, SwitchError};
-use podswitch::port::MemEndpoint;
-use podswitch::table::{PortInfo, PortKind};
-use podswitch::wire::EthernetAddress;
+use podswitch_dataplane::port::MemEndpoint;
+use podswitch_dataplane::switch::{Switch, SwitchError};
+use podswitch_dataplane::table::{PortInfo, PortKind};
+use podswitch_dataplane::wire::EthernetAddress;
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
@@ -42,9 +42,9 @@ pub struct PodConfig {
 
 impl PodConfig {
     /// The MAC a pod with `ip` gets when none is given: the switch's rule for pods
-    /// ([`podswitch::node::derived_pod_mac`]), so a smoltcp pod and a TAP pod with one IP agree.
+    /// ([`podswitch_dataplane::table::derived_pod_mac`]), so a smoltcp pod and a TAP pod with one IP agree.
     pub fn derived_mac(ip: Ipv4Addr) -> EthernetAddress {
-        podswitch::node::derived_pod_mac(ip).into()
+        podswitch_dataplane::table::derived_pod_mac(ip)
     }
 }
 
@@ -405,7 +405,7 @@ fn seed() -> u64 {
 /// The driver: receive, poll, send, sleep until a frame, a kick or a timer.
 fn drive(
     shared: &PodShared,
-    receiver: Option<Receiver<podswitch::port::Batch>>,
+    receiver: Option<Receiver<podswitch_dataplane::port::Batch>>,
     kicked: Receiver<()>,
 ) {
     let mut from_switch = receiver.unwrap_or_else(never);

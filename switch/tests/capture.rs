@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::process::{Child, Command, Output, Stdio};
 
-use podswitch::testutil::{root_or_skip, unique, wait_for};
+use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
 
 mod common;
 

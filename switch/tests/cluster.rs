@@ -15,7 +15,7 @@ use common::cluster::{flannel_network_config, ping, Etcd, KernelFlannelNode, Nod
 use common::{run, run_with_stdin, tempdir};
 use podswitch::control::{Request, Response};
 use podswitch::node::{PeerSource, ServiceProto, ServiceSpec};
-use podswitch::testutil::{root_or_skip, unique, wait_for};
+use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
 
 const ETCD_IP: &str = "192.168.77.254";
 

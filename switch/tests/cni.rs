@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
-use podswitch::testutil::{root_or_skip, unique};
+use podswitch_dataplane::testutil::{root_or_skip, unique};
 
 mod common;
 

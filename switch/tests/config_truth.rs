@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{config, tempdir, Daemon};
 use podswitch::control::{Request, Response};
 use podswitch::node::{PeerSource, ServiceStatus};
-use podswitch::testutil::root_or_skip;
+use podswitch_dataplane::testutil::root_or_skip;
 
 /// The file's service.
 const WEB: &str = "\n[[services]]\nname = \"web\"\nvip = \"10.96.0.10\"\nport = 80\nbackends = [\"10.244.1.10:8080\"]\n";

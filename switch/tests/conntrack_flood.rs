@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use common::{config, netns_add, tempdir, Daemon};
-use podswitch::testutil::{root_or_skip, unique};
+use podswitch_dataplane::testutil::{root_or_skip, unique};
 
 const VIP: &str = "10.96.0.10";
 /// `node.conntrack_max` here: small enough for a flood of a few seconds to fill it.
@@ -158,7 +158,7 @@ while True:
         }
     }
     let _server = Kill(server);
-    podswitch::testutil::wait_for("the service to answer", || {
+    podswitch_dataplane::testutil::wait_for("the service to answer", || {
         ask(&client).is_ok_and(|a| a == "served")
     });
     // The silent pod never resets: its kernel's RSTs are dropped on the way out.
@@ -187,7 +187,7 @@ while True:
             .to_string()
     };
     let mut last = rx(&d);
-    podswitch::testutil::wait_for("the switch to take the whole flood", || {
+    podswitch_dataplane::testutil::wait_for("the switch to take the whole flood", || {
         std::thread::sleep(std::time::Duration::from_millis(300));
         let now = rx(&d);
         std::mem::replace(&mut last, now) == last

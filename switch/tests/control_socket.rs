@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{config, netns_add, tempdir, Daemon};
 use podswitch::control::{Request, Response};
-use podswitch::testutil::{root_or_skip, unique};
+use podswitch_dataplane::testutil::{root_or_skip, unique};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_podswitch-cni");
 

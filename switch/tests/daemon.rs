@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use podswitch::control::{ErrorKind, Request, Response};
 use podswitch::node::{PeerSource, PodSpec, PodStatus, ServiceProto, ServiceStatus};
-use podswitch::testutil::{root_or_skip, unique, wait_for};
+use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
 
 mod common;
 

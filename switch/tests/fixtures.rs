@@ -6,7 +6,7 @@
 mod common;
 
 use common::cluster::{flannel_network_config, ping, Etcd, KernelFlannelNode, Underlay};
-use podswitch::testutil::{root_or_skip, wait_for};
+use podswitch_dataplane::testutil::{root_or_skip, wait_for};
 
 #[test]
 #[cfg_attr(

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 
 use common::cluster::{ping, sh, Node, Underlay};
 use common::{run, tempdir};
-use podswitch::testutil::{root_or_skip, unique, wait_for};
+use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
 
 const OUTSIDE: &str = "198.51.100.1";
 

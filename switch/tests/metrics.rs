@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use podswitch::control::{Request, Response};
-use podswitch::testutil::{root_or_skip, unique, wait_for};
+use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
 
 mod common;
 

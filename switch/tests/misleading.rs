@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::{config, netns_add, run, tempdir, Daemon, BIN};
-use podswitch::testutil::{root_or_skip, unique};
+use podswitch_dataplane::testutil::{root_or_skip, unique};
 
 #[test]
 fn lab_down_of_a_lab_that_is_not_up_fails_and_says_so() {

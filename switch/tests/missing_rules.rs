@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{config, run, tempdir, Daemon, BIN};
 use podswitch::netns::NetNs;
-use podswitch::testutil::{root_or_skip, unique};
+use podswitch_dataplane::testutil::{root_or_skip, unique};
 
 /// A namespace of the test's, deleted on drop (also when the test fails midway).
 struct Netns(String);

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{config, run, tempdir, Daemon, BIN};
-use podswitch::testutil::{root_or_skip, unique};
+use podswitch_dataplane::testutil::{root_or_skip, unique};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

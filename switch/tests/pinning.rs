@@ -69,7 +69,7 @@ fn workers_run_on_the_cpus_they_are_pinned_to() {
     ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
 )]
 fn a_node_pins_its_worker_only_when_asked() {
-    use podswitch::testutil::{root_or_skip, unique, wait_for};
+    use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
     if !root_or_skip("a_node_pins_its_worker_only_when_asked") {
         return;
     }

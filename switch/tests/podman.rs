@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use podswitch::testutil::{root_or_skip, unique, wait_for};
+use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
 
 mod common;
 

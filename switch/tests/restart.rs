@@ -14,7 +14,7 @@ use common::cluster::{Node, Underlay};
 use common::transfer::Transfer;
 use common::{tempdir, BIN};
 use podswitch::control::{Request, Response};
-use podswitch::testutil::{root_or_skip, unique};
+use podswitch_dataplane::testutil::{root_or_skip, unique};
 
 /// Node `i` (1 or 2) of a two-node cluster: underlay 192.168.77.<i>, pods 10.244.<i>.0/24,
 /// the other node as its peer, pods `p0` (.10) and `p1` (.11), and on node 1 a service

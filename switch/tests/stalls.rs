@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{config, netns_add, tempdir, Daemon};
-use podswitch::testutil::{root_or_skip, unique, wait_for};
+use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
 
 #[test]
 #[cfg_attr(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{netns_add, run, tempdir, BIN};
 use podswitch::control;
-use podswitch::testutil::{root_or_skip, unique, wait_for};
+use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
 
 /// A node in its own namespace with pods `a` (10.244.1.10) and `b` (10.244.1.11), its log in
 /// a file (as a supervisor would keep it). Dropped: whichever process serves its socket then

@@ -5,12 +5,12 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
 use podstack::Pod;
-use podswitch::dataplane::{Switch, SwitchConfig};
-use podswitch::pipeline::{DropReason, NodeConfig};
-use podswitch::port::UdpTunnel;
-use podswitch::table::{Peer, PortInfo, PortKind};
-use podswitch::testutil::{eth, ipv4_tos, pattern, udp, vxlan_wrap, wait_for};
-use podswitch::wire::EthernetAddress;
+use podswitch_dataplane::pipeline::{DropReason, NodeConfig};
+use podswitch_dataplane::port::UdpTunnel;
+use podswitch_dataplane::switch::{Switch, SwitchConfig};
+use podswitch_dataplane::table::{Peer, PortInfo, PortKind};
+use podswitch_dataplane::testutil::{eth, ipv4_tos, pattern, udp, vxlan_wrap, wait_for};
+use podswitch_dataplane::wire::EthernetAddress;
 
 const VTEP_A: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
 const VTEP_B: [u8; 6] = [0x02, 0xee, 0, 0, 0, 2];
@@ -241,7 +241,12 @@ fn oversized_frame_for_the_tunnel_gets_fragmentation_needed() {
 /// Each peer's tunnel counters: inner frames and bytes sent to it and received from it, and its
 /// datagrams dropped by reason; a stranger's datagram counts for no peer.
 /// An in-memory pod `name` (MAC, IP) on switch `sw`: its end of the port.
-fn mem_pod(sw: &Switch, name: &str, mac: [u8; 6], ip: Ipv4Addr) -> podswitch::port::MemEndpoint {
+fn mem_pod(
+    sw: &Switch,
+    name: &str,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+) -> podswitch_dataplane::port::MemEndpoint {
     sw.attach_mem_pod(PortInfo {
         name: name.into(),
         kind: PortKind::Pod {

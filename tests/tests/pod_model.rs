@@ -7,12 +7,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use podstack::{NetError, Pod};
-use podswitch::dataplane::{Switch, SwitchConfig};
-use podswitch::pipeline::{DropReason, NodeConfig};
-use podswitch::port::MemEndpoint;
-use podswitch::table::{PortInfo, PortKind};
-use podswitch::testutil::{arp, eth, icmp_echo, ipv4, pattern, udp, wait_for};
-use podswitch::wire::EthernetAddress;
+use podswitch_dataplane::pipeline::{DropReason, NodeConfig};
+use podswitch_dataplane::port::MemEndpoint;
+use podswitch_dataplane::switch::{Switch, SwitchConfig};
+use podswitch_dataplane::table::{PortInfo, PortKind};
+use podswitch_dataplane::testutil::{arp, eth, icmp_echo, ipv4, pattern, udp, wait_for};
+use podswitch_dataplane::wire::EthernetAddress;
 
 const ROUTER_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
 
@@ -454,7 +454,7 @@ fn spoofed_frames_are_dropped_and_counted() {
         .tables()
         .mac
         .load()
-        .get(podswitch::wire::mac_key(&spoof_mac))
+        .get(podswitch_dataplane::wire::mac_key(&spoof_mac))
         .is_none());
     // The honest frame still goes through.
     evil.send(&eth(victim.mac, evil.mac, 0x0800, &payload));

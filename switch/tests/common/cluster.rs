@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use podswitch::control::{self, Request, Response};
 use podswitch::node::{PeerSource, PeerStatus, PodStatus, ServiceStatus};
-use podswitch::testutil::{unique, wait_for};
+use podswitch_dataplane::testutil::{unique, wait_for};
 
 use super::{run, tempdir, BIN};
 

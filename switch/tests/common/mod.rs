@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use podswitch::testutil::{unique, wait_for};
+use podswitch_dataplane::testutil::{unique, wait_for};
 
 pub(crate) mod cluster;
 pub(crate) mod transfer;

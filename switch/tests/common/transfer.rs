@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use podswitch::netns::NetNs;
-use podswitch::testutil::wait_for;
+use podswitch_dataplane::testutil::wait_for;
 
 /// Byte `i` of the stream: a position-dependent pattern, so a lost, repeated or reordered
 /// chunk shows as a mismatch.

@@ -99,11 +99,9 @@ pub(crate) fn derived_router_mac(node_name: &str) -> Mac {
     Mac([0x02, 0xee, h[0], h[1], h[2], h[3]])
 }
 
-/// The MAC of a pod that does not configure one: `02:42` followed by the four octets of its IP
-/// (smoltcp pods get theirs the same way). Unique as long as the IPs are.
+/// The MAC of a pod that does not configure one: [`crate::table::derived_pod_mac`].
 pub fn derived_pod_mac(ip: Ipv4Addr) -> Mac {
-    let o = ip.octets();
-    Mac([0x02, 0x42, o[0], o[1], o[2], o[3]])
+    Mac(crate::table::derived_pod_mac(ip).0)
 }
 
 /// A node's settings: the config file's `[node]` table.

@@ -5,14 +5,11 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::table::{Affinity, Proto, Service};
 
-/// The service CIDR of a node that does not give one (Kubernetes' default).
-pub(crate) const DEFAULT_SERVICE_CIDR: Ipv4Net =
-    Ipv4Net::new_assert(Ipv4Addr::new(10, 96, 0, 0), 12);
+pub(crate) use crate::pipeline::DEFAULT_SERVICE_CIDR;
 
 /// Transport protocol of a service: `tcp` or `udp`.
 #[derive(
