@@ -7,6 +7,7 @@ use crate::wire::arp::{self, ArpPacket};
 use crate::wire::ethernet::{self, ethertype, EthernetFrame};
 use crate::wire::icmp::{self, msg_type, IcmpPacket};
 use crate::wire::ipv4::{self, protocol, Ipv4Packet, Ipv4Repr};
+use crate::wire::tcp::{self, TcpRepr};
 use crate::wire::EthernetAddress;
 
 /// Largest ICMP error the switch builds: Ethernet + IPv4 + ICMP + the offending IPv4 header
@@ -157,17 +158,14 @@ pub(crate) fn tcp_reset(
     frame: &[u8],
     mac: EthernetAddress,
 ) -> usize {
-    const RST: u8 = 0x04;
-    const ACK: u8 = 0x10;
-    const SYN: u8 = 0x02;
-    const FIN: u8 = 0x01;
+    use crate::wire::tcp::flags::{ACK, FIN, RST, SYN};
     let Ok(eth) = EthernetFrame::new_checked(frame) else {
         return 0;
     };
     let Ok(ip) = Ipv4Packet::new_checked_header(eth.payload()) else {
         return 0;
     };
-    let Ok(seg) = crate::wire::tcp::TcpPacket::new_checked(ip.payload()) else {
+    let Ok(seg) = tcp::TcpPacket::new_checked(ip.payload()) else {
         return 0;
     };
     let flags = seg.flags();
@@ -181,9 +179,9 @@ pub(crate) fn tcp_reset(
     } else {
         (0, seg.seq_number().wrapping_add(seg_len), RST | ACK)
     };
-    let segment = Segment {
-        from: SocketAddrV4::new(ip.dst_addr(), seg.dst_port()),
-        to: SocketAddrV4::new(ip.src_addr(), seg.src_port()),
+    let segment = TcpRepr {
+        src: SocketAddrV4::new(ip.dst_addr(), seg.dst_port()),
+        dst: SocketAddrV4::new(ip.src_addr(), seg.src_port()),
         seq,
         ack,
         flags: out_flags,
@@ -191,17 +189,8 @@ pub(crate) fn tcp_reset(
     write_segment(out, &segment, EthernetAddress(eth.src_addr()), mac)
 }
 
-/// A bare TCP segment (no options, no payload) the switch sends.
-struct Segment {
-    from: SocketAddrV4,
-    to: SocketAddrV4,
-    seq: u32,
-    ack: u32,
-    flags: u8,
-}
-
 /// Length of a bare TCP header.
-const TCP_LEN: usize = 20;
+const TCP_LEN: usize = tcp::HEADER_LEN;
 /// Length of a frame carrying a bare TCP segment.
 pub const TCP_SEGMENT_FRAME_LEN: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN + TCP_LEN;
 
@@ -209,7 +198,7 @@ pub const TCP_SEGMENT_FRAME_LEN: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN
 /// checksums filled. Returns the frame length, 0 if `out` is too short.
 fn write_segment(
     out: &mut [u8],
-    segment: &Segment,
+    segment: &TcpRepr,
     dst_mac: EthernetAddress,
     src_mac: EthernetAddress,
 ) -> usize {
@@ -224,8 +213,8 @@ fn write_segment(
     o.set_src_addr(src_mac.0);
     o.set_ethertype(ethertype::IPV4);
     let repr = Ipv4Repr {
-        src: *segment.from.ip(),
-        dst: *segment.to.ip(),
+        src: *segment.src.ip(),
+        dst: *segment.dst.ip(),
         protocol: protocol::TCP,
         ttl: TTL,
         dscp_ecn: 0,
@@ -235,22 +224,9 @@ fn write_segment(
     if repr.emit(packet).is_err() {
         return 0;
     }
-    let t = &mut packet[ipv4::HEADER_LEN..ipv4::HEADER_LEN + TCP_LEN];
-    t[0..2].copy_from_slice(&segment.from.port().to_be_bytes());
-    t[2..4].copy_from_slice(&segment.to.port().to_be_bytes());
-    t[4..8].copy_from_slice(&segment.seq.to_be_bytes());
-    t[8..12].copy_from_slice(&segment.ack.to_be_bytes());
-    t[12] = 0x50;
-    t[13] = segment.flags;
-    t[14..20].fill(0);
-    let mut pseudo = [0u8; 12 + TCP_LEN];
-    pseudo[0..4].copy_from_slice(&segment.from.ip().octets());
-    pseudo[4..8].copy_from_slice(&segment.to.ip().octets());
-    pseudo[9] = protocol::TCP;
-    pseudo[10..12].copy_from_slice(&(TCP_LEN as u16).to_be_bytes());
-    pseudo[12..].copy_from_slice(t);
-    let c = !crate::wire::checksum::checksum_sum(&pseudo);
-    t[16..18].copy_from_slice(&c.to_be_bytes());
+    if segment.emit(&mut packet[ipv4::HEADER_LEN..]).is_err() {
+        return 0;
+    }
     len
 }
 
@@ -272,16 +248,15 @@ pub fn tcp_probes(
     dst_mac: EthernetAddress,
     src_mac: EthernetAddress,
 ) -> usize {
-    const ACK: u8 = 0x10;
     // Any pair 2^31 apart works; a fixed one keeps the probes reproducible in captures.
     let mut written = 0;
     for seq in [0x1234_5678u32, 0x1234_5678 ^ 0x8000_0000] {
-        let segment = Segment {
-            from,
-            to,
+        let segment = TcpRepr {
+            src: from,
+            dst: to,
             seq,
             ack: seq,
-            flags: ACK,
+            flags: tcp::flags::ACK,
         };
         let Some(rest) = out.get_mut(written..) else {
             return written;

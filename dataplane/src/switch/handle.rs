@@ -10,14 +10,16 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{unbounded, Sender};
 
 use super::capture::{CaptureTap, CaptureTarget, CAPTURE_SLOTS};
+use super::context::{Command, Context, Registry, Worker};
 use super::round::Dataplane;
-use super::worker::{pin_to, run, Command, IdlePolicy, WorkerTime};
+use super::worker::{pin_to, run, IdlePolicy};
+use super::worker_time::WorkerTime;
 use crate::pipeline::{Metrics, NodeConfig, Pipeline, PortMetrics};
 use crate::port::{mem_port, MemEndpoint, Port, UdpTunnel, Waker};
 use crate::table::{
@@ -111,84 +113,16 @@ pub struct Paused {
     _resumes: Vec<Sender<()>>,
 }
 
-/// The control plane's line to one data-plane thread.
-pub(super) struct Worker {
-    commands: Sender<Command>,
-    pub(super) waker: Arc<Waker>,
-}
-
-impl Worker {
-    /// Sends `cmd` and wakes the thread; false if it is gone.
-    fn send(&self, cmd: Command) -> bool {
-        let ok = self.commands.send(cmd).is_ok();
-        self.waker.kick();
-        ok
-    }
-}
-
-pub(super) struct Shared {
-    node: NodeConfig,
-    tunnel: Option<(SocketAddrV4, Arc<PortMetrics>)>,
-    pub(super) tables: Arc<Tables>,
-    metrics: Arc<Metrics>,
-    /// One per data-plane thread; the first also ages the MAC table and holds in-memory ports.
-    pub(super) workers: Vec<Worker>,
-    /// Frames each worker has handled (received from its queues, and from the tunnel).
-    pub(super) worker_frames: Vec<AtomicU64>,
-    /// Time each worker spent busy and idle.
-    pub(super) worker_time: Vec<WorkerTime>,
-    registry: Mutex<BTreeMap<PortId, PortRecord>>,
-    pub(super) stop: AtomicBool,
-}
-
-impl Shared {
-    fn registry(&self) -> MutexGuard<'_, BTreeMap<PortId, PortRecord>> {
-        self.registry.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Removes a port from topology, MAC table and registry (its data-plane slot is gone).
-    fn forget(&self, id: PortId) -> Option<PortRecord> {
-        let _ = self.tables.update_topology(|t| t.remove_port(id));
-        self.tables.mac.flush_port(id);
-        self.registry().remove(&id)
-    }
-
-    /// [`Shared::forget`] for a port a worker found closed, if `id` still names the attachment
-    /// whose counters are `metrics` (another worker may have forgotten it already and the id
-    /// been given to a new port since). The other workers are told to let go of their queues.
-    pub(super) fn forget_closed(&self, worker: usize, id: PortId, metrics: &Arc<PortMetrics>) {
-        let record = {
-            let mut reg = self.registry();
-            if !reg
-                .get(&id)
-                .is_some_and(|r| Arc::ptr_eq(&r.metrics, metrics))
-            {
-                return;
-            }
-            let _ = self.tables.update_topology(|t| t.remove_port(id));
-            self.tables.mac.flush_port(id);
-            reg.remove(&id)
-        };
-        if let Some(r) = record {
-            tracing::warn!(
-                "port {id} ({}) closed by its other end; removed",
-                r.info.name
-            );
-        }
-        for (k, w) in self.workers.iter().enumerate() {
-            if k != worker {
-                w.send(Command::Release(id, Arc::clone(metrics)));
-            }
-        }
-    }
-}
-
 /// Most ports a switch holds.
 pub(crate) const MAX_PORTS: usize = 4096;
 
 /// A running switch: the control handle. Dropping it stops the data plane.
 pub struct Switch {
-    shared: Arc<Shared>,
+    /// What the workers share with the handle.
+    ctx: Arc<Context>,
+    node: NodeConfig,
+    tunnel: Option<(SocketAddrV4, Arc<PortMetrics>)>,
+    metrics: Arc<Metrics>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -231,19 +165,19 @@ impl Switch {
             });
             receivers.push(command_rx);
         }
-        let shared = Arc::new(Shared {
-            node: cfg.node.clone(),
-            tunnel: tunnel_metrics.clone(),
+        let ctx = Arc::new(Context {
             tables: Arc::clone(&tables),
-            metrics: Arc::clone(&metrics),
             workers: handles,
             worker_frames: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             worker_time: (0..workers).map(|_| WorkerTime::default()).collect(),
-            registry: Mutex::new(BTreeMap::new()),
+            registry: Mutex::new(Registry::default()),
             stop: AtomicBool::new(false),
         });
         let mut switch = Self {
-            shared: Arc::clone(&shared),
+            ctx: Arc::clone(&ctx),
+            node: cfg.node.clone(),
+            tunnel: tunnel_metrics.clone(),
+            metrics: Arc::clone(&metrics),
             threads: Vec::with_capacity(workers),
         };
         for (k, (command_rx, tunnel)) in receivers.into_iter().zip(tunnels).enumerate() {
@@ -252,7 +186,7 @@ impl Switch {
             if let (Some(t), Some((_, m))) = (tunnel, tunnel_metrics.as_ref()) {
                 dataplane.set_tunnel(t, Arc::clone(m));
             }
-            let thread_shared = Arc::clone(&shared);
+            let thread_ctx = Arc::clone(&ctx);
             let cpu = (!cfg.cpus.is_empty()).then(|| cfg.cpus[k % cfg.cpus.len()]);
             let name = if k == 0 {
                 "podswitch-dp".to_string()
@@ -264,13 +198,7 @@ impl Switch {
                 if let Some(cpu) = cpu {
                     pin_to(cpu);
                 }
-                run(
-                    dataplane,
-                    &thread_shared,
-                    k,
-                    command_rx,
-                    IdlePolicy::DEFAULT,
-                )
+                run(dataplane, &thread_ctx, k, command_rx, IdlePolicy::DEFAULT)
             })?;
             switch.threads.push(thread);
         }
@@ -279,12 +207,12 @@ impl Switch {
 
     /// Number of data-plane threads.
     pub fn workers(&self) -> usize {
-        self.shared.workers.len()
+        self.ctx.workers.len()
     }
 
     /// Frames each data-plane thread has handled so far (how the load spreads).
     pub fn worker_frames(&self) -> Vec<u64> {
-        self.shared
+        self.ctx
             .worker_frames
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
@@ -293,7 +221,7 @@ impl Switch {
 
     /// Stalls of each data-plane thread (stretches of rounds over 100 ms), since the start.
     pub fn worker_stalls(&self) -> Vec<u64> {
-        self.shared
+        self.ctx
             .worker_time
             .iter()
             .map(WorkerTime::stalls)
@@ -303,17 +231,13 @@ impl Switch {
     /// Time each data-plane thread spent in rounds that moved frames and in the others
     /// (spinning, yielding, asleep), since it started.
     pub fn worker_time(&self) -> Vec<(std::time::Duration, std::time::Duration)> {
-        self.shared
-            .worker_time
-            .iter()
-            .map(WorkerTime::read)
-            .collect()
+        self.ctx.worker_time.iter().map(WorkerTime::read).collect()
     }
 
     /// Every peer of the topology with its tunnel counters (inner frames and bytes to and
     /// from it, drops by reason), by name.
     pub fn peer_counts(&self) -> BTreeMap<String, crate::pipeline::PortCounts> {
-        let topo = self.shared.tables.topology();
+        let topo = self.ctx.tables.topology();
         topo.peers()
             .map(|(id, p)| {
                 let counts = topo
@@ -327,22 +251,22 @@ impl Switch {
 
     /// The forwarding tables.
     pub fn tables(&self) -> &Arc<Tables> {
-        &self.shared.tables
+        &self.ctx.tables
     }
 
     /// The node settings (CIDR, gateway, router MAC, MTU).
     pub fn node(&self) -> &NodeConfig {
-        &self.shared.node
+        &self.node
     }
 
     /// Switch-wide counters.
     pub fn metrics(&self) -> &Metrics {
-        &self.shared.metrics
+        &self.metrics
     }
 
     /// The first worker's waker (in-memory port endpoints ring it).
     pub(crate) fn waker(&self) -> &Arc<Waker> {
-        &self.shared.workers[0].waker
+        &self.ctx.workers[0].waker
     }
 
     /// Attaches `port` with identity `info`. For a pod, the topology checks its addresses and a
@@ -363,7 +287,7 @@ impl Switch {
         info: PortInfo,
         queues: Vec<Box<dyn Port>>,
     ) -> Result<PortId, SwitchError> {
-        let workers = self.shared.workers.len();
+        let workers = self.ctx.workers.len();
         if queues.len() != workers {
             return Err(SwitchError::QueueCount {
                 got: queues.len(),
@@ -371,27 +295,27 @@ impl Switch {
             });
         }
         let id = {
-            let reg = self.shared.registry();
-            if reg.values().any(|r| r.info.name == info.name) {
-                return Err(SwitchError::DuplicateName(info.name));
-            }
+            let mut reg = self.ctx.registry();
             if let PortKind::Pod { ip, mac } = info.kind {
-                self.shared.tables.topology().check_pod(ip, mac)?;
+                self.ctx.tables.topology().check_pod(ip, mac)?;
             }
-            (0..MAX_PORTS as PortId)
-                .find(|id| !reg.contains_key(id))
-                .ok_or(SwitchError::TooManyPorts(MAX_PORTS))?
+            // Reserved under the lock, so a concurrent attach takes another id (or is refused
+            // the same name) while the workers take this one's queues.
+            reg.reserve(&info.name, MAX_PORTS).map_err(|e| match e {
+                None => SwitchError::DuplicateName(info.name.clone()),
+                Some(max) => SwitchError::TooManyPorts(max),
+            })?
         };
         let metrics = Arc::new(PortMetrics::default());
         let (ack, acked) = crossbeam_channel::bounded(workers);
-        for (worker, queue) in self.shared.workers.iter().zip(queues) {
+        for (worker, queue) in self.ctx.workers.iter().zip(queues) {
             if !worker.send(Command::Attach(
                 id,
                 queue,
                 Arc::clone(&metrics),
                 ack.clone(),
             )) {
-                self.detach_id(id);
+                self.abandon_attach(id);
                 return Err(SwitchError::NotRunning);
             }
         }
@@ -400,7 +324,7 @@ impl Switch {
         drop(ack);
         for _ in 0..workers {
             if acked.recv().is_err() {
-                self.detach_id(id);
+                self.abandon_attach(id);
                 return Err(SwitchError::NotRunning);
             }
         }
@@ -410,22 +334,30 @@ impl Switch {
             metrics,
         };
         {
-            let mut reg = self.shared.registry();
+            let mut reg = self.ctx.registry();
             if let Err(e) = self
-                .shared
+                .ctx
                 .tables
                 .update_topology(|t| t.add_port(id, info.clone()))
             {
                 drop(reg);
-                self.detach_id(id);
+                self.abandon_attach(id);
                 return Err(e.into());
             }
             if let PortKind::Pod { mac, .. } | PortKind::Host { mac } = info.kind {
-                self.shared.tables.mac.insert_static(mac_key(&mac.0), id);
+                self.ctx.tables.mac.insert_static(mac_key(&mac.0), id);
             }
-            reg.insert(id, record);
+            reg.release(id);
+            reg.ports.insert(id, record);
         }
         Ok(id)
+    }
+
+    /// Takes back an attach that failed half-way: the workers drop the queues they took, then
+    /// the id's reservation ends.
+    fn abandon_attach(&self, id: PortId) {
+        self.detach_id(id);
+        self.ctx.registry().release(id);
     }
 
     /// Attaches an in-memory pod port and returns its endpoint (for a smoltcp pod or a test).
@@ -438,13 +370,14 @@ impl Switch {
     /// Detaches the port named `name`; traffic between other ports is not disturbed.
     pub fn detach(&self, name: &str) -> Result<PortRecord, SwitchError> {
         let id = self
-            .shared
+            .ctx
             .registry()
+            .ports
             .values()
             .find(|r| r.info.name == name)
             .map(|r| r.id)
             .ok_or_else(|| SwitchError::NoSuchPort(name.into()))?;
-        self.shared
+        self.ctx
             .forget(id)
             .ok_or_else(|| SwitchError::NoSuchPort(name.into()))
             .inspect(|_| {
@@ -454,9 +387,9 @@ impl Switch {
 
     /// Takes port `id` out of every worker (waiting until each has let go of its queue).
     fn detach_id(&self, id: PortId) {
-        let (ack, acked) = crossbeam_channel::bounded(self.shared.workers.len());
+        let (ack, acked) = crossbeam_channel::bounded(self.ctx.workers.len());
         let sent = self
-            .shared
+            .ctx
             .workers
             .iter()
             .filter(|w| w.send(Command::Detach(id, ack.clone())))
@@ -469,19 +402,19 @@ impl Switch {
 
     /// The tunnel's receiving address and counters, if the switch has a tunnel.
     pub fn tunnel(&self) -> Option<(SocketAddrV4, Arc<PortMetrics>)> {
-        self.shared.tunnel.clone()
+        self.tunnel.clone()
     }
 
     /// Adds a peer node: its pod CIDR becomes reachable through the tunnel. Flows to other
     /// peers and between local pods are not disturbed (one topology publish).
     pub fn add_peer(&self, peer: Peer) -> Result<PeerId, SwitchError> {
-        Ok(self.shared.tables.update_topology(|t| t.add_peer(peer))?)
+        Ok(self.ctx.tables.update_topology(|t| t.add_peer(peer))?)
     }
 
     /// Replaces the peer named `name` by `peer` (a new underlay, CIDR or VTEP MAC) in one
     /// step: no frame sees the node without either.
     pub fn replace_peer(&self, name: &str, peer: Peer) -> Result<PeerId, SwitchError> {
-        Ok(self.shared.tables.update_topology(|t| {
+        Ok(self.ctx.tables.update_topology(|t| {
             t.remove_peer(name)?;
             t.add_peer(peer)
         })?)
@@ -489,10 +422,7 @@ impl Switch {
 
     /// Removes the peer named `name` and its route.
     pub fn remove_peer(&self, name: &str) -> Result<Peer, SwitchError> {
-        Ok(self
-            .shared
-            .tables
-            .update_topology(|t| t.remove_peer(name))?)
+        Ok(self.ctx.tables.update_topology(|t| t.remove_peer(name))?)
     }
 
     /// Adds the service `s`, or replaces the one of the same name (one topology publish:
@@ -503,7 +433,7 @@ impl Switch {
         &self,
         ids: std::collections::BTreeMap<String, u32>,
     ) -> Result<(), SwitchError> {
-        Ok(self.shared.tables.update_topology(|t| {
+        Ok(self.ctx.tables.update_topology(|t| {
             t.prefer_service_ids(ids);
             Ok(())
         })?)
@@ -511,15 +441,12 @@ impl Switch {
 
     /// Adds or replaces a service in the tables the workers read.
     pub fn upsert_service(&self, s: Service) -> Result<(), SwitchError> {
-        Ok(self
-            .shared
-            .tables
-            .update_topology(|t| t.upsert_service(s))?)
+        Ok(self.ctx.tables.update_topology(|t| t.upsert_service(s))?)
     }
 
     /// Removes the service named `name`.
     pub fn remove_service(&self, name: &str) -> Result<Service, SwitchError> {
-        self.shared
+        self.ctx
             .tables
             .update_topology(|t| t.remove_service(name))
             .map_err(|e| match e {
@@ -530,7 +457,7 @@ impl Switch {
 
     /// Every service, with its connection-tracking id.
     pub fn services(&self) -> Vec<Arc<crate::table::CompiledService>> {
-        self.shared.tables.topology().services_list()
+        self.ctx.tables.topology().services_list()
     }
 
     /// Stops every worker between two rounds, their counts published, until the returned
@@ -538,9 +465,9 @@ impl Switch {
     /// is one consistent cut. A worker that does not answer within a second (it died) is
     /// not waited for.
     pub fn pause(&self) -> Paused {
-        let (paused, answered) = crossbeam_channel::bounded(self.shared.workers.len());
+        let (paused, answered) = crossbeam_channel::bounded(self.ctx.workers.len());
         let resumes: Vec<Sender<()>> = self
-            .shared
+            .ctx
             .workers
             .iter()
             .filter_map(|w| {
@@ -563,7 +490,7 @@ impl Switch {
     /// Sends `frames` (built by the control plane: probes) out of port `to`, through the
     /// first worker (every worker holds a queue of every port).
     pub fn send_frames(&self, to: PortId, frames: Vec<Vec<u8>>) -> Result<(), SwitchError> {
-        let first = self.shared.workers.first().ok_or(SwitchError::NotRunning)?;
+        let first = self.ctx.workers.first().ok_or(SwitchError::NotRunning)?;
         if first.send(Command::Send(to, frames)) {
             Ok(())
         } else {
@@ -573,13 +500,14 @@ impl Switch {
 
     /// Every attached port.
     pub fn ports(&self) -> Vec<PortRecord> {
-        self.shared.registry().values().cloned().collect()
+        self.ctx.registry().ports.values().cloned().collect()
     }
 
     /// The port named `name`.
     pub fn port(&self, name: &str) -> Option<PortRecord> {
-        self.shared
+        self.ctx
             .registry()
+            .ports
             .values()
             .find(|r| r.info.name == name)
             .cloned()
@@ -590,7 +518,7 @@ impl Switch {
 /// stops the copying in every worker.
 pub struct Capture {
     tap: Arc<CaptureTap>,
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
 }
 
 impl Capture {
@@ -607,7 +535,7 @@ impl Capture {
 
 impl Drop for Capture {
     fn drop(&mut self) {
-        for w in &self.shared.workers {
+        for w in &self.ctx.workers {
             w.send(Command::Uncapture(self.tap.id()));
         }
     }
@@ -619,11 +547,11 @@ impl Switch {
     pub fn capture(&self, target: CaptureTarget, snaplen: usize) -> Result<Capture, SwitchError> {
         let capture = Capture {
             tap: CaptureTap::new(snaplen, CAPTURE_SLOTS),
-            shared: Arc::clone(&self.shared),
+            ctx: Arc::clone(&self.ctx),
         };
-        let workers = self.shared.workers.len();
+        let workers = self.ctx.workers.len();
         let (ack, acked) = crossbeam_channel::bounded(workers);
-        for w in &self.shared.workers {
+        for w in &self.ctx.workers {
             let cmd = Command::Capture(target, Arc::clone(&capture.tap), ack.clone());
             if !w.send(cmd) {
                 return Err(SwitchError::NotRunning);
@@ -651,8 +579,8 @@ impl Switch {
 
 impl Drop for Switch {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        for w in &self.shared.workers {
+        self.ctx.stop.store(true, Ordering::SeqCst);
+        for w in &self.ctx.workers {
             w.waker.kick();
         }
         for t in self.threads.drain(..) {
@@ -689,6 +617,67 @@ mod tests {
                 ip: Ipv4Addr::new(10, 244, 1, last),
             },
         }
+    }
+
+    /// Two control threads attaching at once (the node's pod lock is not the switch's to
+    /// rely on) never get the same port id, and exactly one of two attaches of one name wins.
+    #[test]
+    fn concurrent_attaches_get_distinct_ids_and_one_name_wins() {
+        let sw = switch();
+        let barrier = std::sync::Barrier::new(2);
+        let per_thread = 60u8;
+        // Endpoints are kept: a dropped one closes its port, whose id is then free again.
+        type Attached = Vec<(PortId, MemEndpoint)>;
+        let (ids, same_name): (Vec<Attached>, Vec<(bool, Option<MemEndpoint>)>) =
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..2u8)
+                    .map(|t| {
+                        let (sw, barrier) = (&sw, &barrier);
+                        s.spawn(move || {
+                            barrier.wait();
+                            let ids = (0..per_thread)
+                                .map(|i| {
+                                    let last = 2 + t * per_thread + i;
+                                    sw.attach_mem_pod(pod(&format!("p{last}"), last))
+                                        .expect("attach")
+                                })
+                                .collect::<Vec<_>>();
+                            barrier.wait();
+                            let won = sw.attach_mem_pod(pod("same", 250 + t)).ok();
+                            (ids, (won.is_some(), won.map(|w| w.1)))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("thread"))
+                    .unzip()
+            });
+        let mut all: Vec<PortId> = ids.iter().flatten().map(|(id, _)| *id).collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(
+            all.len(),
+            2 * usize::from(per_thread),
+            "an id was given twice"
+        );
+        assert_eq!(same_name.iter().filter(|w| w.0).count(), 1);
+        assert_eq!(sw.ports().len(), 2 * usize::from(per_thread) + 1);
+        assert!(
+            sw.ctx.registry().pending().is_empty(),
+            "a reservation outlived its attach"
+        );
+    }
+
+    #[test]
+    fn a_failed_attach_gives_its_id_back() {
+        let sw = switch();
+        let (a, _ea) = sw.attach_mem_pod(pod("a", 2)).expect("a");
+        // Same IP as `a`: the topology refuses it after the id was reserved.
+        assert!(sw.attach_mem_pod(pod("b", 2)).is_err());
+        assert!(sw.ctx.registry().pending().is_empty());
+        let (c, _ec) = sw.attach_mem_pod(pod("c", 3)).expect("c");
+        assert_eq!(c, a + 1, "the refused attach's id is free again");
     }
 
     #[test]
@@ -762,7 +751,7 @@ mod tests {
         // The id is free again; a late report about the old attachment leaves the new one.
         let (qb, _eb0, _eb1) = queues();
         assert_eq!(sw.attach_queues(pod("b", 11), qb).expect("b"), id);
-        sw.shared.forget_closed(1, id, &old);
+        sw.ctx.forget_closed(1, id, &old);
         assert_eq!(sw.port("b").map(|r| r.id), Some(id));
         assert!(sw.tables().topology().port(id).is_some());
     }

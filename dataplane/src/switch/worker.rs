@@ -9,121 +9,14 @@
 //! or asleep). Under load the clock is read every `clock_rounds` rounds, so the split is as
 //! fine as that, and costs no extra clock read but one after each sleep.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
-use super::capture::{CaptureTap, CaptureTarget};
-use super::handle::Shared;
+use super::context::{Command, Context};
 use super::round::Dataplane;
-use crate::pipeline::PortMetrics;
-use crate::port::Port;
-use crate::table::PortId;
-
-/// What the control plane asks of a worker.
-pub(super) enum Command {
-    Attach(PortId, Box<dyn Port>, Arc<PortMetrics>, Sender<()>),
-    Detach(PortId, Sender<Option<Box<dyn Port>>>),
-    /// Drop the queue of the attachment with these counters (found closed by another worker).
-    Release(PortId, Arc<PortMetrics>),
-    /// Start a capture; the answer says whether this worker has what it captures.
-    Capture(CaptureTarget, Arc<CaptureTap>, Sender<bool>),
-    /// Stop the capture of the tap with this id.
-    Uncapture(u64),
-    /// Send these frames, built by the control plane, to a port.
-    Send(PortId, Vec<Vec<u8>>),
-    /// Say so on the first channel (every count of the rounds so far is published), then
-    /// move no frame until the second one gives word or closes.
-    Pause(Sender<()>, Receiver<()>),
-}
-
-/// Time one worker spent in rounds that moved frames and in the others, in nanoseconds since
-/// it started. Written by the worker alone (relaxed stores), read by anyone.
-#[derive(Debug, Default)]
-pub(crate) struct WorkerTime {
-    busy_ns: AtomicU64,
-    idle_ns: AtomicU64,
-    /// Stretches between two looks at the clock (control commands, then up to `clock_rounds`
-    /// busy rounds, or one idle round) that took longer than [`STALL`].
-    stalls: AtomicU64,
-}
-
-/// A loop iteration longer than this is a stall: counted and logged. An iteration that moves
-/// a full batch takes tens of microseconds; this long means the thread did not run (a busy or
-/// contended CPU) or a system call blocked.
-pub(crate) const STALL: Duration = Duration::from_millis(100);
-
-impl WorkerTime {
-    /// (busy, idle) so far.
-    pub(crate) fn read(&self) -> (Duration, Duration) {
-        (
-            Duration::from_nanos(self.busy_ns.load(Ordering::Relaxed)),
-            Duration::from_nanos(self.idle_ns.load(Ordering::Relaxed)),
-        )
-    }
-
-    /// Stalls so far ([`STALL`]).
-    pub(crate) fn stalls(&self) -> u64 {
-        self.stalls.load(Ordering::Relaxed)
-    }
-
-    /// Counts and logs a loop iteration of `took` if it is a stall.
-    #[inline]
-    fn check(&self, worker: usize, took: Duration, rounds: u32, commands: usize) {
-        if took > STALL {
-            self.stall(worker, took, rounds, commands);
-        }
-    }
-
-    #[cold]
-    fn stall(&self, worker: usize, took: Duration, rounds: u32, commands: usize) {
-        let n = self.stalls.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::warn!(
-            worker,
-            ms = took.as_millis() as u64,
-            rounds,
-            commands,
-            stalls = n,
-            "data plane stalled: {rounds} round(s) of reading and forwarding (after {commands} control command(s)) took over {} ms; the thread did not get a CPU (a busy or contended CPU: see node.cpus) or a write blocked",
-            STALL.as_millis()
-        );
-    }
-}
-
-/// The worker's side of [`WorkerTime`]: totals kept locally, published on each clock read.
-struct TimeAccount<'a> {
-    published: &'a WorkerTime,
-    last: Instant,
-    busy: u64,
-    idle: u64,
-}
-
-impl<'a> TimeAccount<'a> {
-    fn new(published: &'a WorkerTime, now: Instant) -> Self {
-        Self {
-            published,
-            last: now,
-            busy: 0,
-            idle: 0,
-        }
-    }
-
-    /// The time since the last call goes to busy or idle.
-    #[inline]
-    fn account(&mut self, now: Instant, busy: bool) {
-        let ns = now.saturating_duration_since(self.last).as_nanos() as u64;
-        self.last = now;
-        if busy {
-            self.busy += ns;
-            self.published.busy_ns.store(self.busy, Ordering::Relaxed);
-        } else {
-            self.idle += ns;
-            self.published.idle_ns.store(self.idle, Ordering::Relaxed);
-        }
-    }
-}
+use super::worker_time::TimeAccount;
 
 /// When an idle worker spins, yields and sleeps.
 #[derive(Debug, Clone, Copy)]
@@ -160,18 +53,18 @@ impl IdlePolicy {
 /// The loop of data-plane thread `worker`, until the switch stops.
 pub(super) fn run(
     mut dp: Dataplane,
-    shared: &Shared,
+    ctx: &Context,
     worker: usize,
     commands: Receiver<Command>,
     policy: IdlePolicy,
 ) {
-    let Some(waker) = shared.workers.get(worker).map(|w| &w.waker) else {
+    let Some(waker) = ctx.workers.get(worker).map(|w| &w.waker) else {
         return;
     };
-    let frames = &shared.worker_frames[worker];
+    let frames = &ctx.worker_frames[worker];
     dp.watch_waker(waker);
     let mut last_frame = Instant::now();
-    let mut time = TimeAccount::new(&shared.worker_time[worker], last_frame);
+    let mut time = TimeAccount::new(&ctx.worker_time[worker], last_frame);
     let mut next_ageing = Instant::now() + policy.ageing_every;
     // Busy rounds since the clock was last read: under load the clock (ageing, spinning) is
     // only looked at every `clock_rounds` rounds.
@@ -184,7 +77,7 @@ pub(super) fn run(
         }
         let closed = dp.take_closed();
         for (id, metrics) in &closed {
-            shared.forget_closed(worker, *id, metrics);
+            ctx.forget_closed(worker, *id, metrics);
         }
         (n, closed.len())
     };
@@ -218,7 +111,7 @@ pub(super) fn run(
                 }
             }
         }
-        if shared.stop.load(Ordering::SeqCst) {
+        if ctx.stop.load(Ordering::SeqCst) {
             return;
         }
         let (n, _) = round(&mut dp);
@@ -232,7 +125,7 @@ pub(super) fn run(
         // since the last read (at most `clock_rounds`, normally a few milliseconds together).
         let now = Instant::now();
         let rounds = busy_rounds.max(1);
-        shared.worker_time[worker].check(worker, now - iteration, rounds, handled);
+        ctx.worker_time[worker].check(worker, now - iteration, rounds, handled);
         iteration = now;
         time.account(now, busy_rounds > 0 || n > 0);
         if busy_rounds > 0 {
@@ -243,7 +136,7 @@ pub(super) fn run(
         if now >= next_ageing {
             // One ageing pass per switch: the first worker's.
             if worker == 0 {
-                let aged = shared.tables.mac.age(shared.tables.mac.clock(now));
+                let aged = ctx.tables.mac.age(ctx.tables.mac.clock(now));
                 if aged > 0 {
                     tracing::debug!("aged out {aged} MAC entries");
                 }

@@ -12,12 +12,7 @@
 //!   reset, or closed both ways.
 
 /// TCP flags the state machine reads.
-pub(crate) mod tcp_flags {
-    pub(crate) const FIN: u8 = 0x01;
-    pub(crate) const SYN: u8 = 0x02;
-    pub(crate) const RST: u8 = 0x04;
-    pub(crate) const ACK: u8 = 0x10;
-}
+pub(crate) use crate::wire::tcp::flags as tcp_flags;
 
 /// Where a flow is in its life; each state has its timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
