@@ -286,6 +286,25 @@ pub(crate) enum Tick {
     TryLease,
 }
 
+/// The events of a watch message, or why the watch of `prefix` ended (the session ends; the
+/// next one lists again).
+fn events(w: Watched, prefix: impl FnOnce() -> String) -> Result<Vec<Event>, ReconcileError> {
+    match w {
+        Watched::Events(events) => Ok(events),
+        Watched::Cancelled {
+            compact_revision,
+            reason,
+        } => Err(ReconcileError::WatchCancelled {
+            prefix: prefix(),
+            reason: if compact_revision > 0 {
+                format!("revision compacted up to {compact_revision}")
+            } else {
+                reason
+            },
+        }),
+    }
+}
+
 /// Keys not used, with the reason last logged: each logged once per reason.
 #[derive(Debug, Default)]
 struct Skips {

@@ -3,7 +3,9 @@
 //! Invariant: our own subnet's key never becomes a peer; whatever else is usable does, by the
 //! rules of `peer add` (the node may still refuse one: logged once, tried at the next list).
 
-use super::{Command, Event, Kv, Leases, Listed, NodeCommand, ReconcileError, Reconciler, Watched};
+use super::{
+    events, Command, Event, Kv, Leases, Listed, NodeCommand, ReconcileError, Reconciler, Watched,
+};
 use crate::cluster::flannel::{self, Lease};
 
 /// Why a peer goes when its lease is deleted (also: expired).
@@ -73,40 +75,11 @@ impl Reconciler {
     /// One message of the subnets' watch: the commands of its events in order, or why the watch
     /// ended (a cancel: the session ends and the next one lists again).
     pub(crate) fn on_subnet_watch(&mut self, w: Watched) -> Result<Vec<Command>, ReconcileError> {
-        let events = match w {
-            Watched::Events(events) => events,
-            Watched::Cancelled {
-                compact_revision,
-                reason,
-            } => {
-                return Err(self.cancelled(
-                    flannel::subnets_key(&self.me.prefix),
-                    compact_revision,
-                    reason,
-                ))
-            }
-        };
+        let events = events(w, || flannel::subnets_key(&self.me.prefix))?;
         Ok(events
             .into_iter()
             .flat_map(|ev| self.on_subnet_event(ev))
             .collect())
-    }
-
-    /// Why a watch of `prefix` ended.
-    pub(super) fn cancelled(
-        &self,
-        prefix: String,
-        compact_revision: i64,
-        reason: String,
-    ) -> ReconcileError {
-        ReconcileError::WatchCancelled {
-            prefix,
-            reason: if compact_revision > 0 {
-                format!("revision compacted up to {compact_revision}")
-            } else {
-                reason
-            },
-        }
     }
 
     /// One watch event under `<prefix>/subnets/`.

@@ -5,7 +5,7 @@
 //! Invariant: a watch event at or before the revision of the last list is already in it and
 //! ignored (a list may come between a watch's events).
 
-use super::{Command, Event, Kv, NodeCommand, ReconcileError, Reconciler, Watched};
+use super::{events, Command, Event, Kv, NodeCommand, ReconcileError, Reconciler, Watched};
 use crate::node::ServiceSpec;
 
 impl Reconciler {
@@ -29,16 +29,7 @@ impl Reconciler {
 
     /// One message of the services' watch.
     pub(crate) fn on_service_watch(&mut self, w: Watched) -> Result<Vec<Command>, ReconcileError> {
-        let events = match w {
-            Watched::Events(events) => events,
-            Watched::Cancelled {
-                compact_revision,
-                reason,
-            } => {
-                let prefix = format!("{}/", self.me.services_prefix);
-                return Err(self.cancelled(prefix, compact_revision, reason));
-            }
-        };
+        let events = events(w, || format!("{}/", self.me.services_prefix))?;
         Ok(events
             .into_iter()
             .flat_map(|ev| self.on_service_event(ev))
