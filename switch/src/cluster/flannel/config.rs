@@ -1,5 +1,8 @@
 //! flannel's network config (`<prefix>/config`) with its defaults and checks, and the order in
 //! which a node picks its subnet.
+//!
+//! Invariant: a parsed config has SubnetMin <= SubnetMax, both on SubnetLen boundaries inside
+//! Network, so every candidate is a leasable subnet and the range is never empty.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;

@@ -1,5 +1,7 @@
 //! JSON as Go's `encoding/json` reads flannel's values: field names matched case-insensitively,
 //! `null` as absent. Errors name the field in its Go spelling.
+//!
+//! Invariant: no input (it comes from etcd) panics; a wrong type is an error naming the field.
 
 use std::net::Ipv4Addr;
 

@@ -1,4 +1,7 @@
 //! flannel's key layout under the prefix: `<prefix>/config` and `<prefix>/subnets/<a.b.c.d-len>`.
+//!
+//! Invariant: [`parse_subnet_key`] of [`subnet_key`] is the subnet again; any other key is an
+//! error naming it, never a panic (keys come from etcd).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

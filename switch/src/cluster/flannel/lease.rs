@@ -1,4 +1,7 @@
 //! A lease's value (flannel's `LeaseAttrs` for vxlan, byte for byte) and the peer it describes.
+//!
+//! Invariant: what [`LeaseAttrs::to_json`] writes, [`LeaseAttrs::parse`] reads back equal; a
+//! peer made from a lease is named `etcd-<subnet>`, within the peer-name rules.
 
 use std::net::Ipv4Addr;
 
