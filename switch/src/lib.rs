@@ -6,8 +6,6 @@
 
 #![warn(missing_docs)]
 
-// Used by the etcd client of Order 7, next.
-#[allow(dead_code)]
 pub mod cluster;
 pub mod cni;
 pub mod config;

@@ -3,12 +3,19 @@
 //! etcd.
 //!
 //! - [`ClusterSpec`]: the config file's `[cluster]` table.
-//! - `flannel`: flannel's keys and value formats, its network config with its defaults and
-//!   checks, and the order in which a node picks its subnet. Pure: no etcd, no I/O.
-//! - `agent`: the etcd side. [`Agent::acquire`] leases the node's subnet before the node starts;
-//!   [`Agent::run`] then keeps the lease alive, lists and watches `<prefix>/subnets/` and
-//!   feeds the leases to the node as peers (the same rules as `peer add`), and recovers from
-//!   every fault by listing again.
+//! - `flannel/`: flannel's keys, value formats, network config with its defaults and checks,
+//!   and the order in which a node picks its subnet. Pure: no etcd, no I/O.
+//! - `reconcile/`: the rules, sans-IO: lists, watch events, lease TTLs and keys read back in;
+//!   the writes to make, the node's peers and services to apply or remove, a relist or a resync
+//!   out. No tokio, no etcd-client.
+//! - [`ClusterTarget`] (`target.rs`): the node as the rules change it (peers, services), and
+//!   the executor of the reconciler's node commands; `node_target.rs` implements it for
+//!   [`Node`](crate::node::Node), the one file here that knows the node itself (the others
+//!   use only its spec types: a peer, a service, a MAC).
+//! - `etcd.rs`: the etcd-client calls, answers as plain data; `session.rs`: the loop that
+//!   makes them and feeds the reconciler; `agent.rs`: [`Agent`] ([`Agent::acquire`] leases the
+//!   node's subnet before the node starts, [`Agent::run`] keeps it in the cluster), its status
+//!   and errors.
 //! - `memory`: the subnet the node last held (`<control dir>/<node>.subnet.json`, flannel's
 //!   `subnet.env`), so that a node restarted while etcd is down comes back on it.
 //!
@@ -18,13 +25,20 @@
 //! list plus the watch events after it.
 
 mod agent;
+mod etcd;
 pub(crate) mod flannel;
 mod memory;
+mod node_target;
+mod reconcile;
+mod session;
+mod target;
 
 use serde::{Deserialize, Serialize};
 
 pub use agent::{Acquired, Agent, ClusterError};
 pub(crate) use memory::Memory;
+pub use reconcile::ReconcileError;
+pub use target::ClusterTarget;
 
 use crate::node::SpecError;
 
