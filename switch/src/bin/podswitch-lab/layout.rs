@@ -57,6 +57,12 @@ pub(crate) enum LabError {
     /// No lab of that name is up (nor anything left of one).
     #[error("no lab called {0:?} is up (nothing of it found in /run/podswitch or /run/netns)")]
     NoSuchLab(String),
+    /// This binary's own path is unknown (the hints printed name it).
+    #[error("finding this binary: {0}")]
+    CurrentExe(#[source] std::io::Error),
+    /// No podswitch binary for the nodes to run.
+    #[error("no podswitch binary next to {} nor on PATH: give --podswitch PATH", .0.display())]
+    NoPodswitch(PathBuf),
     /// Building or tearing down failed at a step.
     #[error("lab {lab:?}: {step}: {message}")]
     Step {

@@ -38,7 +38,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use podswitch::daemon::command_name;
 
-use layout::Lab;
+use layout::{Lab, LabError};
 
 /// A whole podswitch cluster on this machine: nodes in namespaces on a bridged underlay, a
 /// `podswitch run` per node, pods per node.
@@ -93,7 +93,7 @@ fn main() -> ExitCode {
             etcd,
             podswitch,
         } => up(&name, nodes, pods_per_node, workers, etcd, podswitch),
-        Command::Down { name } => down::down(&name).map_err(|e| e.to_string()),
+        Command::Down { name } => down::down(&name),
     };
     match out {
         Ok(text) => {
@@ -115,23 +115,22 @@ fn up(
     workers: usize,
     etcd: bool,
     podswitch: Option<PathBuf>,
-) -> Result<String, String> {
-    let me = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
+) -> Result<String, LabError> {
+    let me = std::env::current_exe().map_err(LabError::CurrentExe)?;
     let exe = match podswitch {
         Some(p) => p,
         None => find_podswitch(&me)?,
     };
-    let lab = Lab::new(name, nodes, pods_per_node)
-        .map_err(|e| e.to_string())?
+    let lab = Lab::new(name, nodes, pods_per_node)?
         .with_workers(workers)
         .with_etcd(etcd);
-    let cidrs = lab.up(&exe).map_err(|e| e.to_string())?;
+    let cidrs = lab.up(&exe)?;
     Ok(lab.describe(&cidrs, &command_name(&exe), &command_name(&me)))
 }
 
 /// The podswitch binary: the one next to this binary (both are built and installed side by
 /// side), else the first on `PATH`.
-fn find_podswitch(me: &Path) -> Result<PathBuf, String> {
+fn find_podswitch(me: &Path) -> Result<PathBuf, LabError> {
     let beside = me.with_file_name("podswitch");
     if beside.is_file() {
         return Ok(beside);
@@ -142,10 +141,5 @@ fn find_podswitch(me: &Path) -> Result<PathBuf, String> {
                 .map(|d| d.join("podswitch"))
                 .find(|p| p.is_file())
         })
-        .ok_or_else(|| {
-            format!(
-                "no podswitch binary next to {} nor on PATH: give --podswitch PATH",
-                me.display()
-            )
-        })
+        .ok_or_else(|| LabError::NoPodswitch(me.to_path_buf()))
 }
