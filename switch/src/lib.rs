@@ -10,10 +10,10 @@ pub mod cluster;
 pub mod cni;
 pub mod config;
 pub mod control;
+pub mod daemon;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod lab;
 pub mod metrics;
 pub mod netns;
 pub mod node;

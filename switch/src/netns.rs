@@ -20,7 +20,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 
 /// Where named namespaces live.
-pub(crate) const NETNS_RUN_DIR: &str = "/run/netns";
+pub const NETNS_RUN_DIR: &str = "/run/netns";
 
 /// Why a namespace operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +132,7 @@ impl NetNs {
     }
 
     /// True if the namespace exists (its file is a mounted namespace, not a leftover file).
-    pub(crate) fn exists(&self) -> bool {
+    pub fn exists(&self) -> bool {
         let Ok(f) = std::fs::File::open(&self.path) else {
             return false;
         };
@@ -143,7 +143,7 @@ impl NetNs {
     }
 
     /// Creates the namespace; fails with [`NetnsError::Exists`] if it is there.
-    pub(crate) fn create(name: &str) -> Result<Self, NetnsError> {
+    pub fn create(name: &str) -> Result<Self, NetnsError> {
         let ns = Self::named(name)?;
         ensure_run_dir(name)?;
         match OpenOptions::new()

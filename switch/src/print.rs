@@ -1,14 +1,111 @@
-//! What the CLI prints: the daemon's answers as tables and lines.
+//! What the CLI prints, and the commands that do little else: the daemon's answers as tables
+//! and lines, the daemon's hints, `nodes`, `capture`; and [`CliError`], why a command failed.
+//!
+//! Invariants: what the `podswitch` binary writes to standard output is written here (but for
+//! `upgrade`'s progress lines, in main.rs until that command moves to the library); a listing
+//! goes to standard output, a capture's counts to standard error (its pcap may be on standard
+//! output).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use podswitch::control::{self, Request, Response};
-
-use crate::control_path;
+use podswitch::control::{self, CaptureSpec, Request, Response};
+use podswitch::daemon::{command_name, ConfigSummary, DaemonError, NodeUp};
 use podswitch::node::{FlowStatus, PodStatus, ServiceStatus};
 
-pub(crate) fn print_response(resp: Response) -> Result<(), String> {
+/// Why a command failed, printed after `podswitch: `. Each variant's doc comment is its
+/// message; the message of the error underneath is kept whole.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    /// {0} (the daemon could not start, or stopped with an error)
+    #[error("{0}")]
+    Daemon(#[from] DaemonError),
+    /// {0} (no `--control` given and not exactly one node running)
+    #[error("{0}")]
+    FindSocket(#[from] control::FindSocketError),
+    /// {0} (the control socket could not be reached, or the exchange failed)
+    #[error("{0}")]
+    Control(#[from] control::ControlError),
+    /// {0} (the node refused the request: its message)
+    #[error("{0}")]
+    Refused(String),
+    /// unexpected answer: {0}
+    #[error("unexpected answer: {0}")]
+    UnexpectedAnswer(String),
+    /// unexpected capture stream
+    #[error("unexpected capture stream")]
+    CaptureStream,
+    /// {0} (the command line lacks what the command needs)
+    #[error("{0}")]
+    Usage(&'static str),
+    /// creating {path}: {source}
+    #[error("creating {}: {source}", path.display())]
+    Create {
+        /// The file.
+        path: PathBuf,
+        /// Why not.
+        source: std::io::Error,
+    },
+    /// installing a {signal} handler: {source}
+    #[error("installing a {signal} handler: {source}")]
+    SignalHandler {
+        /// The signal.
+        signal: nix::sys::signal::Signal,
+        /// sigaction(2).
+        source: nix::Error,
+    },
+    /// {0} (the upgrade failed: why, with what the daemon logged)
+    #[error("{0}")]
+    Upgrade(String),
+}
+
+/// Finds the control socket: the flag, else the only running node's.
+pub(crate) fn control_path(given: Option<PathBuf>) -> Result<PathBuf, CliError> {
+    Ok(control::find_socket(given)?)
+}
+
+/// Sends `req` to the node and prints its answer.
+pub(crate) fn client(control: Option<PathBuf>, req: &Request) -> Result<(), CliError> {
+    let path = control_path(control)?;
+    let resp = control::call(&path, req, Duration::from_secs(30))?;
+    print_response(resp)
+}
+
+/// `run --check-config`: the config is good.
+pub(crate) fn config_good(path: &Path, s: &ConfigSummary) {
+    println!(
+        "config {} is good for node {}: {} pods, {} peers, {} services",
+        path.display(),
+        s.node,
+        s.pods,
+        s.peers,
+        s.services
+    );
+}
+
+/// `run`: the node is up; how to reach it and its pods.
+pub(crate) fn node_up(up: &NodeUp) {
+    let cmd = std::env::current_exe()
+        .map(|exe| command_name(&exe))
+        .unwrap_or_else(|_| "podswitch".into());
+    println!(
+        "node {} up; try: {cmd} pod list --control {}",
+        up.node,
+        up.control.display()
+    );
+    let gw = up.gateway;
+    for s in &up.pods {
+        println!(
+            "pod {:<12} netns {:<12} ip {:<15} e.g. `ip netns exec {} ping {gw}`",
+            s.name,
+            s.netns,
+            s.ip_text(),
+            s.netns
+        );
+    }
+}
+
+pub(crate) fn print_response(resp: Response) -> Result<(), CliError> {
     match resp {
         Response::Ok => println!("ok"),
         Response::Pod(p) => print_pods(&[p]),
@@ -109,8 +206,8 @@ pub(crate) fn print_response(resp: Response) -> Result<(), String> {
             gateway,
             mtu,
         } => println!("node {name}: pod CIDR {pod_cidr}, gateway {gateway}, MTU {mtu}"),
-        Response::Capture { .. } => return Err("unexpected capture stream".into()),
-        Response::Error { message, .. } => return Err(message),
+        Response::Capture { .. } => return Err(CliError::CaptureStream),
+        Response::Error { message, .. } => return Err(CliError::Refused(message)),
     }
     Ok(())
 }
@@ -124,14 +221,12 @@ pub(crate) fn by_reason(drops: &std::collections::BTreeMap<String, u64>) -> Stri
 }
 
 /// `pod list --drops`: each pod's drops by reason, one line per pod.
-pub(crate) fn pod_drops(control: Option<PathBuf>) -> Result<(), String> {
+pub(crate) fn pod_drops(control: Option<PathBuf>) -> Result<(), CliError> {
     let path = control_path(control)?;
-    let pods = match control::call(&path, &Request::PodList, Duration::from_secs(30))
-        .map_err(|e| e.to_string())?
-    {
+    let pods = match control::call(&path, &Request::PodList, Duration::from_secs(30))? {
         Response::Pods(p) => p,
-        Response::Error { message, .. } => return Err(message),
-        other => return Err(format!("unexpected answer: {other:?}")),
+        Response::Error { message, .. } => return Err(CliError::Refused(message)),
+        other => return Err(CliError::UnexpectedAnswer(format!("{other:?}"))),
     };
     println!("{:<14} {:>8}  BY REASON", "NAME", "DROPPED");
     for p in pods {
@@ -250,4 +345,87 @@ pub(crate) fn print_flows(flows: &[FlowStatus]) {
             f.expires_in_secs
         );
     }
+}
+
+/// `podswitch nodes`: one line per running node, with the `--control` that reaches it.
+pub(crate) fn list_nodes() {
+    let socks = control::running_sockets();
+    if socks.is_empty() {
+        println!("no podswitch node runs here (no live control socket in /run/podswitch)");
+        return;
+    }
+    println!("{:<20} {:>5} {:>6}  CONTROL", "NODE", "PODS", "PEERS");
+    for path in socks {
+        let ask = |req| control::call(&path, &req, Duration::from_secs(2));
+        let (node, pods) = match ask(Request::Status) {
+            Ok(Response::Status { node, pods, .. }) => (node, pods.to_string()),
+            Ok(Response::Error { message, .. }) => (format!("({message})"), "-".into()),
+            Ok(_) | Err(_) => ("(not answering)".into(), "-".into()),
+        };
+        let peers = match ask(Request::PeerList) {
+            Ok(Response::Peers(p)) => p.len().to_string(),
+            _ => "-".into(),
+        };
+        println!(
+            "{node:<20} {pods:>5} {peers:>6}  --control {}",
+            path.display()
+        );
+    }
+}
+
+/// Set by SIGINT or SIGTERM during a capture.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `podswitch capture`: a pcap file (or standard output) until the count, Ctrl-C or a closed
+/// output; the counts go to standard error, as tcpdump's.
+pub(crate) fn capture(
+    control: Option<PathBuf>,
+    spec: &CaptureSpec,
+    write: Option<&Path>,
+) -> Result<(), CliError> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    use std::io::{IsTerminal, Write};
+    if spec.pod.is_none() && spec.peer.is_none() {
+        return Err(CliError::Usage(
+            "capture: name the pod (--pod NAME) or the peer (--peer NAME)",
+        ));
+    }
+    let path = control_path(control)?;
+    let mut out: Box<dyn Write> = match write {
+        Some(p) if p != Path::new("-") => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|source| CliError::Create {
+                path: p.to_path_buf(),
+                source,
+            })?,
+        )),
+        None if std::io::stdout().is_terminal() => {
+            return Err(CliError::Usage(
+                "capture: standard output is a terminal: write the pcap with -w FILE, \
+                        or pipe it (`| tshark -r -`), or force it with -w -",
+            ))
+        }
+        _ => Box::new(std::io::BufWriter::with_capacity(
+            1 << 16,
+            std::io::stdout().lock(),
+        )),
+    };
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }
+            .map_err(|source| CliError::SignalHandler { signal, source })?;
+    }
+    let end = control::capture(&path, spec, &mut out, &STOP)?;
+    eprintln!("capture ended: {}", end.reason);
+    eprintln!("{} packets captured", end.captured);
+    eprintln!("{} packets dropped by the capture", end.dropped);
+    Ok(())
 }

@@ -13,7 +13,7 @@ use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
 
 mod common;
 
-use common::{config, netns_add, run, tempdir, Daemon, LabGuard, BIN};
+use common::{config, netns_add, run, tempdir, Daemon, LabGuard, BIN, LAB};
 
 fn netns_list() -> String {
     String::from_utf8_lossy(&run(&["ip", "netns", "list"]).stdout).into_owned()
@@ -495,8 +495,8 @@ fn lab_builds_a_two_node_cluster_and_tears_it_down() {
     let stray_pid = stray_pid.unwrap_or_default();
     assert!(Path::new(&format!("/proc/{stray_pid}")).exists());
 
-    let down = Command::new(BIN)
-        .args(["lab", "down", "--name", &name])
+    let down = Command::new(LAB)
+        .args(["down", "--name", &name])
         .output()
         .expect("lab down");
     assert!(
@@ -550,9 +550,8 @@ fn lab_with_etcd_leases_subnets_and_learns_peers_there() {
     }
     let name = unique("labe");
     let guard = LabGuard(name.clone());
-    let up = Command::new(BIN)
+    let up = Command::new(LAB)
         .args([
-            "lab",
             "up",
             "--etcd",
             "--name",
@@ -630,8 +629,8 @@ fn lab_with_etcd_leases_subnets_and_learns_peers_there() {
     assert!(ping_from(&n1p1, &ips[1][0]), "node 1 pod -> node 2 pod");
     assert!(ping_from(&n1p1, &ips[2][0]), "node 1 pod -> node 3 pod");
 
-    let down = Command::new(BIN)
-        .args(["lab", "down", "--name", &name])
+    let down = Command::new(LAB)
+        .args(["down", "--name", &name])
         .output()
         .expect("lab down");
     assert!(down.status.success(), "lab down: {}", stderr(&down));

@@ -5,13 +5,13 @@ mod common;
 
 use std::process::Command;
 
-use common::{config, netns_add, run, tempdir, Daemon, BIN};
+use common::{config, netns_add, run, tempdir, Daemon, BIN, LAB};
 use podswitch_dataplane::testutil::{root_or_skip, unique};
 
 #[test]
 fn lab_down_of_a_lab_that_is_not_up_fails_and_says_so() {
     let name = unique("nolab");
-    let out = run(&[BIN, "lab", "down", "--name", &name]);
+    let out = run(&[LAB, "down", "--name", &name]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{out:?}");
     assert!(

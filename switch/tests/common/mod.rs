@@ -13,6 +13,9 @@ pub(crate) mod transfer;
 /// The daemon and control binary.
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_podswitch");
 
+/// The lab binary (`podswitch-lab up/down`); its nodes run [`BIN`], built beside it.
+pub(crate) const LAB: &str = env!("CARGO_BIN_EXE_podswitch-lab");
+
 /// Runs `cmd` to completion.
 pub(crate) fn run(cmd: &[&str]) -> Output {
     Command::new(cmd[0])
@@ -193,7 +196,7 @@ impl Drop for Daemon {
     }
 }
 
-/// Tears a `podswitch lab` down on drop (also when the test fails midway).
+/// Tears a `podswitch-lab` lab down on drop (also when the test fails midway).
 pub(crate) struct LabGuard(pub(crate) String);
 
 impl Drop for LabGuard {
@@ -214,17 +217,15 @@ impl Drop for LabGuard {
                 );
             }
         }
-        let _ = Command::new(BIN)
-            .args(["lab", "down", "--name", &self.0])
-            .output();
+        let _ = Command::new(LAB).args(["down", "--name", &self.0]).output();
     }
 }
 
-/// `podswitch lab up` of `nodes` nodes with `pods` pods each, torn down when the guard drops.
+/// `podswitch-lab up` of `nodes` nodes with `pods` pods each, torn down when the guard drops.
 pub(crate) fn lab_up(name: &str, nodes: usize, pods: usize) -> (LabGuard, Output) {
     let guard = LabGuard(name.to_string());
-    let up = Command::new(BIN)
-        .args(["lab", "up", "--name", name])
+    let up = Command::new(LAB)
+        .args(["up", "--name", name])
         .args(["--nodes", &nodes.to_string()])
         .args(["--pods-per-node", &pods.to_string()])
         .output()
