@@ -42,8 +42,9 @@ use super::protocol::{CaptureSpec, Request, Response, MAX_LINE};
 use super::slots;
 use crate::node::make_parent;
 
-/// What the server calls for each request. Implemented by whatever owns the node, so this
-/// module does not depend on how the node is built. Called on a blocking thread: it may block.
+/// What the server calls for each request: implemented for the node in `dispatch.rs` (and by
+/// tests' fakes), so the server itself does not depend on how the node is built. Called on a
+/// blocking thread: it may block.
 pub trait ControlHandler: Send + Sync + 'static {
     /// Carries out `req`. Failures are reported as [`Response::Error`].
     fn handle(&self, req: Request) -> Response;
