@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{call, ControlHandler, ControlSocket, Limits, Request, Response, MAX_LINE};
+use super::server::Limits;
+use super::{call, ControlHandler, ControlSocket, Request, Response, MAX_LINE};
 
 /// Answers `pod_list` with no pods, `pod_del` with an error naming the length of the name
 /// it was given (so a test sees the whole request arrived), and `fdb` after 3 s (a request

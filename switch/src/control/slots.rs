@@ -1,6 +1,6 @@
 //! The control socket's connection slots, and who gives one up when all are taken.
 //!
-//! The server holds at most [`Limits::connections`](super::Limits) connections. When all are
+//! The server holds at most [`Limits::connections`](super::server::Limits) connections. When all are
 //! taken and another comes, the connection that has waited longest for a request (silent
 //! since it connected, or since its last answer, or stalled halfway through a line) is told
 //! why and closed, and the new one takes its slot; only when every connection is inside a

@@ -1,5 +1,6 @@
-//! `podswitch capture` on the node: which port or peer a [`CaptureSpec`] names, and the
-//! running capture as the control socket streams it ([`NodeCapture`], a [`CaptureSource`]).
+//! `podswitch capture` on the node: which port or peer a capture names, and the running
+//! capture ([`NodeCapture`]) whose copies the control socket streams (framing them is the
+//! control plane's job, `control/capture.rs`).
 //!
 //! Invariants: a capture names exactly one pod or one peer, known when it starts, with a snap
 //! length from 1 to [`MAX_SNAPLEN`]; it ends when its pod's port leaves the switch or its peer
@@ -9,31 +10,11 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use super::CaptureError;
 use super::Node;
-use crate::control::{CaptureSource, CaptureSpec, CAPTURE_RECORD};
-use crate::dataplane::{Capture, CaptureTarget, SwitchError};
+use crate::dataplane::{Capture, CaptureTarget};
 use crate::pcap::{record_header, MAX_SNAPLEN};
 use crate::table::Tables;
-
-/// Why a capture could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
-    /// Neither a pod nor a peer, or both.
-    #[error("capture: name one pod (--pod) or one peer (--peer)")]
-    Target,
-    /// No pod of that name.
-    #[error("capture: no pod named {0:?}")]
-    NoSuchPod(String),
-    /// No peer of that name.
-    #[error("capture: no peer named {0:?}")]
-    NoSuchPeer(String),
-    /// The snap length is out of range.
-    #[error("capture: snaplen {0} is not between 1 and {MAX_SNAPLEN}")]
-    Snaplen(u32),
-    /// The switch could not start it.
-    #[error("capture: {0}")]
-    Switch(#[from] SwitchError),
-}
 
 /// A running capture on the node.
 pub struct NodeCapture {
@@ -45,17 +26,22 @@ pub struct NodeCapture {
 }
 
 impl Node {
-    /// Starts the capture `spec`.
-    pub fn capture(&self, spec: &CaptureSpec) -> Result<NodeCapture, CaptureError> {
-        if !(1..=MAX_SNAPLEN).contains(&spec.snaplen) {
-            return Err(CaptureError::Snaplen(spec.snaplen));
+    /// Starts a capture of the frames of `pod`'s port, or of the inner frames exchanged with
+    /// `peer` (exactly one of them), keeping at most `snaplen` bytes of each.
+    pub fn capture(
+        &self,
+        pod: Option<&str>,
+        peer: Option<&str>,
+        snaplen: u32,
+    ) -> Result<NodeCapture, CaptureError> {
+        if !(1..=MAX_SNAPLEN).contains(&snaplen) {
+            return Err(CaptureError::Snaplen(snaplen));
         }
-        let snaplen = spec.snaplen as usize;
-        let (target, peer, what) = match (&spec.pod, &spec.peer) {
+        let (target, peer, what) = match (pod, peer) {
             (Some(pod), None) => {
                 let port = self
                     .pod(pod)
-                    .ok_or_else(|| CaptureError::NoSuchPod(pod.clone()))?
+                    .ok_or_else(|| CaptureError::NoSuchPod(pod.into()))?
                     .port;
                 (CaptureTarget::Port(port), None, format!("pod {pod:?}"))
             }
@@ -67,17 +53,17 @@ impl Node {
                     .peers()
                     .find(|(_, p)| p.name == *peer)
                     .map(|(_, p)| *p.underlay.ip())
-                    .ok_or_else(|| CaptureError::NoSuchPeer(peer.clone()))?;
+                    .ok_or_else(|| CaptureError::NoSuchPeer(peer.into()))?;
                 let what = format!("peer {peer:?}");
                 (
                     CaptureTarget::Peer(underlay),
-                    Some((peer.clone(), underlay)),
+                    Some((peer.to_string(), underlay)),
                     what,
                 )
             }
             _ => return Err(CaptureError::Target),
         };
-        let capture = self.switch.capture(target, snaplen)?;
+        let capture = self.switch.capture(target, snaplen as usize)?;
         tracing::info!(snaplen, "capture of {what} started");
         Ok(NodeCapture {
             capture,
@@ -88,26 +74,29 @@ impl Node {
     }
 }
 
-impl CaptureSource for NodeCapture {
-    fn drain(&mut self, out: &mut Vec<u8>, max: u64) -> u64 {
+impl NodeCapture {
+    /// Hands the copies waiting, at most `max`, to `each` as a pcap record (its header, then
+    /// its captured bytes); returns how many.
+    pub fn take_copies(&mut self, max: u64, mut each: impl FnMut(&[u8], &[u8])) -> u64 {
         let tap = self.capture.tap();
         let mut n = 0;
         while n < max {
             let Some(r) = tap.next() else { break };
-            out.push(CAPTURE_RECORD);
-            out.extend_from_slice(&record_header(r.ts, r.data.len(), r.orig_len));
-            out.extend_from_slice(&r.data);
+            each(&record_header(r.ts, r.data.len(), r.orig_len), &r.data);
             tap.recycle(r.data);
             n += 1;
         }
         n
     }
 
-    fn dropped(&self) -> u64 {
+    /// Copies dropped so far because the reader fell behind.
+    pub fn copies_dropped(&self) -> u64 {
         self.capture.tap().dropped()
     }
 
-    fn ended(&self) -> Option<String> {
+    /// Why no more copies will come (the pod's port left the switch, the peer is gone or
+    /// changed its underlay address), once none will.
+    pub fn gone(&self) -> Option<String> {
         let gone = match &self.peer {
             None => self.capture.orphaned(),
             Some((name, ip)) => !self

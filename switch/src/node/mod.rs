@@ -3,30 +3,35 @@
 //!
 //! - [`spec`]: what a node, a pod and a peer are ([`NodeSpec`], [`PodSpec`], [`PeerSpec`]) and
 //!   every rule about them;
-//! - this module: the running [`Node`], which refuses pods and peers by those rules;
-//! - `services`: its Services (ClusterIP) at runtime ([`ServiceStatus`], [`FlowStatus`]);
+//! - this module: the running [`Node`] (its start, the host interface, counters, the MAC
+//!   table, its stop), which refuses pods and peers by those rules;
+//! - `pods`: adding and removing pods ([`PodStatus`]); `peers`: the peer nodes
+//!   ([`PeerStatus`]); `services`: its Services (ClusterIP) at runtime ([`ServiceStatus`],
+//!   [`FlowStatus`]); `state`: the state file a restart reads back ([`Recorded`]); `error`: why
+//!   an operation fails ([`NodeError`]);
 //! - `netlink`: configuring a pod's interfaces inside its namespace;
-//! - [`handler`]: the control socket's requests carried out on the node.
+//! - `handler`: the node as the control socket serves it ([`NodeHandler`]).
 //!
-//! Adding a pod: check it against the node and the other pods, open or create its namespace,
-//! create the TAP, move it in as `eth0` and configure it through rtnetlink from inside the
-//! namespace (MAC, MTU, address, `lo` and `eth0` up, default route via the gateway, IPv6 off:
-//! pods are IPv4-only here), then attach the TAP to the switch. Any failure undoes what was
-//! done: the TAP disappears with its fd, and a namespace the switch created is deleted; an
-//! adopted namespace is left as it was found.
+//! The node knows nothing of the control protocol: the control plane (`crate::control`)
+//! calls it, never the other way round.
 //!
 //! Invariants: a pod record exists exactly while its TAP is attached to the switch; the pod
 //! lock is held across an add or delete, the peer lock across a peer add or delete, so
-//! concurrent control requests cannot interleave them (and the checks see every pod or peer).
+//! concurrent control requests cannot interleave them (and the checks see every pod or peer);
+//! the state file's lock is taken last.
 
 mod capture;
+mod error;
 pub mod guard;
 mod handler;
 mod host;
 mod netlink;
 mod node_lock;
+mod peers;
+mod pods;
 mod services;
 pub(crate) mod spec;
+mod state;
 mod steering;
 mod upgrade;
 
@@ -34,56 +39,37 @@ pub use steering::{enable_flow_table, SOCK_FLOW_ENTRIES};
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use rtnetlink::LinkUnspec;
-
-use crate::dataplane::{Switch, SwitchError};
-use crate::netns::{NetNs, NetnsError};
-use crate::pipeline::{DropReason, PortCounts};
+use crate::dataplane::Switch;
+use crate::netns::NetNs;
+use crate::pipeline::DropReason;
 use crate::port::{TapPort, UdpTunnel};
 use crate::table::PortId;
 use crate::wire::mac_from_key;
 
-pub use capture::{CaptureError, NodeCapture};
+pub use capture::NodeCapture;
+pub use error::{CaptureError, NodeError, StateError};
 pub use handler::{NodeHandler, StartingHandler};
 pub(crate) use netlink::{link_index, with_netlink};
 pub use node_lock::{KeptAcrossExec, NodeLock};
+pub(crate) use peers::PeerChange;
+pub use peers::{PeerSource, PeerStatus};
+use pods::PodRecord;
+pub use pods::PodStatus;
 pub use services::{FlowStatus, ServiceStatus};
 pub use spec::{derived_pod_mac, Mac, MacParseError, NodeSpec, PeerSpec, PodSpec, SpecError};
 pub use spec::{ServiceAffinity, ServiceProto, ServiceSpec};
+pub use state::Recorded;
+use state::StateFile;
+pub(crate) use state::{make_parent, write_json_atomically};
 pub use upgrade::{Handover, Upgrade, SAVE_FLOWS_EVERY};
 
 /// Sets the loopback interface up in the calling thread's namespace (the node's, after
 /// `node.netns` was entered: a bare namespace has it down).
 pub fn loopback_up() -> Result<(), String> {
     netlink::loopback_up().map_err(|(step, e)| format!("{step}: {e}"))
-}
-
-/// A pod as `podswitch pod list` shows it: its spec and its live state.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PodStatus {
-    /// What the pod was added as, with its address: `spec.ip` is always set (the one given,
-    /// or the one the node chose).
-    pub spec: PodSpec,
-    /// The pod's MAC (`spec.mac`, or the one derived from its IP).
-    pub mac: Mac,
-    /// Prefix length of the pod address (the node CIDR's).
-    pub prefix_len: u8,
-    /// The pod's default gateway (the node's).
-    pub gateway: std::net::Ipv4Addr,
-    /// Switch port.
-    pub port: PortId,
-    /// True if the switch created the namespace (and removes it with the pod).
-    pub created_netns: bool,
-    /// Port counters.
-    pub counters: PortCounts,
-    /// Frames from the pod dropped, by reason label (`"spoofed_mac"`); only reasons that
-    /// happened. Absent in answers of older nodes (then empty).
-    #[serde(default)]
-    pub drops: BTreeMap<String, u64>,
 }
 
 /// One MAC table entry as `podswitch fdb` shows it.
@@ -99,166 +85,6 @@ pub struct FdbEntry {
     pub is_static: bool,
     /// Seconds since the MAC was last seen as a source.
     pub age_secs: u32,
-}
-
-/// Why a node operation failed. Each message says which pod or peer, what step, and each
-/// fact once.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    /// A rule refused the node, pod or peer (names the field: `pod.ip`, `peer.name`).
-    #[error(transparent)]
-    Refused(#[from] SpecError),
-    /// The switch refused the pod.
-    #[error("pod {pod:?}: {source}")]
-    Switch {
-        /// Pod name.
-        pod: String,
-        /// The refusal.
-        source: SwitchError,
-    },
-    /// Namespace handling failed (the error names the namespace).
-    #[error("pod {pod:?}: {source}")]
-    Netns {
-        /// Pod name.
-        pod: String,
-        /// The failure.
-        source: NetnsError,
-    },
-    /// The adopted namespace already has the pod's interface: someone else set this pod up.
-    #[error("pod {pod:?}: namespace {netns:?} already has an {ifname} (another podswitch or network plugin runs a pod there?): remove that pod first, or pick another namespace or interface name")]
-    NetnsBusy {
-        /// Pod name.
-        pod: String,
-        /// Namespace.
-        netns: String,
-        /// The interface name.
-        ifname: String,
-    },
-    /// Creating the TAP failed.
-    #[error("pod {pod:?}: creating TAP {ifname} in namespace {netns:?}: {source}")]
-    Tap {
-        /// Pod name.
-        pod: String,
-        /// The interface name.
-        ifname: String,
-        /// Namespace.
-        netns: String,
-        /// The failure.
-        source: std::io::Error,
-    },
-    /// Configuring the pod's interfaces over netlink failed.
-    #[error("pod {pod:?}: configuring {what} in namespace {netns:?}: {message}")]
-    Netlink {
-        /// Pod name.
-        pod: String,
-        /// Namespace.
-        netns: String,
-        /// The step.
-        what: &'static str,
-        /// The error.
-        message: String,
-    },
-    /// No pod with that name.
-    #[error("no pod named {0:?}")]
-    NoSuchPod(String),
-    /// No pod with that container ID and interface.
-    #[error("no pod with container ID {container_id:?} and interface {ifname:?}")]
-    NoSuchAttachment {
-        /// Container ID.
-        container_id: String,
-        /// Interface name.
-        ifname: String,
-    },
-    /// The switch could not start.
-    #[error("starting the switch: {0}")]
-    Start(SwitchError),
-    /// The host interface could not be made, or the masquerade rules installed.
-    #[error("node.{field}: {message}")]
-    Host {
-        /// `host_interface` or `masquerade`.
-        field: &'static str,
-        /// What failed.
-        message: String,
-    },
-    /// The tunnel socket could not be bound.
-    #[error("binding the VXLAN tunnel to {addr}: {source}")]
-    Tunnel {
-        /// The address.
-        addr: std::net::SocketAddrV4,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The switch refused a peer change (its message names the peer).
-    #[error(transparent)]
-    Peer(SwitchError),
-    /// No service with that name.
-    #[error("no service named {0:?}")]
-    NoSuchService(String),
-    /// The switch refused a service change (its message names the service).
-    #[error(transparent)]
-    Service(SwitchError),
-}
-
-/// Where a peer (or a service) came from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PeerSource {
-    /// A `[[peers]]` (`[[services]]`) entry of the config file.
-    Config,
-    /// `podswitch peer add` (`service add`); the default for a status without a source.
-    #[default]
-    Runtime,
-    /// A lease in etcd (`[cluster]`).
-    Etcd,
-}
-
-impl std::fmt::Display for PeerSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Config => "config",
-            Self::Runtime => "runtime",
-            Self::Etcd => "etcd",
-        })
-    }
-}
-
-/// A peer as `podswitch peer list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PeerStatus {
-    /// What the peer was added as.
-    pub spec: PeerSpec,
-    /// Where it came from.
-    pub source: PeerSource,
-    /// For a peer from etcd: the ID of the etcd lease its key is attached to, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease: Option<i64>,
-}
-
-/// What [`Node::apply_etcd_peer`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PeerChange {
-    /// A new peer.
-    Added,
-    /// The peer's underlay, CIDR or VTEP MAC changed.
-    Updated,
-    /// Nothing to do.
-    Unchanged,
-}
-
-#[derive(Clone)]
-struct PodRecord {
-    /// The TAP queues' descriptors (open while the switch holds the port), to hand over on an
-    /// upgrade.
-    fds: Vec<std::os::fd::RawFd>,
-    /// As added, with the address filled in (`spec.ip` is `Some(ip)`).
-    spec: PodSpec,
-    /// The pod's address.
-    ip: Ipv4Addr,
-    netns: NetNs,
-    created_netns: bool,
-    /// Kept in the state file: added at runtime (a CNI attachment or `pod add`), so brought
-    /// back by the next start.
-    recorded: bool,
 }
 
 /// A running node.
@@ -547,397 +373,6 @@ impl Node {
         self.net.gateway
     }
 
-    /// Adds a pod (CNI ADD), refused by the same rules as a `[[pods]]` entry (fields named
-    /// `pod.*`). Traffic between other pods is not disturbed. The pod is kept in the state file
-    /// (once [`Node::restore_attachments`] set one) and re-attached when the daemon starts
-    /// again, after a crash too; the file also records whether the node created its
-    /// namespace, so a later stop deletes it.
-    ///
-    /// A pod without `ip` gets the lowest free host address of the node's pod CIDR (not the
-    /// network, broadcast or gateway address, nor another pod's), chosen under the pod lock:
-    /// two pods added at once never get the same one. The pod keeps it (its status, the state
-    /// file and a re-attach carry it); a full range is refused, naming `pod.ip`.
-    pub fn add_pod(&self, spec: &PodSpec) -> Result<PodStatus, NodeError> {
-        self.attach_pod(spec, true, "pod")
-    }
-
-    /// Adds a pod; `at` names it in errors (`pod`).
-    fn attach_pod(&self, spec: &PodSpec, recorded: bool, at: &str) -> Result<PodStatus, NodeError> {
-        let pod = spec.name.clone();
-        let mut pods = lock(&self.pods);
-        // The address first (under the lock), then every rule on the pod as it will be.
-        let ip = match spec.ip {
-            Some(ip) => ip,
-            None => spec::free_pod_ip(
-                self.net.cidr,
-                self.net.gateway,
-                pods.values().map(|r| r.ip),
-                &format!("{at}.ip"),
-            )?,
-        };
-        let spec = &spec.with_ip(ip);
-        let mac = spec.mac_at(ip);
-        spec.check(&self.spec, pods.values().map(|r| &r.spec), at)?;
-        // Address checks first: nothing is created for a pod the switch would refuse.
-        self.switch
-            .tables()
-            .topology()
-            .check_pod(ip, mac.into())
-            .map_err(|e| NodeError::Switch {
-                pod: pod.clone(),
-                source: e.into(),
-            })?;
-        let (netns, created) =
-            NetNs::open_or_create(&spec.netns).map_err(|source| NodeError::Netns {
-                pod: pod.clone(),
-                source,
-            })?;
-        // Found, but made by this node before it was killed: still the node's.
-        let created = created || self.created_before.contains(&spec.netns);
-        let undo_netns = |ns: &NetNs| {
-            if created {
-                if let Err(e) = ns.delete() {
-                    tracing::warn!(pod = %spec.name, "rolling back: {e}");
-                }
-            }
-        };
-        let adopted = self.adopt(spec, ip, mac);
-        let handed_over = adopted.is_some();
-        let tap = match adopted {
-            Some(tap) => Ok(tap),
-            None => self.plumb(spec, ip, &netns, created),
-        };
-        let tap = match tap {
-            Ok(tap) => tap,
-            Err(e) => {
-                undo_netns(&netns);
-                return Err(e);
-            }
-        };
-        self.steer(&spec.ifname, Some(&netns), handed_over);
-        let fds = tap.iter().map(TapPort::raw_fd).collect();
-        let queues = tap
-            .into_iter()
-            .map(|q| Box::new(q) as Box<dyn crate::port::Port>)
-            .collect();
-        let port = match self.switch.attach_queues(spec.port_info(ip), queues) {
-            Ok(id) => id,
-            Err(source) => {
-                undo_netns(&netns);
-                return Err(NodeError::Switch { pod, source });
-            }
-        };
-        tracing::info!(pod = %spec.name, netns = %spec.netns, ip = %ip, port, created_netns = created, "pod added");
-        pods.insert(
-            spec.name.clone(),
-            PodRecord {
-                fds,
-                spec: spec.clone(),
-                ip,
-                netns,
-                created_netns: created,
-                recorded,
-            },
-        );
-        if recorded || created {
-            self.save_state(&pods);
-        }
-        drop(pods);
-        self.pod(&spec.name)
-            .ok_or(NodeError::NoSuchPod(spec.name.clone()))
-    }
-
-    /// The pod's TAP queues handed over by the process that exec'ed this one, if the pod had
-    /// the same address and MAC there and every queue checks out (`TapPort::adopt`): its
-    /// interface stays as it is. Otherwise the handed-over descriptors are closed (the old TAP
-    /// goes) and `None` says to create one.
-    fn adopt(&self, spec: &PodSpec, ip: Ipv4Addr, mac: Mac) -> Option<Vec<TapPort>> {
-        let (fds, was_ip, was_mac) = lock(&self.inherited).as_mut()?.take_pod(&spec.name)?;
-        if was_ip != ip || was_mac != mac || fds.len() != self.switch.workers() {
-            tracing::info!(pod = %spec.name, "handed-over TAP not adopted: the pod's address, MAC or queue count changed; a new one is made");
-            return None;
-        }
-        let adopted: Result<Vec<TapPort>, _> = fds
-            .into_iter()
-            .map(|fd| TapPort::adopt(fd, &spec.ifname))
-            .collect();
-        match adopted {
-            Ok(tap) => Some(tap),
-            Err(e) => {
-                tracing::warn!(pod = %spec.name, "handed-over TAP not adopted ({e}); a new one is made");
-                None
-            }
-        }
-    }
-
-    /// Creates the pod's TAP and configures it inside the pod's namespace.
-    ///
-    /// The TAP is created in the switch's own namespace under a temporary name, then moved into
-    /// the pod's namespace and renamed `eth0` in one netlink request. Opened this way, the TAP's
-    /// file descriptor holds a reference to the switch's namespace, not the pod's: deleting the
-    /// pod's namespace from outside really destroys it, which unregisters the TAP and tells the
-    /// switch (`EBADFD`). Opened inside the pod's namespace, the fd would keep it alive.
-    /// Returns one queue of the TAP per worker (all opened here, before the move: a queue is
-    /// attached by name in the opener's namespace).
-    fn plumb(
-        &self,
-        spec: &PodSpec,
-        ip: Ipv4Addr,
-        netns: &NetNs,
-        created: bool,
-    ) -> Result<Vec<TapPort>, NodeError> {
-        let cfg = self.switch.node();
-        let ifname = spec.ifname.as_str();
-        let net = netlink::PodNet {
-            ifname,
-            ip,
-            prefix_len: cfg.cidr.prefix_len(),
-            mac: spec.mac_at(ip),
-            mtu: cfg.mtu,
-            gateway: cfg.gateway,
-        };
-        let pod = spec.name.as_str();
-        let ns = spec.netns.as_str();
-        let netlink_err = |(what, message): (&'static str, String)| NodeError::Netlink {
-            pod: pod.into(),
-            netns: ns.into(),
-            what,
-            message,
-        };
-        let netns_err = |source| NodeError::Netns {
-            pod: pod.into(),
-            source,
-        };
-        // An adopted namespace may hold another switch's pod: say so rather than fail on the
-        // rename with a bare "File exists".
-        if !created
-            && netns
-                .run(|| netlink::has_link(ifname))
-                .map_err(netns_err)?
-                .map_err(netlink_err)?
-        {
-            return Err(NodeError::NetnsBusy {
-                pod: pod.into(),
-                netns: ns.into(),
-                ifname: ifname.into(),
-            });
-        }
-        let tmp = netlink::temporary_ifname();
-        let tap = TapPort::create_queues(&tmp, self.switch.workers()).map_err(|source| {
-            NodeError::Tap {
-                pod: pod.into(),
-                ifname: ifname.into(),
-                netns: ns.into(),
-                source,
-            }
-        })?;
-        let ns_file = std::fs::File::open(netns.path())
-            .map_err(|e| netlink_err(("open namespace", e.to_string())))?;
-        with_netlink(|handle| async move {
-            let idx = link_index(&handle, &tmp)
-                .await
-                .map_err(|e| ("new TAP", e))?;
-            let msg = LinkUnspec::new_with_index(idx)
-                .setns_by_fd(ns_file.as_raw_fd())
-                .name(ifname.to_string())
-                .build();
-            handle
-                .link()
-                .set(msg)
-                .execute()
-                .await
-                .map_err(|e| ("moving the TAP into the namespace", e.to_string()))
-        })
-        .map_err(netlink_err)?;
-        netns
-            .run(|| netlink::configure_pod_interfaces(&net))
-            .map_err(netns_err)?
-            .map_err(netlink_err)?;
-        Ok(tap)
-    }
-
-    /// Removes a pod (CNI DEL): detaches its TAP (the device goes away with the fd) and deletes
-    /// its namespace if the switch created it (an adopted namespace stays).
-    pub fn del_pod(&self, name: &str) -> Result<(), NodeError> {
-        let mut pods = lock(&self.pods);
-        self.remove_pod(&mut pods, name, true, "pod del")
-    }
-
-    /// Removes the pod attached as `ifname` of container `container_id` (CNI DEL, which knows
-    /// only those); [`NodeError::NoSuchAttachment`] if there is none.
-    pub fn del_attachment(&self, container_id: &str, ifname: &str) -> Result<(), NodeError> {
-        let mut pods = lock(&self.pods);
-        let name = pods
-            .values()
-            .find(|r| {
-                r.spec.container_id.as_deref() == Some(container_id) && r.spec.ifname == ifname
-            })
-            .map(|r| r.spec.name.clone())
-            .ok_or_else(|| NodeError::NoSuchAttachment {
-                container_id: container_id.into(),
-                ifname: ifname.into(),
-            })?;
-        self.remove_pod(&mut pods, &name, true, "CNI DEL of its container")
-    }
-
-    /// Removes pod `name` under the pod lock; `forget`: also from the state file (a shutdown
-    /// keeps it there, to re-attach the pod on the next start). `why` goes in the log line.
-    fn remove_pod(
-        &self,
-        pods: &mut BTreeMap<String, PodRecord>,
-        name: &str,
-        forget: bool,
-        why: &str,
-    ) -> Result<(), NodeError> {
-        let rec = pods
-            .remove(name)
-            .ok_or_else(|| NodeError::NoSuchPod(name.into()))?;
-        if forget && (rec.recorded || rec.created_netns) {
-            self.save_state(pods);
-        }
-        if let Err(e) = self.switch.detach(name) {
-            // Already gone from the switch (its namespace vanished): nothing to detach.
-            tracing::debug!(pod = name, "detach: {e}");
-        }
-        if rec.created_netns {
-            rec.netns.delete().map_err(|source| NodeError::Netns {
-                pod: name.into(),
-                source,
-            })?;
-        }
-        tracing::info!(pod = name, why, "pod removed");
-        Ok(())
-    }
-
-    /// Forgets pods whose TAP closed under the switch (namespace deleted from outside).
-    /// Returns their names. Other pods are unaffected.
-    pub fn reap_vanished(&self) -> Vec<String> {
-        let mut pods = lock(&self.pods);
-        let gone: Vec<String> = pods
-            .keys()
-            .filter(|n| self.switch.port(n).is_none())
-            .cloned()
-            .collect();
-        let mut recorded = false;
-        for name in &gone {
-            if let Some(rec) = pods.remove(name) {
-                tracing::warn!(pod = %name, netns = %rec.netns.name(), why = "its TAP closed under the switch (namespace deleted from outside?)", "pod removed");
-                recorded |= rec.recorded;
-                if rec.created_netns && rec.netns.exists() {
-                    let _ = rec.netns.delete();
-                }
-            }
-        }
-        if recorded {
-            self.save_state(&pods);
-        }
-        gone
-    }
-
-    /// Re-attaches the runtime pods (CNI attachments and `pod add`) recorded in the state file
-    /// `path` by an earlier run (see [`Node::add_pod`]), then keeps recording them there. A recorded pod whose
-    /// namespace is gone, or that the node now refuses (it conflicts with a pod of the config
-    /// file, say), is forgotten with a warning. Returns the names of the pods re-attached.
-    pub fn restore_attachments(&self, path: PathBuf) -> Vec<String> {
-        let shown = path.display().to_string();
-        let recorded = read_state(&path).unwrap_or_else(|e| {
-            tracing::warn!(path = %shown, "{e}, its runtime pods, peers and services are forgotten");
-            StateFile::default()
-        });
-        for spec in &recorded.peers {
-            if let Err(e) = self.add_peer(spec) {
-                tracing::warn!(peer = %spec.name, "recorded peer not restored, forgotten: {e}");
-            }
-        }
-        let mut back = Vec::new();
-        for spec in recorded.pods {
-            let ns = if spec.netns_is_path() {
-                NetNs::open_path(&spec.netns)
-            } else {
-                NetNs::open(&spec.netns)
-            };
-            if let Err(e) = ns {
-                tracing::warn!(pod = %spec.name, container_id = spec.container_id.as_deref().unwrap_or("-"), "recorded attachment forgotten: {e}");
-                continue;
-            }
-            match self.attach_pod(&spec, true, "pod") {
-                Ok(_) => {
-                    tracing::info!(pod = %spec.name, netns = %spec.netns, "recorded attachment re-attached");
-                    back.push(spec.name);
-                }
-                Err(e) => {
-                    tracing::warn!(pod = %spec.name, container_id = spec.container_id.as_deref().unwrap_or("-"), "recorded attachment not re-attached, forgotten: {e}");
-                }
-            }
-        }
-        for spec in &recorded.services {
-            if let Err(e) = self.add_service(spec) {
-                tracing::warn!(service = %spec.name, "recorded service not restored, forgotten: {e}");
-            }
-        }
-        if self.state.set(path).is_err() {
-            tracing::warn!(path = %shown, "a state file is already in use; not switching to this one");
-        }
-        self.save_state(&lock(&self.pods));
-        self.save_peers(&lock(&self.peers));
-        self.save_services(&lock(&self.services));
-        back
-    }
-
-    /// Records the runtime pods and the namespaces the node created, of `pods`.
-    fn save_state(&self, pods: &BTreeMap<String, PodRecord>) {
-        self.write_state(pods.values());
-    }
-
-    /// Records the runtime pods and the namespaces the node created, of `pods`.
-    fn write_state<'a>(&self, pods: impl Iterator<Item = &'a PodRecord> + Clone) {
-        self.update_record(|r| {
-            r.pods = pods
-                .clone()
-                .filter(|r| r.recorded)
-                .map(|r| r.spec.clone())
-                .collect();
-            r.created_netns = pods
-                .filter(|r| r.created_netns)
-                .map(|r| r.spec.netns.clone())
-                .collect();
-        });
-    }
-
-    /// Records the peers added at runtime (`peer add`), of `peers`.
-    fn save_peers(&self, peers: &[PeerStatus]) {
-        self.update_record(|r| {
-            r.peers = peers
-                .iter()
-                .filter(|p| p.source == PeerSource::Runtime)
-                .map(|p| p.spec.clone())
-                .collect();
-        });
-    }
-
-    /// Changes the record and writes it to the state file, if there is one. A failure is
-    /// logged: the node keeps working, only a restart would forget what is not recorded.
-    pub(super) fn update_record(&self, change: impl FnOnce(&mut StateFile)) {
-        let Some(path) = self.state.get() else {
-            return;
-        };
-        let mut record = lock(&self.record);
-        change(&mut record);
-        // Nothing to remember (a clean stop): no file, rather than an empty one.
-        if record.is_empty() {
-            match std::fs::remove_file(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    tracing::error!(path = %path.display(), "removing the empty state file: {e}");
-                }
-                _ => {}
-            }
-            return;
-        }
-        if let Err(e) = write_json_atomically(path, &*record) {
-            tracing::error!(path = %path.display(), "recording the runtime state: {e}");
-        }
-    }
-
     /// The switch (the metrics server reads its counters and tables).
     pub(crate) fn switch(&self) -> &Switch {
         &self.switch
@@ -946,30 +381,6 @@ impl Node {
     /// The pods' MTU.
     pub(crate) fn pod_mtu(&self) -> u16 {
         self.spec.pod_mtu()
-    }
-
-    /// Status of one pod.
-    pub fn pod(&self, name: &str) -> Option<PodStatus> {
-        let pods = lock(&self.pods);
-        let rec = pods.get(name)?;
-        let port = self.switch.port(name)?;
-        let counters = port.metrics.snapshot();
-        Some(PodStatus {
-            spec: rec.spec.clone(),
-            mac: rec.spec.mac_at(rec.ip),
-            prefix_len: self.net.cidr.prefix_len(),
-            gateway: self.net.gateway,
-            port: port.id,
-            created_netns: rec.created_netns,
-            drops: counters.dropped.by_label(),
-            counters,
-        })
-    }
-
-    /// Status of every pod, by name.
-    pub fn pods(&self) -> Vec<PodStatus> {
-        let names: Vec<String> = lock(&self.pods).keys().cloned().collect();
-        names.iter().filter_map(|n| self.pod(n)).collect()
     }
 
     /// Frames each data-plane thread has handled (see `Switch::worker_frames`).
@@ -1004,126 +415,6 @@ impl Node {
             .collect();
         out.sort_by(|a, b| (a.port, &a.mac).cmp(&(b.port, &b.mac)));
         out
-    }
-
-    /// Adds a peer node (`peer add`), refused by the same rules as a `[[peers]]` entry (fields
-    /// named `peer.*`); flows to other peers and between local pods go on.
-    pub(crate) fn add_peer(&self, spec: &PeerSpec) -> Result<(), NodeError> {
-        self.add_peer_from(spec, PeerSource::Runtime)
-    }
-
-    fn add_peer_from(&self, spec: &PeerSpec, source: PeerSource) -> Result<(), NodeError> {
-        let mut peers = lock(&self.peers);
-        spec.check(&self.spec, peers.iter().map(|p| &p.spec), "peer")?;
-        self.switch
-            .add_peer(spec.to_peer(&self.spec))
-            .map_err(NodeError::Peer)?;
-        self.host_route(spec.pod_cidr, true);
-        peers.push(PeerStatus {
-            spec: spec.clone(),
-            source,
-            lease: None,
-        });
-        if source == PeerSource::Runtime {
-            self.save_peers(&peers);
-        }
-        tracing::info!(peer = %spec.name, underlay = %spec.underlay, pod_cidr = %spec.pod_cidr, %source, "peer added");
-        Ok(())
-    }
-
-    /// Adds or updates a peer learnt from an etcd lease (`lease`: its etcd lease ID), by the
-    /// same rules as `peer add`. A changed underlay, CIDR or VTEP MAC replaces the peer in one
-    /// step. A peer of the same name from elsewhere is not touched (refused).
-    pub(crate) fn apply_etcd_peer(
-        &self,
-        spec: &PeerSpec,
-        lease: Option<i64>,
-    ) -> Result<PeerChange, NodeError> {
-        let mut peers = lock(&self.peers);
-        let Some(at) = peers.iter().position(|p| p.spec.name == spec.name) else {
-            drop(peers);
-            self.add_peer_from(spec, PeerSource::Etcd)?;
-            if let Some(p) = lock(&self.peers)
-                .iter_mut()
-                .find(|p| p.spec.name == spec.name)
-            {
-                p.lease = lease;
-            }
-            return Ok(PeerChange::Added);
-        };
-        if peers[at].source != PeerSource::Etcd {
-            return Err(NodeError::Refused(SpecError::new(
-                "peer.name",
-                format!(
-                    "{:?} is already a peer from the {}",
-                    spec.name, peers[at].source
-                ),
-            )));
-        }
-        peers[at].lease = lease;
-        if peers[at].spec == *spec {
-            return Ok(PeerChange::Unchanged);
-        }
-        let others: Vec<&PeerSpec> = peers
-            .iter()
-            .filter(|p| p.spec.name != spec.name)
-            .map(|p| &p.spec)
-            .collect();
-        spec.check(&self.spec, others.iter().copied(), "peer")?;
-        self.switch
-            .replace_peer(&spec.name, spec.to_peer(&self.spec))
-            .map_err(NodeError::Peer)?;
-        if peers[at].spec.pod_cidr != spec.pod_cidr {
-            self.host_route(peers[at].spec.pod_cidr, false);
-            self.host_route(spec.pod_cidr, true);
-        }
-        tracing::info!(peer = %spec.name, underlay = %spec.underlay, pod_cidr = %spec.pod_cidr, vtep_mac = %spec.vtep_mac(), source = "etcd", "peer updated");
-        peers[at].spec = spec.clone();
-        Ok(PeerChange::Updated)
-    }
-
-    /// Removes a peer node and its route (`peer del`). A peer learnt from etcd is refused: it
-    /// would come back at the next list; its lease is what to delete.
-    pub(crate) fn del_peer(&self, name: &str) -> Result<(), NodeError> {
-        if lock(&self.peers)
-            .iter()
-            .any(|p| p.spec.name == name && p.source == PeerSource::Etcd)
-        {
-            return Err(NodeError::Refused(SpecError::new(
-                "peer.name",
-                format!("{name:?} is learnt from etcd: delete its lease there instead"),
-            )));
-        }
-        self.remove_peer(name, "peer del")
-    }
-
-    /// Removes a peer node and its route, whatever its source.
-    pub(crate) fn remove_peer(&self, name: &str, why: &str) -> Result<(), NodeError> {
-        let mut peers = lock(&self.peers);
-        let removed = self.switch.remove_peer(name).map_err(NodeError::Peer)?;
-        self.host_route(removed.pod_cidr, false);
-        peers.retain(|p| p.spec.name != name);
-        self.save_peers(&peers);
-        tracing::info!(peer = %name, why, "peer removed");
-        Ok(())
-    }
-
-    /// How many peers came from etcd, and whether `name` is one of them (without copying the
-    /// peer list: the etcd agent asks after every event).
-    pub(crate) fn etcd_peers(&self, name: &str) -> (usize, bool) {
-        let peers = lock(&self.peers);
-        let mut n = 0;
-        let mut found = false;
-        for p in peers.iter().filter(|p| p.source == PeerSource::Etcd) {
-            n += 1;
-            found |= p.spec.name == name;
-        }
-        (n, found)
-    }
-
-    /// Every peer, as added, with where it came from.
-    pub(crate) fn peers(&self) -> Vec<PeerStatus> {
-        lock(&self.peers).clone()
     }
 
     /// Switch-wide counters: `(rx, forwarded, delivered locally, dropped)`.
@@ -1180,91 +471,6 @@ impl Node {
             }
         }
     }
-}
-
-/// The state file: what a node must know again after a restart, a crash included.
-#[derive(Default, serde::Serialize, serde::Deserialize)]
-pub(super) struct StateFile {
-    /// The pods added at runtime (CNI attachments and `pod add`), as added.
-    pods: Vec<PodSpec>,
-    /// The namespaces the node created (for config and runtime pods) and has not deleted.
-    #[serde(default)]
-    created_netns: Vec<String>,
-    /// The peers added at runtime (`peer add`).
-    #[serde(default)]
-    peers: Vec<PeerSpec>,
-    /// The services added at runtime (`service add`).
-    #[serde(default)]
-    pub(super) services: Vec<ServiceSpec>,
-}
-
-impl StateFile {
-    /// True if it records nothing (read back, an absent file is the same).
-    fn is_empty(&self) -> bool {
-        self.pods.is_empty()
-            && self.created_netns.is_empty()
-            && self.peers.is_empty()
-            && self.services.is_empty()
-    }
-}
-
-/// What an earlier run of the node recorded in its state file, for [`Node::start_reserving`].
-#[derive(Debug, Default)]
-pub struct Recorded {
-    /// The pods added at runtime, to be restored ([`Node::restore_attachments`]).
-    pods: Vec<PodSpec>,
-    /// The namespaces it created and did not delete.
-    created_netns: Vec<String>,
-    /// What the process that exec'ed this one handed over (an upgrade).
-    handover: Option<upgrade::Handover>,
-}
-
-impl Recorded {
-    /// The record in the state file `path`: empty if the file is absent or unreadable
-    /// ([`Node::restore_attachments`] says why).
-    pub fn read(path: &Path) -> Recorded {
-        let state = read_state(path).unwrap_or_default();
-        Recorded {
-            pods: state.pods,
-            created_netns: state.created_netns,
-            handover: None,
-        }
-    }
-
-    /// With the handover of an upgrade ([`upgrade::Handover::inherited`]).
-    pub fn with_handover(mut self, handover: Option<upgrade::Handover>) -> Recorded {
-        self.handover = handover;
-        self
-    }
-}
-
-/// The state file `path` (empty if it does not exist), or why it cannot be read.
-fn read_state(path: &Path) -> Result<StateFile, String> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice::<StateFile>(&bytes)
-            .map_err(|e| format!("state file unreadable: {e}")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StateFile::default()),
-        Err(e) => Err(format!("reading the state file: {e}")),
-    }
-}
-
-/// Writes `value` as JSON (and a newline) to `path` through a temporary file and a rename,
-/// so a reader (or a crash) sees the old contents or the new, never a part. The node's files
-/// (state, flows, the subnet held) are all written this way.
-pub(crate) fn write_json_atomically(
-    path: &Path,
-    value: &impl serde::Serialize,
-) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut text = serde_json::to_vec_pretty(value).map_err(std::io::Error::from)?;
-    text.push(b'\n');
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&text)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 impl Drop for Node {

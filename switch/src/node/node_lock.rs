@@ -85,7 +85,7 @@ impl NodeLock {
         let shown = path.display();
         // The control socket's directory: made only under podswitch's own (a mistyped
         // `node.control` elsewhere is refused, not made).
-        crate::control::make_parent(&path, Path::new(super::spec::CONTROL_DIR))
+        super::make_parent(&path, Path::new(super::spec::CONTROL_DIR))
             .map_err(|e| format!("node.control: {e}"))?;
         // A file replaced between open and lock (by hand) is opened again.
         for _ in 0..3 {
