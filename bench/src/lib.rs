@@ -4,6 +4,8 @@
 //! Everything here panics (with a message) on a setup that does not work: a benchmark that would
 //! silently measure a drop path is worse than none.
 
+#![forbid(unsafe_code)]
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;

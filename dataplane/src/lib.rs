@@ -8,8 +8,9 @@
 //! - [`gso`]: segmentation of superframes for the tunnel and coalescing of received TCP
 //!   segments for the pods.
 //! - [`pipeline`]: the sans-IO forwarding decision, `(ingress, frame) -> Action`.
-//! - [`port`]: I/O adapters behind one trait; with [`switch`]'s readiness set, the only code
-//!   that touches a file descriptor.
+//! - [`port`]: I/O adapters behind one trait; with [`switch`]'s readiness set (epoll, and
+//!   `poll(2)` on the ports' borrowed descriptors when a round sleeps), the only code that
+//!   touches a file descriptor.
 //! - [`switch`]: the worker threads that move batches between ports through the pipeline, and
 //!   [`Switch`], the handle to add and remove ports.
 //!
@@ -18,6 +19,9 @@
 //! drives this one through [`Switch`] and the tables.
 
 #![warn(missing_docs)]
+// Only the files that need it allow `unsafe` (the TAP port's ioctls and vectored I/O, and the
+// test helpers' `geteuid`), each with `#![allow(unsafe_code)]` and a SAFETY comment per block.
+#![deny(unsafe_code)]
 
 pub mod counters;
 pub mod gso;

@@ -11,6 +11,8 @@
 //! its IP) alone; dropping the pod (its infra) tears down the interface and detaches it from the
 //! switch, and every container's sockets fail from then on with [`NetError::NetworkDown`].
 
+#![forbid(unsafe_code)]
+
 pub mod device;
 mod net;
 mod pod;

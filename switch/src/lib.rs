@@ -5,6 +5,10 @@
 //! `switch` module as `dataplane`). docs/architecture.md says which folder holds what.
 
 #![warn(missing_docs)]
+// Only the files that need it allow `unsafe` (namespaces, the node lock, the upgrade's
+// descriptors and guard, the control socket's peer, `malloc_trim`), each with
+// `#![allow(unsafe_code)]` and a SAFETY comment per block.
+#![deny(unsafe_code)]
 
 pub mod cluster;
 pub mod cni;

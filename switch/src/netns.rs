@@ -12,6 +12,9 @@
 //! namespace deleted from outside (`ip netns del`) really goes away and takes its devices with
 //! it; the switch notices through its TAP file descriptors.
 
+// `unsafe` is denied crate-wide and allowed in this file only: setns and unshare.
+#![allow(unsafe_code)]
+
 use std::fs::OpenOptions;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};

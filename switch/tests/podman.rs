@@ -3,14 +3,14 @@
 //! its own daemon, its own `containers.conf` (`CONTAINERS_CONF`), conflist, plugin directory,
 //! host-local data and podman storage (`--root`/`--runroot`), all in one temp dir removed on drop.
 //! Containers run on an overlay of the host's root (`--rootfs /:O`): no image, no registry.
-//! Needs root and `scripts/setup`'s podman packages; see `root_or_skip`.
+//! Needs root and `scripts/setup`'s podman packages; see `#[root_test]`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
+use podswitch_dataplane::testutil::{root_test, unique, wait_for};
 
 mod common;
 
@@ -292,15 +292,8 @@ fn netns_entries() -> Vec<String> {
     v
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn containers_of_a_pod_share_localhost_and_pods_reach_each_other() {
-    if !root_or_skip("containers_of_a_pod_share_localhost_and_pods_reach_each_other") {
-        return;
-    }
     let _shared = NETNS.read().unwrap_or_else(|e| e.into_inner());
     let pm = Podman::new("pmseed");
     let (p1, web1) = (unique("pa"), unique("weba"));
@@ -362,15 +355,8 @@ fn containers_of_a_pod_share_localhost_and_pods_reach_each_other() {
     );
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn pods_get_their_network_back_after_a_daemon_restart() {
-    if !root_or_skip("pods_get_their_network_back_after_a_daemon_restart") {
-        return;
-    }
     let _shared = NETNS.read().unwrap_or_else(|e| e.into_inner());
     let mut pm = Podman::new("pmrestart");
     let (p1, web1, p2, web2) = (unique("pa"), unique("weba"), unique("pb"), unique("webb"));
@@ -399,15 +385,8 @@ fn pods_get_their_network_back_after_a_daemon_restart() {
     assert_eq!(pm.listed_ip(&infra1), None);
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn with_the_daemon_down_a_pod_fails_to_start_and_leaves_nothing() {
-    if !root_or_skip("with_the_daemon_down_a_pod_fails_to_start_and_leaves_nothing") {
-        return;
-    }
     let _alone = NETNS.write().unwrap_or_else(|e| e.into_inner());
     let mut pm = Podman::new("pmdown");
     let before = netns_entries();
@@ -447,15 +426,8 @@ fn with_the_daemon_down_a_pod_fails_to_start_and_leaves_nothing() {
     assert_eq!(netns_entries(), before);
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn pod_start_time_podswitch_and_stock_bridge() {
-    if !root_or_skip("pod_start_time_podswitch_and_stock_bridge") {
-        return;
-    }
     let _shared = NETNS.read().unwrap_or_else(|e| e.into_inner());
     let mut pm = Podman::new("pmtime");
     let bridge = pm.bridge_network("10.244.254.0/24");

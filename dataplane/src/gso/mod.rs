@@ -15,6 +15,6 @@ pub use segment::{OffloadError, Segmenter};
 /// least 48 bytes, less up to 40 bytes of options). Smaller sizes come from no real sender and
 /// only multiply packets (a `gso_size` of 1 made 3000 tunnel packets of a 3 KB frame). The
 /// pipeline drops such superframes before they reach any port
-/// ([`crate::pipeline::DropReason::BadGsoSize`]); the segmenter refuses them as well. A higher
+/// (the pipeline's `bad_gso_size` drop); the segmenter refuses them as well. A higher
 /// floor would refuse real flows: a peer may advertise a small MSS, and pod MTUs go down to 68.
 pub const MIN_GSO_SIZE: u16 = crate::wire::tcp::MIN_GSO_SIZE;

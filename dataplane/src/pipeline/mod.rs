@@ -3,7 +3,7 @@
 //! Like boringtun's `TunnResult`, [`Pipeline::process`] performs no system call: it reads the
 //! tables (snapshots loaded once per batch by [`Pipeline::begin_batch`]), may rewrite the frame
 //! in place (MAC rewrite and TTL decrement when routing, ARP/ICMP replies), and tells the caller
-//! what to send where. The caller (the workers in [`crate::switch`], or a test) does the I/O.
+//! what to send where. The caller (the workers of the `switch` module, or a test) does the I/O.
 //!
 //! Rules, for a frame from a pod port:
 //! 1. validate: Ethernet header present, length within the pod MTU (unless a GSO superframe,

@@ -13,6 +13,9 @@
 //! `writev`), so a descriptor inherited across an upgrade (`exec`) is adopted the same way
 //! ([`TapPort::adopt`]): tun-rs does not adopt descriptors with `IFF_VNET_HDR`.
 
+// `unsafe` is denied crate-wide and allowed in this file only: the TUNSETIFF/TUNSETVNETHDRSZ ioctls and readv/writev on the queue descriptors.
+#![allow(unsafe_code)]
+
 use std::fs::File;
 use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};

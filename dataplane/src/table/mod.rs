@@ -1,6 +1,7 @@
 //! Forwarding state, read on every frame without a lock.
 //!
-//! Two structures, both published as immutable snapshots through [`arc_swap::ArcSwap`]:
+//! Two structures published as immutable snapshots through [`arc_swap::ArcSwap`], and one
+//! made of lock-free maps:
 //!
 //! - [`MacTable`]: MAC -> port, learned and static, with ageing and a size bound. Sharded so a
 //!   writer copies one shard, not the whole table.
@@ -8,6 +9,9 @@
 //!   neighbour table (IP -> MAC, port) and the routes (CIDR -> peer node). Small, changed only by
 //!   the control plane. It also holds the services ([`Services`]: VIP, port and protocol ->
 //!   backends, each with its Maglev table, see `maglev.rs`).
+//! - [`Conntrack`]: the service flows (client -> backend translations and their state), in
+//!   papaya's concurrent maps: the data plane inserts and updates entries per packet, so it
+//!   cannot be a snapshot; bounded per client and in total (see `conntrack/`).
 //!
 //! Readers (the data plane) load a snapshot once per batch and then use plain `HashMap::get`;
 //! measured on this kind of machine that is as fast as an unsynchronised map (docs/platform-facts.md). Writers

@@ -3,7 +3,7 @@
 //! Each view follows smoltcp's shape: a `field` module names the byte ranges, `new_checked`
 //! validates the buffer's lengths once, and the accessors and setters after it cannot panic.
 //! This is the only module that reads or writes a header field by byte offset; the pipeline,
-//! the GSO/GRO path ([`crate::gso`]) and the tunnel's flow hash all go through these views.
+//! the GSO/GRO path (`gso`) and the tunnel's flow hash all go through these views.
 //! Every protocol constant (header lengths, EtherTypes, IP protocol numbers, TCP flags,
 //! fragment bits) is defined here once.
 //!

@@ -10,8 +10,9 @@
 //!   out. No tokio, no etcd-client.
 //! - [`ClusterTarget`] (`target.rs`): the node as the rules change it (peers, services), and
 //!   the executor of the reconciler's node commands; `node_target.rs` implements it for
-//!   [`Node`](crate::node::Node), the one file here that knows the node itself (the others
-//!   use only its spec types: a peer, a service, a MAC).
+//!   [`Node`](crate::node::Node), the one file here that calls the node itself (the others
+//!   use its spec types — a node, a peer, a service, a MAC, the VXLAN port — and `memory.rs`
+//!   its atomic JSON writer).
 //! - `etcd.rs`: the etcd-client calls, answers as plain data; `session.rs`: the loop that
 //!   makes them and feeds the reconciler; `agent.rs`: [`Agent`] ([`Agent::acquire`] leases the
 //!   node's subnet before the node starts, [`Agent::run`] keeps it in the cluster), its status

@@ -8,9 +8,10 @@
 //! know, [`ErrorKind::Refused`] for a rule's refusal; every other failure has no kind.
 
 use super::capture::CaptureSource;
+use super::handler::{NodeHandler, StartingHandler};
 use super::protocol::{CaptureSpec, ErrorKind, Request, Response};
 use super::server::ControlHandler;
-use crate::node::{CaptureError, NodeError, NodeHandler, StartingHandler};
+use crate::node::{CaptureError, NodeError};
 
 /// The kind of error response `e` becomes.
 fn node_error_kind(e: &NodeError) -> Option<ErrorKind> {

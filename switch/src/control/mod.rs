@@ -4,8 +4,9 @@
 //!
 //! - `protocol`: the requests, the responses and the capture stream's frames (the wire shape);
 //! - `server`: the socket (bind, accept, connection slots in `slots`, the line limit) handing
-//!   each request to a [`ControlHandler`]; `dispatch`: the handler that carries requests out
-//!   on the node;
+//!   each request to a [`ControlHandler`]; `handler`: what the socket serves (the running
+//!   node with its upgrade and cluster status, or the daemon still starting); `dispatch`: how
+//!   each request is carried out on the node;
 //! - `client`: finding the socket, one call, and `podswitch upgrade`'s ask-and-wait (`peer`:
 //!   the daemon's pid, liveness and log, to notice an upgrade that failed);
 //! - `capture`: a capture's stream, the server's end and the client's (a pcap file).
@@ -21,6 +22,7 @@
 mod capture;
 mod client;
 mod dispatch;
+mod handler;
 mod peer;
 mod protocol;
 mod server;
@@ -33,6 +35,7 @@ mod tests;
 
 pub use capture::{capture, CaptureSource};
 pub use client::{call, find_socket, running_sockets, upgrade, ControlError, FindSocketError};
+pub use handler::{NodeHandler, StartingHandler};
 pub use peer::{log_since, log_size, peer_pid, process_alive, server_pid, stderr_of};
 pub use protocol::{
     CaptureEnd, CaptureSpec, ErrorKind, Request, Response, CAPTURE_END, CAPTURE_RECORD, MAX_LINE,

@@ -2,6 +2,9 @@
 //! still runs, and where it logs. What `podswitch upgrade` needs to notice a daemon that died
 //! and show why.
 
+// `unsafe` is denied crate-wide and allowed in this file only: the peer credentials of the control socket and process liveness.
+#![allow(unsafe_code)]
+
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};

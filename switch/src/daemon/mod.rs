@@ -34,8 +34,9 @@ pub use startup::{command_name, ConfigSummary, NodeUp};
 use crate::cluster::Agent;
 use crate::config::Config;
 use crate::control::{self, ControlSocket};
+use crate::control::{NodeHandler, StartingHandler};
 use crate::node::guard;
-use crate::node::{Handover, Node, NodeHandler, NodeLock, StartingHandler, Upgrade};
+use crate::node::{Handover, Node, NodeLock, Upgrade};
 
 /// `podswitch run --check-config`: what [`Daemon::start`] checks before it touches anything
 /// (the config, the machine's CPUs, the node's namespace); nothing is created or changed.

@@ -41,6 +41,9 @@
 //! guard's pid, reparented to init (or the nearest subreaper); a supervisor that tracks the
 //! daemon's pid sees the failed process exit (the CLI reports the new pid).
 
+// `unsafe` is denied crate-wide and allowed in this file only: the guard's fork, pipe, pidfd and poll.
+#![allow(unsafe_code)]
+
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

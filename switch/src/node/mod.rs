@@ -10,7 +10,6 @@
 //!   [`FlowStatus`]); `state`: the state file a restart reads back ([`Recorded`]); `error`: why
 //!   an operation fails ([`NodeError`]);
 //! - `netlink`: configuring a pod's interfaces inside its namespace;
-//! - `handler`: the node as the control socket serves it ([`NodeHandler`]).
 //!
 //! The node knows nothing of the control protocol: the control plane (`crate::control`)
 //! calls it, never the other way round.
@@ -23,7 +22,6 @@
 mod capture;
 mod error;
 pub mod guard;
-mod handler;
 mod host;
 mod netlink;
 mod node_lock;
@@ -51,7 +49,6 @@ use crate::wire::mac_from_key;
 
 pub use capture::NodeCapture;
 pub use error::{CaptureError, NodeError, StateError};
-pub use handler::{NodeHandler, StartingHandler};
 pub(crate) use netlink::{link_index, with_netlink};
 pub use node_lock::{KeptAcrossExec, NodeLock};
 pub(crate) use peers::PeerChange;

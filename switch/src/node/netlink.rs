@@ -1,5 +1,5 @@
 //! rtnetlink plumbing of the node: configuring a pod's interfaces inside its namespace, and
-//! the helpers `lab` uses to build its underlay.
+//! the helpers the node's own links use (a link's index, whether a link exists, the loopback).
 
 use std::net::{IpAddr, Ipv4Addr};
 

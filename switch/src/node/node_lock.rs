@@ -15,6 +15,9 @@
 //! description, which the descriptor carries through `exec` (a process started with it open,
 //! at the number the file records, adopts it alike).
 
+// `unsafe` is denied crate-wide and allowed in this file only: flock on the node's lock file and finding an inherited descriptor.
+#![allow(unsafe_code)]
+
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};

@@ -5,6 +5,9 @@
 //! the service lock); names are unique, and so are `(vip, port, proto)`. Each service records
 //! where it came from (config, runtime, etcd); the etcd agent changes only services from etcd.
 
+// `unsafe` is denied crate-wide and allowed in this file only: malloc_trim, to give a flood's memory back.
+#![allow(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 

@@ -29,6 +29,9 @@
 //! the pod's interface name first) instead of creating a TAP. Descriptors no pod claims are
 //! then closed, their TAPs with them ([`Node::resume`]).
 
+// `unsafe` is denied crate-wide and allowed in this file only: clearing FD_CLOEXEC and exec for the handover.
+#![allow(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};

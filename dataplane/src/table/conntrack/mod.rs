@@ -560,7 +560,7 @@ impl Conntrack {
 
     /// The established TCP flows of service `service` whose backend `keep` no longer accepts,
     /// as (client, VIP): their clients may be idle, and are told the connection is gone
-    /// ([`crate::pipeline::reply`]'s probes draw the packet a reset answers).
+    /// (the pipeline's probes draw the packet a reset answers).
     pub fn stranded(
         &self,
         service: u32,

@@ -1,7 +1,7 @@
 //! The data-plane threads run on the CPUs they are pinned to, and only when asked. In its own
 //! test binary (its own process), so no other switch's threads share the names looked for.
 
-mod common;
+use crate::common;
 
 use podswitch::dataplane::{allowed_cpus, Switch, SwitchConfig};
 use podswitch::pipeline::NodeConfig;
@@ -63,16 +63,9 @@ fn workers_run_on_the_cpus_they_are_pinned_to() {
     );
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[podswitch_dataplane::testutil::root_test]
 fn a_node_pins_its_worker_only_when_asked() {
-    use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
-    if !root_or_skip("a_node_pins_its_worker_only_when_asked") {
-        return;
-    }
+    use podswitch_dataplane::testutil::{unique, wait_for};
     let mine = std::fs::read_to_string("/proc/self/status")
         .expect("status")
         .lines()

@@ -1,7 +1,7 @@
 //! Real pods: network namespaces with TAP `eth0`s bridged by podswitch, driven by the kernel's
-//! own TCP/IP stacks and real processes. Needs root (see `common::root_or_skip`).
+//! own TCP/IP stacks and real processes. Needs root (see `#[root_test]`).
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
@@ -57,15 +57,8 @@ fn connect_from(ns: &str, addr: SocketAddrV4) -> TcpStream {
     socket_in(ns, || TcpStream::connect(addr))
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn ping_and_tcp_between_real_pods() {
-    if !root_or_skip("ping_and_tcp_between_real_pods") {
-        return;
-    }
     let (na, nb) = (unique("psa"), unique("psb"));
     let node = start(&[plan(&na, 10), plan(&nb, 11)]);
     assert!(ping(&na, "10.244.1.11", 3), "pod a cannot ping pod b");
@@ -110,15 +103,8 @@ fn ping_and_tcp_between_real_pods() {
     );
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn two_workers_share_the_flows_of_multi_queue_taps() {
-    if !root_or_skip("two_workers_share_the_flows_of_multi_queue_taps") {
-        return;
-    }
     let (na, nb) = (unique("psa"), unique("psb"));
     let node = start_with_workers(&[plan(&na, 10), plan(&nb, 11)], 2);
     let queues = stdout_of(run(&[
@@ -233,15 +219,8 @@ fn stdout_of(out: std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn processes_of_one_pod_share_localhost_and_ports() {
-    if !root_or_skip("processes_of_one_pod_share_localhost_and_ports") {
-        return;
-    }
     let (na, nb) = (unique("psl"), unique("psm"));
     let node = start(&[plan(&na, 10), plan(&nb, 11)]);
     let before = node.pod("pod10").expect("pod").counters;
@@ -291,15 +270,8 @@ fn chunk(seq: u64) -> Vec<u8> {
     c
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn pods_added_and_removed_while_others_transfer() {
-    if !root_or_skip("pods_added_and_removed_while_others_transfer") {
-        return;
-    }
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     let (na, nb, nc, nd) = (unique("psa"), unique("psb"), unique("psc"), unique("psd"));
@@ -363,15 +335,8 @@ fn pods_added_and_removed_while_others_transfer() {
     }
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn namespace_deleted_from_outside_removes_only_that_pod() {
-    if !root_or_skip("namespace_deleted_from_outside_removes_only_that_pod") {
-        return;
-    }
     let (na, nb, nc) = (unique("psa"), unique("psb"), unique("psc"));
     let node = start(&[plan(&na, 10), plan(&nb, 11), plan(&nc, 12)]);
     assert!(ping(&na, "10.244.1.12", 1));
@@ -400,15 +365,8 @@ fn namespace_deleted_from_outside_removes_only_that_pod() {
         .all(|n| n != &na && n != &nb && n != &nc));
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn adopted_namespace_is_left_as_found() {
-    if !root_or_skip("adopted_namespace_is_left_as_found") {
-        return;
-    }
     let (na, nb) = (unique("psa"), unique("psb"));
     let _guard = NsGuard(vec![na.clone()]);
     assert!(run(&["ip", "netns", "add", &na]).status.success());
@@ -427,15 +385,8 @@ fn adopted_namespace_is_left_as_found() {
     );
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn failed_pod_setup_leaves_nothing_behind() {
-    if !root_or_skip("failed_pod_setup_leaves_nothing_behind") {
-        return;
-    }
     let (na, nb, nc) = (unique("psa"), unique("psb"), unique("psc"));
     let _guard = NsGuard(vec![nb.clone()]);
     let node = start(&[plan(&na, 10)]);
@@ -535,15 +486,8 @@ for _ in range(3):
     s.send(frame)
 "#;
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_deleted_pods_mac_and_vlan_tagged_spoofing_reach_no_other_pod() {
-    if !root_or_skip("a_deleted_pods_mac_and_vlan_tagged_spoofing_reach_no_other_pod") {
-        return;
-    }
     let (na, nb, nc) = (unique("pva"), unique("pvb"), unique("pvc"));
     let node = start(&[plan(&na, 10), plan(&nb, 11), plan(&nc, 12)]);
     assert!(ping(&na, "10.244.1.12", 1));
@@ -693,19 +637,12 @@ fn flood_source_macs(ns: &str, count: u32) -> u32 {
     sent
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_pod_sending_from_a_million_source_macs_is_dropped_bounded_and_isolated() {
-    if !root_or_skip("a_pod_sending_from_a_million_source_macs_is_dropped_bounded_and_isolated") {
-        return;
-    }
     use podswitch::control::{ControlHandler, Request, Response};
     let (na, nb, nc) = (unique("pfa"), unique("pfb"), unique("pfc"));
     let node = std::sync::Arc::new(start(&[plan(&na, 10), plan(&nb, 11), plan(&nc, 12)]));
-    let handler = podswitch::node::NodeHandler::new(std::sync::Arc::clone(&node));
+    let handler = podswitch::control::NodeHandler::new(std::sync::Arc::clone(&node));
     let fdb = || match handler.handle(Request::Fdb) {
         Response::Fdb(entries) => entries.len(),
         other => panic!("fdb: {other:?}"),
@@ -769,15 +706,8 @@ fn udp_rcvbuf_errors(ns: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_pod_that_stops_reading_does_not_hold_up_the_others() {
-    if !root_or_skip("a_pod_that_stops_reading_does_not_hold_up_the_others") {
-        return;
-    }
     let (na, nb, nc) = (unique("pra"), unique("prb"), unique("prc"));
     let node = start(&[plan(&na, 10), plan(&nb, 11), plan(&nc, 12)]);
     // Pod c has a socket it never reads: its buffer fills, then its kernel drops.

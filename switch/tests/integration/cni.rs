@@ -1,6 +1,6 @@
 //! The `podswitch-cni` plugin driven exactly as a container runtime drives it (environment +
 //! network config on stdin), against the real daemon and Debian's real `host-local` IPAM
-//! plugin from /usr/lib/cni. Needs root (namespaces, TAPs); see `root_or_skip`.
+//! plugin from /usr/lib/cni. Needs root (namespaces, TAPs); see `#[root_test]`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,9 +8,9 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
-use podswitch_dataplane::testutil::{root_or_skip, unique};
+use podswitch_dataplane::testutil::{root_test, unique};
 
-mod common;
+use crate::common;
 
 use common::{config, netns_add, run, tempdir, Daemon};
 
@@ -219,15 +219,8 @@ fn bad_configs_and_environments_are_the_spec_errors() {
     assert_eq!(a.json["msg"], "CNI_IFNAME is not set");
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn add_check_del_through_the_daemon_and_host_local() {
-    if !root_or_skip("add_check_del_through_the_daemon_and_host_local") {
-        return;
-    }
     let (d, dir) = daemon("cniadd");
     let (na, nb) = (unique("cnia"), unique("cnib"));
     let _ns = Netns(vec![na.clone(), nb.clone()]);
@@ -356,15 +349,8 @@ fn add_check_del_through_the_daemon_and_host_local() {
     assert_eq!(s.code, 0, "{}", s.text);
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn daemon_down_is_try_again_later_and_leaves_no_address() {
-    if !root_or_skip("daemon_down_is_try_again_later_and_leaves_no_address") {
-        return;
-    }
     let dir = tempdir("cnidown");
     let _dir = Dir(dir.clone());
     let ns = unique("cnidn");
@@ -411,15 +397,8 @@ fn daemon_down_is_try_again_later_and_leaves_no_address() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_failure_after_ipam_releases_the_address() {
-    if !root_or_skip("a_failure_after_ipam_releases_the_address") {
-        return;
-    }
     let (d, dir) = daemon("cnifail");
     let data = dir.join("ipam");
     let conf = netconf("1.0.0", &d.control, &data, Some("10.244.1.0/24"));

@@ -1,12 +1,12 @@
 //! Small things that misled users: each error says what is wrong, and a listing piped into a
 //! reader that goes away ends quietly.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
 use common::{config, netns_add, run, tempdir, Daemon, BIN, LAB};
-use podswitch_dataplane::testutil::{root_or_skip, unique};
+use podswitch_dataplane::testutil::{root_test, unique};
 
 #[test]
 fn lab_down_of_a_lab_that_is_not_up_fails_and_says_so() {
@@ -20,15 +20,8 @@ fn lab_down_of_a_lab_that_is_not_up_fails_and_says_so() {
     );
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_listing_piped_into_a_reader_that_goes_ends_quietly() {
-    if !root_or_skip("a_listing_piped_into_a_reader_that_goes_ends_quietly") {
-        return;
-    }
     let dir = tempdir("epipe");
     let control = dir.join("ctl.sock");
     let pods: Vec<(String, String, String)> = (0..3)
@@ -81,15 +74,8 @@ fn a_listing_piped_into_a_reader_that_goes_ends_quietly() {
     drop(d);
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_mistyped_control_path_and_a_taken_host_interface_name_say_what_is_wrong() {
-    if !root_or_skip("a_mistyped_control_path_and_a_taken_host_interface_name_say_what_is_wrong") {
-        return;
-    }
     let dir = tempdir("typo");
     // A control socket in a directory that does not exist: refused, nothing made.
     let typo = dir.join("no/such/dir/node.sock");
@@ -140,15 +126,8 @@ fn a_mistyped_control_path_and_a_taken_host_interface_name_say_what_is_wrong() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_clean_stop_leaves_no_empty_state_file_behind() {
-    if !root_or_skip("a_clean_stop_leaves_no_empty_state_file_behind") {
-        return;
-    }
     let dir = tempdir("cleanstop");
     let control = dir.join("ctl.sock");
     let ns = unique("csp");

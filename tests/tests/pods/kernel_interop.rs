@@ -5,7 +5,7 @@
 //! root. The scaffolding of the kernel side uses `ip` (it plays flannel); podswitch itself uses
 //! netlink.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -217,15 +217,8 @@ fn decode(f: &[u8]) -> Option<Vxlan> {
     })
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn podswitch_and_kernel_vxlan_interoperate() {
-    if !root_or_skip("podswitch_and_kernel_vxlan_interoperate") {
-        return;
-    }
     let s = setup();
     let cap = capture_socket(&s.b, "eth0");
     assert!(

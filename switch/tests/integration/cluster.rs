@@ -4,7 +4,7 @@
 //! a range exhausted). Every node, pod and etcd lives in namespaces these tests create on an
 //! underlay of their own (192.168.77.0/24); each test uses its own etcd prefix. Needs root.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -15,7 +15,7 @@ use common::cluster::{flannel_network_config, ping, Etcd, KernelFlannelNode, Nod
 use common::{run, run_with_stdin, tempdir};
 use podswitch::control::{Request, Response};
 use podswitch::node::{PeerSource, ServiceProto, ServiceSpec};
-use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
+use podswitch_dataplane::testutil::{root_test, unique, wait_for};
 
 const ETCD_IP: &str = "192.168.77.254";
 
@@ -118,16 +118,9 @@ fn field(value: &str, name: &str) -> String {
     f.and_then(|f| f.as_str()).unwrap_or_default().to_string()
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn three_nodes_lease_distinct_subnets_and_reach_each_other_restart_keeps_a_subnet_and_a_killed_node_expires(
 ) {
-    if !root_or_skip("three_nodes_lease_distinct_subnets") {
-        return;
-    }
     let mut c = Cluster::new();
     // All three start at once: the transactions keep their subnets apart.
     let mut nodes: Vec<Node> = (1..=3).map(|i| c.node(i, 1, 5)).collect();
@@ -218,15 +211,8 @@ fn three_nodes_lease_distinct_subnets_and_reach_each_other_restart_keeps_a_subne
     assert!(ping(&nodes[0].pod_ns[0], &ips[1]), "the others still talk");
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_kernel_vxlan_node_joins_by_a_hand_written_lease_and_leaves_when_it_is_deleted() {
-    if !root_or_skip("a_kernel_vxlan_node_joins_by_a_hand_written_lease") {
-        return;
-    }
     let mut c = Cluster::new();
     let nodes: Vec<Node> = (1..=2).map(|i| c.node(i, 1, 30)).collect();
     let subnets: Vec<String> = nodes.iter().map(Node::subnet).collect();
@@ -295,16 +281,9 @@ fn a_kernel_vxlan_node_joins_by_a_hand_written_lease_and_leaves_when_it_is_delet
     nodes[1].wait_peers(&[subnets[0].as_str()], Duration::from_secs(10));
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn with_etcd_gone_pods_keep_talking_a_node_restarts_on_its_subnet_and_etcd_back_brings_a_new_node()
 {
-    if !root_or_skip("with_etcd_gone_pods_keep_talking") {
-        return;
-    }
     let mut c = Cluster::new();
     let mut nodes: Vec<Node> = (1..=2).map(|i| c.node(i, 1, 30)).collect();
     let subnets: Vec<String> = nodes.iter().map(Node::subnet).collect();
@@ -349,15 +328,8 @@ fn with_etcd_gone_pods_keep_talking_a_node_restarts_on_its_subnet_and_etcd_back_
     );
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn the_nodes_own_key_deleted_is_recreated() {
-    if !root_or_skip("the_nodes_own_key_deleted_is_recreated") {
-        return;
-    }
     let mut c = Cluster::new();
     let node = c.node(1, 0, 30);
     let subnet = node.subnet();
@@ -379,15 +351,8 @@ fn the_nodes_own_key_deleted_is_recreated() {
     assert!(out.contains("\"lease\""), "{out}");
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_missing_config_and_an_exhausted_range_are_said_and_waited_out() {
-    if !root_or_skip("a_missing_config_and_an_exhausted_range") {
-        return;
-    }
     // No network config yet.
     let mut c = Cluster::with_network("");
     let node = c.node(1, 1, 30);
@@ -419,15 +384,8 @@ fn a_missing_config_and_an_exhausted_range_are_said_and_waited_out() {
     );
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_configured_subnet_held_by_another_node_is_waited_for_never_shared() {
-    if !root_or_skip("a_configured_subnet_held_by_another_node") {
-        return;
-    }
     let mut c = Cluster::new();
     let key = format!("{}/subnets/10.244.5.0-24", c.prefix);
     c.etcd.put(
@@ -508,16 +466,9 @@ fn fetch(ns: &str, url: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_service_put_in_etcd_is_applied_on_every_node_reached_through_its_vip_and_removed_with_its_key()
 {
-    if !root_or_skip("a_service_put_in_etcd_is_applied_on_every_node") {
-        return;
-    }
     let mut c = Cluster::new();
     let mut nodes: Vec<Node> = (1..=2).map(|i| c.node(i, 1, 30)).collect();
     let subnets: Vec<String> = nodes.iter().map(Node::subnet).collect();
@@ -638,16 +589,8 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 /// `node.metrics` on 127.0.0.1 inside each node's own namespace: the etcd lease, and the
 /// tunnel traffic of each peer as pods on two nodes ping each other; the text passes promtool.
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn metrics_in_the_nodes_namespace_show_the_lease_and_each_peers_tunnel_traffic() {
-    if !root_or_skip("metrics_in_the_nodes_namespace_show_the_lease_and_each_peers_tunnel_traffic")
-    {
-        return;
-    }
     let mut c = Cluster::new();
     let metrics = "metrics = \"127.0.0.1:9469\"\n";
     let nodes: Vec<Node> = (1..=2).map(|i| c.node_with(i, 1, 30, metrics)).collect();

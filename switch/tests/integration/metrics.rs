@@ -1,7 +1,7 @@
 //! `node.metrics` on a real node (`podswitch run`, pods in namespaces behind TAPs): the
 //! Prometheus text passes `promtool check metrics` and its counters follow real traffic and
 //! real drops; the web view, in a real headless Chromium, shows the pods and live counters.
-//! Needs root (see `root_or_skip`), `promtool` (Debian's `prometheus`) and `chromium`
+//! Needs root (see `#[root_test]`), `promtool` (Debian's `prometheus`) and `chromium`
 //! (`scripts/setup` installs both): a missing tool fails the test, it is never skipped.
 
 use std::io::{Read, Write};
@@ -11,9 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use podswitch::control::{Request, Response};
-use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
+use podswitch_dataplane::testutil::{root_test, unique, wait_for};
 
-mod common;
+use crate::common;
 
 use common::{config, run, run_with_stdin, tempdir, Daemon};
 
@@ -120,15 +120,8 @@ for _ in range(count):
     s.send(frame)
 "#;
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn metrics_pass_promtool_and_follow_pod_traffic_and_drops_by_reason() {
-    if !root_or_skip("metrics_pass_promtool_and_follow_pod_traffic_and_drops_by_reason") {
-        return;
-    }
     let (d, addr, na, _nb) = node("pm");
     let before = scrape(addr);
     promtool_check(&before);
@@ -321,15 +314,8 @@ fn shown(dom: &str, id: &str) -> u64 {
         .unwrap_or_else(|_| panic!("{id} shows {text:?}"))
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn web_view_shows_the_pods_and_live_counters_in_headless_chromium() {
-    if !root_or_skip("web_view_shows_the_pods_and_live_counters_in_headless_chromium") {
-        return;
-    }
     let (_d, addr, na, _nb) = node("pw");
     let profile = tempdir("chromium");
     let first = dump_dom(addr, &profile);
@@ -368,15 +354,8 @@ fn web_view_shows_the_pods_and_live_counters_in_headless_chromium() {
     let _ = std::fs::remove_dir_all(&profile);
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_node_in_a_bare_namespace_serves_metrics_there_with_its_host_interface() {
-    if !root_or_skip("a_node_in_a_bare_namespace_serves_metrics_there_with_its_host_interface") {
-        return;
-    }
     // `ip netns add` leaves the namespace's loopback down: the daemon brings it up, so the
     // metrics on 127.0.0.1 answer there.
     let (node_ns, pod_ns) = (unique("mbare"), unique("mbarep"));

@@ -1,5 +1,5 @@
 //! The `podswitch` binary as a user runs it: `run --config`, the control subcommands, signals.
-//! Needs root (namespaces, TAPs); see `root_or_skip`.
+//! Needs root (namespaces, TAPs); see `#[root_test]`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use podswitch::control::{ErrorKind, Request, Response};
 use podswitch::node::{PeerSource, PodSpec, PodStatus, ServiceProto, ServiceStatus};
-use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
+use podswitch_dataplane::testutil::{root_test, unique, wait_for};
 
-mod common;
+use crate::common;
 
 use common::{config, netns_add, run, tempdir, Daemon, LabGuard, BIN, LAB};
 
@@ -43,15 +43,8 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn daemon_runs_pods_serves_control_and_cleans_up_on_sigterm() {
-    if !root_or_skip("daemon_runs_pods_serves_control_and_cleans_up_on_sigterm") {
-        return;
-    }
     let (web, api, extra) = (unique("dweb"), unique("dapi"), unique("dext"));
     let dir = tempdir("psd");
     let control = dir.join("node.sock");
@@ -231,15 +224,8 @@ fn daemon_runs_pods_serves_control_and_cleans_up_on_sigterm() {
     );
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn bad_config_names_the_field_and_creates_nothing() {
-    if !root_or_skip("bad_config_names_the_field_and_creates_nothing") {
-        return;
-    }
     let (a, b) = (unique("dbad"), unique("dbad"));
     let dir = tempdir("psb");
     let control = dir.join("node.sock");
@@ -280,15 +266,8 @@ fn ping_from(ns: &str, ip: &str) -> bool {
     .success()
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn lab_builds_a_two_node_cluster_and_tears_it_down() {
-    if !root_or_skip("lab_builds_a_two_node_cluster_and_tears_it_down") {
-        return;
-    }
     let name = unique("lab");
     let (guard, up) = common::lab_up(&name, 2, 2);
     let text = stdout(&up);
@@ -539,15 +518,8 @@ fn lab_pod_ips(text: &str, name: &str, i: usize) -> Vec<String> {
         .collect()
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn lab_with_etcd_leases_subnets_and_learns_peers_there() {
-    if !root_or_skip("lab_with_etcd_leases_subnets_and_learns_peers_there") {
-        return;
-    }
     let name = unique("labe");
     let guard = LabGuard(name.clone());
     let up = Command::new(LAB)
@@ -715,16 +687,8 @@ fn refused_alike(d: &Daemon, dir: &Path, base: &str, kind: &str, args: &[&str], 
     );
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn runtime_pod_and_peer_add_refuse_what_the_file_refuses_with_the_same_message() {
-    if !root_or_skip("runtime_pod_and_peer_add_refuse_what_the_file_refuses_with_the_same_message")
-    {
-        return;
-    }
     let a = unique("drule");
     let dir = tempdir("psr");
     let control = dir.join("node.sock");
@@ -824,15 +788,8 @@ fn runtime_pod_and_peer_add_refuse_what_the_file_refuses_with_the_same_message()
     );
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_second_daemon_says_what_is_taken() {
-    if !root_or_skip("a_second_daemon_says_what_is_taken") {
-        return;
-    }
     let a = unique("dtwice");
     let dir = tempdir("pst");
     let control = dir.join("node.sock");
@@ -980,15 +937,8 @@ fn pod_status(d: &Daemon, name: &str) -> Option<PodStatus> {
     }
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn pods_attach_by_path_with_a_container_id_and_an_interface_name() {
-    if !root_or_skip("pods_attach_by_path_with_a_container_id_and_an_interface_name") {
-        return;
-    }
     let named = unique("dcni");
     let missing = unique("dgone");
     let dir = tempdir("pscni");
@@ -1157,15 +1107,8 @@ fn pods_attach_by_path_with_a_container_id_and_an_interface_name() {
     wait_for("pod b reaped", || pod_status(&d, "b").is_none());
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn cni_attachments_survive_a_daemon_restart() {
-    if !root_or_skip("cni_attachments_survive_a_daemon_restart") {
-        return;
-    }
     let named = unique("drst");
     let dir = tempdir("psrst");
     let control = dir.join("node.sock");
@@ -1247,15 +1190,8 @@ fn pod_ip(d: &Daemon, name: &str) -> std::net::Ipv4Addr {
         .unwrap_or_else(|| panic!("pod {name} listed without an address"))
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn pods_without_ip_get_the_lowest_free_addresses_and_keep_them() {
-    if !root_or_skip("pods_without_ip_get_the_lowest_free_addresses_and_keep_them") {
-        return;
-    }
     let (auto_ns, fixed_ns, rt_ns, cni_ns) = (
         unique("dauto"),
         unique("dfix"),
@@ -1393,15 +1329,8 @@ fn pods_without_ip_get_the_lowest_free_addresses_and_keep_them() {
     assert!(left.contains(&cni_ns));
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_full_range_refuses_a_pod_without_ip_by_name() {
-    if !root_or_skip("a_full_range_refuses_a_pod_without_ip_by_name") {
-        return;
-    }
     let (a, b) = (unique("dfull"), unique("dfull"));
     let dir = tempdir("psfull");
     let control = dir.join("node.sock");
@@ -1427,15 +1356,8 @@ fn service_list(d: &Daemon) -> Vec<ServiceStatus> {
     }
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn services_from_the_file_and_at_runtime_refused_alike() {
-    if !root_or_skip("services_from_the_file_and_at_runtime_refused_alike") {
-        return;
-    }
     let dir = tempdir("pss");
     let control = dir.join("node.sock");
     let base = format!(
@@ -1643,15 +1565,8 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn control_socket_survives_floods_of_clients_garbage_and_huge_lines() {
-    if !root_or_skip("control_socket_survives_floods_of_clients_garbage_and_huge_lines") {
-        return;
-    }
     use std::io::Write as _;
     use std::os::unix::net::UnixStream;
     let web = unique("fweb");
@@ -1736,15 +1651,8 @@ fn control_socket_survives_floods_of_clients_garbage_and_huge_lines() {
     );
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_killed_daemon_started_again_takes_its_pods_back_and_connections_live_on() {
-    if !root_or_skip("a_killed_daemon_started_again_takes_its_pods_back_and_connections_live_on") {
-        return;
-    }
     use common::transfer::Transfer;
     use std::net::{Ipv4Addr, SocketAddrV4};
     let (web, api, extra) = (unique("kweb"), unique("kapi"), unique("kext"));
@@ -1872,15 +1780,8 @@ fn queue_setting(ns: &str, ifname: &str, queue: usize, file: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn rx_steering_sets_rps_and_rfs_on_every_receive_queue() {
-    if !root_or_skip("rx_steering_sets_rps_and_rfs_on_every_receive_queue") {
-        return;
-    }
     const SOCK_FLOWS: &str = "/proc/sys/net/core/rps_sock_flow_entries";
     let allowed = podswitch::dataplane::allowed_cpus();
     let last = *allowed.last().expect("a CPU");

@@ -1,16 +1,16 @@
 //! The config file is the truth after a clean stop: SIGTERM forgets the services added at
 //! runtime (as it forgets the pods it made at runtime; a crash or an upgrade keeps them), and a
 //! runtime service may not shadow a service of the file (refused, naming both). Real daemons;
-//! needs root (see `root_or_skip`).
+//! needs root (see `#[root_test]`).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use common::{config, tempdir, Daemon};
 use podswitch::control::{Request, Response};
 use podswitch::node::{PeerSource, ServiceStatus};
-use podswitch_dataplane::testutil::root_or_skip;
+use podswitch_dataplane::testutil::root_test;
 
 /// The file's service.
 const WEB: &str = "\n[[services]]\nname = \"web\"\nvip = \"10.96.0.10\"\nport = 80\nbackends = [\"10.244.1.10:8080\"]\n";
@@ -61,15 +61,8 @@ fn web_of_the_file() -> (String, String, PeerSource) {
     ("web".into(), "10.96.0.10".into(), PeerSource::Config)
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_runtime_service_may_not_shadow_one_of_the_config_file() {
-    if !root_or_skip("a_runtime_service_may_not_shadow_one_of_the_config_file") {
-        return;
-    }
     let d = daemon("node-shadow", "pscts", WEB);
     let out = service_add(&d, "web", "10.96.0.99");
     assert!(!out.status.success(), "accepted: {}", stderr(&out));
@@ -96,15 +89,8 @@ fn a_runtime_service_may_not_shadow_one_of_the_config_file() {
     );
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_clean_stop_forgets_runtime_services_a_crash_keeps_them() {
-    if !root_or_skip("a_clean_stop_forgets_runtime_services_a_crash_keeps_them") {
-        return;
-    }
     let mut d = daemon("node-clean", "psctc", WEB);
     let out = service_add(&d, "extra", "10.96.0.20");
     assert!(out.status.success(), "{}", stderr(&out));
@@ -137,15 +123,8 @@ fn a_clean_stop_forgets_runtime_services_a_crash_keeps_them() {
     );
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_recorded_runtime_service_gives_way_to_the_file_and_says_so() {
-    if !root_or_skip("a_recorded_runtime_service_gives_way_to_the_file_and_says_so") {
-        return;
-    }
     // A runtime "web" recorded (the daemon crashed), then the file gains a "web" of its own.
     let mut d = daemon("node-late", "psctl", "");
     let out = service_add(&d, "web", "10.96.0.99");

@@ -7,13 +7,13 @@
 //! Before the fix, a backend's SYN-ACK alone made a flow `established` for a day: the flood
 //! filled the table and every new Service connection on the node timed out.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
 
 use common::{config, netns_add, tempdir, Daemon};
-use podswitch_dataplane::testutil::{root_or_skip, unique};
+use podswitch_dataplane::testutil::{root_test, unique};
 
 const VIP: &str = "10.96.0.10";
 /// `node.conntrack_max` here: small enough for a flood of a few seconds to fill it.
@@ -86,15 +86,8 @@ fn flows_per_client(d: &Daemon) -> BTreeMap<String, usize> {
     per
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_syn_flood_from_pods_leaves_other_pods_service_connections_working() {
-    if !root_or_skip("a_syn_flood_from_pods_leaves_other_pods_service_connections_working") {
-        return;
-    }
     let dir = tempdir("ctflood");
     let control = dir.join("ctl.sock");
     let (resets, silent, client, backend) =

@@ -1,8 +1,7 @@
-//! The node as the control socket serves it: [`NodeHandler`] (the running node, with its
-//! upgrade and its cluster status when it has them) and [`StartingHandler`] (the daemon's
-//! handler from the moment it binds the socket, before the node is up). The mapping from
-//! requests to the node's calls is the control plane's (`control/dispatch.rs`): the node
-//! knows nothing of the protocol.
+//! What the control socket serves: [`NodeHandler`] (the running node, with its upgrade and
+//! its cluster status when it has them) and [`StartingHandler`] (the daemon's handler from
+//! the moment it binds the socket, before the node is up). The mapping from requests to the
+//! node's calls is in `dispatch.rs`: the node knows nothing of the protocol or the cluster.
 //!
 //! Invariant: a starting handler is made ready at most once; from then on it is the node's.
 
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::ClusterStatus;
 
-use super::{Node, Upgrade};
+use crate::node::{Node, Upgrade};
 
 /// Serves control requests against a running node.
 pub struct NodeHandler {
@@ -31,7 +30,7 @@ impl NodeHandler {
     }
 
     /// Also takes `upgrade` requests (the daemon execs the new binary; see
-    /// [`super::Upgrade`]).
+    /// [`crate::node::Upgrade`]).
     pub fn with_upgrade(mut self, upgrade: Arc<Upgrade>) -> Self {
         self.upgrade = Some(upgrade);
         self

@@ -3,20 +3,13 @@
 //! nodes configured like flannel's VXLAN backend carry pod traffic. Needs root (see
 //! `root_or_skip`).
 
-mod common;
+use crate::common;
 
 use common::cluster::{flannel_network_config, ping, Etcd, KernelFlannelNode, Underlay};
-use podswitch_dataplane::testutil::{root_or_skip, wait_for};
+use podswitch_dataplane::testutil::{root_test, wait_for};
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn underlay_hosts_ping_each_other() {
-    if !root_or_skip("underlay_hosts_ping_each_other") {
-        return;
-    }
     let mut ul = Underlay::new();
     let a = ul.add_host("192.168.77.1");
     let b = ul.add_host("192.168.77.2");
@@ -24,15 +17,8 @@ fn underlay_hosts_ping_each_other() {
     assert!(ping(&b, "192.168.77.1"), "{b} cannot ping 192.168.77.1");
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn etcd_stores_expires_and_survives_a_restart() {
-    if !root_or_skip("etcd_stores_expires_and_survives_a_restart") {
-        return;
-    }
     let mut ul = Underlay::new();
     let host = ul.add_host("192.168.77.10");
     let mut etcd = Etcd::start(&host, "192.168.77.10", 2379);
@@ -87,15 +73,8 @@ fn etcd_stores_expires_and_survives_a_restart() {
     assert!(etcd.log().contains("etcd"), "the log is captured");
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn kernel_flannel_nodes_carry_pod_traffic() {
-    if !root_or_skip("kernel_flannel_nodes_carry_pod_traffic") {
-        return;
-    }
     let mut ul = Underlay::new();
     let a = KernelFlannelNode::new(
         &mut ul,

@@ -2,9 +2,9 @@
 //! on the service CIDR, a peer underlay on loopback or a pod's address, a loopback backend, a
 //! pod interface named `lo`), more workers than CPUs refused at start, and a client of a
 //! Service whose backend is an address of the node's pod CIDR no pod has (yet) refused at once
-//! instead of waiting out its timeouts. Real daemons; needs root (see `root_or_skip`).
+//! instead of waiting out its timeouts. Real daemons; needs root (see `#[root_test]`).
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
 use std::path::Path;
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{config, run, tempdir, Daemon, BIN};
 use podswitch::netns::NetNs;
-use podswitch_dataplane::testutil::{root_or_skip, unique};
+use podswitch_dataplane::testutil::{root_test, unique};
 
 /// A namespace of the test's, deleted on drop (also when the test fails midway).
 struct Netns(String);
@@ -35,15 +35,8 @@ fn refused(d: &Daemon, args: &[&str]) -> String {
     stderr(&out).trim().to_string()
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn the_missing_rules_are_refused_at_runtime_by_field() {
-    if !root_or_skip("the_missing_rules_are_refused_at_runtime_by_field") {
-        return;
-    }
     let (a, b) = (unique("mra"), unique("mrb"));
     let guard = Netns(unique("mrn"));
     let node_ns = &guard.0;
@@ -151,15 +144,8 @@ fn the_missing_rules_are_refused_at_runtime_by_field() {
     );
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn more_workers_than_cpus_are_refused_at_start() {
-    if !root_or_skip("more_workers_than_cpus_are_refused_at_start") {
-        return;
-    }
     let allowed = podswitch::dataplane::allowed_cpus();
     let workers = allowed.len() + 1;
     let dir = tempdir("psmw");
@@ -185,15 +171,8 @@ fn more_workers_than_cpus_are_refused_at_start() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_client_of_a_backend_without_its_pod_is_refused_at_once() {
-    if !root_or_skip("a_client_of_a_backend_without_its_pod_is_refused_at_once") {
-        return;
-    }
     let c = unique("mrc");
     let dir = tempdir("psmc");
     let control = dir.join("node.sock");

@@ -2,7 +2,7 @@
 //! the CNI plugin out.
 //! Needs root (the daemon makes namespaces and TAPs).
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{config, netns_add, tempdir, Daemon};
 use podswitch::control::{Request, Response};
-use podswitch_dataplane::testutil::{root_or_skip, unique};
+use podswitch_dataplane::testutil::{root_test, unique};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_podswitch-cni");
 
@@ -51,17 +51,8 @@ fn cni(
     child.wait_with_output().expect("podswitch-cni exits")
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn the_cli_and_the_cni_plugin_are_served_while_200_idle_connections_are_held_open() {
-    if !root_or_skip(
-        "the_cli_and_the_cni_plugin_are_served_while_200_idle_connections_are_held_open",
-    ) {
-        return;
-    }
     let (web, cnins) = (unique("csweb"), unique("cscni"));
     let dir = tempdir("pscs");
     let control = dir.join("node.sock");

@@ -5,9 +5,9 @@
 use std::io::Read;
 use std::process::{Child, Command, Output, Stdio};
 
-use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
+use podswitch_dataplane::testutil::{root_test, unique, wait_for};
 
-mod common;
+use crate::common;
 
 use common::{config, tempdir, Daemon, BIN};
 
@@ -158,15 +158,8 @@ const TSHARK_FIELDS: [&str; 8] = [
     "icmp.type",
 ];
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_pod_capture_written_to_a_file_is_decoded_by_tshark() {
-    if !root_or_skip("a_pod_capture_written_to_a_file_is_decoded_by_tshark") {
-        return;
-    }
     need_tshark();
     let (d, a, _b) = two_pods();
     let file = d.dir.join("a.pcap");
@@ -199,15 +192,8 @@ fn a_pod_capture_written_to_a_file_is_decoded_by_tshark() {
     );
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_capture_streams_to_tshark_through_a_pipe() {
-    if !root_or_skip("a_capture_streams_to_tshark_through_a_pipe") {
-        return;
-    }
     need_tshark();
     let (d, a, _b) = two_pods();
     let mut cap = spawn_piped(&mut capture_cmd(
@@ -232,15 +218,8 @@ fn a_capture_streams_to_tshark_through_a_pipe() {
     assert_echoes(&fields, "10.244.1.10", "10.244.1.11");
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_closed_reader_or_ctrl_c_stops_the_capture_and_the_node_stops_copying() {
-    if !root_or_skip("a_closed_reader_or_ctrl_c_stops_the_capture_and_the_node_stops_copying") {
-        return;
-    }
     let (mut d, a, _b) = two_pods();
     let mut cap = spawn_piped(&mut capture_cmd(&d, &["--pod", "a"]));
     let ping = ping_forever(&a, "10.244.1.11");
@@ -285,15 +264,8 @@ fn a_closed_reader_or_ctrl_c_stops_the_capture_and_the_node_stops_copying() {
     }
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn captures_of_what_is_not_there_are_refused_by_name() {
-    if !root_or_skip("captures_of_what_is_not_there_are_refused_by_name") {
-        return;
-    }
     let (d, _a, _b) = two_pods();
     let refused = |args: &[&str], needle: &str| {
         let out = capture_cmd(&d, args)
@@ -328,15 +300,8 @@ fn captures_of_what_is_not_there_are_refused_by_name() {
     );
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_peer_capture_shows_the_inner_frames_of_the_tunnel() {
-    if !root_or_skip("a_peer_capture_shows_the_inner_frames_of_the_tunnel") {
-        return;
-    }
     need_tshark();
     let name = unique("clab");
     let (_guard, up) = common::lab_up(&name, 2, 1);
@@ -369,15 +334,8 @@ fn a_peer_capture_shows_the_inner_frames_of_the_tunnel() {
     assert_echoes(&fields, "10.244.1.10", "10.244.2.10");
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn tcp_superframes_are_captured_as_one_large_packet_each() {
-    if !root_or_skip("tcp_superframes_are_captured_as_one_large_packet_each") {
-        return;
-    }
     need_tshark();
     let (d, a, b) = two_pods();
     let server = Background(

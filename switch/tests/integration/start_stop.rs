@@ -1,13 +1,13 @@
 //! SIGTERM during a start: the daemon stops, and leaves nothing of what it made (the
 //! namespaces it created for its pods).
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{config, tempdir, BIN};
-use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
+use podswitch_dataplane::testutil::{root_test, unique, wait_for};
 
 fn namespaces() -> String {
     String::from_utf8_lossy(
@@ -41,15 +41,8 @@ fn as_config(pods: &[(String, String, String)]) -> Vec<(&str, &str, &str)> {
         .collect()
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn sigterm_while_pods_are_being_made_leaves_none_behind() {
-    if !root_or_skip("sigterm_while_pods_are_being_made_leaves_none_behind") {
-        return;
-    }
     let dir = tempdir("startstop");
     let control = dir.join("ctl.sock");
     let names = many_pods("ss", 40);
@@ -109,15 +102,8 @@ fn sigterm_while_pods_are_being_made_leaves_none_behind() {
     assert!(!control.exists(), "the control socket is gone");
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn the_control_socket_goes_last_on_a_clean_stop() {
-    if !root_or_skip("the_control_socket_goes_last_on_a_clean_stop") {
-        return;
-    }
     let dir = tempdir("socklast");
     let control = dir.join("ctl.sock");
     let names = many_pods("sl", 30);

@@ -5,14 +5,14 @@
 //! back to the pod networks, so a reply reaches a pod only if its request left with the node's
 //! address. Needs root.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use common::cluster::{ping, sh, Node, Underlay};
 use common::{run, tempdir};
-use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
+use podswitch_dataplane::testutil::{root_test, unique, wait_for};
 
 const OUTSIDE: &str = "198.51.100.1";
 
@@ -156,15 +156,8 @@ impl Drop for Site {
     }
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn pods_reach_the_outside_masqueraded_and_the_node_reaches_its_pods() {
-    if !root_or_skip("pods_reach_the_outside_masqueraded") {
-        return;
-    }
     let site = Site::new();
     let (n1, n2) = (&site.nodes[0], &site.nodes[1]);
     let (pod1, pod2) = (n1.pod_ns[0].clone(), n2.pod_ns[0].clone());
@@ -223,15 +216,8 @@ fn pods_reach_the_outside_masqueraded_and_the_node_reaches_its_pods() {
     );
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn sigterm_leaves_no_rule_or_interface_and_a_restart_after_sigkill_no_duplicate() {
-    if !root_or_skip("sigterm_leaves_no_rule_or_interface") {
-        return;
-    }
     let mut site = Site::new();
     assert!(site.has_link(0, "podsw0"));
     assert_eq!(site.rules(0).matches("masquerade").count(), 1);
@@ -345,15 +331,8 @@ fn spawn_in(ns: &str, script: &str, ip: &str, port: u16, udp: bool) -> Server {
     Server(child)
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn services_spread_flows_over_backends_across_nodes_with_hairpin_udp_and_reject() {
-    if !root_or_skip("services_spread_flows_over_backends") {
-        return;
-    }
     let site = Site::new();
     let (n1, pod1, pod2) = (
         &site.nodes[0],
@@ -565,15 +544,8 @@ left = [c for c in conns if c not in idle_reset]
 print(json.dumps(len(idle_resets(marker + ".2", left))), flush=True)
 "#;
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn three_hundred_connections_over_three_backends_and_a_backend_removed_under_load() {
-    if !root_or_skip("three_hundred_connections_over_three_backends") {
-        return;
-    }
     let site = Site::new();
     let n1 = &site.nodes[0];
     let client = n1.pod_ns[0].clone();

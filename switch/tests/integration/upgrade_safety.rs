@@ -4,7 +4,7 @@
 //! `node/guard.rs`); the CLI says so at once, with the daemon's last log lines. Real daemons,
 //! pods in namespaces, pings between them. Needs root.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{netns_add, run, tempdir, BIN};
 use podswitch::control;
-use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
+use podswitch_dataplane::testutil::{root_test, unique, wait_for};
 
 /// A node in its own namespace with pods `a` (10.244.1.10) and `b` (10.244.1.11), its log in
 /// a file (as a supervisor would keep it). Dropped: whichever process serves its socket then
@@ -189,15 +189,8 @@ fn text(o: &Output) -> String {
     )
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn an_upgrade_to_a_binary_that_refuses_the_config_is_refused_with_its_message() {
-    if !root_or_skip("an_upgrade_to_a_binary_that_refuses_the_config_is_refused_with_its_message") {
-        return;
-    }
     let node = Node::start("usref");
     assert!(node.forwards(), "a -> b before any upgrade");
     let pid = server_pid(&node.control).expect("the node's pid");
@@ -237,15 +230,8 @@ fn an_upgrade_to_a_binary_that_refuses_the_config_is_refused_with_its_message() 
     }
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_binary_that_exits_after_the_exec_gives_the_pods_back_to_the_old_one() {
-    if !root_or_skip("a_binary_that_exits_after_the_exec_gives_the_pods_back_to_the_old_one") {
-        return;
-    }
     let node = Node::start("usdie");
     assert!(node.forwards(), "a -> b before any upgrade");
     let eth0 = node.eth0();

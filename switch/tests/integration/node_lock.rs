@@ -2,16 +2,16 @@
 //! the state dir being its control socket's) from before it reads or changes anything, and
 //! keeps it across an upgrade's `exec`. A second daemon of the same name, with the same or
 //! another control socket, is refused naming the first one's pid and socket, and touches
-//! nothing. Real daemons; needs root (see `root_or_skip`).
+//! nothing. Real daemons; needs root (see `#[root_test]`).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{config, run, tempdir, Daemon, BIN};
-use podswitch_dataplane::testutil::{root_or_skip, unique};
+use podswitch_dataplane::testutil::{root_test, unique};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -78,15 +78,8 @@ fn pings_gateway(ns: &str) -> bool {
     .success()
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_second_daemon_of_the_same_node_is_refused_and_touches_nothing() {
-    if !root_or_skip("a_second_daemon_of_the_same_node_is_refused_and_touches_nothing") {
-        return;
-    }
     let (a, fresh) = (unique("lka"), unique("lkz"));
     let dir = tempdir("pslk");
     let control = dir.join("node.sock");
@@ -148,15 +141,8 @@ fn fds_on(pid: u32, file: &Path) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn the_lock_is_held_across_upgrades() {
-    if !root_or_skip("the_lock_is_held_across_upgrades") {
-        return;
-    }
     let a = unique("lku");
     let dir = tempdir("pslku");
     let control = dir.join("node.sock");

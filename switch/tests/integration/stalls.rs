@@ -2,23 +2,16 @@
 //! daemon stopped with SIGSTOP, as a thread that does not get its CPU) counts a stall and
 //! says so in `status` and its log.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;
 
 use common::{config, netns_add, tempdir, Daemon};
-use podswitch_dataplane::testutil::{root_or_skip, unique, wait_for};
+use podswitch_dataplane::testutil::{root_test, unique, wait_for};
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn a_data_plane_that_does_not_run_under_traffic_counts_a_stall() {
-    if !root_or_skip("a_data_plane_that_does_not_run_under_traffic_counts_a_stall") {
-        return;
-    }
     let dir = tempdir("stall");
     let control = dir.join("ctl.sock");
     let (a, b) = (unique("sta"), unique("stb"));

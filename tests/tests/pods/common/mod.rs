@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 #[allow(unused_imports)] // each test binary uses a different subset
-pub(crate) use podswitch_dataplane::testutil::{pattern, root_or_skip, unique, wait_for};
+pub(crate) use podswitch_dataplane::testutil::{pattern, root_test, unique, wait_for};
 use std::process::{Command, Output};
 
 /// Runs a command, returning its output (never panics on failure; the caller asserts).

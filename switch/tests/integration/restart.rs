@@ -4,7 +4,7 @@
 //! underlay bridge; long TCP transfers, every byte checked, within a node, across nodes and
 //! through a service VIP. Needs root.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ use common::cluster::{Node, Underlay};
 use common::transfer::Transfer;
 use common::{tempdir, BIN};
 use podswitch::control::{Request, Response};
-use podswitch_dataplane::testutil::{root_or_skip, unique};
+use podswitch_dataplane::testutil::{root_test, unique};
 
 /// Node `i` (1 or 2) of a two-node cluster: underlay 192.168.77.<i>, pods 10.244.<i>.0/24,
 /// the other node as its peer, pods `p0` (.10) and `p1` (.11), and on node 1 a service
@@ -72,15 +72,8 @@ fn upgrade(node: &Node) -> String {
     text
 }
 
-#[test]
-#[cfg_attr(
-    skip_root_tests,
-    ignore = "needs root: PODSWITCH_SKIP_ROOT_TESTS=1 is set"
-)]
+#[root_test]
 fn transfers_survive_five_upgrades_and_two_crashes() {
-    if !root_or_skip("transfers_survive_five_upgrades_and_two_crashes") {
-        return;
-    }
     let dir: PathBuf = tempdir("psup");
     let mut underlay = Underlay::new();
     let mut nodes = [node(&mut underlay, &dir, 1), node(&mut underlay, &dir, 2)];

@@ -275,11 +275,22 @@ fn per_peer_counters_follow_the_tunnel() {
         ea.send_frame(&frame).expect("send");
     }
     ea.flush().expect("flush");
-    wait_for("three frames through the tunnel", || {
-        c.b.peer_counts()
-            .get("node-a")
-            .is_some_and(|p| p.rx_frames >= 3)
-    });
+    // Each side publishes its counters at the end of its round: B may count the frames before
+    // A has published that it sent them.
+    wait_for(
+        "three frames through the tunnel, counted at both ends",
+        || {
+            let got =
+                c.b.peer_counts()
+                    .get("node-a")
+                    .is_some_and(|p| p.rx_frames >= 3);
+            got && c
+                .a
+                .peer_counts()
+                .get("node-b")
+                .is_some_and(|p| p.tx_frames >= 3)
+        },
+    );
     let sent = c.a.peer_counts()["node-b"];
     assert_eq!(sent.tx_frames, 3, "{sent:?}");
     assert_eq!(sent.tx_bytes, 3 * frame.len() as u64, "inner frame bytes");
