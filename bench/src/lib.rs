@@ -6,26 +6,22 @@
 
 #![forbid(unsafe_code)]
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use podswitch_dataplane::pipeline::{Metrics, NodeConfig, Pipeline, PortMetrics};
 use podswitch_dataplane::port::{mem_port, MemEndpoint, Waker, DEFAULT_BATCH};
 use podswitch_dataplane::switch::Dataplane;
-use podswitch_dataplane::table::{
-    MacTableConfig, Peer, PortId, PortInfo, PortKind, Tables, Topology,
-};
+use podswitch_dataplane::table::{PortId, Tables};
+use podswitch_dataplane::testutil::node::TestNode;
 use podswitch_dataplane::testutil::{eth, ipv4, udp};
 use podswitch_dataplane::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
-use podswitch_dataplane::wire::{mac_key, EthernetAddress};
 
-/// The router (gateway and VTEP) MAC of the benchmarked node.
-pub const ROUTER_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
-/// The VTEP MAC of the peer node.
-pub const PEER_VTEP_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 2];
-/// The peer node's underlay address (VXLAN source of what it sends us).
-pub const PEER_UNDERLAY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, 2), 8472);
+/// The benchmarked node is the test node: its MACs, addresses and peer.
+pub use podswitch_dataplane::testutil::node::{
+    pod_ip, pod_mac, PEER_UNDERLAY, PEER_VTEP_MAC, ROUTER_MAC,
+};
 /// Frames per batch, as the runtime moves them.
 pub const BATCH: usize = DEFAULT_BATCH;
 /// EtherType of IPv4.
@@ -33,32 +29,15 @@ pub use podswitch_dataplane::wire::ethernet::ethertype::IPV4 as ETHERTYPE_IPV4;
 /// Bytes of Ethernet + IPv4 + UDP headers in the frames built here.
 const HEADERS: usize = ETHERNET_HEADER_LEN + 20 + 8;
 
-/// The MAC of pod `i` of the node.
-pub fn pod_mac(i: usize) -> [u8; 6] {
-    [0x02, 0x42, 10, 244, 1, pod_last_octet(i)]
-}
-
-/// The IP of pod `i` of the node (10.244.1.0/24).
-pub fn pod_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 244, 1, pod_last_octet(i))
-}
-
 /// An IP in the peer node's CIDR (10.244.2.0/24).
 pub fn remote_ip() -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 2, 5)
 }
 
-fn pod_last_octet(i: usize) -> u8 {
-    u8::try_from(10 + i).expect("at most 240 pods")
-}
-
-/// The node settings: 10.244.1.0/24, gateway .1, and pod and tunnel MTU 1500 so that the
-/// 1500-byte frames of the benchmarks pass the size check (1500 <= mtu + 14).
+/// The node settings: the test node's (`testutil::node`), with pod and tunnel MTU 1500 so that
+/// the 1500-byte frames of the benchmarks pass the size check (1500 <= mtu + 14).
 pub fn node_config() -> NodeConfig {
-    let mut cfg = NodeConfig::new(
-        "10.244.1.0/24".parse().expect("pod CIDR"),
-        EthernetAddress(ROUTER_MAC),
-    );
+    let mut cfg = podswitch_dataplane::testutil::node::node_config();
     cfg.mtu = 1500;
     cfg.tunnel_mtu = 1500;
     cfg
@@ -67,39 +46,10 @@ pub fn node_config() -> NodeConfig {
 /// Tables holding `pods` pods on ports `0..pods` (topology and static MAC entries, as
 /// `Switch::attach` would install them) and one peer node (10.244.2.0/24 at [`PEER_UNDERLAY`]).
 pub fn node_tables(cfg: &NodeConfig, pods: usize) -> Arc<Tables> {
-    let tables = Arc::new(Tables::new(
-        Topology::new(cfg.cidr, cfg.gateway),
-        MacTableConfig::default(),
-    ));
-    for i in 0..pods {
-        let id = PortId::try_from(i).expect("port id");
-        tables
-            .update_topology(|t| {
-                t.add_port(
-                    id,
-                    PortInfo {
-                        name: format!("pod{i}"),
-                        kind: PortKind::Pod {
-                            mac: EthernetAddress(pod_mac(i)),
-                            ip: pod_ip(i),
-                        },
-                    },
-                )
-            })
-            .expect("add pod to topology");
-        tables.mac.insert_static(mac_key(&pod_mac(i)), id);
-    }
-    tables
-        .update_topology(|t| {
-            t.add_peer(Peer {
-                name: "node-b".into(),
-                underlay: PEER_UNDERLAY,
-                pod_cidr: "10.244.2.0/24".parse().expect("peer CIDR"),
-                vtep_mac: EthernetAddress(PEER_VTEP_MAC),
-            })
-        })
-        .expect("add peer");
-    tables
+    TestNode::new(cfg.clone())
+        .with_attached_pods(pods)
+        .with_peer()
+        .tables
 }
 
 /// An Ethernet/IPv4/UDP frame of exactly `len` bytes (no FCS), TTL 64, valid IPv4 checksum.

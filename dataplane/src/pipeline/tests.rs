@@ -1,7 +1,8 @@
 //! Pipeline unit tests: byte fixtures in, actions and rewritten bytes out.
 
 use super::*;
-use crate::table::{MacTableConfig, Peer, PortInfo};
+use crate::table::PortInfo;
+use crate::testutil::node::{node_config, TestNode};
 use crate::testutil::*;
 use crate::wire::virtio::GsoType;
 
@@ -22,51 +23,14 @@ struct Node {
 }
 
 impl Node {
+    /// The test node (`testutil::node`): pods .10, .11 and .12 on ports 0-2 (MACs learned,
+    /// not static), a trunk on port 3 and the peer node-b.
     fn new() -> Self {
-        let cidr: Ipv4Net = "10.244.1.0/24".parse().expect("cidr");
-        let cfg = NodeConfig::new(cidr, EthernetAddress(R));
-        let tables = Arc::new(Tables::new(
-            Topology::new(cidr, cfg.gateway),
-            MacTableConfig::default(),
-        ));
-        for (port, last) in [(0u16, 10u8), (1, 11), (2, 12)] {
-            tables
-                .update_topology(|t| {
-                    t.add_port(
-                        port,
-                        PortInfo {
-                            name: format!("pod{last}"),
-                            kind: PortKind::Pod {
-                                mac: EthernetAddress(pod_mac(last)),
-                                ip: pod_ip(last),
-                            },
-                        },
-                    )
-                })
-                .expect("pod");
-        }
-        tables
-            .update_topology(|t| {
-                t.add_port(
-                    3,
-                    PortInfo {
-                        name: "trunk".into(),
-                        kind: PortKind::Trunk,
-                    },
-                )
-            })
-            .expect("trunk");
-        tables
-            .update_topology(|t| {
-                t.add_peer(Peer {
-                    name: "node-b".into(),
-                    underlay: "192.168.77.2:8472".parse().expect("addr"),
-                    pod_cidr: "10.244.2.0/24".parse().expect("cidr"),
-                    vtep_mac: EthernetAddress(PEER_VTEP),
-                })
-            })
-            .expect("peer");
-        let mut p = Pipeline::new(cfg, tables);
+        let mut p = TestNode::new(node_config())
+            .with_pods_unlearned(3)
+            .with_port(3, "trunk", PortKind::Trunk)
+            .with_peer()
+            .pipeline();
         p.begin_batch();
         Node { p }
     }

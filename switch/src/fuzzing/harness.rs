@@ -3,16 +3,14 @@
 //! every frame that enters is accounted for.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::Arc;
 
 use crate::gso::{self, Coalescer, Segmenter};
-use crate::pipeline::{Action, NodeConfig, Pipeline};
-use crate::table::{
-    Affinity, MacTableConfig, Peer, PortId, PortInfo, PortKind, Proto, Service, Tables, Topology,
-};
+use crate::pipeline::{Action, Pipeline};
+use crate::table::{Affinity, PortId, PortKind, Proto, Service};
+use crate::testutil::node::{node_config, TestNode};
 use crate::wire::ethernet::{self};
 use crate::wire::virtio::{self, VnetHdr};
-use crate::wire::{mac_key, vxlan, EthernetAddress};
+use crate::wire::{vxlan, EthernetAddress};
 
 use super::{check_parts, records};
 
@@ -27,28 +25,13 @@ pub struct PipelineHarness {
     tunnel_mtu: usize,
 }
 
-/// The router MAC of [`PipelineHarness`]'s node.
-pub const ROUTER_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
-/// The VTEP MAC of its peer node.
-pub const PEER_VTEP_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 2];
-/// The host port's MAC.
-pub const HOST_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 9];
-/// The peer's underlay address.
-pub const PEER_UNDERLAY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, 2), 8472);
+pub use crate::testutil::node::{
+    pod_ip, pod_mac, HOST_MAC, PEER_UNDERLAY, PEER_VTEP_MAC, ROUTER_MAC,
+};
 /// A VXLAN source that is no peer.
 const STRANGER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, 9), 8472);
 /// Ports of the node, and one more that is unknown.
 const PORTS: u8 = 6;
-
-/// The MAC of pod `i` (0-2) of the harness node.
-pub fn pod_mac(i: u8) -> [u8; 6] {
-    [0x02, 0x42, 10, 244, 1, 10 + i]
-}
-
-/// The IP of pod `i` (0-2) of the harness node.
-pub fn pod_ip(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 244, 1, 10 + i)
-}
 
 impl Default for PipelineHarness {
     fn default() -> Self {
@@ -59,53 +42,34 @@ impl Default for PipelineHarness {
 impl PipelineHarness {
     /// The node described on the type.
     pub fn new() -> Self {
-        let cidr = "10.244.1.0/24".parse().unwrap_or_default();
-        let cfg = NodeConfig::new(cidr, EthernetAddress(ROUTER_MAC));
-        let tunnel_mtu = usize::from(cfg.tunnel_mtu);
-        let tables = Arc::new(Tables::new(
-            Topology::new(cidr, cfg.gateway),
-            MacTableConfig::default(),
-        ));
-        let mut ports: Vec<(PortId, PortInfo)> = (0..3)
-            .map(|i| {
-                let kind = PortKind::Pod {
-                    mac: EthernetAddress(pod_mac(i)),
-                    ip: pod_ip(i),
-                };
-                let name = format!("pod{i}");
-                (PortId::from(i), PortInfo { name, kind })
-            })
-            .collect();
-        ports.push((3, info("trunk", PortKind::Trunk)));
-        let host = PortKind::Host {
-            mac: EthernetAddress(HOST_MAC),
-        };
-        ports.push((4, info("host", host)));
-        let peer = Peer {
-            name: "node-b".into(),
-            underlay: PEER_UNDERLAY,
-            pod_cidr: "10.244.2.0/24".parse().unwrap_or_default(),
-            vtep_mac: EthernetAddress(PEER_VTEP_MAC),
-        };
-        let services = [
-            service("web", [10, 96, 0, 10], 80, Proto::Tcp, Affinity::None),
-            service("dns", [10, 96, 0, 11], 53, Proto::Udp, Affinity::ClientIp),
-        ];
-        let setup = tables.update_topology(|t| {
-            for (id, info) in ports {
-                t.add_port(id, info)?;
-            }
-            t.add_peer(peer)?;
-            services.into_iter().try_for_each(|s| t.upsert_service(s))
-        });
-        assert!(setup.is_ok(), "harness topology: {setup:?}");
-        for i in 0..3 {
-            tables
-                .mac
-                .insert_static(mac_key(&pod_mac(i)), PortId::from(i));
-        }
+        let node = TestNode::new(node_config())
+            .with_attached_pods(3)
+            .with_port(3, "trunk", PortKind::Trunk)
+            .with_port(
+                4,
+                "host",
+                PortKind::Host {
+                    mac: EthernetAddress(HOST_MAC),
+                },
+            )
+            .with_peer()
+            .with_service(service(
+                "web",
+                [10, 96, 0, 10],
+                80,
+                Proto::Tcp,
+                Affinity::None,
+            ))
+            .with_service(service(
+                "dns",
+                [10, 96, 0, 11],
+                53,
+                Proto::Udp,
+                Affinity::ClientIp,
+            ));
+        let tunnel_mtu = usize::from(node.cfg.tunnel_mtu);
         Self {
-            pipeline: Pipeline::new(cfg, tables),
+            pipeline: node.pipeline(),
             segmenter: Segmenter::default(),
             coalescer: Coalescer::default(),
             tunnel_mtu,
@@ -178,13 +142,6 @@ impl PipelineHarness {
         let c = self.pipeline.counts();
         let out = c.forwarded + c.delivered_locally + c.dropped_total();
         assert_eq!(c.rx, out, "every frame counted once: {c:?}");
-    }
-}
-
-fn info(name: &str, kind: PortKind) -> PortInfo {
-    PortInfo {
-        name: name.into(),
-        kind,
     }
 }
 

@@ -9,6 +9,8 @@
 #[cfg(feature = "testutil")]
 pub use podswitch_test_macros::root_test;
 
+pub mod node;
+
 use std::net::Ipv4Addr;
 
 use crate::wire::{checksum_sum, vxlan};
