@@ -1,8 +1,8 @@
 //! podswitch: a userspace packet switch for Kubernetes-style pod networking.
 //!
 //! The control plane over the data plane of the `podswitch-dataplane` crate (re-exported here
-//! under its module names: `wire`, `counters`, `table`, `gso`, `pipeline`, `port`, and its
-//! `switch` module as `dataplane`). docs/architecture.md says which folder holds what.
+//! under its module names: `wire`, `counters`, `table`, `gso`, `pipeline`, `port`, `switch`).
+//! docs/architecture.md says which folder holds what.
 
 #![warn(missing_docs)]
 // Only the files that need it allow `unsafe` (namespaces, the node lock, the upgrade's
@@ -23,8 +23,7 @@ pub mod netns;
 pub mod node;
 pub mod pcap;
 
-// The data plane lives in its own crate; the control plane names its modules as before.
-pub use podswitch_dataplane::switch as dataplane;
+// The data plane lives in its own crate; the control plane uses its modules under their names.
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use podswitch_dataplane::testutil;
-pub use podswitch_dataplane::{counters, gso, pipeline, port, table, wire};
+pub use podswitch_dataplane::{counters, gso, pipeline, port, switch, table, wire};

@@ -224,7 +224,7 @@ impl Config {
     }
 
     /// Checks what depends on the machine rather than the file: no more workers than CPUs
-    /// this process may run on (`allowed`, see `dataplane::allowed_cpus`), the pinned CPUs
+    /// this process may run on (`allowed`, see `switch::allowed_cpus`), the pinned CPUs
     /// among them, and `rx_steering` needs one of them left over.
     pub fn check_machine(&self, allowed: &[usize]) -> Result<(), ConfigError> {
         self.node.dataplane_cpus(allowed)?;

@@ -42,7 +42,7 @@ use crate::node::{Handover, Node, NodeLock, Upgrade};
 /// (the config, the machine's CPUs, the node's namespace); nothing is created or changed.
 pub fn check_config(config_path: &Path) -> Result<ConfigSummary, DaemonError> {
     let cfg = Config::from_file(config_path)?;
-    cfg.check_machine(&crate::dataplane::allowed_cpus())?;
+    cfg.check_machine(&crate::switch::allowed_cpus())?;
     if let Some(ns) = &cfg.node.netns {
         crate::netns::NetNs::open(ns).map_err(DaemonError::Netns)?;
     }
@@ -94,7 +94,7 @@ impl Daemon {
         let handover = handover.or_else(|| Handover::after_crash(&cfg.node.flows_path()));
         // What the machine refuses (CPUs) is refused before anything changes, here or
         // host-wide.
-        cfg.check_machine(&crate::dataplane::allowed_cpus())?;
+        cfg.check_machine(&crate::switch::allowed_cpus())?;
         if cfg.node.rx_steering {
             startup::enable_rfs(upgraded);
         }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use super::CaptureError;
 use super::Node;
-use crate::dataplane::{Capture, CaptureTarget};
 use crate::pcap::{record_header, MAX_SNAPLEN};
+use crate::switch::{Capture, CaptureTarget};
 use crate::table::Tables;
 
 /// A running capture on the node.

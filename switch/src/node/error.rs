@@ -3,9 +3,9 @@
 //! services and the node's start; [`CaptureError`]: a capture that cannot start;
 //! [`StateError`]: a state file that cannot be read).
 
-use crate::dataplane::SwitchError;
 use crate::netns::NetnsError;
 use crate::pcap::MAX_SNAPLEN;
+use crate::switch::SwitchError;
 
 use super::SpecError;
 

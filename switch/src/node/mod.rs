@@ -40,10 +40,10 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use crate::dataplane::Switch;
 use crate::netns::NetNs;
 use crate::pipeline::DropReason;
 use crate::port::{TapPort, UdpTunnel};
+use crate::switch::Switch;
 use crate::table::PortId;
 use crate::wire::mac_from_key;
 
@@ -157,7 +157,7 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let reserved: Vec<Ipv4Addr> = recorded.pods.iter().filter_map(|p| p.ip).collect();
         spec.validate()?;
-        let allowed = crate::dataplane::allowed_cpus();
+        let allowed = crate::switch::allowed_cpus();
         let config = spec.switch_config(&allowed)?;
         let rx_steering = spec
             .rx_steering_cpus(&allowed)?

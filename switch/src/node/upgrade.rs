@@ -39,8 +39,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{lock, Node};
-use crate::dataplane::Switch;
 use crate::pipeline::{Counts, DropCounts, PortCounts, PortMetrics};
+use crate::switch::Switch;
 use crate::table::SavedFlow;
 
 /// The environment variable that names the handover file for the new process.

@@ -1783,7 +1783,7 @@ fn queue_setting(ns: &str, ifname: &str, queue: usize, file: &str) -> String {
 #[root_test]
 fn rx_steering_sets_rps_and_rfs_on_every_receive_queue() {
     const SOCK_FLOWS: &str = "/proc/sys/net/core/rps_sock_flow_entries";
-    let allowed = podswitch::dataplane::allowed_cpus();
+    let allowed = podswitch::switch::allowed_cpus();
     let last = *allowed.last().expect("a CPU");
     let (node_ns, a, b) = (unique("dsn"), unique("dsa"), unique("dsb"));
     let dir = tempdir("psrx");

@@ -146,7 +146,7 @@ fn the_missing_rules_are_refused_at_runtime_by_field() {
 
 #[root_test]
 fn more_workers_than_cpus_are_refused_at_start() {
-    let allowed = podswitch::dataplane::allowed_cpus();
+    let allowed = podswitch::switch::allowed_cpus();
     let workers = allowed.len() + 1;
     let dir = tempdir("psmw");
     let control = dir.join("node.sock");

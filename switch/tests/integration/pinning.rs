@@ -3,8 +3,8 @@
 
 use crate::common;
 
-use podswitch::dataplane::{allowed_cpus, Switch, SwitchConfig};
 use podswitch::pipeline::NodeConfig;
+use podswitch::switch::{allowed_cpus, Switch, SwitchConfig};
 use podswitch::wire::EthernetAddress;
 
 /// `Cpus_allowed_list` of every thread of this process named `name`.

@@ -204,7 +204,7 @@ impl Lab {
         node.netns = Some(name);
         node.underlay = Some(Self::underlay_ip(i));
         node.workers = self.workers;
-        node.cpus = spread_cpus(i, self.workers, &podswitch::dataplane::allowed_cpus());
+        node.cpus = spread_cpus(i, self.workers, &podswitch::switch::allowed_cpus());
         let node = file_settings(node, &self.control(i), self.etcd)
             .map_err(|e| self.step(format!("node {i} config"))(e))?;
         if self.etcd {
@@ -375,7 +375,7 @@ mod tests {
         let cpus: Vec<_> = (1..=2)
             .map(|i| lab.node_config(i).unwrap().node.cpus)
             .collect();
-        let allowed = podswitch::dataplane::allowed_cpus();
+        let allowed = podswitch::switch::allowed_cpus();
         assert!(
             cpus[0] != cpus[1] || allowed.len() < 2,
             "two nodes on {allowed:?}: {cpus:?}"

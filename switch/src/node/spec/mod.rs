@@ -24,8 +24,8 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::SwitchConfig;
 use crate::pipeline::NodeConfig;
+use crate::switch::SwitchConfig;
 use crate::table::{MacTableConfig, Peer, PortInfo, PortKind};
 
 mod mac;
