@@ -1,7 +1,7 @@
 //! `#[root_test]`: declares a test that needs root (network namespaces, TAP devices, etcd,
 //! podman), in one line instead of a prelude repeated in every test.
 //!
-//! ```ignore
+//! ```text
 //! #[root_test]
 //! fn pods_ping_each_other() { /* runs as root */ }
 //! ```
