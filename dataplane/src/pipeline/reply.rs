@@ -224,7 +224,14 @@ fn write_segment(
     if repr.emit(packet).is_err() {
         return 0;
     }
-    if segment.emit(&mut packet[ipv4::HEADER_LEN..]).is_err() {
+    let Ok(ip) = Ipv4Packet::new_checked_header(&*packet) else {
+        return 0;
+    };
+    let pseudo_header = ip.pseudo_header_accumulate(TCP_LEN);
+    if segment
+        .emit(&mut packet[ipv4::HEADER_LEN..], pseudo_header)
+        .is_err()
+    {
         return 0;
     }
     len

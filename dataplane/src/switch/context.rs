@@ -2,9 +2,10 @@
 //! more: the tables, each worker's command line and counters, the registry of attached ports
 //! and the stop flag. Workers see the switch only through this [`Context`].
 //!
-//! Invariant: a port id is either free, reserved by one attach in progress (with its name), or
-//! held by one attached port; ids and names are taken under the registry lock, so two
-//! attaches at once never get the same id or name.
+//! Invariant: a port id is either free, reserved (with its name) by one attach or detach in
+//! progress, or held by one attached port; ids and names are taken under the registry lock,
+//! so two attaches at once never get the same id or name, and an attach never gets the id of
+//! a port the workers still hold.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -13,10 +14,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::capture::{CaptureTap, CaptureTarget};
-use super::handle::PortRecord;
 use super::worker_time::WorkerTime;
 use crate::counters::PortMetrics;
 use crate::port::{Port, Waker};
+use crate::table::PortInfo;
 use crate::table::{PortId, Tables};
 
 /// What the control plane asks of a worker.
@@ -36,12 +37,23 @@ pub(super) enum Command {
     Pause(Sender<()>, Receiver<()>),
 }
 
+/// A port as the control plane sees it.
+#[derive(Debug, Clone)]
+pub struct PortRecord {
+    /// Port id.
+    pub id: PortId,
+    /// Name and identity.
+    pub info: PortInfo,
+    /// Live counters.
+    pub metrics: Arc<PortMetrics>,
+}
+
 /// The attached ports, and the ids and names of attaches in progress.
 #[derive(Default)]
 pub(super) struct Registry {
     /// Attached ports, by id.
     pub(super) ports: BTreeMap<PortId, PortRecord>,
-    /// Ids reserved by an attach that has not finished, with the name it attaches.
+    /// Ids reserved by an attach or a detach that has not finished, with the port's name.
     pending: BTreeMap<PortId, String>,
 }
 
@@ -107,11 +119,20 @@ impl Context {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Removes a port from topology, MAC table and registry (its data-plane slot is gone).
-    pub(super) fn forget(&self, id: PortId) -> Option<PortRecord> {
-        let _ = self.tables.update_topology(|t| t.remove_port(id));
-        self.tables.mac.flush_port(id);
-        self.registry().ports.remove(&id)
+    /// Takes the port named `name` out of the registry, the topology and the MAC table; its
+    /// id and name stay reserved (no attach may take them) until [`Registry::release`], once
+    /// the workers have let go of its queues.
+    pub(super) fn forget_named(&self, name: &str) -> Option<PortRecord> {
+        let record = {
+            let mut reg = self.registry();
+            let id = reg.ports.values().find(|r| r.info.name == name)?.id;
+            let record = reg.ports.remove(&id)?;
+            reg.pending.insert(id, record.info.name.clone());
+            record
+        };
+        let _ = self.tables.update_topology(|t| t.remove_port(record.id));
+        self.tables.mac.flush_port(record.id);
+        Some(record)
     }
 
     /// [`Context::forget`] for a port a worker found closed, if `id` still names the attachment

@@ -1,5 +1,5 @@
 //! The control plane's handle on a running data plane: [`Switch`] starts the worker threads,
-//! attaches and detaches ports and peers, and keeps the registry of attached ports.
+//! attaches and detaches ports and peers (the registry of attached ports is in `context.rs`).
 //!
 //! Invariants: a port id is in the topology only while every worker holds the port (attach
 //! adds the port to the workers before publishing it; detach unpublishes first); a port whose
@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{unbounded, Sender};
 
 use super::capture::{CaptureTap, CaptureTarget, CAPTURE_SLOTS};
-use super::context::{Command, Context, Registry, Worker};
+use super::context::{Command, Context, PortRecord, Registry, Worker};
 use super::round::Dataplane;
 use super::worker::{pin_to, run, IdlePolicy};
 use super::worker_time::WorkerTime;
@@ -95,17 +95,6 @@ pub enum SwitchError {
     /// Nothing to capture: the port is gone, or (for a peer) the switch has no tunnel.
     #[error("nothing to capture: {0}")]
     NothingToCapture(String),
-}
-
-/// A port as the control plane sees it.
-#[derive(Debug, Clone)]
-pub struct PortRecord {
-    /// Port id.
-    pub id: PortId,
-    /// Name and identity.
-    pub info: PortInfo,
-    /// Live counters.
-    pub metrics: Arc<PortMetrics>,
 }
 
 /// Workers paused by [`Switch::pause`]; they go on when this is dropped.
@@ -296,15 +285,19 @@ impl Switch {
         }
         let id = {
             let mut reg = self.ctx.registry();
-            if let PortKind::Pod { ip, mac } = info.kind {
-                self.ctx.tables.topology().check_pod(ip, mac)?;
-            }
             // Reserved under the lock, so a concurrent attach takes another id (or is refused
             // the same name) while the workers take this one's queues.
-            reg.reserve(&info.name, MAX_PORTS).map_err(|e| match e {
+            let id = reg.reserve(&info.name, MAX_PORTS).map_err(|e| match e {
                 None => SwitchError::DuplicateName(info.name.clone()),
                 Some(max) => SwitchError::TooManyPorts(max),
-            })?
+            })?;
+            if let PortKind::Pod { ip, mac } = info.kind {
+                if let Err(e) = self.ctx.tables.topology().check_pod(ip, mac) {
+                    reg.release(id);
+                    return Err(e.into());
+                }
+            }
+            id
         };
         let metrics = Arc::new(PortMetrics::default());
         let (ack, acked) = crossbeam_channel::bounded(workers);
@@ -315,7 +308,7 @@ impl Switch {
                 Arc::clone(&metrics),
                 ack.clone(),
             )) {
-                self.abandon_attach(id);
+                self.withdraw(id);
                 return Err(SwitchError::NotRunning);
             }
         }
@@ -324,7 +317,7 @@ impl Switch {
         drop(ack);
         for _ in 0..workers {
             if acked.recv().is_err() {
-                self.abandon_attach(id);
+                self.withdraw(id);
                 return Err(SwitchError::NotRunning);
             }
         }
@@ -341,7 +334,7 @@ impl Switch {
                 .update_topology(|t| t.add_port(id, info.clone()))
             {
                 drop(reg);
-                self.abandon_attach(id);
+                self.withdraw(id);
                 return Err(e.into());
             }
             if let PortKind::Pod { mac, .. } | PortKind::Host { mac } = info.kind {
@@ -353,9 +346,9 @@ impl Switch {
         Ok(id)
     }
 
-    /// Takes back an attach that failed half-way: the workers drop the queues they took, then
-    /// the id's reservation ends.
-    fn abandon_attach(&self, id: PortId) {
+    /// Takes a port out of the workers (an attach that failed half-way, or a detach): they
+    /// drop its queues, then the id's reservation ends.
+    fn withdraw(&self, id: PortId) {
         self.detach_id(id);
         self.ctx.registry().release(id);
     }
@@ -369,20 +362,13 @@ impl Switch {
 
     /// Detaches the port named `name`; traffic between other ports is not disturbed.
     pub fn detach(&self, name: &str) -> Result<PortRecord, SwitchError> {
-        let id = self
+        let record = self
             .ctx
-            .registry()
-            .ports
-            .values()
-            .find(|r| r.info.name == name)
-            .map(|r| r.id)
+            .forget_named(name)
             .ok_or_else(|| SwitchError::NoSuchPort(name.into()))?;
-        self.ctx
-            .forget(id)
-            .ok_or_else(|| SwitchError::NoSuchPort(name.into()))
-            .inspect(|_| {
-                self.detach_id(id);
-            })
+        // The id stays reserved until every worker has let go of the port's queues.
+        self.withdraw(record.id);
+        Ok(record)
     }
 
     /// Takes port `id` out of every worker (waiting until each has let go of its queue).
@@ -425,8 +411,6 @@ impl Switch {
         Ok(self.ctx.tables.update_topology(|t| t.remove_peer(name))?)
     }
 
-    /// Adds the service `s`, or replaces the one of the same name (one topology publish:
-    /// flows of other services and other backends are not disturbed).
     /// Services added later under these names get these ids (see
     /// [`Topology::prefer_service_ids`](crate::table::Topology)).
     pub fn prefer_service_ids(
@@ -439,7 +423,8 @@ impl Switch {
         })?)
     }
 
-    /// Adds or replaces a service in the tables the workers read.
+    /// Adds the service `s`, or replaces the one of the same name (one topology publish:
+    /// flows of other services and other backends are not disturbed).
     pub fn upsert_service(&self, s: Service) -> Result<(), SwitchError> {
         Ok(self.ctx.tables.update_topology(|t| t.upsert_service(s))?)
     }

@@ -32,6 +32,7 @@ mod worker;
 mod worker_time;
 
 pub use capture::{CaptureTap, CaptureTarget, Record, CAPTURE_SLOTS};
-pub use handle::{Capture, PortRecord, Switch, SwitchConfig, SwitchError};
+pub use context::PortRecord;
+pub use handle::{Capture, Switch, SwitchConfig, SwitchError};
 pub use round::Dataplane;
 pub use worker::allowed_cpus;

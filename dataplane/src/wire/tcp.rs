@@ -6,7 +6,7 @@
 //! | data offset / reserved | flags | window (2) | checksum (2) | urgent (2) | options ... |
 //! ```
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 
 use super::checksum::{checksum_accumulate, checksum_fold};
 use super::Error;
@@ -213,8 +213,9 @@ pub(crate) struct TcpRepr {
 
 impl TcpRepr {
     /// Writes the header into `buf` (at least [`HEADER_LEN`] bytes; the rest is left alone),
-    /// window and urgent pointer 0, checksum over the IPv4 pseudo-header filled in.
-    pub(crate) fn emit(&self, buf: &mut [u8]) -> Result<(), Error> {
+    /// window and urgent pointer 0, the checksum filled in over `pseudo_header` (the unfolded
+    /// sum of the IPv4 pseudo-header: `Ipv4Packet::pseudo_header_accumulate`) and the header.
+    pub(crate) fn emit(&self, buf: &mut [u8], pseudo_header: u64) -> Result<(), Error> {
         let t = buf.get_mut(..HEADER_LEN).ok_or(Error::Truncated)?;
         t[field::PORTS.start..field::PORTS.start + 2]
             .copy_from_slice(&self.src.port().to_be_bytes());
@@ -226,22 +227,10 @@ impl TcpRepr {
         t[field::WINDOW].fill(0);
         t[field::CHECKSUM].fill(0);
         t[field::URGENT].fill(0);
-        let pseudo = pseudo_header_sum(*self.src.ip(), *self.dst.ip(), HEADER_LEN as u16);
-        let c = !checksum_fold(pseudo + checksum_accumulate(t));
+        let c = !checksum_fold(pseudo_header + checksum_accumulate(t));
         t[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
         Ok(())
     }
-}
-
-/// The unfolded one's-complement sum of the IPv4 pseudo-header of a TCP segment `len` bytes
-/// long (RFC 9293, 3.1).
-fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, len: u16) -> u64 {
-    let mut pseudo = [0u8; 12];
-    pseudo[0..4].copy_from_slice(&src.octets());
-    pseudo[4..8].copy_from_slice(&dst.octets());
-    pseudo[9] = super::ipv4::protocol::TCP;
-    pseudo[10..12].copy_from_slice(&len.to_be_bytes());
-    checksum_accumulate(&pseudo)
 }
 
 #[cfg(test)]
@@ -264,11 +253,13 @@ mod tests {
             ack: 0,
             flags: flags::RST,
         };
+        // 10.96.0.10, 10.244.1.10, protocol 6, length 20.
+        let pseudo = checksum_accumulate(&[10, 96, 0, 10, 10, 244, 1, 10]) + 6 + 20;
         let mut buf = [0xaa; 24];
-        repr.emit(&mut buf).expect("room");
+        repr.emit(&mut buf, pseudo).expect("room");
         assert_eq!(buf[..20], RESET);
         assert_eq!(buf[20..], [0xaa; 4], "bytes past the header are left alone");
-        assert_eq!(repr.emit(&mut [0; 19]), Err(Error::Truncated));
+        assert_eq!(repr.emit(&mut [0; 19], pseudo), Err(Error::Truncated));
     }
 
     /// An ACK+PSH segment header with NOP NOP timestamps (doff 8), 40000 -> 5201.

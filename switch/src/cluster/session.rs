@@ -275,13 +275,19 @@ impl Agent {
                     let ttl = self.core.on_keepalive(ttl?)?;
                     self.renewed(ttl);
                 }
+                // Event by event: each one's commands are carried out before the next is
+                // decided, as the store changed them one after the other.
                 w = watch.next() => {
-                    let commands = self.core.on_subnet_watch(w?)?;
-                    self.run_commands(conn, target, commands).await?;
+                    for ev in self.core.subnet_watch_events(w?)? {
+                        let commands = self.core.on_subnet_event(ev);
+                        self.run_commands(conn, target, commands).await?;
+                    }
                 }
                 w = svc_watch.next() => {
-                    let commands = self.core.on_service_watch(w?)?;
-                    self.run_commands(conn, target, commands).await?;
+                    for ev in self.core.service_watch_events(w?)? {
+                        let commands = self.core.on_service_event(ev);
+                        self.run_commands(conn, target, commands).await?;
+                    }
                 }
             }
         }

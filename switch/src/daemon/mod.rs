@@ -53,7 +53,6 @@ pub fn check_config(config_path: &Path) -> Result<ConfigSummary, DaemonError> {
 pub struct Daemon {
     /// Taken by [`Daemon::run`].
     pending: Option<Pending>,
-    node_lock: NodeLock,
     upgrade: Arc<Upgrade>,
     control_path: PathBuf,
     state_dir: PathBuf,
@@ -63,6 +62,10 @@ pub struct Daemon {
     node: Option<Arc<Node>>,
     /// The control socket's file, removed when dropped.
     socket_file: Option<control::SocketFile>,
+    /// Declared last, so dropped last (fields drop in declaration order): only once the
+    /// runtime's tasks (a housekeeping chore still saving flows, the tasks holding the node)
+    /// and the node are gone may another daemon take the node.
+    node_lock: NodeLock,
 }
 
 /// What [`Daemon::run`] starts the node with.
@@ -262,13 +265,23 @@ impl Daemon {
         served
     }
 
-    /// Removes the node's pods (if it came up), then its control socket's file.
-    pub fn shutdown(mut self) {
-        if let Some(node) = self.node.take() {
+    /// Removes the node's pods (if it came up), stops the runtime (its tasks end), removes
+    /// the control socket's file, and last lets go of the node's lock.
+    pub fn shutdown(self) {
+        let Daemon {
+            node,
+            rt,
+            socket_file,
+            node_lock,
+            ..
+        } = self;
+        if let Some(node) = node {
             tracing::info!("shutting down: removing pods");
             node.shutdown();
         }
-        drop(self.socket_file.take());
+        drop(rt);
+        drop(socket_file);
+        drop(node_lock);
     }
 }
 

@@ -1,5 +1,6 @@
-//! The data-plane threads run on the CPUs they are pinned to, and only when asked. In its own
-//! test binary (its own process), so no other switch's threads share the names looked for.
+//! The data-plane threads run on the CPUs they are pinned to, and only when asked. The one
+//! module of its test binary that starts a switch in the test process itself, so no other
+//! switch's threads share the names looked for.
 
 use crate::common;
 

@@ -72,14 +72,12 @@ impl Reconciler {
         NodeCommand::SyncPeers(wanted)
     }
 
-    /// One message of the subnets' watch: the commands of its events in order, or why the watch
-    /// ended (a cancel: the session ends and the next one lists again).
-    pub(crate) fn on_subnet_watch(&mut self, w: Watched) -> Result<Vec<Command>, ReconcileError> {
-        let events = events(w, || flannel::subnets_key(&self.me.prefix))?;
-        Ok(events
-            .into_iter()
-            .flat_map(|ev| self.on_subnet_event(ev))
-            .collect())
+    /// One message of the subnets' watch: its events, to be given to [`Self::on_subnet_event`]
+    /// one at a time, each one's commands carried out (and their outcomes reported) before
+    /// the next is decided (a relist or a refusal changes what a later event means); or why
+    /// the watch ended (a cancel: the session ends and the next one lists again).
+    pub(crate) fn subnet_watch_events(&self, w: Watched) -> Result<Vec<Event>, ReconcileError> {
+        events(w, || flannel::subnets_key(&self.me.prefix))
     }
 
     /// One watch event under `<prefix>/subnets/`.

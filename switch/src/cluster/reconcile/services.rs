@@ -27,13 +27,10 @@ impl Reconciler {
         NodeCommand::SyncServices(wanted)
     }
 
-    /// One message of the services' watch.
-    pub(crate) fn on_service_watch(&mut self, w: Watched) -> Result<Vec<Command>, ReconcileError> {
-        let events = events(w, || format!("{}/", self.me.services_prefix))?;
-        Ok(events
-            .into_iter()
-            .flat_map(|ev| self.on_service_event(ev))
-            .collect())
+    /// One message of the services' watch: its events, to be given to
+    /// [`Self::on_service_event`] one at a time as [`Self::subnet_watch_events`] says.
+    pub(crate) fn service_watch_events(&self, w: Watched) -> Result<Vec<Event>, ReconcileError> {
+        events(w, || format!("{}/", self.me.services_prefix))
     }
 
     /// One watch event under the services prefix.

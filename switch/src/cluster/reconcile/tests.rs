@@ -265,10 +265,7 @@ impl Driver {
     }
 
     fn event(&mut self, ev: Event) {
-        let commands = self
-            .r
-            .on_subnet_watch(Watched::Events(vec![ev]))
-            .expect("events");
+        let commands = self.r.on_subnet_event(ev);
         self.run(commands);
     }
 
@@ -480,7 +477,7 @@ fn a_compacted_watch_ends_the_session_and_the_next_list_catches_up() {
     d.etcd_delete("10.1.3.0/24");
     d.etcd_put("10.1.2.0/24", B, mac(9));
     let e =
-        d.r.on_subnet_watch(Watched::Cancelled {
+        d.r.subnet_watch_events(Watched::Cancelled {
             compact_revision: 42,
             reason: String::new(),
         })
@@ -498,7 +495,7 @@ fn a_compacted_watch_ends_the_session_and_the_next_list_catches_up() {
     assert_eq!(spec.vtep_mac, Some(mac(9)));
     // A cancel for another reason says so.
     let e =
-        d.r.on_service_watch(Watched::Cancelled {
+        d.r.service_watch_events(Watched::Cancelled {
             compact_revision: 0,
             reason: "permission denied".into(),
         })
@@ -600,9 +597,7 @@ fn services_follow_the_list_then_the_events_after_it() {
         lease: 0,
         mod_revision: 11,
     };
-    let commands = r
-        .on_service_watch(Watched::Events(vec![dns]))
-        .expect("events");
+    let commands = r.on_service_event(dns);
     let [Command::Node(apply)] = &commands[..] else {
         panic!("{commands:?}")
     };

@@ -126,7 +126,7 @@ pub struct NodeSpec {
     pub(crate) underlay_mtu: u16,
     /// Network namespace the switch itself runs in (its "host" namespace: where the underlay
     /// address lives and the TAPs are made before they move into pods). Default: the one it is
-    /// started in. `podswitch lab` uses this to run several nodes on one machine.
+    /// started in. `podswitch-lab` uses this to run several nodes on one machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
     /// Control socket path; see [`NodeSpec::control_path`].
