@@ -55,8 +55,8 @@ pub(crate) enum CliError {
         source: nix::Error,
     },
     /// {0} (the upgrade failed: why, with what the daemon logged)
-    #[error("{0}")]
-    Upgrade(String),
+    #[error(transparent)]
+    Upgrade(#[from] control::UpgradeError),
 }
 
 /// Finds the control socket: the flag, else the only running node's.

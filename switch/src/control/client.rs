@@ -264,6 +264,92 @@ fn read_answer(
     })
 }
 
+/// Why `podswitch upgrade` failed. `log` is what the daemon logged since the request (or
+/// where to look for it), appended to the message.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// The control socket refused the connection.
+    #[error("cannot connect to {path}: {source}")]
+    Connect {
+        /// Socket path.
+        path: String,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// Sending the request failed.
+    #[error("talking to {path}: {source}")]
+    Talk {
+        /// Socket path.
+        path: String,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// No answer to the request.
+    #[error("no answer from {path}: {source}")]
+    NoAnswer {
+        /// Socket path.
+        path: String,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The answer is not a response.
+    #[error("malformed answer from {path}: {message}")]
+    Malformed {
+        /// Socket path.
+        path: String,
+        /// The parser's complaint.
+        message: String,
+    },
+    /// The node refused the upgrade (its message: a missing binary, a bad config, ...).
+    #[error("{0}")]
+    Refused(String),
+    /// The node answered with something else than an upgrade under way.
+    #[error("unexpected answer from {path}: {answer}")]
+    Unexpected {
+        /// Socket path.
+        path: String,
+        /// The answer, as debug text.
+        answer: String,
+    },
+    /// The new binary's process exited before the node was up; the guard gave the node back
+    /// to the old binary, which answers again.
+    #[error("the upgrade failed: the daemon's process ({old}) running {binary} exited before node {node} was up; the node was given back to the old binary, which runs again (pid {now}) with its {pods} pods{log}")]
+    GivenBack {
+        /// The process that exec'd the new binary.
+        old: u32,
+        /// The new binary.
+        binary: String,
+        /// The node's name.
+        node: String,
+        /// The process serving the node again.
+        now: u32,
+        /// Its pods.
+        pods: usize,
+        /// The daemon's log since the request.
+        log: String,
+    },
+    /// The daemon exited and nothing answers for the node.
+    #[error("the daemon's process ({pid}) exited during the upgrade to {binary} and no node answers on {path}{log}")]
+    Died {
+        /// The daemon's process.
+        pid: u32,
+        /// The new binary.
+        binary: String,
+        /// Socket path.
+        path: String,
+        /// The daemon's log since the request.
+        log: String,
+    },
+    /// The node did not answer again in time.
+    #[error("the node did not answer on {path} within 60 s of the upgrade{log}")]
+    Timeout {
+        /// Socket path.
+        path: String,
+        /// The daemon's log since the request.
+        log: String,
+    },
+}
+
 /// `podswitch upgrade` of the node at `path`: asks for the upgrade on one connection, waits
 /// for the old daemon to close it (it stops serving before the exec), then for the node to
 /// answer again. A daemon process that exits meanwhile is noticed at once; the node answering
@@ -274,11 +360,12 @@ pub fn upgrade(
     path: &Path,
     binary: Option<PathBuf>,
     say: &mut dyn FnMut(&str),
-) -> Result<String, String> {
+) -> Result<String, UpgradeError> {
     let shown = path.display();
+    let at = || shown.to_string();
     let started = std::time::Instant::now();
     let stream = std::os::unix::net::UnixStream::connect(path)
-        .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
+        .map_err(|source| UpgradeError::Connect { path: at(), source })?;
     // Who serves now and where it logs: to notice it die and to show why.
     let pid = peer_pid(&stream);
     let log = pid.and_then(stderr_of);
@@ -288,22 +375,33 @@ pub fn upgrade(
         stream.set_read_timeout(timeout),
         stream.set_write_timeout(timeout),
     );
-    let mut line = serde_json::to_vec(&Request::Upgrade { binary }).map_err(|e| e.to_string())?;
+    let mut line =
+        serde_json::to_vec(&Request::Upgrade { binary }).map_err(|e| UpgradeError::Talk {
+            path: at(),
+            source: e.into(),
+        })?;
     line.push(b'\n');
     (&stream)
         .write_all(&line)
-        .map_err(|e| format!("talking to {shown}: {e}"))?;
+        .map_err(|source| UpgradeError::Talk { path: at(), source })?;
     let mut reader = std::io::BufReader::new(&stream);
     let mut answer = String::new();
     reader
         .read_line(&mut answer)
-        .map_err(|e| format!("no answer from {shown}: {e}"))?;
-    let resp: Response =
-        serde_json::from_str(&answer).map_err(|e| format!("malformed answer from {shown}: {e}"))?;
+        .map_err(|source| UpgradeError::NoAnswer { path: at(), source })?;
+    let resp: Response = serde_json::from_str(&answer).map_err(|e| UpgradeError::Malformed {
+        path: at(),
+        message: e.to_string(),
+    })?;
     let (new, version) = match resp {
         Response::Upgrading { binary, version } => (binary, version),
-        Response::Error { message, .. } => return Err(message),
-        other => return Err(format!("unexpected answer from {shown}: {other:?}")),
+        Response::Error { message, .. } => return Err(UpgradeError::Refused(message)),
+        other => {
+            return Err(UpgradeError::Unexpected {
+                path: at(),
+                answer: format!("{other:?}"),
+            })
+        }
     };
     say(&format!("upgrading to {} ({version})", new.display()));
     // The old daemon closes every connection as it stops serving.
@@ -330,11 +428,14 @@ pub fn upgrade(
         {
             match (pid, server_pid(path)) {
                 (Some(old), Some(now)) if now != old => {
-                    return Err(format!(
-                        "the upgrade failed: the daemon's process ({old}) running {} exited before node {node} was up; the node was given back to the old binary, which runs again (pid {now}) with its {pods} pods{}",
-                        new.display(),
-                        logged()
-                    ));
+                    return Err(UpgradeError::GivenBack {
+                        old,
+                        binary: new.display().to_string(),
+                        node,
+                        now,
+                        pods,
+                        log: logged(),
+                    });
                 }
                 _ => {
                     return Ok(format!(
@@ -350,19 +451,20 @@ pub fn upgrade(
                 died = Some(std::time::Instant::now());
             }
             (Some(p), Some(t)) if t.elapsed() > Duration::from_secs(15) => {
-                return Err(format!(
-                    "the daemon's process ({p}) exited during the upgrade to {} and no node answers on {shown}{}",
-                    new.display(),
-                    logged()
-                ));
+                return Err(UpgradeError::Died {
+                    pid: p,
+                    binary: new.display().to_string(),
+                    path: at(),
+                    log: logged(),
+                });
             }
             _ => {}
         }
         if std::time::Instant::now() > deadline {
-            return Err(format!(
-                "the node did not answer on {shown} within 60 s of the upgrade{}",
-                logged()
-            ));
+            return Err(UpgradeError::Timeout {
+                path: at(),
+                log: logged(),
+            });
         }
         std::thread::sleep(Duration::from_millis(5));
     }

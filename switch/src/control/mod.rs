@@ -34,7 +34,9 @@ mod leak_tests;
 mod tests;
 
 pub use capture::{capture, CaptureSource};
-pub use client::{call, find_socket, running_sockets, upgrade, ControlError, FindSocketError};
+pub use client::{
+    call, find_socket, running_sockets, upgrade, ControlError, FindSocketError, UpgradeError,
+};
 pub use handler::{NodeHandler, StartingHandler};
 pub use peer::{log_since, log_size, peer_pid, process_alive, server_pid, stderr_of};
 pub use protocol::{

@@ -5,7 +5,8 @@
 //! [`Housekeeping::tick`] is the decision alone (time in, chores out), so it is tested
 //! without a node or a clock; [`Chores::run_on`] does them.
 //!
-//! Invariants: every tick reaps and expires; flows are saved on the first tick at least
+//! Invariants: every tick reaps and expires (no decision: [`Chores::run_on`] always does);
+//! flows are saved on the first tick at least
 //! [`SAVE_FLOWS_EVERY`] after the last save (or the start), once however late that tick is,
 //! and the wait for the next save starts at that tick.
 
@@ -14,55 +15,44 @@ use std::time::{Duration, Instant};
 use crate::node::{Node, SAVE_FLOWS_EVERY};
 
 /// How often the housekeeping runs.
-pub const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
+pub(crate) const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
 
 /// What the housekeeping remembers between ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Housekeeping {
+pub(crate) struct Housekeeping {
     /// When the flows were last saved (or the housekeeping started).
     saved: Instant,
 }
 
-/// What one tick does.
+/// What one tick does: always forget the pods whose namespace is gone and remove the flows
+/// that timed out; sometimes save the tracked flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Chores {
-    /// Forget the pods whose namespace is gone.
-    pub reap_vanished: bool,
-    /// Remove the flows that timed out.
-    pub expire_flows: bool,
+pub(crate) struct Chores {
     /// Save the tracked flows (for a start after a crash).
-    pub save_flows: bool,
+    pub(crate) save_flows: bool,
 }
 
 impl Housekeeping {
     /// Starting at `now`: the first save is due [`SAVE_FLOWS_EVERY`] later.
-    pub fn new(now: Instant) -> Self {
+    pub(crate) fn new(now: Instant) -> Self {
         Self { saved: now }
     }
 
     /// The chores of the tick at `now`.
-    pub fn tick(&mut self, now: Instant) -> Chores {
+    pub(crate) fn tick(&mut self, now: Instant) -> Chores {
         let save_flows = now.saturating_duration_since(self.saved) >= SAVE_FLOWS_EVERY;
         if save_flows {
             self.saved = now;
         }
-        Chores {
-            reap_vanished: true,
-            expire_flows: true,
-            save_flows,
-        }
+        Chores { save_flows }
     }
 }
 
 impl Chores {
     /// Does the chores on `node` (blocking: netlink, files).
-    pub fn run_on(self, node: &Node) {
-        if self.reap_vanished {
-            node.reap_vanished();
-        }
-        if self.expire_flows {
-            node.expire_flows();
-        }
+    pub(crate) fn run_on(self, node: &Node) {
+        node.reap_vanished();
+        node.expire_flows();
         if self.save_flows {
             node.save_flows();
         }
@@ -74,16 +64,6 @@ mod tests {
     use super::*;
 
     const TICK: Duration = HOUSEKEEPING_EVERY;
-
-    #[test]
-    fn every_tick_reaps_and_expires() {
-        let start = Instant::now();
-        let mut h = Housekeeping::new(start);
-        for n in 1..=5 {
-            let c = h.tick(start + TICK * n);
-            assert!(c.reap_vanished && c.expire_flows, "tick {n}: {c:?}");
-        }
-    }
 
     #[test]
     fn flows_are_saved_once_the_interval_has_passed_since_the_start() {
@@ -131,7 +111,7 @@ mod tests {
         let start = Instant::now() + SAVE_FLOWS_EVERY;
         let mut h = Housekeeping::new(start);
         let c = h.tick(start - SAVE_FLOWS_EVERY);
-        assert!(!c.save_flows && c.reap_vanished && c.expire_flows, "{c:?}");
+        assert!(!c.save_flows, "{c:?}");
         assert_eq!(h, Housekeeping::new(start), "nothing remembered");
     }
 }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::DaemonError;
-pub use housekeeping::{Chores, Housekeeping, HOUSEKEEPING_EVERY};
+use housekeeping::{Housekeeping, HOUSEKEEPING_EVERY};
 pub use startup::{command_name, ConfigSummary, NodeUp};
 
 use crate::cluster::Agent;
