@@ -301,3 +301,46 @@ fn attach_detach_and_closed_ports_are_forgotten() {
     assert!(sw.ports().is_empty());
     assert!(matches!(sw.detach("a"), Err(SwitchError::NoSuchPort(_))));
 }
+
+/// A detach keeps its port id until every worker has let go of the port, so an attach racing
+/// it never gets that id while a worker still holds the old port (whose `Detach` would then
+/// take the new port's queue): every port attached in the race receives frames.
+#[test]
+fn an_attach_racing_a_detach_gets_a_port_the_workers_hold() {
+    use crate::testutil::{eth, ipv4, udp};
+    let sw = switch();
+    let (_s, mut sender) = sw.attach_mem_pod(pod("sender", 2)).expect("sender");
+    let mut old = (
+        "r0".to_string(),
+        sw.attach_mem_pod(pod("r0", 100)).expect("r0").1,
+    );
+    for i in 1..=100u8 {
+        // Consecutive ports have different addresses: both are attached for a moment.
+        let last = 100 + i % 2;
+        let name = format!("r{i}");
+        let (_, new) = std::thread::scope(|s| {
+            let detach = s.spawn(|| sw.detach(&old.0).expect("detach"));
+            let attached = sw.attach_mem_pod(pod(&name, last)).expect("attach");
+            detach.join().expect("detach thread");
+            attached
+        });
+        let frame = eth(
+            [2, 0x42, 10, 244, 1, last],
+            [2, 0x42, 10, 244, 1, 2],
+            0x0800,
+            &ipv4(
+                Ipv4Addr::new(10, 244, 1, 2),
+                Ipv4Addr::new(10, 244, 1, last),
+                17,
+                64,
+                &udp(1, 2, b"x"),
+            ),
+        );
+        sender.send_frame(&frame).expect("send");
+        sender.flush().expect("flush");
+        crate::testutil::wait_for(&format!("{name} receives"), || {
+            new.try_recv().ok().flatten().is_some()
+        });
+        old = (name, new);
+    }
+}
