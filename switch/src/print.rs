@@ -157,6 +157,7 @@ pub(crate) fn print_response(resp: Response) -> Result<(), CliError> {
             stalls,
             cluster,
             drops_by_reason,
+            fast_path,
             ..
         } => {
             println!("node {node}: {pods} pods; frames rx {rx} forwarded {forwarded} local {delivered_locally} dropped {dropped}");
@@ -169,6 +170,24 @@ pub(crate) fn print_response(resp: Response) -> Result<(), CliError> {
             if workers.len() > 1 {
                 let per: Vec<String> = workers.iter().map(u64::to_string).collect();
                 println!("frames per worker: {}", per.join(" "));
+            }
+            if let Some(f) = fast_path {
+                let switch = f.packets.iter().filter(|(p, _)| p.starts_with("up_"));
+                let up: u64 = switch.map(|(_, n)| n).sum();
+                println!(
+                    "fast path ({}): {} pods compiled, {} withdrawn; packets in the kernel {}, up to the switch {}, down from it {}",
+                    f.hook,
+                    f.pods,
+                    f.withdrawn,
+                    f.forwarded(),
+                    up,
+                    f.packets.get("down").copied().unwrap_or(0)
+                );
+                let nonzero: std::collections::BTreeMap<String, u64> =
+                    f.packets.into_iter().filter(|(_, n)| *n > 0).collect();
+                if !nonzero.is_empty() {
+                    println!("fast path packets by path: {}", by_reason(&nonzero));
+                }
             }
             if let Some(c) = cluster {
                 let lease = match (c.key, c.lease_id) {

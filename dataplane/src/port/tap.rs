@@ -61,9 +61,12 @@ impl TapPort {
     /// Creates the TAP `ifname` with `queues` queues (`IFF_MULTI_QUEUE` when more than one), one
     /// port per queue. The kernel picks a queue per flow for what the pod sends; writes may go
     /// through any queue. All queues must be opened before the device leaves this namespace.
+    /// The device is left down: whoever brings it up first makes it quiet (IPv6 off), or its
+    /// kernel would send router solicitations into the switch from the moment it is up.
     pub fn create_queues(ifname: &str, queues: usize) -> std::io::Result<Vec<Self>> {
         let dev = DeviceBuilder::new()
             .name(ifname)
+            .enable(false)
             .layer(Layer::L2)
             .offload(true)
             .multi_queue(queues > 1)

@@ -180,6 +180,26 @@ pub fn root_or_skip(test: &str) -> bool {
     );
 }
 
+std::thread_local! {
+    /// The pod interface mode the running root test is in (`#[root_test]` sets it).
+    static POD_INTERFACE: std::cell::Cell<&'static str> = const { std::cell::Cell::new("tap") };
+}
+
+/// The pod interface mode (`"tap"` or `"veth"`, as `node.pod_interface` spells it) the root
+/// test running on this thread is in: `#[root_test]` runs each test once per mode. Fixtures
+/// that start nodes give it to them (`PODSWITCH_POD_INTERFACE` for a `podswitch` process).
+/// On other threads: `"tap"`.
+pub fn pod_interface() -> &'static str {
+    POD_INTERFACE.with(std::cell::Cell::get)
+}
+
+/// Runs `test` on this thread in pod interface mode `mode` (what `#[root_test]` expands to).
+#[doc(hidden)]
+pub fn in_pod_interface_mode(mode: &'static str, test: fn()) {
+    POD_INTERFACE.with(|m| m.set(mode));
+    test();
+}
+
 /// A name unique to this process and call, short enough for namespace and interface names.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

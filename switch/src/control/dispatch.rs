@@ -94,6 +94,7 @@ impl ControlHandler for NodeHandler {
                     workers: node.worker_frames(),
                     stalls: node.worker_stalls().iter().sum(),
                     cluster: self.cluster(),
+                    fast_path: node.fast_path(),
                 }
             }
         }

@@ -192,6 +192,9 @@ pub enum Response {
         /// The node's lease and the store's health (with `[cluster]`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cluster: Option<crate::cluster::ClusterStatus>,
+        /// The kernel fast path (veth mode): its pods and packets by path.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fast_path: Option<crate::node::FastPathStatus>,
     },
     /// An upgrade is under way ([`Request::Upgrade`]): the daemon execs `binary` once this
     /// response is sent.

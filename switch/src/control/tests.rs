@@ -218,6 +218,12 @@ impl ControlHandler for Fake {
                 workers: vec![9, 1],
                 stalls: 0,
                 cluster: None,
+                fast_path: Some(crate::node::FastPathStatus {
+                    hook: "tcx".into(),
+                    pods: 2,
+                    withdrawn: 0,
+                    packets: [("local".to_string(), 5), ("up_miss".to_string(), 3)].into(),
+                }),
             },
         }
     }

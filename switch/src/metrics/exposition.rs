@@ -446,6 +446,31 @@ impl Collector for StateCollector {
         idle.counter(e)?;
         stalls.counter(e)?;
 
+        if let Some(f) = &s.fast_path {
+            single(
+                e,
+                MetricType::Gauge,
+                "fast_path_pods",
+                "Pods compiled into the kernel fast path (veth mode).",
+                f.pods as u64,
+            )?;
+            single(
+                e,
+                MetricType::Gauge,
+                "fast_path_withdrawn_pods",
+                "Pods withdrawn from the kernel fast path while a capture of them runs.",
+                f.withdrawn as u64,
+            )?;
+            let mut packets = Family::new(
+                "fast_path_packets",
+                "Packets the kernel fast path handled, by path: local (forwarded pod to pod by the kernel), up_* (handed to the switch, and why), down (written by the switch into a pod), drop_unknown_device.",
+            );
+            for (path, n) in &f.packets {
+                packets.count(vec![("path", path.clone())], *n);
+            }
+            packets.counter(e)?;
+        }
+
         if let Some(c) = &s.cluster {
             single(
                 e,
@@ -540,6 +565,8 @@ mod tests {
         has("podswitch_conntrack_entries 3");
         has("podswitch_conntrack_full_total 0");
         has("podswitch_services 1");
+        has("podswitch_fast_path_pods 1");
+        has("podswitch_fast_path_packets_total{path=\"local\"} 12");
         has("podswitch_service_backends{service=\"api\"} 1");
         has(
             "podswitch_service_backend_connections{service=\"api\",backend=\"10.244.1.10:8080\"} 3",

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::ClusterStatus;
-use crate::node::{Node, PeerSource};
+use crate::node::{FastPathStatus, Node, PeerSource};
 use crate::pipeline::PortCounts;
 
 pub use exposition::{encode_openmetrics, encode_prometheus};
@@ -70,6 +70,9 @@ pub struct NodeState {
     pub conntrack: TableState,
     /// The etcd lease and the store's health (with `[cluster]`).
     pub cluster: Option<ClusterStatus>,
+    /// The kernel fast path (veth mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_path: Option<FastPathStatus>,
 }
 
 /// The node's identity and pod network.
@@ -276,6 +279,8 @@ impl StateSource {
         let node = &self.node;
         let switch = node.switch();
         let totals = switch.metrics().snapshot();
+        let fast_path = node.fast_path();
+        let fast_forwarded = fast_path.as_ref().map_or(0, FastPathStatus::forwarded);
         let (drops_total, drops) = (totals.dropped_total(), node.drops_by_label());
         let frames = switch.worker_frames();
         let workers = switch
@@ -390,8 +395,8 @@ impl StateSource {
                 mtu: node.pod_mtu(),
             },
             totals: Totals {
-                rx: totals.rx,
-                forwarded: totals.forwarded,
+                rx: totals.rx + fast_forwarded,
+                forwarded: totals.forwarded + fast_forwarded,
                 delivered_locally: totals.delivered_locally,
                 dropped: drops_total,
                 tx_dropped: totals.tx_dropped,
@@ -406,6 +411,7 @@ impl StateSource {
             mac_table,
             conntrack,
             cluster,
+            fast_path,
         }
     }
 }
@@ -510,6 +516,12 @@ pub(crate) mod tests {
                 healthy: true,
                 ..ClusterStatus::default()
             }),
+            fast_path: Some(FastPathStatus {
+                hook: "tcx".into(),
+                pods: 1,
+                withdrawn: 0,
+                packets: [("local".to_string(), 12), ("up_not_ipv4".to_string(), 2)].into(),
+            }),
         }
     }
 
@@ -527,6 +539,7 @@ pub(crate) mod tests {
             [
                 "cluster",
                 "conntrack",
+                "fast_path",
                 "host",
                 "mac_table",
                 "node",

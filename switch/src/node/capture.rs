@@ -5,7 +5,8 @@
 //! Invariants: a capture names exactly one pod or one peer, known when it starts, with a snap
 //! length from 1 to [`MAX_SNAPLEN`]; it ends when its pod's port leaves the switch or its peer
 //! is removed or changes its underlay address (a peer of the same name added again is another
-//! capture's business); dropping it stops the copying in the data plane.
+//! capture's business); dropping it stops the copying in the data plane. A capture of a veth
+//! pod withdraws it from the kernel fast path while it runs, so it sees every packet.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub struct NodeCapture {
     peer: Option<(String, Ipv4Addr)>,
     tables: Arc<Tables>,
     what: String,
+    /// For a veth pod: its withdrawal from the fast path, so the capture sees every packet.
+    _withdrawal: Option<super::veth::Withdrawal>,
 }
 
 impl Node {
@@ -37,12 +40,14 @@ impl Node {
         if !(1..=MAX_SNAPLEN).contains(&snaplen) {
             return Err(CaptureError::Snaplen(snaplen));
         }
+        let mut withdrawal = None;
         let (target, peer, what) = match (pod, peer) {
             (Some(pod), None) => {
                 let port = self
                     .pod(pod)
                     .ok_or_else(|| CaptureError::NoSuchPod(pod.into()))?
                     .port;
+                withdrawal = self.withdraw_from_fast_path(pod);
                 (CaptureTarget::Port(port), None, format!("pod {pod:?}"))
             }
             (None, Some(peer)) => {
@@ -70,6 +75,7 @@ impl Node {
             peer,
             tables: Arc::clone(self.switch.tables()),
             what,
+            _withdrawal: withdrawal,
         })
     }
 }

@@ -54,6 +54,18 @@ pub enum NodeError {
         /// The failure.
         source: std::io::Error,
     },
+    /// Veth mode cannot run here (`node.pod_interface = "veth"`): the message names what the
+    /// kernel lacks.
+    #[error("node.pod_interface: {0}")]
+    FastPathUnavailable(podswitch_fastpath::FastPathError),
+    /// Putting a veth pod on the fast path failed.
+    #[error("pod {pod:?}: {source}")]
+    FastPath {
+        /// Pod name.
+        pod: String,
+        /// The failure.
+        source: podswitch_fastpath::FastPathError,
+    },
     /// Configuring the pod's interfaces over netlink failed.
     #[error("pod {pod:?}: configuring {what} in namespace {netns:?}: {message}")]
     Netlink {

@@ -32,6 +32,7 @@ pub(crate) mod spec;
 mod state;
 mod steering;
 mod upgrade;
+mod veth;
 
 pub use steering::{enable_flow_table, SOCK_FLOW_ENTRIES};
 
@@ -56,12 +57,16 @@ pub use peers::{PeerSource, PeerStatus};
 use pods::PodRecord;
 pub use pods::PodStatus;
 pub use services::{FlowStatus, ServiceStatus};
-pub use spec::{derived_pod_mac, Mac, MacParseError, NodeSpec, PeerSpec, PodSpec, SpecError};
+pub use spec::{
+    derived_pod_mac, Mac, MacParseError, NodeSpec, PeerSpec, PodInterface, PodSpec, SpecError,
+    POD_INTERFACE_ENV,
+};
 pub use spec::{ServiceAffinity, ServiceProto, ServiceSpec};
 pub use state::Recorded;
 use state::StateFile;
 pub(crate) use state::{make_parent, write_json_atomically};
 pub use upgrade::{Handover, Upgrade, SAVE_FLOWS_EVERY};
+pub use veth::FastPathStatus;
 
 /// Sets the loopback interface up in the calling thread's namespace (the node's, after
 /// `node.netns` was entered: a bare namespace has it down).
@@ -119,6 +124,8 @@ pub struct Node {
     heap_trim: Mutex<services::HeapTrim>,
     /// Where the interfaces' receive work goes (`node.rx_steering`), if anywhere.
     rx_steering: Option<steering::RxSteering>,
+    /// The kernel fast path, in veth mode (`node.pod_interface = "veth"`).
+    fast_path: Option<std::sync::Arc<Mutex<podswitch_fastpath::FastPath>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -174,6 +181,14 @@ impl Node {
             None => None,
         };
         let pods = spec::assign_pod_ips(&spec, pods, &reserved)?;
+        // Veth mode needs the kernel's eBPF pieces: refused here, naming the missing one.
+        let fast_path = match spec.pod_interface() {
+            PodInterface::Tap => None,
+            PodInterface::Veth => Some(std::sync::Arc::new(Mutex::new(
+                podswitch_fastpath::FastPath::load(spec.router_mac().0)
+                    .map_err(NodeError::FastPathUnavailable)?,
+            ))),
+        };
         let switch = Switch::start_with_tunnel(config, tunnel).map_err(NodeError::Start)?;
         let host = (!spec.host_interface.is_empty()).then(|| spec.host_interface.clone());
         let node = Node {
@@ -194,6 +209,7 @@ impl Node {
             flows_saved: Mutex::new(None),
             heap_trim: Mutex::default(),
             rx_steering,
+            fast_path,
         };
         let after_crash = lock(&node.inherited)
             .as_ref()
@@ -414,10 +430,17 @@ impl Node {
         out
     }
 
-    /// Switch-wide counters: `(rx, forwarded, delivered locally, dropped)`.
+    /// Node-wide counters, the fast path's forwards included: `(rx, forwarded, delivered
+    /// locally, dropped)`, with `rx = forwarded + delivered locally + dropped`.
     pub(crate) fn totals(&self) -> (u64, u64, u64, u64) {
         let m = self.switch.metrics().snapshot();
-        (m.rx, m.forwarded, m.delivered_locally, m.dropped_total())
+        let fast = self.fast_path_forwarded();
+        (
+            m.rx + fast,
+            m.forwarded + fast,
+            m.delivered_locally,
+            m.dropped_total(),
+        )
     }
 
     /// Drops by reason label, non-zero only (the control protocol's `drops_by_reason`).

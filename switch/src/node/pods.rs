@@ -20,7 +20,9 @@ use std::os::fd::AsRawFd;
 
 use rtnetlink::LinkUnspec;
 
-use super::{link_index, lock, netlink, spec, with_netlink, Mac, Node, NodeError, PodSpec};
+use super::{
+    link_index, lock, netlink, spec, with_netlink, Mac, Node, NodeError, PodInterface, PodSpec,
+};
 use crate::netns::NetNs;
 use crate::pipeline::PortCounts;
 use crate::port::TapPort;
@@ -127,10 +129,16 @@ impl Node {
                 }
             }
         };
+        let veth = self.spec.pod_interface() == PodInterface::Veth;
         let adopted = self.adopt(spec, ip, mac);
         let handed_over = adopted.is_some();
         let tap = match adopted {
+            // A veth pod's interfaces outlive the process; its programs do not.
+            Some(tap) if veth => self
+                .onto_fast_path(spec, ip, &self.host_side(&spec.name))
+                .map(|()| tap),
             Some(tap) => Ok(tap),
+            None if veth => self.plumb_veth(spec, ip, &netns, created),
             None => self.plumb(spec, ip, &netns, created),
         };
         let tap = match tap {
@@ -140,7 +148,12 @@ impl Node {
                 return Err(e);
             }
         };
-        self.steer(&spec.ifname, Some(&netns), handed_over);
+        if veth {
+            // What the switch writes to a veth pod goes into its upcall TAP.
+            self.steer(&self.host_side(&spec.name).upcall, None, handed_over);
+        } else {
+            self.steer(&spec.ifname, Some(&netns), handed_over);
+        }
         let fds = tap.iter().map(TapPort::raw_fd).collect();
         let queues = tap
             .into_iter()
@@ -149,6 +162,9 @@ impl Node {
         let port = match self.switch.attach_queues(spec.port_info(ip), queues) {
             Ok(id) => id,
             Err(source) => {
+                if veth {
+                    self.unplumb_veth(&spec.name);
+                }
                 undo_netns(&netns);
                 return Err(NodeError::Switch { pod, source });
             }
@@ -183,9 +199,14 @@ impl Node {
             tracing::info!(pod = %spec.name, "handed-over TAP not adopted: the pod's address, MAC or queue count changed; a new one is made");
             return None;
         }
+        // A veth pod's port is its upcall TAP, in the node's namespace.
+        let ifname = match self.spec.pod_interface() {
+            PodInterface::Tap => spec.ifname.clone(),
+            PodInterface::Veth => self.host_side(&spec.name).upcall,
+        };
         let adopted: Result<Vec<TapPort>, _> = fds
             .into_iter()
-            .map(|fd| TapPort::adopt(fd, &spec.ifname))
+            .map(|fd| TapPort::adopt(fd, &ifname))
             .collect();
         match adopted {
             Ok(tap) => Some(tap),
@@ -212,42 +233,15 @@ impl Node {
         netns: &NetNs,
         created: bool,
     ) -> Result<Vec<TapPort>, NodeError> {
-        let cfg = self.switch.node();
         let ifname = spec.ifname.as_str();
-        let net = netlink::PodNet {
-            ifname,
-            ip,
-            prefix_len: cfg.cidr.prefix_len(),
-            mac: spec.mac_at(ip),
-            mtu: cfg.mtu,
-            gateway: cfg.gateway,
-        };
-        let pod = spec.name.as_str();
-        let ns = spec.netns.as_str();
-        let netlink_err = |(what, message): (&'static str, String)| NodeError::Netlink {
-            pod: pod.into(),
-            netns: ns.into(),
-            what,
-            message,
-        };
+        let net = self.pod_net(spec, ip);
+        let (pod, ns) = (spec.name.as_str(), spec.netns.as_str());
+        let netlink_err = netlink_error(spec);
         let netns_err = |source| NodeError::Netns {
             pod: pod.into(),
             source,
         };
-        // An adopted namespace may hold another switch's pod: say so rather than fail on the
-        // rename with a bare "File exists".
-        if !created
-            && netns
-                .run(|| netlink::has_link(ifname))
-                .map_err(netns_err)?
-                .map_err(netlink_err)?
-        {
-            return Err(NodeError::NetnsBusy {
-                pod: pod.into(),
-                netns: ns.into(),
-                ifname: ifname.into(),
-            });
-        }
+        self.refuse_busy_netns(spec, netns, created)?;
         let tmp = netlink::temporary_ifname();
         let tap = TapPort::create_queues(&tmp, self.switch.workers()).map_err(|source| {
             NodeError::Tap {
@@ -274,12 +268,54 @@ impl Node {
                 .await
                 .map_err(|e| ("moving the TAP into the namespace", e.to_string()))
         })
-        .map_err(netlink_err)?;
+        .map_err(&netlink_err)?;
         netns
             .run(|| netlink::configure_pod_interfaces(&net))
             .map_err(netns_err)?
             .map_err(netlink_err)?;
         Ok(tap)
+    }
+
+    /// The addressing of pod `spec`'s interface at `ip`.
+    pub(super) fn pod_net<'a>(&self, spec: &'a PodSpec, ip: Ipv4Addr) -> netlink::PodNet<'a> {
+        let cfg = self.switch.node();
+        netlink::PodNet {
+            ifname: spec.ifname.as_str(),
+            ip,
+            prefix_len: cfg.cidr.prefix_len(),
+            mac: spec.mac_at(ip),
+            mtu: cfg.mtu,
+            gateway: cfg.gateway,
+        }
+    }
+
+    /// Refuses a namespace the node did not create that already has the pod's interface: it
+    /// holds another switch's (or plugin's) pod. Said so, rather than failing later on the
+    /// rename with a bare "File exists".
+    pub(super) fn refuse_busy_netns(
+        &self,
+        spec: &PodSpec,
+        netns: &NetNs,
+        created: bool,
+    ) -> Result<(), NodeError> {
+        if created {
+            return Ok(());
+        }
+        let busy = netns
+            .run(|| netlink::has_link(&spec.ifname))
+            .map_err(|source| NodeError::Netns {
+                pod: spec.name.clone(),
+                source,
+            })?
+            .map_err(netlink_error(spec))?;
+        if busy {
+            return Err(NodeError::NetnsBusy {
+                pod: spec.name.clone(),
+                netns: spec.netns.clone(),
+                ifname: spec.ifname.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Removes a pod (CNI DEL): detaches its TAP (the device goes away with the fd) and deletes
@@ -317,6 +353,9 @@ impl Node {
         if forget && (rec.recorded || rec.created_netns) {
             self.save_state(pods);
         }
+        if self.spec.pod_interface() == PodInterface::Veth {
+            self.unplumb_veth(name);
+        }
         if let Err(e) = self.switch.detach(name) {
             // Already gone from the switch (its namespace vanished): nothing to detach.
             tracing::debug!(pod = name, "detach: {e}");
@@ -331,19 +370,26 @@ impl Node {
         Ok(())
     }
 
-    /// Forgets pods whose TAP closed under the switch (namespace deleted from outside).
-    /// Returns their names. Other pods are unaffected.
+    /// Forgets pods whose TAP closed under the switch, or (veth mode) whose veth vanished:
+    /// their namespace was deleted from outside. Returns their names. Other pods are
+    /// unaffected.
     pub fn reap_vanished(&self) -> Vec<String> {
         let mut pods = lock(&self.pods);
+        let veth = self.spec.pod_interface() == PodInterface::Veth;
         let gone: Vec<String> = pods
             .keys()
-            .filter(|n| self.switch.port(n).is_none())
+            .filter(|n| self.switch.port(n).is_none() || (veth && !self.host_side(n).veth_exists()))
             .cloned()
             .collect();
         let mut recorded = false;
         for name in &gone {
             if let Some(rec) = pods.remove(name) {
-                tracing::warn!(pod = %name, netns = %rec.netns.name(), why = "its TAP closed under the switch (namespace deleted from outside?)", "pod removed");
+                tracing::warn!(pod = %name, netns = %rec.netns.name(), why = "its interface vanished under the switch (namespace deleted from outside?)", "pod removed");
+                if veth {
+                    // Its upcall TAP stays until the switch lets go of its descriptors.
+                    self.unplumb_veth(name);
+                    let _ = self.switch.detach(name);
+                }
                 recorded |= rec.recorded;
                 if rec.created_netns && rec.netns.exists() {
                     let _ = rec.netns.delete();
@@ -361,7 +407,13 @@ impl Node {
         let pods = lock(&self.pods);
         let rec = pods.get(name)?;
         let port = self.switch.port(name)?;
-        let counters = port.metrics.snapshot();
+        let mut counters = port.metrics.snapshot();
+        // What the kernel forwarded for it, which the switch never saw.
+        let fast = self.fast_path_counts(name);
+        counters.rx_frames += fast.from_pod_packets;
+        counters.rx_bytes += fast.from_pod_bytes;
+        counters.tx_frames += fast.to_pod_packets;
+        counters.tx_bytes += fast.to_pod_bytes;
         Some(PodStatus {
             spec: rec.spec.clone(),
             mac: rec.spec.mac_at(rec.ip),
@@ -378,6 +430,16 @@ impl Node {
     pub fn pods(&self) -> Vec<PodStatus> {
         let names: Vec<String> = lock(&self.pods).keys().cloned().collect();
         names.iter().filter_map(|n| self.pod(n)).collect()
+    }
+}
+
+/// How a failed netlink step of pod `spec`'s set-up is reported.
+pub(super) fn netlink_error(spec: &PodSpec) -> impl Fn((&'static str, String)) -> NodeError + '_ {
+    move |(what, message)| NodeError::Netlink {
+        pod: spec.name.clone(),
+        netns: spec.netns.clone(),
+        what,
+        message,
     }
 }
 

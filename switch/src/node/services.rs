@@ -113,6 +113,8 @@ impl Node {
             Some(svc) if moved => conntrack.end_service(svc.id),
             _ => Vec::new(),
         };
+        // The new backends hand their replies up before the switch sends them a flow.
+        self.endpoints_to_fast_path(services.values().map(|r| &r.spec).chain([spec]));
         self.switch
             .upsert_service(spec.to_service())
             .map_err(NodeError::Service)?;
@@ -128,6 +130,7 @@ impl Node {
             source,
         };
         let replaced = services.insert(spec.name.clone(), record).is_some();
+        self.endpoints_to_fast_path(services.values().map(|r| &r.spec));
         self.save_services(services);
         tracing::info!(service = %spec.name, address = %spec.address_text(), backends = spec.backends.len(), replaced, %source, "service added");
         Ok(())
@@ -166,6 +169,7 @@ impl Node {
         }
         self.remove_from_switch(name)?;
         services.remove(name);
+        self.endpoints_to_fast_path(services.values().map(|r| &r.spec));
         tracing::info!(service = %name, source = "etcd", "service removed");
         Ok(true)
     }
@@ -187,6 +191,7 @@ impl Node {
         }
         self.remove_from_switch(name)?;
         services.remove(name);
+        self.endpoints_to_fast_path(services.values().map(|r| &r.spec));
         self.save_services(&services);
         tracing::info!(service = %name, "service removed");
         Ok(())
@@ -261,6 +266,34 @@ impl Node {
             }
         }
         tracing::info!(service = %name, flows = stranded.len(), "connections to removed backends ended");
+    }
+
+    /// Tells the kernel fast path (veth mode) every backend of `services`: what a pod sends
+    /// from a backend's address and port goes through the switch, whose connection tracking
+    /// translates replies back to the VIP. A failure is logged (the map is full: those
+    /// replies would bypass the translation, so it is loud).
+    fn endpoints_to_fast_path<'a>(&self, services: impl Iterator<Item = &'a ServiceSpec>) {
+        let Some(fast) = &self.fast_path else {
+            return;
+        };
+        let endpoints = services
+            .flat_map(|s| {
+                let proto = match s.proto {
+                    super::ServiceProto::Tcp => 6,
+                    super::ServiceProto::Udp => 17,
+                };
+                s.backends
+                    .iter()
+                    .map(move |b| podswitch_fastpath::Endpoint {
+                        ip: *b.ip(),
+                        port: b.port(),
+                        proto,
+                    })
+            })
+            .collect();
+        if let Err(e) = lock(fast).set_endpoints(endpoints) {
+            tracing::error!("fast path: Service backends not all known to it: {e}");
+        }
     }
 
     /// Records the services added at runtime (`service add`), of `services`.

@@ -158,6 +158,22 @@ impl SavedCounters {
         }
     }
 
+    /// Adds what the kernel fast path counted (veth mode) to what is saved: it is not handed
+    /// over (the maps go with this process), so the next one carries it in the switch's
+    /// counters instead.
+    fn add_fast_path(&mut self, node: &Node) {
+        let forwarded = node.fast_path_forwarded();
+        self.totals.rx += forwarded;
+        self.totals.forwarded += forwarded;
+        for (name, saved) in &mut self.ports {
+            let fast = node.fast_path_counts(name);
+            saved.counts.rx_frames += fast.from_pod_packets;
+            saved.counts.rx_bytes += fast.from_pod_bytes;
+            saved.counts.tx_frames += fast.to_pod_packets;
+            saved.counts.tx_bytes += fast.to_pod_bytes;
+        }
+    }
+
     /// Adds the saved counters to `switch`'s: node-wide, and for each port and peer it has
     /// by the same name. Returns the ports and peers that took their counts.
     fn restore(self, switch: &Switch) -> usize {
@@ -535,12 +551,14 @@ impl Node {
             })
             .collect();
         let service_ids = self.service_ids();
+        let mut counters = SavedCounters::save(&self.switch);
+        counters.add_fast_path(self);
         Handover {
             pods,
             host: lock(&self.host_fds).clone(),
             service_ids,
             flows: self.switch.tables().conntrack.save(),
-            counters: SavedCounters::save(&self.switch),
+            counters,
             after_crash: false,
         }
     }

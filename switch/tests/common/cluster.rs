@@ -18,7 +18,7 @@ use podswitch::control::{self, Request, Response};
 use podswitch::node::{PeerSource, PeerStatus, PodStatus, ServiceStatus};
 use podswitch_dataplane::testutil::{unique, wait_for};
 
-use super::{run, tempdir, BIN};
+use super::{run, tempdir};
 
 /// The VNI flannel's VXLAN backend uses by default (and the fixtures use).
 pub(crate) const VNI: u32 = 1;
@@ -561,7 +561,7 @@ impl Node {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(BIN)
+        let child = super::podswitch()
             .args(["run", "--config"])
             .arg(&self.config)
             .stdout(Stdio::null())
@@ -691,7 +691,7 @@ impl Node {
     /// Runs the `podswitch` client with `args` against this node; its output (panics if the
     /// command fails).
     pub(crate) fn ctl(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
+        let out = super::podswitch()
             .args(args)
             .arg("--control")
             .arg(&self.control)
@@ -707,7 +707,7 @@ impl Node {
 
     /// `podswitch status` as the user reads it.
     pub(crate) fn status_text(&self) -> String {
-        let out = Command::new(BIN)
+        let out = super::podswitch()
             .args(["status", "--control"])
             .arg(&self.control)
             .output()

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use podswitch_dataplane::testutil::{unique, wait_for};
+use podswitch_dataplane::testutil::{pod_interface, unique, wait_for};
 
 pub(crate) mod cluster;
 pub(crate) mod transfer;
@@ -15,6 +15,22 @@ pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_podswitch");
 
 /// The lab binary (`podswitch-lab up/down`); its nodes run [`BIN`], built beside it.
 pub(crate) const LAB: &str = env!("CARGO_BIN_EXE_podswitch-lab");
+
+/// `podswitch` ([`BIN`]) in the running root test's pod interface mode: a node it starts
+/// without `node.pod_interface` makes pods of the mode `#[root_test]` runs the test in.
+pub(crate) fn podswitch() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env(podswitch::node::POD_INTERFACE_ENV, pod_interface());
+    cmd
+}
+
+/// `podswitch-lab` ([`LAB`]) in the running root test's pod interface mode (its nodes inherit
+/// the environment).
+pub(crate) fn lab() -> Command {
+    let mut cmd = Command::new(LAB);
+    cmd.env(podswitch::node::POD_INTERFACE_ENV, pod_interface());
+    cmd
+}
 
 /// Runs `cmd` to completion.
 pub(crate) fn run(cmd: &[&str]) -> Output {
@@ -118,7 +134,7 @@ impl Daemon {
     /// Starts the daemon (again) with the config file written by `start`.
     pub(crate) fn restart(&mut self) {
         assert!(self.child.is_none(), "the daemon is still running");
-        let child = Command::new(BIN)
+        let child = podswitch()
             .args(["run", "--config"])
             .arg(self.dir.join("node.toml"))
             .stdout(Stdio::piped())
@@ -139,7 +155,7 @@ impl Daemon {
     }
 
     pub(crate) fn ctl(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = podswitch();
         cmd.args(args).env("PODSWITCH_CONTROL", &self.control);
         cmd.output().expect("run podswitch client")
     }
@@ -217,14 +233,14 @@ impl Drop for LabGuard {
                 );
             }
         }
-        let _ = Command::new(LAB).args(["down", "--name", &self.0]).output();
+        let _ = lab().args(["down", "--name", &self.0]).output();
     }
 }
 
 /// `podswitch-lab up` of `nodes` nodes with `pods` pods each, torn down when the guard drops.
 pub(crate) fn lab_up(name: &str, nodes: usize, pods: usize) -> (LabGuard, Output) {
     let guard = LabGuard(name.to_string());
-    let up = Command::new(LAB)
+    let up = lab()
         .args(["up", "--name", name])
         .args(["--nodes", &nodes.to_string()])
         .args(["--pods-per-node", &pods.to_string()])

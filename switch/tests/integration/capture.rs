@@ -9,7 +9,7 @@ use podswitch_dataplane::testutil::{root_test, unique, wait_for};
 
 use crate::common;
 
-use common::{config, tempdir, Daemon, BIN};
+use common::{config, tempdir, Daemon};
 
 /// Panics with a clear message unless tshark can run.
 fn need_tshark() {
@@ -103,7 +103,7 @@ fn two_pods() -> (Daemon, String, String) {
 
 /// `podswitch capture ARGS` against `d`'s node.
 fn capture_cmd(d: &Daemon, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = crate::common::podswitch();
     cmd.arg("capture")
         .args(args)
         .env("PODSWITCH_CONTROL", &d.control)
@@ -316,7 +316,7 @@ fn a_peer_capture_shows_the_inner_frames_of_the_tunnel() {
     let file_arg = file.to_str().expect("utf-8 path");
     let control = format!("/run/podswitch/{name}/node1.sock");
     let cap = spawn_piped(
-        Command::new(BIN)
+        crate::common::podswitch()
             .args([
                 "capture",
                 "--peer",

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use podswitch::control::{ErrorKind, Request, Response};
 use podswitch::node::{PeerSource, PodSpec, PodStatus, ServiceProto, ServiceStatus};
-use podswitch_dataplane::testutil::{root_test, unique, wait_for};
+use podswitch_dataplane::testutil::{pod_interface, root_test, unique, wait_for};
 
 use crate::common;
 
-use common::{config, netns_add, run, tempdir, Daemon, LabGuard, BIN, LAB};
+use common::{config, netns_add, run, tempdir, Daemon, LabGuard, BIN};
 
 fn netns_list() -> String {
     String::from_utf8_lossy(&run(&["ip", "netns", "list"]).stdout).into_owned()
@@ -237,7 +237,7 @@ fn bad_config_names_the_field_and_creates_nothing() {
     );
     let path = dir.join("bad.toml");
     std::fs::write(&path, cfg).expect("write");
-    let out = Command::new(BIN)
+    let out = crate::common::podswitch()
         .args(["run", "--config"])
         .arg(&path)
         .output()
@@ -382,7 +382,7 @@ fn lab_builds_a_two_node_cluster_and_tears_it_down() {
     // Peers at runtime: removing node 2 cuts only the flows to node 2; adding it back restores them.
     let control1 = format!("/run/podswitch/{name}/node1.sock");
     let ctl = |args: &[&str]| {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = crate::common::podswitch();
         cmd.args(args).args(["--control", &control1]);
         cmd.output().expect("podswitch client")
     };
@@ -474,7 +474,7 @@ fn lab_builds_a_two_node_cluster_and_tears_it_down() {
     let stray_pid = stray_pid.unwrap_or_default();
     assert!(Path::new(&format!("/proc/{stray_pid}")).exists());
 
-    let down = Command::new(LAB)
+    let down = crate::common::lab()
         .args(["down", "--name", &name])
         .output()
         .expect("lab down");
@@ -522,7 +522,7 @@ fn lab_pod_ips(text: &str, name: &str, i: usize) -> Vec<String> {
 fn lab_with_etcd_leases_subnets_and_learns_peers_there() {
     let name = unique("labe");
     let guard = LabGuard(name.clone());
-    let up = Command::new(LAB)
+    let up = crate::common::lab()
         .args([
             "up",
             "--etcd",
@@ -579,7 +579,7 @@ fn lab_with_etcd_leases_subnets_and_learns_peers_there() {
 
     // Each node has the two others as peers from etcd.
     for i in 1..=3 {
-        let peers = Command::new(BIN)
+        let peers = crate::common::podswitch()
             .args(["peer", "list", "--control", &format!("{dir}/node{i}.sock")])
             .output()
             .expect("peer list");
@@ -601,7 +601,7 @@ fn lab_with_etcd_leases_subnets_and_learns_peers_there() {
     assert!(ping_from(&n1p1, &ips[1][0]), "node 1 pod -> node 2 pod");
     assert!(ping_from(&n1p1, &ips[2][0]), "node 1 pod -> node 3 pod");
 
-    let down = Command::new(LAB)
+    let down = crate::common::lab()
         .args(["down", "--name", &name])
         .output()
         .expect("lab down");
@@ -643,7 +643,7 @@ fn run_refused(dir: &Path, text: &str) -> String {
 fn refused_log(dir: &Path, text: &str) -> String {
     let path = dir.join("refused.toml");
     std::fs::write(&path, text).expect("write config");
-    let out = Command::new(BIN)
+    let out = crate::common::podswitch()
         .args(["run", "--config"])
         .arg(&path)
         .output()
@@ -1772,6 +1772,27 @@ fn cpus_of_mask(mask: &str) -> Vec<usize> {
     cpus
 }
 
+/// The interfaces whose receive queues take what the switch writes to the pods `a` and `b` and
+/// to the node of namespace `node_ns`, as `(namespace, interface)`: the pods' `eth0` (TAPs),
+/// or their upcall TAPs in the node's namespace (veth mode), and the host interface.
+fn steered_interfaces(node_ns: &str, a: &str, b: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if pod_interface() == "veth" {
+        let links = run(&["ip", "-netns", node_ns, "-o", "link", "show"]);
+        for line in String::from_utf8_lossy(&links.stdout).lines() {
+            let name = line.split(": ").nth(1).unwrap_or("");
+            if name.starts_with("psu") {
+                out.push((node_ns.to_string(), name.to_string()));
+            }
+        }
+    } else {
+        out.push((a.to_string(), "eth0".to_string()));
+        out.push((b.to_string(), "eth0".to_string()));
+    }
+    out.push((node_ns.to_string(), "podsw0".to_string()));
+    out
+}
+
 /// A receive queue setting of `ifname` in namespace `ns`.
 fn queue_setting(ns: &str, ifname: &str, queue: usize, file: &str) -> String {
     let path = format!("/sys/class/net/{ifname}/queues/rx-{queue}/{file}");
@@ -1817,7 +1838,9 @@ fn rx_steering_sets_rps_and_rfs_on_every_receive_queue() {
         vec![node_ns.clone(), a.clone(), b.clone()],
     );
     let others: Vec<usize> = allowed.iter().copied().filter(|&c| c != last).collect();
-    for (ns, ifname) in [(&a, "eth0"), (&b, "eth0"), (&node_ns, "podsw0")] {
+    let receivers = steered_interfaces(&node_ns, &a, &b);
+    assert_eq!(receivers.len(), 3, "{receivers:?}");
+    for (ns, ifname) in &receivers {
         for queue in 0..2 {
             assert_eq!(
                 cpus_of_mask(&queue_setting(ns, ifname, queue, "rps_cpus")),
@@ -1852,7 +1875,7 @@ fn rx_steering_sets_rps_and_rfs_on_every_receive_queue() {
     std::fs::write(&config, text.replace("rx_steering = true\n", "")).expect("config");
     let up = d.ctl(&["upgrade"]);
     assert!(up.status.success(), "upgrade: {}", stderr(&up));
-    for (ns, ifname) in [(&a, "eth0"), (&b, "eth0"), (&node_ns, "podsw0")] {
+    for (ns, ifname) in &receivers {
         for queue in 0..2 {
             let mask = queue_setting(ns, ifname, queue, "rps_cpus");
             assert!(

@@ -8,10 +8,9 @@ use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{config, run, tempdir, Daemon, BIN};
+use common::{config, run, tempdir, Daemon};
 use podswitch::netns::NetNs;
 use podswitch_dataplane::testutil::{root_test, unique};
 
@@ -154,7 +153,7 @@ fn more_workers_than_cpus_are_refused_at_start() {
     // (`workers` lands in [node]: the config has no other table.)
     let path = dir.join("node.toml");
     std::fs::write(&path, &text).expect("config");
-    let out = Command::new(BIN)
+    let out = crate::common::podswitch()
         .args(["run", "--config"])
         .arg(&path)
         .output()

@@ -7,10 +7,10 @@
 use crate::common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{config, run, tempdir, Daemon, BIN};
+use common::{config, run, tempdir, Daemon};
 use podswitch_dataplane::testutil::{root_test, unique};
 
 fn stderr(o: &std::process::Output) -> String {
@@ -23,7 +23,7 @@ fn stderr(o: &std::process::Output) -> String {
 fn refused(dir: &Path, file: &str, text: &str) -> String {
     let path = dir.join(file);
     std::fs::write(&path, text).expect("write config");
-    let mut child = Command::new(BIN)
+    let mut child = crate::common::podswitch()
         .args(["run", "--config"])
         .arg(&path)
         .stdout(Stdio::piped())

@@ -8,11 +8,10 @@ use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
-use std::process::Command;
 
 use common::cluster::{Node, Underlay};
+use common::tempdir;
 use common::transfer::Transfer;
-use common::{tempdir, BIN};
 use podswitch::control::{Request, Response};
 use podswitch_dataplane::testutil::{root_test, unique};
 
@@ -56,7 +55,7 @@ fn node(underlay: &mut Underlay, dir: &std::path::Path, i: u8) -> Node {
 }
 
 fn upgrade(node: &Node) -> String {
-    let out = Command::new(BIN)
+    let out = crate::common::podswitch()
         .args(["upgrade", "--control"])
         .arg(&node.control)
         .output()
@@ -135,7 +134,7 @@ fn transfers_survive_five_upgrades_and_two_crashes() {
         ("/bin/true", "not a podswitch binary"),
         ("/nonexistent/podswitch", "No such file"),
     ] {
-        let out = Command::new(BIN)
+        let out = crate::common::podswitch()
             .args(["upgrade", "--binary", binary, "--control"])
             .arg(&nodes[0].control)
             .output()

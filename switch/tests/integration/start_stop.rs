@@ -6,7 +6,7 @@ use crate::common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{config, tempdir, BIN};
+use common::{config, tempdir};
 use podswitch_dataplane::testutil::{root_test, unique, wait_for};
 
 fn namespaces() -> String {
@@ -62,7 +62,7 @@ fn sigterm_while_pods_are_being_made_leaves_none_behind() {
         }
     }
     let _cleanup = Cleanup(names.iter().map(|n| n.1.clone()).collect(), dir.clone());
-    let mut child = Command::new(BIN)
+    let mut child = crate::common::podswitch()
         .args(["run", "--config"])
         .arg(dir.join("node.toml"))
         .stdout(Stdio::null())

@@ -40,7 +40,7 @@ impl Node {
         std::fs::write(dir.join("node.toml"), text).expect("config");
         let log = dir.join("node.log");
         let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(BIN)
+        let child = crate::common::podswitch()
             .args(["run", "--config"])
             .arg(dir.join("node.toml"))
             .stdout(file.try_clone().expect("log file"))
@@ -62,7 +62,7 @@ impl Node {
     }
 
     fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        crate::common::podswitch()
             .args(args)
             .env("PODSWITCH_CONTROL", &self.control)
             .output()
@@ -71,7 +71,7 @@ impl Node {
 
     /// `podswitch upgrade --binary binary`.
     fn upgrade(&self, binary: &Path) -> Output {
-        Command::new(BIN)
+        crate::common::podswitch()
             .args(["upgrade", "--binary"])
             .arg(binary)
             .arg("--control")
@@ -346,7 +346,7 @@ fn check_config_answers_without_touching_anything() {
     let path = dir.join("node.toml");
     let check = |text: &str| {
         std::fs::write(&path, text).expect("config");
-        Command::new(BIN)
+        crate::common::podswitch()
             .args(["run", "--check-config", "--config"])
             .arg(&path)
             .output()

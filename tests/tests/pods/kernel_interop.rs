@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use podswitch::netns::NetNs;
 use podswitch::node::{Mac, Node, NodeSpec, PeerSpec, PodSpec};
+use podswitch_dataplane::testutil::pod_interface;
 
 const VTEP_A: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0x0a];
 const VTEP_B: &str = "02:ee:00:00:00:0b";
@@ -94,6 +95,7 @@ fn setup() -> Setup {
     let mut spec = NodeSpec::new("node-a", "10.244.1.0/24".parse().expect("cidr"));
     spec.router_mac = Some(Mac(VTEP_A));
     spec.cpus = Some(Vec::new());
+    spec.pod_interface = Some(pod_interface().parse().expect("a mode"));
     spec.underlay = Some(Ipv4Addr::new(192, 168, 77, 1));
     let peers = [PeerSpec {
         name: "node-b".into(),

@@ -104,6 +104,53 @@ pub fn derived_pod_mac(ip: Ipv4Addr) -> Mac {
     Mac(crate::table::derived_pod_mac(ip).0)
 }
 
+/// What a pod's `eth0` is (`node.pod_interface`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodInterface {
+    /// A TAP whose descriptors the switch holds: every packet crosses the switch.
+    #[default]
+    Tap,
+    /// A veth pair: the switch decides, the kernel fast path forwards what it has decided,
+    /// and everything else reaches the switch through the pod's upcall TAP.
+    Veth,
+}
+
+/// The environment variable that gives `node.pod_interface` when the config does not.
+pub const POD_INTERFACE_ENV: &str = "PODSWITCH_POD_INTERFACE";
+
+impl PodInterface {
+    /// What [`POD_INTERFACE_ENV`] says: `Ok(None)` when unset or empty.
+    pub(crate) fn from_env() -> Result<Option<PodInterface>, String> {
+        match std::env::var(POD_INTERFACE_ENV) {
+            Ok(v) if !v.is_empty() => v
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("{POD_INTERFACE_ENV}: {e}")),
+            _ => Ok(None),
+        }
+    }
+
+    /// `tap` or `veth`, as the config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodInterface::Tap => "tap",
+            PodInterface::Veth => "veth",
+        }
+    }
+}
+
+impl std::str::FromStr for PodInterface {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tap" => Ok(PodInterface::Tap),
+            "veth" => Ok(PodInterface::Veth),
+            _ => Err(format!("{s:?} is not a pod interface: tap or veth")),
+        }
+    }
+}
+
 /// A node's settings: the config file's `[node]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,6 +196,12 @@ pub struct NodeSpec {
     /// (`IFF_MULTI_QUEUE`); the kernel spreads a pod's flows over the queues.
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// What a pod's `eth0` is: a TAP the switch holds (`"tap"`, the default), or one end of a
+    /// veth pair whose other end stays in the node's namespace, where the kernel fast path
+    /// (`podswitch-fastpath`) forwards what the switch has decided (`"veth"`). Absent: the
+    /// environment's `PODSWITCH_POD_INTERFACE`, else `"tap"`; see [`NodeSpec::pod_interface`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_interface: Option<PodInterface>,
     /// CPUs the workers are pinned to (worker `k` on `cpus[k % len]`); see
     /// `NodeSpec::dataplane_cpus` for the default (not pinned). `[]`: not pinned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -324,6 +377,7 @@ impl NodeSpec {
             vxlan_port: DEFAULT_VXLAN_PORT,
             vni: default_vni(),
             vtep_mac: None,
+            pod_interface: Default::default(),
             host_interface: default_host_interface(),
             masquerade: default_masquerade(),
             service_cidr: DEFAULT_SERVICE_CIDR,
@@ -365,6 +419,13 @@ impl NodeSpec {
     pub fn gateway(&self) -> Option<Ipv4Addr> {
         self.gateway
             .or_else(|| self.pod_cidr.map(NodeConfig::default_gateway))
+    }
+
+    /// What pods' `eth0` is: `pod_interface`, else what [`POD_INTERFACE_ENV`] says, else TAP.
+    pub fn pod_interface(&self) -> PodInterface {
+        self.pod_interface
+            .or_else(|| PodInterface::from_env().ok().flatten())
+            .unwrap_or_default()
     }
 
     /// The router MAC (also the VTEP MAC): `router_mac`, else `vtep_mac`, else

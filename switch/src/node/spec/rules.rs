@@ -127,6 +127,9 @@ impl NodeSpec {
     /// Checks the node's own rules (fields are named `node.*`).
     pub(crate) fn validate(&self) -> Result<(), SpecError> {
         check_name("node.name", &self.name, MAX_NODE_NAME)?;
+        if self.pod_interface.is_none() {
+            PodInterface::from_env().map_err(|e| SpecError::new("node.pod_interface", e))?;
+        }
         if let Some(cidr) = self.pod_cidr {
             check_cidr("node.pod_cidr", cidr)?;
             if cidr.prefix_len() > 30 {

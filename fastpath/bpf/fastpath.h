@@ -1,0 +1,100 @@
+/* The maps the switch writes and the fast path reads: one layout, shared with Rust
+ * (fastpath/src/maps.rs mirrors every struct field for field; its unit tests check the
+ * sizes). All addresses are in network byte order, all MACs as on the wire.
+ *
+ * Invariants the switch keeps:
+ *  - `ports` holds an entry for a pod's host-side veth exactly while its upcall device and its
+ *    `downcalls` entry exist, and `pods` holds the pod's address only while `ports` holds it;
+ *  - a slot (`stats` index) belongs to one pod at a time and is zeroed before it is reused.
+ */
+#ifndef PODSWITCH_FASTPATH_H
+#define PODSWITCH_FASTPATH_H
+
+#include <linux/types.h>
+
+/* Pods (slots) one node's fast path holds. */
+#define PS_MAX_PODS 4096
+
+/* `ps_port.flags` and `ps_pod.flags`: the pod is withdrawn from the fast path (a capture runs):
+ * everything it sends and everything sent to it goes through the switch. */
+#define PS_F_SLOW 1u
+
+/* Indexes of `paths`: what happened to each packet the programs saw. */
+enum ps_path {
+	/* Forwarded pod -> pod on this node by the program. */
+	PS_PATH_LOCAL = 0,
+	/* Handed up to the switch: not IPv4 (ARP, ...). */
+	PS_PATH_UP_NOT_IPV4 = 1,
+	/* Handed up: source MAC or address not the pod's (the pipeline drops and counts it). */
+	PS_PATH_UP_SPOOFED = 2,
+	/* Handed up: malformed, IP options, or a checksum that does not verify. */
+	PS_PATH_UP_MALFORMED = 3,
+	/* Handed up: no compiled decision for the destination. */
+	PS_PATH_UP_MISS = 4,
+	/* Handed up: TTL would expire (the switch answers with ICMP). */
+	PS_PATH_UP_TTL = 5,
+	/* Handed up: the source or destination pod is withdrawn (capture). */
+	PS_PATH_UP_WITHDRAWN = 6,
+	/* Written by the switch, delivered into the pod. */
+	PS_PATH_DOWN = 7,
+	/* Dropped: arrived on a device the maps do not know (being set up or torn down). */
+	PS_PATH_DROP_UNKNOWN_DEVICE = 8,
+	/* Handed up: a TCP or UDP fragment (no ports to look at). */
+	PS_PATH_UP_FRAGMENT = 9,
+	/* Handed up: sent from a Service backend's address and port, so possibly a reply the
+	 * switch must translate back (from the VIP) before the client sees it. */
+	PS_PATH_UP_SERVICE = 10,
+	PS_PATH_COUNT = 11,
+};
+
+/* `node[0]`: the node's own identity. */
+struct ps_node {
+	__u8 router_mac[6];
+	__u8 pad[2];
+};
+
+/* `ports`, keyed by the pod's host-side veth ifindex: what the pod may send from, and where
+ * what the program does not decide goes. */
+struct ps_port {
+	__u8 mac[6];
+	__u16 slot;
+	__u32 ip;
+	__u32 upcall_ifindex;
+	__u32 flags;
+};
+
+/* `pods`, keyed by IPv4 address: a pod of this node, as a destination. */
+struct ps_pod {
+	__u8 mac[6];
+	__u16 slot;
+	__u32 ifindex; /* its host-side veth */
+	__u32 flags;
+};
+
+/* `downcalls`, keyed by an upcall device's ifindex: the pod the switch's writes go to. */
+struct ps_downcall {
+	__u32 ifindex; /* the pod's host-side veth */
+	__u32 slot;
+};
+
+/* `endpoints`, keyed by a Service backend's address, port and protocol: what it sends from
+ * there goes through the switch (connection tracking translates replies). */
+struct ps_endpoint {
+	__u32 ip;
+	__u16 port; /* network order */
+	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad;
+};
+
+/* Service backends the fast path knows. */
+#define PS_MAX_ENDPOINTS 65536
+
+/* `stats[slot]`, per CPU: the pod's packets the program forwarded (not what the switch did). */
+struct ps_stats {
+	__u64 from_pod_packets;
+	__u64 from_pod_bytes;
+	__u64 to_pod_packets;
+	__u64 to_pod_bytes;
+};
+
+#endif

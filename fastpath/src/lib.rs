@@ -1,0 +1,524 @@
+//! podswitch's kernel fast path for veth pods: tc eBPF programs that execute what the switch
+//! has decided, the maps the switch writes them from, and their loader.
+//!
+//! A veth pod's `eth0` is one end of a veth pair; the other end (the *host veth*) lives in the
+//! switch's namespace with `from_pod` attached at ingress (tcx where the kernel has it, a
+//! `clsact` qdisc otherwise). Beside it the switch holds the pod's *upcall device*, a TAP in the
+//! switch's namespace: its descriptors are the pod's switch port, exactly as a TAP-mode pod's.
+//! `from_pod` forwards what the maps say (pod to pod on this node, straight into the
+//! destination's namespace with `bpf_redirect_peer`) and hands everything else to the upcall
+//! device unchanged (GSO superframes and partial checksums included), so the pipeline decides
+//! it as it decides a TAP pod's frame. What the switch writes to the upcall device, `to_pod`
+//! delivers into the pod.
+//!
+//! Invariants: the maps describe only pods whose programs are attached and whose upcall
+//! device exists; [`FastPath::detach`] empties the maps before it detaches, so a removed pod
+//! is unreachable through the fast path at once. The switch's tables stay the truth: the maps
+//! are compiled from them, never the other way round. Dropping the [`FastPath`] detaches every
+//! program (the links are owned by this process; nothing is pinned).
+//!
+//! The programs are C (`bpf/`), built by clang from `build.rs` and loaded with aya: see
+//! `docs/fast-path.md` for why.
+
+// Unsafe code is refused except where a file says why it needs it (maps.rs: `aya::Pod`).
+#![deny(unsafe_code)]
+
+mod error;
+mod maps;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
+use aya::programs::{tc, SchedClassifier, TcAttachType};
+use aya::Ebpf;
+
+pub use error::FastPathError;
+use maps::{ip_key, DowncallEntry, EndpointKey, NodeEntry, PodEntry, PortEntry, F_SLOW, PATHS};
+pub use maps::{PodStats, MAX_PODS};
+
+/// The compiled programs (`bpf/fastpath.bpf.c`).
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
+
+/// How programs are attached to devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// tcx (Linux 6.6 and later): links owned by this process.
+    Tcx,
+    /// A `clsact` qdisc and a direct-action `cls_bpf` filter (older kernels).
+    Clsact,
+}
+
+/// A veth pod as the fast path sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct VethPod<'a> {
+    /// The pod's name (the key [`FastPath`] keeps it under).
+    pub name: &'a str,
+    /// Its host-side veth, in the switch's namespace.
+    pub veth: &'a str,
+    /// Its upcall device (the TAP whose descriptors are the pod's switch port).
+    pub upcall: &'a str,
+    /// The pod's MAC.
+    pub mac: [u8; 6],
+    /// The pod's address.
+    pub ip: Ipv4Addr,
+}
+
+/// A Service backend: what a pod sends from this address and port (`proto`: 6 TCP, 17 UDP)
+/// goes through the switch, whose connection tracking translates replies back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Endpoint {
+    /// The backend's address.
+    pub ip: Ipv4Addr,
+    /// Its port.
+    pub port: u16,
+    /// The IP protocol number.
+    pub proto: u8,
+}
+
+impl Endpoint {
+    fn key(&self) -> EndpointKey {
+        EndpointKey {
+            ip: ip_key(self.ip),
+            port: self.port.to_be(),
+            proto: self.proto,
+            pad: 0,
+        }
+    }
+}
+
+/// Packets the programs handled, node-wide, by what happened to them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathStats {
+    /// `(label, packets)` for every path (`local`, `up_spoofed`, `down`, ...), in a fixed order.
+    pub by_path: Vec<(&'static str, u64)>,
+}
+
+impl PathStats {
+    /// Packets on the path labelled `label` (0 for an unknown label).
+    pub fn get(&self, label: &str) -> u64 {
+        self.by_path
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+/// A pod on the fast path: where it is in the maps and which links it holds.
+#[derive(Debug)]
+struct Attached {
+    slot: u16,
+    veth_ifindex: u32,
+    upcall_ifindex: u32,
+    ip: Ipv4Addr,
+    links: [tc::SchedClassifierLinkId; 2],
+    /// Withdrawals not yet restored (captures running).
+    withdrawals: u32,
+}
+
+/// The loaded programs and their maps. One per node.
+pub struct FastPath {
+    bpf: Ebpf,
+    hook: Hook,
+    ports: HashMap<MapData, u32, PortEntry>,
+    pods: HashMap<MapData, u32, PodEntry>,
+    downcalls: HashMap<MapData, u32, DowncallEntry>,
+    endpoints: HashMap<MapData, EndpointKey, u8>,
+    /// What `endpoints` holds.
+    endpoint_set: BTreeSet<Endpoint>,
+    stats: PerCpuArray<MapData, PodStats>,
+    paths: PerCpuArray<MapData, u64>,
+    cpus: usize,
+    attached: BTreeMap<String, Attached>,
+}
+
+impl std::fmt::Debug for FastPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastPath")
+            .field("hook", &self.hook)
+            .field("attached", &self.attached)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `from_pod`, attached to host veths.
+const FROM_POD: &str = "from_pod";
+/// `to_pod`, attached to upcall devices.
+const TO_POD: &str = "to_pod";
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> FastPathError {
+    move |e| FastPathError::Map {
+        map,
+        detail: e.to_string(),
+    }
+}
+
+/// The piece of the kernel a load failure shows missing, judged from its error text.
+fn missing_piece(detail: &str) -> &'static str {
+    if detail.contains("bpf_redirect_peer") {
+        "the bpf_redirect_peer helper (Linux 5.10 or later)"
+    } else if detail.contains("Operation not permitted") {
+        "permission to load eBPF programs (root, or CAP_BPF and CAP_NET_ADMIN)"
+    } else if detail.contains("Function not implemented") || detail.contains("os error 38") {
+        "the bpf() system call (CONFIG_BPF_SYSCALL)"
+    } else if detail.contains("unknown func") {
+        "an eBPF helper this kernel lacks"
+    } else {
+        "eBPF tc programs (CONFIG_BPF_SYSCALL, CONFIG_NET_CLS_BPF or CONFIG_NET_XGRESS)"
+    }
+}
+
+fn unsupported(detail: String) -> FastPathError {
+    FastPathError::Unsupported {
+        missing: missing_piece(&detail),
+        detail,
+    }
+}
+
+/// An error and every source under it, on one line (aya puts the verifier's words in a source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn ifindex(ifname: &str) -> Result<u32, FastPathError> {
+    nix::net::if_::if_nametoindex(ifname).map_err(|e| FastPathError::NoDevice {
+        ifname: ifname.into(),
+        detail: e.to_string(),
+    })
+}
+
+impl FastPath {
+    /// Loads the programs and creates their maps for a node whose router (gateway) MAC is
+    /// `router_mac`. A kernel that cannot run them is refused, naming what it lacks.
+    pub fn load(router_mac: [u8; 6]) -> Result<Self, FastPathError> {
+        let mut bpf = Ebpf::load(PROGRAMS).map_err(|e| unsupported(chain(&e)))?;
+        for name in [FROM_POD, TO_POD] {
+            let prog: &mut SchedClassifier = program(&mut bpf, name)?;
+            prog.load().map_err(|e| unsupported(chain(&e)))?;
+        }
+        let mut node: Array<MapData, NodeEntry> = take(&mut bpf, "node")?;
+        node.set(
+            0,
+            NodeEntry {
+                router_mac,
+                pad: [0; 2],
+            },
+            0,
+        )
+        .map_err(map_err("node"))?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| FastPathError::Map {
+            map: "stats",
+            detail: format!("{what}: {e}"),
+        })?;
+        let hook = match aya::util::KernelVersion::current() {
+            Ok(v) if v < aya::util::KernelVersion::new(6, 6, 0) => Hook::Clsact,
+            _ => Hook::Tcx,
+        };
+        Ok(Self {
+            ports: take(&mut bpf, "ports")?,
+            pods: take(&mut bpf, "pods")?,
+            downcalls: take(&mut bpf, "downcalls")?,
+            endpoints: take(&mut bpf, "endpoints")?,
+            endpoint_set: BTreeSet::new(),
+            stats: take(&mut bpf, "stats")?,
+            paths: take(&mut bpf, "paths")?,
+            bpf,
+            hook,
+            cpus,
+            attached: BTreeMap::new(),
+        })
+    }
+
+    /// How programs are attached here.
+    pub fn hook(&self) -> Hook {
+        self.hook
+    }
+
+    /// Puts a pod on the fast path: attaches `from_pod` to its host veth and `to_pod` to its
+    /// upcall device, then writes its entries (the upcall first, the pod as a destination
+    /// last, so nothing is forwarded to it before its own packets can go up). On failure
+    /// nothing of it is left attached or in the maps.
+    pub fn attach(&mut self, pod: &VethPod<'_>) -> Result<(), FastPathError> {
+        if self.attached.contains_key(pod.name) {
+            return Err(FastPathError::Duplicate(pod.name.into()));
+        }
+        let slot = self.free_slot()?;
+        let veth_ifindex = ifindex(pod.veth)?;
+        let upcall_ifindex = ifindex(pod.upcall)?;
+        // A reused slot starts from zero.
+        let zeros = PerCpuValues::try_from(vec![PodStats::default(); self.cpus]).map_err(|e| {
+            FastPathError::Map {
+                map: "stats",
+                detail: e.to_string(),
+            }
+        })?;
+        self.stats
+            .set(u32::from(slot), zeros, 0)
+            .map_err(map_err("stats"))?;
+        let from = self.attach_one(FROM_POD, pod.veth)?;
+        let to = match self.attach_one(TO_POD, pod.upcall) {
+            Ok(l) => l,
+            Err(e) => {
+                self.detach_one(FROM_POD, from);
+                return Err(e);
+            }
+        };
+        let attached = Attached {
+            slot,
+            veth_ifindex,
+            upcall_ifindex,
+            ip: pod.ip,
+            links: [from, to],
+            withdrawals: 0,
+        };
+        let written = self.write_entries(pod, &attached);
+        if let Err(e) = written {
+            self.remove_entries(&attached);
+            self.detach_links(attached);
+            return Err(e);
+        }
+        self.attached.insert(pod.name.into(), attached);
+        Ok(())
+    }
+
+    fn write_entries(&mut self, pod: &VethPod<'_>, a: &Attached) -> Result<(), FastPathError> {
+        self.downcalls
+            .insert(
+                a.upcall_ifindex,
+                DowncallEntry {
+                    ifindex: a.veth_ifindex,
+                    slot: u32::from(a.slot),
+                },
+                0,
+            )
+            .map_err(map_err("downcalls"))?;
+        self.ports
+            .insert(
+                a.veth_ifindex,
+                PortEntry {
+                    mac: pod.mac,
+                    slot: a.slot,
+                    ip: ip_key(pod.ip),
+                    upcall_ifindex: a.upcall_ifindex,
+                    flags: 0,
+                },
+                0,
+            )
+            .map_err(map_err("ports"))?;
+        self.pods
+            .insert(
+                ip_key(pod.ip),
+                PodEntry {
+                    mac: pod.mac,
+                    slot: a.slot,
+                    ifindex: a.veth_ifindex,
+                    flags: 0,
+                },
+                0,
+            )
+            .map_err(map_err("pods"))
+    }
+
+    /// Removes the pod's entries, the destination first: from here on nothing reaches it
+    /// through the fast path, and what it still sends is dropped as from an unknown device.
+    fn remove_entries(&mut self, a: &Attached) {
+        // A missing key is not an error here: a failed attach may not have written it.
+        let _ = self.pods.remove(&ip_key(a.ip));
+        let _ = self.ports.remove(&a.veth_ifindex);
+        let _ = self.downcalls.remove(&a.upcall_ifindex);
+    }
+
+    fn detach_links(&mut self, a: Attached) {
+        let [from, to] = a.links;
+        self.detach_one(FROM_POD, from);
+        self.detach_one(TO_POD, to);
+    }
+
+    /// Takes a pod off the fast path: its entries go first (unreachable at once), then its
+    /// programs are detached. Unknown pods are ignored.
+    pub fn detach(&mut self, name: &str) {
+        if let Some(a) = self.attached.remove(name) {
+            self.remove_entries(&a);
+            self.detach_links(a);
+        }
+    }
+
+    /// Withdraws a pod from the fast path: everything it sends and everything sent to it goes
+    /// through the switch (while a capture of it runs). Counted: the pod comes back when every
+    /// withdrawal is [`FastPath::restore`]d. Unknown pods are ignored.
+    pub fn withdraw(&mut self, name: &str) -> Result<(), FastPathError> {
+        let Some(a) = self.attached.get_mut(name) else {
+            return Ok(());
+        };
+        a.withdrawals += 1;
+        if a.withdrawals > 1 {
+            return Ok(());
+        }
+        let (veth, ip) = (a.veth_ifindex, ip_key(a.ip));
+        // The pod as a destination first: no moment where traffic to it bypasses the switch
+        // while its own goes up.
+        self.set_flags(veth, ip, F_SLOW, true)
+    }
+
+    /// Ends one [`FastPath::withdraw`]al of a pod; the last puts it back on the fast path.
+    pub fn restore(&mut self, name: &str) -> Result<(), FastPathError> {
+        let Some(a) = self.attached.get_mut(name) else {
+            return Ok(());
+        };
+        if a.withdrawals == 0 {
+            return Ok(());
+        }
+        a.withdrawals -= 1;
+        if a.withdrawals > 0 {
+            return Ok(());
+        }
+        let (veth, ip) = (a.veth_ifindex, ip_key(a.ip));
+        self.set_flags(veth, ip, 0, false)
+    }
+
+    fn set_flags(
+        &mut self,
+        veth: u32,
+        ip: u32,
+        flags: u32,
+        destination_first: bool,
+    ) -> Result<(), FastPathError> {
+        let mut port = self.ports.get(&veth, 0).map_err(map_err("ports"))?;
+        let mut pod = self.pods.get(&ip, 0).map_err(map_err("pods"))?;
+        port.flags = flags;
+        pod.flags = flags;
+        if destination_first {
+            self.pods.insert(ip, pod, 0).map_err(map_err("pods"))?;
+            self.ports.insert(veth, port, 0).map_err(map_err("ports"))
+        } else {
+            self.ports.insert(veth, port, 0).map_err(map_err("ports"))?;
+            self.pods.insert(ip, pod, 0).map_err(map_err("pods"))
+        }
+    }
+
+    /// Makes `endpoints` the Service backends the program hands up: new ones are written
+    /// before old ones go, so a backend in both is never missing. The caller adds a backend
+    /// here before the switch translates any flow to it.
+    pub fn set_endpoints(&mut self, endpoints: BTreeSet<Endpoint>) -> Result<(), FastPathError> {
+        for e in endpoints.difference(&self.endpoint_set) {
+            self.endpoints
+                .insert(e.key(), 1, 0)
+                .map_err(map_err("endpoints"))?;
+        }
+        for e in self.endpoint_set.difference(&endpoints) {
+            let _ = self.endpoints.remove(&e.key());
+        }
+        self.endpoint_set = endpoints;
+        Ok(())
+    }
+
+    /// Whether the pod is on the fast path and not withdrawn.
+    pub fn is_compiled(&self, name: &str) -> bool {
+        self.attached.get(name).is_some_and(|a| a.withdrawals == 0)
+    }
+
+    /// Pods on the fast path (withdrawn ones included).
+    pub fn pods(&self) -> usize {
+        self.attached.len()
+    }
+
+    /// Pods withdrawn from the fast path (their traffic goes through the switch).
+    pub fn withdrawn(&self) -> usize {
+        self.attached.values().filter(|a| a.withdrawals > 0).count()
+    }
+
+    /// What the fast path forwarded for the pod, summed over CPUs (`None`: not on it).
+    pub fn pod_stats(&self, name: &str) -> Option<PodStats> {
+        let a = self.attached.get(name)?;
+        let per_cpu = self.stats.get(&u32::from(a.slot), 0).ok()?;
+        let mut sum = PodStats::default();
+        for s in per_cpu.iter() {
+            sum += *s;
+        }
+        Some(sum)
+    }
+
+    /// Packets the programs handled, by path, summed over CPUs.
+    pub fn path_stats(&self) -> PathStats {
+        let by_path = PATHS
+            .iter()
+            .enumerate()
+            .map(|(i, label)| {
+                let n = u32::try_from(i)
+                    .ok()
+                    .and_then(|i| self.paths.get(&i, 0).ok())
+                    .map_or(0, |v| v.iter().sum());
+                (*label, n)
+            })
+            .collect();
+        PathStats { by_path }
+    }
+
+    fn free_slot(&self) -> Result<u16, FastPathError> {
+        let used: std::collections::BTreeSet<u16> =
+            self.attached.values().map(|a| a.slot).collect();
+        (0..u16::try_from(MAX_PODS).unwrap_or(u16::MAX))
+            .find(|s| !used.contains(s))
+            .ok_or(FastPathError::Full { max: MAX_PODS })
+    }
+
+    fn attach_one(
+        &mut self,
+        program_name: &'static str,
+        ifname: &str,
+    ) -> Result<tc::SchedClassifierLinkId, FastPathError> {
+        let attach_err = |detail: String| FastPathError::Attach {
+            program: program_name,
+            ifname: ifname.into(),
+            detail,
+        };
+        if self.hook == Hook::Clsact {
+            match tc::qdisc_add_clsact(ifname) {
+                Ok(()) => {}
+                Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(attach_err(chain(&e))),
+            }
+        }
+        let prog = program(&mut self.bpf, program_name)?;
+        prog.attach(ifname, TcAttachType::Ingress)
+            .map_err(|e| attach_err(chain(&e)))
+    }
+
+    fn detach_one(&mut self, program_name: &'static str, link: tc::SchedClassifierLinkId) {
+        if let Ok(prog) = program(&mut self.bpf, program_name) {
+            // The device may be gone already (a deleted namespace takes the veth with it):
+            // then the kernel has detached the program itself.
+            if let Err(e) = prog.detach(link) {
+                tracing::debug!("detaching {program_name}: {e}");
+            }
+        }
+    }
+}
+
+fn program<'a>(
+    bpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, FastPathError> {
+    bpf.program_mut(name)
+        .ok_or_else(|| unsupported(format!("program {name} missing from the object")))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| unsupported(chain(&e)))
+}
+
+fn take<T>(bpf: &mut Ebpf, name: &'static str) -> Result<T, FastPathError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = bpf.take_map(name).ok_or(FastPathError::Map {
+        map: name,
+        detail: "missing from the object".into(),
+    })?;
+    T::try_from(map).map_err(map_err(name))
+}

@@ -1,0 +1,155 @@
+//! The map entries, field for field as `bpf/fastpath.h` lays them out (the unit tests below
+//! check the sizes against the header's). Addresses are stored in network byte order (`ip` is
+//! the address's octets read as a native `u32`), MACs as on the wire.
+
+// `unsafe` is denied crate-wide and allowed in this file only: `aya::Pod` is an unsafe trait.
+#![allow(unsafe_code)]
+
+use std::net::Ipv4Addr;
+
+/// Pods (stats slots) one node's fast path holds (`PS_MAX_PODS`).
+pub const MAX_PODS: u32 = 4096;
+
+/// `ps_port.flags` / `ps_pod.flags`: the pod is withdrawn; everything goes through the switch.
+pub(crate) const F_SLOW: u32 = 1;
+
+/// An IPv4 address as the program compares it: its octets in memory order.
+pub(crate) fn ip_key(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+/// `struct ps_node`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct NodeEntry {
+    pub(crate) router_mac: [u8; 6],
+    pub(crate) pad: [u8; 2],
+}
+
+/// `struct ps_port`, keyed by the pod's host-side veth ifindex.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PortEntry {
+    pub(crate) mac: [u8; 6],
+    pub(crate) slot: u16,
+    pub(crate) ip: u32,
+    pub(crate) upcall_ifindex: u32,
+    pub(crate) flags: u32,
+}
+
+/// `struct ps_pod`, keyed by the pod's address.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PodEntry {
+    pub(crate) mac: [u8; 6],
+    pub(crate) slot: u16,
+    pub(crate) ifindex: u32,
+    pub(crate) flags: u32,
+}
+
+/// `struct ps_downcall`, keyed by the upcall device's ifindex.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct DowncallEntry {
+    pub(crate) ifindex: u32,
+    pub(crate) slot: u32,
+}
+
+/// `struct ps_endpoint`: a Service backend (address, port in network order, IP protocol).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct EndpointKey {
+    pub(crate) ip: u32,
+    pub(crate) port: u16,
+    pub(crate) proto: u8,
+    pub(crate) pad: u8,
+}
+
+/// `struct ps_stats`: one pod's packets the fast path forwarded, summed over CPUs when read.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PodStats {
+    /// Packets from the pod the program forwarded (never seen by the switch).
+    pub from_pod_packets: u64,
+    /// Their bytes (Ethernet frames; a GSO superframe counts once, whole).
+    pub from_pod_bytes: u64,
+    /// Packets the program delivered into the pod.
+    pub to_pod_packets: u64,
+    /// Their bytes.
+    pub to_pod_bytes: u64,
+}
+
+impl std::ops::AddAssign for PodStats {
+    fn add_assign(&mut self, o: Self) {
+        self.from_pod_packets += o.from_pod_packets;
+        self.from_pod_bytes += o.from_pod_bytes;
+        self.to_pod_packets += o.to_pod_packets;
+        self.to_pod_bytes += o.to_pod_bytes;
+    }
+}
+
+// SAFETY: each type is `repr(C)`, `Copy`, made only of integers and byte arrays, with no padding
+// (the fields are laid out to need none: see the size tests), so any bit pattern is a valid
+// value and the kernel may read and write them as plain bytes.
+unsafe impl aya::Pod for NodeEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PortEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PodEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for DowncallEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PodStats {}
+// SAFETY: as above.
+unsafe impl aya::Pod for EndpointKey {}
+
+/// Indexes of the `paths` counters (`enum ps_path`): what happened to each packet the programs
+/// saw, in that order.
+pub(crate) const PATHS: [&str; 11] = [
+    "local",
+    "up_not_ipv4",
+    "up_spoofed",
+    "up_malformed",
+    "up_miss",
+    "up_ttl",
+    "up_withdrawn",
+    "down",
+    "drop_unknown_device",
+    "up_fragment",
+    "up_service",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sizes `bpf/fastpath.h` gives these structs (no padding anywhere).
+    #[test]
+    fn entries_have_the_header_layout() {
+        assert_eq!(std::mem::size_of::<NodeEntry>(), 8);
+        assert_eq!(std::mem::size_of::<PortEntry>(), 20);
+        assert_eq!(std::mem::size_of::<PodEntry>(), 16);
+        assert_eq!(std::mem::size_of::<DowncallEntry>(), 8);
+        assert_eq!(std::mem::size_of::<PodStats>(), 32);
+        assert_eq!(std::mem::size_of::<EndpointKey>(), 8);
+        assert_eq!(std::mem::offset_of!(PortEntry, ip), 8);
+        assert_eq!(std::mem::offset_of!(PodEntry, ifindex), 8);
+    }
+
+    #[test]
+    fn path_names_follow_the_header_enum() {
+        let header = include_str!("../bpf/fastpath.h");
+        for (i, name) in PATHS.iter().enumerate() {
+            let c = format!("PS_PATH_{} = {i},", name.to_uppercase());
+            assert!(header.contains(&c), "fastpath.h lacks `{c}`");
+        }
+        assert!(header.contains(&format!("PS_PATH_COUNT = {},", PATHS.len())));
+        assert!(header.contains(&format!("#define PS_MAX_PODS {MAX_PODS}")));
+    }
+
+    #[test]
+    fn addresses_are_keyed_in_wire_order() {
+        let k = ip_key(Ipv4Addr::new(10, 244, 1, 2));
+        assert_eq!(k.to_ne_bytes(), [10, 244, 1, 2]);
+    }
+}
