@@ -21,6 +21,7 @@
 #include <linux/if_ether.h>
 #include <linux/ip.h>
 #include <linux/in.h>
+#include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -69,6 +70,28 @@ struct {
 } stats SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, PS_MAX_PEERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ps_route_key);
+	__type(value, struct ps_peer);
+} routes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PS_MAX_PEERS);
+	__type(key, __u32);
+	__type(value, struct ps_peer);
+} peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PS_MAX_PEERS);
+	__type(key, __u32);
+	__type(value, struct ps_peer_stats);
+} peer_stats SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, PS_PATH_COUNT);
 	__type(key, __u32);
@@ -95,6 +118,13 @@ static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
 	       *(const __u16 *)(a + 4) == *(const __u16 *)(b + 4);
 }
 
+/* Into a stack buffer: byte by byte (the verifier refuses misaligned stack stores). */
+static __always_inline void mac_copy_to_stack(__u8 *dst, const __u8 *src)
+{
+	__builtin_memcpy(dst, src, 6);
+}
+
+/* Into a packet (unaligned access is fine there). */
 static __always_inline void mac_copy(__u8 *dst, const __u8 *src)
 {
 	*(__u32 *)dst = *(const __u32 *)src;
@@ -113,6 +143,155 @@ static __always_inline int ipv4_checksum_ok(const struct iphdr *ip)
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	return sum == 0xffff;
+}
+
+static __always_inline void ttl_decrement(struct iphdr *ip)
+{
+	__u32 check = ip->check;
+
+	check += bpf_htons(0x0100);
+	ip->check = (__u16)(check + (check >= 0xFFFF));
+	ip->ttl--;
+}
+
+static __always_inline void count_stats(__u32 slot, int from_pod, __u64 bytes)
+{
+	struct ps_stats *s = bpf_map_lookup_elem(&stats, &slot);
+
+	if (!s)
+		return;
+	if (from_pod) {
+		s->from_pod_packets += 1;
+		s->from_pod_bytes += bytes;
+	} else {
+		s->to_pod_packets += 1;
+		s->to_pod_bytes += bytes;
+	}
+}
+
+static __always_inline void count_peer(__u32 slot, int tx, __u64 bytes)
+{
+	struct ps_peer_stats *s = bpf_map_lookup_elem(&peer_stats, &slot);
+
+	if (!s)
+		return;
+	if (tx) {
+		s->tx_packets += 1;
+		s->tx_bytes += bytes;
+	} else {
+		s->rx_packets += 1;
+		s->rx_bytes += bytes;
+	}
+}
+
+/* What VXLAN puts in front of the inner IPv4 header: outer IPv4, UDP, VXLAN, inner
+ * Ethernet. 50 bytes on the wire (the struct is padded to 52: always use VXLAN_OVERHEAD). */
+#define VXLAN_OVERHEAD 50
+struct vxlan_encap {
+	struct iphdr ip;
+	struct udphdr udp;
+	__be32 vx_flags;
+	__be32 vx_vni;
+	__u8 dst[6];
+	__u8 src[6];
+	__be16 proto;
+};
+
+/* The outer IPv4 header's checksum (20 bytes, `check` zero on entry). */
+static __always_inline __u16 ipv4_checksum(const struct iphdr *ip)
+{
+	const __u16 *w = (const __u16 *)ip;
+	__u32 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+/* Encapsulates the pod's routed packet for `peer` as the kernel's vxlan device (flannel's)
+ * does, and sends it out of the underlay. The packet was checked by the caller; nothing of it
+ * has been changed yet. */
+static __always_inline int encap(struct __sk_buff *skb, const struct ps_port *port,
+				 const struct ps_node *self, const struct ps_peer *peer)
+{
+	/* The flow's hash before the packet changes: the outer source port, as
+	 * udp_flow_src_port() picks it. */
+	__u32 hash = bpf_get_hash_recalc(skb);
+	__u32 inner_len = skb->len;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
+
+	if ((void *)(ip + 1) > end)
+		return upcall(port, PS_PATH_UP_MALFORMED);
+	__u8 ecn = ip->tos & 3;
+	if (ecn == 3)
+		ecn = 2; /* CE inside: ECT(0) outside, as INET_ECN_encapsulate */
+
+	if (bpf_skb_adjust_room(skb, VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
+				BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
+				BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN) | BPF_F_ADJ_ROOM_FIXED_GSO))
+		return upcall(port, PS_PATH_UP_TUNNEL);
+
+	struct vxlan_encap h = {};
+	__u32 outer_len = inner_len + VXLAN_OVERHEAD - ETH_HLEN;
+	h.ip.version = 4;
+	h.ip.ihl = 5;
+	h.ip.tos = ecn;
+	/* A superframe over 64 KiB says 0: segmentation writes each segment's length. */
+	h.ip.tot_len = outer_len > 0xffff ? 0 : bpf_htons(outer_len);
+	h.ip.id = (__u16)bpf_get_prandom_u32();
+	h.ip.ttl = 64;
+	h.ip.protocol = IPPROTO_UDP;
+	h.ip.saddr = self->underlay_ip;
+	h.ip.daddr = peer->underlay_ip;
+	h.ip.check = ipv4_checksum(&h.ip);
+	hash ^= hash << 16;
+	__u32 span = self->port_max > self->port_min ? self->port_max - self->port_min : 1;
+	h.udp.source = bpf_htons((__u16)((((__u64)hash * span) >> 32) + self->port_min));
+	h.udp.dest = self->vxlan_port;
+	__u32 udp_len = outer_len - sizeof(struct iphdr);
+	h.udp.len = udp_len > 0xffff ? 0 : bpf_htons(udp_len);
+	h.udp.check = 0;
+	h.vx_flags = bpf_htonl(0x08000000);
+	h.vx_vni = bpf_htonl(self->vni << 8);
+	mac_copy_to_stack(h.dst, peer->vtep_mac);
+	mac_copy_to_stack(h.src, self->router_mac);
+	h.proto = bpf_htons(ETH_P_IP);
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, &h, VXLAN_OVERHEAD, 0)) {
+		count_path(PS_PATH_UP_TUNNEL);
+		return TC_ACT_SHOT;
+	}
+
+	/* The inner packet is routed: its TTL goes down by one (checked above 1 by the caller). */
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	struct iphdr *inner = data + ETH_HLEN + VXLAN_OVERHEAD;
+	if ((void *)(inner + 1) > end) {
+		count_path(PS_PATH_UP_TUNNEL);
+		return TC_ACT_SHOT;
+	}
+	ttl_decrement(inner);
+
+	count_stats(port->slot, 1, inner_len);
+	count_peer(peer->slot, 1, inner_len);
+	count_path(PS_PATH_ENCAP);
+	return bpf_redirect_neigh(self->underlay_ifindex, NULL, 0, 0);
+}
+
+/* An ICMP echo request or reply (not a fragment): what the fast path may carry. Every other
+ * ICMP message (errors above all) is the switch's to decide. */
+static __always_inline int icmp_is_echo(const struct iphdr *ip, const void *end)
+{
+	const __u8 *type = (const void *)(ip + 1);
+
+	if ((ip->frag_off & bpf_htons(0x3fff)) || (const void *)(type + 1) > end)
+		return 0;
+	return *type == 0 || *type == 8;
 }
 
 SEC("classifier")
@@ -164,12 +343,27 @@ int from_pod(struct __sk_buff *skb)
 		};
 		if (bpf_map_lookup_elem(&endpoints, &ep))
 			return upcall(port, PS_PATH_UP_SERVICE);
+	} else if (ip->protocol == IPPROTO_ICMP && !icmp_is_echo(ip, end)) {
+		/* ICMP errors quote a packet the switch may have translated: it translates them. */
+		return upcall(port, PS_PATH_UP_ICMP);
 	}
 
 	__u32 daddr = ip->daddr;
 	struct ps_pod *dst = bpf_map_lookup_elem(&pods, &daddr);
-	if (!dst)
-		return upcall(port, PS_PATH_UP_MISS);
+	if (!dst) {
+		/* Another node's pod, routed through the gateway: the peer owning its CIDR. */
+		__u32 zero = 0;
+		struct ps_node *self = bpf_map_lookup_elem(&node, &zero);
+		if (!self || !self->underlay_ip || !mac_eq(eth->h_dest, self->router_mac))
+			return upcall(port, PS_PATH_UP_MISS);
+		struct ps_route_key key = { .prefixlen = 32, .addr = daddr };
+		struct ps_peer *peer = bpf_map_lookup_elem(&routes, &key);
+		if (!peer)
+			return upcall(port, PS_PATH_UP_MISS);
+		if (ip->ttl <= 1)
+			return upcall(port, PS_PATH_UP_TTL);
+		return encap(skb, port, self, peer);
+	}
 	if (dst->flags & PS_F_SLOW)
 		return upcall(port, PS_PATH_UP_WITHDRAWN);
 
@@ -181,25 +375,13 @@ int from_pod(struct __sk_buff *skb)
 		/* Routed: as ip_decrease_ttl, then the MACs as the pipeline writes them. */
 		if (ip->ttl <= 1)
 			return upcall(port, PS_PATH_UP_TTL);
-		__u32 check = ip->check;
-		check += bpf_htons(0x0100);
-		ip->check = (__u16)(check + (check >= 0xFFFF));
-		ip->ttl--;
+		ttl_decrement(ip);
 		mac_copy(eth->h_source, self->router_mac);
 		mac_copy(eth->h_dest, dst->mac);
 	}
 
-	__u32 from_slot = port->slot, to_slot = dst->slot;
-	struct ps_stats *s = bpf_map_lookup_elem(&stats, &from_slot);
-	if (s) {
-		s->from_pod_packets += 1;
-		s->from_pod_bytes += skb->len;
-	}
-	s = bpf_map_lookup_elem(&stats, &to_slot);
-	if (s) {
-		s->to_pod_packets += 1;
-		s->to_pod_bytes += skb->len;
-	}
+	count_stats(port->slot, 1, skb->len);
+	count_stats(dst->slot, 0, skb->len);
 	count_path(PS_PATH_LOCAL);
 	return bpf_redirect_peer(dst->ifindex, 0);
 }
@@ -216,6 +398,109 @@ int to_pod(struct __sk_buff *skb)
 	}
 	count_path(PS_PATH_DOWN);
 	return bpf_redirect_peer(down->ifindex, 0);
+}
+
+/* Leaves a VXLAN datagram for this node to the switch's own socket. */
+static __always_inline int pass_up(void)
+{
+	count_path(PS_PATH_UNDERLAY_PASS);
+	return TC_ACT_OK;
+}
+
+/* At ingress of the underlay interface: VXLAN from a known peer, for a pod of this node, is
+ * decapsulated and delivered into the pod; everything else goes on into the node's stack
+ * untouched (the switch's socket decides the rest of the tunnel's traffic). */
+SEC("classifier")
+int from_underlay(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct ps_node *self = bpf_map_lookup_elem(&node, &zero);
+
+	if (!self || !self->underlay_ip)
+		return TC_ACT_OK;
+	/* Outer Ethernet, IPv4, UDP, VXLAN, inner Ethernet and IPv4 headers, and the inner
+	 * ports when there are some. */
+	__u32 want = ETH_HLEN + VXLAN_OVERHEAD + sizeof(struct iphdr);
+	if (want > skb->len)
+		return TC_ACT_OK;
+	if (want + 4 <= skb->len)
+		want += 4;
+	if ((long)skb->data + want > (long)skb->data_end && bpf_skb_pull_data(skb, want))
+		return TC_ACT_OK;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct udphdr *udp = (void *)(ip + 1);
+	__be32 *vx = (void *)(udp + 1);
+	struct ethhdr *ieth = (void *)(vx + 2);
+	struct iphdr *inner = (void *)(ieth + 1);
+	if ((void *)(inner + 1) > end)
+		return TC_ACT_OK;
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4 || ip->ihl != 5 ||
+	    ip->protocol != IPPROTO_UDP || (ip->frag_off & bpf_htons(0x3fff)) ||
+	    ip->daddr != self->underlay_ip || udp->dest != self->vxlan_port)
+		return TC_ACT_OK; /* not VXLAN for this node: not the fast path's business */
+	__u32 saddr = ip->saddr;
+	struct ps_peer *peer = bpf_map_lookup_elem(&peers, &saddr);
+	if (!peer || !(vx[0] & bpf_htonl(0x08000000)) || vx[1] != bpf_htonl(self->vni << 8) ||
+	    !mac_eq(ieth->h_dest, self->router_mac) || ieth->h_proto != bpf_htons(ETH_P_IP) ||
+	    inner->version != 4 || inner->ihl != 5 || inner->ttl <= 1 ||
+	    !ipv4_checksum_ok(inner))
+		return pass_up();
+	__u32 daddr = inner->daddr;
+	struct ps_pod *pod = bpf_map_lookup_elem(&pods, &daddr);
+	if (!pod || (pod->flags & PS_F_SLOW))
+		return pass_up();
+	/* From a Service backend's address and port (on the peer): possibly a reply whose
+	 * translation back to the VIP is this node's switch's; and fragments have no ports. */
+	if (inner->protocol == IPPROTO_TCP || inner->protocol == IPPROTO_UDP) {
+		__be16 *ports = (void *)(inner + 1);
+		if ((inner->frag_off & bpf_htons(0x3fff)) || (void *)(ports + 1) > end)
+			return pass_up();
+		struct ps_endpoint ep = {
+			.ip = inner->saddr, .port = ports[0], .proto = inner->protocol, .pad = 0,
+		};
+		if (bpf_map_lookup_elem(&endpoints, &ep))
+			return pass_up();
+	} else if (inner->protocol == IPPROTO_ICMP && !icmp_is_echo(inner, end)) {
+		return pass_up();
+	}
+	/* One tunnel superframe (one inner packet, its IPv4 length the whole payload) is
+	 * decapsulated; a UDP GSO train of several datagrams (a sender's UDP_SEGMENT) would lose
+	 * all but its first header: it goes to the switch's socket. */
+	__u32 payload = skb->len - ETH_HLEN - VXLAN_OVERHEAD;
+	__u32 inner_len = bpf_ntohs(inner->tot_len);
+	if (skb->gso_size) {
+		if (!(inner_len == payload || (inner_len == 0 && payload > 0xffff)))
+			return pass_up();
+	} else if (inner_len > payload || inner_len < sizeof(struct iphdr)) {
+		return pass_up();
+	}
+	__u8 pod_mac[6];
+	mac_copy_to_stack(pod_mac, pod->mac);
+	__u32 to_slot = pod->slot, peer_slot = peer->slot, ifindex = pod->ifindex;
+
+	if (bpf_skb_adjust_room(skb, -VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_FIXED_GSO))
+		return pass_up();
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	eth = data;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end) {
+		count_path(PS_PATH_UNDERLAY_PASS);
+		return TC_ACT_SHOT;
+	}
+	/* The outer Ethernet header is now the frame's: the pipeline's MACs, router -> pod. */
+	mac_copy(eth->h_source, self->router_mac);
+	mac_copy(eth->h_dest, pod_mac);
+	ttl_decrement(ip);
+
+	count_stats(to_slot, 0, skb->len);
+	count_peer(peer_slot, 0, skb->len);
+	count_path(PS_PATH_DECAP);
+	return bpf_redirect_peer(ifindex, 0);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -44,13 +44,54 @@ enum ps_path {
 	/* Handed up: sent from a Service backend's address and port, so possibly a reply the
 	 * switch must translate back (from the VIP) before the client sees it. */
 	PS_PATH_UP_SERVICE = 10,
-	PS_PATH_COUNT = 11,
+	/* Encapsulated in VXLAN by the program and sent to the peer owning the destination. */
+	PS_PATH_ENCAP = 11,
+	/* Handed up: the encapsulation failed (the pod tunnels itself, say). */
+	PS_PATH_UP_TUNNEL = 12,
+	/* Decapsulated by the program from a peer and delivered into the pod. */
+	PS_PATH_DECAP = 13,
+	/* A VXLAN datagram for this node left to the switch's own socket: a UDP GSO train of
+	 * several datagrams, or one the program does not decide (unknown peer or destination,
+	 * TTL, malformed). */
+	PS_PATH_UNDERLAY_PASS = 14,
+	/* Handed up: ICMP other than echo (errors quote packets the switch may translate). */
+	PS_PATH_UP_ICMP = 15,
+	PS_PATH_COUNT = 16,
 };
 
-/* `node[0]`: the node's own identity. */
+/* `node[0]`: the node's own identity and its tunnel. */
 struct ps_node {
-	__u8 router_mac[6];
-	__u8 pad[2];
+	__u8 router_mac[6];      /* also the VTEP MAC */
+	__be16 vxlan_port;       /* UDP destination port */
+	__u32 underlay_ip;       /* 0: the fast path does not tunnel (the slow path does) */
+	__u32 underlay_ifindex;  /* where encapsulated packets leave */
+	__u32 vni;               /* host order */
+	__u16 port_min;          /* outer UDP source ports, as the kernel's vxlan picks them */
+	__u16 port_max;
+};
+
+/* `routes`, an LPM trie keyed by destination prefix: the peer owning a remote pod CIDR. */
+struct ps_route_key {
+	__u32 prefixlen;
+	__u32 addr;
+};
+
+/* A peer node, in `routes` (by its pod CIDR) and `peers` (by its underlay address). */
+struct ps_peer {
+	__u8 vtep_mac[6];
+	__u16 slot;              /* `peer_stats` index */
+	__u32 underlay_ip;
+};
+
+/* Peers (slots) one node's fast path holds. */
+#define PS_MAX_PEERS 1024
+
+/* `peer_stats[slot]`, per CPU: what the program carried to and from the peer. */
+struct ps_peer_stats {
+	__u64 tx_packets;
+	__u64 tx_bytes;          /* inner frames, as the switch counts a peer's traffic */
+	__u64 rx_packets;
+	__u64 rx_bytes;
 };
 
 /* `ports`, keyed by the pod's host-side veth ifindex: what the pod may send from, and where

@@ -34,8 +34,10 @@ use aya::programs::{tc, SchedClassifier, TcAttachType};
 use aya::Ebpf;
 
 pub use error::FastPathError;
-use maps::{ip_key, DowncallEntry, EndpointKey, NodeEntry, PodEntry, PortEntry, F_SLOW, PATHS};
-pub use maps::{PodStats, MAX_PODS};
+use maps::{
+    ip_key, DowncallEntry, EndpointKey, NodeEntry, PeerEntry, PodEntry, PortEntry, F_SLOW, PATHS,
+};
+pub use maps::{PeerStats, PodStats, MAX_PEERS, MAX_PODS};
 
 /// The compiled programs (`bpf/fastpath.bpf.c`).
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
@@ -62,6 +64,43 @@ pub struct VethPod<'a> {
     pub mac: [u8; 6],
     /// The pod's address.
     pub ip: Ipv4Addr,
+}
+
+/// The node's tunnel, as the fast path encapsulates and decapsulates it (flannel's VXLAN).
+#[derive(Debug, Clone)]
+pub struct Tunnel<'a> {
+    /// The node's underlay address.
+    pub underlay: Ipv4Addr,
+    /// The interface holding it, where encapsulated packets leave and arrive.
+    pub ifname: &'a str,
+    /// The VXLAN network identifier.
+    pub vni: u32,
+    /// The UDP destination port.
+    pub port: u16,
+}
+
+/// A peer node as the fast path tunnels to it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer<'a> {
+    /// Its name (the key [`FastPath`] keeps it under).
+    pub name: &'a str,
+    /// Its underlay address.
+    pub underlay: Ipv4Addr,
+    /// Its VTEP MAC (the inner frames' destination).
+    pub vtep_mac: [u8; 6],
+    /// Its pod CIDR: address and prefix length.
+    pub cidr: (Ipv4Addr, u8),
+}
+
+/// A peer on the fast path.
+#[derive(Debug)]
+struct PeerAttached {
+    entry: PeerEntry,
+    underlay: Ipv4Addr,
+    cidr: (Ipv4Addr, u8),
+    /// Withdrawals not yet restored (captures of the peer running): while any, its entries
+    /// are out of the maps.
+    withdrawals: u32,
 }
 
 /// A Service backend: what a pod sends from this address and port (`proto`: 6 TCP, 17 UDP)
@@ -128,6 +167,13 @@ pub struct FastPath {
     endpoint_set: BTreeSet<Endpoint>,
     stats: PerCpuArray<MapData, PodStats>,
     paths: PerCpuArray<MapData, u64>,
+    node: Array<MapData, NodeEntry>,
+    routes: aya::maps::LpmTrie<MapData, u32, PeerEntry>,
+    peers: HashMap<MapData, u32, PeerEntry>,
+    peer_stats: PerCpuArray<MapData, PeerStats>,
+    peers_attached: BTreeMap<String, PeerAttached>,
+    /// `from_underlay`'s link, once the tunnel is set.
+    underlay_link: Option<tc::SchedClassifierLinkId>,
     cpus: usize,
     attached: BTreeMap<String, Attached>,
 }
@@ -145,6 +191,8 @@ impl std::fmt::Debug for FastPath {
 const FROM_POD: &str = "from_pod";
 /// `to_pod`, attached to upcall devices.
 const TO_POD: &str = "to_pod";
+/// `from_underlay`, attached to the underlay interface.
+const FROM_UNDERLAY: &str = "from_underlay";
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> FastPathError {
     move |e| FastPathError::Map {
@@ -199,7 +247,7 @@ impl FastPath {
     /// `router_mac`. A kernel that cannot run them is refused, naming what it lacks.
     pub fn load(router_mac: [u8; 6]) -> Result<Self, FastPathError> {
         let mut bpf = Ebpf::load(PROGRAMS).map_err(|e| unsupported(chain(&e)))?;
-        for name in [FROM_POD, TO_POD] {
+        for name in [FROM_POD, TO_POD, FROM_UNDERLAY] {
             let prog: &mut SchedClassifier = program(&mut bpf, name)?;
             prog.load().map_err(|e| unsupported(chain(&e)))?;
         }
@@ -208,7 +256,7 @@ impl FastPath {
             0,
             NodeEntry {
                 router_mac,
-                pad: [0; 2],
+                ..NodeEntry::default()
             },
             0,
         )
@@ -228,6 +276,12 @@ impl FastPath {
             endpoints: take(&mut bpf, "endpoints")?,
             endpoint_set: BTreeSet::new(),
             stats: take(&mut bpf, "stats")?,
+            node,
+            routes: take(&mut bpf, "routes")?,
+            peers: take(&mut bpf, "peers")?,
+            peer_stats: take(&mut bpf, "peer_stats")?,
+            peers_attached: BTreeMap::new(),
+            underlay_link: None,
             paths: take(&mut bpf, "paths")?,
             bpf,
             hook,
@@ -419,6 +473,135 @@ impl FastPath {
         Ok(())
     }
 
+    /// Lets the programs tunnel: `from_underlay` is attached to the underlay interface and the
+    /// node's tunnel written, after which peers added with [`FastPath::add_peer`] are reached
+    /// (and heard) without the switch. Outer source ports follow the namespace's
+    /// `ip_local_port_range`, as the kernel's vxlan.
+    pub fn set_tunnel(&mut self, tunnel: &Tunnel<'_>) -> Result<(), FastPathError> {
+        let ifindex = ifindex(tunnel.ifname)?;
+        let (port_min, port_max) = local_port_range();
+        if self.underlay_link.is_none() {
+            self.underlay_link = Some(self.attach_one(FROM_UNDERLAY, tunnel.ifname)?);
+        }
+        let mut entry = self.node.get(&0, 0).map_err(map_err("node"))?;
+        entry.vxlan_port = tunnel.port.to_be();
+        entry.underlay_ip = ip_key(tunnel.underlay);
+        entry.underlay_ifindex = ifindex;
+        entry.vni = tunnel.vni;
+        entry.port_min = port_min;
+        entry.port_max = port_max;
+        self.node.set(0, entry, 0).map_err(map_err("node"))
+    }
+
+    /// Puts a peer on the fast path (replacing one of the same name): pods' packets to its
+    /// CIDR are encapsulated to it by the program, and its VXLAN for this node's pods is
+    /// decapsulated there.
+    pub fn add_peer(&mut self, peer: &Peer<'_>) -> Result<(), FastPathError> {
+        self.remove_peer(peer.name);
+        let used: BTreeSet<u16> = self.peers_attached.values().map(|p| p.entry.slot).collect();
+        let slot = (0..u16::try_from(MAX_PEERS).unwrap_or(u16::MAX))
+            .find(|s| !used.contains(s))
+            .ok_or(FastPathError::Full { max: MAX_PEERS })?;
+        let zeros = PerCpuValues::try_from(vec![PeerStats::default(); self.cpus]).map_err(|e| {
+            FastPathError::Map {
+                map: "peer_stats",
+                detail: e.to_string(),
+            }
+        })?;
+        self.peer_stats
+            .set(u32::from(slot), zeros, 0)
+            .map_err(map_err("peer_stats"))?;
+        let attached = PeerAttached {
+            entry: PeerEntry {
+                vtep_mac: peer.vtep_mac,
+                slot,
+                underlay_ip: ip_key(peer.underlay),
+            },
+            underlay: peer.underlay,
+            cidr: peer.cidr,
+            withdrawals: 0,
+        };
+        self.write_peer(&attached)?;
+        self.peers_attached.insert(peer.name.into(), attached);
+        Ok(())
+    }
+
+    fn write_peer(&mut self, p: &PeerAttached) -> Result<(), FastPathError> {
+        self.peers
+            .insert(ip_key(p.underlay), p.entry, 0)
+            .map_err(map_err("peers"))?;
+        if let Err(e) = self.routes.insert(&route_key(p.cidr), p.entry, 0) {
+            let _ = self.peers.remove(&ip_key(p.underlay));
+            return Err(map_err("routes")(e));
+        }
+        Ok(())
+    }
+
+    fn erase_peer(&mut self, p: &PeerAttached) {
+        let _ = self.routes.remove(&route_key(p.cidr));
+        // Another peer may have taken the address since (a move): leave its entry.
+        if !self
+            .peers_attached
+            .values()
+            .any(|o| o.underlay == p.underlay)
+        {
+            let _ = self.peers.remove(&ip_key(p.underlay));
+        }
+    }
+
+    /// Withdraws a peer from the fast path while a capture of it runs: what goes to it and
+    /// comes from it crosses the switch. Counted, as [`FastPath::withdraw`].
+    pub fn withdraw_peer(&mut self, name: &str) {
+        let Some(mut p) = self.peers_attached.remove(name) else {
+            return;
+        };
+        p.withdrawals += 1;
+        if p.withdrawals == 1 {
+            self.erase_peer(&p);
+        }
+        self.peers_attached.insert(name.into(), p);
+    }
+
+    /// Ends one [`FastPath::withdraw_peer`]al; the last puts the peer back.
+    pub fn restore_peer(&mut self, name: &str) -> Result<(), FastPathError> {
+        let Some(p) = self.peers_attached.get_mut(name) else {
+            return Ok(());
+        };
+        if p.withdrawals == 0 {
+            return Ok(());
+        }
+        p.withdrawals -= 1;
+        if p.withdrawals > 0 {
+            return Ok(());
+        }
+        let p = PeerAttached { ..*p };
+        self.write_peer(&p)
+    }
+
+    /// Takes a peer off the fast path: its CIDR's packets go up to the switch again. Unknown
+    /// peers are ignored.
+    pub fn remove_peer(&mut self, name: &str) {
+        if let Some(p) = self.peers_attached.remove(name) {
+            if p.withdrawals == 0 {
+                self.erase_peer(&p);
+            }
+        }
+    }
+
+    /// What the fast path carried to and from peer `name`, summed over CPUs.
+    pub fn peer_stats(&self, name: &str) -> Option<PeerStats> {
+        let p = self.peers_attached.get(name)?;
+        let per_cpu = self.peer_stats.get(&u32::from(p.entry.slot), 0).ok()?;
+        let mut sum = PeerStats::default();
+        for s in per_cpu.iter() {
+            sum.tx_packets += s.tx_packets;
+            sum.tx_bytes += s.tx_bytes;
+            sum.rx_packets += s.rx_packets;
+            sum.rx_bytes += s.rx_bytes;
+        }
+        Some(sum)
+    }
+
     /// Whether the pod is on the fast path and not withdrawn.
     pub fn is_compiled(&self, name: &str) -> bool {
         self.attached.get(name).is_some_and(|a| a.withdrawals == 0)
@@ -500,6 +683,42 @@ impl FastPath {
             }
         }
     }
+}
+
+/// The names of the programs attached by tcx at ingress of `ifname` (in the calling thread's
+/// namespace), in order: what an operator (or a test) checks to see the fast path there, or
+/// gone after the switch stopped.
+pub fn attached_programs(ifname: &str) -> Result<Vec<String>, FastPathError> {
+    let (_, programs) = SchedClassifier::query_tcx(ifname, TcAttachType::Ingress).map_err(|e| {
+        FastPathError::NoDevice {
+            ifname: ifname.into(),
+            detail: chain(&e),
+        }
+    })?;
+    Ok(programs
+        .iter()
+        .map(|p| p.name_as_str().unwrap_or("?").to_string())
+        .collect())
+}
+
+/// The LPM key of a CIDR.
+fn route_key((addr, len): (Ipv4Addr, u8)) -> aya::maps::lpm_trie::Key<u32> {
+    aya::maps::lpm_trie::Key::new(u32::from(len), ip_key(addr))
+}
+
+/// The calling thread's namespace's `ip_local_port_range` (the kernel's vxlan picks outer
+/// source ports in it); Linux's default when unreadable.
+fn local_port_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(str::parse::<u16>);
+            match (it.next(), it.next()) {
+                (Some(Ok(lo)), Some(Ok(hi))) if lo < hi => Some((lo, hi)),
+                _ => None,
+            }
+        })
+        .unwrap_or((32768, 60999))
 }
 
 fn program<'a>(

@@ -18,12 +18,45 @@ pub(crate) fn ip_key(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
 
+/// Peers (stats slots) one node's fast path holds (`PS_MAX_PEERS`).
+pub const MAX_PEERS: u32 = 1024;
+
 /// `struct ps_node`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct NodeEntry {
     pub(crate) router_mac: [u8; 6],
-    pub(crate) pad: [u8; 2],
+    /// Network order.
+    pub(crate) vxlan_port: u16,
+    pub(crate) underlay_ip: u32,
+    pub(crate) underlay_ifindex: u32,
+    pub(crate) vni: u32,
+    pub(crate) port_min: u16,
+    pub(crate) port_max: u16,
+}
+
+/// `struct ps_peer`, in `routes` and `peers`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PeerEntry {
+    pub(crate) vtep_mac: [u8; 6],
+    pub(crate) slot: u16,
+    pub(crate) underlay_ip: u32,
+}
+
+/// `struct ps_peer_stats`: what the fast path carried to and from one peer, summed over CPUs
+/// when read.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Packets encapsulated to the peer.
+    pub tx_packets: u64,
+    /// Their bytes (the inner frames).
+    pub tx_bytes: u64,
+    /// Packets from the peer decapsulated into pods.
+    pub rx_packets: u64,
+    /// Their bytes (the inner frames).
+    pub rx_bytes: u64,
 }
 
 /// `struct ps_port`, keyed by the pod's host-side veth ifindex.
@@ -102,10 +135,14 @@ unsafe impl aya::Pod for DowncallEntry {}
 unsafe impl aya::Pod for PodStats {}
 // SAFETY: as above.
 unsafe impl aya::Pod for EndpointKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PeerEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PeerStats {}
 
 /// Indexes of the `paths` counters (`enum ps_path`): what happened to each packet the programs
 /// saw, in that order.
-pub(crate) const PATHS: [&str; 11] = [
+pub(crate) const PATHS: [&str; 16] = [
     "local",
     "up_not_ipv4",
     "up_spoofed",
@@ -117,6 +154,11 @@ pub(crate) const PATHS: [&str; 11] = [
     "drop_unknown_device",
     "up_fragment",
     "up_service",
+    "encap",
+    "up_tunnel",
+    "decap",
+    "underlay_pass",
+    "up_icmp",
 ];
 
 #[cfg(test)]
@@ -126,7 +168,9 @@ mod tests {
     /// The sizes `bpf/fastpath.h` gives these structs (no padding anywhere).
     #[test]
     fn entries_have_the_header_layout() {
-        assert_eq!(std::mem::size_of::<NodeEntry>(), 8);
+        assert_eq!(std::mem::size_of::<NodeEntry>(), 24);
+        assert_eq!(std::mem::size_of::<PeerEntry>(), 12);
+        assert_eq!(std::mem::size_of::<PeerStats>(), 32);
         assert_eq!(std::mem::size_of::<PortEntry>(), 20);
         assert_eq!(std::mem::size_of::<PodEntry>(), 16);
         assert_eq!(std::mem::size_of::<DowncallEntry>(), 8);
@@ -145,6 +189,7 @@ mod tests {
         }
         assert!(header.contains(&format!("PS_PATH_COUNT = {},", PATHS.len())));
         assert!(header.contains(&format!("#define PS_MAX_PODS {MAX_PODS}")));
+        assert!(header.contains(&format!("#define PS_MAX_PEERS {MAX_PEERS}")));
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod segment;
 
 pub use coalesce::Coalescer;
 pub use coalesce::MAX_PARTS;
-pub use segment::complete_checksum;
+pub use segment::{complete_checksum, complete_partial_checksum};
 pub use segment::{OffloadError, Segmenter};
 
 /// Smallest virtio-net `gso_size` the switch accepts on a superframe (TCP or UDP): Linux's

@@ -137,6 +137,46 @@ pub fn complete_checksum(frame: &mut [u8], vnet: &VnetHdr) -> Result<(), Offload
     Ok(())
 }
 
+/// Completes, in place, the TCP or UDP checksum of a frame whose checksum field holds only the
+/// pseudo-header sum: a frame its sender left partial for a NIC to complete, as Linux's vxlan
+/// (and a veth-mode node's fast path) leave it over a veth underlay. Returns whether it did.
+///
+/// A partial checksum is recognised by that value alone. A complete checksum that happens to
+/// equal it is recomputed to the same value (the field then holds the pseudo-header sum, which
+/// is all `complete_checksum` needs), so nothing whole is ever broken. A UDP checksum of 0
+/// (none) is left alone.
+pub fn complete_partial_checksum(frame: &mut [u8]) -> bool {
+    let Ok(lay) = parse_ipv4(frame) else {
+        return false;
+    };
+    let offset = match lay.proto {
+        protocol::TCP => tcp::CHECKSUM_OFFSET,
+        protocol::UDP => udp::CHECKSUM_OFFSET,
+        _ => return false,
+    };
+    let field = lay.l4 + offset;
+    let Some(&[hi, lo]) = frame.get(field..field + 2) else {
+        return false;
+    };
+    let held = u16::from_be_bytes([hi, lo]);
+    if held == 0 && lay.proto == protocol::UDP {
+        return false;
+    }
+    let Ok(ip) = Ipv4Packet::new_checked(&frame[ethernet::HEADER_LEN..]) else {
+        return false;
+    };
+    if checksum_fold(ip.pseudo_header_accumulate(lay.end - lay.l4)) != held {
+        return false;
+    }
+    let vnet = VnetHdr {
+        flags: crate::wire::virtio::FLAG_NEEDS_CSUM,
+        csum_start: lay.l4 as u16,
+        csum_offset: offset as u16,
+        ..VnetHdr::default()
+    };
+    complete_checksum(frame, &vnet).is_ok()
+}
+
 /// The L4 protocol of a superframe being split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum L4 {

@@ -570,6 +570,9 @@ impl Core {
             Err(_) => return self.drop(DropReason::VxlanMalformed),
         };
         if self.services_on && inner.get(12..14) == Some(&ethertype::IPV4.to_be_bytes()[..]) {
+            // A checksum its sender left partial (Linux's vxlan, a veth node's fast path,
+            // over a veth underlay) is made whole before a translation updates it.
+            crate::gso::complete_partial_checksum(inner);
             // A remote backend's reply to a client of this node.
             self.service_out(inner, false);
         }

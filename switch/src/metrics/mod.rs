@@ -320,7 +320,7 @@ impl StateSource {
             }
             _ => None,
         });
-        let mut peer_counts = switch.peer_counts();
+        let mut peer_counts = node.peer_counts();
         let peers = node
             .peers()
             .into_iter()

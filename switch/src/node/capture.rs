@@ -5,8 +5,9 @@
 //! Invariants: a capture names exactly one pod or one peer, known when it starts, with a snap
 //! length from 1 to [`MAX_SNAPLEN`]; it ends when its pod's port leaves the switch or its peer
 //! is removed or changes its underlay address (a peer of the same name added again is another
-//! capture's business); dropping it stops the copying in the data plane. A capture of a veth
-//! pod withdraws it from the kernel fast path while it runs, so it sees every packet.
+//! capture's business); dropping it stops the copying in the data plane. In veth mode a
+//! capture withdraws its pod or peer from the kernel fast path while it runs, so it sees every
+//! packet.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -24,7 +25,8 @@ pub struct NodeCapture {
     peer: Option<(String, Ipv4Addr)>,
     tables: Arc<Tables>,
     what: String,
-    /// For a veth pod: its withdrawal from the fast path, so the capture sees every packet.
+    /// In veth mode: the pod's or peer's withdrawal from the fast path, so the capture sees
+    /// every packet.
     _withdrawal: Option<super::veth::Withdrawal>,
 }
 
@@ -40,15 +42,18 @@ impl Node {
         if !(1..=MAX_SNAPLEN).contains(&snaplen) {
             return Err(CaptureError::Snaplen(snaplen));
         }
-        let mut withdrawal = None;
-        let (target, peer, what) = match (pod, peer) {
+        let (target, peer, what, withdrawal) = match (pod, peer) {
             (Some(pod), None) => {
                 let port = self
                     .pod(pod)
                     .ok_or_else(|| CaptureError::NoSuchPod(pod.into()))?
                     .port;
-                withdrawal = self.withdraw_from_fast_path(pod);
-                (CaptureTarget::Port(port), None, format!("pod {pod:?}"))
+                (
+                    CaptureTarget::Port(port),
+                    None,
+                    format!("pod {pod:?}"),
+                    self.withdraw_from_fast_path(pod),
+                )
             }
             (None, Some(peer)) => {
                 let underlay = self
@@ -64,6 +69,7 @@ impl Node {
                     CaptureTarget::Peer(underlay),
                     Some((peer.to_string(), underlay)),
                     what,
+                    self.withdraw_peer_from_fast_path(peer),
                 )
             }
             _ => return Err(CaptureError::Target),

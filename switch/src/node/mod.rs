@@ -235,6 +235,7 @@ impl Node {
         peers: &[PeerSpec],
         services: &[ServiceSpec],
     ) -> Result<(), NodeError> {
+        self.tunnel_onto_fast_path();
         if let Some(ifname) = &self.host {
             self.attach_host(ifname)?;
             if !self.spec.masquerade {

@@ -72,6 +72,7 @@ impl Node {
         self.switch
             .add_peer(spec.to_peer(&self.spec))
             .map_err(NodeError::Peer)?;
+        self.peer_onto_fast_path(spec);
         self.host_route(spec.pod_cidr, true);
         peers.push(PeerStatus {
             spec: spec.clone(),
@@ -120,6 +121,7 @@ impl Node {
         self.switch
             .replace_peer(&spec.name, spec.to_peer(&self.spec))
             .map_err(NodeError::Peer)?;
+        self.peer_onto_fast_path(spec);
         if peers[at].spec.pod_cidr != spec.pod_cidr {
             self.host_route(peers[at].spec.pod_cidr, false);
             self.host_route(spec.pod_cidr, true);
@@ -139,6 +141,7 @@ impl Node {
     /// Removes a peer node and its route, whatever its source.
     pub(crate) fn remove_peer(&self, name: &str, why: &str) -> Result<(), NodeError> {
         let mut peers = lock(&self.peers);
+        self.peer_off_fast_path(name);
         let removed = self.switch.remove_peer(name).map_err(NodeError::Peer)?;
         self.host_route(removed.pod_cidr, false);
         peers.retain(|p| p.spec.name != name);

@@ -248,15 +248,20 @@ pub struct FastPathStatus {
     /// Pods withdrawn from the fast path (a capture of them runs).
     pub withdrawn: usize,
     /// Packets the programs handled, by path: `local` (forwarded pod to pod in the kernel),
-    /// `up_*` (handed to the switch, and why), `down` (written by the switch into a pod),
-    /// `drop_unknown_device`.
+    /// `encap` / `decap` (to and from peers in VXLAN), `up_*` (handed to the switch, and why),
+    /// `down` (written by the switch into a pod), `underlay_pass` (VXLAN left to the switch's
+    /// socket), `drop_unknown_device`.
     pub packets: std::collections::BTreeMap<String, u64>,
 }
 
 impl FastPathStatus {
-    /// Packets the programs forwarded themselves (never seen by the switch).
+    /// Packets the programs forwarded themselves (never seen by the switch): pod to pod on the
+    /// node, encapsulated to peers, decapsulated from them.
     pub fn forwarded(&self) -> u64 {
-        self.packets.get("local").copied().unwrap_or(0)
+        ["local", "encap", "decap"]
+            .iter()
+            .map(|p| self.packets.get(*p).copied().unwrap_or(0))
+            .sum()
     }
 }
 
@@ -304,22 +309,134 @@ impl Node {
         }
         Some(Withdrawal {
             fast: std::sync::Arc::clone(fast),
-            pod: name.into(),
+            what: Withdrawn::Pod(name.into()),
+        })
+    }
+
+    /// Withdraws peer `name` from the fast path while the returned guard lives (a capture of
+    /// it runs): what is exchanged with it crosses the switch. `None` in TAP mode.
+    pub(super) fn withdraw_peer_from_fast_path(&self, name: &str) -> Option<Withdrawal> {
+        let fast = self.fast_path.as_ref()?;
+        lock(fast).withdraw_peer(name);
+        Some(Withdrawal {
+            fast: std::sync::Arc::clone(fast),
+            what: Withdrawn::Peer(name.into()),
         })
     }
 }
 
-/// A pod withdrawn from the fast path; dropping it puts the pod back (once no other
+impl Node {
+    /// In veth mode with an underlay: lets the fast path tunnel from the interface holding the
+    /// underlay address, so pods' packets to peers and peers' packets to pods skip the switch.
+    /// An underlay on the loopback interface (a test's in-process underlay), or none found,
+    /// leaves tunnelling to the switch (logged).
+    pub(super) fn tunnel_onto_fast_path(&self) {
+        let (Some(fast), Some(addr)) = (&self.fast_path, self.spec.tunnel_addr()) else {
+            return;
+        };
+        let underlay = *addr.ip();
+        let found = nix::ifaddrs::getifaddrs().ok().and_then(|mut all| {
+            all.find(|a| {
+                a.address
+                    .as_ref()
+                    .and_then(|s| s.as_sockaddr_in())
+                    .is_some_and(|s| s.ip() == underlay)
+            })
+        });
+        let ifname = match found {
+            Some(a)
+                if a.flags
+                    .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK) =>
+            {
+                tracing::info!(%underlay, "fast path: the underlay is on the loopback interface; the switch tunnels");
+                return;
+            }
+            Some(a) => a.interface_name,
+            None => {
+                tracing::warn!(%underlay, "fast path: no interface holds the underlay address; the switch tunnels");
+                return;
+            }
+        };
+        let tunnel = podswitch_fastpath::Tunnel {
+            underlay,
+            ifname: &ifname,
+            vni: self.spec.vni,
+            port: addr.port(),
+        };
+        match lock(fast).set_tunnel(&tunnel) {
+            Ok(()) => {
+                tracing::info!(%underlay, ifname, "fast path tunnels from the underlay interface")
+            }
+            Err(e) => tracing::warn!(%underlay, ifname, "fast path: {e}; the switch tunnels"),
+        }
+    }
+
+    /// Puts peer `spec` on the fast path (replacing what it had under that name). A failure
+    /// is logged: the switch carries that peer's traffic.
+    pub(super) fn peer_onto_fast_path(&self, spec: &super::PeerSpec) {
+        let Some(fast) = &self.fast_path else {
+            return;
+        };
+        let peer = podswitch_fastpath::Peer {
+            name: &spec.name,
+            underlay: spec.underlay,
+            vtep_mac: spec.vtep_mac().0,
+            cidr: (spec.pod_cidr.network(), spec.pod_cidr.prefix_len()),
+        };
+        if let Err(e) = lock(fast).add_peer(&peer) {
+            tracing::warn!(peer = %spec.name, "fast path: {e}; the switch carries its traffic");
+        }
+    }
+
+    /// Takes peer `name` off the fast path.
+    pub(super) fn peer_off_fast_path(&self, name: &str) {
+        if let Some(fast) = &self.fast_path {
+            lock(fast).remove_peer(name);
+        }
+    }
+
+    /// Every peer's counters, what the fast path carried included.
+    pub(crate) fn peer_counts(
+        &self,
+    ) -> std::collections::BTreeMap<String, crate::pipeline::PortCounts> {
+        let mut counts = self.switch.peer_counts();
+        if let Some(fast) = &self.fast_path {
+            let fast = lock(fast);
+            for (name, c) in &mut counts {
+                if let Some(f) = fast.peer_stats(name) {
+                    c.rx_frames += f.rx_packets;
+                    c.rx_bytes += f.rx_bytes;
+                    c.tx_frames += f.tx_packets;
+                    c.tx_bytes += f.tx_bytes;
+                }
+            }
+        }
+        counts
+    }
+}
+
+/// What a [`Withdrawal`] took off the fast path.
+enum Withdrawn {
+    Pod(String),
+    Peer(String),
+}
+
+/// A pod or peer withdrawn from the fast path; dropping it puts it back (once no other
 /// withdrawal holds it).
 pub(super) struct Withdrawal {
     fast: std::sync::Arc<std::sync::Mutex<podswitch_fastpath::FastPath>>,
-    pod: String,
+    what: Withdrawn,
 }
 
 impl Drop for Withdrawal {
     fn drop(&mut self) {
-        if let Err(e) = lock(&self.fast).restore(&self.pod) {
-            tracing::warn!(pod = %self.pod, "fast path: {e}");
+        let mut fast = lock(&self.fast);
+        let (restored, name) = match &self.what {
+            Withdrawn::Pod(name) => (fast.restore(name), name),
+            Withdrawn::Peer(name) => (fast.restore_peer(name), name),
+        };
+        if let Err(e) = restored {
+            tracing::warn!(name = %name, "fast path: {e}");
         }
     }
 }

@@ -14,6 +14,7 @@ mod config_truth;
 mod conntrack_flood;
 mod control_socket;
 mod daemon;
+mod fast_path;
 mod fixtures;
 mod host;
 mod metrics;

@@ -1,10 +1,12 @@
 use super::*;
+use crate::testutil::{eth, ipv4, tcp_segment_bytes};
 use crate::wire::checksum_sum;
 use crate::wire::ipv4::protocol::{TCP as PROTO_TCP, UDP as PROTO_UDP};
 use crate::wire::tcp::flags::{CWR as TCP_CWR, FIN as TCP_FIN, PSH as TCP_PSH};
 use crate::wire::virtio::FLAG_NEEDS_CSUM;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::net::Ipv4Addr;
 
 const SRC_IP: [u8; 4] = [10, 244, 0, 2];
 const DST_IP: [u8; 4] = [10, 244, 1, 3];
@@ -539,4 +541,49 @@ fn fuzz_never_panics() {
         ok > 100,
         "only {ok} superframes segmented: the fuzz misses the happy path"
     );
+}
+
+/// A TCP frame whose checksum field holds the pseudo-header sum, as a sender leaves it partial.
+fn partial_tcp_frame() -> (Vec<u8>, Vec<u8>) {
+    let (src, dst) = (Ipv4Addr::new(10, 244, 2, 10), Ipv4Addr::new(10, 244, 1, 10));
+    let whole = tcp_segment_bytes(src, 8080, dst, 40000, 7, 9, 0x12, b"syn-ack and some data");
+    let complete = eth([2; 6], [4; 6], 0x0800, &ipv4(src, dst, 6, 63, &whole));
+    let mut partial = complete.clone();
+    let ip = Ipv4Packet::new_checked(&partial[14..]).expect("ipv4");
+    let pseudo = checksum_fold(ip.pseudo_header_accumulate(whole.len()));
+    partial[14 + 20 + 16..14 + 20 + 18].copy_from_slice(&pseudo.to_be_bytes());
+    (partial, complete)
+}
+
+#[test]
+fn a_partial_checksum_left_by_its_sender_is_completed() {
+    let (mut partial, complete) = partial_tcp_frame();
+    assert_ne!(partial, complete);
+    assert!(complete_partial_checksum(&mut partial));
+    assert_eq!(
+        partial, complete,
+        "completed to the checksum the sender's NIC would write"
+    );
+}
+
+#[test]
+fn a_complete_checksum_and_a_udp_without_one_are_left_alone() {
+    let (_, mut complete) = partial_tcp_frame();
+    let before = complete.clone();
+    assert!(!complete_partial_checksum(&mut complete));
+    assert_eq!(complete, before);
+    let (src, dst) = (Ipv4Addr::new(10, 244, 2, 10), Ipv4Addr::new(10, 244, 1, 10));
+    let mut udp = vec![0x13, 0x88, 0x9c, 0x40, 0, 12, 0, 0, 1, 2, 3, 4];
+    udp[6..8].copy_from_slice(&[0, 0]);
+    let mut frame = eth([2; 6], [4; 6], 0x0800, &ipv4(src, dst, 17, 63, &udp));
+    let before = frame.clone();
+    assert!(
+        !complete_partial_checksum(&mut frame),
+        "UDP checksum 0 means none"
+    );
+    assert_eq!(frame, before);
+    // Not IPv4, or too short: nothing happens.
+    let mut arp = eth([0xff; 6], [4; 6], 0x0806, &[0; 28]);
+    assert!(!complete_partial_checksum(&mut arp));
+    assert!(!complete_partial_checksum(&mut [0u8; 10]));
 }

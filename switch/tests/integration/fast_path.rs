@@ -1,0 +1,188 @@
+//! The kernel fast path (veth mode) doing its job: traffic between pods carried by the kernel,
+//! not the switch; packets for a peer encapsulated by the program; both counted; and nothing
+//! of it left attached once the daemon stops.
+
+use crate::common;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use common::transfer::Transfer;
+use common::{netns_add, run, tempdir, Daemon};
+use podswitch::control::{Request, Response};
+use podswitch::netns::NetNs;
+use podswitch_dataplane::testutil::{root_test, unique};
+
+/// Runs `cmd` with `sh -c` in namespace `ns`; fails the test if it fails.
+fn sh(ns: &str, cmd: &str) {
+    let out = run(&["ip", "netns", "exec", ns, "sh", "-c", cmd]);
+    assert!(
+        out.status.success(),
+        "{cmd} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The programs attached at tcx ingress of `ifname` in namespace `ns`.
+fn programs(ns: &str, ifname: &str) -> Vec<String> {
+    NetNs::open(ns)
+        .expect("namespace")
+        .run(|| podswitch_fastpath::attached_programs(ifname))
+        .expect("enter the namespace")
+        .unwrap_or_else(|e| panic!("{ifname} in {ns}: {e}"))
+}
+
+/// The links of namespace `ns` whose names start with `prefix`.
+fn links(ns: &str, prefix: &str) -> Vec<String> {
+    let out = run(&["ip", "-netns", ns, "-o", "link", "show"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+/// A counter of namespace `ns`'s `/proc/net/snmp` (`Udp`, `NoPorts`).
+fn snmp(ns: &str, group: &str, name: &str) -> u64 {
+    let out = run(&["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut rows = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{group}: ")));
+    let (names, values) = (rows.next().unwrap_or(""), rows.next().unwrap_or(""));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[root_test(veth_only)]
+fn veth_pods_talk_through_the_kernel_and_nothing_is_left_attached_after_sigterm() {
+    let dir = tempdir("fastpath");
+    let control = dir.join("ctl.sock");
+    let (node, far, a, b) = (unique("fpn"), unique("fpf"), unique("fpa"), unique("fpb"));
+    netns_add(&node);
+    netns_add(&far);
+    // The node's underlay: ul0 (192.168.77.1) to a namespace that answers nothing on 8472.
+    assert!(run(&[
+        "ip", "link", "add", "ul0", "netns", &node, "type", "veth", "peer", "name", "eth0",
+        "netns", &far,
+    ])
+    .status
+    .success());
+    sh(
+        &node,
+        "ip link set lo up && ip link set ul0 up && ip addr add 192.168.77.1/24 dev ul0",
+    );
+    sh(
+        &far,
+        "ip link set lo up && ip link set eth0 up && ip addr add 192.168.77.2/24 dev eth0",
+    );
+    let cfg = format!(
+        "[node]\nname = \"{node}\"\npod_cidr = \"10.244.1.0/24\"\ncontrol = \"{}\"\nnetns = \"{node}\"\n\
+         host_interface = \"\"\nunderlay = \"192.168.77.1\"\npod_interface = \"veth\"\n\n\
+         [[peers]]\nname = \"far\"\nunderlay = \"192.168.77.2\"\npod_cidr = \"10.244.2.0/24\"\n\n\
+         [[pods]]\nname = \"a\"\nnetns = \"{a}\"\nip = \"10.244.1.10\"\n\n\
+         [[pods]]\nname = \"b\"\nnetns = \"{b}\"\nip = \"10.244.1.11\"\n",
+        control.display()
+    );
+    let mut d = Daemon::start(&cfg, control.clone(), dir, vec![node.clone(), far.clone()]);
+
+    // Attached where they belong: the underlay, each pod's host veth and upcall TAP.
+    assert_eq!(programs(&node, "ul0"), ["from_underlay"]);
+    let (veths, upcalls) = (links(&node, "psv"), links(&node, "psu"));
+    assert_eq!(
+        (veths.len(), upcalls.len()),
+        (2, 2),
+        "{veths:?} {upcalls:?}"
+    );
+    for v in &veths {
+        assert_eq!(programs(&node, v), ["from_pod"], "{v}");
+    }
+    for u in &upcalls {
+        assert_eq!(programs(&node, u), ["to_pod"], "{u}");
+    }
+
+    // Pod to pod: every byte arrives, and the kernel, not the switch, carried it.
+    let status =
+        || match podswitch::control::call(&control, &Request::Status, Duration::from_secs(10)) {
+            Ok(Response::Status {
+                workers, fast_path, ..
+            }) => (
+                workers.iter().sum::<u64>(),
+                fast_path.expect("a veth node reports its fast path"),
+            ),
+            other => panic!("status: {other:?}"),
+        };
+    let t = Transfer::start(
+        &a,
+        &b,
+        SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 11), 5301),
+    );
+    t.wait_flowing("a transfer between the pods", 16 << 20);
+    let done = t.finish();
+    assert_eq!(done.first_bad, None, "bytes intact: {done:?}");
+    assert_eq!(done.sent, done.received, "{done:?}");
+    let (switch_frames, fast) = status();
+    let local = fast.packets.get("local").copied().unwrap_or(0);
+    assert!(local > 100, "the kernel forwarded the transfer: {fast:?}");
+    assert!(
+        switch_frames * 10 < local,
+        "the switch saw a small share ({switch_frames} frames) of what the kernel forwarded ({local})"
+    );
+    assert_eq!(fast.pods, 2);
+
+    // To the peer: encapsulated by the program, out of ul0, to 192.168.77.2's VXLAN port (where
+    // nothing listens: the datagrams are counted there as NoPorts).
+    let no_ports = snmp(&far, "Udp", "NoPorts");
+    let ping = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &a,
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "10.244.2.10",
+    ]);
+    assert!(!ping.status.success(), "nobody answers behind the peer");
+    let (_, fast) = status();
+    assert!(
+        fast.packets.get("encap").copied().unwrap_or(0) >= 3,
+        "{fast:?}"
+    );
+    assert!(
+        snmp(&far, "Udp", "NoPorts") >= no_ports + 3,
+        "the peer's underlay got them"
+    );
+
+    // SIGTERM: nothing of the fast path stays.
+    let out = d.stop();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        programs(&node, "ul0"),
+        Vec::<String>::new(),
+        "nothing on the underlay"
+    );
+    assert_eq!(
+        links(&node, "psv"),
+        Vec::<String>::new(),
+        "no host veth left"
+    );
+    assert_eq!(
+        links(&node, "psu"),
+        Vec::<String>::new(),
+        "no upcall TAP left"
+    );
+}
