@@ -741,3 +741,39 @@ where
     })?;
     T::try_from(map).map_err(map_err(name))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel that refuses veth mode is told what it lacks, from the kernel's own words.
+    #[test]
+    fn a_refusal_names_the_missing_piece() {
+        let cases = [
+            (
+                "the BPF_PROG_LOAD syscall returned Invalid argument (os error 22). Verifier output: unknown func bpf_redirect_peer#155",
+                "bpf_redirect_peer",
+            ),
+            ("bpf_map_create failed: Operation not permitted (os error 1)", "permission"),
+            ("bpf() failed: Function not implemented (os error 38)", "bpf() system call"),
+            ("unknown func bpf_redirect_neigh#152", "helper this kernel lacks"),
+            ("something else entirely", "eBPF tc programs"),
+        ];
+        for (detail, want) in cases {
+            let e = unsupported(detail.to_string());
+            let text = e.to_string();
+            assert!(text.contains(want), "{detail:?} -> {text}");
+            assert!(text.starts_with("veth mode needs "), "{text}");
+            assert!(text.contains(detail), "the kernel's words are kept: {text}");
+        }
+    }
+
+    #[test]
+    fn path_stats_are_read_by_label() {
+        let s = PathStats {
+            by_path: vec![("local", 5), ("encap", 2)],
+        };
+        assert_eq!(s.get("encap"), 2);
+        assert_eq!(s.get("nothing"), 0);
+    }
+}
