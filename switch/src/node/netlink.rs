@@ -123,6 +123,31 @@ pub(crate) async fn link_index(handle: &rtnetlink::Handle, name: &str) -> Result
     }
 }
 
+/// Moves link `from` of the handle's namespace into the namespace open as `ns`, renamed `to`
+/// there, in one request (the name is free there; the temporary one is ours here). Errors
+/// name the step: `"moving the <what> into the namespace"`.
+pub(super) async fn move_link(
+    handle: &rtnetlink::Handle,
+    from: &str,
+    ns: &std::fs::File,
+    to: &str,
+    what: (&'static str, &'static str),
+) -> Result<(), (&'static str, String)> {
+    use std::os::fd::AsRawFd;
+    let (found, moving) = what;
+    let idx = link_index(handle, from).await.map_err(|e| (found, e))?;
+    let msg = LinkUnspec::new_with_index(idx)
+        .setns_by_fd(ns.as_raw_fd())
+        .name(to.to_string())
+        .build();
+    handle
+        .link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(|e| (moving, e.to_string()))
+}
+
 /// Whether the calling thread's namespace has a link called `name`.
 pub(super) fn has_link(name: &str) -> Result<bool, (&'static str, String)> {
     let mut found = false;

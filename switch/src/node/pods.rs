@@ -16,13 +16,8 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 
-use rtnetlink::LinkUnspec;
-
-use super::{
-    link_index, lock, netlink, spec, with_netlink, Mac, Node, NodeError, PodInterface, PodSpec,
-};
+use super::{lock, netlink, spec, with_netlink, Mac, Node, NodeError, PodInterface, PodSpec};
 use crate::netns::NetNs;
 use crate::pipeline::PortCounts;
 use crate::port::TapPort;
@@ -254,19 +249,8 @@ impl Node {
         let ns_file = std::fs::File::open(netns.path())
             .map_err(|e| netlink_err(("open namespace", e.to_string())))?;
         with_netlink(|handle| async move {
-            let idx = link_index(&handle, &tmp)
-                .await
-                .map_err(|e| ("new TAP", e))?;
-            let msg = LinkUnspec::new_with_index(idx)
-                .setns_by_fd(ns_file.as_raw_fd())
-                .name(ifname.to_string())
-                .build();
-            handle
-                .link()
-                .set(msg)
-                .execute()
-                .await
-                .map_err(|e| ("moving the TAP into the namespace", e.to_string()))
+            let what = ("new TAP", "moving the TAP into the namespace");
+            netlink::move_link(&handle, &tmp, &ns_file, ifname, what).await
         })
         .map_err(&netlink_err)?;
         netns

@@ -15,7 +15,6 @@
 //! program took is dropped, not routed.
 
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 
 use rtnetlink::{LinkUnspec, LinkVeth};
 
@@ -163,20 +162,8 @@ impl Node {
                 .execute()
                 .await
                 .map_err(|e| ("creating the veth pair", e.to_string()))?;
-            let peer = link_index(&handle, &tmp)
-                .await
-                .map_err(|e| ("the new veth", e))?;
-            handle
-                .link()
-                .set(
-                    LinkUnspec::new_with_index(peer)
-                        .setns_by_fd(ns_file.as_raw_fd())
-                        .name(spec.ifname.clone())
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(|e| ("moving the veth into the namespace", e.to_string()))
+            let what = ("the new veth", "moving the veth into the namespace");
+            netlink::move_link(&handle, &tmp, &ns_file, &spec.ifname, what).await
         })?;
         quiet(&host.veth);
         quiet(&host.upcall);

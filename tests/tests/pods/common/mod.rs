@@ -6,6 +6,8 @@
 pub(crate) use podswitch_dataplane::testutil::{pattern, root_test, unique, wait_for};
 use std::process::{Command, Output};
 
+pub(crate) mod real;
+
 /// Runs a command, returning its output (never panics on failure; the caller asserts).
 pub(crate) fn run(cmd: &[&str]) -> Output {
     Command::new(cmd[0])
