@@ -1,12 +1,18 @@
 //! Compiles the fast path's eBPF programs (`bpf/*.bpf.c`) with clang into `OUT_DIR`, where
-//! `src/programs.rs` embeds the object. clang and libbpf's headers come from `scripts/setup`
+//! `src/lib.rs` embeds the object. clang and libbpf's headers come from `scripts/setup`
 //! (Debian's `clang` and `libbpf-dev`); a missing one is named rather than left to a compiler
-//! error.
+//! error. Also: `PODSWITCH_SKIP_ROOT_TESTS=1` marks the tests that need root as ignored (the
+//! `skip_root_tests` cfg), as in the other crates.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
+    println!("cargo::rerun-if-env-changed=PODSWITCH_SKIP_ROOT_TESTS");
+    println!("cargo::rustc-check-cfg=cfg(skip_root_tests)");
+    if std::env::var("PODSWITCH_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        println!("cargo::rustc-cfg=skip_root_tests");
+    }
     let src = PathBuf::from("bpf/fastpath.bpf.c");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
         .join("fastpath.bpf.o");

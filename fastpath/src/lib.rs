@@ -332,7 +332,7 @@ impl FastPath {
             links: [from, to],
             withdrawals: 0,
         };
-        let written = self.write_entries(pod, &attached);
+        let written = self.write_entries(pod, slot, veth_ifindex, upcall_ifindex);
         if let Err(e) = written {
             self.remove_entries(&attached);
             self.detach_links(attached);
@@ -342,25 +342,33 @@ impl FastPath {
         Ok(())
     }
 
-    fn write_entries(&mut self, pod: &VethPod<'_>, a: &Attached) -> Result<(), FastPathError> {
+    /// Writes a pod's entries: its upcall first, the pod as a destination last (nothing is
+    /// forwarded to it before its own packets can go up).
+    fn write_entries(
+        &mut self,
+        pod: &VethPod<'_>,
+        slot: u16,
+        veth_ifindex: u32,
+        upcall_ifindex: u32,
+    ) -> Result<(), FastPathError> {
         self.downcalls
             .insert(
-                a.upcall_ifindex,
+                upcall_ifindex,
                 DowncallEntry {
-                    ifindex: a.veth_ifindex,
-                    slot: u32::from(a.slot),
+                    ifindex: veth_ifindex,
+                    slot: u32::from(slot),
                 },
                 0,
             )
             .map_err(map_err("downcalls"))?;
         self.ports
             .insert(
-                a.veth_ifindex,
+                veth_ifindex,
                 PortEntry {
                     mac: pod.mac,
-                    slot: a.slot,
+                    slot,
                     ip: ip_key(pod.ip),
-                    upcall_ifindex: a.upcall_ifindex,
+                    upcall_ifindex,
                     flags: 0,
                 },
                 0,
@@ -371,8 +379,8 @@ impl FastPath {
                 ip_key(pod.ip),
                 PodEntry {
                     mac: pod.mac,
-                    slot: a.slot,
-                    ifindex: a.veth_ifindex,
+                    slot,
+                    ifindex: veth_ifindex,
                     flags: 0,
                 },
                 0,
@@ -479,10 +487,15 @@ impl FastPath {
     /// `ip_local_port_range`, as the kernel's vxlan.
     pub fn set_tunnel(&mut self, tunnel: &Tunnel<'_>) -> Result<(), FastPathError> {
         let ifindex = ifindex(tunnel.ifname)?;
-        let (port_min, port_max) = local_port_range();
         if self.underlay_link.is_none() {
             self.underlay_link = Some(self.attach_one(FROM_UNDERLAY, tunnel.ifname)?);
         }
+        self.write_tunnel(tunnel, ifindex)
+    }
+
+    /// Writes the node's tunnel (`ifindex`: the underlay interface's) to the `node` map.
+    fn write_tunnel(&mut self, tunnel: &Tunnel<'_>, ifindex: u32) -> Result<(), FastPathError> {
+        let (port_min, port_max) = local_port_range();
         let mut entry = self.node.get(&0, 0).map_err(map_err("node"))?;
         entry.vxlan_port = tunnel.port.to_be();
         entry.underlay_ip = ip_key(tunnel.underlay);
@@ -741,6 +754,9 @@ where
     })?;
     T::try_from(map).map_err(map_err(name))
 }
+
+#[cfg(test)]
+mod programs_tests;
 
 #[cfg(test)]
 mod tests {
