@@ -131,8 +131,8 @@ static __always_inline void mac_copy(__u8 *dst, const __u8 *src)
 	*(__u16 *)(dst + 4) = *(const __u16 *)(src + 4);
 }
 
-/* The one's-complement sum of a 20-byte IPv4 header folds to 0xffff when its checksum holds. */
-static __always_inline int ipv4_checksum_ok(const struct iphdr *ip)
+/* The folded one's-complement sum of a 20-byte IPv4 header. */
+static __always_inline __u16 ipv4_header_sum(const struct iphdr *ip)
 {
 	const __u16 *w = (const __u16 *)ip;
 	__u32 sum = 0;
@@ -142,7 +142,13 @@ static __always_inline int ipv4_checksum_ok(const struct iphdr *ip)
 		sum += w[i];
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
-	return sum == 0xffff;
+	return (__u16)sum;
+}
+
+/* A header whose checksum holds sums to all ones. */
+static __always_inline int ipv4_checksum_ok(const struct iphdr *ip)
+{
+	return ipv4_header_sum(ip) == 0xffff;
 }
 
 static __always_inline void ttl_decrement(struct iphdr *ip)
@@ -197,20 +203,6 @@ struct vxlan_encap {
 	__be16 proto;
 };
 
-/* The outer IPv4 header's checksum (20 bytes, `check` zero on entry). */
-static __always_inline __u16 ipv4_checksum(const struct iphdr *ip)
-{
-	const __u16 *w = (const __u16 *)ip;
-	__u32 sum = 0;
-
-#pragma unroll
-	for (int i = 0; i < 10; i++)
-		sum += w[i];
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return (__u16)~sum;
-}
-
 /* Encapsulates the pod's routed packet for `peer` as the kernel's vxlan device (flannel's)
  * does, and sends it out of the underlay. The packet was checked by the caller; nothing of it
  * has been changed yet. */
@@ -249,7 +241,7 @@ static __always_inline int encap(struct __sk_buff *skb, const struct ps_port *po
 	h.ip.protocol = IPPROTO_UDP;
 	h.ip.saddr = self->underlay_ip;
 	h.ip.daddr = peer->underlay_ip;
-	h.ip.check = ipv4_checksum(&h.ip);
+	h.ip.check = (__u16)~ipv4_header_sum(&h.ip); /* `check` is 0 here */
 	hash ^= hash << 16;
 	__u32 span = self->port_max > self->port_min ? self->port_max - self->port_min : 1;
 	h.udp.source = bpf_htons((__u16)((((__u64)hash * span) >> 32) + self->port_min));
@@ -294,6 +286,29 @@ static __always_inline int icmp_is_echo(const struct iphdr *ip, const void *end)
 	return *type == 0 || *type == 8;
 }
 
+/* Whether the switch must see this IPv4 packet whatever its destination, and why (a
+ * PS_PATH_UP_* reason; 0: the fast path may carry it): TCP and UDP fragments (no ports),
+ * anything sent from a Service backend's address and port (a reply the switch translates
+ * back to the VIP), ICMP other than echo (errors quote packets the switch may translate). */
+static __always_inline __u32 switch_decides(const struct iphdr *ip, const void *end)
+{
+	if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
+		const __be16 *ports = (const void *)(ip + 1);
+		if (ip->frag_off & bpf_htons(0x3fff))
+			return PS_PATH_UP_FRAGMENT;
+		if ((const void *)(ports + 1) > end)
+			return PS_PATH_UP_MALFORMED;
+		struct ps_endpoint ep = {
+			.ip = ip->saddr, .port = ports[0], .proto = ip->protocol, .pad = 0,
+		};
+		if (bpf_map_lookup_elem(&endpoints, &ep))
+			return PS_PATH_UP_SERVICE;
+	} else if (ip->protocol == IPPROTO_ICMP && !icmp_is_echo(ip, end)) {
+		return PS_PATH_UP_ICMP;
+	}
+	return 0;
+}
+
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
@@ -332,21 +347,9 @@ int from_pod(struct __sk_buff *skb)
 		return upcall(port, PS_PATH_UP_MALFORMED);
 	if (ip->saddr != port->ip)
 		return upcall(port, PS_PATH_UP_SPOOFED);
-	if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
-		if (ip->frag_off & bpf_htons(0x3fff))
-			return upcall(port, PS_PATH_UP_FRAGMENT);
-		__be16 *ports = (void *)(ip + 1);
-		if ((void *)(ports + 1) > end)
-			return upcall(port, PS_PATH_UP_MALFORMED);
-		struct ps_endpoint ep = {
-			.ip = ip->saddr, .port = ports[0], .proto = ip->protocol, .pad = 0,
-		};
-		if (bpf_map_lookup_elem(&endpoints, &ep))
-			return upcall(port, PS_PATH_UP_SERVICE);
-	} else if (ip->protocol == IPPROTO_ICMP && !icmp_is_echo(ip, end)) {
-		/* ICMP errors quote a packet the switch may have translated: it translates them. */
-		return upcall(port, PS_PATH_UP_ICMP);
-	}
+	__u32 why = switch_decides(ip, end);
+	if (why)
+		return upcall(port, why);
 
 	__u32 daddr = ip->daddr;
 	struct ps_pod *dst = bpf_map_lookup_elem(&pods, &daddr);
@@ -452,20 +455,10 @@ int from_underlay(struct __sk_buff *skb)
 	struct ps_pod *pod = bpf_map_lookup_elem(&pods, &daddr);
 	if (!pod || (pod->flags & PS_F_SLOW))
 		return pass_up();
-	/* From a Service backend's address and port (on the peer): possibly a reply whose
-	 * translation back to the VIP is this node's switch's; and fragments have no ports. */
-	if (inner->protocol == IPPROTO_TCP || inner->protocol == IPPROTO_UDP) {
-		__be16 *ports = (void *)(inner + 1);
-		if ((inner->frag_off & bpf_htons(0x3fff)) || (void *)(ports + 1) > end)
-			return pass_up();
-		struct ps_endpoint ep = {
-			.ip = inner->saddr, .port = ports[0], .proto = inner->protocol, .pad = 0,
-		};
-		if (bpf_map_lookup_elem(&endpoints, &ep))
-			return pass_up();
-	} else if (inner->protocol == IPPROTO_ICMP && !icmp_is_echo(inner, end)) {
+	/* As from a pod: a Service backend's reply (on the peer) is translated back to the VIP
+	 * by this node's switch, ICMP errors too. */
+	if (switch_decides(inner, end))
 		return pass_up();
-	}
 	/* One tunnel superframe (one inner packet, its IPv4 length the whole payload) is
 	 * decapsulated; a UDP GSO train of several datagrams (a sender's UDP_SEGMENT) would lose
 	 * all but its first header: it goes to the switch's socket. */

@@ -615,11 +615,6 @@ impl FastPath {
         Some(sum)
     }
 
-    /// Whether the pod is on the fast path and not withdrawn.
-    pub fn is_compiled(&self, name: &str) -> bool {
-        self.attached.get(name).is_some_and(|a| a.withdrawals == 0)
-    }
-
     /// Pods on the fast path (withdrawn ones included).
     pub fn pods(&self) -> usize {
         self.attached.len()

@@ -40,6 +40,7 @@
 mod absent_backend;
 mod reply;
 mod service;
+use service::L4Checksum;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -361,7 +362,11 @@ impl Core {
         // way it goes on (L2 to a local client, or routed).
         // (The topology is hot; the flow count is another cache line: ask it second.)
         if self.services_on && ether_type == ethertype::IPV4 {
-            self.service_out(frame, partial);
+            let checksum = match partial {
+                true => L4Checksum::Partial,
+                false => L4Checksum::Complete,
+            };
+            self.service_out(frame, checksum);
         }
 
         if dst == self.router_key {
@@ -570,11 +575,8 @@ impl Core {
             Err(_) => return self.drop(DropReason::VxlanMalformed),
         };
         if self.services_on && inner.get(12..14) == Some(&ethertype::IPV4.to_be_bytes()[..]) {
-            // A checksum its sender left partial (Linux's vxlan, a veth node's fast path,
-            // over a veth underlay) is made whole before a translation updates it.
-            crate::gso::complete_partial_checksum(inner);
             // A remote backend's reply to a client of this node.
-            self.service_out(inner, false);
+            self.service_out(inner, L4Checksum::MaybeLeftPartial);
         }
         let (eth, mut ip) = match routed_views(inner, false) {
             Some((eth, ip)) if eth.ethertype() == ethertype::IPV4 => (eth, ip),

@@ -58,6 +58,18 @@ enum Refusal {
     TooBig,
 }
 
+/// The form of a frame's TCP or UDP checksum, for [`Core::service_out`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum L4Checksum {
+    /// Whole (a frame from a TAP without `NEEDS_CSUM`).
+    Complete,
+    /// Partial: the pseudo-header sum, completed later (virtio-net `NEEDS_CSUM`).
+    Partial,
+    /// From the tunnel: whole, or left partial by its sender for a NIC to complete (Linux's
+    /// vxlan, a veth node's fast path, over a veth underlay); made whole if translated.
+    MaybeLeftPartial,
+}
+
 impl Core {
     /// True if `dst` is in the service CIDR (one AND and one compare).
     #[inline]
@@ -239,7 +251,7 @@ impl Core {
     /// The reverse translation of a backend's reply, if the IPv4 packet in `frame` is one.
     /// True if the frame was rewritten.
     #[inline(never)]
-    pub(super) fn service_out(&self, frame: &mut [u8], partial: bool) -> bool {
+    pub(super) fn service_out(&self, frame: &mut [u8], checksum: L4Checksum) -> bool {
         let ct = &self.tables.conntrack;
         if ct.is_empty() {
             return false;
@@ -263,6 +275,18 @@ impl Core {
         }
         let key = FlowKey::new(src, sport, dst, dport, proto);
         let Some(hit) = ct.reply(&key, self.now, flags_of(ip, proto)) else {
+            return false;
+        };
+        let partial = match checksum {
+            L4Checksum::Complete => false,
+            L4Checksum::Partial => true,
+            L4Checksum::MaybeLeftPartial => {
+                // Made whole before the translation updates it (translated frames only).
+                crate::gso::complete_partial_checksum(frame);
+                false
+            }
+        };
+        let Some(ip) = frame.get_mut(ethernet::HEADER_LEN..) else {
             return false;
         };
         let ok = nat::rewrite(ip, End::Source, *hit.vip.ip(), hit.vip.port(), partial).is_ok()

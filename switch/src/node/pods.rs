@@ -392,12 +392,7 @@ impl Node {
         let rec = pods.get(name)?;
         let port = self.switch.port(name)?;
         let mut counters = port.metrics.snapshot();
-        // What the kernel forwarded for it, which the switch never saw.
-        let fast = self.fast_path_counts(name);
-        counters.rx_frames += fast.from_pod_packets;
-        counters.rx_bytes += fast.from_pod_bytes;
-        counters.tx_frames += fast.to_pod_packets;
-        counters.tx_bytes += fast.to_pod_bytes;
+        self.add_fast_path_counts(name, &mut counters);
         Some(PodStatus {
             spec: rec.spec.clone(),
             mac: rec.spec.mac_at(rec.ip),

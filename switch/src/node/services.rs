@@ -278,10 +278,7 @@ impl Node {
         };
         let endpoints = services
             .flat_map(|s| {
-                let proto = match s.proto {
-                    super::ServiceProto::Tcp => 6,
-                    super::ServiceProto::Udp => 17,
-                };
+                let proto = s.proto.to_proto().number();
                 s.backends
                     .iter()
                     .map(move |b| podswitch_fastpath::Endpoint {

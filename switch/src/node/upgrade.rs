@@ -165,22 +165,17 @@ impl SavedCounters {
         let forwarded = node.fast_path_forwarded();
         self.totals.rx += forwarded;
         self.totals.forwarded += forwarded;
-        let peers = node.peer_counts();
-        for (name, saved) in &mut self.peers {
-            if let Some(all) = peers.get(name) {
-                // The node's counts already hold the switch's: keep the sum.
-                saved.counts.rx_frames = all.rx_frames;
-                saved.counts.rx_bytes = all.rx_bytes;
-                saved.counts.tx_frames = all.tx_frames;
-                saved.counts.tx_bytes = all.tx_bytes;
+        // The node's peer counts are the switch's plus the fast path's.
+        for (name, counts) in node.peer_counts() {
+            if let Some(saved) = self.peers.get_mut(&name) {
+                saved.counts = PortCounts {
+                    dropped: saved.counts.dropped,
+                    ..counts
+                };
             }
         }
         for (name, saved) in &mut self.ports {
-            let fast = node.fast_path_counts(name);
-            saved.counts.rx_frames += fast.from_pod_packets;
-            saved.counts.rx_bytes += fast.from_pod_bytes;
-            saved.counts.tx_frames += fast.to_pod_packets;
-            saved.counts.tx_bytes += fast.to_pod_bytes;
+            node.add_fast_path_counts(name, &mut saved.counts);
         }
     }
 

@@ -21,6 +21,7 @@ use rtnetlink::{LinkUnspec, LinkVeth};
 use super::pods::netlink_error;
 use super::{link_index, lock, netlink, with_netlink, Mac, Node, NodeError, PodSpec};
 use crate::netns::NetNs;
+use crate::pipeline::PortCounts;
 use crate::port::TapPort;
 
 /// The host-side devices of a veth pod.
@@ -273,12 +274,20 @@ impl Node {
         })
     }
 
-    /// What the fast path forwarded for pod `name` (zero in TAP mode).
-    pub(super) fn fast_path_counts(&self, name: &str) -> podswitch_fastpath::PodStats {
-        self.fast_path
+    /// Adds what the fast path carried for pod `name` (which the switch never saw) to its
+    /// port's `counts`. Nothing in TAP mode.
+    pub(super) fn add_fast_path_counts(&self, name: &str, counts: &mut PortCounts) {
+        if let Some(f) = self
+            .fast_path
             .as_ref()
             .and_then(|f| lock(f).pod_stats(name))
-            .unwrap_or_default()
+        {
+            add_carried(
+                counts,
+                (f.from_pod_packets, f.from_pod_bytes),
+                (f.to_pod_packets, f.to_pod_bytes),
+            );
+        }
     }
 
     /// Packets the fast path forwarded node-wide (zero in TAP mode): received from a pod and
@@ -383,23 +392,27 @@ impl Node {
     }
 
     /// Every peer's counters, what the fast path carried included.
-    pub(crate) fn peer_counts(
-        &self,
-    ) -> std::collections::BTreeMap<String, crate::pipeline::PortCounts> {
+    pub(crate) fn peer_counts(&self) -> std::collections::BTreeMap<String, PortCounts> {
         let mut counts = self.switch.peer_counts();
         if let Some(fast) = &self.fast_path {
             let fast = lock(fast);
             for (name, c) in &mut counts {
                 if let Some(f) = fast.peer_stats(name) {
-                    c.rx_frames += f.rx_packets;
-                    c.rx_bytes += f.rx_bytes;
-                    c.tx_frames += f.tx_packets;
-                    c.tx_bytes += f.tx_bytes;
+                    add_carried(c, (f.rx_packets, f.rx_bytes), (f.tx_packets, f.tx_bytes));
                 }
             }
         }
         counts
     }
+}
+
+/// Adds what the fast path carried from (`rx`) and to (`tx`) a pod or peer, as (packets,
+/// bytes), to the switch's counts of its port.
+fn add_carried(counts: &mut PortCounts, rx: (u64, u64), tx: (u64, u64)) {
+    counts.rx_frames += rx.0;
+    counts.rx_bytes += rx.1;
+    counts.tx_frames += tx.0;
+    counts.tx_bytes += tx.1;
 }
 
 /// What a [`Withdrawal`] took off the fast path.
