@@ -22,6 +22,7 @@
 #include <linux/ip.h>
 #include <linux/in.h>
 #include <linux/udp.h>
+#include <linux/tcp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -68,6 +69,19 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ps_stats);
 } stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PS_MAX_FLOWS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ps_flow_key);
+	__type(value, struct ps_flow);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, PS_FLOW_EVENTS_BYTES);
+} flow_events SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -286,18 +300,56 @@ static __always_inline int icmp_is_echo(const struct iphdr *ip, const void *end)
 	return *type == 0 || *type == 8;
 }
 
+/* A Service flow the switch compiled, as a packet found it: its entry, the key it was found
+ * by, and what the packet shows of the connection (PS_SEEN_*). */
+struct flow_hit {
+	struct ps_flow *flow;
+	struct ps_flow_key key;
+	__u32 seen;
+};
+
+/* TCP flags, in the header's 14th byte. */
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
 /* Whether the switch must see this IPv4 packet whatever its destination, and why (a
- * PS_PATH_UP_* reason; 0: the fast path may carry it): TCP and UDP fragments (no ports),
- * anything sent from a Service backend's address and port (a reply the switch translates
- * back to the VIP), ICMP other than echo (errors quote packets the switch may translate). */
-static __always_inline __u32 switch_decides(const struct iphdr *ip, const void *end)
+ * PS_PATH_UP_* reason; 0: the fast path may carry it). TCP and UDP fragments (no ports); the
+ * SYNs and RSTs of a compiled Service flow (connection tracking sees every opening and every
+ * reset); anything else sent from a Service backend's address and port that no compiled flow
+ * covers (a reply the switch translates back to the VIP); ICMP other than echo (errors quote
+ * packets the switch may translate). A packet of a compiled flow is returned in `hit`. */
+static __always_inline __u32 switch_decides(const struct iphdr *ip, const void *end,
+					    struct flow_hit *hit)
 {
 	if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
 		const __be16 *ports = (const void *)(ip + 1);
 		if (ip->frag_off & bpf_htons(0x3fff))
 			return PS_PATH_UP_FRAGMENT;
-		if ((const void *)(ports + 1) > end)
+		if ((const void *)(ports + 2) > end)
 			return PS_PATH_UP_MALFORMED;
+		hit->key.saddr = ip->saddr;
+		hit->key.daddr = ip->daddr;
+		hit->key.sport = ports[0];
+		hit->key.dport = ports[1];
+		hit->key.proto = ip->protocol;
+		hit->flow = bpf_map_lookup_elem(&flows, &hit->key);
+		if (hit->flow) {
+			hit->seen = PS_SEEN_PACKET;
+			if (ip->protocol == IPPROTO_TCP) {
+				const __u8 *flags = (const __u8 *)(ip + 1) + 13;
+				if ((const void *)(flags + 1) > end)
+					return PS_PATH_UP_MALFORMED;
+				if (*flags & (TCP_SYN | TCP_RST))
+					return PS_PATH_UP_FLOW_CONTROL;
+				if (*flags & TCP_ACK)
+					hit->seen |= PS_SEEN_ACK;
+				if (*flags & TCP_FIN)
+					hit->seen |= PS_SEEN_FIN;
+			}
+			return 0;
+		}
 		struct ps_endpoint ep = {
 			.ip = ip->saddr, .port = ports[0], .proto = ip->protocol, .pad = 0,
 		};
@@ -307,6 +359,95 @@ static __always_inline __u32 switch_decides(const struct iphdr *ip, const void *
 		return PS_PATH_UP_ICMP;
 	}
 	return 0;
+}
+
+/* The packet's destination address once a compiled flow's translation is applied. */
+static __always_inline __u32 translated_daddr(const struct flow_hit *hit, __u32 daddr)
+{
+	return hit->flow ? hit->flow->daddr : daddr;
+}
+
+/* Rewrites the TCP or UDP packet whose IPv4 header is at `ip_off` as the flow's entry says,
+ * checksums updated incrementally (a partial one, CHECKSUM_PARTIAL, stays partial: the
+ * helpers know), and records the packet in the entry: counters, last seen, and an event for
+ * connection tracking the first time the entry carries a packet, an ACK or a FIN. Non-zero if
+ * the packet could not be rewritten (it is then dropped). Invalidates packet pointers. */
+static __always_inline int translate(struct __sk_buff *skb, struct flow_hit *hit, __u32 ip_off)
+{
+	struct ps_flow *f = hit->flow;
+	__u8 proto = hit->key.proto;
+	__u32 csum_off = ip_off + sizeof(struct iphdr) +
+			 (proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
+					       : offsetof(struct udphdr, check));
+	__u64 mangled0 = proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__u32 saddr = f->saddr, daddr = f->daddr;
+	__be16 sport = f->sport, dport = f->dport;
+
+	if (saddr != hit->key.saddr &&
+	    (bpf_l4_csum_replace(skb, csum_off, hit->key.saddr, saddr,
+				 BPF_F_PSEUDO_HDR | mangled0 | 4) ||
+	     bpf_l3_csum_replace(skb, ip_off + offsetof(struct iphdr, check), hit->key.saddr,
+				 saddr, 4) ||
+	     bpf_skb_store_bytes(skb, ip_off + offsetof(struct iphdr, saddr), &saddr, 4, 0)))
+		return -1;
+	if (daddr != hit->key.daddr &&
+	    (bpf_l4_csum_replace(skb, csum_off, hit->key.daddr, daddr,
+				 BPF_F_PSEUDO_HDR | mangled0 | 4) ||
+	     bpf_l3_csum_replace(skb, ip_off + offsetof(struct iphdr, check), hit->key.daddr,
+				 daddr, 4) ||
+	     bpf_skb_store_bytes(skb, ip_off + offsetof(struct iphdr, daddr), &daddr, 4, 0)))
+		return -1;
+	if (sport != hit->key.sport &&
+	    (bpf_l4_csum_replace(skb, csum_off, hit->key.sport, sport, mangled0 | 2) ||
+	     bpf_skb_store_bytes(skb, ip_off + sizeof(struct iphdr), &sport, 2, 0)))
+		return -1;
+	if (dport != hit->key.dport &&
+	    (bpf_l4_csum_replace(skb, csum_off, hit->key.dport, dport, mangled0 | 2) ||
+	     bpf_skb_store_bytes(skb, ip_off + sizeof(struct iphdr) + 2, &dport, 2, 0)))
+		return -1;
+
+	f->last_ns = bpf_ktime_get_ns();
+	__sync_fetch_and_add(&f->packets, 1);
+	__sync_fetch_and_add(&f->bytes, skb->len);
+	count_path(PS_PATH_TRANSLATED);
+	if ((f->seen & hit->seen) == hit->seen)
+		return 0;
+	/* One CPU reports a change: the one whose OR set the bit. */
+	__u64 was = __sync_fetch_and_or(&f->seen, (__u64)hit->seen);
+	if ((was & hit->seen) == hit->seen)
+		return 0;
+	struct ps_flow_event *ev = bpf_ringbuf_reserve(&flow_events, sizeof(*ev), 0);
+	if (!ev) {
+		count_path(PS_PATH_EVENT_LOST);
+		return 0;
+	}
+	ev->key = hit->key;
+	ev->epoch = f->epoch;
+	ev->flags = f->flags;
+	ev->seen = (__u32)was | hit->seen;
+	ev->pad = 0;
+	/* Read by the switch every half second: nobody to wake. */
+	bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+/* Translates the Ethernet frame's IPv4 packet for its compiled flow: the frame's Ethernet
+ * header, its IPv4 header checked to be there; NULL (counted) if the packet could not be
+ * rewritten, to be dropped. */
+static __always_inline struct ethhdr *translate_frame(struct __sk_buff *skb,
+						      struct flow_hit *hit)
+{
+	if (translate(skb, hit, ETH_HLEN)) {
+		count_path(PS_PATH_DROP_TRANSLATION);
+		return NULL;
+	}
+	struct ethhdr *eth = (void *)(long)skb->data;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > (void *)(long)skb->data_end) {
+		count_path(PS_PATH_DROP_TRANSLATION);
+		return NULL;
+	}
+	return eth;
 }
 
 SEC("classifier")
@@ -322,9 +463,9 @@ int from_pod(struct __sk_buff *skb)
 	if (port->flags & PS_F_SLOW)
 		return upcall(port, PS_PATH_UP_WITHDRAWN);
 
-	/* GSO and driver-built skbs may hold less than the headers (and the L4 ports) in the
+	/* GSO and driver-built skbs may hold less than the headers (up to the TCP flags) in the
 	 * linear area. */
-	__u32 want = ETH_HLEN + sizeof(struct iphdr) + 4;
+	__u32 want = ETH_HLEN + sizeof(struct iphdr) + sizeof(struct tcphdr);
 	if (want > skb->len)
 		want = skb->len;
 	if ((long)skb->data + want > (long)skb->data_end && bpf_skb_pull_data(skb, want))
@@ -347,11 +488,14 @@ int from_pod(struct __sk_buff *skb)
 		return upcall(port, PS_PATH_UP_MALFORMED);
 	if (ip->saddr != port->ip)
 		return upcall(port, PS_PATH_UP_SPOOFED);
-	__u32 why = switch_decides(ip, end);
+	struct flow_hit hit = {};
+	__u32 why = switch_decides(ip, end, &hit);
 	if (why)
 		return upcall(port, why);
 
-	__u32 daddr = ip->daddr;
+	/* Every decision is taken before a compiled flow's translation is applied: a packet
+	 * the switch must see goes up as the pod sent it. */
+	__u32 daddr = translated_daddr(&hit, ip->daddr);
 	struct ps_pod *dst = bpf_map_lookup_elem(&pods, &daddr);
 	if (!dst) {
 		/* Another node's pod, routed through the gateway: the peer owning its CIDR. */
@@ -365,21 +509,32 @@ int from_pod(struct __sk_buff *skb)
 			return upcall(port, PS_PATH_UP_MISS);
 		if (ip->ttl <= 1)
 			return upcall(port, PS_PATH_UP_TTL);
+		if (hit.flow && !translate_frame(skb, &hit))
+			return TC_ACT_SHOT;
 		return encap(skb, port, self, peer);
 	}
 	if (dst->flags & PS_F_SLOW)
 		return upcall(port, PS_PATH_UP_WITHDRAWN);
 
+	struct ps_node *router = NULL;
 	if (!mac_eq(eth->h_dest, dst->mac)) {
 		__u32 zero = 0;
-		struct ps_node *self = bpf_map_lookup_elem(&node, &zero);
-		if (!self || !mac_eq(eth->h_dest, self->router_mac))
+		router = bpf_map_lookup_elem(&node, &zero);
+		if (!router || !mac_eq(eth->h_dest, router->router_mac))
 			return upcall(port, PS_PATH_UP_MISS);
-		/* Routed: as ip_decrease_ttl, then the MACs as the pipeline writes them. */
 		if (ip->ttl <= 1)
 			return upcall(port, PS_PATH_UP_TTL);
+	}
+	if (hit.flow) {
+		eth = translate_frame(skb, &hit);
+		if (!eth)
+			return TC_ACT_SHOT;
+		ip = (void *)(eth + 1);
+	}
+	if (router) {
+		/* Routed: as ip_decrease_ttl, then the MACs as the pipeline writes them. */
 		ttl_decrement(ip);
-		mac_copy(eth->h_source, self->router_mac);
+		mac_copy(eth->h_source, router->router_mac);
 		mac_copy(eth->h_dest, dst->mac);
 	}
 
@@ -422,12 +577,13 @@ int from_underlay(struct __sk_buff *skb)
 	if (!self || !self->underlay_ip)
 		return TC_ACT_OK;
 	/* Outer Ethernet, IPv4, UDP, VXLAN, inner Ethernet and IPv4 headers, and the inner
-	 * ports when there are some. */
+	 * TCP header (up to its flags) or what there is of it. */
 	__u32 want = ETH_HLEN + VXLAN_OVERHEAD + sizeof(struct iphdr);
 	if (want > skb->len)
 		return TC_ACT_OK;
-	if (want + 4 <= skb->len)
-		want += 4;
+	want += sizeof(struct tcphdr);
+	if (want > skb->len)
+		want = skb->len;
 	if ((long)skb->data + want > (long)skb->data_end && bpf_skb_pull_data(skb, want))
 		return TC_ACT_OK;
 	void *data = (void *)(long)skb->data;
@@ -451,13 +607,15 @@ int from_underlay(struct __sk_buff *skb)
 	    inner->version != 4 || inner->ihl != 5 || inner->ttl <= 1 ||
 	    !ipv4_checksum_ok(inner))
 		return pass_up();
-	__u32 daddr = inner->daddr;
+	/* As from a pod: a Service backend's reply (on the peer) to a client of this node is
+	 * translated back to the VIP here if the switch compiled its flow, else by the switch;
+	 * ICMP errors too. */
+	struct flow_hit hit = {};
+	if (switch_decides(inner, end, &hit))
+		return pass_up();
+	__u32 daddr = translated_daddr(&hit, inner->daddr);
 	struct ps_pod *pod = bpf_map_lookup_elem(&pods, &daddr);
 	if (!pod || (pod->flags & PS_F_SLOW))
-		return pass_up();
-	/* As from a pod: a Service backend's reply (on the peer) is translated back to the VIP
-	 * by this node's switch, ICMP errors too. */
-	if (switch_decides(inner, end))
 		return pass_up();
 	/* One tunnel superframe (one inner packet, its IPv4 length the whole payload) is
 	 * decapsulated; a UDP GSO train of several datagrams (a sender's UDP_SEGMENT) would lose
@@ -484,6 +642,12 @@ int from_underlay(struct __sk_buff *skb)
 	if ((void *)(ip + 1) > end) {
 		count_path(PS_PATH_UNDERLAY_PASS);
 		return TC_ACT_SHOT;
+	}
+	if (hit.flow) {
+		eth = translate_frame(skb, &hit);
+		if (!eth)
+			return TC_ACT_SHOT;
+		ip = (void *)(eth + 1);
 	}
 	/* The outer Ethernet header is now the frame's: the pipeline's MACs, router -> pod. */
 	mac_copy(eth->h_source, self->router_mac);

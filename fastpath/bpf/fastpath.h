@@ -56,7 +56,18 @@ enum ps_path {
 	PS_PATH_UNDERLAY_PASS = 14,
 	/* Handed up: ICMP other than echo (errors quote packets the switch may translate). */
 	PS_PATH_UP_ICMP = 15,
-	PS_PATH_COUNT = 16,
+	/* Handed up: a TCP SYN or RST of a Service flow the switch compiled (connection tracking
+	 * sees every opening and every reset). */
+	PS_PATH_UP_FLOW_CONTROL = 16,
+	/* Not a path of its own: of the packets above forwarded by the program (local, encap,
+	 * decap), those it translated for a Service flow the switch compiled into `flows`. */
+	PS_PATH_TRANSLATED = 17,
+	/* Not a path of its own: a flow event the ring buffer had no room for (the switch then
+	 * reads every flow's `seen` bits instead). */
+	PS_PATH_EVENT_LOST = 18,
+	/* Dropped: a compiled flow's translation could not be written (a packet cut short). */
+	PS_PATH_DROP_TRANSLATION = 19,
+	PS_PATH_COUNT = 20,
 };
 
 /* `node[0]`: the node's own identity and its tunnel. */
@@ -129,6 +140,59 @@ struct ps_endpoint {
 
 /* Service backends the fast path knows. */
 #define PS_MAX_ENDPOINTS 65536
+
+/* `flows`, keyed by a packet's addresses, ports and protocol as the program sees them: a
+ * Service flow the switch has decided (its first packet went through Maglev and connection
+ * tracking), one entry per direction. The client's direction (client -> VIP) is rewritten to
+ * the backend, the backend's (backend -> client) back from the VIP; hairpin flows rewrite both
+ * ends. The packet is then forwarded by its new destination like any other. */
+struct ps_flow_key {
+	__u32 saddr;
+	__u32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* `ps_flow.seen` and `ps_flow_event.seen`: what the entry has carried since it was written. */
+#define PS_SEEN_PACKET 1u
+#define PS_SEEN_ACK 2u
+#define PS_SEEN_FIN 4u
+
+/* `ps_flow.flags` */
+#define PS_FLOW_REPLY 1u /* the backend's direction */
+
+struct ps_flow {
+	__u32 saddr;   /* rewritten to */
+	__u32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u32 epoch;   /* the switch's install of this flow (events carry it) */
+	__u32 flags;   /* PS_FLOW_* */
+	__u32 pad;
+	__u64 seen;    /* PS_SEEN_*, set by the program (64 bits: atomic OR with fetch) */
+	__u64 last_ns; /* bpf_ktime_get_ns() of the last packet */
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Entries `flows` holds (two per flow). */
+#define PS_MAX_FLOWS 131072
+
+/* An event in the `flow_events` ring buffer: an entry carried something it had not carried
+ * before (its first packet, the first ACK, a FIN). Connection tracking follows the flow's
+ * state from these, in the order they happened. */
+struct ps_flow_event {
+	struct ps_flow_key key;
+	__u32 epoch;
+	__u32 flags;  /* the entry's PS_FLOW_* */
+	__u32 seen;   /* the entry's PS_SEEN_* after this packet */
+	__u32 pad;
+};
+
+/* Bytes of the ring buffer (a power of two, a multiple of the page size). */
+#define PS_FLOW_EVENTS_BYTES (1u << 21)
 
 /* `stats[slot]`, per CPU: the pod's packets the program forwarded (not what the switch did). */
 struct ps_stats {

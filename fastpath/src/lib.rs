@@ -24,6 +24,7 @@
 #![deny(unsafe_code)]
 
 mod error;
+mod flows;
 mod maps;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,10 +35,11 @@ use aya::programs::{tc, SchedClassifier, TcAttachType};
 use aya::Ebpf;
 
 pub use error::FastPathError;
+pub use flows::{FlowEvent, FlowRewrite, FlowTable, FlowTuple};
 use maps::{
     ip_key, DowncallEntry, EndpointKey, NodeEntry, PeerEntry, PodEntry, PortEntry, F_SLOW, PATHS,
 };
-pub use maps::{PeerStats, PodStats, MAX_PEERS, MAX_PODS};
+pub use maps::{PeerStats, PodStats, MAX_FLOW_ENTRIES, MAX_PEERS, MAX_PODS};
 
 /// The compiled programs (`bpf/fastpath.bpf.c`).
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
@@ -172,6 +174,8 @@ pub struct FastPath {
     peers: HashMap<MapData, u32, PeerEntry>,
     peer_stats: PerCpuArray<MapData, PeerStats>,
     peers_attached: BTreeMap<String, PeerAttached>,
+    /// Compiled Service flows, shared with the switch's workers.
+    flows: std::sync::Arc<FlowTable>,
     /// `from_underlay`'s link, once the tunnel is set.
     underlay_link: Option<tc::SchedClassifierLinkId>,
     cpus: usize,
@@ -281,6 +285,10 @@ impl FastPath {
             peers: take(&mut bpf, "peers")?,
             peer_stats: take(&mut bpf, "peer_stats")?,
             peers_attached: BTreeMap::new(),
+            flows: std::sync::Arc::new(FlowTable::new(
+                take(&mut bpf, "flows")?,
+                take(&mut bpf, "flow_events")?,
+            )),
             underlay_link: None,
             paths: take(&mut bpf, "paths")?,
             bpf,
@@ -288,6 +296,12 @@ impl FastPath {
             cpus,
             attached: BTreeMap::new(),
         })
+    }
+
+    /// The compiled Service flows: the switch's connection tracking writes them (from its
+    /// workers, as flows are decided) and reads back what the program carried.
+    pub fn flows(&self) -> std::sync::Arc<FlowTable> {
+        std::sync::Arc::clone(&self.flows)
     }
 
     /// How programs are attached here.

@@ -121,6 +121,60 @@ impl std::ops::AddAssign for PodStats {
     }
 }
 
+/// `struct ps_flow_key`: a packet's addresses, ports (network order) and protocol, as the
+/// program looks a compiled Service flow up.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub(crate) struct FlowKeyEntry {
+    pub(crate) saddr: u32,
+    pub(crate) daddr: u32,
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) proto: u8,
+    pub(crate) pad: [u8; 3],
+}
+
+/// `ps_flow.seen`: the entry has carried a packet.
+pub(crate) const SEEN_PACKET: u32 = 1;
+/// `ps_flow.seen`: ... a TCP ACK.
+pub(crate) const SEEN_ACK: u32 = 2;
+/// `ps_flow.seen`: ... a TCP FIN.
+pub(crate) const SEEN_FIN: u32 = 4;
+/// `ps_flow.flags`: the backend's direction.
+pub(crate) const FLOW_REPLY: u32 = 1;
+
+/// Entries `flows` holds (`PS_MAX_FLOWS`): two per flow.
+pub const MAX_FLOW_ENTRIES: u32 = 131_072;
+
+/// `struct ps_flow`: what a compiled flow's packets are rewritten to (network order), and
+/// what the program records of them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct FlowEntry {
+    pub(crate) saddr: u32,
+    pub(crate) daddr: u32,
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) epoch: u32,
+    pub(crate) flags: u32,
+    pub(crate) pad: u32,
+    pub(crate) seen: u64,
+    pub(crate) last_ns: u64,
+    pub(crate) packets: u64,
+    pub(crate) bytes: u64,
+}
+
+/// `struct ps_flow_event`, read from the `flow_events` ring buffer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct FlowEventEntry {
+    pub(crate) key: FlowKeyEntry,
+    pub(crate) epoch: u32,
+    pub(crate) flags: u32,
+    pub(crate) seen: u32,
+    pub(crate) pad: u32,
+}
+
 // SAFETY: each type is `repr(C)`, `Copy`, made only of integers and byte arrays, with no padding
 // (the fields are laid out to need none: see the size tests), so any bit pattern is a valid
 // value and the kernel may read and write them as plain bytes.
@@ -139,10 +193,14 @@ unsafe impl aya::Pod for EndpointKey {}
 unsafe impl aya::Pod for PeerEntry {}
 // SAFETY: as above.
 unsafe impl aya::Pod for PeerStats {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FlowKeyEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FlowEntry {}
 
 /// Indexes of the `paths` counters (`enum ps_path`): what happened to each packet the programs
 /// saw, in that order.
-pub(crate) const PATHS: [&str; 16] = [
+pub(crate) const PATHS: [&str; 20] = [
     "local",
     "up_not_ipv4",
     "up_spoofed",
@@ -159,6 +217,10 @@ pub(crate) const PATHS: [&str; 16] = [
     "decap",
     "underlay_pass",
     "up_icmp",
+    "up_flow_control",
+    "translated",
+    "event_lost",
+    "drop_translation",
 ];
 
 #[cfg(test)]
@@ -178,6 +240,10 @@ mod tests {
         assert_eq!(std::mem::size_of::<EndpointKey>(), 8);
         assert_eq!(std::mem::offset_of!(PortEntry, ip), 8);
         assert_eq!(std::mem::offset_of!(PodEntry, ifindex), 8);
+        assert_eq!(std::mem::size_of::<FlowKeyEntry>(), 16);
+        assert_eq!(std::mem::size_of::<FlowEntry>(), 56);
+        assert_eq!(std::mem::offset_of!(FlowEntry, seen), 24);
+        assert_eq!(std::mem::size_of::<FlowEventEntry>(), 32);
     }
 
     #[test]
@@ -190,6 +256,15 @@ mod tests {
         assert!(header.contains(&format!("PS_PATH_COUNT = {},", PATHS.len())));
         assert!(header.contains(&format!("#define PS_MAX_PODS {MAX_PODS}")));
         assert!(header.contains(&format!("#define PS_MAX_PEERS {MAX_PEERS}")));
+        assert!(header.contains(&format!("#define PS_MAX_FLOWS {MAX_FLOW_ENTRIES}")));
+        for (name, v) in [
+            ("PS_SEEN_PACKET", SEEN_PACKET),
+            ("PS_SEEN_ACK", SEEN_ACK),
+            ("PS_SEEN_FIN", SEEN_FIN),
+            ("PS_FLOW_REPLY", FLOW_REPLY),
+        ] {
+            assert!(header.contains(&format!("#define {name} {v}u")), "{name}");
+        }
     }
 
     #[test]

@@ -175,10 +175,12 @@ pub(crate) fn print_response(resp: Response) -> Result<(), CliError> {
                 let switch = f.packets.iter().filter(|(p, _)| p.starts_with("up_"));
                 let up: u64 = switch.map(|(_, n)| n).sum();
                 println!(
-                    "fast path ({}): {} pods compiled, {} withdrawn; packets in the kernel {}, up to the switch {}, down from it {}",
+                    "fast path ({}): {} pods compiled, {} withdrawn, {} Service flows compiled ({} refused); packets in the kernel {}, up to the switch {}, down from it {}",
                     f.hook,
                     f.pods,
                     f.withdrawn,
+                    f.flows,
+                    f.flows_refused,
                     f.forwarded(),
                     up,
                     f.packets.get("down").copied().unwrap_or(0)

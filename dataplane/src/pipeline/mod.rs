@@ -49,7 +49,7 @@ use ipnet::Ipv4Net;
 
 pub use crate::counters::{Counts, DropCounts, DropReason, Metrics, PortCounts, PortMetrics};
 use crate::gso::MIN_GSO_SIZE;
-use crate::table::{MacSnapshot, PeerId, PortId, PortKind, Tables, Topology};
+use crate::table::{FlowKey, MacSnapshot, PeerId, PortId, PortKind, Tables, Topology};
 use crate::wire::arp::{self, ArpPacket};
 use crate::wire::ethernet::{self, ethertype, EthernetFrame};
 use crate::wire::icmp::{msg_type, IcmpPacket};
@@ -152,6 +152,9 @@ struct Core {
     now: u32,
     learned: Vec<(u64, PortId)>,
     last_learned: Option<(u64, PortId)>,
+    /// Service flows decided in this batch, to compile into the kernel fast path (client
+    /// keys), written after the batch as learned MACs are.
+    compile: Vec<FlowKey>,
     counts: Counts,
     scratch: [u8; ICMP_ERROR_MAX],
 }
@@ -172,6 +175,7 @@ impl Pipeline {
             now: tables.mac.now(),
             learned: Vec::with_capacity(64),
             last_learned: None,
+            compile: Vec::with_capacity(64),
             counts: Counts::default(),
             scratch: [0; ICMP_ERROR_MAX],
         };
@@ -234,12 +238,17 @@ impl Pipeline {
             !self.topo.services().is_empty() || !self.tables.conntrack.is_empty();
     }
 
-    /// Applies what the batch learned (one table write for the whole batch, if anything is new).
+    /// Applies what the batch learned (one table write for the whole batch, if anything is
+    /// new), and compiles the Service flows it decided into the kernel fast path (if any).
     #[inline]
     pub fn end_batch(&mut self) {
         if !self.core.learned.is_empty() {
             self.tables.mac.learn(&self.core.learned, self.core.now);
             self.core.learned.clear();
+        }
+        if !self.core.compile.is_empty() {
+            self.tables.conntrack.compile(&self.core.compile);
+            self.core.compile.clear();
         }
     }
 

@@ -131,6 +131,9 @@ impl Core {
             Err(Refusal::Reject(r, kind)) => return Err(self.reject(r, frame, kind)),
             Err(Refusal::TooBig) => return Err(self.too_big(frame)),
         };
+        if hit.compile {
+            self.compile.push(key);
+        }
         let ip = frame.get_mut(ethernet::HEADER_LEN..).unwrap_or_default();
         let (backend, port) = (*hit.backend.ip(), hit.backend.port());
         // Cannot fail (`translatable` above); a failure is still a counted drop.
@@ -223,6 +226,7 @@ impl Core {
             backend,
             snat,
             service: svc.id,
+            compile: ct.offloading(),
         })
     }
 
@@ -251,7 +255,7 @@ impl Core {
     /// The reverse translation of a backend's reply, if the IPv4 packet in `frame` is one.
     /// True if the frame was rewritten.
     #[inline(never)]
-    pub(super) fn service_out(&self, frame: &mut [u8], checksum: L4Checksum) -> bool {
+    pub(super) fn service_out(&mut self, frame: &mut [u8], checksum: L4Checksum) -> bool {
         let ct = &self.tables.conntrack;
         if ct.is_empty() {
             return false;
@@ -277,6 +281,16 @@ impl Core {
         let Some(hit) = ct.reply(&key, self.now, flags_of(ip, proto)) else {
             return false;
         };
+        if hit.compile {
+            let (client, vip) = (hit.client, hit.vip);
+            self.compile.push(FlowKey::new(
+                *client.ip(),
+                client.port(),
+                *vip.ip(),
+                vip.port(),
+                proto,
+            ));
+        }
         let partial = match checksum {
             L4Checksum::Complete => false,
             L4Checksum::Partial => true,

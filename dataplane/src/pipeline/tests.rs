@@ -991,6 +991,50 @@ mod services {
         }
     }
 
+    /// A fast path that counts the flows it is given.
+    #[derive(Default)]
+    struct Installs(std::sync::atomic::AtomicUsize);
+
+    impl crate::table::FlowOffload for Installs {
+        fn install(&self, _: &crate::table::OffloadedFlow, _: u32) -> bool {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            true
+        }
+        fn remove(&self, _: &crate::table::OffloadedFlow) {}
+        fn idle_secs(&self, _: &crate::table::OffloadedFlow) -> Option<u32> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_decided_flow_is_compiled_after_its_batch_once() {
+        let mut n = Node::new();
+        let installs = std::sync::Arc::new(Installs::default());
+        assert!(n.p.tables.conntrack.offload_to(installs.clone()));
+        set_service(&mut n, &["10.244.1.11:8080"], Proto::Tcp);
+        let count = || installs.0.load(std::sync::atomic::Ordering::Relaxed);
+        n.p.begin_batch();
+        let mut f = syn(pod_ip(10), 40000);
+        assert_eq!(
+            n.p.process(0, &mut f, VnetHdr::default()),
+            Action::Forward(1)
+        );
+        assert_eq!(count(), 0, "not before the batch ends");
+        n.p.end_batch();
+        assert_eq!(count(), 1);
+        // Its reply, and the client's next segment, belong to a compiled flow.
+        let seg = tcp_segment_bytes(pod_ip(11), 8080, pod_ip(10), 40000, 5, 1001, 0x12, b"");
+        let mut r = eth(
+            pod_mac(10),
+            pod_mac(11),
+            0x0800,
+            &ipv4(pod_ip(11), pod_ip(10), 6, 64, &seg),
+        );
+        assert_eq!(n.run(1, &mut r), Action::Forward(0));
+        assert_eq!(count(), 1);
+        assert_eq!(n.p.tables.conntrack.compiled(), 1);
+    }
+
     #[test]
     fn no_backends_answers_tcp_with_a_reset_and_udp_with_port_unreachable() {
         let mut n = Node::new();

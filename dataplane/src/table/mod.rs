@@ -27,6 +27,7 @@ pub use conntrack::Conntrack;
 pub use conntrack::DEFAULT_CAPACITY as DEFAULT_CONNTRACK_MAX;
 pub(crate) use conntrack::{tcp_flags, Flow, FlowKey, Hit, Refused, HAIRPIN_PORTS};
 pub use conntrack::{FlowInfo, SavedFlow};
+pub use conntrack::{FlowOffload, OffloadEvent, OffloadedFlow};
 pub use mac::{LearnOutcome, MacEntry, MacSnapshot, MacTable, MacTableConfig};
 pub use maglev::MAX_BACKENDS;
 pub(crate) use service::flow_hash;

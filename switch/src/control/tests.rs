@@ -223,6 +223,8 @@ impl ControlHandler for Fake {
                     pods: 2,
                     withdrawn: 0,
                     packets: [("local".to_string(), 5), ("up_miss".to_string(), 3)].into(),
+                    flows: 0,
+                    flows_refused: 0,
                 }),
             },
         }

@@ -461,9 +461,23 @@ impl Collector for StateCollector {
                 "Pods withdrawn from the kernel fast path while a capture of them runs.",
                 f.withdrawn as u64,
             )?;
+            single(
+                e,
+                MetricType::Gauge,
+                "fast_path_flows",
+                "Service flows compiled into the kernel fast path (both directions translated there).",
+                f.flows as u64,
+            )?;
+            single(
+                e,
+                MetricType::Counter,
+                "fast_path_flows_refused",
+                "Service flows the kernel fast path would not take (its map full); they stay with the switch.",
+                f.flows_refused,
+            )?;
             let mut packets = Family::new(
                 "fast_path_packets",
-                "Packets the kernel fast path handled, by path: local (forwarded pod to pod by the kernel), up_* (handed to the switch, and why), down (written by the switch into a pod), drop_unknown_device.",
+                "Packets the kernel fast path handled, by path: local (forwarded pod to pod by the kernel), encap and decap (to and from peers), up_* (handed to the switch, and why), down (written by the switch into a pod), translated (of those forwarded, packets of compiled Service flows), drop_*.",
             );
             for (path, n) in &f.packets {
                 packets.count(vec![("path", path.clone())], *n);
@@ -566,6 +580,8 @@ mod tests {
         has("podswitch_conntrack_full_total 0");
         has("podswitch_services 1");
         has("podswitch_fast_path_pods 1");
+        has("podswitch_fast_path_flows 3");
+        has("podswitch_fast_path_flows_refused_total 0");
         has("podswitch_fast_path_packets_total{path=\"local\"} 12");
         has("podswitch_service_backends{service=\"api\"} 1");
         has(

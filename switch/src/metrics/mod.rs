@@ -521,6 +521,8 @@ pub(crate) mod tests {
                 pods: 1,
                 withdrawn: 0,
                 packets: [("local".to_string(), 12), ("up_not_ipv4".to_string(), 2)].into(),
+                flows: 3,
+                flows_refused: 0,
             }),
         }
     }

@@ -21,6 +21,7 @@
 
 mod capture;
 mod error;
+mod fast_flows;
 pub mod guard;
 mod host;
 mod netlink;
@@ -122,6 +123,8 @@ pub struct Node {
     flows_saved: Mutex<Option<u64>>,
     /// When freed flows' memory goes back to the system ([`Node::expire_flows`]).
     heap_trim: Mutex<services::HeapTrim>,
+    /// Flow events the fast path's ring buffer had dropped at the last look.
+    flow_events_lost: Mutex<u64>,
     /// Where the interfaces' receive work goes (`node.rx_steering`), if anywhere.
     rx_steering: Option<steering::RxSteering>,
     /// The kernel fast path, in veth mode (`node.pod_interface = "veth"`).
@@ -190,6 +193,14 @@ impl Node {
             ))),
         };
         let switch = Switch::start_with_tunnel(config, tunnel).map_err(NodeError::Start)?;
+        if let Some(fast) = &fast_path {
+            // Service flows the switch decides are compiled into the fast path from now on.
+            let flows = fast_flows::KernelFlows::new(lock(fast).flows());
+            switch
+                .tables()
+                .conntrack
+                .offload_to(std::sync::Arc::new(flows));
+        }
         let host = (!spec.host_interface.is_empty()).then(|| spec.host_interface.clone());
         let node = Node {
             spec,
@@ -208,6 +219,7 @@ impl Node {
             masquerade: Mutex::new(None),
             flows_saved: Mutex::new(None),
             heap_trim: Mutex::default(),
+            flow_events_lost: Mutex::default(),
             rx_steering,
             fast_path,
         };

@@ -108,6 +108,8 @@ impl Node {
         let moved = old.is_some_and(|o| o.address_text() != spec.address_text());
         let lost_backend =
             old.is_some_and(|o| o.backends.iter().any(|b| !spec.backends.contains(b)));
+        // What the fast path carried is played in first: which flows are established.
+        self.absorb_kernel_flows();
         let conntrack = &self.switch.tables().conntrack;
         let mut stranded = match self.compiled_service(&spec.name) {
             Some(svc) if moved => conntrack.end_service(svc.id),
@@ -204,6 +206,7 @@ impl Node {
             .remove_service(name)
             .map_err(NodeError::Service)?;
         if let Some(id) = id {
+            self.absorb_kernel_flows();
             // Marked before the probes go, so the clients' answers find them ended.
             let stranded = self.switch.tables().conntrack.end_service(id);
             self.end_connections(name, &stranded);
@@ -328,6 +331,7 @@ impl Node {
 
     /// The flows connection tracking follows.
     pub(crate) fn flows(&self) -> Vec<FlowStatus> {
+        self.absorb_kernel_flows();
         let tables = self.switch.tables();
         let mut flows: Vec<FlowStatus> = tables
             .conntrack
@@ -357,6 +361,7 @@ impl Node {
     /// to the system: the flows are freed a little after their removal (lock-free
     /// reclamation), in many small blocks the allocator would otherwise keep.
     pub fn expire_flows(&self) -> usize {
+        self.absorb_kernel_flows();
         let tables = self.switch.tables();
         let removed = tables.conntrack.expire(tables.mac.now());
         if lock(&self.heap_trim).due(tables.conntrack.forgotten()) {

@@ -238,8 +238,16 @@ pub struct FastPathStatus {
     /// Packets the programs handled, by path: `local` (forwarded pod to pod in the kernel),
     /// `encap` / `decap` (to and from peers in VXLAN), `up_*` (handed to the switch, and why),
     /// `down` (written by the switch into a pod), `underlay_pass` (VXLAN left to the switch's
-    /// socket), `drop_unknown_device`.
+    /// socket), `drop_unknown_device`, `up_flow_control` (a compiled Service flow's SYN or
+    /// RST), `translated` (of those forwarded, packets of compiled Service flows).
     pub packets: std::collections::BTreeMap<String, u64>,
+    /// Service flows compiled into the kernel (both directions translated there).
+    #[serde(default)]
+    pub flows: usize,
+    /// Service flows the kernel would not take (its map full), since the start: they stay
+    /// with the switch.
+    #[serde(default)]
+    pub flows_refused: u64,
 }
 
 impl FastPathStatus {
@@ -271,6 +279,8 @@ impl Node {
                 .into_iter()
                 .map(|(l, n)| (l.to_string(), n))
                 .collect(),
+            flows: self.switch.tables().conntrack.compiled(),
+            flows_refused: self.switch.tables().conntrack.offload_refused(),
         })
     }
 

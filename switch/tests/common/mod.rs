@@ -291,3 +291,13 @@ pub(crate) fn host_local_reserved(dir: &std::path::Path) -> Vec<String> {
     ips.sort();
     ips
 }
+
+/// A UDP server answering every datagram with `<its own address> <the datagram>`.
+pub(crate) const UDP_ECHO: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    d, a = s.recvfrom(2048)
+    s.sendto(sys.argv[1].encode() + b" " + d, a)
+"#;

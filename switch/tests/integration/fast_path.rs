@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use common::transfer::Transfer;
-use common::{netns_add, run, tempdir, Daemon};
+use common::{netns_add, run, tempdir, Daemon, UDP_ECHO};
 use podswitch::control::{Request, Response};
 use podswitch::netns::NetNs;
 use podswitch_dataplane::testutil::{root_test, unique};
@@ -107,16 +107,7 @@ fn veth_pods_talk_through_the_kernel_and_nothing_is_left_attached_after_sigterm(
     }
 
     // Pod to pod: every byte arrives, and the kernel, not the switch, carried it.
-    let status =
-        || match podswitch::control::call(&control, &Request::Status, Duration::from_secs(10)) {
-            Ok(Response::Status {
-                workers, fast_path, ..
-            }) => (
-                workers.iter().sum::<u64>(),
-                fast_path.expect("a veth node reports its fast path"),
-            ),
-            other => panic!("status: {other:?}"),
-        };
+    let status = || status(&control);
     let t = Transfer::start(
         &a,
         &b,
@@ -185,4 +176,161 @@ fn veth_pods_talk_through_the_kernel_and_nothing_is_left_attached_after_sigterm(
         Vec::<String>::new(),
         "no upcall TAP left"
     );
+}
+
+/// Frames the switch's workers have seen, and the fast path's state.
+fn status(control: &std::path::Path) -> (u64, podswitch::node::FastPathStatus) {
+    match podswitch::control::call(control, &Request::Status, Duration::from_secs(10)) {
+        Ok(Response::Status {
+            workers, fast_path, ..
+        }) => (
+            workers.iter().sum::<u64>(),
+            fast_path.expect("a veth node reports its fast path"),
+        ),
+        other => panic!("status: {other:?}"),
+    }
+}
+
+/// The flows connection tracking lists, as (client, backend, state).
+fn flows(control: &std::path::Path) -> Vec<(SocketAddrV4, SocketAddrV4, String)> {
+    match podswitch::control::call(control, &Request::Conntrack, Duration::from_secs(10)) {
+        Ok(Response::Flows(flows)) => flows
+            .into_iter()
+            .map(|f| (f.client, f.backend, f.state))
+            .collect(),
+        other => panic!("conntrack: {other:?}"),
+    }
+}
+
+/// A UDP client sending `n` datagrams from one socket to `addr`, each answered: prints the
+/// answers' sources and bodies, one per line.
+const UDP_ROUNDS: &str = r#"
+import socket, sys
+ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+for i in range(n):
+    s.sendto(b"ping %d" % i, (ip, port))
+    data, src = s.recvfrom(2048)
+    print(src[0], src[1], data.decode(), flush=True)
+"#;
+
+#[root_test(veth_only)]
+fn service_flows_stay_in_the_kernel_after_their_first_packet_and_conntrack_follows_them() {
+    let dir = tempdir("fastflows");
+    let control = dir.join("ctl.sock");
+    let (node, a, b, c) = (unique("ffn"), unique("ffa"), unique("ffb"), unique("ffc"));
+    netns_add(&node);
+    let cfg = format!(
+        "[node]\nname = \"{node}\"\npod_cidr = \"10.244.1.0/24\"\ncontrol = \"{}\"\nnetns = \"{node}\"\n\
+         host_interface = \"\"\npod_interface = \"veth\"\n\n\
+         [[pods]]\nname = \"a\"\nnetns = \"{a}\"\nip = \"10.244.1.10\"\n\n\
+         [[pods]]\nname = \"b\"\nnetns = \"{b}\"\nip = \"10.244.1.11\"\n\n\
+         [[pods]]\nname = \"c\"\nnetns = \"{c}\"\nip = \"10.244.1.12\"\n\n\
+         [[services]]\nname = \"web\"\nvip = \"10.96.0.10\"\nport = 80\nbackends = [\"10.244.1.11:8080\"]\n\n\
+         [[services]]\nname = \"dns\"\nvip = \"10.96.0.53\"\nport = 53\nproto = \"udp\"\nbackends = [\"10.244.1.12:5353\"]\n",
+        control.display()
+    );
+    let _d = Daemon::start(&cfg, control.clone(), dir, vec![node.clone()]);
+    let status = || status(&control);
+    let (switch_before, before) = status();
+    let path =
+        |f: &podswitch::node::FastPathStatus, p: &str| f.packets.get(p).copied().unwrap_or(0);
+
+    // TCP through the VIP: every byte arrives, the SYN went up, the rest was translated by
+    // the kernel (the client's packets to the backend, the backend's back from the VIP).
+    let (client, backend) = (
+        SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 10), 0),
+        SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 11), 8080),
+    );
+    let t = Transfer::start_via(
+        &a,
+        &b,
+        backend,
+        SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80),
+    );
+    t.wait_flowing("a transfer through the VIP", 16 << 20);
+    let (switch_during, during) = status();
+    assert_eq!(during.flows, 1, "the flow is compiled: {during:?}");
+    let translated = path(&during, "translated") - path(&before, "translated");
+    let by_switch = switch_during - switch_before;
+    assert!(
+        translated >= 200 && by_switch * 4 < translated,
+        "the kernel translated {translated} packets, the switch saw {by_switch} frames: {during:?}"
+    );
+    assert!(
+        path(&during, "up_flow_control") > path(&before, "up_flow_control"),
+        "the SYN went up"
+    );
+    let ours =
+        |f: &(SocketAddrV4, SocketAddrV4, String)| *f.0.ip() == *client.ip() && f.1 == backend;
+    let state = flows(&control).into_iter().find(ours).map(|f| f.2);
+    assert_eq!(
+        state.as_deref(),
+        Some("established"),
+        "conntrack heard the handshake's end from the kernel"
+    );
+    let done = t.finish();
+    assert_eq!(done.first_bad, None, "bytes intact: {done:?}");
+    assert_eq!(done.sent, done.received, "{done:?}");
+    // The close (FINs both ways) was carried by the kernel and is in conntrack's state.
+    podswitch_dataplane::testutil::wait_for("the flow's close heard from the kernel", || {
+        flows(&control)
+            .into_iter()
+            .find(ours)
+            .is_some_and(|f| f.2 == "time_wait")
+    });
+
+    // UDP through its VIP: answers come from the VIP; after the first exchange, the kernel
+    // carries both ways, and conntrack knows the flow was replied.
+    let mut server = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c,
+            "python3",
+            "-c",
+            UDP_ECHO,
+            "10.244.1.12",
+            "5353",
+        ])
+        .spawn()
+        .expect("udp server");
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, before_udp) = status();
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &a,
+        "python3",
+        "-c",
+        UDP_ROUNDS,
+        "10.96.0.53",
+        "53",
+        "10",
+    ]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let answers = String::from_utf8_lossy(&out.stdout).into_owned();
+    let expected: Vec<String> = (0..10)
+        .map(|i| format!("10.96.0.53 53 10.244.1.12 ping {i}"))
+        .collect();
+    assert_eq!(
+        answers.lines().collect::<Vec<_>>(),
+        expected,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, after_udp) = status();
+    let udp_translated = path(&after_udp, "translated") - path(&before_udp, "translated");
+    assert!(
+        udp_translated >= 17,
+        "19 of the 20 datagrams at least may be in the kernel: {udp_translated}"
+    );
+    let udp = flows(&control)
+        .into_iter()
+        .find(|f| f.1 == SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 12), 5353))
+        .map(|f| f.2);
+    assert_eq!(udp.as_deref(), Some("replied"));
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use common::cluster::{ping, sh, Node, Underlay};
-use common::{run, tempdir};
+use common::{run, tempdir, UDP_ECHO};
 use podswitch_dataplane::testutil::{root_test, unique, wait_for};
 
 const OUTSIDE: &str = "198.51.100.1";
@@ -276,16 +276,6 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
-"#;
-
-/// A UDP server answering every datagram with `<its own address> <the datagram>`.
-const UDP_ECHO: &str = r#"
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], int(sys.argv[2])))
-while True:
-    d, a = s.recvfrom(2048)
-    s.sendto(sys.argv[1].encode() + b" " + d, a)
 "#;
 
 /// What a connected UDP socket in `ns` gets for a datagram to `ip:port`: "refused" (the ICMP

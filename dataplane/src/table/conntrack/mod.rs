@@ -21,17 +21,24 @@
 //! Expired flows (by TCP state or UDP timeout, as Linux conntrack with kube-proxy's settings;
 //! [`FlowState`]) are removed by [`Conntrack::expire`], which the control plane calls
 //! periodically.
+//!
+//! With a kernel fast path ([`Conntrack::offload_to`]), decided flows are compiled into it and
+//! followed from what it reports (`offload.rs`).
 
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crossbeam_queue::ArrayQueue;
 
 use super::{mix, FastHasher};
 use crate::wire::ipv4::protocol;
 
+mod offload;
 mod state;
+pub use offload::{FlowOffload, OffloadEvent, OffloadedFlow};
+use offload::{NOT_COMPILED, REFUSED};
 pub(crate) use state::{tcp_flags, FlowState};
 
 /// A flow in one direction: addresses, ports and protocol, packed.
@@ -84,6 +91,9 @@ pub(crate) struct Flow {
     state: AtomicU8,
     last_seen: AtomicU32,
     since: u32,
+    /// The epoch the flow is compiled into the kernel under; [`NOT_COMPILED`] or
+    /// [`REFUSED`] otherwise.
+    offload: AtomicU32,
 }
 
 impl Flow {
@@ -113,7 +123,43 @@ impl Flow {
             state: AtomicU8::new(state as u8),
             last_seen: AtomicU32::new(now),
             since: now,
+            offload: AtomicU32::new(NOT_COMPILED),
         }
+    }
+
+    /// The flow as the kernel needs it.
+    fn offloaded(&self) -> OffloadedFlow {
+        OffloadedFlow {
+            proto: self.proto,
+            client: self.client,
+            vip: self.vip,
+            backend: self.backend,
+            snat: self.snat,
+        }
+    }
+
+    /// Takes the flow's epoch away (its kernel entries are to go): the epoch it had, if the
+    /// flow was compiled.
+    fn uncompile(&self) -> Option<u32> {
+        match self.offload.swap(NOT_COMPILED, Ordering::Relaxed) {
+            NOT_COMPILED | REFUSED => None,
+            epoch => Some(epoch),
+        }
+    }
+
+    /// Whether the slow path should compile the flow after its packet with TCP `flags` in
+    /// direction `reply`: it is not compiled (nor refused), and not reset or ended.
+    #[inline]
+    fn wants_compiling(&self) -> bool {
+        self.offload.load(Ordering::Relaxed) == NOT_COMPILED
+            && !matches!(self.state(), FlowState::Closed | FlowState::Ended)
+    }
+
+    /// True if the packet with TCP `flags` from the client opens the flow anew (a SYN: a
+    /// reused port, or a retransmission).
+    #[inline]
+    fn reopens(&self, flags: u8) -> bool {
+        self.proto == protocol::TCP && flags & tcp_flags::SYN != 0
     }
 
     /// The flow, opened by a TCP segment that is not a SYN ([`FlowState::PickedUp`]).
@@ -213,6 +259,9 @@ pub(crate) struct Hit {
     pub(crate) backend: SocketAddrV4,
     pub(crate) snat: Option<SocketAddrV4>,
     pub(crate) service: u32,
+    /// The flow is to be compiled into the kernel fast path once its packet is sent (the
+    /// worker hands its key to [`Conntrack::compile`]).
+    pub(crate) compile: bool,
 }
 
 impl From<&Flow> for Hit {
@@ -223,6 +272,7 @@ impl From<&Flow> for Hit {
             backend: f.backend,
             snat: f.snat,
             service: f.service,
+            compile: false,
         }
     }
 }
@@ -280,6 +330,14 @@ pub struct Conntrack {
     /// Bumped by every insert and removal (not by state changes): whether a saved copy is
     /// out of date.
     generation: AtomicU64,
+    /// The kernel fast path flows are compiled into, if the node has one.
+    offload: OnceLock<Arc<dyn FlowOffload>>,
+    /// The last epoch given to a compiled flow.
+    epochs: AtomicU32,
+    /// Flows the kernel refused (its map full).
+    offload_refused: AtomicU64,
+    /// Flows compiled into the kernel now.
+    compiled: AtomicUsize,
 }
 
 impl std::fmt::Debug for Conntrack {
@@ -330,6 +388,10 @@ impl Conntrack {
             evicted: AtomicU64::new(0),
             forgotten: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            offload: OnceLock::new(),
+            epochs: AtomicU32::new(NOT_COMPILED),
+            offload_refused: AtomicU64::new(0),
+            compiled: AtomicUsize::new(0),
         }
     }
 
@@ -380,7 +442,19 @@ impl Conntrack {
         if f.saw(now, flags, false) {
             self.candidate(*key);
         }
-        Some(Hit::from(f))
+        let mut hit = Hit::from(f);
+        if self.offloading() {
+            // A new connection on a compiled flow: the old one's entries (and what they
+            // carried) go, and the flow is compiled again once this SYN is sent.
+            if f.reopens(flags) {
+                self.withdraw(f);
+                if f.offload.load(Ordering::Relaxed) == REFUSED {
+                    f.offload.store(NOT_COMPILED, Ordering::Relaxed);
+                }
+            }
+            hit.compile = f.wants_compiling();
+        }
+        Some(hit)
     }
 
     /// The flow the backend's reply `key` belongs to, recording the packet.
@@ -409,7 +483,9 @@ impl Conntrack {
         if f.saw(now, flags, true) {
             self.candidate(fkey);
         }
-        Some(Hit::from(f))
+        let mut hit = Hit::from(f);
+        hit.compile = self.offloading() && f.wants_compiling();
+        Some(hit)
     }
 
     /// The flow whose replies have key `key`, without recording a packet (for an ICMP error
@@ -527,6 +603,7 @@ impl Conntrack {
         let g = self.forward.pin();
         match g.remove_if(key, |_, f| gone(f)) {
             Ok(Some((_, f))) => {
+                self.withdraw(f);
                 let rkey = f.reply_key();
                 let _ = self.reply.pin().remove_if(&rkey, |_, v| v == key);
                 self.count.fetch_sub(1, Ordering::Relaxed);
@@ -547,9 +624,15 @@ impl Conntrack {
     /// Removes the flows idle past their state's timeout at `now`; returns how many.
     pub fn expire(&self, now: u32) -> usize {
         let g = self.forward.pin();
+        // A compiled flow's packets may have stayed in the kernel: asked before it goes.
         let keys: Vec<FlowKey> = g
             .iter()
-            .filter(|(_, f)| f.expired(now))
+            .filter(|(_, f)| {
+                f.expired(now) && {
+                    self.refresh_from_kernel(f, now);
+                    f.expired(now)
+                }
+            })
             .map(|(k, _)| *k)
             .collect();
         drop(g);
@@ -561,6 +644,9 @@ impl Conntrack {
     /// The established TCP flows of service `service` whose backend `keep` no longer accepts,
     /// as (client, VIP): their clients may be idle, and are told the connection is gone
     /// (the pipeline's probes draw the packet a reset answers).
+    ///
+    /// Every flow of the service to a backend `keep` refuses is taken out of the kernel
+    /// first: its client's next packet (the answer to a probe) reaches the switch.
     pub fn stranded(
         &self,
         service: u32,
@@ -568,12 +654,9 @@ impl Conntrack {
     ) -> Vec<(SocketAddrV4, SocketAddrV4)> {
         let g = self.forward.pin();
         g.iter()
-            .filter(|(_, f)| {
-                f.service == service
-                    && f.proto == protocol::TCP
-                    && f.state() == FlowState::Established
-                    && !keep(&f.backend)
-            })
+            .filter(|(_, f)| f.service == service && !keep(&f.backend))
+            .inspect(|(_, f)| self.withdraw(f))
+            .filter(|(_, f)| f.proto == protocol::TCP && f.state() == FlowState::Established)
             .map(|(_, f)| (f.client, f.vip))
             .collect()
     }
@@ -585,6 +668,7 @@ impl Conntrack {
         g.iter()
             .filter(|(_, f)| f.service == service)
             .filter_map(|(_, f)| {
+                self.withdraw(f);
                 let was =
                     FlowState::from_u8(f.state.swap(FlowState::Ended as u8, Ordering::Relaxed));
                 (f.proto == protocol::TCP && was == FlowState::Established)
@@ -604,6 +688,7 @@ impl Conntrack {
         let g = self.forward.pin();
         g.iter()
             .map(|(_, f)| {
+                self.refresh_from_kernel(f, now);
                 let state = f.state();
                 let idle = now.saturating_sub(f.last_seen.load(Ordering::Relaxed));
                 FlowInfo {

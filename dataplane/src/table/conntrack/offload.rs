@@ -1,0 +1,230 @@
+//! Connection tracking's flows compiled into a kernel fast path (veth mode), behind a trait
+//! the node implements over its eBPF maps: the table stays sans-IO and testable.
+//!
+//! A flow's first packet is decided by the switch (Maglev, then [`super::Conntrack`]); the
+//! worker then *compiles* it ([`super::Conntrack::compile`]): both directions written to the
+//! kernel under a fresh *epoch*, after which the rest of the flow stays there. What the kernel
+//! carries comes back as [`OffloadEvent`]s (an entry's first packet, ACK or FIN), which
+//! [`super::Conntrack::absorb`] plays into the flow's state as if the switch had seen them, and
+//! as an idle time that [`super::Conntrack::expire`] reads before it forgets a flow.
+//!
+//! Invariants:
+//! - a flow is in the kernel only while the table holds it: every path that forgets a flow
+//!   (expiry, eviction, a stale entry) removes it from the kernel first; a flow whose backend
+//!   left or whose service was deleted is withdrawn before its clients are probed, so their
+//!   answers reach the switch (which resets them);
+//! - a TCP SYN or RST of a compiled flow always reaches the switch; a client's new SYN on a
+//!   compiled flow (its port reused) withdraws the epoch at once and compiles it again, so
+//!   events of the old connection are ignored;
+//! - a flow the kernel refused (its map full) is not offered again until a new SYN: it stays
+//!   with the switch, which is slower but as correct.
+
+use std::net::SocketAddrV4;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{tcp_flags, Conntrack, Flow, FlowKey, FlowState};
+use crate::wire::ipv4::protocol;
+
+/// A tracked flow as the kernel needs it: enough to write (and remove) both directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffloadedFlow {
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    /// The client's address and port.
+    pub client: SocketAddrV4,
+    /// The service address and port the client sends to.
+    pub vip: SocketAddrV4,
+    /// The backend the flow was balanced to.
+    pub backend: SocketAddrV4,
+    /// Hairpin or a clash: the client's address and port as the backend sees them.
+    pub snat: Option<SocketAddrV4>,
+}
+
+impl OffloadedFlow {
+    /// The client's direction: `(client -> vip)` as sent, `(client or snat -> backend)` once
+    /// rewritten.
+    pub fn forward(&self) -> ((SocketAddrV4, SocketAddrV4), (SocketAddrV4, SocketAddrV4)) {
+        let source = self.snat.unwrap_or(self.client);
+        ((self.client, self.vip), (source, self.backend))
+    }
+
+    /// The backend's direction: `(backend -> client or snat)` as sent, `(vip -> client)` once
+    /// rewritten.
+    pub fn reply(&self) -> ((SocketAddrV4, SocketAddrV4), (SocketAddrV4, SocketAddrV4)) {
+        let to = self.snat.unwrap_or(self.client);
+        ((self.backend, to), (self.vip, self.client))
+    }
+}
+
+/// What the kernel reports of one direction of a compiled flow: it has carried a packet, and
+/// maybe an ACK or a FIN (TCP), since the flow was compiled under `epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffloadEvent {
+    /// IP protocol number.
+    pub proto: u8,
+    /// The direction's source, as sent (before the rewrite).
+    pub src: SocketAddrV4,
+    /// Its destination, as sent.
+    pub dst: SocketAddrV4,
+    /// The backend's direction.
+    pub reply: bool,
+    /// The install it is about.
+    pub epoch: u32,
+    /// An ACK was carried.
+    pub ack: bool,
+    /// A FIN was carried.
+    pub fin: bool,
+}
+
+/// Where compiled flows go: the node's kernel fast path.
+pub trait FlowOffload: Send + Sync {
+    /// Writes both directions of `flow` under `epoch`; false if the kernel would not take them
+    /// (the flow then stays with the switch).
+    fn install(&self, flow: &OffloadedFlow, epoch: u32) -> bool;
+    /// Removes both directions of `flow` (either may be gone already).
+    fn remove(&self, flow: &OffloadedFlow);
+    /// Seconds since either direction of `flow` last carried a packet in the kernel; `None`
+    /// if neither has since it was compiled.
+    fn idle_secs(&self, flow: &OffloadedFlow) -> Option<u32>;
+}
+
+/// `Flow::offload` of a flow not in the kernel.
+pub(super) const NOT_COMPILED: u32 = 0;
+/// `Flow::offload` of a flow the kernel refused (not offered again before a new SYN).
+pub(super) const REFUSED: u32 = u32::MAX;
+
+impl Conntrack {
+    /// Compiles decided flows into `offload` from now on (once: a node has one fast path).
+    /// False if the table already has one.
+    pub fn offload_to(&self, offload: Arc<dyn FlowOffload>) -> bool {
+        self.offload.set(offload).is_ok()
+    }
+
+    /// True if decided flows are compiled into a kernel fast path.
+    #[inline]
+    pub(crate) fn offloading(&self) -> bool {
+        self.offload.get().is_some()
+    }
+
+    /// Flows compiled into the kernel fast path now.
+    pub fn compiled(&self) -> usize {
+        self.compiled.load(Ordering::Relaxed)
+    }
+
+    /// Flows the kernel would not take (its map full), since the start.
+    pub fn offload_refused(&self) -> u64 {
+        self.offload_refused.load(Ordering::Relaxed)
+    }
+
+    /// Compiles the flows whose client keys are `keys` (those the slow path just decided
+    /// and marked [`Hit::compile`]), each under a fresh epoch; a flow gone meanwhile, or
+    /// compiled by another worker, is skipped.
+    pub(crate) fn compile(&self, keys: &[FlowKey]) {
+        let Some(offload) = self.offload.get() else {
+            return;
+        };
+        let g = self.forward.pin();
+        for key in keys {
+            let Some(f) = g.get(key) else { continue };
+            if matches!(f.state(), FlowState::Closed | FlowState::Ended) {
+                continue;
+            }
+            let epoch = match self.epochs.fetch_add(1, Ordering::Relaxed).wrapping_add(1) {
+                NOT_COMPILED | REFUSED => {
+                    self.epochs.fetch_add(2, Ordering::Relaxed).wrapping_add(2)
+                }
+                e => e,
+            };
+            if f.offload
+                .compare_exchange(NOT_COMPILED, epoch, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            // Counted before the entries exist: a withdrawal racing the install finds them
+            // counted, and the install below then finds its epoch gone and takes them out.
+            self.compiled.fetch_add(1, Ordering::Relaxed);
+            if offload.install(&f.offloaded(), epoch) {
+                if f.offload.load(Ordering::Relaxed) != epoch {
+                    offload.remove(&f.offloaded());
+                }
+            } else if f
+                .offload
+                .compare_exchange(epoch, REFUSED, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.compiled.fetch_sub(1, Ordering::Relaxed);
+                self.offload_refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Takes flow `f` out of the kernel, if it is compiled there.
+    pub(super) fn withdraw(&self, f: &Flow) {
+        if let (Some(offload), Some(_)) = (self.offload.get(), f.uncompile()) {
+            offload.remove(&f.offloaded());
+            self.compiled.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Plays what the kernel carried of compiled flows into their states, at `now`, as if the
+    /// switch had seen the packets: an event of an epoch since replaced is ignored. Returns how
+    /// many events were about a flow still compiled under their epoch.
+    pub fn absorb(&self, events: &[OffloadEvent], now: u32) -> usize {
+        let g = self.forward.pin();
+        let rg = self.reply.pin();
+        let mut applied = 0;
+        for ev in events {
+            let key = FlowKey::new(
+                *ev.src.ip(),
+                ev.src.port(),
+                *ev.dst.ip(),
+                ev.dst.port(),
+                ev.proto,
+            );
+            let fkey = match ev.reply {
+                true => match rg.get(&key) {
+                    Some(k) => *k,
+                    None => continue,
+                },
+                false => key,
+            };
+            let Some(f) = g.get(&fkey) else { continue };
+            if f.offload.load(Ordering::Relaxed) != ev.epoch {
+                continue;
+            }
+            applied += 1;
+            let ack = match ev.proto == protocol::TCP && ev.ack {
+                true => tcp_flags::ACK,
+                false => 0,
+            };
+            if f.saw(now, ack, ev.reply) {
+                self.candidate(fkey);
+            }
+            if ev.fin && f.saw(now, tcp_flags::FIN | tcp_flags::ACK, ev.reply) {
+                self.candidate(fkey);
+            }
+        }
+        applied
+    }
+
+    /// Brings a compiled flow's last-seen time up to what the kernel carried: true if it
+    /// carried a packet more recently than the switch saw one.
+    pub(super) fn refresh_from_kernel(&self, f: &Flow, now: u32) -> bool {
+        let Some(offload) = self.offload.get() else {
+            return false;
+        };
+        if matches!(f.offload.load(Ordering::Relaxed), NOT_COMPILED | REFUSED) {
+            return false;
+        }
+        let Some(idle) = offload.idle_secs(&f.offloaded()) else {
+            return false;
+        };
+        let seen = now.saturating_sub(idle);
+        f.last_seen.fetch_max(seen, Ordering::Relaxed) < seen
+    }
+}
+
+#[cfg(test)]
+mod tests;

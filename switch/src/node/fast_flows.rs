@@ -1,0 +1,110 @@
+//! Service flows in the kernel fast path (veth mode): connection tracking compiles the flows
+//! it decides into the fast path's `flows` map through [`KernelFlows`], and the housekeeping
+//! plays what the kernel carried back into connection tracking ([`Node::absorb_kernel_flows`]).
+
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+
+use podswitch_fastpath::{FlowEvent, FlowRewrite, FlowTable, FlowTuple};
+
+use super::{lock, Node};
+use crate::table::{FlowOffload, OffloadEvent, OffloadedFlow};
+
+/// Connection tracking's way into the fast path's flow map.
+pub(super) struct KernelFlows {
+    table: Arc<FlowTable>,
+}
+
+impl KernelFlows {
+    pub(super) fn new(table: Arc<FlowTable>) -> Self {
+        Self { table }
+    }
+}
+
+fn tuple(proto: u8, (src, dst): (SocketAddrV4, SocketAddrV4)) -> FlowTuple {
+    FlowTuple { proto, src, dst }
+}
+
+type Direction = ((SocketAddrV4, SocketAddrV4), (SocketAddrV4, SocketAddrV4));
+
+fn rewrite(proto: u8, (from, to): Direction) -> FlowRewrite {
+    FlowRewrite {
+        from: tuple(proto, from),
+        to: tuple(proto, to),
+    }
+}
+
+impl FlowOffload for KernelFlows {
+    fn install(&self, flow: &OffloadedFlow, epoch: u32) -> bool {
+        let (forward, reply) = (
+            rewrite(flow.proto, flow.forward()),
+            rewrite(flow.proto, flow.reply()),
+        );
+        match self.table.install(epoch, &forward, &reply) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!("a Service flow stays with the switch: {e}");
+                false
+            }
+        }
+    }
+
+    fn remove(&self, flow: &OffloadedFlow) {
+        self.table.remove(
+            &tuple(flow.proto, flow.forward().0),
+            &tuple(flow.proto, flow.reply().0),
+        );
+    }
+
+    fn idle_secs(&self, flow: &OffloadedFlow) -> Option<u32> {
+        let idle = self.table.idle(
+            &tuple(flow.proto, flow.forward().0),
+            &tuple(flow.proto, flow.reply().0),
+        )?;
+        Some(u32::try_from(idle.as_secs()).unwrap_or(u32::MAX))
+    }
+}
+
+fn event(e: FlowEvent) -> OffloadEvent {
+    OffloadEvent {
+        proto: e.tuple.proto,
+        src: e.tuple.src,
+        dst: e.tuple.dst,
+        reply: e.reply,
+        epoch: e.epoch,
+        ack: e.ack,
+        fin: e.fin,
+    }
+}
+
+impl Node {
+    /// Plays what the fast path carried of compiled Service flows into connection tracking
+    /// (first packets, ACKs and FINs, in order). If the ring buffer dropped events since the
+    /// last call, every compiled flow's bits are played instead (an event played twice
+    /// changes nothing). Nothing in TAP mode.
+    pub(super) fn absorb_kernel_flows(&self) {
+        let Some(fast) = &self.fast_path else {
+            return;
+        };
+        let (table, lost) = {
+            let f = lock(fast);
+            (f.flows(), f.path_stats().get("event_lost"))
+        };
+        let mut events = Vec::new();
+        table.drain_events(|e| events.push(event(e)));
+        let mut last_lost = lock(&self.flow_events_lost);
+        if lost != *last_lost {
+            *last_lost = lost;
+            tracing::warn!(
+                lost,
+                "fast path: flow events dropped; reading every compiled flow"
+            );
+            table.replay_all(|e| events.push(event(e)));
+        }
+        drop(last_lost);
+        if !events.is_empty() {
+            let tables = self.switch.tables();
+            tables.conntrack.absorb(&events, tables.mac.now());
+        }
+    }
+}
