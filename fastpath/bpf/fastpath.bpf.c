@@ -316,8 +316,8 @@ struct flow_hit {
 
 /* Whether the switch must see this IPv4 packet whatever its destination, and why (a
  * PS_PATH_UP_* reason; 0: the fast path may carry it). TCP and UDP fragments (no ports); the
- * SYNs and RSTs of a compiled Service flow (connection tracking sees every opening and every
- * reset); anything else sent from a Service backend's address and port that no compiled flow
+ * RSTs and SYNs of a compiled Service flow (connection tracking sees every opening and every
+ * reset), but for the backend's first SYN-ACK; anything else sent from a Service backend's address and port that no compiled flow
  * covers (a reply the switch translates back to the VIP); ICMP other than echo (errors quote
  * packets the switch may translate). A packet of a compiled flow is returned in `hit`. */
 static __always_inline __u32 switch_decides(const struct iphdr *ip, const void *end,
@@ -341,8 +341,17 @@ static __always_inline __u32 switch_decides(const struct iphdr *ip, const void *
 				const __u8 *flags = (const __u8 *)(ip + 1) + 13;
 				if ((const void *)(flags + 1) > end)
 					return PS_PATH_UP_MALFORMED;
-				if (*flags & (TCP_SYN | TCP_RST))
+				if (*flags & TCP_RST)
 					return PS_PATH_UP_FLOW_CONTROL;
+				/* A SYN is the switch's, but for the backend's SYN-ACK answering the
+				 * client's SYN that compiled the flow (the entry has carried nothing
+				 * yet): carried here, its event tells connection tracking. */
+				if (*flags & TCP_SYN) {
+					if (!(hit->flow->flags & PS_FLOW_REPLY) || !(*flags & TCP_ACK) ||
+					    hit->flow->seen)
+						return PS_PATH_UP_FLOW_CONTROL;
+					hit->seen |= PS_SEEN_SYN;
+				}
 				if (*flags & TCP_ACK)
 					hit->seen |= PS_SEEN_ACK;
 				if (*flags & TCP_FIN)

@@ -57,7 +57,8 @@ enum ps_path {
 	/* Handed up: ICMP other than echo (errors quote packets the switch may translate). */
 	PS_PATH_UP_ICMP = 15,
 	/* Handed up: a TCP SYN or RST of a Service flow the switch compiled (connection tracking
-	 * sees every opening and every reset). */
+	 * sees every opening and every reset; only the backend's first SYN-ACK stays in the
+	 * kernel, reported as an event). */
 	PS_PATH_UP_FLOW_CONTROL = 16,
 	/* Not a path of its own: of the packets above forwarded by the program (local, encap,
 	 * decap), those it translated for a Service flow the switch compiled into `flows`. */
@@ -159,6 +160,7 @@ struct ps_flow_key {
 #define PS_SEEN_PACKET 1u
 #define PS_SEEN_ACK 2u
 #define PS_SEEN_FIN 4u
+#define PS_SEEN_SYN 8u
 
 /* `ps_flow.flags` */
 #define PS_FLOW_REPLY 1u /* the backend's direction */
@@ -181,7 +183,7 @@ struct ps_flow {
 #define PS_MAX_FLOWS 131072
 
 /* An event in the `flow_events` ring buffer: an entry carried something it had not carried
- * before (its first packet, the first ACK, a FIN). Connection tracking follows the flow's
+ * before (its first packet, the first ACK, a FIN, the backend's SYN-ACK). Connection tracking follows the flow's
  * state from these, in the order they happened. */
 struct ps_flow_event {
 	struct ps_flow_key key;

@@ -21,6 +21,7 @@ use crate::error::FastPathError;
 use crate::map_err;
 use crate::maps::{
     ip_key, FlowEntry, FlowEventEntry, FlowKeyEntry, FLOW_REPLY, SEEN_ACK, SEEN_FIN, SEEN_PACKET,
+    SEEN_SYN,
 };
 
 /// A packet's addresses and ports, as one direction of a flow carries them.
@@ -80,7 +81,8 @@ impl FlowRewrite {
     }
 }
 
-/// What an entry carried for the first time: its first packet, ACK or FIN.
+/// What an entry has carried, reported the first time it carried something new: its first
+/// packet, ACK, FIN or SYN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowEvent {
     /// The entry's key: the packets' tuple before the rewrite.
@@ -89,6 +91,8 @@ pub struct FlowEvent {
     pub epoch: u32,
     /// The backend's direction.
     pub reply: bool,
+    /// The entry has carried a SYN (the backend's SYN-ACK).
+    pub syn: bool,
     /// The entry has carried an ACK (TCP).
     pub ack: bool,
     /// The entry has carried a FIN (TCP).
@@ -101,6 +105,7 @@ impl FlowEvent {
             tuple: FlowTuple::from_key(key),
             epoch,
             reply: flags & FLOW_REPLY != 0,
+            syn: seen & SEEN_SYN != 0,
             ack: seen & SEEN_ACK != 0,
             fin: seen & SEEN_FIN != 0,
         })

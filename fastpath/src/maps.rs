@@ -140,6 +140,8 @@ pub(crate) const SEEN_PACKET: u32 = 1;
 pub(crate) const SEEN_ACK: u32 = 2;
 /// `ps_flow.seen`: ... a TCP FIN.
 pub(crate) const SEEN_FIN: u32 = 4;
+/// `ps_flow.seen`: ... a TCP SYN (the backend's SYN-ACK).
+pub(crate) const SEEN_SYN: u32 = 8;
 /// `ps_flow.flags`: the backend's direction.
 pub(crate) const FLOW_REPLY: u32 = 1;
 
@@ -261,6 +263,7 @@ mod tests {
             ("PS_SEEN_PACKET", SEEN_PACKET),
             ("PS_SEEN_ACK", SEEN_ACK),
             ("PS_SEEN_FIN", SEEN_FIN),
+            ("PS_SEEN_SYN", SEEN_SYN),
             ("PS_FLOW_REPLY", FLOW_REPLY),
         ] {
             assert!(header.contains(&format!("#define {name} {v}u")), "{name}");

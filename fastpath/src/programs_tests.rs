@@ -469,6 +469,32 @@ fn a_compiled_service_flow_is_translated_both_ways_and_reports_what_it_carried()
 
     compile_flow(&f, 6);
     let translated = |f: &FastPath| f.path_stats().get("translated");
+    let client = tuple(6, sock(A.ip, 40000), sock(VIP, 80));
+    let backend = tuple(6, sock(B.ip, 8080), sock(A.ip, 40000));
+    let first = |t: FlowTuple, reply: bool| FlowEvent {
+        tuple: t,
+        epoch: 7,
+        reply,
+        syn: false,
+        ack: true,
+        fin: false,
+    };
+    // The backend's SYN-ACK answering the SYN that compiled the flow: from the VIP, in the
+    // kernel, reported (SYN and ACK); a second one is the switch's.
+    let syn_ack = tcp((&B, A.mac), (B.ip, 8080), (A.ip, 40000), 64, 0x12);
+    let (verdict, out, path) = run(&mut f, FROM_POD, B.veth, &syn_ack, 0);
+    assert_eq!((verdict, path), (TC_ACT_REDIRECT, Some("local")));
+    assert_eq!(out, tcp((&B, A.mac), (VIP, 80), (A.ip, 40000), 64, 0x12));
+    assert_eq!(
+        events(&f),
+        [FlowEvent {
+            syn: true,
+            ..first(backend, true)
+        }]
+    );
+    let (_, out, path) = run(&mut f, FROM_POD, B.veth, &syn_ack, 0);
+    assert_eq!((out, path), (syn_ack.clone(), Some("up_flow_control")));
+    assert_eq!(translated(&f), 1);
     // The client's segment: to the backend, routed (TTL - 1, MACs router -> B), checksums
     // as if built so (the bytes equal a segment made for the backend).
     let (verdict, out, path) = run(&mut f, FROM_POD, A.veth, &to_vip, 0);
@@ -476,24 +502,16 @@ fn a_compiled_service_flow_is_translated_both_ways_and_reports_what_it_carried()
     let mut want = tcp((&A, B.mac), (A.ip, 40000), (B.ip, 8080), 63, 0x10);
     want[6..12].copy_from_slice(&ROUTER);
     assert_eq!(out, want);
-    assert_eq!(translated(&f), 1);
+    assert_eq!(translated(&f), 2);
     // The backend's reply: from the VIP again, bridged to A (no TTL change).
     let (verdict, out, path) = run(&mut f, FROM_POD, B.veth, &reply, 0);
     assert_eq!((verdict, path), (TC_ACT_REDIRECT, Some("local")));
     assert_eq!(out, tcp((&B, A.mac), (VIP, 80), (A.ip, 40000), 64, 0x10));
-    assert_eq!(translated(&f), 2);
+    assert_eq!(translated(&f), 3);
 
-    // What each direction carried for the first time, once: the first packet (an ACK).
-    let client = tuple(6, sock(A.ip, 40000), sock(VIP, 80));
-    let backend = tuple(6, sock(B.ip, 8080), sock(A.ip, 40000));
-    let first = |t: FlowTuple, reply: bool| FlowEvent {
-        tuple: t,
-        epoch: 7,
-        reply,
-        ack: true,
-        fin: false,
-    };
-    assert_eq!(events(&f), [first(client, false), first(backend, true)]);
+    // What each direction carried for the first time, once: the client's first packet (an
+    // ACK); the backend's ACK was carried with its SYN-ACK already.
+    assert_eq!(events(&f), [first(client, false)]);
     run(&mut f, FROM_POD, A.veth, &to_vip, 0);
     assert_eq!(events(&f), [], "nothing new");
     let fin = tcp((&A, ROUTER), (A.ip, 40000), (VIP, 80), 64, 0x11);
@@ -511,7 +529,7 @@ fn a_compiled_service_flow_is_translated_both_ways_and_reports_what_it_carried()
         .idle(&client, &backend)
         .is_some_and(|d| d.as_secs() < 5));
 
-    // A SYN or a RST of the flow goes up as the pod sent it (conntrack sees them all).
+    // The client's SYN or RST of the flow goes up as the pod sent it (conntrack sees them).
     for flags in [0x02, 0x04, 0x14] {
         let frame = tcp((&A, ROUTER), (A.ip, 40000), (VIP, 80), 64, flags);
         let (verdict, out, path) = run(&mut f, FROM_POD, A.veth, &frame, 0);

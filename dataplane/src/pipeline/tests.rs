@@ -1004,6 +1004,7 @@ mod services {
         fn idle_secs(&self, _: &crate::table::OffloadedFlow) -> Option<u32> {
             None
         }
+        fn drain_events(&self, _: &mut Vec<crate::table::OffloadEvent>) {}
     }
 
     #[test]

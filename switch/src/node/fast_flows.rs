@@ -63,6 +63,10 @@ impl FlowOffload for KernelFlows {
         )?;
         Some(u32::try_from(idle.as_secs()).unwrap_or(u32::MAX))
     }
+
+    fn drain_events(&self, out: &mut Vec<OffloadEvent>) {
+        self.table.drain_events(|e| out.push(event(e)));
+    }
 }
 
 fn event(e: FlowEvent) -> OffloadEvent {
@@ -72,6 +76,7 @@ fn event(e: FlowEvent) -> OffloadEvent {
         dst: e.tuple.dst,
         reply: e.reply,
         epoch: e.epoch,
+        syn: e.syn,
         ack: e.ack,
         fin: e.fin,
     }
@@ -90,8 +95,9 @@ impl Node {
             let f = lock(fast);
             (f.flows(), f.path_stats().get("event_lost"))
         };
-        let mut events = Vec::new();
-        table.drain_events(|e| events.push(event(e)));
+        let tables = self.switch.tables();
+        let now = tables.mac.now();
+        tables.conntrack.sync_from_kernel(now);
         let mut last_lost = lock(&self.flow_events_lost);
         if lost != *last_lost {
             *last_lost = lost;
@@ -99,12 +105,9 @@ impl Node {
                 lost,
                 "fast path: flow events dropped; reading every compiled flow"
             );
+            let mut events = Vec::new();
             table.replay_all(|e| events.push(event(e)));
-        }
-        drop(last_lost);
-        if !events.is_empty() {
-            let tables = self.switch.tables();
-            tables.conntrack.absorb(&events, tables.mac.now());
+            tables.conntrack.absorb(&events, now);
         }
     }
 }

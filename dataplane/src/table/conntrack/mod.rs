@@ -147,8 +147,13 @@ impl Flow {
         }
     }
 
-    /// Whether the slow path should compile the flow after its packet with TCP `flags` in
-    /// direction `reply`: it is not compiled (nor refused), and not reset or ended.
+    /// True if the flow is compiled into the kernel.
+    fn is_compiled(&self) -> bool {
+        !matches!(self.offload.load(Ordering::Relaxed), NOT_COMPILED | REFUSED)
+    }
+
+    /// Whether the slow path should compile the flow after its packet: it is not compiled (nor
+    /// refused), and not reset or ended.
     #[inline]
     fn wants_compiling(&self) -> bool {
         self.offload.load(Ordering::Relaxed) == NOT_COMPILED
@@ -439,21 +444,27 @@ impl Conntrack {
     pub(crate) fn forward(&self, key: &FlowKey, now: u32, flags: u8) -> Option<Hit> {
         let g = self.forward.pin();
         let f = g.get(key)?;
+        let offloading = self.offloading();
+        if offloading && f.reopens(flags) {
+            // A new connection on the flow (a reused port): what the kernel carried of the
+            // old one (its close) is heard before the SYN is judged, then the entries are
+            // written again under a new epoch (a refused flow is offered again).
+            if f.is_compiled() {
+                self.sync_from_kernel(now);
+                self.recompile(f);
+            }
+            let _ = f.offload.compare_exchange(
+                REFUSED,
+                NOT_COMPILED,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
         if f.saw(now, flags, false) {
             self.candidate(*key);
         }
         let mut hit = Hit::from(f);
-        if self.offloading() {
-            // A new connection on a compiled flow: the old one's entries (and what they
-            // carried) go, and the flow is compiled again once this SYN is sent.
-            if f.reopens(flags) {
-                self.withdraw(f);
-                if f.offload.load(Ordering::Relaxed) == REFUSED {
-                    f.offload.store(NOT_COMPILED, Ordering::Relaxed);
-                }
-            }
-            hit.compile = f.wants_compiling();
-        }
+        hit.compile = offloading && f.wants_compiling();
         Some(hit)
     }
 

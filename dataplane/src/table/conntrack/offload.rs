@@ -13,9 +13,10 @@
 //!   (expiry, eviction, a stale entry) removes it from the kernel first; a flow whose backend
 //!   left or whose service was deleted is withdrawn before its clients are probed, so their
 //!   answers reach the switch (which resets them);
-//! - a TCP SYN or RST of a compiled flow always reaches the switch; a client's new SYN on a
-//!   compiled flow (its port reused) withdraws the epoch at once and compiles it again, so
-//!   events of the old connection are ignored;
+//! - a TCP RST of a compiled flow, and every SYN but the backend's first SYN-ACK to a flow just
+//!   compiled, reach the switch; a client's new SYN on a compiled flow (its port reused) first
+//!   plays what the kernel reported, then compiles the flow again in place under a new epoch,
+//!   so events of the old connection are ignored;
 //! - a flow the kernel refused (its map full) is not offered again until a new SYN: it stays
 //!   with the switch, which is slower but as correct.
 
@@ -71,6 +72,8 @@ pub struct OffloadEvent {
     pub reply: bool,
     /// The install it is about.
     pub epoch: u32,
+    /// A SYN was carried (the backend's SYN-ACK to a flow just compiled).
+    pub syn: bool,
     /// An ACK was carried.
     pub ack: bool,
     /// A FIN was carried.
@@ -87,6 +90,8 @@ pub trait FlowOffload: Send + Sync {
     /// Seconds since either direction of `flow` last carried a packet in the kernel; `None`
     /// if neither has since it was compiled.
     fn idle_secs(&self, flow: &OffloadedFlow) -> Option<u32>;
+    /// Appends the events the kernel has reported since the last call to `out`, oldest first.
+    fn drain_events(&self, out: &mut Vec<OffloadEvent>);
 }
 
 /// `Flow::offload` of a flow not in the kernel.
@@ -130,12 +135,7 @@ impl Conntrack {
             if matches!(f.state(), FlowState::Closed | FlowState::Ended) {
                 continue;
             }
-            let epoch = match self.epochs.fetch_add(1, Ordering::Relaxed).wrapping_add(1) {
-                NOT_COMPILED | REFUSED => {
-                    self.epochs.fetch_add(2, Ordering::Relaxed).wrapping_add(2)
-                }
-                e => e,
-            };
+            let epoch = self.next_epoch();
             if f.offload
                 .compare_exchange(NOT_COMPILED, epoch, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
@@ -156,6 +156,42 @@ impl Conntrack {
             {
                 self.compiled.fetch_sub(1, Ordering::Relaxed);
                 self.offload_refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A fresh epoch (never [`NOT_COMPILED`] nor [`REFUSED`]).
+    fn next_epoch(&self) -> u32 {
+        match self.epochs.fetch_add(1, Ordering::Relaxed).wrapping_add(1) {
+            NOT_COMPILED | REFUSED => self.epochs.fetch_add(2, Ordering::Relaxed).wrapping_add(2),
+            e => e,
+        }
+    }
+
+    /// Compiles the compiled flow `f` again in place, under a fresh epoch (its client opens a
+    /// new connection on it): the entries are overwritten, never absent, and the old
+    /// connection's events are ignored from now on. Taken out of the kernel if that fails.
+    pub(super) fn recompile(&self, f: &Flow) {
+        let Some(offload) = self.offload.get() else {
+            return;
+        };
+        let old = f.offload.load(Ordering::Relaxed);
+        if matches!(old, NOT_COMPILED | REFUSED) {
+            return;
+        }
+        let epoch = self.next_epoch();
+        if !offload.install(&f.offloaded(), epoch) {
+            self.withdraw(f);
+            return;
+        }
+        if let Err(now) =
+            f.offload
+                .compare_exchange(old, epoch, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            // Withdrawn meanwhile (its entries removed before ours were written): ours go too.
+            // (Compiled again by another worker: its entries stand.)
+            if matches!(now, NOT_COMPILED | REFUSED) {
+                offload.remove(&f.offloaded());
             }
         }
     }
@@ -195,11 +231,14 @@ impl Conntrack {
                 continue;
             }
             applied += 1;
-            let ack = match ev.proto == protocol::TCP && ev.ack {
-                true => tcp_flags::ACK,
-                false => 0,
+            let tcp = ev.proto == protocol::TCP;
+            let flags = match (tcp && ev.syn, tcp && ev.ack) {
+                (true, true) => tcp_flags::SYN | tcp_flags::ACK,
+                (true, false) => tcp_flags::SYN,
+                (false, true) => tcp_flags::ACK,
+                (false, false) => 0,
             };
-            if f.saw(now, ack, ev.reply) {
+            if f.saw(now, flags, ev.reply) {
                 self.candidate(fkey);
             }
             if ev.fin && f.saw(now, tcp_flags::FIN | tcp_flags::ACK, ev.reply) {
@@ -207,6 +246,17 @@ impl Conntrack {
             }
         }
         applied
+    }
+
+    /// Plays every event the kernel has reported so far into the flows' states, at `now`
+    /// ([`Conntrack::absorb`]); returns how many were about a flow still compiled.
+    pub fn sync_from_kernel(&self, now: u32) -> usize {
+        let Some(offload) = self.offload.get() else {
+            return 0;
+        };
+        let mut events = Vec::new();
+        offload.drain_events(&mut events);
+        self.absorb(&events, now)
     }
 
     /// Brings a compiled flow's last-seen time up to what the kernel carried: true if it

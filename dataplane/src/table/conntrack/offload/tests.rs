@@ -13,6 +13,8 @@ struct Recorder {
     held: Mutex<BTreeMap<String, u32>>,
     removed: Mutex<Vec<String>>,
     idle: Mutex<Option<u32>>,
+    /// Events waiting to be drained.
+    events: Mutex<Vec<OffloadEvent>>,
     room: usize,
 }
 
@@ -35,6 +37,9 @@ impl FlowOffload for Recorder {
     }
     fn idle_secs(&self, _: &OffloadedFlow) -> Option<u32> {
         *self.idle.lock().unwrap()
+    }
+    fn drain_events(&self, out: &mut Vec<OffloadEvent>) {
+        out.append(&mut self.events.lock().unwrap());
     }
 }
 
@@ -84,6 +89,7 @@ fn event(ct: &Conntrack, key: &FlowKey, reply: bool, ack: bool, fin: bool) -> Of
         dst,
         reply,
         epoch: f.1,
+        syn: false,
         ack,
         fin,
     }
@@ -109,6 +115,10 @@ fn a_decided_flow_is_compiled_and_followed_through_its_life_from_the_kernel() {
     assert_eq!(state(&ct, 1), "syn_recv");
     let ack = event(&ct, &key, false, true, false);
     assert_eq!(ct.absorb(&[ack], 2), 1);
+    // (A SYN-ACK the kernel carried moves it as the switch's would.)
+    let mut syn_ack = event(&ct, &key, true, true, false);
+    syn_ack.syn = true;
+    assert_eq!(ct.absorb(&[syn_ack], 2), 1);
     assert_eq!(state(&ct, 2), "established");
     let fins = [
         event(&ct, &key, true, true, true),
@@ -147,20 +157,22 @@ fn a_reused_port_is_compiled_anew_and_the_old_connections_events_are_ignored() {
     ct.compile(&[key]);
     let old_fin = event(&ct, &key, false, true, true);
     let old_epoch = old_fin.epoch;
-    // The client's new SYN on the same port: withdrawn at once, compiled again after.
+    // The client's new SYN on the same port: compiled again in place, under a new epoch.
     let hit = ct.forward(&key, 5, tcp_flags::SYN).unwrap();
-    assert!(hit.compile);
-    assert_eq!(ct.compiled(), 0);
+    assert!(!hit.compile, "already done");
+    assert_eq!(ct.compiled(), 1);
+    let new_epoch = *rec.held.lock().unwrap().values().next().unwrap();
+    assert_ne!(new_epoch, old_epoch);
     assert_eq!(
         ct.absorb(&[old_fin], 5),
         0,
         "the old epoch's FIN is ignored"
     );
     assert_eq!(state(&ct, 5), "syn_sent");
-    ct.compile(&[key]);
-    let new_epoch = *rec.held.lock().unwrap().values().next().unwrap();
-    assert_ne!(new_epoch, old_epoch);
-    assert_eq!(ct.compiled(), 1);
+    assert!(
+        rec.removed.lock().unwrap().is_empty(),
+        "never out of the kernel meanwhile"
+    );
     // A packet of a compiled flow is not compiled again.
     assert!(!ct.forward(&key, 5, tcp_flags::ACK).unwrap().compile);
 }
@@ -213,4 +225,30 @@ fn a_flow_the_kernel_refuses_stays_with_the_switch_until_a_new_syn() {
         .lock()
         .unwrap()
         .contains_key("10.244.1.10:40001>10.244.1.11:8080"));
+}
+
+#[test]
+fn a_syn_on_a_port_whose_close_the_kernel_carried_opens_a_new_connection() {
+    let (ct, rec) = table(8);
+    let key = open(&ct, 40000, "10.244.1.11:8080", 1);
+    ct.compile(&[key]);
+    let reply_key = ct.forward.pin().get(&key).unwrap().reply_key();
+    ct.reply(&reply_key, 1, tcp_flags::SYN | tcp_flags::ACK);
+    // The handshake's end, the data and the close went through the kernel; its events are
+    // not heard yet when the client reuses the port.
+    rec.events.lock().unwrap().extend([
+        event(&ct, &key, false, true, false),
+        event(&ct, &key, true, true, true),
+        event(&ct, &key, false, true, true),
+    ]);
+    assert_eq!(state(&ct, 1), "syn_recv");
+    ct.forward(&key, 2, tcp_flags::SYN);
+    assert_eq!(
+        state(&ct, 2),
+        "syn_sent",
+        "a new connection, not an old one's stray SYN"
+    );
+    // So the backend's SYN-ACK belongs to it (a stale flow would drop it untranslated).
+    let hit = ct.reply(&reply_key, 2, tcp_flags::SYN | tcp_flags::ACK);
+    assert!(hit.is_some_and(|h| h.vip == sa("10.96.0.10:80")));
 }
