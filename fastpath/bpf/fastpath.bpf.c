@@ -306,6 +306,8 @@ struct flow_hit {
 	struct ps_flow *flow;
 	struct ps_flow_key key;
 	__u32 seen;
+	/* The client's SYN opens a new connection on the flow (see switch_decides). */
+	__u32 reopen;
 };
 
 /* TCP flags, in the header's 14th byte. */
@@ -343,13 +345,20 @@ static __always_inline __u32 switch_decides(const struct iphdr *ip, const void *
 					return PS_PATH_UP_MALFORMED;
 				if (*flags & TCP_RST)
 					return PS_PATH_UP_FLOW_CONTROL;
-				/* A SYN is the switch's, but for the backend's SYN-ACK answering the
-				 * client's SYN that compiled the flow (the entry has carried nothing
-				 * yet): carried here, its event tells connection tracking. */
+				/* A SYN is the switch's, but for two the switch has decided already,
+				 * carried here and reported by their events: the backend's SYN-ACK
+				 * answering the client's SYN that compiled the flow (the entry has
+				 * carried nothing yet), and the client's SYN on a port whose last
+				 * connection it closed (its FIN carried here): a new connection to the
+				 * same backend, as the switch keeps a reused port's. */
 				if (*flags & TCP_SYN) {
-					if (!(hit->flow->flags & PS_FLOW_REPLY) || !(*flags & TCP_ACK) ||
-					    hit->flow->seen)
+					int reply = hit->flow->flags & PS_FLOW_REPLY;
+					if (reply && (!(*flags & TCP_ACK) || hit->flow->seen))
 						return PS_PATH_UP_FLOW_CONTROL;
+					if (!reply && ((*flags & TCP_ACK) ||
+						       !(hit->flow->seen & PS_SEEN_FIN)))
+						return PS_PATH_UP_FLOW_CONTROL;
+					hit->reopen = !reply;
 					hit->seen |= PS_SEEN_SYN;
 				}
 				if (*flags & TCP_ACK)
@@ -415,6 +424,17 @@ static __always_inline int translate(struct __sk_buff *skb, struct flow_hit *hit
 	     bpf_skb_store_bytes(skb, ip_off + sizeof(struct iphdr) + 2, &dport, 2, 0)))
 		return -1;
 
+	if (hit->reopen) {
+		/* Both directions start over: what they carry is reported anew. */
+		struct ps_flow_key back = {
+			.saddr = daddr, .daddr = saddr, .sport = dport, .dport = sport,
+			.proto = proto,
+		};
+		struct ps_flow *r = bpf_map_lookup_elem(&flows, &back);
+		if (r)
+			r->seen = 0;
+		f->seen = 0;
+	}
 	f->last_ns = bpf_ktime_get_ns();
 	__sync_fetch_and_add(&f->packets, 1);
 	__sync_fetch_and_add(&f->bytes, skb->len);

@@ -514,6 +514,18 @@ fn a_compiled_service_flow_is_translated_both_ways_and_reports_what_it_carried()
     assert_eq!(events(&f), [first(client, false)]);
     run(&mut f, FROM_POD, A.veth, &to_vip, 0);
     assert_eq!(events(&f), [], "nothing new");
+    // A SYN (or SYN-ACK, or RST) from the client of an open connection goes up as the pod
+    // sent it: conntrack decides every opening and sees every reset.
+    for flags in [0x02, 0x12, 0x04, 0x14] {
+        let frame = tcp((&A, ROUTER), (A.ip, 40000), (VIP, 80), 64, flags);
+        let (verdict, out, path) = run(&mut f, FROM_POD, A.veth, &frame, 0);
+        assert_eq!(
+            (verdict, path),
+            (TC_ACT_REDIRECT, Some("up_flow_control")),
+            "{flags:#x}"
+        );
+        assert_eq!(out, frame);
+    }
     let fin = tcp((&A, ROUTER), (A.ip, 40000), (VIP, 80), 64, 0x11);
     let (_, _, path) = run(&mut f, FROM_POD, A.veth, &fin, 0);
     assert_eq!(path, Some("local"));
@@ -529,17 +541,31 @@ fn a_compiled_service_flow_is_translated_both_ways_and_reports_what_it_carried()
         .idle(&client, &backend)
         .is_some_and(|d| d.as_secs() < 5));
 
-    // The client's SYN or RST of the flow goes up as the pod sent it (conntrack sees them).
-    for flags in [0x02, 0x04, 0x14] {
-        let frame = tcp((&A, ROUTER), (A.ip, 40000), (VIP, 80), 64, flags);
-        let (verdict, out, path) = run(&mut f, FROM_POD, A.veth, &frame, 0);
-        assert_eq!(
-            (verdict, path),
-            (TC_ACT_REDIRECT, Some("up_flow_control")),
-            "{flags:#x}"
-        );
-        assert_eq!(out, frame);
-    }
+    // Once the client closed, its SYN from the same port is a new connection to the same
+    // backend: carried here, both directions reported anew (the backend's SYN-ACK too).
+    let syn = tcp((&A, ROUTER), (A.ip, 40000), (VIP, 80), 64, 0x02);
+    let (verdict, out, path) = run(&mut f, FROM_POD, A.veth, &syn, 0);
+    assert_eq!((verdict, path), (TC_ACT_REDIRECT, Some("local")));
+    let mut want = tcp((&A, B.mac), (A.ip, 40000), (B.ip, 8080), 63, 0x02);
+    want[6..12].copy_from_slice(&ROUTER);
+    assert_eq!(out, want);
+    let (_, out, path) = run(&mut f, FROM_POD, B.veth, &syn_ack, 0);
+    assert_eq!(path, Some("local"));
+    assert_eq!(out, tcp((&B, A.mac), (VIP, 80), (A.ip, 40000), 64, 0x12));
+    assert_eq!(
+        events(&f),
+        [
+            FlowEvent {
+                syn: true,
+                ack: false,
+                ..first(client, false)
+            },
+            FlowEvent {
+                syn: true,
+                ..first(backend, true)
+            },
+        ]
+    );
     // Removed: the switch's again.
     f.flows().remove(&client, &backend);
     let (_, _, path) = run(&mut f, FROM_POD, A.veth, &to_vip, 0);

@@ -202,6 +202,40 @@ fn flows(control: &std::path::Path) -> Vec<(SocketAddrV4, SocketAddrV4, String)>
     }
 }
 
+/// A TCP server on `ip:port` writing `hello` to each connection and closing it first.
+const HELLO_SERVER: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    c.sendall(b"hello")
+    c.close()
+"#;
+
+/// A client connecting `n` times to `ip:port` from the same source port, reading to the end
+/// each time: prints what each connection read, one per line.
+const SAME_PORT_CLIENT: &str = r#"
+import socket, sys, time
+ip, port, n, sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+for i in range(n):
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    c.settimeout(5)
+    c.bind(("0.0.0.0", sport))
+    c.connect((ip, port))
+    data = b""
+    while True:
+        d = c.recv(100)
+        if not d: break
+        data += d
+    c.close()
+    print(data.decode(), flush=True)
+    time.sleep(0.05)
+"#;
+
 /// A UDP client sending `n` datagrams from one socket to `addr`, each answered: prints the
 /// answers' sources and bodies, one per line.
 const UDP_ROUNDS: &str = r#"
@@ -280,6 +314,65 @@ fn service_flows_stay_in_the_kernel_after_their_first_packet_and_conntrack_follo
             .find(ours)
             .is_some_and(|f| f.2 == "time_wait")
     });
+
+    // The client's port reused for new connections once it closed (its FIN carried by the
+    // kernel): the SYN stays in the kernel too, to the backend the switch chose; conntrack
+    // follows each connection from the kernel's reports.
+    let mut hello = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &b,
+            "python3",
+            "-c",
+            HELLO_SERVER,
+            "10.244.1.11",
+            "8080",
+        ])
+        .spawn()
+        .expect("tcp server");
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, before_reuse) = status();
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &a,
+        "python3",
+        "-c",
+        SAME_PORT_CLIENT,
+        "10.96.0.10",
+        "80",
+        "3",
+        "45000",
+    ]);
+    let _ = hello.kill();
+    let _ = hello.wait();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["hello"; 3],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, after_reuse) = status();
+    let up = |p: &str| path(&after_reuse, p) - path(&before_reuse, p);
+    assert_eq!(
+        (up("up_miss"), up("up_flow_control")),
+        (1, 0),
+        "only the first connection's SYN went up: {after_reuse:?}"
+    );
+    let reused = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 10), 45000);
+    let state = flows(&control)
+        .into_iter()
+        .find(|f| f.0 == reused)
+        .map(|f| f.2);
+    assert_eq!(
+        state.as_deref(),
+        Some("time_wait"),
+        "the third connection's close heard"
+    );
 
     // UDP through its VIP: answers come from the VIP; after the first exchange, the kernel
     // carries both ways, and conntrack knows the flow was replied.

@@ -252,3 +252,32 @@ fn a_syn_on_a_port_whose_close_the_kernel_carried_opens_a_new_connection() {
     let hit = ct.reply(&reply_key, 2, tcp_flags::SYN | tcp_flags::ACK);
     assert!(hit.is_some_and(|h| h.vip == sa("10.96.0.10:80")));
 }
+
+#[test]
+fn a_connection_reopened_in_the_kernel_is_followed_from_its_events() {
+    let (ct, _rec) = table(8);
+    let key = open(&ct, 40000, "10.244.1.11:8080", 1);
+    ct.compile(&[key]);
+    let with = |mut e: OffloadEvent, syn: bool| {
+        e.syn = syn;
+        e
+    };
+    // The first connection, its close, then the client's SYN from the same port and the
+    // backend's SYN-ACK, all carried by the kernel and reported in order.
+    let events = [
+        with(event(&ct, &key, true, true, false), true),
+        event(&ct, &key, false, true, false),
+        event(&ct, &key, true, true, true),
+        event(&ct, &key, false, true, true),
+        with(event(&ct, &key, false, false, false), true),
+        with(event(&ct, &key, true, true, false), true),
+    ];
+    ct.absorb(&events[..4], 2);
+    assert_eq!(state(&ct, 2), "time_wait");
+    ct.absorb(&events[4..5], 3);
+    assert_eq!(state(&ct, 3), "syn_sent");
+    ct.absorb(&events[5..], 3);
+    assert_eq!(state(&ct, 3), "syn_recv");
+    ct.absorb(&[event(&ct, &key, false, true, false)], 4);
+    assert_eq!(state(&ct, 4), "established");
+}
