@@ -518,6 +518,12 @@ impl Conntrack {
     pub(crate) fn try_insert(&self, flow: Flow) -> Result<(), Refused> {
         let (fkey, rkey) = (flow.forward_key(), flow.reply_key());
         let client = u32::from(*flow.client.ip());
+        let nearly_full = self.len() >= self.capacity - self.capacity / NEARLY_FULL_DIVISOR;
+        if self.offloading() && (nearly_full || self.client_flows(*flow.client.ip()) >= self.share)
+        {
+            // About to evict: what the kernel carried decides which flows may go.
+            self.sync_from_kernel(flow.since);
+        }
         if self.client_flows(*flow.client.ip()) >= self.share
             && !self.evict(|f| u32::from(*f.client.ip()) == client)
             && self.client_flows(*flow.client.ip()) >= self.share
