@@ -7,6 +7,9 @@
 //!   one that is not a reset): a client that sends SYNs and ignores the answers leaves flows
 //!   that die within a minute, never day-long ones. A flow opened by a SYN is never picked up
 //!   by the backend's bare ACK (a challenge ACK to a SYN on a port it still has half-open).
+//! - A client's bare SYN starts a flow over (`SynSent`) from any state but a deleted
+//!   service's: only a socket that is not connected sends one, so whatever the tracking
+//!   believed of the tuple's last connection, it is over.
 //! - The states a flow may be evicted from before its timeout ([`FlowState::evictable`]) are
 //!   those in which losing the translation costs no working connection: not yet established,
 //!   reset, or closed both ways.
@@ -130,8 +133,18 @@ impl FlowState {
                 }
             }
             _ if flags & RST != 0 => Self::Closed,
-            // The client's port reused for a new connection.
-            Self::Closing | Self::ClosingByClient | Self::TimeWait | Self::Closed
+            // The client opens a connection on the flow's tuple: its port reused after a close,
+            // a SYN retransmitted (its SYN-ACK lost), or a connection whose end the tracking
+            // missed (a restart, the kernel fast path's reports not heard yet). A client's
+            // stack sends a bare SYN only from a socket that is not connected, so the old
+            // connection is over.
+            Self::Closing
+            | Self::ClosingByClient
+            | Self::TimeWait
+            | Self::Closed
+            | Self::Established
+            | Self::SynRecv
+            | Self::PickedUp
                 if !reply && syn && !ack =>
             {
                 Self::SynSent
@@ -180,7 +193,7 @@ mod tests {
     fn a_syn_ack_alone_does_not_establish() {
         assert_eq!(
             walk(&[(SYN | ACK, true), (SYN | ACK, true), (SYN, false)]),
-            [SynRecv, SynRecv, SynRecv]
+            [SynRecv, SynRecv, SynSent]
         );
         assert!(SynRecv.evictable() && SynRecv.timeout() == 60);
         assert!(!SynRecv.carried_over_a_crash());
@@ -240,6 +253,11 @@ mod tests {
         // A port reused after a close starts over; a reset flow stays reset otherwise.
         assert_eq!(TimeWait.next(SYN, false), SynSent);
         assert_eq!(Closed.next(SYN, false), SynSent);
+        // An open connection's tuple opened again by the client: the old one is over.
+        assert_eq!(Established.next(SYN, false), SynSent);
+        assert_eq!(PickedUp.next(SYN, false), SynSent);
+        assert_eq!(Established.next(SYN | ACK, false), Established, "not a bare SYN");
+        assert_eq!(Established.next(SYN | ACK, true), Established, "nor the backend's");
         assert_eq!(Closed.next(ACK, true), Closed);
         assert_eq!(Ended.next(SYN, false), Ended);
     }
