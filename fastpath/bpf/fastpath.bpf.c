@@ -388,7 +388,7 @@ static __always_inline __u32 translated_daddr(const struct flow_hit *hit, __u32 
 /* Rewrites the TCP or UDP packet whose IPv4 header is at `ip_off` as the flow's entry says,
  * checksums updated incrementally (a partial one, CHECKSUM_PARTIAL, stays partial: the
  * helpers know), and records the packet in the entry: counters, last seen, and an event for
- * connection tracking the first time the entry carries a packet, an ACK or a FIN. Non-zero if
+ * connection tracking the first time the entry carries a packet, an ACK, a FIN or a SYN. Non-zero if
  * the packet could not be rewritten (it is then dropped). Invalidates packet pointers. */
 static __always_inline int translate(struct __sk_buff *skb, struct flow_hit *hit, __u32 ip_off)
 {
@@ -453,7 +453,8 @@ static __always_inline int translate(struct __sk_buff *skb, struct flow_hit *hit
 	ev->key = hit->key;
 	ev->epoch = f->epoch;
 	ev->flags = f->flags;
-	ev->seen = (__u32)was | hit->seen;
+	/* What is new only: an event plays each thing once, in the order it happened. */
+	ev->seen = hit->seen & ~(__u32)was;
 	ev->pad = 0;
 	/* Read by the switch every half second: nobody to wake. */
 	bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);

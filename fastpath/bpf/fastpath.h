@@ -57,8 +57,8 @@ enum ps_path {
 	/* Handed up: ICMP other than echo (errors quote packets the switch may translate). */
 	PS_PATH_UP_ICMP = 15,
 	/* Handed up: a TCP SYN or RST of a Service flow the switch compiled (connection tracking
-	 * sees every opening and every reset; only the backend's first SYN-ACK stays in the
-	 * kernel, reported as an event). */
+	 * sees every reset and decides every opening; the backend's first SYN-ACK and a closed
+	 * port's new connection stay in the kernel, reported as events). */
 	PS_PATH_UP_FLOW_CONTROL = 16,
 	/* Not a path of its own: of the packets above forwarded by the program (local, encap,
 	 * decap), those it translated for a Service flow the switch compiled into `flows`. */
@@ -189,7 +189,7 @@ struct ps_flow_event {
 	struct ps_flow_key key;
 	__u32 epoch;
 	__u32 flags;  /* the entry's PS_FLOW_* */
-	__u32 seen;   /* the entry's PS_SEEN_* after this packet */
+	__u32 seen;   /* the PS_SEEN_* bits this packet set (what is new) */
 	__u32 pad;
 };
 

@@ -43,6 +43,14 @@ pub enum FastPathError {
         /// `MAX_PODS`.
         max: u32,
     },
+    /// Pinning to a BPF file system failed.
+    #[error("the fast path's pins at {path}: {detail}")]
+    Pin {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// Why.
+        detail: String,
+    },
     /// The pod is already attached.
     #[error("pod {0} is already on the fast path")]
     Duplicate(String),

@@ -81,8 +81,8 @@ impl FlowRewrite {
     }
 }
 
-/// What an entry has carried, reported the first time it carried something new: its first
-/// packet, ACK, FIN or SYN.
+/// What an entry carried for the first time (since it was written, or since its connection
+/// was reopened): its first packet, an ACK, a FIN, a SYN; only what is new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowEvent {
     /// The entry's key: the packets' tuple before the rewrite.
@@ -101,7 +101,7 @@ pub struct FlowEvent {
 
 impl FlowEvent {
     fn new(key: &FlowKeyEntry, epoch: u32, flags: u32, seen: u32) -> Option<Self> {
-        (seen & SEEN_PACKET != 0).then(|| Self {
+        (seen & (SEEN_PACKET | SEEN_ACK | SEEN_FIN | SEEN_SYN) != 0).then(|| Self {
             tuple: FlowTuple::from_key(key),
             epoch,
             reply: flags & FLOW_REPLY != 0,
@@ -219,15 +219,43 @@ impl FlowTable {
     }
 
     /// Every entry's `seen` bits as the events they add up to (for when the ring buffer had to
-    /// drop some): what connection tracking would have heard.
+    /// drop some), in the order a connection sets them: the backends' SYN-ACKs, the clients'
+    /// packets, the backends' other packets, then the FINs. (A client's reopening SYN is not
+    /// replayed: the entry's bits are already the new connection's.)
     pub fn replay_all(&self, mut f: impl FnMut(FlowEvent)) -> usize {
-        let map = lock(&self.map);
+        let entries: Vec<(FlowKeyEntry, FlowEntry)> = lock(&self.map).iter().flatten().collect();
+        let event = |(k, v): &(FlowKeyEntry, FlowEntry), seen: u32| {
+            FlowEvent::new(k, v.epoch, v.flags, seen)
+        };
+        let reply = |v: &FlowEntry| v.flags & FLOW_REPLY != 0;
+        let seen = |v: &FlowEntry| v.seen as u32;
+        let no_fin = !(SEEN_FIN | SEEN_SYN);
+        let phases = [
+            entries
+                .iter()
+                .filter(|(_, v)| reply(v) && seen(v) & SEEN_SYN != 0)
+                .filter_map(|e| event(e, seen(&e.1) & !SEEN_FIN))
+                .collect::<Vec<_>>(),
+            entries
+                .iter()
+                .filter(|(_, v)| !reply(v))
+                .filter_map(|e| event(e, seen(&e.1) & no_fin))
+                .collect(),
+            entries
+                .iter()
+                .filter(|(_, v)| reply(v) && seen(v) & SEEN_SYN == 0)
+                .filter_map(|e| event(e, seen(&e.1) & no_fin))
+                .collect(),
+            entries
+                .iter()
+                .filter(|(_, v)| seen(v) & SEEN_FIN != 0)
+                .filter_map(|e| event(e, SEEN_FIN | SEEN_ACK))
+                .collect(),
+        ];
         let mut n = 0;
-        for (k, v) in map.iter().flatten() {
-            if let Some(e) = FlowEvent::new(&k, v.epoch, v.flags, v.seen as u32) {
-                f(e);
-                n += 1;
-            }
+        for e in phases.into_iter().flatten() {
+            f(e);
+            n += 1;
         }
         n
     }

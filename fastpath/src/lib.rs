@@ -15,7 +15,8 @@
 //! device exists; [`FastPath::detach`] empties the maps before it detaches, so a removed pod
 //! is unreachable through the fast path at once. The switch's tables stay the truth: the maps
 //! are compiled from them, never the other way round. Dropping the [`FastPath`] detaches every
-//! program (the links are owned by this process; nothing is pinned).
+//! program (the links are owned by this process; they are pinned only across an upgrade, see
+//! `handover.rs`).
 //!
 //! The programs are C (`bpf/`), built by clang from `build.rs` and loaded with aya: see
 //! `docs/fast-path.md` for why.
@@ -25,6 +26,7 @@
 
 mod error;
 mod flows;
+mod handover;
 mod maps;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,6 +38,7 @@ use aya::Ebpf;
 
 pub use error::FastPathError;
 pub use flows::{FlowEvent, FlowRewrite, FlowTable, FlowTuple};
+pub use handover::{ensure_bpf_fs, BPF_FS};
 use maps::{
     ip_key, DowncallEntry, EndpointKey, NodeEntry, PeerEntry, PodEntry, PortEntry, F_SLOW, PATHS,
 };
@@ -149,10 +152,14 @@ impl PathStats {
 #[derive(Debug)]
 struct Attached {
     slot: u16,
+    /// The host veth's and the upcall device's names (where their links are pinned).
+    veth: String,
+    upcall: String,
     veth_ifindex: u32,
     upcall_ifindex: u32,
     ip: Ipv4Addr,
-    links: [tc::SchedClassifierLinkId; 2],
+    /// `from_pod`'s and `to_pod`'s links; `None` while pinned for the next process.
+    links: Option<[tc::SchedClassifierLinkId; 2]>,
     /// Withdrawals not yet restored (captures running).
     withdrawals: u32,
 }
@@ -177,7 +184,10 @@ pub struct FastPath {
     /// Compiled Service flows, shared with the switch's workers.
     flows: std::sync::Arc<FlowTable>,
     /// `from_underlay`'s link, once the tunnel is set.
-    underlay_link: Option<tc::SchedClassifierLinkId>,
+    /// `from_underlay`'s device and link (`None` while pinned for the next process).
+    underlay_link: Option<(String, Option<tc::SchedClassifierLinkId>)>,
+    /// Where links are pinned for a handover to the next process (bpffs), if anywhere.
+    pin_dir: Option<std::path::PathBuf>,
     cpus: usize,
     attached: BTreeMap<String, Attached>,
 }
@@ -290,6 +300,7 @@ impl FastPath {
                 take(&mut bpf, "flow_events")?,
             )),
             underlay_link: None,
+            pin_dir: None,
             paths: take(&mut bpf, "paths")?,
             bpf,
             hook,
@@ -309,10 +320,10 @@ impl FastPath {
         self.hook
     }
 
-    /// Puts a pod on the fast path: attaches `from_pod` to its host veth and `to_pod` to its
-    /// upcall device, then writes its entries (the upcall first, the pod as a destination
-    /// last, so nothing is forwarded to it before its own packets can go up). On failure
-    /// nothing of it is left attached or in the maps.
+    /// Puts a pod on the fast path: writes its entries (the upcall first, the pod as a
+    /// destination last, so nothing is forwarded to it before its own packets can go up),
+    /// then attaches `from_pod` to its host veth and `to_pod` to its upcall device (adopting
+    /// links pinned for a handover). On failure nothing of it is left attached or in the maps.
     pub fn attach(&mut self, pod: &VethPod<'_>) -> Result<(), FastPathError> {
         if self.attached.contains_key(pod.name) {
             return Err(FastPathError::Duplicate(pod.name.into()));
@@ -330,28 +341,37 @@ impl FastPath {
         self.stats
             .set(u32::from(slot), zeros, 0)
             .map_err(map_err("stats"))?;
-        let from = self.attach_one(FROM_POD, pod.veth)?;
+        // The entries first: a link pinned by the process before an upgrade is adopted
+        // (its program replaced by ours) only once our maps know the pod.
+        if let Err(e) = self.write_entries(pod, slot, veth_ifindex, upcall_ifindex) {
+            self.remove_pod_entries(pod.ip, veth_ifindex, upcall_ifindex);
+            return Err(e);
+        }
+        let from = match self.attach_one(FROM_POD, pod.veth) {
+            Ok(l) => l,
+            Err(e) => {
+                self.remove_pod_entries(pod.ip, veth_ifindex, upcall_ifindex);
+                return Err(e);
+            }
+        };
         let to = match self.attach_one(TO_POD, pod.upcall) {
             Ok(l) => l,
             Err(e) => {
+                self.remove_pod_entries(pod.ip, veth_ifindex, upcall_ifindex);
                 self.detach_one(FROM_POD, from);
                 return Err(e);
             }
         };
         let attached = Attached {
             slot,
+            veth: pod.veth.into(),
+            upcall: pod.upcall.into(),
             veth_ifindex,
             upcall_ifindex,
             ip: pod.ip,
-            links: [from, to],
+            links: Some([from, to]),
             withdrawals: 0,
         };
-        let written = self.write_entries(pod, slot, veth_ifindex, upcall_ifindex);
-        if let Err(e) = written {
-            self.remove_entries(&attached);
-            self.detach_links(attached);
-            return Err(e);
-        }
         self.attached.insert(pod.name.into(), attached);
         Ok(())
     }
@@ -405,14 +425,20 @@ impl FastPath {
     /// Removes the pod's entries, the destination first: from here on nothing reaches it
     /// through the fast path, and what it still sends is dropped as from an unknown device.
     fn remove_entries(&mut self, a: &Attached) {
+        self.remove_pod_entries(a.ip, a.veth_ifindex, a.upcall_ifindex);
+    }
+
+    fn remove_pod_entries(&mut self, ip: Ipv4Addr, veth_ifindex: u32, upcall_ifindex: u32) {
         // A missing key is not an error here: a failed attach may not have written it.
-        let _ = self.pods.remove(&ip_key(a.ip));
-        let _ = self.ports.remove(&a.veth_ifindex);
-        let _ = self.downcalls.remove(&a.upcall_ifindex);
+        let _ = self.pods.remove(&ip_key(ip));
+        let _ = self.ports.remove(&veth_ifindex);
+        let _ = self.downcalls.remove(&upcall_ifindex);
     }
 
     fn detach_links(&mut self, a: Attached) {
-        let [from, to] = a.links;
+        let Some([from, to]) = a.links else {
+            return;
+        };
         self.detach_one(FROM_POD, from);
         self.detach_one(TO_POD, to);
     }
@@ -502,7 +528,8 @@ impl FastPath {
     pub fn set_tunnel(&mut self, tunnel: &Tunnel<'_>) -> Result<(), FastPathError> {
         let ifindex = ifindex(tunnel.ifname)?;
         if self.underlay_link.is_none() {
-            self.underlay_link = Some(self.attach_one(FROM_UNDERLAY, tunnel.ifname)?);
+            let link = self.attach_one(FROM_UNDERLAY, tunnel.ifname)?;
+            self.underlay_link = Some((tunnel.ifname.to_string(), Some(link)));
         }
         self.write_tunnel(tunnel, ifindex)
     }
@@ -679,6 +706,9 @@ impl FastPath {
         program_name: &'static str,
         ifname: &str,
     ) -> Result<tc::SchedClassifierLinkId, FastPathError> {
+        if let Some(link) = self.adopt(program_name, ifname) {
+            return Ok(link);
+        }
         let attach_err = |detail: String| FastPathError::Attach {
             program: program_name,
             ifname: ifname.into(),

@@ -532,9 +532,11 @@ fn a_compiled_service_flow_is_translated_both_ways_and_reports_what_it_carried()
     assert_eq!(
         events(&f),
         [FlowEvent {
+            ack: false,
             fin: true,
             ..first(client, false)
-        }]
+        }],
+        "only what is new: the FIN"
     );
     assert!(f
         .flows()
@@ -566,6 +568,9 @@ fn a_compiled_service_flow_is_translated_both_ways_and_reports_what_it_carried()
             },
         ]
     );
+    // The client's ACK of the new connection: reported as what it is, an ACK.
+    run(&mut f, FROM_POD, A.veth, &to_vip, 0);
+    assert_eq!(events(&f), [first(client, false)]);
     // Removed: the switch's again.
     f.flows().remove(&client, &backend);
     let (_, _, path) = run(&mut f, FROM_POD, A.veth, &to_vip, 0);

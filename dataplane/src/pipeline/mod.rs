@@ -247,7 +247,14 @@ impl Pipeline {
             self.core.learned.clear();
         }
         if !self.core.compile.is_empty() {
-            self.tables.conntrack.compile(&self.core.compile);
+            // Against the topology now: a backend removed since the batch began is not
+            // compiled.
+            let topo = self.tables.topology();
+            self.tables
+                .conntrack
+                .compile(&self.core.compile, |service, vip, proto, backend| {
+                    topo.services().serves(service, vip, proto, backend)
+                });
             self.core.compile.clear();
         }
     }

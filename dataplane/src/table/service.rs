@@ -192,6 +192,19 @@ impl Services {
         Some((i, *svc.service.backends.get(usize::from(i))?))
     }
 
+    /// True if service `id` is the one at `vip` for protocol `proto` and has `backend` among
+    /// its backends (a tracked flow's decision still stands).
+    pub(crate) fn serves(
+        &self,
+        id: u32,
+        vip: SocketAddrV4,
+        proto: u8,
+        backend: &SocketAddrV4,
+    ) -> bool {
+        self.get(*vip.ip(), vip.port(), proto)
+            .is_some_and(|s| s.id == id && s.index_of(backend).is_some())
+    }
+
     /// The service named `name`.
     pub(crate) fn by_name(&self, name: &str) -> Option<&Arc<CompiledService>> {
         self.by_key.values().find(|s| s.service.name == name)

@@ -1,6 +1,8 @@
 //! Service flows in the kernel fast path (veth mode): connection tracking compiles the flows
 //! it decides into the fast path's `flows` map through [`KernelFlows`], and the housekeeping
 //! plays what the kernel carried back into connection tracking ([`Node::absorb_kernel_flows`]).
+//! Also the fast path's handover at an upgrade: its links pinned before `exec` and adopted by
+//! the new process (`podswitch_fastpath`'s `handover`).
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -108,6 +110,47 @@ impl Node {
             let mut events = Vec::new();
             table.replay_all(|e| events.push(event(e)));
             tables.conntrack.absorb(&events, now);
+        }
+    }
+}
+
+impl Node {
+    /// Where a node's fast path pins its links for an upgrade: a directory of the BPF file
+    /// system named by a hash of the node's name and control socket (two nodes on a machine
+    /// differ, a node and its next process agree).
+    pub(super) fn pin_dir_of(spec: &super::NodeSpec) -> std::path::PathBuf {
+        let node = format!("{}\0{}", spec.name, spec.control_path().display());
+        let hash = &super::veth::HostSide::of(&node, "").veth[3..];
+        std::path::Path::new(podswitch_fastpath::BPF_FS)
+            .join("podswitch")
+            .join(hash)
+    }
+
+    /// Pins the fast path's links for the process an upgrade `exec`s (how many).
+    pub(super) fn pin_fast_path(&self) -> usize {
+        let Some(fast) = &self.fast_path else {
+            return 0;
+        };
+        match lock(fast).pin_links() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("fast path: links not pinned, the upgrade detaches them: {e}");
+                0
+            }
+        }
+    }
+
+    /// Takes the pinned links back (the `exec` failed).
+    pub(super) fn unpin_fast_path(&self) {
+        if let Some(fast) = &self.fast_path {
+            lock(fast).unpin_links();
+        }
+    }
+
+    /// Removes the pins nothing adopted once the node is up (a pod gone meanwhile).
+    pub(super) fn release_fast_path_pins(&self) {
+        if let Some(fast) = &self.fast_path {
+            lock(fast).release_pins();
         }
     }
 }

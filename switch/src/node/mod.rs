@@ -194,6 +194,12 @@ impl Node {
         };
         let switch = Switch::start_with_tunnel(config, tunnel).map_err(NodeError::Start)?;
         if let Some(fast) = &fast_path {
+            // An upgrade hands the attached programs over through pins (a BPF file system);
+            // without one, it detaches and attaches again.
+            match podswitch_fastpath::ensure_bpf_fs() {
+                Ok(()) => lock(fast).set_pin_dir(Self::pin_dir_of(&spec)),
+                Err(e) => tracing::warn!("fast path: no handover without a gap: {e}"),
+            }
             // Service flows the switch decides are compiled into the fast path from now on.
             let flows = fast_flows::KernelFlows::new(lock(fast).flows());
             switch
@@ -233,7 +239,10 @@ impl Node {
             tracing::info!(flows, "tracked flows carried over the upgrade");
         }
         // From here, a failure removes what was made (pods, rules; the TAPs go with the switch).
-        if let Err(e) = node.populate(&pods, peers, services) {
+        let populated = node.populate(&pods, peers, services);
+        // What the process before this one pinned and nothing here adopted goes.
+        node.release_fast_path_pins();
+        if let Err(e) = populated {
             node.shutdown();
             return Err(e);
         }

@@ -529,7 +529,10 @@ impl Node {
                 return e;
             }
         };
-        tracing::info!(binary = %binary.display(), pods = handover.pods.len(), descriptors = fds.len(), flows = handover.flows.len(), "upgrading: exec");
+        // The fast path's links pinned: the kernel goes on forwarding what this process
+        // compiled until the new one adopts them.
+        let pinned = self.pin_fast_path();
+        tracing::info!(binary = %binary.display(), pods = handover.pods.len(), descriptors = fds.len(), flows = handover.flows.len(), pinned, "upgrading: exec");
         let args: Vec<_> = std::env::args_os().skip(1).collect();
         use std::os::unix::process::CommandExt;
         let e = std::process::Command::new(binary)
@@ -539,6 +542,7 @@ impl Node {
             .exec();
         guard.cancel();
         undo();
+        self.unpin_fast_path();
         e
     }
 

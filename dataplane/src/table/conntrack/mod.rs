@@ -37,8 +37,8 @@ use crate::wire::ipv4::protocol;
 
 mod offload;
 mod state;
+use offload::{is_live, NOT_COMPILED, REFUSED};
 pub use offload::{FlowOffload, OffloadEvent, OffloadedFlow};
-use offload::{NOT_COMPILED, REFUSED};
 pub(crate) use state::{tcp_flags, FlowState};
 
 /// A flow in one direction: addresses, ports and protocol, packed.
@@ -91,8 +91,8 @@ pub(crate) struct Flow {
     state: AtomicU8,
     last_seen: AtomicU32,
     since: u32,
-    /// The epoch the flow is compiled into the kernel under; [`NOT_COMPILED`] or
-    /// [`REFUSED`] otherwise.
+    /// The epoch the flow is compiled into the kernel under; [`NOT_COMPILED`], [`REFUSED`]
+    /// or `RETIRED` otherwise.
     offload: AtomicU32,
 }
 
@@ -140,16 +140,14 @@ impl Flow {
 
     /// Takes the flow's epoch away (its kernel entries are to go): the epoch it had, if the
     /// flow was compiled.
-    fn uncompile(&self) -> Option<u32> {
-        match self.offload.swap(NOT_COMPILED, Ordering::Relaxed) {
-            NOT_COMPILED | REFUSED => None,
-            epoch => Some(epoch),
-        }
+    /// `to` is [`NOT_COMPILED`] (it may be compiled again) or [`RETIRED`] (never again).
+    fn uncompile(&self, to: u32) -> Option<u32> {
+        Some(self.offload.swap(to, Ordering::Relaxed)).filter(|e| is_live(*e))
     }
 
     /// True if the flow is compiled into the kernel.
     fn is_compiled(&self) -> bool {
-        !matches!(self.offload.load(Ordering::Relaxed), NOT_COMPILED | REFUSED)
+        is_live(self.offload.load(Ordering::Relaxed))
     }
 
     /// Whether the slow path should compile the flow after its packet: it is not compiled (nor
@@ -343,6 +341,8 @@ pub struct Conntrack {
     offload_refused: AtomicU64,
     /// Flows compiled into the kernel now.
     compiled: AtomicUsize,
+    /// Held while the kernel's events are drained and played (in order).
+    absorbing: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Conntrack {
@@ -397,6 +397,7 @@ impl Conntrack {
             epochs: AtomicU32::new(NOT_COMPILED),
             offload_refused: AtomicU64::new(0),
             compiled: AtomicUsize::new(0),
+            absorbing: std::sync::Mutex::new(()),
         }
     }
 
@@ -475,6 +476,11 @@ impl Conntrack {
         let fkey = *rg.get(key)?;
         let g = self.forward.pin();
         let f = g.get(&fkey)?;
+        if flags & tcp_flags::SYN != 0 && f.is_compiled() {
+            // The kernel may have carried a new connection on the tuple (a reused port):
+            // heard before the SYN-ACK is judged.
+            self.sync_from_kernel(now);
+        }
         let state = f.state();
         // A closed flow's tuple reused by a direct connection (its SYN never came through the
         // VIP): not ours to translate. A backend's SYN-ACK belongs only to a flow waiting for
@@ -558,6 +564,7 @@ impl Conntrack {
             // replaced flow's reply key goes if it was another (a source port it was given).
             self.count.fetch_sub(1, Ordering::Relaxed);
             self.uncount_client(client);
+            self.retire(old);
             let old_rkey = old.reply_key();
             if old_rkey != rkey {
                 let _ = rg.remove_if(&old_rkey, |_, v| *v == fkey);
@@ -620,7 +627,7 @@ impl Conntrack {
         let g = self.forward.pin();
         match g.remove_if(key, |_, f| gone(f)) {
             Ok(Some((_, f))) => {
-                self.withdraw(f);
+                self.retire(f);
                 let rkey = f.reply_key();
                 let _ = self.reply.pin().remove_if(&rkey, |_, v| v == key);
                 self.count.fetch_sub(1, Ordering::Relaxed);
@@ -672,7 +679,7 @@ impl Conntrack {
         let g = self.forward.pin();
         g.iter()
             .filter(|(_, f)| f.service == service && !keep(&f.backend))
-            .inspect(|(_, f)| self.withdraw(f))
+            .inspect(|(_, f)| self.retire(f))
             .filter(|(_, f)| f.proto == protocol::TCP && f.state() == FlowState::Established)
             .map(|(_, f)| (f.client, f.vip))
             .collect()
@@ -685,7 +692,7 @@ impl Conntrack {
         g.iter()
             .filter(|(_, f)| f.service == service)
             .filter_map(|(_, f)| {
-                self.withdraw(f);
+                self.retire(f);
                 let was =
                     FlowState::from_u8(f.state.swap(FlowState::Ended as u8, Ordering::Relaxed));
                 (f.proto == protocol::TCP && was == FlowState::Established)

@@ -4,25 +4,31 @@
 //! A flow's first packet is decided by the switch (Maglev, then [`super::Conntrack`]); the
 //! worker then *compiles* it ([`super::Conntrack::compile`]): both directions written to the
 //! kernel under a fresh *epoch*, after which the rest of the flow stays there. What the kernel
-//! carries comes back as [`OffloadEvent`]s (an entry's first packet, ACK or FIN), which
-//! [`super::Conntrack::absorb`] plays into the flow's state as if the switch had seen them, and
-//! as an idle time that [`super::Conntrack::expire`] reads before it forgets a flow.
+//! carries comes back as [`OffloadEvent`]s (what an entry carried for the first time: a packet,
+//! an ACK, a FIN, a SYN; only what is new), which [`super::Conntrack::absorb`] plays into the
+//! flow's state, in the order they happened (one thread at a time), as if the switch had seen
+//! the packets, and as an idle time that [`super::Conntrack::expire`] reads before it forgets
+//! a flow.
 //!
 //! Invariants:
-//! - a flow is in the kernel only while the table holds it: every path that forgets a flow
-//!   (expiry, eviction, a stale entry) removes it from the kernel first; a flow whose backend
-//!   left or whose service was deleted is withdrawn before its clients are probed, so their
-//!   answers reach the switch (which resets them);
-//! - a TCP RST of a compiled flow, and every SYN but the backend's first SYN-ACK to a flow just
-//!   compiled, reach the switch; a client's new SYN on a compiled flow (its port reused) first
-//!   plays what the kernel reported, then compiles the flow again in place under a new epoch,
-//!   so events of the old connection are ignored;
+//! - a flow is in the kernel only while the table holds it and its decision stands: every
+//!   path that forgets a flow (expiry, eviction, a stale entry, a replaced one) *retires* it
+//!   (out of the kernel, never compiled again); a flow whose backend left or whose service was
+//!   deleted is retired before its clients are probed, so their answers reach the switch
+//!   (which resets them); a worker compiles only a flow not compiled nor retired (one
+//!   compare-and-swap), whose backend still serves its service in the topology of the moment;
+//!   an install that finds its epoch gone afterwards removes its own entries;
+//! - a TCP RST of a compiled flow, and every SYN but two the switch has decided already (the
+//!   backend's first SYN-ACK to a flow just compiled, and the client's SYN on a port whose last
+//!   connection it closed), reach the switch; a client's SYN on a compiled flow that reaches it
+//!   first plays what the kernel reported, then compiles the flow again in place under a new
+//!   epoch, so events of the old connection are ignored;
 //! - a flow the kernel refused (its map full) is not offered again until a new SYN: it stays
 //!   with the switch, which is slower but as correct.
 
 use std::net::SocketAddrV4;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{tcp_flags, Conntrack, Flow, FlowKey, FlowState};
 use crate::wire::ipv4::protocol;
@@ -98,6 +104,14 @@ pub trait FlowOffload: Send + Sync {
 pub(super) const NOT_COMPILED: u32 = 0;
 /// `Flow::offload` of a flow the kernel refused (not offered again before a new SYN).
 pub(super) const REFUSED: u32 = u32::MAX;
+/// `Flow::offload` of a flow never to be compiled again: forgotten, or its backend or service
+/// gone (a worker that decided it a moment before cannot compile it back).
+pub(super) const RETIRED: u32 = u32::MAX - 1;
+
+/// True if `offload` is an epoch (the flow is compiled).
+pub(super) fn is_live(offload: u32) -> bool {
+    !matches!(offload, NOT_COMPILED | REFUSED | RETIRED)
+}
 
 impl Conntrack {
     /// Compiles decided flows into `offload` from now on (once: a node has one fast path).
@@ -123,28 +137,36 @@ impl Conntrack {
     }
 
     /// Compiles the flows whose client keys are `keys` (those the slow path just decided
-    /// and marked [`Hit::compile`]), each under a fresh epoch; a flow gone meanwhile, or
+    /// and marked [`Hit::compile`]), each under a fresh epoch, if `serves(service, vip,
+    /// proto, backend)` still holds (the topology now, not the batch's); a flow gone or retired meanwhile, or
     /// compiled by another worker, is skipped.
-    pub(crate) fn compile(&self, keys: &[FlowKey]) {
+    pub(crate) fn compile(
+        &self,
+        keys: &[FlowKey],
+        serves: impl Fn(u32, SocketAddrV4, u8, &SocketAddrV4) -> bool,
+    ) {
         let Some(offload) = self.offload.get() else {
             return;
         };
         let g = self.forward.pin();
         for key in keys {
             let Some(f) = g.get(key) else { continue };
-            if matches!(f.state(), FlowState::Closed | FlowState::Ended) {
+            if matches!(f.state(), FlowState::Closed | FlowState::Ended)
+                || !serves(f.service, f.vip, f.proto, &f.backend)
+            {
                 continue;
             }
             let epoch = self.next_epoch();
+            // Counted before the epoch is visible: a withdrawal racing the install finds it
+            // counted, and the install below then finds its epoch gone and takes them out.
+            self.compiled.fetch_add(1, Ordering::Relaxed);
             if f.offload
                 .compare_exchange(NOT_COMPILED, epoch, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
             {
+                self.compiled.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
-            // Counted before the entries exist: a withdrawal racing the install finds them
-            // counted, and the install below then finds its epoch gone and takes them out.
-            self.compiled.fetch_add(1, Ordering::Relaxed);
             if offload.install(&f.offloaded(), epoch) {
                 if f.offload.load(Ordering::Relaxed) != epoch {
                     offload.remove(&f.offloaded());
@@ -162,9 +184,11 @@ impl Conntrack {
 
     /// A fresh epoch (never [`NOT_COMPILED`] nor [`REFUSED`]).
     fn next_epoch(&self) -> u32 {
-        match self.epochs.fetch_add(1, Ordering::Relaxed).wrapping_add(1) {
-            NOT_COMPILED | REFUSED => self.epochs.fetch_add(2, Ordering::Relaxed).wrapping_add(2),
-            e => e,
+        loop {
+            let e = self.epochs.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+            if is_live(e) {
+                return e;
+            }
         }
     }
 
@@ -176,7 +200,7 @@ impl Conntrack {
             return;
         };
         let old = f.offload.load(Ordering::Relaxed);
-        if matches!(old, NOT_COMPILED | REFUSED) {
+        if !is_live(old) {
             return;
         }
         let epoch = self.next_epoch();
@@ -190,15 +214,26 @@ impl Conntrack {
         {
             // Withdrawn meanwhile (its entries removed before ours were written): ours go too.
             // (Compiled again by another worker: its entries stand.)
-            if matches!(now, NOT_COMPILED | REFUSED) {
+            if !is_live(now) {
                 offload.remove(&f.offloaded());
             }
         }
     }
 
-    /// Takes flow `f` out of the kernel, if it is compiled there.
+    /// Takes flow `f` out of the kernel, if it is compiled there; it may be compiled again.
     pub(super) fn withdraw(&self, f: &Flow) {
-        if let (Some(offload), Some(_)) = (self.offload.get(), f.uncompile()) {
+        self.uncompile(f, NOT_COMPILED);
+    }
+
+    /// Takes flow `f` out of the kernel for good (it is forgotten, or its backend or service
+    /// is gone): no worker compiles it again.
+    pub(super) fn retire(&self, f: &Flow) {
+        self.uncompile(f, RETIRED);
+    }
+
+    fn uncompile(&self, f: &Flow, to: u32) {
+        let was = f.uncompile(to);
+        if let (Some(offload), Some(_)) = (self.offload.get(), was) {
             offload.remove(&f.offloaded());
             self.compiled.fetch_sub(1, Ordering::Relaxed);
         }
@@ -208,6 +243,11 @@ impl Conntrack {
     /// switch had seen the packets: an event of an epoch since replaced is ignored. Returns how
     /// many events were about a flow still compiled under their epoch.
     pub fn absorb(&self, events: &[OffloadEvent], now: u32) -> usize {
+        let _one_at_a_time = lock(&self.absorbing);
+        self.absorb_in_order(events, now)
+    }
+
+    fn absorb_in_order(&self, events: &[OffloadEvent], now: u32) -> usize {
         let g = self.forward.pin();
         let rg = self.reply.pin();
         let mut applied = 0;
@@ -254,9 +294,12 @@ impl Conntrack {
         let Some(offload) = self.offload.get() else {
             return 0;
         };
+        // Drained and played under one lock: events are played in the order they happened,
+        // whichever thread drains them.
+        let _one_at_a_time = lock(&self.absorbing);
         let mut events = Vec::new();
         offload.drain_events(&mut events);
-        self.absorb(&events, now)
+        self.absorb_in_order(&events, now)
     }
 
     /// Brings a compiled flow's last-seen time up to what the kernel carried: true if it
@@ -278,3 +321,7 @@ impl Conntrack {
 
 #[cfg(test)]
 mod tests;
+
+fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

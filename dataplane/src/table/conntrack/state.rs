@@ -256,8 +256,16 @@ mod tests {
         // An open connection's tuple opened again by the client: the old one is over.
         assert_eq!(Established.next(SYN, false), SynSent);
         assert_eq!(PickedUp.next(SYN, false), SynSent);
-        assert_eq!(Established.next(SYN | ACK, false), Established, "not a bare SYN");
-        assert_eq!(Established.next(SYN | ACK, true), Established, "nor the backend's");
+        assert_eq!(
+            Established.next(SYN | ACK, false),
+            Established,
+            "not a bare SYN"
+        );
+        assert_eq!(
+            Established.next(SYN | ACK, true),
+            Established,
+            "nor the backend's"
+        );
         assert_eq!(Closed.next(ACK, true), Closed);
         assert_eq!(Ended.next(SYN, false), Ended);
     }

@@ -43,6 +43,9 @@ impl FlowOffload for Recorder {
     }
 }
 
+/// Every tracked flow's backend still serves its service.
+const ALL: fn(u32, SocketAddrV4, u8, &SocketAddrV4) -> bool = |_, _, _, _| true;
+
 fn sa(s: &str) -> SocketAddrV4 {
     s.parse().unwrap()
 }
@@ -103,7 +106,7 @@ fn state(ct: &Conntrack, now: u32) -> &'static str {
 fn a_decided_flow_is_compiled_and_followed_through_its_life_from_the_kernel() {
     let (ct, rec) = table(8);
     let key = open(&ct, 40000, "10.244.1.11:8080", 1);
-    ct.compile(&[key]);
+    ct.compile(&[key], ALL);
     assert_eq!(ct.compiled(), 1);
     assert_eq!(rec.held.lock().unwrap().len(), 1);
     // The SYN-ACK went through the switch; the client's ACK, the data and both FINs through
@@ -140,7 +143,7 @@ fn a_decided_flow_is_compiled_and_followed_through_its_life_from_the_kernel() {
 fn a_flow_busy_in_the_kernel_does_not_expire_and_an_idle_one_does() {
     let (ct, rec) = table(8);
     let key = open(&ct, 40000, "10.244.1.11:8080", 0);
-    ct.compile(&[key]);
+    ct.compile(&[key], ALL);
     // syn_sent lives 30 s without a packet the switch sees; the kernel carried one 2 s ago.
     *rec.idle.lock().unwrap() = Some(2);
     assert_eq!(ct.expire(40), 0, "kept: the kernel carried its packets");
@@ -154,7 +157,7 @@ fn a_flow_busy_in_the_kernel_does_not_expire_and_an_idle_one_does() {
 fn a_reused_port_is_compiled_anew_and_the_old_connections_events_are_ignored() {
     let (ct, rec) = table(8);
     let key = open(&ct, 40000, "10.244.1.11:8080", 0);
-    ct.compile(&[key]);
+    ct.compile(&[key], ALL);
     let old_fin = event(&ct, &key, false, true, true);
     let old_epoch = old_fin.epoch;
     // The client's new SYN on the same port: compiled again in place, under a new epoch.
@@ -182,7 +185,7 @@ fn backends_removed_and_services_ended_take_their_flows_out_of_the_kernel_first(
     let (ct, rec) = table(8);
     let stay = open(&ct, 40000, "10.244.1.11:8080", 0);
     let gone = open(&ct, 40001, "10.244.1.12:8080", 0);
-    ct.compile(&[stay, gone]);
+    ct.compile(&[stay, gone], ALL);
     for key in [stay, gone] {
         let reply_key = ct.forward.pin().get(&key).unwrap().reply_key();
         ct.reply(&reply_key, 1, tcp_flags::SYN | tcp_flags::ACK);
@@ -195,11 +198,19 @@ fn backends_removed_and_services_ended_take_their_flows_out_of_the_kernel_first(
         ["10.244.1.10:40000>10.244.1.11:8080"],
         "the probe's answer reaches the switch"
     );
+    // The stranded flow is not compiled again, by its backend's reply (its probe's answer
+    // must reach the switch) nor by a worker that decided it a moment before.
+    let gone_reply = ct.forward.pin().get(&gone).unwrap().reply_key();
+    assert!(!ct.reply(&gone_reply, 2, tcp_flags::ACK).unwrap().compile);
+    ct.compile(&[gone], ALL);
+    assert_eq!(ct.compiled(), 1);
     assert_eq!(ct.end_service(1).len(), 2, "both established");
     assert!(rec.held.lock().unwrap().is_empty());
     assert_eq!(ct.compiled(), 0);
     // An ended flow is not compiled again.
     assert!(!ct.forward(&stay, 2, tcp_flags::ACK).unwrap().compile);
+    ct.compile(&[stay], ALL);
+    assert_eq!(ct.compiled(), 0);
 }
 
 #[test]
@@ -207,7 +218,7 @@ fn a_flow_the_kernel_refuses_stays_with_the_switch_until_a_new_syn() {
     let (ct, rec) = table(1);
     let a = open(&ct, 40000, "10.244.1.11:8080", 0);
     let b = open(&ct, 40001, "10.244.1.11:8080", 0);
-    ct.compile(&[a, b]);
+    ct.compile(&[a, b], ALL);
     assert_eq!((ct.compiled(), ct.offload_refused()), (1, 1));
     assert!(
         !ct.forward(&b, 1, tcp_flags::ACK).unwrap().compile,
@@ -218,7 +229,7 @@ fn a_flow_the_kernel_refuses_stays_with_the_switch_until_a_new_syn() {
         ct.forward(&b, 1, tcp_flags::SYN).unwrap().compile,
         "a new SYN tries again"
     );
-    ct.compile(&[b]);
+    ct.compile(&[b], ALL);
     assert_eq!(ct.offload_refused(), 1);
     assert!(rec
         .held
@@ -231,7 +242,7 @@ fn a_flow_the_kernel_refuses_stays_with_the_switch_until_a_new_syn() {
 fn a_syn_on_a_port_whose_close_the_kernel_carried_opens_a_new_connection() {
     let (ct, rec) = table(8);
     let key = open(&ct, 40000, "10.244.1.11:8080", 1);
-    ct.compile(&[key]);
+    ct.compile(&[key], ALL);
     let reply_key = ct.forward.pin().get(&key).unwrap().reply_key();
     ct.reply(&reply_key, 1, tcp_flags::SYN | tcp_flags::ACK);
     // The handshake's end, the data and the close went through the kernel; its events are
@@ -257,7 +268,7 @@ fn a_syn_on_a_port_whose_close_the_kernel_carried_opens_a_new_connection() {
 fn a_connection_reopened_in_the_kernel_is_followed_from_its_events() {
     let (ct, _rec) = table(8);
     let key = open(&ct, 40000, "10.244.1.11:8080", 1);
-    ct.compile(&[key]);
+    ct.compile(&[key], ALL);
     let with = |mut e: OffloadEvent, syn: bool| {
         e.syn = syn;
         e
@@ -280,4 +291,21 @@ fn a_connection_reopened_in_the_kernel_is_followed_from_its_events() {
     assert_eq!(state(&ct, 3), "syn_recv");
     ct.absorb(&[event(&ct, &key, false, true, false)], 4);
     assert_eq!(state(&ct, 4), "established");
+}
+
+#[test]
+fn a_flow_whose_backend_left_since_its_batch_began_is_not_compiled() {
+    let (ct, rec) = table(8);
+    let key = open(&ct, 40000, "10.244.1.11:8080", 1);
+    ct.compile(&[key], |service, vip, proto, backend| {
+        assert_eq!(
+            (service, vip, proto),
+            (1, sa("10.96.0.10:80"), protocol::TCP)
+        );
+        *backend != sa("10.244.1.11:8080")
+    });
+    assert_eq!(ct.compiled(), 0);
+    assert!(rec.held.lock().unwrap().is_empty());
+    // Still offered later (the topology may have been changed back).
+    assert!(ct.forward(&key, 2, tcp_flags::ACK).unwrap().compile);
 }
