@@ -4,15 +4,17 @@
 //! Before `exec`, [`FastPath::pin_links`] pins every tcx link to a directory of a BPF file
 //! system: a pinned link stays attached, with its program and that program's maps, after the
 //! process that made it is gone, so the kernel keeps forwarding what the old process compiled.
-//! The new process loads its own programs and maps; attaching to a device whose link is pinned
-//! there *adopts* the link, replacing its program atomically (`BPF_LINK_UPDATE`) after the pod's
-//! entries are in the new maps, and removes the pin. [`FastPath::release_pins`] then removes
-//! what no pod or tunnel adopted (a pod gone meanwhile): those programs are detached.
+//! The new process loads its own programs and maps and writes every handed-over pod, peer and
+//! the tunnel into them while the old programs go on; then [`FastPath::finish_handover`]
+//! adopts every pinned link at once, replacing its program atomically (`BPF_LINK_UPDATE`),
+//! removes the pins, and removes what no pod or tunnel adopted (a pod gone meanwhile: its
+//! programs are detached).
 //!
-//! Invariants: a pin exists only between a `pin_links` and the next process's adoption or
-//! release (or [`FastPath::unpin_links`] when `exec` failed); a link is owned either by this
-//! process or by its pin, never both. `clsact` attachments (kernels before 6.6) cannot be
-//! pinned: there, the handover detaches and attaches again, as before.
+//! Invariants: a pin exists only between a `pin_links` and the next process's
+//! `finish_handover` (or [`FastPath::unpin_links`] when `exec` failed); a link is owned either
+//! by a process or by its pin, never both; no program of the new process runs on a device
+//! before its maps hold every pod, peer and service the old one's did. `clsact` attachments
+//! (kernels before 6.6) cannot be pinned: there, the handover detaches and attaches again.
 
 use std::path::{Path, PathBuf};
 
@@ -51,10 +53,15 @@ pub fn ensure_bpf_fs() -> Result<(), FastPathError> {
 }
 
 impl FastPath {
-    /// Links found pinned in `dir` are adopted by the attachments that follow (see the
-    /// module docs); `pin_links` pins there.
+    /// Links found pinned in `dir` are handed over to this process (see the module docs);
+    /// `pin_links` pins there.
     pub fn set_pin_dir(&mut self, dir: PathBuf) {
         self.pin_dir = Some(dir);
+    }
+
+    /// Where links are pinned for a handover, if anywhere.
+    pub fn pin_dir(&self) -> Option<PathBuf> {
+        self.pin_dir.clone()
     }
 
     /// The pin of the link on `ifname`.
@@ -90,9 +97,14 @@ impl FastPath {
         }
     }
 
+    /// True if the process before this one pinned a link for `ifname` (a handover is on).
+    pub(crate) fn pinned(&self, ifname: &str) -> bool {
+        self.pin_path(ifname).is_some_and(|p| p.exists())
+    }
+
     /// Pins every link (pods' and the tunnel's) to the pin directory for the next process,
     /// which adopts them. Returns how many; nothing with `clsact` or without a pin directory.
-    /// A link that cannot be pinned is detached when this process goes (as without pins).
+    /// A link that cannot be pinned is detached (as without pins: a gap for that device).
     pub fn pin_links(&mut self) -> Result<usize, FastPathError> {
         let Some(dir) = self.pin_dir.clone() else {
             return Ok(0);
@@ -119,6 +131,9 @@ impl FastPath {
         let mut pinned = 0;
         for (program_name, id, ifname) in links {
             let path = dir.join(&ifname);
+            // A stale pin of the same name (an earlier handover that did not finish) would
+            // make pinning fail.
+            let _ = std::fs::remove_file(&path);
             let done = program(&mut self.bpf, program_name)
                 .map_err(|e| e.to_string())
                 .and_then(|prog| prog.take_link(id).map_err(|e| e.to_string()))
@@ -135,8 +150,20 @@ impl FastPath {
     /// Takes back what [`FastPath::pin_links`] pinned (the `exec` failed and this process
     /// goes on): every link adopted again by its own program (attached anew if that fails).
     pub fn unpin_links(&mut self) {
-        let names: Vec<String> = self.attached.keys().cloned().collect();
-        for name in names {
+        self.finish_handover();
+    }
+
+    /// Ends a handover: every pod and the tunnel whose links are pinned get them, adopted (or
+    /// attached anew if that fails), then the pins nothing adopted are removed. Call once the
+    /// maps hold every pod, peer and service (nothing happens without a handover).
+    pub fn finish_handover(&mut self) {
+        let waiting: Vec<String> = self
+            .attached
+            .iter()
+            .filter(|(_, a)| a.links.is_none())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in waiting {
             let Some((veth, upcall)) = self
                 .attached
                 .get(&name)
@@ -150,7 +177,7 @@ impl FastPath {
             ) {
                 (Ok(from), Ok(to)) => Some([from, to]),
                 (from, to) => {
-                    tracing::warn!(pod = %name, "fast path: links not taken back after a failed exec");
+                    tracing::warn!(pod = %name, "fast path: the pod's programs not attached after a handover");
                     if let Ok(l) = from {
                         self.detach_one(FROM_POD, l);
                     }
@@ -164,7 +191,12 @@ impl FastPath {
                 a.links = links;
             }
         }
-        if let Some(ifname) = self.underlay_link.as_ref().map(|(i, _)| i.clone()) {
+        if let Some(ifname) = self
+            .underlay_link
+            .as_ref()
+            .filter(|(_, l)| l.is_none())
+            .map(|(i, _)| i.clone())
+        {
             let link = self.attach_one(FROM_UNDERLAY, &ifname).ok();
             self.underlay_link = Some((ifname, link));
         }
@@ -180,8 +212,9 @@ impl FastPath {
     }
 }
 
-/// Removes every pin in `dir`, then `dir`.
-fn release_dir(dir: &Path) {
+/// Removes every pin in `dir`, then `dir` (their programs are detached): the pins of a
+/// handover nobody finishes (the next process runs TAP pods, or names its node otherwise).
+pub fn release_dir(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

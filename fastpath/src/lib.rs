@@ -38,7 +38,7 @@ use aya::Ebpf;
 
 pub use error::FastPathError;
 pub use flows::{FlowEvent, FlowRewrite, FlowTable, FlowTuple};
-pub use handover::{ensure_bpf_fs, BPF_FS};
+pub use handover::{ensure_bpf_fs, release_dir, BPF_FS};
 use maps::{
     ip_key, DowncallEntry, EndpointKey, NodeEntry, PeerEntry, PodEntry, PortEntry, F_SLOW, PATHS,
 };
@@ -320,10 +320,12 @@ impl FastPath {
         self.hook
     }
 
-    /// Puts a pod on the fast path: writes its entries (the upcall first, the pod as a
-    /// destination last, so nothing is forwarded to it before its own packets can go up),
-    /// then attaches `from_pod` to its host veth and `to_pod` to its upcall device (adopting
-    /// links pinned for a handover). On failure nothing of it is left attached or in the maps.
+    /// Puts a pod on the fast path: writes its upcall and its own packets' entries, attaches
+    /// `from_pod` to its host veth and `to_pod` to its upcall device, then writes the pod as
+    /// a destination (nothing is forwarded to it before its own packets can go up). A pod
+    /// whose links the process before an upgrade pinned gets all its entries now and its
+    /// links at [`FastPath::finish_handover`]. On failure nothing of it is left attached or in
+    /// the maps.
     pub fn attach(&mut self, pod: &VethPod<'_>) -> Result<(), FastPathError> {
         if self.attached.contains_key(pod.name) {
             return Err(FastPathError::Duplicate(pod.name.into()));
@@ -341,37 +343,54 @@ impl FastPath {
         self.stats
             .set(u32::from(slot), zeros, 0)
             .map_err(map_err("stats"))?;
-        // The entries first: a link pinned by the process before an upgrade is adopted
-        // (its program replaced by ours) only once our maps know the pod.
-        if let Err(e) = self.write_entries(pod, slot, veth_ifindex, upcall_ifindex) {
-            self.remove_pod_entries(pod.ip, veth_ifindex, upcall_ifindex);
-            return Err(e);
-        }
-        let from = match self.attach_one(FROM_POD, pod.veth) {
-            Ok(l) => l,
-            Err(e) => {
-                self.remove_pod_entries(pod.ip, veth_ifindex, upcall_ifindex);
-                return Err(e);
-            }
-        };
-        let to = match self.attach_one(TO_POD, pod.upcall) {
-            Ok(l) => l,
-            Err(e) => {
-                self.remove_pod_entries(pod.ip, veth_ifindex, upcall_ifindex);
-                self.detach_one(FROM_POD, from);
-                return Err(e);
-            }
-        };
-        let attached = Attached {
+        let mut attached = Attached {
             slot,
             veth: pod.veth.into(),
             upcall: pod.upcall.into(),
             veth_ifindex,
             upcall_ifindex,
             ip: pod.ip,
-            links: Some([from, to]),
+            links: None,
             withdrawals: 0,
         };
+        if self.pinned(pod.veth) || self.pinned(pod.upcall) {
+            // Handed over by the process before an upgrade, whose programs still run on the
+            // pod's devices: our entries now, its links adopted once every pod and peer is in
+            // our maps ([`FastPath::finish_handover`]).
+            if let Err(e) = self.write_entries(pod, slot, veth_ifindex, upcall_ifindex) {
+                self.remove_entries(&attached);
+                return Err(e);
+            }
+            self.attached.insert(pod.name.into(), attached);
+            return Ok(());
+        }
+        // Its upcall and its own packets' entry, its programs, then the pod as a destination.
+        let sources = self.write_source_entries(pod, slot, veth_ifindex, upcall_ifindex);
+        if let Err(e) = sources {
+            self.remove_entries(&attached);
+            return Err(e);
+        }
+        let from = match self.attach_one(FROM_POD, pod.veth) {
+            Ok(l) => l,
+            Err(e) => {
+                self.remove_entries(&attached);
+                return Err(e);
+            }
+        };
+        let to = match self.attach_one(TO_POD, pod.upcall) {
+            Ok(l) => l,
+            Err(e) => {
+                self.remove_entries(&attached);
+                self.detach_one(FROM_POD, from);
+                return Err(e);
+            }
+        };
+        attached.links = Some([from, to]);
+        if let Err(e) = self.write_destination_entry(pod, slot, veth_ifindex) {
+            self.remove_entries(&attached);
+            self.detach_links(attached);
+            return Err(e);
+        }
         self.attached.insert(pod.name.into(), attached);
         Ok(())
     }
@@ -379,6 +398,18 @@ impl FastPath {
     /// Writes a pod's entries: its upcall first, the pod as a destination last (nothing is
     /// forwarded to it before its own packets can go up).
     fn write_entries(
+        &mut self,
+        pod: &VethPod<'_>,
+        slot: u16,
+        veth_ifindex: u32,
+        upcall_ifindex: u32,
+    ) -> Result<(), FastPathError> {
+        self.write_source_entries(pod, slot, veth_ifindex, upcall_ifindex)?;
+        self.write_destination_entry(pod, slot, veth_ifindex)
+    }
+
+    /// The pod's upcall (`downcalls`) and its own packets' entry (`ports`).
+    fn write_source_entries(
         &mut self,
         pod: &VethPod<'_>,
         slot: u16,
@@ -407,7 +438,16 @@ impl FastPath {
                 },
                 0,
             )
-            .map_err(map_err("ports"))?;
+            .map_err(map_err("ports"))
+    }
+
+    /// The pod as a destination (`pods`).
+    fn write_destination_entry(
+        &mut self,
+        pod: &VethPod<'_>,
+        slot: u16,
+        veth_ifindex: u32,
+    ) -> Result<(), FastPathError> {
         self.pods
             .insert(
                 ip_key(pod.ip),
@@ -527,11 +567,16 @@ impl FastPath {
     /// `ip_local_port_range`, as the kernel's vxlan.
     pub fn set_tunnel(&mut self, tunnel: &Tunnel<'_>) -> Result<(), FastPathError> {
         let ifindex = ifindex(tunnel.ifname)?;
+        self.write_tunnel(tunnel, ifindex)?;
         if self.underlay_link.is_none() {
-            let link = self.attach_one(FROM_UNDERLAY, tunnel.ifname)?;
-            self.underlay_link = Some((tunnel.ifname.to_string(), Some(link)));
+            // Handed over: the old process's program goes on until the handover finishes.
+            let link = match self.pinned(tunnel.ifname) {
+                true => None,
+                false => Some(self.attach_one(FROM_UNDERLAY, tunnel.ifname)?),
+            };
+            self.underlay_link = Some((tunnel.ifname.to_string(), link));
         }
-        self.write_tunnel(tunnel, ifindex)
+        Ok(())
     }
 
     /// Writes the node's tunnel (`ifindex`: the underlay interface's) to the `node` map.

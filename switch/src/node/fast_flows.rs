@@ -147,10 +147,19 @@ impl Node {
         }
     }
 
-    /// Removes the pins nothing adopted once the node is up (a pod gone meanwhile).
-    pub(super) fn release_fast_path_pins(&self) {
-        if let Some(fast) = &self.fast_path {
-            lock(fast).release_pins();
+    /// Finishes the fast path's handover once the node is up (its pinned links adopted, the
+    /// rest removed); in TAP mode, removes what a veth-mode process before it pinned at
+    /// `pins`.
+    pub(super) fn finish_fast_path_handover(&self, pins: Option<std::path::PathBuf>) {
+        match (&self.fast_path, pins) {
+            (Some(fast), _) => lock(fast).finish_handover(),
+            (None, Some(dir)) => podswitch_fastpath::release_dir(&dir),
+            (None, None) => {}
         }
+    }
+
+    /// Where this node's fast path pins its links (veth mode).
+    pub(super) fn fast_path_pins(&self) -> Option<std::path::PathBuf> {
+        self.fast_path.as_ref().and_then(|f| lock(f).pin_dir())
     }
 }

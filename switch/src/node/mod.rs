@@ -196,8 +196,14 @@ impl Node {
         if let Some(fast) = &fast_path {
             // An upgrade hands the attached programs over through pins (a BPF file system);
             // without one, it detaches and attaches again.
+            // The pins of the process before this one, where it says they are.
+            let dir = recorded
+                .handover
+                .as_ref()
+                .and_then(|h| h.fast_path_pins.clone())
+                .unwrap_or_else(|| Self::pin_dir_of(&spec));
             match podswitch_fastpath::ensure_bpf_fs() {
-                Ok(()) => lock(fast).set_pin_dir(Self::pin_dir_of(&spec)),
+                Ok(()) => lock(fast).set_pin_dir(dir),
                 Err(e) => tracing::warn!("fast path: no handover without a gap: {e}"),
             }
             // Service flows the switch decides are compiled into the fast path from now on.
@@ -239,10 +245,9 @@ impl Node {
             tracing::info!(flows, "tracked flows carried over the upgrade");
         }
         // From here, a failure removes what was made (pods, rules; the TAPs go with the switch).
-        let populated = node.populate(&pods, peers, services);
-        // What the process before this one pinned and nothing here adopted goes.
-        node.release_fast_path_pins();
-        if let Err(e) = populated {
+        // (The fast path's handover finishes in `resume`, once runtime pods are back too; a
+        // failure leaves the pins to the process the upgrade's guard starts again.)
+        if let Err(e) = node.populate(&pods, peers, services) {
             node.shutdown();
             return Err(e);
         }

@@ -62,6 +62,10 @@ pub struct Handover {
     /// versions).
     #[serde(default)]
     counters: SavedCounters,
+    /// Where the fast path's links are pinned for this process to adopt (veth mode; absent
+    /// from older versions).
+    #[serde(default)]
+    pub(super) fast_path_pins: Option<PathBuf>,
     /// Made from the flows file of a process that crashed, not handed over by an upgrade.
     #[serde(skip)]
     pub(super) after_crash: bool,
@@ -234,6 +238,7 @@ impl Handover {
                 service_ids: file.service_ids,
                 flows: file.flows,
                 counters: SavedCounters::default(),
+                fast_path_pins: None,
                 after_crash: true,
             }),
             Err(e) => {
@@ -568,6 +573,7 @@ impl Node {
             service_ids,
             flows: self.switch.tables().conntrack.save(),
             counters,
+            fast_path_pins: self.fast_path_pins(),
             after_crash: false,
         }
     }
@@ -639,8 +645,14 @@ impl Node {
             .count()
     }
 
-    /// After a start from a handover: closes the descriptors no pod claimed (their TAPs go).
+    /// After a start from a handover: the fast path's programs handed over (once every pod,
+    /// runtime ones included, is in its maps); closes the descriptors no pod claimed (their
+    /// TAPs go).
     pub fn resume(&self) {
+        let pins = lock(&self.inherited)
+            .as_ref()
+            .and_then(|h| h.fast_path_pins.clone());
+        self.finish_fast_path_handover(pins);
         let Some(mut handover) = lock(&self.inherited).take() else {
             return;
         };
