@@ -223,4 +223,8 @@ pub fn release_dir(dir: &Path) {
         let _ = std::fs::remove_file(e.path());
     }
     let _ = std::fs::remove_dir(dir);
+    // The parent (`podswitch`) too, if no other node's pins are in it.
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
 }
