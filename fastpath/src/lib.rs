@@ -28,6 +28,7 @@ mod error;
 mod flows;
 mod handover;
 mod maps;
+mod peers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -43,6 +44,8 @@ use maps::{
     ip_key, DowncallEntry, EndpointKey, NodeEntry, PeerEntry, PodEntry, PortEntry, F_SLOW, PATHS,
 };
 pub use maps::{PeerStats, PodStats, MAX_FLOW_ENTRIES, MAX_PEERS, MAX_PODS};
+pub use peers::Peer;
+use peers::PeerAttached;
 
 /// The compiled programs (`bpf/fastpath.bpf.c`).
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
@@ -82,30 +85,6 @@ pub struct Tunnel<'a> {
     pub vni: u32,
     /// The UDP destination port.
     pub port: u16,
-}
-
-/// A peer node as the fast path tunnels to it.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer<'a> {
-    /// Its name (the key [`FastPath`] keeps it under).
-    pub name: &'a str,
-    /// Its underlay address.
-    pub underlay: Ipv4Addr,
-    /// Its VTEP MAC (the inner frames' destination).
-    pub vtep_mac: [u8; 6],
-    /// Its pod CIDR: address and prefix length.
-    pub cidr: (Ipv4Addr, u8),
-}
-
-/// A peer on the fast path.
-#[derive(Debug)]
-struct PeerAttached {
-    entry: PeerEntry,
-    underlay: Ipv4Addr,
-    cidr: (Ipv4Addr, u8),
-    /// Withdrawals not yet restored (captures of the peer running): while any, its entries
-    /// are out of the maps.
-    withdrawals: u32,
 }
 
 /// A Service backend: what a pod sends from this address and port (`proto`: 6 TCP, 17 UDP)
@@ -499,8 +478,7 @@ impl FastPath {
         let Some(a) = self.attached.get_mut(name) else {
             return Ok(());
         };
-        a.withdrawals += 1;
-        if a.withdrawals > 1 {
+        if !first_withdrawal(&mut a.withdrawals) {
             return Ok(());
         }
         let (veth, ip) = (a.veth_ifindex, ip_key(a.ip));
@@ -514,11 +492,7 @@ impl FastPath {
         let Some(a) = self.attached.get_mut(name) else {
             return Ok(());
         };
-        if a.withdrawals == 0 {
-            return Ok(());
-        }
-        a.withdrawals -= 1;
-        if a.withdrawals > 0 {
+        if !last_restore(&mut a.withdrawals) {
             return Ok(());
         }
         let (veth, ip) = (a.veth_ifindex, ip_key(a.ip));
@@ -590,115 +564,6 @@ impl FastPath {
         entry.port_min = port_min;
         entry.port_max = port_max;
         self.node.set(0, entry, 0).map_err(map_err("node"))
-    }
-
-    /// Puts a peer on the fast path (replacing one of the same name): pods' packets to its
-    /// CIDR are encapsulated to it by the program, and its VXLAN for this node's pods is
-    /// decapsulated there.
-    pub fn add_peer(&mut self, peer: &Peer<'_>) -> Result<(), FastPathError> {
-        self.remove_peer(peer.name);
-        let used: BTreeSet<u16> = self.peers_attached.values().map(|p| p.entry.slot).collect();
-        let slot = (0..u16::try_from(MAX_PEERS).unwrap_or(u16::MAX))
-            .find(|s| !used.contains(s))
-            .ok_or(FastPathError::Full { max: MAX_PEERS })?;
-        let zeros = PerCpuValues::try_from(vec![PeerStats::default(); self.cpus]).map_err(|e| {
-            FastPathError::Map {
-                map: "peer_stats",
-                detail: e.to_string(),
-            }
-        })?;
-        self.peer_stats
-            .set(u32::from(slot), zeros, 0)
-            .map_err(map_err("peer_stats"))?;
-        let attached = PeerAttached {
-            entry: PeerEntry {
-                vtep_mac: peer.vtep_mac,
-                slot,
-                underlay_ip: ip_key(peer.underlay),
-            },
-            underlay: peer.underlay,
-            cidr: peer.cidr,
-            withdrawals: 0,
-        };
-        self.write_peer(&attached)?;
-        self.peers_attached.insert(peer.name.into(), attached);
-        Ok(())
-    }
-
-    fn write_peer(&mut self, p: &PeerAttached) -> Result<(), FastPathError> {
-        self.peers
-            .insert(ip_key(p.underlay), p.entry, 0)
-            .map_err(map_err("peers"))?;
-        if let Err(e) = self.routes.insert(&route_key(p.cidr), p.entry, 0) {
-            let _ = self.peers.remove(&ip_key(p.underlay));
-            return Err(map_err("routes")(e));
-        }
-        Ok(())
-    }
-
-    fn erase_peer(&mut self, p: &PeerAttached) {
-        let _ = self.routes.remove(&route_key(p.cidr));
-        // Another peer may have taken the address since (a move): leave its entry.
-        if !self
-            .peers_attached
-            .values()
-            .any(|o| o.underlay == p.underlay)
-        {
-            let _ = self.peers.remove(&ip_key(p.underlay));
-        }
-    }
-
-    /// Withdraws a peer from the fast path while a capture of it runs: what goes to it and
-    /// comes from it crosses the switch. Counted, as [`FastPath::withdraw`].
-    pub fn withdraw_peer(&mut self, name: &str) {
-        let Some(mut p) = self.peers_attached.remove(name) else {
-            return;
-        };
-        p.withdrawals += 1;
-        if p.withdrawals == 1 {
-            self.erase_peer(&p);
-        }
-        self.peers_attached.insert(name.into(), p);
-    }
-
-    /// Ends one [`FastPath::withdraw_peer`]al; the last puts the peer back.
-    pub fn restore_peer(&mut self, name: &str) -> Result<(), FastPathError> {
-        let Some(p) = self.peers_attached.get_mut(name) else {
-            return Ok(());
-        };
-        if p.withdrawals == 0 {
-            return Ok(());
-        }
-        p.withdrawals -= 1;
-        if p.withdrawals > 0 {
-            return Ok(());
-        }
-        let p = PeerAttached { ..*p };
-        self.write_peer(&p)
-    }
-
-    /// Takes a peer off the fast path: its CIDR's packets go up to the switch again. Unknown
-    /// peers are ignored.
-    pub fn remove_peer(&mut self, name: &str) {
-        if let Some(p) = self.peers_attached.remove(name) {
-            if p.withdrawals == 0 {
-                self.erase_peer(&p);
-            }
-        }
-    }
-
-    /// What the fast path carried to and from peer `name`, summed over CPUs.
-    pub fn peer_stats(&self, name: &str) -> Option<PeerStats> {
-        let p = self.peers_attached.get(name)?;
-        let per_cpu = self.peer_stats.get(&u32::from(p.entry.slot), 0).ok()?;
-        let mut sum = PeerStats::default();
-        for s in per_cpu.iter() {
-            sum.tx_packets += s.tx_packets;
-            sum.tx_bytes += s.tx_bytes;
-            sum.rx_packets += s.rx_packets;
-            sum.rx_bytes += s.rx_bytes;
-        }
-        Some(sum)
     }
 
     /// Pods on the fast path (withdrawn ones included).
@@ -798,9 +663,21 @@ pub fn attached_programs(ifname: &str) -> Result<Vec<String>, FastPathError> {
         .collect())
 }
 
-/// The LPM key of a CIDR.
-fn route_key((addr, len): (Ipv4Addr, u8)) -> aya::maps::lpm_trie::Key<u32> {
-    aya::maps::lpm_trie::Key::new(u32::from(len), ip_key(addr))
+/// Counts one more withdrawal (a capture starts); true if it is the first (the entries are
+/// to change).
+fn first_withdrawal(withdrawals: &mut u32) -> bool {
+    *withdrawals += 1;
+    *withdrawals == 1
+}
+
+/// Counts one withdrawal fewer (a capture ends); true if it was the last (the entries go
+/// back). Nothing to restore: false.
+fn last_restore(withdrawals: &mut u32) -> bool {
+    if *withdrawals == 0 {
+        return false;
+    }
+    *withdrawals -= 1;
+    *withdrawals == 0
 }
 
 /// The calling thread's namespace's `ip_local_port_range` (the kernel's vxlan picks outer
