@@ -591,16 +591,20 @@ impl FastPath {
     pub fn path_stats(&self) -> PathStats {
         let by_path = PATHS
             .iter()
-            .enumerate()
-            .map(|(i, label)| {
-                let n = u32::try_from(i)
-                    .ok()
-                    .and_then(|i| self.paths.get(&i, 0).ok())
-                    .map_or(0, |v| v.iter().sum());
-                (*label, n)
-            })
+            .map(|label| (*label, self.path(label)))
             .collect();
         PathStats { by_path }
+    }
+
+    /// Packets on the path labelled `label` (one of [`PathStats`]'s), summed over CPUs; 0
+    /// for an unknown label.
+    pub fn path(&self, label: &str) -> u64 {
+        PATHS
+            .iter()
+            .position(|l| *l == label)
+            .and_then(|i| u32::try_from(i).ok())
+            .and_then(|i| self.paths.get(&i, 0).ok())
+            .map_or(0, |v| v.iter().sum())
     }
 
     fn free_slot(&self) -> Result<u16, FastPathError> {

@@ -95,7 +95,7 @@ impl Node {
         };
         let (table, lost) = {
             let f = lock(fast);
-            (f.flows(), f.path_stats().get("event_lost"))
+            (f.flows(), f.path("event_lost"))
         };
         let tables = self.switch.tables();
         let now = tables.mac.now();

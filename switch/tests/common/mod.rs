@@ -301,3 +301,36 @@ while True:
     d, a = s.recvfrom(2048)
     s.sendto(sys.argv[1].encode() + b" " + d, a)
 "#;
+
+/// A process in a namespace (a test's server), killed when dropped.
+pub(crate) struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `python3 -c script ip port` in namespace `ns` and waits until it listens on
+/// `ip:port` (UDP if `udp`).
+pub(crate) fn spawn_in(ns: &str, script: &str, ip: &str, port: u16, udp: bool) -> Server {
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", script, ip])
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 server");
+    let probe = if udp {
+        format!("ss -lun | grep -q '{ip}:{port} '")
+    } else {
+        format!("ss -ltn | grep -q '{ip}:{port} '")
+    };
+    wait_for("the server", || {
+        run(&["ip", "netns", "exec", ns, "sh", "-c", &probe])
+            .status
+            .success()
+    });
+    Server(child)
+}

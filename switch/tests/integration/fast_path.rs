@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use common::transfer::Transfer;
-use common::{netns_add, run, tempdir, Daemon, UDP_ECHO};
+use common::{netns_add, run, spawn_in, tempdir, Daemon, UDP_ECHO};
 use podswitch::control::{Request, Response};
 use podswitch::netns::NetNs;
 use podswitch_dataplane::testutil::{root_test, unique};
@@ -319,20 +319,7 @@ fn service_flows_stay_in_the_kernel_after_their_first_packet_and_conntrack_follo
     // The client's port reused for new connections once it closed (its FIN carried by the
     // kernel): the SYN stays in the kernel too, to the backend the switch chose; conntrack
     // follows each connection from the kernel's reports.
-    let mut hello = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &b,
-            "python3",
-            "-c",
-            HELLO_SERVER,
-            "10.244.1.11",
-            "8080",
-        ])
-        .spawn()
-        .expect("tcp server");
-    std::thread::sleep(Duration::from_millis(300));
+    let hello = spawn_in(&b, HELLO_SERVER, "10.244.1.11", 8080, false);
     let (_, before_reuse) = status();
     let out = run(&[
         "ip",
@@ -347,8 +334,7 @@ fn service_flows_stay_in_the_kernel_after_their_first_packet_and_conntrack_follo
         "3",
         "45000",
     ]);
-    let _ = hello.kill();
-    let _ = hello.wait();
+    drop(hello);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -377,20 +363,7 @@ fn service_flows_stay_in_the_kernel_after_their_first_packet_and_conntrack_follo
 
     // UDP through its VIP: answers come from the VIP; after the first exchange, the kernel
     // carries both ways, and conntrack knows the flow was replied.
-    let mut server = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &c,
-            "python3",
-            "-c",
-            UDP_ECHO,
-            "10.244.1.12",
-            "5353",
-        ])
-        .spawn()
-        .expect("udp server");
-    std::thread::sleep(Duration::from_millis(300));
+    let server = spawn_in(&c, UDP_ECHO, "10.244.1.12", 5353, true);
     let (_, before_udp) = status();
     let out = run(&[
         "ip",
@@ -404,8 +377,7 @@ fn service_flows_stay_in_the_kernel_after_their_first_packet_and_conntrack_follo
         "53",
         "10",
     ]);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let answers = String::from_utf8_lossy(&out.stdout).into_owned();
     let expected: Vec<String> = (0..10)
         .map(|i| format!("10.96.0.53 53 10.244.1.12 ping {i}"))

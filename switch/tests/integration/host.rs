@@ -8,28 +8,18 @@
 use crate::common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::cluster::{ping, sh, Node, Underlay};
-use common::{run, tempdir, UDP_ECHO};
-use podswitch_dataplane::testutil::{root_test, unique, wait_for};
+use common::{run, spawn_in, tempdir, Server, UDP_ECHO};
+use podswitch_dataplane::testutil::{root_test, unique};
 
 const OUTSIDE: &str = "198.51.100.1";
 
 /// A server in `ns` on `ip:port` ([`WHO_SERVER`] unless spawned otherwise); killed on drop.
-struct Server(Child);
-
-impl Server {
-    fn start(ns: &str, ip: &str, port: u16) -> Self {
-        spawn_in(ns, WHO_SERVER, ip, port, false)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The server answering `<server> <client>`, on `ip:port` in `ns`.
+fn who_server(ns: &str, ip: &str, port: u16) -> Server {
+    spawn_in(ns, WHO_SERVER, ip, port, false)
 }
 
 /// The address the server at `ip:port` saw as the client's, fetched from `ns` (None: no
@@ -163,7 +153,7 @@ fn pods_reach_the_outside_masqueraded_and_the_node_reaches_its_pods() {
     let (pod1, pod2) = (n1.pod_ns[0].clone(), n2.pod_ns[0].clone());
 
     // A pod fetches a page from the outside, which sees the node's address.
-    let _outside = Server::start(&site.outside, OUTSIDE, 8080);
+    let _outside = who_server(&site.outside, OUTSIDE, 8080);
     assert_eq!(
         seen_from(&pod1, OUTSIDE, 8080).as_deref(),
         Some("192.168.77.1"),
@@ -176,8 +166,8 @@ fn pods_reach_the_outside_masqueraded_and_the_node_reaches_its_pods() {
     );
 
     // Pods serve; across nodes they see each other's pod addresses (never masqueraded).
-    let _s1 = Server::start(&pod1, "10.244.1.10", 8080);
-    let _s2 = Server::start(&pod2, "10.244.2.10", 8080);
+    let _s1 = who_server(&pod1, "10.244.1.10", 8080);
+    let _s2 = who_server(&pod2, "10.244.2.10", 8080);
     assert_eq!(
         seen_from(&pod1, "10.244.2.10", 8080).as_deref(),
         Some("10.244.1.10")
@@ -201,7 +191,7 @@ fn pods_reach_the_outside_masqueraded_and_the_node_reaches_its_pods() {
     );
 
     // A pod reaches a server on the node's own (underlay) address.
-    let _node_server = Server::start(node1, "192.168.77.1", 8081);
+    let _node_server = who_server(node1, "192.168.77.1", 8081);
     assert_eq!(
         seen_from(&pod1, "192.168.77.1", 8081).as_deref(),
         Some("10.244.1.10")
@@ -240,7 +230,7 @@ fn sigterm_leaves_no_rule_or_interface_and_a_restart_after_sigkill_no_duplicate(
     );
     assert!(site.has_link(0, "podsw0"));
     let pod1 = site.nodes[0].pod_ns[0].clone();
-    let _outside = Server::start(&site.outside, OUTSIDE, 8080);
+    let _outside = who_server(&site.outside, OUTSIDE, 8080);
     assert_eq!(
         seen_from(&pod1, OUTSIDE, 8080).as_deref(),
         Some("192.168.77.1")
@@ -300,27 +290,6 @@ fn udp_ask(ns: &str, ip: &str, port: u16, what: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn spawn_in(ns: &str, script: &str, ip: &str, port: u16, udp: bool) -> Server {
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns, "python3", "-c", script, ip])
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 server");
-    let probe = if udp {
-        format!("ss -lun | grep -q '{ip}:{port} '")
-    } else {
-        format!("ss -ltn | grep -q '{ip}:{port} '")
-    };
-    wait_for("the server", || {
-        run(&["ip", "netns", "exec", ns, "sh", "-c", &probe])
-            .status
-            .success()
-    });
-    Server(child)
-}
-
 #[root_test]
 fn services_spread_flows_over_backends_across_nodes_with_hairpin_udp_and_reject() {
     let site = Site::new();
@@ -329,8 +298,8 @@ fn services_spread_flows_over_backends_across_nodes_with_hairpin_udp_and_reject(
         site.nodes[0].pod_ns[0].clone(),
         site.nodes[1].pod_ns[0].clone(),
     );
-    let _b1 = Server::start(&pod1, "10.244.1.10", 8080);
-    let _b2 = Server::start(&pod2, "10.244.2.10", 8080);
+    let _b1 = who_server(&pod1, "10.244.1.10", 8080);
+    let _b2 = who_server(&pod2, "10.244.2.10", 8080);
     let _u2 = spawn_in(&pod2, UDP_ECHO, "10.244.2.10", 5353, true);
     let ctl = |args: &[&str]| n1.ctl(args);
     // One backend on the client's own node (the client itself: hairpin), one across.
